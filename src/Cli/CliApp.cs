@@ -1,0 +1,80 @@
+using System.CommandLine;
+
+namespace CriuSharp.Cli;
+
+/// <summary>
+/// Builds the command tree and is the one place where failures become an exit code and one line
+/// on stderr. Verbs live in <c>Commands/</c>, one file each; shared options in <c>Options/</c>.
+/// </summary>
+public static class CliApp
+{
+    public static RootCommand BuildRoot()
+    {
+        var root = new RootCommand(
+            "criu-sharp: CRIU-style pre-dump, dump and restore of processes in a simulated Linux kernel " +
+            "with faithful soft-dirty, pagemap, PAGEMAP_SCAN and userfaultfd write-protect tracking.");
+        root.Options.Add(CommonOptions.Verbose);
+        foreach (var command in Commands())
+            root.Subcommands.Add(command);
+        return root;
+    }
+
+    /// <summary>Every verb, in the order --help lists them.</summary>
+    private static IEnumerable<Command> Commands()
+    {
+        yield break;
+    }
+
+    public static int Run(string[] args, TextWriter? stdout = null, TextWriter? stderr = null)
+    {
+        stdout ??= Console.Out;
+        stderr ??= Console.Error;
+        var root = BuildRoot();
+        var parse = root.Parse(args);
+        bool verbose = parse.GetValue(CommonOptions.Verbose);
+        if (parse.Errors.Count > 0)
+        {
+            stderr.WriteLine($"criu-sharp: {parse.Errors[0].Message}");
+            stderr.WriteLine($"Try '{UsageName(parse)} --help'.");
+            return (int)ExitCode.Usage;
+        }
+        try
+        {
+            var config = new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false };
+            return parse.Invoke(config);
+        }
+        catch (Exception ex)
+        {
+            var (code, message, hint) = Classify(ex);
+            stderr.WriteLine($"criu-sharp: {message}");
+            if (hint is not null)
+                stderr.WriteLine(hint);
+            if (verbose)
+                stderr.WriteLine(ex.ToString());
+            return (int)code;
+        }
+    }
+
+    private static string UsageName(ParseResult parse)
+    {
+        var names = new List<string>();
+        for (var r = parse.CommandResult; r is not null; r = r.Parent as System.CommandLine.Parsing.CommandResult)
+            names.Add(r.Command.Name);
+        names.Reverse();
+        if (names.Count > 0)
+            names[0] = "criu-sharp";
+        return string.Join(' ', names);
+    }
+
+    /// <summary>Maps an exception from any layer to an exit code and one line for the user.</summary>
+    internal static (ExitCode Code, string Message, string? Hint) Classify(Exception ex) => ex switch
+    {
+        UserException u => (u.Code, u.Message, u.Hint),
+        SimKernel.KernelException k => (ExitCode.KernelError, k.Message, null),
+        DllNotFoundException d => (ExitCode.Environment, $"a native library is missing: {d.Message}", "Install it with apt-get (liblz4-1, libzstd1, libxxhash0)."),
+        UnauthorizedAccessException a => (ExitCode.Environment, a.Message, null),
+        IOException io => (ExitCode.Environment, io.Message, null),
+        OperationCanceledException => (ExitCode.Environment, "interrupted", null),
+        _ => (ExitCode.Internal, $"internal error: {ex.GetType().Name}: {ex.Message}", "This is a bug; run again with --verbose for the stack."),
+    };
+}

@@ -1,0 +1,3 @@
+using CriuSharp.Cli;
+
+return CliApp.Run(args);
