@@ -1,0 +1,132 @@
+using System.Diagnostics.CodeAnalysis;
+using CriuSharp.ImageFormat.Images;
+using Google.Protobuf;
+using Google.Protobuf.Reflection;
+
+namespace CriuSharp.ImageFormat;
+
+/// <summary>
+/// One protobuf image type: its name in crit's magic table, its magics and the message each entry
+/// holds. PAGEMAP is the one "head then entries" type: its first entry is a pagemap_head.
+/// </summary>
+public sealed class ImageKind
+{
+    private ImageKind(string name, uint typeMagic, uint? headMagic, MessageDescriptor entry, MessageDescriptor? head = null)
+    {
+        Name = name;
+        TypeMagic = typeMagic;
+        HeadMagic = headMagic;
+        Entry = entry;
+        Head = head;
+    }
+
+    /// <summary>Name as in pycriu's magic table and crit's JSON <c>"magic"</c> key.</summary>
+    public string Name { get; }
+
+    public uint TypeMagic { get; }
+
+    /// <summary>IMG_COMMON, IMG_SERVICE, or null for inventory.img, which CRIU writes without a head.</summary>
+    public uint? HeadMagic { get; }
+
+    /// <summary>The message of every entry (after the head entry, for PAGEMAP).</summary>
+    public MessageDescriptor Entry { get; }
+
+    /// <summary>The message of the first entry when the type has a head entry (PAGEMAP only).</summary>
+    public MessageDescriptor? Head { get; }
+
+    /// <summary>Bytes before the first entry.</summary>
+    public int PreambleLength => HeadMagic is null ? 4 : 8;
+
+    public MessageDescriptor DescriptorForEntry(int index) => index == 0 && Head is not null ? Head : Entry;
+
+    public override string ToString() => Name;
+
+    public static readonly ImageKind Inventory = new("INVENTORY", Magic.Inventory, null, inventory_entry.Descriptor);
+    public static readonly ImageKind Pstree = new("PSTREE", Magic.Pstree, Magic.ImgCommon, pstree_entry.Descriptor);
+    public static readonly ImageKind Core = new("CORE", Magic.Core, Magic.ImgCommon, core_entry.Descriptor);
+    public static readonly ImageKind Ids = new("IDS", Magic.Ids, Magic.ImgCommon, task_kobj_ids_entry.Descriptor);
+    public static readonly ImageKind Mm = new("MM", Magic.Mm, Magic.ImgCommon, mm_entry.Descriptor);
+    public static readonly ImageKind Pagemap = new("PAGEMAP", Magic.Pagemap, Magic.ImgCommon, pagemap_entry.Descriptor, pagemap_head.Descriptor);
+    public static readonly ImageKind Files = new("FILES", Magic.Files, Magic.ImgCommon, file_entry.Descriptor);
+    public static readonly ImageKind RegFiles = new("REG_FILES", Magic.RegFiles, Magic.ImgCommon, reg_file_entry.Descriptor);
+    public static readonly ImageKind Fdinfo = new("FDINFO", Magic.Fdinfo, Magic.ImgCommon, fdinfo_entry.Descriptor);
+    public static readonly ImageKind Creds = new("CREDS", Magic.Creds, Magic.ImgCommon, creds_entry.Descriptor);
+    public static readonly ImageKind Stats = new("STATS", Magic.Stats, Magic.ImgService, stats_entry.Descriptor);
+    public static readonly ImageKind SimState = new("SIM_STATE", Magic.SimState, Magic.ImgCommon, sim_state_entry.Descriptor);
+
+    public static IReadOnlyList<ImageKind> All { get; } =
+        [Inventory, Pstree, Core, Ids, Mm, Pagemap, Files, RegFiles, Fdinfo, Creds, Stats, SimState];
+
+    public static bool TryFromTypeMagic(uint magic, [NotNullWhen(true)] out ImageKind? kind)
+    {
+        foreach (var k in All)
+        {
+            if (k.TypeMagic == magic)
+            {
+                kind = k;
+                return true;
+            }
+        }
+        kind = null;
+        return false;
+    }
+
+    public static bool TryFromName(string name, [NotNullWhen(true)] out ImageKind? kind)
+    {
+        foreach (var k in All)
+        {
+            if (string.Equals(k.Name, name, StringComparison.OrdinalIgnoreCase))
+            {
+                kind = k;
+                return true;
+            }
+        }
+        kind = null;
+        return false;
+    }
+
+    /// <summary>Guesses the kind from CRIU's file-name patterns (image-desc.c); null for raw or unknown files.</summary>
+    public static ImageKind? FromFileName(string fileName)
+    {
+        var name = System.IO.Path.GetFileName(fileName);
+        if (name == ImageNames.Inventory) return Inventory;
+        if (name == ImageNames.Pstree) return Pstree;
+        if (name == ImageNames.Files) return Files;
+        if (name == ImageNames.RegFiles) return RegFiles;
+        if (name is ImageNames.StatsDump or ImageNames.StatsRestore) return Stats;
+        if (name.StartsWith("core-", StringComparison.Ordinal)) return Core;
+        if (name.StartsWith("ids-", StringComparison.Ordinal)) return Ids;
+        if (name.StartsWith("mm-", StringComparison.Ordinal)) return Mm;
+        if (name.StartsWith("pagemap-", StringComparison.Ordinal)) return Pagemap;
+        if (name.StartsWith("fdinfo-", StringComparison.Ordinal)) return Fdinfo;
+        if (name.StartsWith("creds-", StringComparison.Ordinal)) return Creds;
+        if (name.StartsWith("sim-", StringComparison.Ordinal)) return SimState;
+        return null;
+    }
+
+    internal IMessage NewMessage(int index) => DescriptorForEntry(index).Parser.ParseFrom(ReadOnlySpan<byte>.Empty);
+}
+
+/// <summary>CRIU's file names (criu/image-desc.c). stats-* deliberately have no .img suffix.</summary>
+public static class ImageNames
+{
+    public const string Inventory = "inventory.img";
+    public const string Pstree = "pstree.img";
+    public const string Files = "files.img";
+    public const string RegFiles = "reg-files.img";
+    public const string StatsDump = "stats-dump";
+    public const string StatsRestore = "stats-restore";
+    public const string ParentLink = "parent";
+
+    /// <summary>Present while a directory is being written; removed by Commit as the last step.</summary>
+    public const string IncompleteMarker = ".criu-sharp-incomplete";
+
+    public static string Core(int tid) => $"core-{tid}.img";
+    public static string Ids(int pid) => $"ids-{pid}.img";
+    public static string Mm(int pid) => $"mm-{pid}.img";
+    public static string Pagemap(int pid) => $"pagemap-{pid}.img";
+    public static string ShmemPagemap(ulong shmid) => $"pagemap-shmem-{shmid}.img";
+    public static string Pages(uint pagesId) => $"pages-{pagesId}.img";
+    public static string Fdinfo(uint filesId) => $"fdinfo-{filesId}.img";
+    public static string SimState(int pid) => $"sim-{pid}.img";
+}

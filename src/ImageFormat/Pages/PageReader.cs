@@ -1,0 +1,230 @@
+using CriuSharp.ImageFormat.Images;
+
+namespace CriuSharp.ImageFormat;
+
+/// <summary>Where the bytes of one page come from at the top of a chain.</summary>
+public enum PageLocation
+{
+    /// <summary>No entry covers the page (CRIU leaves such pages zero on restore).</summary>
+    Absent,
+    /// <summary>Stored in this image's pages file.</summary>
+    Present,
+    /// <summary>PE_PRESENT, but all zero and therefore not stored (compressed images only).</summary>
+    Zero,
+    /// <summary>A PE_PARENT hole: the bytes are somewhere down the parent chain.</summary>
+    Parent,
+    /// <summary>PE_LAZY without PE_PRESENT: left for lazy transfer, no bytes in any image.</summary>
+    Lazy,
+}
+
+/// <summary>Counters of a reader (this level and its parents).</summary>
+public sealed class PageReadStats
+{
+    public ulong PagesRead { get; internal set; }
+    public ulong ZeroPagesFilled { get; internal set; }
+    public ulong PagesFromParent { get; internal set; }
+    public ulong BytesRead { get; internal set; }
+    public ulong BlocksDecompressed { get; internal set; }
+}
+
+/// <summary>
+/// Reads page contents of one pagemap, following PE_PARENT holes into the parent image sets as
+/// CRIU's restore does (pagemap.c): the entry that covers an address is found by binary search,
+/// only the block that holds the page is read and checked, and the last decompressed block is
+/// kept so that reading a run page by page decompresses each block once.
+/// </summary>
+public sealed class PageReader : IDisposable
+{
+    private readonly PagesSource? _pages;
+    private readonly Func<PageReader?>? _openParent;
+    private readonly BlockCodec? _codec;
+    private readonly byte[] _stored;
+    private readonly byte[] _plain;
+    private PageReader? _parent;
+    private bool _parentOpened;
+    private int _cachedEntry = -1;
+    private int _cachedBlock = -1;
+
+    /// <param name="pagemap">The pagemap.</param>
+    /// <param name="pages">Its pages file; null only if the pagemap has no PE_PRESENT entries.</param>
+    /// <param name="openParent">Opens the same pagemap one level down the chain, or returns null if there is none.</param>
+    public PageReader(PagemapImage pagemap, PagesSource? pages, Func<PageReader?>? openParent = null)
+    {
+        Pagemap = pagemap;
+        _pages = pages;
+        _openParent = openParent;
+        if (pages is not null && pages.Length < pagemap.PagesLength)
+            throw new ImageFormatException(pages.Name, "pages", pages.Length,
+                $"file is {pages.Length} bytes but {pagemap.Path} places data up to offset {pagemap.PagesLength}");
+        if (pages is null && pagemap.PagesLength > 0)
+            throw new ArgumentNullException(nameof(pages), "the pagemap has stored pages but no pages file was given");
+        if (pagemap.Compression != PageCompression.None)
+        {
+            int blockBytes = pagemap.BlockPages * PageGeometry.PageSize;
+            _codec = new BlockCodec(pagemap.Compression, 0);
+            _stored = new byte[BlockCodec.MaxCompressedSize(pagemap.Compression, blockBytes)];
+            _plain = new byte[blockBytes];
+        }
+        else
+        {
+            _stored = [];
+            _plain = [];
+        }
+    }
+
+    public PagemapImage Pagemap { get; }
+    public PageReadStats Stats { get; } = new();
+
+    /// <summary>The same pagemap in the parent image set, or null.</summary>
+    public PageReader? Parent
+    {
+        get
+        {
+            if (!_parentOpened)
+            {
+                _parent = _openParent?.Invoke();
+                _parentOpened = true;
+            }
+            return _parent;
+        }
+    }
+
+    public PageLocation Locate(ulong vaddr)
+    {
+        int i = Pagemap.FindEntry(vaddr & ~(ulong)(PageGeometry.PageSize - 1));
+        if (i < 0)
+            return PageLocation.Absent;
+        var e = Pagemap.Entries[i];
+        var flags = PagemapImage.FlagsOf(e);
+        if ((flags & PagemapFlags.Present) != 0)
+        {
+            int page = (int)((vaddr - e.Vaddr) >> PageGeometry.PageShift);
+            return PagemapImage.IsZeroPage(e, page) ? PageLocation.Zero : PageLocation.Present;
+        }
+        if ((flags & PagemapFlags.Parent) != 0)
+            return PageLocation.Parent;
+        return (flags & PagemapFlags.Lazy) != 0 ? PageLocation.Lazy : PageLocation.Absent;
+    }
+
+    /// <summary>Reads <paramref name="destination"/>.Length bytes (whole pages) starting at page-aligned <paramref name="vaddr"/>.</summary>
+    public void Read(ulong vaddr, Span<byte> destination)
+    {
+        if ((vaddr & (PageGeometry.PageSize - 1)) != 0 || (destination.Length & (PageGeometry.PageSize - 1)) != 0)
+            throw new ArgumentException("reads are whole, page-aligned pages");
+        for (int off = 0; off < destination.Length; off += PageGeometry.PageSize)
+            ReadPage(vaddr + (ulong)off, destination.Slice(off, PageGeometry.PageSize));
+    }
+
+    /// <summary>Reads one 4 KiB page; throws <see cref="MissingPagesException"/> if no image in the chain holds it.</summary>
+    public void ReadPage(ulong vaddr, Span<byte> destination)
+    {
+        if (destination.Length < PageGeometry.PageSize)
+            throw new ArgumentException("destination is smaller than a page", nameof(destination));
+        destination = destination.Slice(0, PageGeometry.PageSize);
+        vaddr &= ~(ulong)(PageGeometry.PageSize - 1);
+        int i = Pagemap.FindEntry(vaddr);
+        if (i < 0)
+            throw Missing(vaddr, "no pagemap entry covers them");
+        var e = Pagemap.Entries[i];
+        var flags = PagemapImage.FlagsOf(e);
+        if ((flags & PagemapFlags.Present) != 0)
+        {
+            ReadLocal(i, e, (int)((vaddr - e.Vaddr) >> PageGeometry.PageShift), destination);
+            Stats.PagesRead++;
+            return;
+        }
+        if ((flags & PagemapFlags.Parent) != 0)
+        {
+            var parent = Parent ?? throw Missing(vaddr, "they are PE_PARENT holes but there is no parent image set with this pagemap");
+            try
+            {
+                parent.ReadPage(vaddr, destination);
+            }
+            catch (MissingPagesException inner)
+            {
+                throw new MissingPagesException(Pagemap.Path, inner.Start, inner.End,
+                    $"PE_PARENT hole not found in the parent chain ({inner.Problem})");
+            }
+            Stats.PagesFromParent++;
+            Stats.PagesRead++;
+            return;
+        }
+        throw Missing(vaddr, "they are lazy (PE_LAZY without PE_PRESENT) and held by no image");
+    }
+
+    private MissingPagesException Missing(ulong vaddr, string why) =>
+        new(Pagemap.Path, vaddr, vaddr + PageGeometry.PageSize, why);
+
+    private void ReadLocal(int entryIndex, pagemap_entry e, int page, Span<byte> destination)
+    {
+        var pages = _pages!;
+        if (_codec is null)
+        {
+            long off = Pagemap.DataOffset(entryIndex) + ((long)page << PageGeometry.PageShift);
+            pages.ReadAt(off, destination);
+            Stats.BytesRead += PageGeometry.PageSize;
+            return;
+        }
+        if (PagemapImage.IsZeroPage(e, page))
+        {
+            destination.Clear();
+            Stats.ZeroPagesFilled++;
+            return;
+        }
+        int bp = Pagemap.BlockPages;
+        int block = page / bp;
+        int first = block * bp;
+        int rank = 0;
+        for (int p = first; p < page; p++)
+            if (!PagemapImage.IsZeroPage(e, p))
+                rank++;
+        if (_cachedEntry != entryIndex || _cachedBlock != block)
+        {
+            _cachedEntry = -1;
+            LoadBlock(entryIndex, e, block, first, bp);
+            _cachedEntry = entryIndex;
+            _cachedBlock = block;
+        }
+        _plain.AsSpan(rank << PageGeometry.PageShift, PageGeometry.PageSize).CopyTo(destination);
+    }
+
+    private void LoadBlock(int entryIndex, pagemap_entry e, int block, int first, int bp)
+    {
+        ulong nr = PagemapImage.NrPages(e);
+        int count = (int)Math.Min((ulong)bp, nr - (ulong)first);
+        int nonZero = 0;
+        for (int p = first; p < first + count; p++)
+            if (!PagemapImage.IsZeroPage(e, p))
+                nonZero++;
+        int size = (int)e.BlockSizes[block];
+        long off = Pagemap.BlockOffset(entryIndex, block);
+        var stored = _stored.AsSpan(0, size);
+        _pages!.ReadAt(off, stored);
+        Stats.BytesRead += (ulong)size;
+        if (Pagemap.Checksum == BlockChecksum.Xxh3_64)
+        {
+            ulong expected = e.BlockChecksums[block];
+            ulong actual = BlockCodec.Checksum(stored);
+            if (actual != expected)
+                throw new ImageFormatException(_pages.Name, "pages", off,
+                    $"checksum mismatch in block {block} of the entry at 0x{e.Vaddr:x} (stored 0x{expected:x16}, computed 0x{actual:x16})");
+        }
+        var plain = _plain.AsSpan(0, nonZero << PageGeometry.PageShift);
+        if (PagemapImage.IsRawBlock(e, block))
+        {
+            stored.CopyTo(plain);
+            return;
+        }
+        var problem = _codec!.TryDecompress(stored, plain);
+        if (problem is not null)
+            throw new ImageFormatException(_pages.Name, "pages", off, $"block {block} of the entry at 0x{e.Vaddr:x}: {problem}");
+        Stats.BlocksDecompressed++;
+    }
+
+    public void Dispose()
+    {
+        _codec?.Dispose();
+        _pages?.Dispose();
+        _parent?.Dispose();
+    }
+}
