@@ -116,7 +116,7 @@ public sealed class ImageSet
         if (_chain.Contains(canonical))
             throw new ImageFormatException(link, "parent link", null, $"parent link loops: '{target}' leads back to {canonical}, already in the chain");
         var parentPath = target is not null && !System.IO.Path.IsPathRooted(target)
-            ? System.IO.Path.Combine(Path, target)
+            ? System.IO.Path.GetFullPath(System.IO.Path.Combine(Path, target))
             : canonical;
         CheckComplete(parentPath);
         return new ImageSet(parentPath, canonical, [.. _chain, canonical], Depth + 1);

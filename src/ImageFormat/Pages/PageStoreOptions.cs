@@ -29,6 +29,12 @@ public sealed record PageStoreOptions
     /// </summary>
     public int Parallelism { get; init; } = 1;
 
+    /// <summary>
+    /// Also write pagemap_entry field 5 (CRIU 4.2's 64-bit nr_pages) next to field 2. On by
+    /// default so both old and new CRIU read the count; off gives 3.17.1's bytes exactly.
+    /// </summary>
+    public bool WriteNrPages64 { get; init; } = true;
+
     internal int EffectiveLevel => Level != 0 ? Level : Compression == PageCompression.Zstd ? 3 : 1;
 
     internal void Validate()

@@ -178,7 +178,10 @@ public sealed class PagemapWriter : IDisposable
             throw new ArgumentException($"entries must ascend without overlap: 0x{vaddr:x} is below 0x{_nextFree:x}", nameof(vaddr));
         _nextFree = vaddr + (nrPages << PageGeometry.PageShift);
         // CRIU >= 4.2 reads the 64-bit count (field 5) and older readers field 2; write both.
-        return new pagemap_entry { Vaddr = vaddr, NrPages = (uint)nrPages, NrPages64 = nrPages, Flags = (uint)flags };
+        var entry = new pagemap_entry { Vaddr = vaddr, NrPages = (uint)nrPages, Flags = (uint)flags };
+        if (Options.WriteNrPages64)
+            entry.NrPages64 = nrPages;
+        return entry;
     }
 
     private void AppendRaw(ReadOnlySpan<byte> data)
