@@ -22,7 +22,8 @@ public static class CliApp
     /// <summary>Every verb, in the order --help lists them.</summary>
     private static IEnumerable<Command> Commands()
     {
-        yield break;
+        yield return SelftestCommand.Create();
+        yield return CheckCommand.Create();
     }
 
     public static int Run(string[] args, TextWriter? stdout = null, TextWriter? stderr = null)

@@ -1,0 +1,434 @@
+using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
+
+namespace CriuSharp.SimKernel.Mm;
+
+public enum FaultResult { Ok, Segv, Oom }
+
+/// <summary>
+/// Page faults and memory accesses. A CPU access that the entry allows only sets the hardware
+/// accessed/dirty bits (S2: never soft-dirty); everything else goes through <see cref="HandleFault"/>,
+/// which follows mm/memory.c: empty entry → anonymous/file fault; swap entry → swap-in; present but
+/// write-protected → reuse or copy (S5), each ending in "make dirty", which sets soft-dirty (S1).
+/// </summary>
+public sealed partial class MmStruct
+{
+    /// <summary>Resolves <paramref name="va"/> to a frame for the access, faulting as needed.</summary>
+    internal (FaultResult Result, long Pfn) Translate(ulong va, bool write, bool force)
+    {
+        ulong okMask = _arch.ProtNoneClear | (write ? _arch.Write : 0);
+        var pmd = Pt.PmdTableFor(va);
+        if (pmd is not null)
+        {
+            int slot = Pt.PmdIndex(va);
+            ulong h = pmd.Huge[slot];
+            if (h != 0)
+            {
+                if ((h & okMask) == okMask && _arch.IsPresent(h))
+                {
+                    pmd.Huge[slot] = h | _arch.Accessed | (write ? _arch.Dirty : 0);
+                    return (FaultResult.Ok, _arch.Pfn(h) + ((long)(va >> _arch.PageShift) & (_arch.PagesPerHuge - 1)));
+                }
+            }
+            else if (pmd.Pte[slot] is { } t)
+            {
+                int i = Pt.PteIndex(va);
+                ulong e = t.E[i];
+                if ((e & okMask) == okMask && _arch.IsPresent(e))
+                {
+                    t.E[i] = e | _arch.Accessed | (write ? _arch.Dirty : 0);
+                    return (FaultResult.Ok, _arch.Pfn(e));
+                }
+            }
+        }
+        return HandleFault(va, write, force);
+    }
+
+    private bool AccessAllowed(VmArea v, bool write, bool force) =>
+        write ? v.CanWrite || (force && (v.Flags & VmaFlags.MayWrite) != 0)
+              : v.CanRead || v.CanExec || (force && (v.Flags & VmaFlags.MayRead) != 0);
+
+    /// <summary>handle_mm_fault: returns the frame the access should use.</summary>
+    internal (FaultResult, long) HandleFault(ulong va, bool write, bool force)
+    {
+        if (Dead)
+            return (FaultResult.Segv, -1);
+        int vi = FindIndex(va);
+        if (vi < 0 && !TryExpandStack(va, out vi))
+            return (FaultResult.Segv, -1);
+        var vma = _vmas[vi];
+        if (!AccessAllowed(vma, write, force))
+            return (FaultResult.Segv, -1);
+        if ((vma.Flags & VmaFlags.PfnMap) != 0)
+            return write ? (FaultResult.Segv, -1) : (FaultResult.Ok, _mem.ZeroPfn);
+        MinorFaults++;
+
+        var pmd = Pt.EnsurePmdTable(va);
+        int slot = Pt.PmdIndex(va);
+        if (pmd.Huge[slot] != 0)
+        {
+            var r = HugeFault(vma, pmd, slot, va, write);
+            if (r.Item1 != FaultResult.Ok || r.Item2 >= 0)
+                return r;
+            // The huge page was split: continue at page level.
+        }
+        else if (pmd.Pte[slot] is null && ThpEligible(vma, va))
+        {
+            var r = HugeAnonFault(vma, pmd, slot, va, write);
+            if (r.Item1 != FaultResult.Ok || r.Item2 >= 0)
+                return r;
+        }
+
+        var t = Pt.EnsurePteTable(va);
+        int i = Pt.PteIndex(va);
+        ulong e = t.E[i];
+        if (e == 0)
+            return NoPageFault(vma, t, i, va, write, withUffdWp: false);
+        if (_arch.IsMarker(e))
+        {
+            ulong marker = _arch.SwapOffset(e);
+            if ((marker & Arch.ArchProfile.MarkerGuard) != 0)
+                return (FaultResult.Segv, -1);
+            // uffd-wp marker: a read keeps the range protected (zero page mapped with the bit);
+            // a write is resolved by the kernel in async mode and the page counts as written.
+            bool keepWp = !write;
+            Pt.Set(t, i, 0);
+            if (write)
+                UffdWpEvent(vma, va);
+            return NoPageFault(vma, t, i, va, write, withUffdWp: keepWp);
+        }
+        if (!_arch.IsPresent(e))
+            return SwapInFault(vma, t, i, va, e, write);
+        if (_arch.IsProtNone(e))
+            Pt.Set(t, i, e = _arch.MkAccessible(e));
+        if (!write)
+        {
+            t.E[i] = e | _arch.Accessed;
+            return (FaultResult.Ok, _arch.Pfn(e));
+        }
+        if (_arch.IsWritable(e))
+        {
+            t.E[i] = e | _arch.Accessed | _arch.Dirty;
+            return (FaultResult.Ok, _arch.Pfn(e));
+        }
+        return WpFault(vma, t, i, va, e, force);
+    }
+
+    /// <summary>A stack VMA grows down to cover an access just below it (no VM_SOFTDIRTY marking, S10.7).</summary>
+    private bool TryExpandStack(ulong va, out int index)
+    {
+        index = FirstEndingAbove(va);
+        if (index >= _vmas.Count)
+            return false;
+        var v = _vmas[index];
+        const ulong stackGuardGap = 256UL << 12;
+        const ulong maxStack = 8UL << 20;
+        if ((v.Flags & VmaFlags.GrowsDown) == 0 || va >= v.Start || v.Start - va > stackGuardGap || v.End - va > maxStack)
+            return false;
+        ulong newStart = va & _arch.PageMask;
+        if (index > 0 && _vmas[index - 1].End > newStart - stackGuardGap)
+            return false;
+        v.Start = newStart;
+        return true;
+    }
+
+    private bool ThpEligible(VmArea vma, ulong va)
+    {
+        var mode = _k.ThpMode;
+        if (mode == ThpMode.Never || vma.File is not null || vma.IsShared)
+            return false;
+        if ((vma.Flags & VmaFlags.NoHugePage) != 0)
+            return false;
+        if (mode == ThpMode.Madvise && (vma.Flags & VmaFlags.HugePage) == 0)
+            return false;
+        ulong hb = va & ~(_arch.HugePageSize - 1);
+        return hb >= vma.Start && hb + _arch.HugePageSize <= vma.End;
+    }
+
+    private (FaultResult, long) HugeAnonFault(VmArea vma, PmdTable pmd, int slot, ulong va, bool write)
+    {
+        long sub = (long)(va >> _arch.PageShift) & (_arch.PagesPerHuge - 1);
+        if (!write)
+        {
+            long hz = _k.HugeZeroPfn();
+            if (hz < 0)
+                return (FaultResult.Ok, -1);
+            pmd.Huge[slot] = _arch.MakeHuge(hz, writable: false, dirty: false);
+            return (FaultResult.Ok, hz + sub);
+        }
+        long head = _mem.AllocateHuge();
+        if (head < 0)
+            return (FaultResult.Ok, -1); // fall back to small pages
+        for (long p = head; p < head + _arch.PagesPerHuge; p++)
+            _mem.Map(p);
+        CountIn(head, vma, _arch.PagesPerHuge);
+        if (vma.AnonVmaId == 0)
+            vma.AnonVmaId = s_nextAnonVma++;
+        // S9: a write fault that creates a THP marks the whole PMD soft-dirty.
+        pmd.Huge[slot] = _arch.MakeHuge(head, vma.CanWrite, dirty: true);
+        return (FaultResult.Ok, head + sub);
+    }
+
+    /// <summary>Fault on a PMD-mapped page. Returns pfn -1 with Ok when it split the PMD instead.</summary>
+    private (FaultResult, long) HugeFault(VmArea vma, PmdTable pmd, int slot, ulong va, bool write)
+    {
+        ulong h = pmd.Huge[slot];
+        long head = _arch.Pfn(h);
+        long sub = (long)(va >> _arch.PageShift) & (_arch.PagesPerHuge - 1);
+        if (_arch.IsProtNone(h))
+            pmd.Huge[slot] = h = _arch.MkAccessible(h);
+        if (!write)
+        {
+            pmd.Huge[slot] = h | _arch.Accessed;
+            return (FaultResult.Ok, head + sub);
+        }
+        if (_arch.IsWritable(h))
+        {
+            pmd.Huge[slot] = h | _arch.Accessed | _arch.Dirty;
+            return (FaultResult.Ok, head + sub);
+        }
+        bool uffdWp = _arch.UffdWp != 0 && (h & _arch.UffdWp) != 0;
+        if (uffdWp)
+        {
+            // Async uffd-wp resolves a write to a THP by splitting it: tracking stays at 4 KiB.
+            SplitHuge(pmd, slot);
+            return (FaultResult.Ok, -1);
+        }
+        WpFaults++;
+        if (_mem.Kind(head) == PhysicalMemory.FrameKind.Zero)
+        {
+            long nh = _mem.AllocateHuge();
+            if (nh < 0)
+            {
+                SplitHuge(pmd, slot);
+                return (FaultResult.Ok, -1);
+            }
+            for (long p = nh; p < nh + _arch.PagesPerHuge; p++)
+                _mem.Map(p);
+            CountIn(nh, vma, _arch.PagesPerHuge);
+            pmd.Huge[slot] = _arch.MakeHuge(nh, vma.CanWrite, dirty: true);
+            return (FaultResult.Ok, nh + sub);
+        }
+        for (long p = head; p < head + _arch.PagesPerHuge; p++)
+        {
+            if (_mem.MapCount(p) != 1)
+            {
+                // Shared after fork: split and copy the one page (do_huge_pmd_wp_page falls back).
+                SplitHuge(pmd, slot);
+                return (FaultResult.Ok, -1);
+            }
+        }
+        // S5/S9: exclusive THP reused; the whole PMD becomes dirty and soft-dirty.
+        ulong ne = _arch.MkDirty(h);
+        pmd.Huge[slot] = vma.CanWrite ? _arch.MkWrite(ne) : ne;
+        return (FaultResult.Ok, head + sub);
+    }
+
+    private (FaultResult, long) NoPageFault(VmArea vma, PteTable t, int i, ulong va, bool write, bool withUffdWp)
+    {
+        ulong wpBit = withUffdWp ? _arch.UffdWp : 0;
+        if (vma.File is null)
+        {
+            if (!write)
+            {
+                // S4: the shared zero page, read-only, neither dirty nor soft-dirty.
+                Pt.Set(t, i, _arch.MakePresent(_mem.ZeroPfn, writable: false, dirty: false) | wpBit);
+                return (FaultResult.Ok, _mem.ZeroPfn);
+            }
+            long pfn = _mem.AllocateZeroed(PhysicalMemory.FrameKind.Anon);
+            if (pfn < 0)
+                return (FaultResult.Oom, -1);
+            // S3: first write installs a fresh page, writable, dirty and soft-dirty.
+            InstallPage(t, i, _arch.MakePresent(pfn, vma.CanWrite, dirty: true), pfn, vma);
+            return (FaultResult.Ok, pfn);
+        }
+        long idx = vma.PgOff + (long)((va - vma.Start) >> _arch.PageShift);
+        long cache = _k.Fs.GetPage(vma.File, idx);
+        if (cache < 0)
+            return (FaultResult.Oom, -1);
+        if (vma.IsShared)
+        {
+            // With tracking armed the VMA wants write-notify, so read faults map read-only (C1a).
+            bool writeNotify = SoftDirtyEnabled && !vma.SoftDirtyFlag;
+            bool writable = vma.CanWrite && (write || !writeNotify);
+            InstallPage(t, i, _arch.MakePresent(cache, writable, dirty: write) | wpBit, cache, vma);
+            return (FaultResult.Ok, cache);
+        }
+        if (!write)
+        {
+            InstallPage(t, i, _arch.MakePresent(cache, writable: false, dirty: false) | wpBit, cache, vma);
+            return (FaultResult.Ok, cache);
+        }
+        long copy = _mem.AllocateZeroed(PhysicalMemory.FrameKind.Anon);
+        if (copy < 0)
+            return (FaultResult.Oom, -1);
+        _mem.Page(cache).CopyTo(_mem.Page(copy));
+        InstallPage(t, i, _arch.MakePresent(copy, vma.CanWrite, dirty: true), copy, vma);
+        return (FaultResult.Ok, copy);
+    }
+
+    /// <summary>Swap-in restores soft-dirty and uffd-wp from the swap entry (K1).</summary>
+    private (FaultResult, long) SwapInFault(VmArea vma, PteTable t, int i, ulong va, ulong e, bool write)
+    {
+        ulong slot = _arch.SwapOffset(e);
+        long pfn = _mem.AllocateZeroed(PhysicalMemory.FrameKind.Anon);
+        if (pfn < 0)
+            return (FaultResult.Oom, -1);
+        _k.Swap.Read(slot).CopyTo(_mem.Page(pfn));
+        bool sd = (e & _arch.SwpSoftDirty) != 0 && _k.Version.SwapKeepsSoftDirty;
+        bool wp = _arch.SwpUffdWp != 0 && (e & _arch.SwpUffdWp) != 0;
+        bool exclusive = (e & _arch.SwpExclusive) != 0 || _k.Swap.UseCount(slot) == 1;
+        _k.Swap.Release(slot);
+        SwapEntries--;
+        MajorFaults++;
+        Pt.Set(t, i, 0);
+        ulong ne;
+        if (write)
+        {
+            if (wp)
+                UffdWpEvent(vma, va);
+            ne = _arch.MakePresent(pfn, vma.CanWrite && exclusive, dirty: true);
+        }
+        else
+        {
+            ne = _arch.MakePresent(pfn, writable: false, dirty: false);
+            if (sd) ne |= _arch.SoftDirty;
+            if (wp) ne |= _arch.UffdWp;
+        }
+        InstallPage(t, i, ne, pfn, vma);
+        return (FaultResult.Ok, pfn);
+    }
+
+    /// <summary>
+    /// Write to a present, write-protected page (S5): an exclusive anonymous page is reused in place,
+    /// a shared one (zero page, fork, page cache of a private file) is copied; shared mappings are made
+    /// writable. Every path ends in "make dirty", so the page reads soft-dirty afterwards.
+    /// </summary>
+    private (FaultResult, long) WpFault(VmArea vma, PteTable t, int i, ulong va, ulong e, bool force)
+    {
+        WpFaults++;
+        if (_arch.UffdWp != 0 && (e & _arch.UffdWp) != 0)
+        {
+            e &= ~_arch.UffdWp;
+            UffdWpEvent(vma, va);
+        }
+        long pfn = _arch.Pfn(e);
+        var kind = _mem.Kind(pfn);
+        if (vma.IsShared)
+        {
+            Pt.Set(t, i, _arch.MkDirty(vma.CanWrite ? _arch.MkWrite(e) : e));
+            return (FaultResult.Ok, pfn);
+        }
+        if (kind == PhysicalMemory.FrameKind.Anon && _mem.MapCount(pfn) == 1)
+        {
+            ulong ne = _arch.MkDirty(e);
+            Pt.Set(t, i, vma.CanWrite ? _arch.MkWrite(ne) : ne);
+            return (FaultResult.Ok, pfn);
+        }
+        long copy = _mem.AllocateZeroed(PhysicalMemory.FrameKind.Anon);
+        if (copy < 0)
+            return (FaultResult.Oom, -1);
+        if (kind != PhysicalMemory.FrameKind.Zero)
+            _mem.Page(pfn).CopyTo(_mem.Page(copy));
+        ZapEntry(t, i, vma, removeGuards: true);
+        InstallPage(t, i, _arch.MakePresent(copy, vma.CanWrite, dirty: true), copy, vma);
+        _ = force;
+        return (FaultResult.Ok, copy);
+    }
+
+    private void UffdWpEvent(VmArea vma, ulong va) => UffdFor(vma)?.OnWriteProtectFault(va & _arch.PageMask);
+
+    // ---- accesses ------------------------------------------------------------------------
+
+    /// <summary>
+    /// Copies between a task's memory and <paramref name="buf"/> as the task itself (force = false) or
+    /// as a ptrace-capable reader/writer such as /proc/PID/mem (force = true: private read-only
+    /// mappings can be written by copy-on-write). Returns the bytes moved, or EFAULT at the first
+    /// address that cannot be accessed (and sets <paramref name="faultAddress"/>).
+    /// </summary>
+    public SysResult Access(ulong va, Span<byte> buf, bool write, bool force, out ulong faultAddress)
+    {
+        faultAddress = 0;
+        int done = 0;
+        int ps = _arch.PageSize;
+        while (done < buf.Length)
+        {
+            ulong at = va + (ulong)done;
+            var (r, pfn) = Translate(at, write, force);
+            if (r != FaultResult.Ok)
+            {
+                faultAddress = at;
+                return done > 0 ? SysResult.Success(done) : (r == FaultResult.Oom ? Errno.ENOMEM : Errno.EFAULT);
+            }
+            int off = (int)(at & (ulong)(ps - 1));
+            int n = Math.Min(ps - off, buf.Length - done);
+            var page = _mem.Page(pfn).Slice(off, n);
+            if (write)
+                buf.Slice(done, n).CopyTo(page);
+            else
+                page.CopyTo(buf.Slice(done, n));
+            done += n;
+        }
+        return SysResult.Success(done);
+    }
+
+    /// <summary>
+    /// The hot path of simulated CPU stores: an 8-byte store through a writable entry touches only the
+    /// entry's hardware bits and the frame. Returns false when the store faulted fatally (SIGSEGV/OOM).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public bool StoreU64(ulong va, ulong value, out FaultResult fault)
+    {
+        fault = FaultResult.Ok;
+        ulong okMask = _arch.ProtNoneClear | _arch.Write;
+        var pmd = Pt.PmdTableFor(va);
+        if (pmd is not null && pmd.Pte[Pt.PmdIndex(va)] is { } t)
+        {
+            int i = Pt.PteIndex(va);
+            ulong e = t.E[i];
+            if ((e & okMask) == okMask && (va & 7) == 0)
+            {
+                t.E[i] = e | _arch.Accessed | _arch.Dirty;
+                BinaryPrimitives.WriteUInt64LittleEndian(
+                    _mem.Page(_arch.Pfn(e)).Slice((int)(va & (ulong)(_arch.PageSize - 1))), value);
+                return true;
+            }
+        }
+        return StoreU64Slow(va, value, out fault);
+    }
+
+    private bool StoreU64Slow(ulong va, ulong value, out FaultResult fault)
+    {
+        Span<byte> b = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(b, value);
+        var r = Access(va, b, write: true, force: false, out _);
+        fault = r.Ok ? FaultResult.Ok : r.Error == Errno.ENOMEM ? FaultResult.Oom : FaultResult.Segv;
+        return r.Ok;
+    }
+
+    /// <summary>An 8-byte load as the task. Returns false when the load faulted fatally.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public bool LoadU64(ulong va, out ulong value, out FaultResult fault)
+    {
+        fault = FaultResult.Ok;
+        ulong okMask = _arch.ProtNoneClear;
+        var pmd = Pt.PmdTableFor(va);
+        if (pmd is not null && pmd.Pte[Pt.PmdIndex(va)] is { } t)
+        {
+            int i = Pt.PteIndex(va);
+            ulong e = t.E[i];
+            if ((e & okMask) == okMask && _arch.IsPresent(e) && (va & 7) == 0)
+            {
+                t.E[i] = e | _arch.Accessed;
+                value = BinaryPrimitives.ReadUInt64LittleEndian(
+                    _mem.Page(_arch.Pfn(e)).Slice((int)(va & (ulong)(_arch.PageSize - 1))));
+                return true;
+            }
+        }
+        Span<byte> b = stackalloc byte[8];
+        var r = Access(va, b, write: false, force: false, out _);
+        value = r.Ok ? BinaryPrimitives.ReadUInt64LittleEndian(b) : 0;
+        fault = r.Ok ? FaultResult.Ok : r.Error == Errno.ENOMEM ? FaultResult.Oom : FaultResult.Segv;
+        return r.Ok;
+    }
+}

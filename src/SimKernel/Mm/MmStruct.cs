@@ -1,0 +1,345 @@
+using CriuSharp.SimKernel.Arch;
+using CriuSharp.SimKernel.Uffd;
+
+namespace CriuSharp.SimKernel.Mm;
+
+/// <summary>
+/// An address space (mm_struct): the sorted VMA list, the page tables, and the counters that
+/// /proc/PID/status and stat report. Operations that change it live in the partial files
+/// MmOps (mmap family), MmFault (faults and accesses) and MmFork.
+/// </summary>
+public sealed partial class MmStruct
+{
+    private readonly Kernel _k;
+    private readonly List<VmArea> _vmas = [];
+    private readonly ArchProfile _arch;
+    private readonly PhysicalMemory _mem;
+    private static ulong s_nextAnonVma = 1;
+
+    internal MmStruct(Kernel kernel)
+    {
+        _k = kernel;
+        _arch = kernel.Arch;
+        _mem = kernel.Memory;
+        Pt = new PageTables(_arch);
+        MmapBase = (_arch.TaskSize - 0x10_0000_0000UL) & ~(_arch.HugePageSize - 1);
+    }
+
+    public Kernel Kernel => _k;
+    public PageTables Pt { get; }
+    public IReadOnlyList<VmArea> Vmas => _vmas;
+    public bool Dead { get; internal set; }
+
+    // Layout fields CRIU reads from /proc/PID/stat into MmEntry.
+    public ulong StartCode { get; internal set; }
+    public ulong EndCode { get; internal set; }
+    public ulong StartData { get; internal set; }
+    public ulong EndData { get; internal set; }
+    public ulong StartBrk { get; internal set; }
+    public ulong Brk { get; internal set; }
+    public ulong StartStack { get; internal set; }
+    public ulong ArgStart { get; internal set; }
+    public ulong ArgEnd { get; internal set; }
+    public ulong EnvStart { get; internal set; }
+    public ulong EnvEnd { get; internal set; }
+    public ulong MmapBase { get; }
+    public SimFile? ExeFile { get; internal set; }
+
+    // Counters (in pages).
+    public long RssAnon { get; private set; }
+    public long RssFile { get; private set; }
+    public long RssShmem { get; private set; }
+    public long Rss => RssAnon + RssFile + RssShmem;
+    public long HiwaterRss { get; private set; }
+    public long SwapEntries { get; private set; }
+    public long MinorFaults { get; internal set; }
+    public long MajorFaults { get; internal set; }
+    /// <summary>Write faults caused by write-protection (clear_refs 4 or uffd-wp): the tracking cost.</summary>
+    public long WpFaults { get; internal set; }
+    /// <summary>Set once the process pinned pages (FOLL_PIN); makes clear_refs skip maybe-pinned pages (C2).</summary>
+    public bool HasPinned { get; internal set; }
+    internal HashSet<long> PinnedPfns { get; } = [];
+
+    public ulong TotalVm => _vmas.Aggregate(0UL, (s, v) => s + v.Length) >> _arch.PageShift;
+
+    internal bool SoftDirtyEnabled => _k.SoftDirtySupported;
+    internal VmaFlags NewVmaSoftDirty => _k.SoftDirtySupported && _k.Version.HasVmSoftDirty ? VmaFlags.SoftDirty : VmaFlags.None;
+
+    // ---- VMA lookup ----------------------------------------------------------------------
+
+    /// <summary>Index of the VMA containing <paramref name="va"/>, or -1.</summary>
+    public int FindIndex(ulong va)
+    {
+        int lo = 0, hi = _vmas.Count - 1;
+        while (lo <= hi)
+        {
+            int mid = (lo + hi) >>> 1;
+            var v = _vmas[mid];
+            if (va < v.Start) hi = mid - 1;
+            else if (va >= v.End) lo = mid + 1;
+            else return mid;
+        }
+        return -1;
+    }
+
+    public VmArea? Find(ulong va)
+    {
+        int i = FindIndex(va);
+        return i < 0 ? null : _vmas[i];
+    }
+
+    /// <summary>Index of the first VMA that ends above <paramref name="va"/> (Count when none).</summary>
+    internal int FirstEndingAbove(ulong va)
+    {
+        int lo = 0, hi = _vmas.Count;
+        while (lo < hi)
+        {
+            int mid = (lo + hi) >>> 1;
+            if (_vmas[mid].End <= va) lo = mid + 1; else hi = mid;
+        }
+        return lo;
+    }
+
+    internal bool RangeFullyMapped(ulong start, ulong end)
+    {
+        ulong at = start;
+        for (int i = FirstEndingAbove(start); i < _vmas.Count && at < end; i++)
+        {
+            if (_vmas[i].Start > at)
+                return false;
+            at = _vmas[i].End;
+        }
+        return at >= end;
+    }
+
+    internal bool RangeFree(ulong start, ulong end)
+    {
+        int i = FirstEndingAbove(start);
+        return i == _vmas.Count || _vmas[i].Start >= end;
+    }
+
+    internal void Insert(VmArea v)
+    {
+        int i = FirstEndingAbove(v.Start);
+        _vmas.Insert(i, v);
+    }
+
+    // ---- split and merge -----------------------------------------------------------------
+
+    /// <summary>Ensures a VMA boundary at <paramref name="addr"/> (splitting a huge page that straddles it).</summary>
+    internal void SplitAt(ulong addr)
+    {
+        int i = FindIndex(addr);
+        if (i < 0 || _vmas[i].Start == addr)
+            return;
+        var lo = _vmas[i];
+        if ((addr & (_arch.HugePageSize - 1)) != 0)
+            SplitHugeAt(addr);
+        var hi = lo.Clone();
+        hi.Start = addr;
+        if (lo.File is not null)
+            hi.PgOff = lo.PgOff + (long)((addr - lo.Start) >> _arch.PageShift);
+        lo.End = addr;
+        _vmas.Insert(i + 1, hi);
+    }
+
+    private bool CanMerge(VmArea a, VmArea b) =>
+        a.End == b.Start
+        && ((a.Flags ^ b.Flags) & ~VmaFlags.SoftDirty) == 0
+        && ReferenceEquals(a.File, b.File)
+        && (a.File is null || b.PgOff == a.PgOff + (long)(a.Length >> _arch.PageShift))
+        && a.SpecialName is null && b.SpecialName is null
+        && ReferenceEquals(a.Uffd, b.Uffd)
+        && (a.AnonVmaId == 0 || b.AnonVmaId == 0 || a.AnonVmaId == b.AnonVmaId);
+
+    /// <summary>
+    /// Merges the VMA at <paramref name="idx"/> with compatible neighbours. VM_SOFTDIRTY is ignored
+    /// when deciding; on the result it is sticky (either side's flag survives) on 6.19/6.18.y, while
+    /// older kernels keep the flags of the VMA that is expanded, which can lose it (FN1).
+    /// Returns the index of the resulting VMA.
+    /// </summary>
+    internal int MergeAround(int idx)
+    {
+        bool mergedLeft = false;
+        if (idx > 0 && CanMerge(_vmas[idx - 1], _vmas[idx]))
+        {
+            MergePair(idx - 1, survivorIsLow: true);
+            idx--;
+            mergedLeft = true;
+        }
+        if (idx + 1 < _vmas.Count && CanMerge(_vmas[idx], _vmas[idx + 1]))
+            MergePair(idx, survivorIsLow: mergedLeft);
+        return idx;
+    }
+
+    private void MergePair(int lowIdx, bool survivorIsLow)
+    {
+        var lo = _vmas[lowIdx];
+        var hi = _vmas[lowIdx + 1];
+        VmaFlags flags;
+        if (_k.Version.StickySoftDirtyMerge)
+            flags = lo.Flags | (hi.Flags & VmaFlags.SoftDirty);
+        else
+            flags = survivorIsLow ? lo.Flags : hi.Flags;
+        lo.End = hi.End;
+        lo.Flags = flags;
+        if (lo.AnonVmaId == 0)
+            lo.AnonVmaId = hi.AnonVmaId;
+        _vmas.RemoveAt(lowIdx + 1);
+    }
+
+    // ---- installing and removing entries -------------------------------------------------
+
+    private void CountIn(long pfn, VmArea vma, long pages)
+    {
+        switch (_mem.Kind(pfn))
+        {
+            case PhysicalMemory.FrameKind.Anon: RssAnon += pages; break;
+            case PhysicalMemory.FrameKind.PageCache:
+                if (vma.IsShmem) RssShmem += pages; else RssFile += pages;
+                break;
+            default: return;
+        }
+        if (Rss > HiwaterRss)
+            HiwaterRss = Rss;
+    }
+
+    private void CountOut(long pfn, VmArea vma, long pages)
+    {
+        switch (_mem.Kind(pfn))
+        {
+            case PhysicalMemory.FrameKind.Anon: RssAnon -= pages; break;
+            case PhysicalMemory.FrameKind.PageCache:
+                if (vma.IsShmem) RssShmem -= pages; else RssFile -= pages;
+                break;
+        }
+    }
+
+    /// <summary>Maps <paramref name="pfn"/> with entry <paramref name="e"/>, counting the mapping and RSS.</summary>
+    internal void InstallPage(PteTable t, int i, ulong e, long pfn, VmArea vma)
+    {
+        if (_mem.Kind(pfn) != PhysicalMemory.FrameKind.Zero)
+        {
+            _mem.Map(pfn);
+            CountIn(pfn, vma, 1);
+            if (vma.AnonVmaId == 0 && _mem.Kind(pfn) == PhysicalMemory.FrameKind.Anon)
+                vma.AnonVmaId = s_nextAnonVma++;
+        }
+        Pt.Set(t, i, e);
+    }
+
+    /// <summary>Removes one entry, releasing its frame or swap slot. Guard markers stay unless asked.</summary>
+    internal void ZapEntry(PteTable t, int i, VmArea vma, bool removeGuards)
+    {
+        ulong e = t.E[i];
+        if (e == 0)
+            return;
+        if (_arch.IsPresent(e))
+        {
+            long pfn = _arch.Pfn(e);
+            if (_mem.Kind(pfn) != PhysicalMemory.FrameKind.Zero)
+            {
+                CountOut(pfn, vma, 1);
+                _mem.Unmap(pfn);
+            }
+        }
+        else if (_arch.IsMarker(e))
+        {
+            if (!removeGuards && (_arch.SwapOffset(e) & ArchProfile.MarkerGuard) != 0)
+                return;
+        }
+        else
+        {
+            _k.Swap.Release(_arch.SwapOffset(e));
+            SwapEntries--;
+        }
+        Pt.Set(t, i, 0);
+    }
+
+    internal void ZapHuge(PmdTable pmd, int slot, VmArea vma)
+    {
+        ulong e = pmd.Huge[slot];
+        long head = _arch.Pfn(e);
+        if (_mem.Kind(head) != PhysicalMemory.FrameKind.Zero)
+        {
+            CountOut(head, vma, _arch.PagesPerHuge);
+            for (long p = head; p < head + _arch.PagesPerHuge; p++)
+                _mem.Unmap(p);
+        }
+        pmd.Huge[slot] = 0;
+    }
+
+    /// <summary>Removes all entries in [start, end) of one VMA; huge pages partly covered are split first.</summary>
+    internal void ZapRange(VmArea vma, ulong start, ulong end, bool removeGuards)
+    {
+        ulong hsz = _arch.HugePageSize;
+        foreach (var (baseVa, pmd, slot) in Pt.Slots(start, end).ToList())
+        {
+            if (pmd.Huge[slot] != 0)
+            {
+                if (start <= baseVa && baseVa + hsz <= end)
+                {
+                    ZapHuge(pmd, slot, vma);
+                    continue;
+                }
+                SplitHuge(pmd, slot);
+            }
+            var t = pmd.Pte[slot];
+            if (t is null || t.Used == 0)
+                continue;
+            ulong s = Math.Max(start, baseVa), e = Math.Min(end, baseVa + hsz);
+            for (ulong va = s; va < e; va += (ulong)_arch.PageSize)
+                ZapEntry(t, Pt.PteIndex(va), vma, removeGuards);
+        }
+    }
+
+    /// <summary>Drops empty page tables in [start, end) (munmap frees page tables, DONTNEED does not).</summary>
+    internal void FreePageTables(ulong start, ulong end)
+    {
+        ulong hsz = _arch.HugePageSize;
+        foreach (var (baseVa, pmd, slot) in Pt.Slots(start, end).ToList())
+        {
+            if (baseVa >= start && baseVa + hsz <= end && pmd.Pte[slot] is { Used: 0 })
+                pmd.Pte[slot] = null;
+        }
+    }
+
+    /// <summary>
+    /// Splits a PMD-mapped huge page into a page table (K4). Each PTE keeps the PMD's soft-dirty bit;
+    /// a PMD that is hardware-dirty makes its PTEs dirty, and "make dirty" also sets soft-dirty (FP2).
+    /// </summary>
+    internal void SplitHuge(PmdTable pmd, int slot)
+    {
+        ulong h = pmd.Huge[slot];
+        if (h == 0)
+            return;
+        long head = _arch.Pfn(h);
+        bool zero = _mem.Kind(head) == PhysicalMemory.FrameKind.Zero;
+        var t = new PteTable(_arch.PtrsPerTable);
+        bool writable = _arch.IsWritable(h);
+        bool dirty = (h & _arch.Dirty) != 0;
+        bool sd = (h & _arch.SoftDirty) != 0;
+        bool wp = (h & _arch.UffdWp) != 0 && _arch.UffdWp != 0;
+        bool protNone = _arch.IsProtNone(h);
+        for (int i = 0; i < _arch.PtrsPerTable; i++)
+        {
+            long pfn = zero ? _mem.ZeroPfn : head + i;
+            ulong e = _arch.MakePresent(pfn, writable && !zero, dirty && !zero);
+            if (sd) e |= _arch.SoftDirty;
+            if (wp) e |= _arch.UffdWp;
+            if (protNone) e = _arch.MkProtNone(e);
+            Pt.Set(t, i, e);
+        }
+        pmd.Pte[slot] = t;
+        pmd.Huge[slot] = 0;
+    }
+
+    internal void SplitHugeAt(ulong va)
+    {
+        var pmd = Pt.PmdTableFor(va);
+        if (pmd is not null && pmd.Huge[Pt.PmdIndex(va)] != 0)
+            SplitHuge(pmd, Pt.PmdIndex(va));
+    }
+
+    internal Userfaultfd? UffdFor(VmArea vma) => vma.UffdWpRegistered ? vma.Uffd : null;
+}

@@ -1,0 +1,173 @@
+using System.Runtime.CompilerServices;
+
+namespace CriuSharp.SimKernel.Mm;
+
+/// <summary>
+/// Page frames addressed by PFN. Contents live in large chunks (64 MiB each), allocated lazily;
+/// per-frame metadata is two flat arrays (map count and kind), 5 bytes a frame.
+///
+///   pfn ──► chunk[pfn >> chunkShift] ──► bytes [(pfn &amp; chunkMask) &lt;&lt; pageShift, +pageSize)
+///   pfn ──► mapCount[pfn], kind[pfn]
+///
+/// Huge pages are runs of <c>PagesPerHuge</c> consecutive, aligned frames inside one chunk, so a
+/// sub-page's PFN is head + index, as pagemap reports it.
+/// </summary>
+public sealed class PhysicalMemory
+{
+    public enum FrameKind : byte { Free = 0, Anon = 1, PageCache = 2, Zero = 3, Reserved = 4 }
+
+    private const int ChunkBytesShift = 26; // 64 MiB
+    private readonly int _pageShift;
+    private readonly int _chunkShift;
+    private readonly long _chunkMask;
+    private readonly int _hugeFrames;
+    private byte[]?[] _chunks = new byte[]?[16];
+    private int[] _mapCount = new int[1 << 16];
+    private FrameKind[] _kind = new FrameKind[1 << 16];
+    private long[] _free = new long[1024];
+    private int _freeCount;
+    private readonly Stack<long> _freeHuge = new();
+    private long _next;
+
+    /// <summary>PFNs start here so that no real page reads PFN 0.</summary>
+    public const long FirstPfn = 0x1000;
+
+    public PhysicalMemory(int pageShift, int pagesPerHuge, long totalBytes)
+    {
+        _pageShift = pageShift;
+        _chunkShift = ChunkBytesShift - pageShift;
+        _chunkMask = (1L << _chunkShift) - 1;
+        _hugeFrames = pagesPerHuge;
+        TotalFrames = totalBytes >> pageShift;
+        _next = FirstPfn;
+        ZeroPfn = AllocateRaw(FrameKind.Zero);
+    }
+
+    public int PageSize => 1 << _pageShift;
+    public long TotalFrames { get; }
+    public long UsedFrames { get; private set; }
+    /// <summary>The shared zero page: mapped read-only by read faults on anonymous memory (S4).</summary>
+    public long ZeroPfn { get; }
+    public long HighestPfn => _next;
+
+    public FrameKind Kind(long pfn) => _kind[pfn];
+    public int MapCount(long pfn) => _mapCount[pfn];
+    public void SetKind(long pfn, FrameKind k) => _kind[pfn] = k;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Map(long pfn) => _mapCount[pfn]++;
+
+    /// <summary>Drops one mapping; frees an anonymous frame when nothing maps it any more.</summary>
+    public void Unmap(long pfn)
+    {
+        int c = --_mapCount[pfn];
+        if (c == 0 && _kind[pfn] == FrameKind.Anon)
+            Free(pfn);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public Span<byte> Page(long pfn)
+    {
+        var chunk = _chunks[pfn >> _chunkShift]!;
+        return chunk.AsSpan((int)((pfn & _chunkMask) << _pageShift), 1 << _pageShift);
+    }
+
+    /// <summary>A zeroed frame, or -1 when the machine's memory is exhausted.</summary>
+    public long AllocateZeroed(FrameKind kind)
+    {
+        if (UsedFrames >= TotalFrames)
+            return -1;
+        long pfn = AllocateRaw(kind);
+        Page(pfn).Clear();
+        return pfn;
+    }
+
+    /// <summary>An aligned run of huge-page frames, zeroed; -1 when none can be had.</summary>
+    public long AllocateHuge()
+    {
+        if (UsedFrames + _hugeFrames > TotalFrames)
+            return -1;
+        long head;
+        if (_freeHuge.Count > 0)
+            head = _freeHuge.Pop();
+        else
+        {
+            long aligned = (_next + _hugeFrames - 1) & ~((long)_hugeFrames - 1);
+            // Keep the run inside one chunk; frames skipped for alignment go to the free list.
+            for (long p = _next; p < aligned; p++)
+                ReleaseToFreeList(EnsureFrame(p));
+            head = aligned;
+            _next = aligned + _hugeFrames;
+            EnsureCapacity(_next);
+        }
+        for (long p = head; p < head + _hugeFrames; p++)
+        {
+            _kind[p] = FrameKind.Anon;
+            _mapCount[p] = 0;
+            Page(p).Clear();
+        }
+        UsedFrames += _hugeFrames;
+        return head;
+    }
+
+    /// <summary>Returns a whole huge run at once (used when an unsplit huge page is freed).</summary>
+    public void FreeHuge(long head)
+    {
+        for (long p = head; p < head + _hugeFrames; p++)
+        {
+            _kind[p] = FrameKind.Free;
+            _mapCount[p] = 0;
+        }
+        UsedFrames -= _hugeFrames;
+        _freeHuge.Push(head);
+    }
+
+    public void Free(long pfn)
+    {
+        if (_kind[pfn] == FrameKind.Free || _kind[pfn] == FrameKind.Zero)
+            return;
+        _kind[pfn] = FrameKind.Free;
+        _mapCount[pfn] = 0;
+        UsedFrames--;
+        ReleaseToFreeList(pfn);
+    }
+
+    private void ReleaseToFreeList(long pfn)
+    {
+        if (_freeCount == _free.Length)
+            Array.Resize(ref _free, _free.Length * 2);
+        _free[_freeCount++] = pfn;
+    }
+
+    private long AllocateRaw(FrameKind kind)
+    {
+        long pfn = _freeCount > 0 ? _free[--_freeCount] : EnsureFrame(_next++);
+        _kind[pfn] = kind;
+        _mapCount[pfn] = 0;
+        UsedFrames++;
+        return pfn;
+    }
+
+    private long EnsureFrame(long pfn)
+    {
+        EnsureCapacity(pfn + 1);
+        return pfn;
+    }
+
+    private void EnsureCapacity(long endPfn)
+    {
+        if (endPfn > _mapCount.Length)
+        {
+            long n = _mapCount.Length;
+            while (n < endPfn)
+                n *= 2;
+            Array.Resize(ref _mapCount, (int)n);
+            Array.Resize(ref _kind, (int)n);
+        }
+        long lastChunk = (endPfn - 1) >> _chunkShift;
+        if (lastChunk >= _chunks.Length)
+            Array.Resize(ref _chunks, (int)Math.Max(lastChunk + 1, _chunks.Length * 2));
+        for (long c = 0; c <= lastChunk; c++)
+            _chunks[c] ??= GC.AllocateUninitializedArray<byte>(1 << ChunkBytesShift);
+    }
+}

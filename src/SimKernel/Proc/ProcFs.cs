@@ -1,0 +1,270 @@
+using System.Buffers.Binary;
+using System.Text;
+using CriuSharp.SimKernel.Mm;
+
+namespace CriuSharp.SimKernel.Proc;
+
+public enum OpenMode { ReadOnly, WriteOnly, ReadWrite }
+
+public enum Whence { Set = 0, Cur = 1, End = 2 }
+
+/// <summary>
+/// An open /proc file. The semantics follow the kernel's file operations for each file, so a
+/// selftest that opens, seeks, reads and writes translates line by line.
+/// </summary>
+public abstract class ProcFile
+{
+    public long Position { get; protected set; }
+    public virtual SysResult Read(Span<byte> buffer) => Errno.EINVAL;
+    public virtual SysResult Write(ReadOnlySpan<byte> data) => Errno.EINVAL;
+
+    public virtual SysResult Lseek(long offset, Whence whence)
+    {
+        long target = whence switch
+        {
+            Whence.Set => offset,
+            Whence.Cur => Position + offset,
+            _ => -1,
+        };
+        if (whence == Whence.End || target < 0)
+            return Errno.EINVAL;
+        Position = target;
+        return SysResult.Success(target);
+    }
+
+    public virtual SysResult Ioctl(uint cmd, ref PmScanArg arg, Span<PageRegion> vec) => Errno.ENOTTY;
+}
+
+/// <summary>/proc/PID/{maps,smaps,status}: text generated when opened, read like a seq_file.</summary>
+internal sealed class TextFile(string text) : ProcFile
+{
+    private readonly byte[] _bytes = Encoding.ASCII.GetBytes(text);
+
+    public override SysResult Read(Span<byte> buffer)
+    {
+        if (Position >= _bytes.Length)
+            return SysResult.Success(0);
+        int n = (int)Math.Min(buffer.Length, _bytes.Length - Position);
+        _bytes.AsSpan((int)Position, n).CopyTo(buffer);
+        Position += n;
+        return SysResult.Success(n);
+    }
+}
+
+internal sealed class ClearRefsFile(SimTask task) : ProcFile
+{
+    public override SysResult Write(ReadOnlySpan<byte> data) => ClearRefs.Write(task, data, task.Kernel.Version.ClearRefsMax);
+}
+
+/// <summary>/proc/PID/pagemap (and pagemap2): 8 bytes per virtual page, bound to the mm at open.</summary>
+internal sealed class PagemapFile(SimTask task, MmStruct mm, PagemapLayout layout, bool privileged) : ProcFile
+{
+    public override SysResult Read(Span<byte> buffer)
+    {
+        long count = buffer.Length;
+        if ((Position & 7) != 0 || (count & 7) != 0)
+            return Errno.EINVAL;
+        if (count == 0)
+            return SysResult.Success(0);
+        if (Position > long.MaxValue - count)
+            return Errno.EINVAL;
+        if (mm.Dead)
+            return SysResult.Success(0);
+        var arch = mm.Kernel.Arch;
+        ulong endIndex = arch.TaskSize >> arch.PageShift;
+        ulong first = (ulong)Position / 8;
+        if (first >= endIndex)
+            return SysResult.Success(0);
+        int entries = (int)Math.Min((ulong)count / 8, endIndex - first);
+        var tmp = System.Buffers.ArrayPool<ulong>.Shared.Rent(Math.Min(entries, 1 << 16));
+        try
+        {
+            int done = 0;
+            while (done < entries)
+            {
+                int n = Math.Min(entries - done, tmp.Length);
+                Pagemap.Read(mm, (first + (ulong)done) << arch.PageShift, tmp.AsSpan(0, n), layout, privileged);
+                var dst = buffer.Slice(done * 8, n * 8);
+                for (int i = 0; i < n; i++)
+                    BinaryPrimitives.WriteUInt64LittleEndian(dst.Slice(i * 8), tmp[i]);
+                done += n;
+            }
+        }
+        finally
+        {
+            System.Buffers.ArrayPool<ulong>.Shared.Return(tmp);
+        }
+        Position += entries * 8L;
+        return SysResult.Success(entries * 8L);
+    }
+
+    public override SysResult Ioctl(uint cmd, ref PmScanArg arg, Span<PageRegion> vec)
+    {
+        if (layout != PagemapLayout.Modern || !task.Kernel.Version.HasPagemapScan)
+            return Errno.ENOTTY;
+        if (cmd != PageCategory.PagemapScanIoctl)
+            return Errno.EINVAL;
+        return PagemapScan.Scan(task, ref arg, vec);
+    }
+}
+
+/// <summary>/proc/PID/mem: reads and writes at the file position, which is the virtual address.</summary>
+internal sealed class MemFile(MmStruct mm, bool writable) : ProcFile
+{
+    public override SysResult Read(Span<byte> buffer)
+    {
+        var r = mm.Access((ulong)Position, buffer, write: false, force: true, out _);
+        if (!r.Ok)
+            return Errno.EIO;
+        Position += r.Value;
+        return r;
+    }
+
+    public override SysResult Write(ReadOnlySpan<byte> data)
+    {
+        if (!writable)
+            return Errno.EBADF;
+        var span = System.Runtime.InteropServices.MemoryMarshal.CreateSpan(
+            ref System.Runtime.InteropServices.MemoryMarshal.GetReference(data), data.Length);
+        var r = mm.Access((ulong)Position, span, write: true, force: true, out _);
+        if (!r.Ok)
+            return Errno.EIO;
+        Position += r.Value;
+        return r;
+    }
+
+    public override SysResult Lseek(long offset, Whence whence)
+    {
+        // /proc/PID/mem takes any position, including "negative" high addresses.
+        if (whence == Whence.End)
+            return Errno.EINVAL;
+        Position = whence == Whence.Set ? offset : Position + offset;
+        return SysResult.Success(Position);
+    }
+}
+
+/// <summary>
+/// The /proc interfaces CRIU reads, as files (<see cref="Open"/>) and as typed helpers. A dumper
+/// that sees the kernel only through this class and the restore-side system calls sees what CRIU
+/// sees on Linux.
+/// </summary>
+public sealed class ProcFs
+{
+    private readonly Kernel _k;
+
+    internal ProcFs(Kernel kernel) => _k = kernel;
+
+    /// <summary>open("/proc/PID/NAME"). <paramref name="privileged"/> stands for CAP_SYS_ADMIN of the opener.</summary>
+    public SysResult Open(int pid, string name, OpenMode mode, out ProcFile? file, bool privileged = true)
+    {
+        file = null;
+        var task = _k.FindTask(pid);
+        if (task is null || task.State == TaskState.Dead)
+            return Errno.ENOENT;
+        bool wantsWrite = mode != OpenMode.ReadOnly;
+        switch (name)
+        {
+            case "maps":
+            case "smaps":
+            case "status":
+                if (wantsWrite)
+                    return Errno.EACCES;
+                file = new TextFile(name switch
+                {
+                    "maps" => ProcText.Maps(task.Mm),
+                    "smaps" => ProcText.Smaps(task.Mm),
+                    _ => ProcText.Status(task),
+                });
+                return SysResult.Success();
+            case "clear_refs":
+                // Mode 0200; root may still open it for reading, but read() then fails with EINVAL.
+                if (!privileged && mode != OpenMode.WriteOnly)
+                    return Errno.EACCES;
+                file = new ClearRefsFile(task);
+                return SysResult.Success();
+            case "pagemap":
+                if (wantsWrite)
+                    return Errno.EACCES;
+                file = new PagemapFile(task, task.Mm, _k.Version.PagemapLayout, privileged);
+                return SysResult.Success();
+            case "pagemap2":
+                if (!_k.Version.HasPagemap2)
+                    return Errno.ENOENT;
+                if (wantsWrite)
+                    return Errno.EACCES;
+                file = new PagemapFile(task, task.Mm, PagemapLayout.Pagemap2, privileged);
+                return SysResult.Success();
+            case "mem":
+                file = new MemFile(task.Mm, wantsWrite);
+                return SysResult.Success();
+            default:
+                return Errno.ENOENT;
+        }
+    }
+
+    private SimTask Task(int pid) => _k.FindTask(pid) is { State: not TaskState.Dead } t ? t
+        : throw new KernelException(Errno.ESRCH, $"/proc/{pid}");
+
+    public string Maps(int pid) => ProcText.Maps(Task(pid).Mm);
+    public string Smaps(int pid) => ProcText.Smaps(Task(pid).Mm);
+    public string Status(int pid) => ProcText.Status(Task(pid));
+
+    /// <summary>Entries for <paramref name="count"/> pages from <paramref name="startVa"/> in the given layout.</summary>
+    public ulong[] ReadPagemap(int pid, ulong startVa, int count, PagemapLayout? layout = null)
+    {
+        var entries = new ulong[count];
+        ReadPagemap(pid, startVa, entries, layout);
+        return entries;
+    }
+
+    public void ReadPagemap(int pid, ulong startVa, Span<ulong> entries, PagemapLayout? layout = null)
+    {
+        var l = layout ?? _k.Version.PagemapLayout;
+        if (l == PagemapLayout.Pagemap2 && !_k.Version.HasPagemap2 && _k.Version.PagemapLayout != PagemapLayout.Modern)
+            throw new KernelException(Errno.ENOENT, $"/proc/{pid}/pagemap2");
+        Pagemap.Read(Task(pid).Mm, startVa, entries, l);
+    }
+
+    /// <summary>echo VALUE &gt; /proc/PID/clear_refs.</summary>
+    public SysResult ClearRefs(int pid, string value) => ClearRefs(pid, Encoding.ASCII.GetBytes(value));
+
+    public SysResult ClearRefs(int pid, ReadOnlySpan<byte> value)
+    {
+        var t = _k.FindTask(pid);
+        if (t is null || t.State == TaskState.Dead)
+            return Errno.ESRCH;
+        return Proc.ClearRefs.Write(t, value, _k.Version.ClearRefsMax);
+    }
+
+    public SysResult PagemapScan(int pid, ref PmScanArg arg, Span<PageRegion> vec)
+    {
+        var t = _k.FindTask(pid);
+        if (t is null || t.State == TaskState.Dead)
+            return Errno.ESRCH;
+        if (!_k.Version.HasPagemapScan)
+            return Errno.ENOTTY;
+        return Proc.PagemapScan.Scan(t, ref arg, vec);
+    }
+
+    /// <summary>process_vm_readv / /proc/PID/mem read: ptrace-style access that may fault pages in.</summary>
+    public SysResult ReadMemory(int pid, ulong va, Span<byte> buffer)
+    {
+        var t = _k.FindTask(pid);
+        if (t is null || !t.Alive)
+            return Errno.ESRCH;
+        var r = t.Mm.Access(va, buffer, write: false, force: true, out _);
+        return r.Ok && r.Value == buffer.Length ? r : Errno.EFAULT;
+    }
+
+    /// <summary>process_vm_writev / /proc/PID/mem write (FOLL_FORCE: read-only private mappings are written by COW).</summary>
+    public SysResult WriteMemory(int pid, ulong va, ReadOnlySpan<byte> data)
+    {
+        var t = _k.FindTask(pid);
+        if (t is null || !t.Alive)
+            return Errno.ESRCH;
+        var span = System.Runtime.InteropServices.MemoryMarshal.CreateSpan(
+            ref System.Runtime.InteropServices.MemoryMarshal.GetReference(data), data.Length);
+        var r = t.Mm.Access(va, span, write: true, force: true, out _);
+        return r.Ok && r.Value == data.Length ? r : Errno.EFAULT;
+    }
+}

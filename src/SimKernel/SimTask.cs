@@ -1,0 +1,141 @@
+using System.Runtime.InteropServices;
+using CriuSharp.SimKernel.Mm;
+using CriuSharp.SimKernel.Uffd;
+
+namespace CriuSharp.SimKernel;
+
+public enum TaskState { Running, Frozen, Zombie, Dead }
+
+/// <summary>
+/// A process (one thread). Its own loads and stores go through the methods here, which refuse to
+/// run while the task is frozen and turn a fatal fault into SIGSEGV (the task dies; the caller gets
+/// EFAULT) rather than an exception in the tool.
+/// </summary>
+public sealed class SimTask
+{
+    public const int SIGKILL = 9;
+    public const int SIGSEGV = 11;
+    /// <summary>Number of 64-bit registers kept per task (a dump saves them in the core image).</summary>
+    public const int RegisterCount = 32;
+
+    internal SimTask(Kernel kernel, int pid, string comm, MmStruct mm, ulong startTimeNs)
+    {
+        Kernel = kernel;
+        Pid = pid;
+        Comm = comm.Length > 15 ? comm[..15] : comm;
+        Mm = mm;
+        StartTimeNs = startTimeNs;
+    }
+
+    public Kernel Kernel { get; }
+    public int Pid { get; }
+    public int Ppid { get; internal set; }
+    public int Pgid { get; internal set; }
+    public int Sid { get; internal set; }
+    public string Comm { get; }
+    public MmStruct Mm { get; }
+    public TaskState State { get; internal set; }
+    public ulong StartTimeNs { get; }
+    public int ExitCode { get; internal set; }
+    /// <summary>The signal that killed the task (11 for SIGSEGV), or 0.</summary>
+    public int TermSignal { get; internal set; }
+    /// <summary>The address of the access that raised SIGSEGV.</summary>
+    public ulong FaultAddress { get; private set; }
+    /// <summary>Register file: instruction pointer, stack pointer and general registers of the simulated program.</summary>
+    public ulong[] Registers { get; } = new ulong[RegisterCount];
+    /// <summary>Opaque extra core state of the simulated program (saved and restored by dumps).</summary>
+    public byte[] ExtraState { get; set; } = [];
+
+    public bool Alive => State is TaskState.Running or TaskState.Frozen;
+
+    private void EnsureRunnable()
+    {
+        if (State != TaskState.Running)
+            throw new InvalidOperationException($"task {Pid} is {State.ToString().ToLowerInvariant()} and cannot run");
+    }
+
+    private SysResult Deliver(SysResult r, ulong addr)
+    {
+        if (r.Ok)
+            return r;
+        if (r.Error == Errno.ENOMEM)
+            Kernel.Exit(this, 0, SIGKILL); // the OOM killer
+        else
+        {
+            FaultAddress = addr;
+            Kernel.Exit(this, 0, SIGSEGV);
+        }
+        return r;
+    }
+
+    /// <summary>Stores bytes as the task. A fault the kernel cannot resolve kills it with SIGSEGV.</summary>
+    public SysResult Write(ulong va, ReadOnlySpan<byte> data)
+    {
+        EnsureRunnable();
+        var span = MemoryMarshal.CreateSpan(ref MemoryMarshal.GetReference(data), data.Length);
+        var r = Mm.Access(va, span, write: true, force: false, out ulong at);
+        return Deliver(r.Ok && r.Value < data.Length ? Errno.EFAULT : r, at);
+    }
+
+    /// <summary>Loads bytes as the task.</summary>
+    public SysResult Read(ulong va, Span<byte> data)
+    {
+        EnsureRunnable();
+        var r = Mm.Access(va, data, write: false, force: false, out ulong at);
+        return Deliver(r.Ok && r.Value < data.Length ? Errno.EFAULT : r, at);
+    }
+
+    public bool StoreU64(ulong va, ulong value)
+    {
+        EnsureRunnable();
+        if (Mm.StoreU64(va, value, out var f))
+            return true;
+        Deliver(f == FaultResult.Oom ? Errno.ENOMEM : Errno.EFAULT, va);
+        return false;
+    }
+
+    public bool LoadU64(ulong va, out ulong value)
+    {
+        EnsureRunnable();
+        if (Mm.LoadU64(va, out value, out var f))
+            return true;
+        Deliver(f == FaultResult.Oom ? Errno.ENOMEM : Errno.EFAULT, va);
+        return false;
+    }
+
+    // ---- system calls ------------------------------------------------------------------
+
+    public SysResult Mmap(ulong addr, ulong len, Prot prot, MapFlags flags, SimFile? file = null, long offset = 0)
+        => Alive ? Mm.Mmap(addr, len, prot, flags, file, offset) : Errno.ESRCH;
+    public SysResult Munmap(ulong addr, ulong len) => Alive ? Mm.Munmap(addr, len) : Errno.ESRCH;
+    public SysResult Mprotect(ulong addr, ulong len, Prot prot) => Alive ? Mm.Mprotect(addr, len, prot) : Errno.ESRCH;
+    public SysResult Mremap(ulong oldAddr, ulong oldLen, ulong newLen, MremapFlags flags, ulong newAddr = 0)
+        => Alive ? Mm.Mremap(oldAddr, oldLen, newLen, flags, newAddr) : Errno.ESRCH;
+    public SysResult Madvise(ulong addr, ulong len, Madvise advice) => Alive ? Mm.Madvise(addr, len, advice) : Errno.ESRCH;
+    public ulong Brk(ulong newBrk) => Alive ? Mm.SetBrk(newBrk) : 0;
+
+    /// <summary>userfaultfd(2): a new context on this task's address space.</summary>
+    public SysResult OpenUserfaultfd(out Userfaultfd? ctx)
+    {
+        ctx = null;
+        if (!Kernel.Version.HasUserfaultfd)
+            return Errno.ENOSYS;
+        if (!Alive)
+            return Errno.ESRCH;
+        ctx = new Userfaultfd(Mm);
+        return SysResult.Success();
+    }
+
+    /// <summary>Pins the page at <paramref name="va"/> as FOLL_PIN would (for the clear_refs exception C2).</summary>
+    public SysResult PinPage(ulong va)
+    {
+        var (r, pfn) = Mm.Translate(va, write: true, force: false);
+        if (r != FaultResult.Ok)
+            return Errno.EFAULT;
+        Mm.HasPinned = true;
+        Mm.PinnedPfns.Add(pfn);
+        return SysResult.Success();
+    }
+
+    public override string ToString() => $"{Pid} {Comm} {State}";
+}

@@ -1,0 +1,106 @@
+using CriuSharp.SimKernel.Mm;
+
+namespace CriuSharp.SimKernel.Uffd;
+
+/// <summary>UFFD_FEATURE_* bits and UFFDIO_* modes (include/uapi/linux/userfaultfd.h).</summary>
+public static class UffdConstants
+{
+    public const ulong Api = 0xAA;
+    public const ulong FeaturePagefaultFlagWp = 1UL << 0;
+    public const ulong FeatureEventFork = 1UL << 1;
+    public const ulong FeatureEventRemap = 1UL << 2;
+    public const ulong FeatureEventRemove = 1UL << 3;
+    public const ulong FeatureMissingHugetlbfs = 1UL << 4;
+    public const ulong FeatureMissingShmem = 1UL << 5;
+    public const ulong FeatureEventUnmap = 1UL << 6;
+    public const ulong FeatureSigbus = 1UL << 7;
+    public const ulong FeatureThreadId = 1UL << 8;
+    public const ulong FeatureMinorHugetlbfs = 1UL << 9;
+    public const ulong FeatureMinorShmem = 1UL << 10;
+    public const ulong FeatureExactAddress = 1UL << 11;
+    public const ulong FeatureWpHugetlbfsShmem = 1UL << 12;
+    public const ulong FeatureWpUnpopulated = 1UL << 13;
+    public const ulong FeaturePoison = 1UL << 14;
+    public const ulong FeatureWpAsync = 1UL << 15;
+    public const ulong FeatureMove = 1UL << 16;
+
+    public const ulong RegisterModeMissing = 1;
+    public const ulong RegisterModeWp = 2;
+    public const ulong RegisterModeMinor = 4;
+
+    /// <summary>The features a 6.18 kernel reports (bits 0–16), less write-protect ones where the architecture lacks it.</summary>
+    public static ulong Supported(Kernel k)
+    {
+        if (!k.Version.HasUserfaultfd)
+            return 0;
+        ulong all = (1UL << 17) - 1;
+        if (!k.Version.HasUffdWpAsync)
+            all &= ~(FeatureWpAsync | FeatureWpUnpopulated | FeatureMove | FeaturePoison);
+        if (!k.Arch.HasUffdWp)
+            all &= ~(FeaturePagefaultFlagWp | FeatureWpHugetlbfsShmem | FeatureWpUnpopulated | FeatureWpAsync);
+        return all;
+    }
+}
+
+/// <summary>A write-protect fault reported to a non-async context (a handler would read it).</summary>
+public readonly record struct UffdMessage(ulong Address, bool WriteProtect);
+
+/// <summary>
+/// A userfaultfd context limited to what tracking needs: write-protect registration, arming and
+/// disarming, and the async mode in which the kernel resolves write faults itself (§4.6).
+/// Without WP_ASYNC a fault is queued as a message and the write proceeds, as if a handler had
+/// answered at once.
+/// </summary>
+public sealed class Userfaultfd
+{
+    private readonly MmStruct _mm;
+    private readonly Queue<UffdMessage> _messages = new();
+
+    internal Userfaultfd(MmStruct mm) => _mm = mm;
+
+    public bool ApiDone { get; private set; }
+    public ulong Features { get; private set; }
+    public bool Async => (Features & UffdConstants.FeatureWpAsync) != 0;
+    public bool WpUnpopulated => (Features & UffdConstants.FeatureWpUnpopulated) != 0;
+    public long WriteFaults { get; private set; }
+    public IReadOnlyCollection<UffdMessage> PendingMessages => _messages;
+
+    /// <summary>UFFDIO_API: returns the features the kernel supports; fails on an unsupported request.</summary>
+    public SysResult ApiHandshake(ulong api, ulong requested, out ulong supported)
+    {
+        supported = UffdConstants.Supported(_mm.Kernel);
+        if (ApiDone || api != UffdConstants.Api)
+            return Errno.EINVAL;
+        if ((requested & ~supported) != 0)
+            return Errno.EINVAL;
+        Features = requested;
+        ApiDone = true;
+        return SysResult.Success();
+    }
+
+    /// <summary>UFFDIO_REGISTER with MODE_WP over whole mapped VMAs of the range.</summary>
+    public SysResult Register(ulong start, ulong len, ulong mode)
+    {
+        if (!ApiDone)
+            return Errno.EINVAL;
+        if (mode == 0 || (mode & ~(UffdConstants.RegisterModeMissing | UffdConstants.RegisterModeWp | UffdConstants.RegisterModeMinor)) != 0)
+            return Errno.EINVAL;
+        if ((mode & UffdConstants.RegisterModeWp) != 0 && !_mm.Kernel.Arch.HasUffdWp)
+            return Errno.EINVAL;
+        return _mm.UffdRegister(this, start, len, mode);
+    }
+
+    public SysResult Unregister(ulong start, ulong len) => _mm.UffdUnregister(this, start, len);
+
+    /// <summary>UFFDIO_WRITEPROTECT: arm (wp = true) or disarm a registered range.</summary>
+    public SysResult WriteProtect(ulong start, ulong len, bool wp) => _mm.UffdWriteProtect(this, start, len, wp);
+
+    public bool TryReadMessage(out UffdMessage m) => _messages.TryDequeue(out m);
+
+    internal void OnWriteProtectFault(ulong va)
+    {
+        WriteFaults++;
+        if (!Async)
+            _messages.Enqueue(new UffdMessage(va, WriteProtect: true));
+    }
+}
