@@ -22,6 +22,10 @@ public static class CliApp
     /// <summary>Every verb, in the order --help lists them.</summary>
     private static IEnumerable<Command> Commands()
     {
+        yield return ShowCommand.Create();
+        yield return DecodeCommand.Create();
+        yield return EncodeCommand.Create();
+        yield return ExploreCommand.Create();
         yield return SelftestCommand.Create();
         yield return CheckCommand.Create();
     }
@@ -71,6 +75,7 @@ public static class CliApp
     internal static (ExitCode Code, string Message, string? Hint) Classify(Exception ex) => ex switch
     {
         UserException u => (u.Code, u.Message, u.Hint),
+        ImageFormat.ImageFormatException i => (ExitCode.BadImage, i.Message, null),
         SimKernel.KernelException k => (ExitCode.KernelError, k.Message, null),
         DllNotFoundException d => (ExitCode.Environment, $"a native library is missing: {d.Message}", "Install it with apt-get (liblz4-1, libzstd1, libxxhash0)."),
         UnauthorizedAccessException a => (ExitCode.Environment, a.Message, null),

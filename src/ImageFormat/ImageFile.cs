@@ -77,7 +77,7 @@ public static class ImageFile
         }
         catch (FileNotFoundException)
         {
-            throw new ImageFormatException(path, expected?.Name ?? "image", null, "file does not exist");
+            throw new ImageFormatException(path, expected?.Name ?? "unknown", null, "file does not exist");
         }
         using (fs)
             return Read(fs, path, expected);
@@ -163,7 +163,7 @@ public static class ImageFile
 
     private static ImageKind ReadMagics(Stream stream, string path, long length, ImageKind? expected, Span<byte> word)
     {
-        string kindName = expected?.Name ?? "image";
+        string kindName = expected?.Name ?? "unknown";
         if (length < 4)
             throw new ImageFormatException(path, kindName, 0, $"file is {length} byte(s) long, too short for a magic");
         stream.ReadExactly(word);

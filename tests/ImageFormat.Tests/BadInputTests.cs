@@ -50,7 +50,7 @@ public class BadInputTests : IDisposable
     public void UnknownMagic_WithoutExpectedKind()
     {
         var p = WriteFile("pages-1.img", new byte[4096]);
-        AssertNames(Assert.Throws<ImageFormatException>(() => ImageFile.Read(p)), p, "image", 0);
+        AssertNames(Assert.Throws<ImageFormatException>(() => ImageFile.Read(p)), p, "unknown", 0);
     }
 
     [Fact]
