@@ -49,6 +49,14 @@ public class PageStoreTests
         var buf = new byte[4096];
         foreach (var r in runs)
         {
+            if (r.Kind == PagemapFlags.Present)
+            {
+                // Whole-run reads take the decompress-into-destination path.
+                var whole = new byte[r.Data.Length];
+                reader.Read(r.Vaddr, whole);
+                if (!whole.AsSpan().SequenceEqual(r.Data))
+                    return false;
+            }
             for (int off = 0; off < r.Data.Length; off += 4096)
             {
                 var loc = reader.Locate(r.Vaddr + (ulong)off);

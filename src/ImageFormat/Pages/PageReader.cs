@@ -111,8 +111,49 @@ public sealed class PageReader : IDisposable
     {
         if ((vaddr & (PageGeometry.PageSize - 1)) != 0 || (destination.Length & (PageGeometry.PageSize - 1)) != 0)
             throw new ArgumentException("reads are whole, page-aligned pages");
-        for (int off = 0; off < destination.Length; off += PageGeometry.PageSize)
+        int off = 0;
+        while (off < destination.Length)
+        {
+            int done = TryReadWholeBlock(vaddr + (ulong)off, destination.Slice(off));
+            if (done > 0)
+            {
+                off += done;
+                continue;
+            }
             ReadPage(vaddr + (ulong)off, destination.Slice(off, PageGeometry.PageSize));
+            off += PageGeometry.PageSize;
+        }
+    }
+
+    /// <summary>
+    /// Sequential reads (restore fills whole VMAs) decompress a block straight into the caller's
+    /// buffer when the buffer covers the whole block and no page of it is a skipped zero page;
+    /// returns the bytes produced, or 0 to fall back to the page-by-page path.
+    /// </summary>
+    private int TryReadWholeBlock(ulong vaddr, Span<byte> destination)
+    {
+        if (_codec is null)
+            return 0;
+        int i = Pagemap.FindEntry(vaddr);
+        if (i < 0)
+            return 0;
+        var e = Pagemap.Entries[i];
+        if ((PagemapImage.FlagsOf(e) & PagemapFlags.Present) == 0)
+            return 0;
+        int bp = Pagemap.BlockPages;
+        int page = (int)((vaddr - e.Vaddr) >> PageGeometry.PageShift);
+        if (page % bp != 0)
+            return 0;
+        int count = (int)Math.Min((ulong)bp, PagemapImage.NrPages(e) - (ulong)page);
+        int bytes = count << PageGeometry.PageShift;
+        if (destination.Length < bytes || (_cachedEntry == i && _cachedBlock == page / bp))
+            return 0;
+        for (int p = page; p < page + count; p++)
+            if (PagemapImage.IsZeroPage(e, p))
+                return 0;
+        LoadBlock(i, e, page / bp, page, bp, destination.Slice(0, bytes));
+        Stats.PagesRead += (ulong)count;
+        return bytes;
     }
 
     /// <summary>Reads one 4 KiB page; throws <see cref="MissingPagesException"/> if no image in the chain holds it.</summary>
@@ -181,14 +222,14 @@ public sealed class PageReader : IDisposable
         if (_cachedEntry != entryIndex || _cachedBlock != block)
         {
             _cachedEntry = -1;
-            LoadBlock(entryIndex, e, block, first, bp);
+            LoadBlock(entryIndex, e, block, first, bp, _plain);
             _cachedEntry = entryIndex;
             _cachedBlock = block;
         }
         _plain.AsSpan(rank << PageGeometry.PageShift, PageGeometry.PageSize).CopyTo(destination);
     }
 
-    private void LoadBlock(int entryIndex, pagemap_entry e, int block, int first, int bp)
+    private void LoadBlock(int entryIndex, pagemap_entry e, int block, int first, int bp, Span<byte> target)
     {
         ulong nr = PagemapImage.NrPages(e);
         int count = (int)Math.Min((ulong)bp, nr - (ulong)first);
@@ -209,7 +250,7 @@ public sealed class PageReader : IDisposable
                 throw new ImageFormatException(_pages.Name, "pages", off,
                     $"checksum mismatch in block {block} of the entry at 0x{e.Vaddr:x} (stored 0x{expected:x16}, computed 0x{actual:x16})");
         }
-        var plain = _plain.AsSpan(0, nonZero << PageGeometry.PageShift);
+        var plain = target.Slice(0, nonZero << PageGeometry.PageShift);
         if (PagemapImage.IsRawBlock(e, block))
         {
             stored.CopyTo(plain);
