@@ -28,7 +28,7 @@ public interface ISelftest
 /// <summary>Every selftest the simulator ships, in the order the CLI lists them.</summary>
 public static class SelftestCatalog
 {
-    private static readonly List<ISelftest> s_all = [new SoftDirty2013()];
+    private static readonly List<ISelftest> s_all = [new SoftDirty2013(), new SoftDirtySelftest(), new PagemapIoctlSelftest()];
 
     public static IReadOnlyList<ISelftest> All => s_all;
 
@@ -41,7 +41,7 @@ public static class SelftestCatalog
 /// What a selftest binary has on Linux: a process of its own ("self"), its /proc files, and the
 /// helpers of tools/testing/selftests/mm/vm_util.c, so that translations read line by line.
 /// </summary>
-public sealed class SelftestContext
+public sealed partial class SelftestContext
 {
     private readonly List<CheckResult> _checks = [];
 

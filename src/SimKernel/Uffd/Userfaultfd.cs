@@ -90,6 +90,24 @@ public sealed class Userfaultfd
         return _mm.UffdRegister(this, start, len, mode);
     }
 
+    /// <summary>
+    /// UFFDIO_REGISTER as the ioctl returns it: also the <c>ioctls</c> mask of range ioctls now valid
+    /// on the range (bit = _UFFDIO_* number). For anonymous and shmem memory that is WAKE, COPY,
+    /// ZEROPAGE, MOVE and POISON, plus WRITEPROTECT in WP mode and CONTINUE in MINOR mode.
+    /// </summary>
+    public SysResult Register(ulong start, ulong len, ulong mode, out ulong ioctls)
+    {
+        var r = Register(start, len, mode);
+        ioctls = 0;
+        if (r.Ok)
+        {
+            ioctls = 0x1FCUL; // bits 2..8: _UFFDIO_WAKE .. _UFFDIO_POISON
+            if ((mode & UffdConstants.RegisterModeWp) == 0) ioctls &= ~(1UL << 6);
+            if ((mode & UffdConstants.RegisterModeMinor) == 0) ioctls &= ~(1UL << 7);
+        }
+        return r;
+    }
+
     public SysResult Unregister(ulong start, ulong len) => _mm.UffdUnregister(this, start, len);
 
     /// <summary>UFFDIO_WRITEPROTECT: arm (wp = true) or disarm a registered range.</summary>
