@@ -299,7 +299,10 @@ public sealed partial class MmStruct
         ulong hsz = _arch.HugePageSize;
         foreach (var (baseVa, pmd, slot) in Pt.Slots(start, end).ToList())
         {
-            if (baseVa >= start && baseVa + hsz <= end && pmd.Pte[slot] is { Used: 0 })
+            // free_pgtables bounds the freeing by the neighbouring VMAs (floor/ceiling), not by the
+            // unmapped range: a table whose whole PMD range no VMA covers any more is freed, so a
+            // later fault there sees pmd_none and may map a THP or the huge zero page.
+            if (pmd.Pte[slot] is { Used: 0 } && RangeFree(baseVa, baseVa + hsz))
                 pmd.Pte[slot] = null;
         }
     }
