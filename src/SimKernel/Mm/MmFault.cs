@@ -432,3 +432,33 @@ public sealed partial class MmStruct
         return r.Ok;
     }
 }
+
+public sealed partial class MmStruct
+{
+    /// <summary>
+    /// Copies a page's current contents without faulting or changing any state: present pages from
+    /// their frame, swapped pages from the swap slot. Returns false for pages with no contents
+    /// (not populated, marker, or unmapped). For tests and invariants, not for the Dumper.
+    /// </summary>
+    internal bool PeekPage(ulong va, Span<byte> page)
+    {
+        va &= _arch.PageMask;
+        var pmd = Pt.PmdTableFor(va);
+        if (pmd is null)
+            return false;
+        int slot = Pt.PmdIndex(va);
+        if (pmd.Huge[slot] is var h && h != 0)
+        {
+            _mem.Page(_arch.Pfn(h) + ((long)(va >> _arch.PageShift) & (_arch.PagesPerHuge - 1))).CopyTo(page);
+            return true;
+        }
+        ulong e = pmd.Pte[slot]?.E[Pt.PteIndex(va)] ?? 0;
+        if (e == 0 || _arch.IsMarker(e))
+            return false;
+        if (_arch.IsPresent(e))
+            _mem.Page(_arch.Pfn(e)).CopyTo(page);
+        else
+            _k.Swap.Read(_arch.SwapOffset(e)).CopyTo(page);
+        return true;
+    }
+}

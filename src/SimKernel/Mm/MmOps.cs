@@ -170,6 +170,10 @@ public sealed partial class MmStruct
             var newFlags = (v.Flags & ~ProtMask) | want;
             if (!v.IsShared && (want & VmaFlags.Write) != 0 && (v.Flags & VmaFlags.NoReserve) == 0)
                 newFlags |= VmaFlags.Account;
+            // mprotect_fixup gives the commit charge back when an anonymous VMA that never had a
+            // page (no anon_vma) loses write permission; that also lets it merge with read-only neighbours.
+            else if ((want & VmaFlags.Write) == 0 && v.File is null && !v.IsShared && v.AnonVmaId == 0)
+                newFlags &= ~VmaFlags.Account;
             if (newFlags == v.Flags)
                 continue;
             ChangeProtection(v, v.Start, v.End, newFlags);
@@ -179,10 +183,11 @@ public sealed partial class MmStruct
         return SysResult.Success();
     }
 
-    private void MergeRange(ulong start, ulong end)
+    /// <summary>Merges every VMA of a changed range [start, end) with its neighbours.</summary>
+    internal void MergeRange(ulong start, ulong end)
     {
-        for (int i = Math.Max(0, FirstEndingAbove(start) - 1); i < _vmas.Count && _vmas[i].Start <= end; i++)
-            i = MergeAround(i);
+        for (int i = FirstEndingAbove(start); i < _vmas.Count && _vmas[i].Start < end; i++)
+            i = MergeAround(i, MergeKind.ModifiedRange);
     }
 
     private void ChangeProtection(VmArea v, ulong start, ulong end, VmaFlags newFlags)

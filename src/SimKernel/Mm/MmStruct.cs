@@ -152,35 +152,46 @@ public sealed partial class MmStruct
         && ReferenceEquals(a.Uffd, b.Uffd)
         && (a.AnonVmaId == 0 || b.AnonVmaId == 0 || a.AnonVmaId == b.AnonVmaId);
 
+    /// <summary>How a VMA came to be merged: it decides whose flags survive on pre-6.19 kernels.</summary>
+    internal enum MergeKind
+    {
+        /// <summary>A new range (mmap, mremap, brk) merges into an existing neighbour, which is expanded and keeps its flags.</summary>
+        NewRange,
+        /// <summary>An existing range was changed (mprotect, madvise, uffd registration); the result gets the changed range's flags.</summary>
+        ModifiedRange,
+    }
+
     /// <summary>
     /// Merges the VMA at <paramref name="idx"/> with compatible neighbours. VM_SOFTDIRTY is ignored
-    /// when deciding; on the result it is sticky (either side's flag survives) on 6.19/6.18.y, while
-    /// older kernels keep the flags of the VMA that is expanded, which can lose it (FN1).
+    /// when deciding. On the result it is sticky (either side's flag survives) on 6.19/6.18.y; older
+    /// kernels keep one side's flags (see <see cref="MergeKind"/>), which can lose it (FN1).
     /// Returns the index of the resulting VMA.
     /// </summary>
-    internal int MergeAround(int idx)
+    internal int MergeAround(int idx, MergeKind kind = MergeKind.NewRange)
     {
-        bool mergedLeft = false;
-        if (idx > 0 && CanMerge(_vmas[idx - 1], _vmas[idx]))
+        var cur = _vmas[idx];
+        if (idx > 0 && CanMerge(_vmas[idx - 1], cur))
         {
-            MergePair(idx - 1, survivorIsLow: true);
+            MergePair(idx - 1, kind == MergeKind.NewRange ? _vmas[idx - 1].Flags : cur.Flags);
             idx--;
-            mergedLeft = true;
         }
         if (idx + 1 < _vmas.Count && CanMerge(_vmas[idx], _vmas[idx + 1]))
-            MergePair(idx, survivorIsLow: mergedLeft);
+        {
+            // When cur already merged left, the expanded left VMA survives; otherwise next is expanded.
+            VmaFlags keep = kind == MergeKind.ModifiedRange ? cur.Flags
+                : ReferenceEquals(_vmas[idx], cur) ? _vmas[idx + 1].Flags : _vmas[idx].Flags;
+            MergePair(idx, keep);
+        }
         return idx;
     }
 
-    private void MergePair(int lowIdx, bool survivorIsLow)
+    private void MergePair(int lowIdx, VmaFlags survivorFlags)
     {
         var lo = _vmas[lowIdx];
         var hi = _vmas[lowIdx + 1];
-        VmaFlags flags;
-        if (_k.Version.StickySoftDirtyMerge)
-            flags = lo.Flags | (hi.Flags & VmaFlags.SoftDirty);
-        else
-            flags = survivorIsLow ? lo.Flags : hi.Flags;
+        VmaFlags flags = _k.Version.StickySoftDirtyMerge
+            ? lo.Flags | (hi.Flags & VmaFlags.SoftDirty)
+            : survivorFlags;
         lo.End = hi.End;
         lo.Flags = flags;
         if (lo.AnonVmaId == 0)

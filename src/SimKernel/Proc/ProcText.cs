@@ -122,8 +122,8 @@ public static class ProcText
         {
             Header(sb, mm, v);
             var st = Stats(mm, v);
-            void Kb(string key, long bytes) => sb.Append(key).Append(':').Append(' ', Math.Max(1, 16 - key.Length))
-                                                 .Append((bytes / 1024).ToString(Inv).PadLeft(8)).Append(" kB\n");
+            // Every value is right-aligned to end at column 24, as task_mmu.c's SEQ_PUT_DEC leaves it.
+            void Kb(string key, long bytes) => Col24(sb, key, (bytes / 1024).ToString(Inv)).Append(" kB\n");
             Kb("Size", (long)v.Length);
             Kb("KernelPageSize", kps * 1024);
             Kb("MMUPageSize", kps * 1024);
@@ -148,11 +148,14 @@ public static class ProcText
             Kb("Locked", (v.Flags & VmaFlags.Locked) != 0 ? st.Rss : 0);
             bool thpEligible = v.File is null && !v.IsShared && (v.Flags & VmaFlags.NoHugePage) == 0
                 && (mm.Kernel.ThpMode == ThpMode.Always || (mm.Kernel.ThpMode == ThpMode.Madvise && (v.Flags & VmaFlags.HugePage) != 0));
-            sb.Append("THPeligible:    ").Append(thpEligible ? 1 : 0).Append('\n');
+            Col24(sb, "THPeligible", thpEligible ? "1" : "0").Append('\n');
             sb.Append("VmFlags: ").Append(VmaFlagNames.Format(v.Flags)).Append('\n');
         }
         return sb.ToString();
     }
+
+    private static StringBuilder Col24(StringBuilder sb, string key, string value) =>
+        sb.Append(key).Append(':').Append(' ', Math.Max(1, 24 - key.Length - 1 - value.Length)).Append(value);
 
     public static string Status(SimTask task)
     {
