@@ -183,9 +183,9 @@ internal static class ExploreCommand
         {
             var o = new JsonObject { ["dir"] = level.Path, ["depth"] = level.Depth };
             if (level.ReadDumpStats() is { } d)
-                o["dump"] = JsonNode.Parse(Google.Protobuf.JsonFormatter.Default.Format(d));
+                o["dump"] = JsonNode.Parse(ImageFormat.Json.CritJson.MessageToJson(d, pretty: false));
             if (level.ReadRestoreStats() is { } r)
-                o["restore"] = JsonNode.Parse(Google.Protobuf.JsonFormatter.Default.Format(r));
+                o["restore"] = JsonNode.Parse(ImageFormat.Json.CritJson.MessageToJson(r, pretty: false));
             arr.Add(o);
         }
         return arr;

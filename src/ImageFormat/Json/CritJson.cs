@@ -80,6 +80,15 @@ public static class CritJson
         return Encoding.UTF8.GetString(ms.ToArray());
     }
 
+    /// <summary>One message as a JSON object with CRIU's field names (no magic/entries wrapper).</summary>
+    public static string MessageToJson(IMessage message, bool pretty)
+    {
+        using var ms = new MemoryStream();
+        using (var w = new Utf8JsonWriter(ms, new JsonWriterOptions { Indented = true }))
+            WriteMessage(w, message, pretty, false);
+        return Encoding.UTF8.GetString(ms.ToArray());
+    }
+
     private static void WriteMessage(Utf8JsonWriter w, IMessage m, bool pretty, bool hex)
     {
         w.WriteStartObject();
