@@ -52,6 +52,21 @@ public sealed class KernelSelftestTests
         Assert.Equal(Range("P", 1, 119), PagemapIoctlSelftest.Plan.Select(p => p.Id));
     }
 
+    [Theory]
+    [InlineData("modern", true)]
+    [InlineData("linux-6.12", true)]
+    [InlineData("2013", false)]
+    public void Soft_dirty_reads_are_cross_checked_through_PAGEMAP_SCAN_where_it_exists(string kernel, bool active)
+    {
+        var t = new SelftestContext(new KernelConfig { Arch = ArchProfile.X86_64, Version = KernelVersion.Parse(kernel) }, "probe");
+        ulong ps = (ulong)t.PageSize;
+        ulong a = t.Mmap(ps, Mm.Prot.Read | Mm.Prot.Write, Mm.MapFlags.Private | Mm.MapFlags.Anonymous);
+        Assert.Null(t.ScanCrossCheckActive);
+        // A fresh VMA reads dirty through both interfaces on kernels with VM_SOFTDIRTY (S10.1).
+        Assert.Equal(KernelVersion.Parse(kernel).HasVmSoftDirty, t.PagemapIsSoftDirtyChecked(a));
+        Assert.Equal(active, t.ScanCrossCheckActive);
+    }
+
     // ---- x86_64, modern (6.18 with the sticky merge) -------------------------------------
 
     [Fact]

@@ -186,6 +186,12 @@ public sealed partial class SelftestContext
         return m;
     }
 
+    /// <summary>
+    /// Whether the PAGEMAP_SCAN half of the cross-check runs: null before the first soft-dirty read,
+    /// then true when the support probe failed with EFAULT as a kernel with PAGEMAP_SCAN does.
+    /// </summary>
+    public bool? ScanCrossCheckActive => _scanProbe == 0 ? null : _scanProbe > 0;
+
     // ---- glibc allocator stand-ins ------------------------------------------------------------
 
     /// <summary>glibc's mmap threshold: larger requests get a mapping of their own.</summary>
