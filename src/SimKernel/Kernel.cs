@@ -30,6 +30,7 @@ public sealed class Kernel
     private readonly SortedDictionary<int, SimTask> _tasks = [];
     private int _nextPid = 1000;
     private long _hugeZero = -2;
+    private ulong _anonVmaIds;
 
     public Kernel(KernelConfig? config = null)
     {
@@ -229,6 +230,9 @@ public sealed class Kernel
             if (t.State == TaskState.Frozen)
                 t.State = TaskState.Running;
     }
+
+    /// <summary>A fresh anon_vma identity: only VMAs sharing one (or without one) may merge.</summary>
+    internal ulong NextAnonVmaId() => ++_anonVmaIds;
 
     /// <summary>The huge zero page, allocated on first use; -1 when THP zero pages are disabled or memory is short.</summary>
     internal long HugeZeroPfn()

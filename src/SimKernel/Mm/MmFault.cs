@@ -163,7 +163,7 @@ public sealed partial class MmStruct
             _mem.Map(p);
         CountIn(head, vma, _arch.PagesPerHuge);
         if (vma.AnonVmaId == 0)
-            vma.AnonVmaId = s_nextAnonVma++;
+            vma.AnonVmaId = _k.NextAnonVmaId();
         // S9: a write fault that creates a THP marks the whole PMD soft-dirty.
         pmd.Huge[slot] = _arch.MakeHuge(head, vma.CanWrite, dirty: true);
         return (FaultResult.Ok, head + sub);

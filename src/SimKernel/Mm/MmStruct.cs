@@ -14,7 +14,7 @@ public sealed partial class MmStruct
     private readonly List<VmArea> _vmas = [];
     private readonly ArchProfile _arch;
     private readonly PhysicalMemory _mem;
-    private static ulong s_nextAnonVma = 1;
+
 
     internal MmStruct(Kernel kernel)
     {
@@ -234,7 +234,7 @@ public sealed partial class MmStruct
             _mem.Map(pfn);
             CountIn(pfn, vma, 1);
             if (vma.AnonVmaId == 0 && _mem.Kind(pfn) == PhysicalMemory.FrameKind.Anon)
-                vma.AnonVmaId = s_nextAnonVma++;
+                vma.AnonVmaId = _k.NextAnonVmaId();
         }
         Pt.Set(t, i, e);
     }

@@ -45,8 +45,10 @@ public sealed class PmdTable
 
 /// <summary>
 /// The page-table tree of one address space:
-///   top[va >> topShift] → PmdTable (one per <c>2^(pmdShift+9)</c> bytes) → slot[(va >> pmdShift) &amp; 511]
-///   → Huge entry, or PteTable → E[(va >> pageShift) &amp; (ptrs-1)]
+///   pgd[i >> 9] → pud[i &amp; 511] → PmdTable, where i = va >> topShift (one PmdTable per
+///   <c>2^(pmdShift+9)</c> bytes) → slot[(va >> pmdShift) &amp; 511] → Huge entry, or
+///   PteTable → E[(va >> pageShift) &amp; (ptrs-1)]. The upper levels are allocated on demand, so an
+///   address space costs a few KiB however large its user range is.
 /// </summary>
 public sealed class PageTables
 {
@@ -56,7 +58,8 @@ public sealed class PageTables
     private readonly int _pmdShift;
     private readonly int _topShift;
     private readonly int _ptrs;
-    private readonly PmdTable?[] _top;
+    private readonly PmdTable?[]?[] _pgd;
+    private readonly ulong _topEntries;
 
     public PageTables(ArchProfile arch)
     {
@@ -65,14 +68,22 @@ public sealed class PageTables
         _pmdShift = arch.PmdShift;
         _topShift = _pmdShift + PmdIndexBits;
         _ptrs = arch.PtrsPerTable;
-        _top = new PmdTable?[(int)((arch.TaskSize + (1UL << _topShift) - 1) >> _topShift)];
+        _topEntries = (arch.TaskSize + (1UL << _topShift) - 1) >> _topShift;
+        _pgd = new PmdTable?[]?[(int)((_topEntries + 511) >> 9)];
     }
 
     public ArchProfile Arch => _arch;
     public int PmdShift => _pmdShift;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public PmdTable? PmdTableFor(ulong va) => (va >> _topShift) < (ulong)_top.Length ? _top[va >> _topShift] : null;
+    public PmdTable? PmdTableFor(ulong va)
+    {
+        ulong i = va >> _topShift;
+        if (i >= _topEntries)
+            return null;
+        var pud = _pgd[i >> 9];
+        return pud?[i & 511];
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public int PmdIndex(ulong va) => (int)((va >> _pmdShift) & ((1UL << PmdIndexBits) - 1));
@@ -80,7 +91,12 @@ public sealed class PageTables
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public int PteIndex(ulong va) => (int)((va >> _pageShift) & (ulong)(_ptrs - 1));
 
-    public PmdTable EnsurePmdTable(ulong va) => _top[va >> _topShift] ??= new PmdTable(1 << PmdIndexBits);
+    public PmdTable EnsurePmdTable(ulong va)
+    {
+        ulong i = va >> _topShift;
+        var pud = _pgd[i >> 9] ??= new PmdTable?[512];
+        return pud[i & 511] ??= new PmdTable(1 << PmdIndexBits);
+    }
 
     /// <summary>The page table covering <paramref name="va"/>, or null (none yet, or a huge entry maps it).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

@@ -41,6 +41,7 @@ public sealed class PhysicalMemory
         TotalFrames = totalBytes >> pageShift;
         _next = FirstPfn;
         ZeroPfn = AllocateRaw(FrameKind.Zero);
+        Page(ZeroPfn).Clear(); // chunks are allocated uninitialised; every other frame is cleared on allocation
     }
 
     public int PageSize => 1 << _pageShift;
@@ -49,6 +50,8 @@ public sealed class PhysicalMemory
     /// <summary>The shared zero page: mapped read-only by read faults on anonymous memory (S4).</summary>
     public long ZeroPfn { get; }
     public long HighestPfn => _next;
+    /// <summary>Bytes of page-content chunks allocated so far (contents, not metadata).</summary>
+    public long ContentBytesAllocated { get; private set; }
 
     public FrameKind Kind(long pfn) => _kind[pfn];
     public int MapCount(long pfn) => _mapCount[pfn];
@@ -68,8 +71,9 @@ public sealed class PhysicalMemory
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public Span<byte> Page(long pfn)
     {
-        var chunk = _chunks[pfn >> _chunkShift]!;
-        return chunk.AsSpan((int)((pfn & _chunkMask) << _pageShift), 1 << _pageShift);
+        long rel = pfn - FirstPfn;
+        var chunk = _chunks[rel >> _chunkShift]!;
+        return chunk.AsSpan((int)((rel & _chunkMask) << _pageShift), 1 << _pageShift);
     }
 
     /// <summary>A zeroed frame, or -1 when the machine's memory is exhausted.</summary>
@@ -158,16 +162,24 @@ public sealed class PhysicalMemory
     {
         if (endPfn > _mapCount.Length)
         {
-            long n = _mapCount.Length;
-            while (n < endPfn)
-                n *= 2;
+            // Grow by whole chunks plus an eighth, not by doubling: these arrays are most of the
+            // per-page metadata, and doubling would leave up to half of them unused.
+            long chunkFrames = 1L << _chunkShift;
+            long n = Math.Max(endPfn, _mapCount.Length + _mapCount.Length / 8);
+            n = (n + chunkFrames - 1) / chunkFrames * chunkFrames;
             Array.Resize(ref _mapCount, (int)n);
             Array.Resize(ref _kind, (int)n);
         }
-        long lastChunk = (endPfn - 1) >> _chunkShift;
+        long lastChunk = (endPfn - 1 - FirstPfn) >> _chunkShift;
         if (lastChunk >= _chunks.Length)
             Array.Resize(ref _chunks, (int)Math.Max(lastChunk + 1, _chunks.Length * 2));
         for (long c = 0; c <= lastChunk; c++)
-            _chunks[c] ??= GC.AllocateUninitializedArray<byte>(1 << ChunkBytesShift);
+        {
+            if (_chunks[c] is null)
+            {
+                _chunks[c] = GC.AllocateUninitializedArray<byte>(1 << ChunkBytesShift);
+                ContentBytesAllocated += 1L << ChunkBytesShift;
+            }
+        }
     }
 }

@@ -116,27 +116,44 @@ public static class ClearRefs
     private static void ClearSoftDirty(MmStruct mm, VmArea v, PteTable t, int from, int to)
     {
         var arch = mm.Kernel.Arch;
-        ulong sd = arch.SoftDirty, swpSd = arch.SwpSoftDirty;
-        bool cow = !v.IsShared && (v.Flags & VmaFlags.MayWrite) != 0;
+        ulong presentTest = arch.PresentTest;
+        ulong clearPresent = arch.Write | arch.SoftDirty, setPresent = arch.RdOnly;
+        ulong swpSd = arch.SwpSoftDirty;
+        bool checkPins = mm.HasPinned && !v.IsShared && (v.Flags & VmaFlags.MayWrite) != 0;
         var e = t.E;
+        // Neither the uffd-wp state nor the used count changes here, and afterwards no entry in the
+        // range is soft-dirty (markers never are), so entries are rewritten in one tight loop and the
+        // soft-dirty bitmap is cleared in bulk; pinned pages that stay dirty are put back.
         for (int i = from; i < to; i++)
         {
             ulong x = e[i];
             if (x == 0)
                 continue;
-            ulong nx;
-            if (arch.IsPresent(x))
+            if ((x & presentTest) != 0)
             {
-                if (mm.HasPinned && cow && arch.IsWritable(x) && mm.PinnedPfns.Contains(arch.Pfn(x)))
+                if (checkPins && arch.IsWritable(x) && mm.PinnedPfns.Contains(arch.Pfn(x)))
                     continue;
-                nx = arch.WrProtect(x) & ~sd;
+                e[i] = (x & ~clearPresent) | setPresent;
             }
-            else if (arch.IsMarker(x))
-                continue;
-            else
-                nx = x & ~swpSd;
-            if (nx != x)
-                mm.Pt.Set(t, i, nx);
+            else if (!arch.IsMarker(x))
+                e[i] = x & ~swpSd;
+        }
+        ClearBits(t.SoftDirty, from, to);
+        if (checkPins)
+            for (int i = from; i < to; i++)
+                if (arch.EntrySoftDirty(e[i]))
+                    t.SoftDirty[i >> 6] |= 1UL << (i & 63);
+    }
+
+    private static void ClearBits(ulong[] bitmap, int from, int to)
+    {
+        for (int i = from; i < to;)
+        {
+            int w = i >> 6, b = i & 63;
+            int take = Math.Min(64 - b, to - i);
+            ulong mask = (take == 64 ? ulong.MaxValue : (1UL << take) - 1) << b;
+            bitmap[w] &= ~mask;
+            i += take;
         }
     }
 }
