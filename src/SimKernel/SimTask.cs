@@ -126,6 +126,42 @@ public sealed class SimTask
         return SysResult.Success();
     }
 
+    /// <summary>prctl(PR_SET_MM, field, value): how a restorer puts back the mm layout fields.</summary>
+    public SysResult PrctlSetMm(PrctlMmField field, ulong value)
+    {
+        if (!Alive)
+            return Errno.ESRCH;
+        if (value >= Kernel.Arch.TaskSize)
+            return Errno.EINVAL;
+        var mm = Mm;
+        switch (field)
+        {
+            case PrctlMmField.StartCode: mm.StartCode = value; break;
+            case PrctlMmField.EndCode: mm.EndCode = value; break;
+            case PrctlMmField.StartData: mm.StartData = value; break;
+            case PrctlMmField.EndData: mm.EndData = value; break;
+            case PrctlMmField.StartStack: mm.StartStack = value; break;
+            case PrctlMmField.StartBrk: mm.StartBrk = value; break;
+            case PrctlMmField.Brk: mm.Brk = value; break;
+            case PrctlMmField.ArgStart: mm.ArgStart = value; break;
+            case PrctlMmField.ArgEnd: mm.ArgEnd = value; break;
+            case PrctlMmField.EnvStart: mm.EnvStart = value; break;
+            case PrctlMmField.EnvEnd: mm.EnvEnd = value; break;
+            default: return Errno.EINVAL;
+        }
+        return SysResult.Success();
+    }
+
+    /// <summary>
+    /// open("/proc/PID/map_files/START-END"): the file or shmem object behind a mapping, so another
+    /// process can map the same shared memory (how CRIU restores MAP_SHARED anonymous memory).
+    /// </summary>
+    public SysResult OpenMapFile(ulong va, out SimFile? file)
+    {
+        file = Alive ? Mm.Find(va)?.File : null;
+        return file is null ? Errno.ENOENT : SysResult.Success();
+    }
+
     /// <summary>Pins the page at <paramref name="va"/> as FOLL_PIN would (for the clear_refs exception C2).</summary>
     public SysResult PinPage(ulong va)
     {
@@ -138,4 +174,11 @@ public sealed class SimTask
     }
 
     public override string ToString() => $"{Pid} {Comm} {State}";
+}
+
+/// <summary>prctl(PR_SET_MM, ...) fields a restorer sets (kernel/sys.c prctl_set_mm).</summary>
+public enum PrctlMmField
+{
+    StartCode = 1, EndCode = 2, StartData = 3, EndData = 4, StartStack = 5, StartBrk = 6, Brk = 7,
+    ArgStart = 8, ArgEnd = 9, EnvStart = 10, EnvEnd = 11,
 }

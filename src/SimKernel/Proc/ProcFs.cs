@@ -205,6 +205,15 @@ public sealed class ProcFs
     private SimTask Task(int pid) => _k.FindTask(pid) is { State: not TaskState.Dead } t ? t
         : throw new KernelException(Errno.ESRCH, $"/proc/{pid}");
 
+    /// <summary>/proc/uptime, in nanoseconds of virtual time.</summary>
+    public ulong UptimeNs => _k.UptimeNs;
+
+    /// <summary>Field 22 of /proc/PID/stat (start time), in nanoseconds since boot: the PID-reuse guard's input.</summary>
+    public ulong StartTimeNs(int pid) => Task(pid).StartTimeNs;
+
+    /// <summary>The children of a task (/proc/PID/task/TID/children), in pid order.</summary>
+    public IReadOnlyList<int> Children(int pid) => _k.Children(Task(pid).Pid).Select(t => t.Pid).ToList();
+
     public string Maps(int pid) => ProcText.Maps(Task(pid).Mm);
     public string Smaps(int pid) => ProcText.Smaps(Task(pid).Mm);
     public string Status(int pid) => ProcText.Status(Task(pid));
