@@ -167,12 +167,14 @@ public sealed class ProcFs
             case "maps":
             case "smaps":
             case "status":
+            case "stat":
                 if (wantsWrite)
                     return Errno.EACCES;
                 file = new TextFile(name switch
                 {
                     "maps" => ProcText.Maps(task.Mm),
                     "smaps" => ProcText.Smaps(task.Mm),
+                    "stat" => ProcText.Stat(task),
                     _ => ProcText.Status(task),
                 });
                 return SysResult.Success();
@@ -217,6 +219,8 @@ public sealed class ProcFs
     public string Maps(int pid) => ProcText.Maps(Task(pid).Mm);
     public string Smaps(int pid) => ProcText.Smaps(Task(pid).Mm);
     public string Status(int pid) => ProcText.Status(Task(pid));
+    /// <summary>/proc/PID/stat: one line, 52 fields (fs/proc/array.c do_task_stat), incl. the mm layout fields CRIU reads.</summary>
+    public string Stat(int pid) => ProcText.Stat(Task(pid));
 
     /// <summary>Entries for <paramref name="count"/> pages from <paramref name="startVa"/> in the given layout.</summary>
     public ulong[] ReadPagemap(int pid, ulong startVa, int count, PagemapLayout? layout = null)

@@ -197,4 +197,47 @@ public static class ProcText
         }
         return sb.ToString();
     }
+
+    /// <summary>
+    /// /proc/PID/stat as do_task_stat prints it. Fields a simulated task has no notion of are 0;
+    /// 22 (start time) is in USER_HZ ticks; 26–28 and 45–51 are the mm layout fields a checkpoint
+    /// tool reads to restore them with prctl(PR_SET_MM).
+    /// </summary>
+    public static string Stat(SimTask task)
+    {
+        var mm = task.Mm;
+        bool live = !mm.Dead;
+        char state = task.State switch { TaskState.Running => 'R', TaskState.Frozen => 'S', TaskState.Zombie => 'Z', _ => 'X' };
+        ulong ticks = task.StartTimeNs / 10_000_000UL;
+        ulong vsize = live ? mm.TotalVm << mm.Kernel.Arch.PageShift : 0;
+        long rss = live ? mm.Rss : 0;
+        ulong F(ulong v) => live ? v : 0;
+        var f = new string[52];
+        for (int i = 0; i < f.Length; i++) f[i] = "0";
+        f[0] = task.Pid.ToString(Inv);
+        f[1] = "(" + task.Comm + ")";
+        f[2] = state.ToString();
+        f[3] = task.Ppid.ToString(Inv);
+        f[4] = task.Pgid.ToString(Inv);
+        f[5] = task.Sid.ToString(Inv);
+        f[7] = "-1";
+        f[19] = "1";
+        f[21] = ticks.ToString(Inv);
+        f[22] = vsize.ToString(Inv);
+        f[23] = rss.ToString(Inv);
+        f[24] = "18446744073709551615";
+        f[25] = F(mm.StartCode).ToString(Inv);
+        f[26] = F(mm.EndCode).ToString(Inv);
+        f[27] = F(mm.StartStack).ToString(Inv);
+        f[37] = "17";
+        f[44] = F(mm.StartData).ToString(Inv);
+        f[45] = F(mm.EndData).ToString(Inv);
+        f[46] = F(mm.StartBrk).ToString(Inv);
+        f[47] = F(mm.ArgStart).ToString(Inv);
+        f[48] = F(mm.ArgEnd).ToString(Inv);
+        f[49] = F(mm.EnvStart).ToString(Inv);
+        f[50] = F(mm.EnvEnd).ToString(Inv);
+        f[51] = task.ExitCode.ToString(Inv);
+        return string.Join(' ', f) + "\n";
+    }
 }

@@ -1,0 +1,559 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.CompilerServices;
+using CriuSharp.Dumper.Proc;
+using CriuSharp.ImageFormat;
+using CriuSharp.ImageFormat.Images;
+using CriuSharp.SimKernel;
+using CriuSharp.SimKernel.Machine;
+using CriuSharp.SimKernel.Uffd;
+using Google.Protobuf;
+
+namespace CriuSharp.Dumper;
+
+/// <summary>
+/// pre-dump and dump (criu/cr-dump.c). One run:
+/// <code>
+///  freeze tree ─▶ per task: parse smaps/stat ─▶ PageCollector (walk + tracker + parent) ─▶ PagePipe
+///      │                                                                                     │
+///      │  dump:     write while frozen (chunk mode) ─▶ core/mm/pstree/files ─▶ kill or leave │
+///      └─ pre-dump: reset tracker ─▶ thaw ─▶ write pipes (PageXfer) ─▶ host.Advance(write time)
+/// </code>
+/// The kernel is reached only through /proc (smaps, stat, pagemap, PAGEMAP_SCAN, clear_refs,
+/// memory reads), userfaultfd, freeze/thaw and what ptrace would show (registers, comm, ids).
+/// </summary>
+internal sealed class Checkpointer
+{
+    /// <summary>
+    /// uffd-wp contexts live in the dumped task, as a parasite-installed userfaultfd would, so the
+    /// next pre-dump finds the same tracking; a replaced task (PID reuse) has none.
+    /// </summary>
+    private static readonly ConditionalWeakTable<SimTask, Userfaultfd> UffdContexts = new();
+    private const long ChunkBytes = 64L << 20;
+
+    private readonly ISimHost _host;
+    private readonly Kernel _k;
+    private readonly DumpOptions _o;
+    private readonly bool _pre;
+    private readonly CostModel _cost;
+    private readonly List<DumperWarning> _warnings = [];
+    private readonly int _imgPerPage;
+    private readonly int _shift;
+
+    public Checkpointer(ISimHost host, DumpOptions options, bool preDump)
+    {
+        _host = host;
+        _k = host.Kernel;
+        _o = options;
+        _pre = preDump;
+        _cost = options.Cost;
+        _shift = _k.Arch.PageShift;
+        _imgPerPage = _k.Arch.PageSize / PageGeometry.PageSize;
+    }
+
+    private sealed class TaskState
+    {
+        public required SimTask Task;
+        public required List<VmaInfo> Vmas;
+        public PagemapImage? ParentPagemap;
+        public PagePipe Pipe = new();
+        public PageXfer? Xfer;
+        public ulong Scanned;
+        public List<(ulong Start, ulong End, ulong Hash)> Checksums = [];
+        public Dictionary<ulong, int> Shmids = [];
+    }
+
+    public DumpResult Run()
+    {
+        var wall = Stopwatch.StartNew();
+        var tracker = Criu.ResolveTracker(_k, _o.Tracker, _warnings);
+        bool track = _pre || _o.TrackMem;
+        var root = _k.FindTask(_o.Pid);
+        if (root is null || !root.Alive)
+            throw new DumperException("no such process to dump", _o.Pid);
+
+        var (parentSet, parentUptimeUs) = OpenParent();
+        PrepareImagesDir(_o.ImagesDir, parentSet);
+        using var dir = ImageDirectory.Create(_o.ImagesDir);
+        if (_o.PrevImagesDir is not null)
+            dir.LinkParent(_o.PrevImagesDir);
+
+        // ---- freeze ---------------------------------------------------------------------------
+        _k.Freeze(_o.Pid);
+        var tasks = new List<TaskState>();
+        ulong frozenAt = _k.UptimeNs;
+        ulong freezeNs = 0, memdumpNs = 0, memwriteNs = 0;
+        ulong compressNs = 0;
+        bool thawed = false;
+        var collectWatch = Stopwatch.StartNew();
+        TimeSpan writeWall = TimeSpan.Zero;
+        var pageStats = new PageWriteStats();
+        ulong shScanned = 0, shWritten = 0;
+        try
+        {
+            foreach (var t in _k.Tree(_o.Pid))
+            {
+                if (!t.Alive)
+                {
+                    _warnings.Add(new DumperWarning("zombie", $"task {t.Pid} is a zombie and is not dumped"));
+                    continue;
+                }
+                tasks.Add(new TaskState { Task = t, Vmas = SmapsParser.Parse(_k.Proc.Smaps(t.Pid)) });
+            }
+            freezeNs = _cost.FreezeNsPerTask * (ulong)tasks.Count;
+            ulong uptimeUs = _k.Proc.UptimeNs / 1000;
+
+            bool useScan = tracker is TrackerKind.PagemapScan or TrackerKind.UffdWp
+                           || (tracker == TrackerKind.None && _k.Features.PagemapScan);
+            var dirty = tracker switch
+            {
+                TrackerKind.SoftDirty or TrackerKind.PagemapScan => DirtySource.SoftDirty,
+                TrackerKind.UffdWp => DirtySource.Written,
+                _ => DirtySource.Always,
+            };
+            using var walker = new PageWalker(_k, useScan, dirty);
+            var spans = new List<PageSpan>(256);
+            foreach (var ts in tasks)
+            {
+                var t = ts.Task;
+                bool parentOk = parentSet is not null && tracker != TrackerKind.None && parentSet.HasPagemap(t.Pid);
+                if (parentOk && parentUptimeUs is ulong pu && _k.Proc.StartTimeNs(t.Pid) / 1000 > pu)
+                {
+                    parentOk = false;
+                    _warnings.Add(new DumperWarning("pid-reuse", $"task {t.Pid} started after the parent dump: its parent images are ignored (PID reuse)"));
+                }
+                if (parentOk && tracker == TrackerKind.UffdWp && !UffdContexts.TryGetValue(t, out _))
+                    parentOk = false; // no write-protect history for this task: everything counts as written
+                if (parentOk)
+                    ts.ParentPagemap = parentSet!.ReadPagemap(t.Pid);
+                if (!_pre)
+                {
+                    ts.Xfer = new PageXfer(dir.BeginPagemap(t.Pid, _o.PageStore));
+                }
+                var collector = new PageCollector(_k, t.Pid, walker, ts.Pipe, ts.ParentPagemap, _pre, _o.RecordChecksums && !_pre, _imgPerPage);
+                foreach (var v in ts.Vmas)
+                {
+                    collector.CollectVma(v, spans);
+                    if (!_pre && ts.Pipe.BufferedBytes >= ChunkBytes)
+                    {
+                        var ww = Stopwatch.StartNew();
+                        ts.Xfer!.Write(ts.Pipe);
+                        ts.Pipe.Reset();
+                        writeWall += ww.Elapsed;
+                    }
+                }
+                ts.Scanned = collector.Scanned;
+                ts.Checksums = collector.Checksums;
+                memdumpNs += (ulong)(collector.Scanned * _cost.ScanNsPerPage) + CostModel.Ns(collector.CopiedBytes, _cost.CopyBytesPerSecond);
+            }
+            memdumpNs += _cost.ProcParseNsPerTask * (ulong)tasks.Count;
+            var collectWall = collectWatch.Elapsed - writeWall;
+
+            // ---- reset the tracker (pages were collected), still frozen ------------------------
+            ulong resetPages = 0;
+            if (track)
+                foreach (var ts in tasks)
+                    resetPages += ResetTracker(tracker, ts);
+            memdumpNs += (ulong)(resetPages * _cost.ResetNsPerPage);
+
+            var writeWatch = Stopwatch.StartNew();
+            if (_pre)
+            {
+                // frozen_time stops before the pages are written (cr_pre_dump_finish).
+                _host.Advance(freezeNs + memdumpNs);
+                _k.Thaw(_o.Pid);
+                thawed = true;
+                foreach (var ts in tasks)
+                {
+                    using var xfer = new PageXfer(dir.BeginPagemap(ts.Task.Pid, _o.PageStore));
+                    xfer.Write(ts.Pipe);
+                    var st = xfer.Finish();
+                    pageStats.Add(st);
+                    if (_o.AutoDedup) PageXfer.Dedup(parentSet, ImageNames.Pagemap(ts.Task.Pid), xfer.WrittenRanges);
+                }
+                dir.WriteInventory(new inventory_entry { ImgVersion = 0, DumpUptime = uptimeUs, PreDumpMode = 1 });
+            }
+            else
+            {
+                foreach (var ts in tasks)
+                {
+                    ts.Xfer!.Write(ts.Pipe);
+                    ts.Pipe.Reset();
+                    pageStats.Add(ts.Xfer.Finish());
+                    if (_o.AutoDedup) PageXfer.Dedup(parentSet, ImageNames.Pagemap(ts.Task.Pid), ts.Xfer.WrittenRanges);
+                    ts.Xfer.Dispose();
+                }
+                (shScanned, shWritten) = DumpShmem(dir, tasks, pageStats);
+                WriteTaskImages(dir, tasks, track ? uptimeUs : null);
+            }
+            writeWall += writeWatch.Elapsed;
+
+            ulong stored = pageStats.BytesStored, raw = pageStats.BytesRaw;
+            compressNs = _o.PageStore.Compression == PageCompression.None ? 0
+                : CostModel.Ns(raw, _o.PageStore.Compression == PageCompression.Zstd ? _cost.CompressBytesPerSecond / 3 : _cost.CompressBytesPerSecond)
+                  / (ulong)Math.Max(1, _o.PageStore.Parallelism);
+            memwriteNs = compressNs + CostModel.Ns(stored, _cost.DiskBytesPerSecond);
+
+            ulong frozenNs = freezeNs + memdumpNs + (_pre ? 0 : memwriteNs);
+            var stats = new DumpStats
+            {
+                FreezingTime = RestoreStats.Us(freezeNs),
+                FrozenTime = RestoreStats.Us(frozenNs),
+                MemdumpTime = RestoreStats.Us(memdumpNs),
+                MemwriteTime = RestoreStats.Us(memwriteNs),
+                PagesScanned = tasks.Aggregate(0UL, (s, x) => s + x.Scanned) * (ulong)_imgPerPage,
+                PagesSkippedParent = pageStats.PagesSkippedParent - 0,
+                PagesWritten = pageStats.PagesWritten - shWritten,
+                PagesLazy = pageStats.PagesLazy,
+                PagePipes = (ulong)tasks.Count,
+                PagePipeBufs = (ulong)tasks.Sum(x => x.Pipe.BufferCount),
+                ShpagesScanned = shScanned,
+                ShpagesSkippedParent = 0,
+                ShpagesWritten = shWritten,
+                BytesRaw = raw,
+                BytesCompressed = stored,
+                ZeroPagesSkipped = pageStats.ZeroPagesSkipped,
+                PagesStoredRaw = pageStats.PagesStoredRaw,
+                Tracker = TrackerNames.Name(tracker),
+                Compression = _o.PageStore.Compression switch { PageCompression.Lz4 => "lz4", PageCompression.Zstd => "zstd", _ => "none" },
+                CompressTime = RestoreStats.Us(compressNs),
+                WallClock = new WallClock(collectWall, writeWall, wall.Elapsed),
+            };
+            dir.WriteDumpStats(stats.ToProto());
+            dir.Commit();
+
+            if (_pre)
+                _host.Advance(memwriteNs);
+            else if (_o.LeaveRunning)
+            {
+                _host.Advance(frozenNs);
+                _k.Thaw(_o.Pid);
+                thawed = true;
+            }
+            else
+            {
+                _host.Advance(frozenNs);
+                KillTree(tasks);
+                thawed = true;
+            }
+            return new DumpResult(stats with { WallClock = new WallClock(collectWall, writeWall, wall.Elapsed) },
+                tasks.Select(x => x.Task.Pid).ToList(), tracker, _warnings);
+        }
+        finally
+        {
+            if (!thawed)
+                _k.Thaw(_o.Pid);
+            _ = frozenAt;
+        }
+    }
+
+    private (ImageSet? Set, ulong? UptimeUs) OpenParent()
+    {
+        if (_o.PrevImagesDir is null)
+            return (null, null);
+        string path = Path.IsPathRooted(_o.PrevImagesDir) ? _o.PrevImagesDir : Path.Combine(_o.ImagesDir, _o.PrevImagesDir);
+        if (!Directory.Exists(path))
+            throw new DumperException($"parent images directory '{_o.PrevImagesDir}' does not exist (--prev-images-dir is relative to the images directory)", _o.Pid, _o.ImagesDir);
+        if (Path.GetFullPath(path).TrimEnd('/') == Path.GetFullPath(_o.ImagesDir).TrimEnd('/'))
+            throw new DumperException("the parent images directory is the images directory itself", _o.Pid, _o.ImagesDir);
+        try
+        {
+            var set = ImageSet.Open(path);
+            var inv = set.ReadInventory();
+            return (set, inv.HasDumpUptime ? inv.DumpUptime : null);
+        }
+        catch (ImageFormatException e)
+        {
+            throw new DumperException($"parent images cannot be used: {e.Message}", _o.Pid, _o.ImagesDir, inner: e);
+        }
+    }
+
+    /// <summary>
+    /// CRIU writes into an existing -D directory, replacing the images it finds. We do the same for
+    /// an earlier complete or interrupted image set (its CRIU image files, stats and parent link
+    /// are removed first, so no stale pagemap of a vanished task survives) and refuse a directory
+    /// holding anything else.
+    /// </summary>
+    internal static void PrepareImagesDir(string dir, ImageSet? parent)
+    {
+        if (!Directory.Exists(dir))
+            return;
+        var entries = Directory.EnumerateFileSystemEntries(dir).ToList();
+        if (entries.Count == 0)
+            return;
+        static bool IsImage(string name) => name.EndsWith(".img", StringComparison.Ordinal) || name is "stats-dump" or "stats-restore"
+            or ImageNames.ParentLink or ImageNames.IncompleteMarker || name.StartsWith(".", StringComparison.Ordinal) && name.Contains(".tmp", StringComparison.Ordinal);
+        var foreign = entries.Select(Path.GetFileName).Where(n => !IsImage(n!)).ToList();
+        if (foreign.Count > 0)
+            throw new DumperException($"images directory holds files that are not images ({string.Join(", ", foreign.Take(3))}); use an empty directory", null, dir);
+        foreach (var e in entries)
+        {
+            var fi = new FileInfo(e);
+            if (fi.LinkTarget is not null || File.Exists(e))
+                File.Delete(e);
+        }
+    }
+
+    private ulong ResetTracker(TrackerKind tracker, TaskState ts)
+    {
+        var t = ts.Task;
+        ulong pages = ts.Vmas.Aggregate(0UL, (s, v) => s + (v.Length >> _shift));
+        switch (tracker)
+        {
+            case TrackerKind.SoftDirty:
+            case TrackerKind.PagemapScan:
+                var r = _k.Proc.ClearRefs(t.Pid, "4");
+                if (!r.Ok)
+                    _warnings.Add(new DumperWarning("no-soft-dirty", $"clear_refs 4 failed for task {t.Pid} ({r.Error}): the kernel has no soft-dirty tracking"));
+                return pages;
+            case TrackerKind.UffdWp:
+                ArmUffd(ts);
+                return pages;
+            default:
+                return 0;
+        }
+    }
+
+    /// <summary>
+    /// Registers every VMA not yet registered (new VMAs are noticed here) for async write-protect
+    /// with WP_UNPOPULATED, then arms what was written since the last dump with PAGEMAP_SCAN
+    /// WP_MATCHING|CHECK_WPASYNC, so the next dump sees only new writes as WRITTEN.
+    /// </summary>
+    private void ArmUffd(TaskState ts)
+    {
+        var t = ts.Task;
+        if (!UffdContexts.TryGetValue(t, out var uffd))
+        {
+            var r = t.OpenUserfaultfd(out var ctx);
+            if (!r.Ok || ctx is null)
+            {
+                _warnings.Add(new DumperWarning("no-uffd", $"userfaultfd unavailable for task {t.Pid} ({r.Error})"));
+                return;
+            }
+            ulong want = UffdConstants.FeatureWpAsync | UffdConstants.FeatureWpUnpopulated | UffdConstants.FeaturePagefaultFlagWp;
+            var h = ctx.ApiHandshake(UffdConstants.Api, want, out ulong supported);
+            if (!h.Ok)
+            {
+                _warnings.Add(new DumperWarning("no-uffd-wp", $"userfaultfd lacks async write-protect (features 0x{supported:x})"));
+                return;
+            }
+            uffd = ctx;
+            UffdContexts.AddOrUpdate(t, uffd);
+        }
+        foreach (var v in ts.Vmas)
+        {
+            if (v.IsVvar || v.IsVsyscall || v.IsVdso || v.IsHugetlb || v.IsFile && v.Shared)
+                continue;
+            if ((v.VmFlags & SmapsFlags.UffdWp) == 0)
+                uffd.Register(v.Start, v.Length, UffdConstants.RegisterModeWp);
+            var arg = SimKernel.Proc.PmScanArg.Create(v.Start, v.End, 0, SimKernel.Proc.PageCategory.Written, SimKernel.Proc.PageCategory.Written,
+                flags: SimKernel.Proc.PageCategory.ScanWpMatching | SimKernel.Proc.PageCategory.ScanCheckWpAsync);
+            _k.Proc.PagemapScan(t.Pid, ref arg, []);
+        }
+    }
+
+    private void KillTree(List<TaskState> tasks)
+    {
+        for (int i = tasks.Count - 1; i >= 0; i--)
+        {
+            var t = tasks[i].Task;
+            _k.Exit(t, 0, SimTask.SIGKILL);
+            _k.Reap(t);
+        }
+    }
+
+    // ---- shared anonymous memory: once per object -----------------------------------------------
+
+    private (ulong Scanned, ulong Written) DumpShmem(ImageDirectory dir, List<TaskState> tasks, PageWriteStats total)
+    {
+        // shmid = inode of the shmem object (CRIU keys shared anonymous memory by it).
+        var objects = new SortedDictionary<ulong, List<(int Pid, VmaInfo Vma)>>();
+        foreach (var ts in tasks)
+            foreach (var v in ts.Vmas)
+                if (v.IsShmem)
+                {
+                    if (!objects.TryGetValue(v.Inode, out var l)) objects[v.Inode] = l = [];
+                    l.Add((ts.Task.Pid, v));
+                }
+        ulong scanned = 0, written = 0;
+        using var walker = new PageWalker(_k, _k.Features.PagemapScan, DirtySource.Always);
+        var spans = new List<PageSpan>();
+        var buf = new byte[_k.Arch.PageSize];
+        foreach (var (shmid, maps) in objects)
+        {
+            // Offsets inside the object -> content, from whichever mapping shows the page first.
+            var pages = new SortedDictionary<ulong, byte[]>();
+            foreach (var (pid, v) in maps)
+            {
+                scanned += (v.Length >> _shift) * (ulong)_imgPerPage;
+                spans.Clear();
+                walker.Walk(pid, v, spans);
+                foreach (var s in spans)
+                    for (ulong i = 0; i < s.NrPages; i++)
+                    {
+                        ulong va = s.Va + (i << _shift);
+                        ulong off = v.PgOff + (va - v.Start);
+                        if (pages.ContainsKey(off)) continue;
+                        var r = _k.Proc.ReadMemory(pid, va, buf);
+                        if (!r.Ok) throw new DumperException($"cannot read shared memory ({r.Error})", pid, null, va, va + (ulong)buf.Length);
+                        pages[off] = (byte[])buf.Clone();
+                    }
+            }
+            using var w = dir.BeginShmemPagemap(shmid, dir.NextPagesId(), _o.PageStore);
+            var run = new List<byte>();
+            ulong runStart = 0, next = ulong.MaxValue;
+            foreach (var (off, data) in pages)
+            {
+                if (off != next && run.Count > 0)
+                {
+                    w.AddPresent(runStart, run.ToArray());
+                    run.Clear();
+                }
+                if (run.Count == 0) runStart = off;
+                run.AddRange(data);
+                next = off + (ulong)data.Length;
+            }
+            if (run.Count > 0) w.AddPresent(runStart, run.ToArray());
+            var st = w.Finish();
+            written += st.PagesWritten;
+            total.Add(st);
+        }
+        return (scanned, written);
+    }
+
+    // ---- pstree, core, mm, files, inventory -------------------------------------------------------
+
+    private void WriteTaskImages(ImageDirectory dir, List<TaskState> tasks, ulong? uptimeUs)
+    {
+        var files = new Dictionary<string, uint>();
+        uint FileId(string path)
+        {
+            if (!files.TryGetValue(path, out var id))
+                files[path] = id = (uint)files.Count + 1;
+            return id;
+        }
+        var pstree = new List<pstree_entry>();
+        var pids = tasks.Select(x => x.Task.Pid).ToHashSet();
+        foreach (var ts in tasks)
+        {
+            var t = ts.Task;
+            int ppid = pids.Contains(t.Ppid) && t.Pid != _o.Pid ? t.Ppid : 0;
+            pstree.Add(new pstree_entry { Pid = (uint)t.Pid, Ppid = (uint)ppid, Pgid = (uint)t.Pgid, Sid = (uint)t.Sid, Threads = { (uint)t.Pid } });
+            dir.WriteCore(t.Pid, BuildCore(t));
+            dir.WriteIds(t.Pid, new task_kobj_ids_entry { VmId = (uint)t.Pid, FilesId = (uint)t.Pid, FsId = (uint)t.Pid, SighandId = (uint)t.Pid });
+
+            var stat = _k.Proc.Stat(t.Pid).TrimEnd('\n');
+            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' '); // fields from 3 (state) on
+            ulong F(int n) => ulong.Parse(fields[n - 3], CultureInfo.InvariantCulture);
+            var mm = new mm_entry
+            {
+                MmStartCode = F(26), MmEndCode = F(27), MmStartStack = F(28),
+                MmStartData = F(45), MmEndData = F(46), MmStartBrk = F(47),
+                MmBrk = t.Brk(0), // the parasite's brk(0)
+                MmArgStart = F(48), MmArgEnd = F(49), MmEnvStart = F(50), MmEnvEnd = F(51),
+            };
+            var exe = ts.Vmas.FirstOrDefault(v => v.IsFile && v.Start <= mm.MmStartCode && mm.MmStartCode < v.End);
+            mm.ExeFileId = exe is null ? 0 : FileId(exe.Name!);
+            foreach (var v in ts.Vmas)
+            {
+                ulong shmid = v.IsShmem ? v.Inode : v.IsFile ? FileId(v.Name!) : 0;
+                var e = new vma_entry
+                {
+                    Start = v.Start, End = v.End, Pgoff = v.IsFile || v.IsShmem ? v.PgOff : 0, Shmid = shmid,
+                    Prot = v.Prot, Flags = v.MapFlags, Status = (uint)v.Status, Fd = -1,
+                };
+                if (v.Madv != 0) e.Madv = v.Madv;
+                if (v.IsFile) e.Fdflags = v.Shared && (v.Prot & VmaInfo.ProtWrite) != 0 ? 2u : 0u;
+                mm.Vmas.Add(e);
+            }
+            dir.WriteMm(t.Pid, mm);
+            var sim = new List<sim_state_entry>();
+            if (ts.Checksums.Count > 0)
+            {
+                var bytes = new byte[ts.Checksums.Count * 24];
+                for (int i = 0; i < ts.Checksums.Count; i++)
+                {
+                    var (s, e, h) = ts.Checksums[i];
+                    BitConverter.TryWriteBytes(bytes.AsSpan(i * 24), s);
+                    BitConverter.TryWriteBytes(bytes.AsSpan(i * 24 + 8), e);
+                    BitConverter.TryWriteBytes(bytes.AsSpan(i * 24 + 16), h);
+                }
+                sim.Add(new sim_state_entry { Key = SimKeys.VmaChecksums, Data = ByteString.CopyFrom(bytes) });
+            }
+            sim.Add(new sim_state_entry { Key = SimKeys.PageSize, Data = ByteString.CopyFrom(BitConverter.GetBytes(_k.Arch.PageSize)) });
+            dir.WriteSimState(t.Pid, sim);
+        }
+        dir.WriteFiles(files.OrderBy(f => f.Value).Select(f =>
+        {
+            var sf = _k.Fs.Lookup(f.Key);
+            var reg = new reg_file_entry { Id = f.Value, Flags = 0, Pos = 0, Name = f.Key, Fown = new fown_entry() };
+            if (sf is not null) reg.Size = (ulong)sf.Size;
+            return new file_entry { Type = fd_types.Reg, Id = f.Value, Reg = reg };
+        }));
+        dir.WritePstree(pstree);
+        var inv = new inventory_entry
+        {
+            ImgVersion = 2, FdinfoPerId = true, NsPerId = true, Lsmtype = lsmtype.NoLsm,
+            RootIds = new task_kobj_ids_entry { VmId = (uint)_o.Pid, FilesId = (uint)_o.Pid, FsId = (uint)_o.Pid, SighandId = (uint)_o.Pid },
+        };
+        if (uptimeUs is ulong u) inv.DumpUptime = u;
+        dir.WriteInventory(inv);
+    }
+
+    private core_entry BuildCore(SimTask t)
+    {
+        var core = new core_entry
+        {
+            Mtype = (core_entry.Types.march)_k.Arch.CriuMtype,
+            Tc = new task_core_entry { TaskState = 1, ExitCode = 0, Personality = 0, Flags = 0, BlkSigset = 0, Comm = t.Comm },
+            ThreadCore = new thread_core_entry { FutexRla = 0, FutexRlaLen = 0 },
+            SimTaskState = ByteString.CopyFrom(SimTaskState.Encode(t.Registers, t.ExtraState)),
+        };
+        if (_k.Arch.Kind == SimKernel.Arch.ArchProfile.Family.X86_64)
+        {
+            var r = t.Registers;
+            var gp = new user_x86_regs_entry
+            {
+                Ip = r[0], Sp = r[1], Ax = r[2], Bx = r[3], Cx = r[4], Dx = r[5], Si = r[6], Di = r[7], Bp = r[8],
+                R8 = r[9], R9 = r[10], R10 = r[11], R11 = r[12], R12 = r[13], R13 = r[14], R14 = r[15], R15 = r[16],
+                Cs = 0x33, Ss = 0x2b, Flags = 0x246,
+            };
+            var fp = new user_x86_fpregs_entry { Cwd = 0x37f, Mxcsr = 0x1f80, MxcsrMask = 0xffff };
+            for (int i = 0; i < 32; i++) fp.StSpace.Add(0);
+            for (int i = 0; i < 64; i++) fp.XmmSpace.Add(0);
+            core.ThreadInfo = new thread_info_x86 { ClearTidAddr = 0, Gpregs = gp, Fpregs = fp };
+        }
+        return core;
+    }
+}
+
+internal static class SimKeys
+{
+    public const string VmaChecksums = "vma-checksums";
+    public const string PageSize = "page-size";
+}
+
+/// <summary>core_entry.sim_task_state: u32 register count, registers (u64 LE), then the ExtraState bytes.</summary>
+internal static class SimTaskState
+{
+    public static byte[] Encode(ulong[] regs, byte[] extra)
+    {
+        var b = new byte[4 + regs.Length * 8 + extra.Length];
+        BitConverter.TryWriteBytes(b.AsSpan(0), regs.Length);
+        for (int i = 0; i < regs.Length; i++)
+            BitConverter.TryWriteBytes(b.AsSpan(4 + i * 8), regs[i]);
+        extra.CopyTo(b, 4 + regs.Length * 8);
+        return b;
+    }
+
+    public static (ulong[] Regs, byte[] Extra) Decode(ReadOnlySpan<byte> b)
+    {
+        if (b.Length < 4)
+            return ([], []);
+        int n = BitConverter.ToInt32(b);
+        var regs = new ulong[n];
+        for (int i = 0; i < n; i++)
+            regs[i] = BitConverter.ToUInt64(b.Slice(4 + i * 8));
+        return (regs, b[(4 + n * 8)..].ToArray());
+    }
+}

@@ -1,0 +1,70 @@
+using CriuSharp.SimKernel;
+using CriuSharp.SimKernel.Machine;
+
+namespace CriuSharp.Dumper;
+
+/// <summary>
+/// The Dumper's entry points, one per CRIU command. Each takes an options record and returns a
+/// result record; every user-fixable failure is a <see cref="DumperException"/> (or an
+/// <see cref="ImageFormat.ImageFormatException"/> for a damaged image) with a one-line message.
+/// </summary>
+public static class Criu
+{
+    /// <summary>
+    /// criu pre-dump: freeze, collect the pages changed since the previous pre-dump into page pipes,
+    /// reset tracking, thaw, then write pagemap/pages, a thin inventory and stats-dump while the
+    /// tree runs on (the host's virtual time advances by the modelled write time).
+    /// </summary>
+    public static DumpResult PreDump(ISimHost host, DumpOptions options) =>
+        new Checkpointer(host, options with { TrackMem = true }, preDump: true).Run();
+
+    /// <summary>criu dump: freeze, write everything while frozen, then kill the tree (or leave it running).</summary>
+    public static DumpResult Dump(ISimHost host, DumpOptions options) =>
+        new Checkpointer(host, options, preDump: false).Run();
+
+    /// <summary>criu restore: rebuilds the tree with the same pids in <paramref name="host"/>.</summary>
+    public static RestoreResult Restore(ISimHost host, RestoreOptions options) =>
+        new Restorer(host, options).Run();
+
+    /// <summary>criu check: what tracking the kernel offers and which tracker a dump would use.</summary>
+    public static CheckResult Check(Kernel kernel)
+    {
+        var w = new List<DumperWarning>();
+        var best = ResolveTracker(kernel, TrackerKind.Auto, w);
+        var f = kernel.Features;
+        return new CheckResult(kernel.Arch.Name, kernel.Version.Name, f.MemDirtyTrack, f.PagemapScan, f.PagemapScanSoftDirty,
+            f.UffdWp, f.UffdWpAsync, kernel.Version.HasPagemap2, best, w);
+    }
+
+    /// <summary>
+    /// The tracker to use: the requested one if the kernel has it; otherwise (or for Auto) the best
+    /// available — PAGEMAP_SCAN with soft-dirty, pagemap soft-dirty, uffd-wp via PAGEMAP_SCAN — and
+    /// none, with a one-line warning, where nothing tracks writes.
+    /// </summary>
+    public static TrackerKind ResolveTracker(Kernel k, TrackerKind wanted, List<DumperWarning> warnings)
+    {
+        var f = k.Features;
+        bool uffd = f.UffdWpAsync && f.PagemapScan;
+        bool Has(TrackerKind t) => t switch
+        {
+            TrackerKind.SoftDirty => f.MemDirtyTrack,
+            TrackerKind.PagemapScan => f.PagemapScanSoftDirty || uffd,
+            TrackerKind.UffdWp => uffd,
+            TrackerKind.None => true,
+            _ => false,
+        };
+        if (wanted != TrackerKind.Auto && Has(wanted))
+            return wanted == TrackerKind.PagemapScan && !f.PagemapScanSoftDirty ? TrackerKind.UffdWp : wanted;
+        TrackerKind best = f.PagemapScanSoftDirty ? TrackerKind.PagemapScan
+            : f.MemDirtyTrack ? TrackerKind.SoftDirty
+            : uffd ? TrackerKind.UffdWp
+            : TrackerKind.None;
+        if (wanted != TrackerKind.Auto)
+            warnings.Add(new DumperWarning("tracker-unavailable",
+                $"tracker {TrackerNames.Name(wanted)} is not available on {k.Arch.Name}/{k.Version.Name}; using {TrackerNames.Name(best)}"));
+        if (best == TrackerKind.None && wanted != TrackerKind.None)
+            warnings.Add(new DumperWarning("no-tracker",
+                $"no dirty-page tracker on {k.Arch.Name}/{k.Version.Name} (no soft-dirty, no uffd-wp): every dump copies every page"));
+        return best;
+    }
+}

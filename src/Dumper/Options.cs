@@ -1,0 +1,81 @@
+using CriuSharp.ImageFormat;
+
+namespace CriuSharp.Dumper;
+
+/// <summary>Dirty-page trackers (<c>--tracker</c>). <see cref="Auto"/> = the best that <c>check</c> reports.</summary>
+public enum TrackerKind
+{
+    Auto,
+    /// <summary>pagemap bit 55 (or /proc/PID/pagemap2 on the 2013 kernel) and clear_refs 4.</summary>
+    SoftDirty,
+    /// <summary>PAGEMAP_SCAN with the soft-dirty category (or WRITTEN where soft-dirty is missing) and clear_refs 4.</summary>
+    PagemapScan,
+    /// <summary>userfaultfd async write-protect, read and re-armed with PAGEMAP_SCAN.</summary>
+    UffdWp,
+    /// <summary>No tracking: every dump copies every page.</summary>
+    None,
+}
+
+public static class TrackerNames
+{
+    public static string Name(TrackerKind k) => k switch
+    {
+        TrackerKind.SoftDirty => "soft-dirty",
+        TrackerKind.PagemapScan => "pagemap-scan",
+        TrackerKind.UffdWp => "uffd-wp",
+        TrackerKind.None => "none",
+        _ => "auto",
+    };
+
+    public static TrackerKind Parse(string text) => text.ToLowerInvariant() switch
+    {
+        "auto" or "" => TrackerKind.Auto,
+        "soft-dirty" or "softdirty" => TrackerKind.SoftDirty,
+        "pagemap-scan" => TrackerKind.PagemapScan,
+        "uffd-wp" or "uffd" => TrackerKind.UffdWp,
+        "none" => TrackerKind.None,
+        _ => throw new DumperException($"unknown tracker '{text}' (expected auto, soft-dirty, pagemap-scan, uffd-wp or none)"),
+    };
+}
+
+/// <summary>
+/// Options of <c>pre-dump</c> and <c>dump</c>, with CRIU's names: <c>-t</c> <see cref="Pid"/>,
+/// <c>-D</c> <see cref="ImagesDir"/>, <c>--prev-images-dir</c> (relative to the images dir, as in
+/// CRIU), <c>--track-mem</c>, <c>--leave-running</c> (dump only; a pre-dump always leaves the tree
+/// running), <c>--auto-dedup</c>.
+/// </summary>
+public sealed record DumpOptions
+{
+    public required int Pid { get; init; }
+    public required string ImagesDir { get; init; }
+    public string? PrevImagesDir { get; init; }
+    /// <summary>Reset the tracker after collecting and record dump_uptime. Implied by pre-dump.</summary>
+    public bool TrackMem { get; init; }
+    public bool LeaveRunning { get; init; }
+    public bool AutoDedup { get; init; }
+    public TrackerKind Tracker { get; init; } = TrackerKind.Auto;
+    public PageStoreOptions PageStore { get; init; } = PageStoreOptions.Lz4();
+    /// <summary>Record a checksum of every VMA's contents at freeze time (checked by restore).</summary>
+    public bool RecordChecksums { get; init; } = true;
+    public CostModel Cost { get; init; } = CostModel.Default;
+}
+
+/// <summary>Options of <c>restore</c>: <c>-D</c> <see cref="ImagesDir"/>.</summary>
+public sealed record RestoreOptions
+{
+    public required string ImagesDir { get; init; }
+    /// <summary>Recompute each VMA's checksum after restore and compare with the dump's.</summary>
+    public bool Verify { get; init; } = true;
+    public CostModel Cost { get; init; } = CostModel.Default;
+}
+
+/// <summary>What a pre-dump or dump did.</summary>
+public sealed record DumpResult(DumpStats Stats, IReadOnlyList<int> Pids, TrackerKind Tracker, IReadOnlyList<DumperWarning> Warnings);
+
+/// <summary>What a restore did.</summary>
+public sealed record RestoreResult(RestoreStats Stats, IReadOnlyList<int> Pids, IReadOnlyList<DumperWarning> Warnings);
+
+/// <summary>The answer of <c>check</c>: kernel features and the tracker a dump would choose.</summary>
+public sealed record CheckResult(
+    string Arch, string KernelVersion, bool MemDirtyTrack, bool PagemapScan, bool PagemapScanSoftDirty,
+    bool UffdWp, bool UffdWpAsync, bool Pagemap2, TrackerKind BestTracker, IReadOnlyList<DumperWarning> Warnings);

@@ -1,0 +1,204 @@
+using CriuSharp.Dumper.Proc;
+using CriuSharp.ImageFormat;
+using CriuSharp.SimKernel;
+
+namespace CriuSharp.Dumper;
+
+/// <summary>
+/// Decides which pages of a task go into the images (criu/mem.c generate_vma_iovs and
+/// should_dump_page) and puts them into the task's <see cref="PagePipe"/>:
+/// <code>
+///  VMA filter: vsyscall, vvar, shared file (contents in the file), shmem (dumped per object)  → skip
+///              hugetlb in a pre-dump → skip (the final dump takes it whole, no parent)
+///              vdso → every page, always
+///  per page:   not present/swapped, zero PFN, guard, pte marker             → skip
+///              page-cache page of a private file mapping (not COWed)        → skip
+///              clean (tracker) and the parent pagemap covers it             → PE_PARENT hole
+///              otherwise                                                    → copied into the pipe
+/// </code>
+/// A final dump also hashes each VMA's contents (populated pages, zero pages excluded) at freeze
+/// time; restore recomputes the same hash.
+/// </summary>
+internal sealed class PageCollector
+{
+    private readonly Kernel _k;
+    private readonly int _pid;
+    private readonly PageWalker _walker;
+    private readonly PagePipe _pipe;
+    private readonly PagemapImage? _parent;
+    private readonly bool _pre;
+    private readonly bool _hash;
+    private readonly int _imgPerPage;
+    private readonly int _shift;
+    private int _parentCursor;
+    private byte[]? _scratch;
+
+    public PageCollector(Kernel k, int pid, PageWalker walker, PagePipe pipe, PagemapImage? parent, bool preDump, bool hash, int imgPerPage)
+    {
+        _k = k;
+        _pid = pid;
+        _walker = walker;
+        _pipe = pipe;
+        _parent = parent;
+        _pre = preDump;
+        _hash = hash;
+        _imgPerPage = imgPerPage;
+        _shift = k.Arch.PageShift;
+    }
+
+    public ulong Scanned { get; private set; }
+    public long CopiedBytes { get; private set; }
+    public List<(ulong Start, ulong End, ulong Hash)> Checksums { get; } = [];
+
+    public static bool IsDumpedPrivately(VmaInfo v) =>
+        !(v.IsVsyscall || v.Name == "[vvar]" || (v.IsVvar && !v.IsVdso) || v.IsShmem || (v.Shared && v.IsFile) || v.Shared);
+
+    public void CollectVma(VmaInfo v, List<PageSpan> spans)
+    {
+        if (!IsDumpedPrivately(v))
+            return;
+        if (_pre && v.IsHugetlb)
+            return;
+        Scanned += v.Length >> _shift;
+        var h = new VmaHash();
+        if (v.IsVdso)
+        {
+            Emit(v.Start, v.Length >> _shift, dump: true, ref h);
+        }
+        else
+        {
+            spans.Clear();
+            _walker.Walk(_pid, v, spans);
+            bool allowParent = _parent is not null && !v.IsHugetlb;
+            foreach (var s in spans)
+            {
+                if (v.IsFile && (s.Bits & PageBits.File) != 0 && (s.Bits & PageBits.Swapped) == 0)
+                    continue; // not COWed yet: the file holds it
+                if (allowParent && (s.Bits & PageBits.Dirty) == 0)
+                    EmitMaybeHole(s.Va, s.NrPages, ref h);
+                else
+                    Emit(s.Va, s.NrPages, dump: true, ref h);
+            }
+        }
+        if (_hash)
+            Checksums.Add((v.Start, v.End, h.Value));
+    }
+
+    /// <summary>Clean pages become holes only where the parent pagemap has an entry ("Hole not found in parent" otherwise).</summary>
+    private void EmitMaybeHole(ulong va, ulong nr, ref VmaHash h)
+    {
+        var entries = _parent!.Entries;
+        ulong end = va + (nr << _shift);
+        while (va < end)
+        {
+            int idx = _parent.FirstEntryEndingAfter(va);
+            _parentCursor = idx < 0 ? entries.Count : idx;
+            if (_parentCursor >= entries.Count)
+            {
+                Emit(va, (end - va) >> _shift, dump: true, ref h);
+                return;
+            }
+            var e = entries[_parentCursor];
+            bool usable = (PagemapImage.FlagsOf(e) & (PagemapFlags.Present | PagemapFlags.Parent)) != 0;
+            if (e.Vaddr > va)
+            {
+                ulong stop = Math.Min(end, e.Vaddr);
+                Emit(va, (stop - va) >> _shift, dump: true, ref h);
+                va = stop;
+                continue;
+            }
+            ulong covered = Math.Min(end, EntryEnd(e));
+            Emit(va, (covered - va) >> _shift, dump: !usable, ref h);
+            va = covered;
+        }
+    }
+
+    private static ulong EntryEnd(ImageFormat.Images.pagemap_entry e) => e.Vaddr + (PagemapImage.NrPages(e) << PageGeometry.PageShift);
+
+    private void Emit(ulong va, ulong nr, bool dump, ref VmaHash h)
+    {
+        if (nr == 0)
+            return;
+        int ps = 1 << _shift;
+        if (!dump)
+        {
+            _pipe.AddHole(va, nr * (ulong)_imgPerPage);
+            if (_hash)
+            {
+                _scratch ??= GC.AllocateUninitializedArray<byte>(1 << 20);
+                ulong done = 0;
+                while (done < nr)
+                {
+                    int n = (int)Math.Min(nr - done, (ulong)(_scratch.Length / ps));
+                    var span = _scratch.AsSpan(0, n * ps);
+                    ulong a = va + (done << _shift);
+                    Read(a, span);
+                    h.AddPages(a, span, ps);
+                    done += (ulong)n;
+                }
+            }
+            return;
+        }
+        int maxPages = PagePipe.MaxReserve / ps;
+        ulong off = 0;
+        while (off < nr)
+        {
+            int n = (int)Math.Min(nr - off, (ulong)maxPages);
+            ulong a = va + (off << _shift);
+            var span = _pipe.Reserve(a, n * ps);
+            Read(a, span);
+            CopiedBytes += span.Length;
+            if (_hash)
+                h.AddPages(a, span, ps);
+            off += (ulong)n;
+        }
+    }
+
+    private void Read(ulong va, Span<byte> dst)
+    {
+        var r = _k.Proc.ReadMemory(_pid, va, dst);
+        if (!r.Ok)
+            throw new DumperException($"cannot read task memory ({r.Error})", _pid, null, va, va + (ulong)dst.Length);
+    }
+}
+
+/// <summary>
+/// Order- and position-dependent hash of a VMA's contents: all-zero pages contribute nothing, so
+/// an unpopulated page, the zero page and a page of zeros are the same (as they are to the task).
+/// </summary>
+internal struct VmaHash
+{
+    public ulong Value;
+
+    public void AddPages(ulong va, ReadOnlySpan<byte> pages, int pageSize)
+    {
+        for (int off = 0; off < pages.Length; off += pageSize)
+        {
+            var p = pages.Slice(off, pageSize);
+            if (!p.ContainsAnyExcept((byte)0))
+                continue;
+            ulong x = PageHash(p) ^ ((va + (ulong)off) * 0x9E3779B97F4A7C15UL);
+            Value = (Value ^ x) * 0x100000001B3UL + 0x632BE59BD9B4E019UL;
+        }
+    }
+
+    /// <summary>A 64-bit multiply-rotate hash over a page's words (4 lanes, so it runs near memory speed).</summary>
+    public static ulong PageHash(ReadOnlySpan<byte> page)
+    {
+        var w = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(page);
+        ulong a = 0x9E3779B97F4A7C15UL, b = 0xC2B2AE3D27D4EB4FUL, c = 0x165667B19E3779F9UL, d = 0x85EBCA77C2B2AE63UL;
+        int i = 0;
+        for (; i + 4 <= w.Length; i += 4)
+        {
+            a = ulong.RotateLeft(a + w[i] * 0xC2B2AE3D27D4EB4FUL, 31) * 0x9E3779B97F4A7C15UL;
+            b = ulong.RotateLeft(b + w[i + 1] * 0xC2B2AE3D27D4EB4FUL, 31) * 0x9E3779B97F4A7C15UL;
+            c = ulong.RotateLeft(c + w[i + 2] * 0xC2B2AE3D27D4EB4FUL, 31) * 0x9E3779B97F4A7C15UL;
+            d = ulong.RotateLeft(d + w[i + 3] * 0xC2B2AE3D27D4EB4FUL, 31) * 0x9E3779B97F4A7C15UL;
+        }
+        for (; i < w.Length; i++)
+            a = ulong.RotateLeft(a ^ w[i] * 0xC2B2AE3D27D4EB4FUL, 27) * 0x9E3779B97F4A7C15UL;
+        ulong h = ulong.RotateLeft(a, 1) + ulong.RotateLeft(b, 7) + ulong.RotateLeft(c, 12) + ulong.RotateLeft(d, 18);
+        h ^= h >> 33; h *= 0xFF51AFD7ED558CCDUL; h ^= h >> 33;
+        return h;
+    }
+}

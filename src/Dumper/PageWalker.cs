@@ -1,0 +1,193 @@
+using System.Buffers;
+using CriuSharp.Dumper.Proc;
+using CriuSharp.SimKernel;
+using CriuSharp.SimKernel.Proc;
+
+namespace CriuSharp.Dumper;
+
+/// <summary>What the kernel says about a run of populated pages.</summary>
+[Flags]
+internal enum PageBits : byte
+{
+    None = 0,
+    /// <summary>Written since the tracker was last reset (soft-dirty, or uffd-wp WRITTEN), or no tracker.</summary>
+    Dirty = 1,
+    /// <summary>A page-cache (or shmem) page, not an anonymous copy.</summary>
+    File = 2,
+    Swapped = 4,
+}
+
+/// <summary>A run of consecutive populated pages with equal <see cref="PageBits"/>, in kernel pages.</summary>
+internal readonly record struct PageSpan(ulong Va, ulong NrPages, PageBits Bits);
+
+/// <summary>Where the dirty bit comes from.</summary>
+internal enum DirtySource { SoftDirty, Written, Always }
+
+/// <summary>
+/// Finds the populated pages of one VMA the way CRIU's generate_iovs does, through either
+/// interface the kernel offers:
+/// <code>
+///  pagemap (8 bytes/page)            PAGEMAP_SCAN (one ioctl, runs of equal categories)
+///  ┌──────┬──────┬──────┬──────┐     ┌───────────────┬─────────┬───────────┐
+///  │P  sd │P  0pf│  -   │S  sd │     │PRESENT|SD 0x1000-0x3000 │SWAPPED ...│
+///  └──────┴──────┴──────┴──────┘     └───────────────┴─────────┴───────────┘
+///   dump    zero-PFN: skip  hole        PFNZERO, GUARD and empty pages never reported
+/// </code>
+/// Spans are appended to a reused list; no allocation per page.
+/// </summary>
+internal sealed class PageWalker : IDisposable
+{
+    private const int PagemapBatch = 4096;
+    private const int ScanVec = 512;
+    private readonly Kernel _k;
+    private readonly bool _useScan;
+    private readonly DirtySource _dirty;
+    private readonly PagemapLayout _layout;
+    private readonly ulong _zeroPfn;
+    private readonly ulong[] _pm;
+    private readonly PageRegion[] _vec;
+    private readonly int _shift;
+
+    public PageWalker(Kernel kernel, bool useScan, DirtySource dirty)
+    {
+        _k = kernel;
+        _useScan = useScan && kernel.Features.PagemapScan;
+        _dirty = dirty;
+        _shift = kernel.Arch.PageShift;
+        // The 2013 series keeps soft-dirty out of /proc/PID/pagemap and shows it in pagemap2.
+        _layout = kernel.Version.HasPagemap2 ? PagemapLayout.Pagemap2 : kernel.Version.PagemapLayout;
+        _pm = ArrayPool<ulong>.Shared.Rent(PagemapBatch);
+        _vec = ArrayPool<PageRegion>.Shared.Rent(ScanVec);
+        _zeroPfn = _useScan ? ulong.MaxValue : Kerndat.ZeroPfn(kernel);
+    }
+
+    public bool UsesScan => _useScan;
+
+    public void Walk(int pid, VmaInfo vma, List<PageSpan> spans)
+    {
+        if (_useScan)
+            WalkScan(pid, vma, spans);
+        else
+            WalkPagemap(pid, vma, spans);
+    }
+
+    private static void Append(List<PageSpan> spans, ulong va, ulong nr, PageBits bits, int shift)
+    {
+        if (spans.Count > 0)
+        {
+            var last = spans[^1];
+            if (last.Bits == bits && last.Va + (last.NrPages << shift) == va)
+            {
+                spans[^1] = last with { NrPages = last.NrPages + nr };
+                return;
+            }
+        }
+        spans.Add(new PageSpan(va, nr, bits));
+    }
+
+    private void WalkPagemap(int pid, VmaInfo vma, List<PageSpan> spans)
+    {
+        bool anon = !vma.IsFile && !vma.IsShmem;
+        bool modern = _layout == PagemapLayout.Modern;
+        ulong ps = 1UL << _shift;
+        for (ulong va = vma.Start; va < vma.End;)
+        {
+            int n = (int)Math.Min(PagemapBatch, (vma.End - va) >> _shift);
+            var pm = _pm.AsSpan(0, n);
+            _k.Proc.ReadPagemap(pid, va, pm, _layout);
+            for (int i = 0; i < n; i++)
+            {
+                ulong e = pm[i];
+                bool present = (e & PagemapBits.Present) != 0;
+                bool swapped = (e & PagemapBits.Swap) != 0;
+                if (!present && !swapped)
+                    continue;
+                if (present && PagemapBits.Pfn(e) == _zeroPfn)
+                    continue;
+                if (modern && (e & PagemapBits.Guard) != 0)
+                    continue;
+                if (swapped && IsMarker(e))
+                    continue;
+                bool file = (e & PagemapBits.File) != 0;
+                // A "file" page in an anonymous VMA is the huge zero page (it is not anon memory).
+                if (file && anon && present)
+                    continue;
+                var bits = (file ? PageBits.File : 0) | (swapped ? PageBits.Swapped : 0);
+                if (_dirty == DirtySource.Always || (_dirty == DirtySource.SoftDirty && (e & PagemapBits.SoftDirty) != 0)
+                    || (_dirty == DirtySource.Written && (e & PagemapBits.UffdWp) == 0))
+                    bits |= PageBits.Dirty;
+                Append(spans, va + ((ulong)i << _shift), 1, bits, _shift);
+            }
+            va += (ulong)n * ps;
+        }
+    }
+
+    /// <summary>A pte marker (uffd-wp on an empty entry, or a guard) reads as a swap entry of the marker type: no data behind it.</summary>
+    private static bool IsMarker(ulong e) => PagemapBits.SwapType(e) == 31;
+
+    private void WalkScan(int pid, VmaInfo vma, List<PageSpan> spans)
+    {
+        const ulong ret = PageCategory.Present | PageCategory.Swapped | PageCategory.PfnZero | PageCategory.File
+                          | PageCategory.SoftDirty | PageCategory.Written | PageCategory.Guard;
+        ulong start = vma.Start;
+        bool anon = !vma.IsFile && !vma.IsShmem;
+        while (start < vma.End)
+        {
+            var arg = PmScanArg.Create(start, vma.End, ScanVec, 0, ret, anyof: PageCategory.Present | PageCategory.Swapped);
+            var r = _k.Proc.PagemapScan(pid, ref arg, _vec.AsSpan(0, ScanVec));
+            if (!r.Ok)
+                throw new DumperException($"PAGEMAP_SCAN failed ({r.Error})", pid, null, start, vma.End);
+            for (int i = 0; i < (int)r.Value; i++)
+            {
+                var g = _vec[i];
+                ulong c = g.Categories;
+                if ((c & (PageCategory.PfnZero | PageCategory.Guard)) != 0)
+                    continue;
+                bool file = (c & PageCategory.File) != 0;
+                bool swapped = (c & PageCategory.Swapped) != 0;
+                if (file && anon && !swapped)
+                    continue;
+                bool dirty = _dirty switch
+                {
+                    DirtySource.SoftDirty => (c & PageCategory.SoftDirty) != 0,
+                    DirtySource.Written => (c & PageCategory.Written) != 0,
+                    _ => true,
+                };
+                var bits = (file ? PageBits.File : 0) | (swapped ? PageBits.Swapped : 0) | (dirty ? PageBits.Dirty : 0);
+                ulong nr = (g.End - g.Start) >> _shift;
+                if (swapped && !dirty)
+                    AppendSwappedFiltered(pid, g.Start, nr, bits, spans);
+                else
+                    Append(spans, g.Start, nr, bits, _shift);
+            }
+            if (arg.WalkEnd <= start)
+                break;
+            start = arg.WalkEnd;
+        }
+    }
+
+    /// <summary>
+    /// Under uffd-wp, an empty entry that was write-protected (WP_UNPOPULATED) is a pte marker and
+    /// reads as "swapped, not written"; only pagemap tells it from a real swap entry.
+    /// </summary>
+    private void AppendSwappedFiltered(int pid, ulong va, ulong nr, PageBits bits, List<PageSpan> spans)
+    {
+        while (nr > 0)
+        {
+            int n = (int)Math.Min(nr, PagemapBatch);
+            var pm = _pm.AsSpan(0, n);
+            _k.Proc.ReadPagemap(pid, va, pm, PagemapLayout.Modern);
+            for (int i = 0; i < n; i++)
+                if (!IsMarker(pm[i]))
+                    Append(spans, va + ((ulong)i << _shift), 1, bits, _shift);
+            va += (ulong)n << _shift;
+            nr -= (ulong)n;
+        }
+    }
+
+    public void Dispose()
+    {
+        ArrayPool<ulong>.Shared.Return(_pm);
+        ArrayPool<PageRegion>.Shared.Return(_vec);
+    }
+}

@@ -1,0 +1,396 @@
+using System.Diagnostics;
+using CriuSharp.Dumper.Proc;
+using CriuSharp.ImageFormat;
+using CriuSharp.ImageFormat.Images;
+using CriuSharp.SimKernel;
+using CriuSharp.SimKernel.Machine;
+using CriuSharp.SimKernel.Mm;
+
+namespace CriuSharp.Dumper;
+
+/// <summary>
+/// restore (criu/cr-restore.c, criu/mem.c): rebuilds the tree in pstree order, parents first.
+/// <code>
+///  root:   Spawn(comm, pid) ─▶ munmap what exec mapped (vvar/vdso stay, moved if needed)
+///  child:  Fork(parent, pid) when the comm matches (memory COW-shared with the parent), else Spawn
+///  then:   munmap inherited VMAs that differ ─▶ mmap the image's VMAs (map_files for shmem)
+///          ─▶ fill pages from the newest image holding them (PageReader follows parent/),
+///             comparing inherited pages and leaving identical ones shared (pages_skipped_cow)
+///          ─▶ prctl(PR_SET_MM) layout fields ─▶ registers ─▶ verify VMA checksums
+/// </code>
+/// </summary>
+internal sealed class Restorer
+{
+    private readonly ISimHost _host;
+    private readonly Kernel _k;
+    private readonly RestoreOptions _o;
+    private readonly int _ps;
+    private readonly int _shift;
+    private readonly List<DumperWarning> _warnings = [];
+    /// <summary>shmid → (pid, va, pgoff) of a mapping of the restored object, for map_files.</summary>
+    private readonly Dictionary<ulong, (int Pid, ulong Va, ulong PgOff)> _shm = [];
+    /// <summary>shmid → inode of the restored object (to recognise an inherited mapping).</summary>
+    private readonly Dictionary<ulong, ulong> _shmInode = [];
+    private readonly HashSet<ulong> _shmFilled = [];
+    private ulong _compared, _skippedCow, _restored, _bytesRead, _zeroFilled, _fromParent, _fillBytes;
+
+    public Restorer(ISimHost host, RestoreOptions options)
+    {
+        _host = host;
+        _k = host.Kernel;
+        _o = options;
+        _ps = _k.Arch.PageSize;
+        _shift = _k.Arch.PageShift;
+    }
+
+    public RestoreResult Run()
+    {
+        var wall = Stopwatch.StartNew();
+        ImageSet set;
+        try
+        {
+            set = ImageSet.Open(_o.ImagesDir);
+        }
+        catch (ImageFormatException e)
+        {
+            throw new DumperException($"cannot restore: {e.Message}", null, _o.ImagesDir, inner: e);
+        }
+        var inv = set.ReadInventory();
+        if (inv.ImgVersion != 2)
+            throw new DumperException(inv.ImgVersion == 0 && inv.HasPreDumpMode
+                ? "this is a pre-dump (memory only); restore needs a full dump that names it as parent"
+                : $"unsupported img_version {inv.ImgVersion}", null, _o.ImagesDir);
+        var pstree = set.ReadPstree();
+        var files = set.ReadFiles().Where(f => f.Reg is not null).ToDictionary(f => f.Id, f => f.Reg.Name);
+        var pids = new List<int>();
+        int vmasVerified = 0;
+        ulong forkNs = 0, mmapNs = 0;
+
+        foreach (var pe in pstree)
+        {
+            int pid = (int)pe.Pid;
+            if (_k.FindTask(pid) is { } existing && existing.State != SimKernel.TaskState.Dead)
+                throw new DumperException("pid is already in use on the destination", pid, _o.ImagesDir);
+            var core = set.ReadCore(pid);
+            if ((int)core.Mtype != _k.Arch.CriuMtype)
+                throw new DumperException($"images are for {core.Mtype}, the destination kernel is {_k.Arch.Name}", pid, _o.ImagesDir);
+            var mm = set.ReadMm(pid);
+            string comm = core.Tc?.Comm ?? "restored";
+            SimTask task;
+            bool forked = false;
+            if (pe.Ppid != 0 && _k.FindTask((int)pe.Ppid) is { Alive: true } parent && parent.Comm == comm)
+            {
+                task = _k.Fork(parent, pid);
+                forked = true;
+            }
+            else
+                task = _k.Spawn(comm, pid, (int)pe.Ppid);
+            forkNs += _o.Cost.ForkNsPerTask;
+            pids.Add(pid);
+
+            var inherited = PrepareLayout(task, mm, files, forked);
+            mmapNs += _o.Cost.MmapNsPerVma * (ulong)mm.Vmas.Count;
+            FillPrivate(set, task, mm, inherited);
+            FillShmem(set, task, mm);
+            RestoreMmFields(task, mm);
+            if (core.HasSimTaskState)
+            {
+                var (regs, extra) = SimTaskState.Decode(core.SimTaskState.Span);
+                regs.AsSpan(0, Math.Min(regs.Length, task.Registers.Length)).CopyTo(task.Registers);
+                task.ExtraState = extra;
+            }
+            if (_o.Verify)
+                vmasVerified += Verify(set, task, mm);
+        }
+
+        ulong fillNs = CostModel.Ns(_fillBytes, _o.Cost.FillBytesPerSecond) + CostModel.Ns(_bytesRead, _o.Cost.DiskBytesPerSecond);
+        ulong decompressNs = CostModel.Ns(_fillBytes, _o.Cost.DecompressBytesPerSecond);
+        var stats = new RestoreStats
+        {
+            PagesCompared = _compared,
+            PagesSkippedCow = _skippedCow,
+            ForkingTime = RestoreStats.Us(forkNs),
+            RestoreTime = RestoreStats.Us(forkNs + mmapNs + fillNs + decompressNs),
+            PagesRestored = _restored,
+            BytesRead = _bytesRead,
+            ZeroPagesFilled = _zeroFilled,
+            PagesFromParent = _fromParent,
+            DecompressTime = RestoreStats.Us(decompressNs),
+            VmasVerified = vmasVerified,
+            WallClock = new WallClock(TimeSpan.Zero, TimeSpan.Zero, wall.Elapsed),
+        };
+        StatsFile.WriteRestore(_o.ImagesDir, stats.ToProto());
+        _host.Advance(forkNs + mmapNs + fillNs + decompressNs);
+        return new RestoreResult(stats, pids, _warnings);
+    }
+
+    private static bool Same(VmaInfo cur, vma_entry e, Dictionary<uint, string> files, Dictionary<ulong, ulong> shmInode)
+    {
+        if (cur.Start != e.Start || cur.End != e.End || cur.Prot != e.Prot)
+            return false;
+        var st = (VmaStatus)e.Status;
+        bool shared = (e.Flags & VmaMapFlags.Shared) != 0;
+        if (cur.Shared != shared)
+            return false;
+        if ((st & VmaStatus.AnonShared) != 0)
+            return cur.IsShmem && shmInode.TryGetValue(e.Shmid, out var ino) && ino == cur.Inode && cur.PgOff == e.Pgoff;
+        if ((st & (VmaStatus.FilePrivate | VmaStatus.FileShared)) != 0)
+            return cur.IsFile && files.TryGetValue((uint)e.Shmid, out var path) && path == cur.Name && cur.PgOff == e.Pgoff;
+        return cur.IsAnonPrivate && (st & VmaStatus.AnonPrivate) != 0;
+    }
+
+    /// <summary>Makes the task's layout the image's; returns the image VMAs kept from the fork parent.</summary>
+    private HashSet<ulong> PrepareLayout(SimTask task, mm_entry mm, Dictionary<uint, string> files, bool forked)
+    {
+        int pid = task.Pid;
+        var current = SmapsParser.Parse(_k.Proc.Smaps(pid));
+        var inherited = new HashSet<ulong>();
+        var wanted = mm.Vmas.ToDictionary(v => v.Start);
+        foreach (var cur in current)
+        {
+            if (cur.IsVsyscall || cur.Name == "[vvar]" || cur.IsVdso)
+                continue;
+            if (forked && wanted.TryGetValue(cur.Start, out var e) && Same(cur, e, files, _shmInode)
+                && (e.Status & (uint)(VmaStatus.Vvar | VmaStatus.Vdso)) == 0)
+            {
+                inherited.Add(cur.Start);
+                continue;
+            }
+            task.Munmap(cur.Start, cur.Length).OrThrow($"munmap 0x{cur.Start:x}");
+        }
+        // vvar/vdso are the kernel's; move them where the dumped task had them.
+        foreach (var special in new[] { "[vvar]", "[vdso]" })
+        {
+            var st = special == "[vvar]" ? VmaStatus.Vvar : VmaStatus.Vdso;
+            var img = mm.Vmas.FirstOrDefault(v => (v.Status & (uint)st) != 0);
+            var now = current.FirstOrDefault(v => v.Name == special);
+            if (img is not null && now is not null && now.Start != img.Start)
+                task.Mremap(now.Start, now.Length, img.End - img.Start, MremapFlags.MayMove | MremapFlags.Fixed, img.Start).OrThrow($"mremap {special}");
+        }
+        foreach (var e in mm.Vmas)
+        {
+            var st = (VmaStatus)e.Status;
+            if (inherited.Contains(e.Start) || (st & (VmaStatus.Vsyscall | VmaStatus.Vvar | VmaStatus.Vdso)) != 0)
+                continue;
+            ulong len = e.End - e.Start;
+            var prot = (Prot)e.Prot;
+            var flags = MapFlags.Fixed | ((e.Flags & VmaMapFlags.Shared) != 0 ? MapFlags.Shared : MapFlags.Private);
+            if ((e.Flags & VmaMapFlags.GrowsDown) != 0) flags |= MapFlags.GrowsDown;
+            if ((e.Flags & VmaMapFlags.Locked) != 0) flags |= MapFlags.Locked;
+            if ((e.Flags & VmaMapFlags.NoReserve) != 0) flags |= MapFlags.NoReserve;
+            SysResult r;
+            if ((st & VmaStatus.AnonShared) != 0)
+            {
+                var obj = ShmemObject(task, e);
+                r = task.Mmap(e.Start, len, prot, flags, obj, (long)e.Pgoff);
+                if (r.Ok && !_shm.ContainsKey(e.Shmid))
+                    _shm[e.Shmid] = (pid, e.Start, e.Pgoff);
+            }
+            else if ((st & (VmaStatus.FilePrivate | VmaStatus.FileShared)) != 0)
+            {
+                if (!files.TryGetValue((uint)e.Shmid, out var path))
+                    throw new DumperException($"files.img has no file with id {e.Shmid}", pid, _o.ImagesDir, e.Start, e.End);
+                var f = _k.Fs.Lookup(path) ?? throw new DumperException($"file {path} does not exist on the destination", pid, _o.ImagesDir, e.Start, e.End);
+                r = task.Mmap(e.Start, len, prot, flags, f, (long)e.Pgoff);
+            }
+            else
+                r = task.Mmap(e.Start, len, prot, flags | MapFlags.Anonymous);
+            if (!r.Ok)
+                throw new DumperException($"mmap failed ({r.Error})", pid, _o.ImagesDir, e.Start, e.End);
+            if (e.HasMadv)
+                foreach (var (bit, adv) in new[] { (14, Madvise.HugePage), (15, Madvise.NoHugePage), (16, Madvise.DontDump), (12, Madvise.Mergeable), (1, Madvise.Random), (2, Madvise.Sequential), (10, Madvise.DontFork) })
+                    if ((e.Madv & (1UL << bit)) != 0)
+                        task.Madvise(e.Start, len, adv);
+        }
+        return inherited;
+    }
+
+    /// <summary>The shmem object behind a shmid: open it through map_files of a task that maps it, or create it.</summary>
+    private SimFile ShmemObject(SimTask task, vma_entry e)
+    {
+        if (_shm.TryGetValue(e.Shmid, out var at) && _k.FindTask(at.Pid) is { } holder && holder.OpenMapFile(at.Va, out var f).Ok && f is not null)
+            return f;
+        // A fresh MAP_SHARED|MAP_ANONYMOUS mapping large enough for this window creates the object.
+        ulong size = e.Pgoff + (e.End - e.Start);
+        var r = task.Mmap(0, size, Prot.Read | Prot.Write, MapFlags.Shared | MapFlags.Anonymous);
+        if (!r.Ok)
+            throw new DumperException($"cannot create shared memory ({r.Error})", task.Pid, _o.ImagesDir, e.Start, e.End);
+        task.OpenMapFile((ulong)r.Value, out var obj);
+        task.Munmap((ulong)r.Value, size);
+        var info = SmapsParser.Parse(_k.Proc.Smaps(task.Pid));
+        _ = info;
+        _shmInode[e.Shmid] = obj!.Inode;
+        return obj;
+    }
+
+    private void FillPrivate(ImageSet set, SimTask task, mm_entry mm, HashSet<ulong> inherited)
+    {
+        int pid = task.Pid;
+        if (!set.HasPagemap(pid))
+            return;
+        using var reader = set.OpenPageReader(pid);
+        var entries = reader.Pagemap.Entries;
+        var buf = GC.AllocateUninitializedArray<byte>(1 << 20);
+        var cur = new byte[_ps];
+        var vmas = mm.Vmas;
+        foreach (var e in entries)
+        {
+            var flags = PagemapImage.FlagsOf(e);
+            if ((flags & (PagemapFlags.Present | PagemapFlags.Parent)) == 0)
+                throw new DumperException("lazy pages are not supported by this restore", pid, _o.ImagesDir, e.Vaddr, e.Vaddr + (PagemapImage.NrPages(e) << 12));
+            ulong end = e.Vaddr + (PagemapImage.NrPages(e) << PageGeometry.PageShift);
+            for (ulong va = e.Vaddr; va < end;)
+            {
+                var v = vmas.FirstOrDefault(x => x.Start <= va && va < x.End);
+                if (v is null || (v.Status & (uint)(VmaStatus.AnonShared | VmaStatus.FileShared)) != 0)
+                    throw new DumperException("the pagemap has pages outside any private VMA", pid, _o.ImagesDir, va, end);
+                ulong stop = Math.Min(Math.Min(end, v.End), va + (ulong)buf.Length);
+                var span = buf.AsSpan(0, (int)(stop - va));
+                try
+                {
+                    reader.Read(va, span);
+                }
+                catch (MissingPagesException m)
+                {
+                    throw new DumperException($"no image in the chain holds these pages ({m.Problem})", pid, _o.ImagesDir, m.Start, m.End, m);
+                }
+                bool inh = inherited.Contains(v.Start);
+                for (int off = 0; off < span.Length; off += _ps)
+                {
+                    var page = span.Slice(off, _ps);
+                    ulong a = va + (ulong)off;
+                    if (inh)
+                    {
+                        _compared++;
+                        _k.Proc.ReadMemory(pid, a, cur);
+                        if (page.SequenceEqual(cur))
+                        {
+                            _skippedCow++;
+                            continue;
+                        }
+                    }
+                    else if (!page.ContainsAnyExcept((byte)0))
+                        continue; // the page is zero already; keep it unpopulated
+                    Write(pid, a, page);
+                }
+                va = stop;
+            }
+        }
+        _bytesRead += reader.Stats.BytesRead;
+        _zeroFilled += reader.Stats.ZeroPagesFilled;
+        _fromParent += reader.Stats.PagesFromParent;
+        // Inherited anonymous VMAs: pages the parent has but this task never had must go.
+        foreach (var v in vmas.Where(x => inherited.Contains(x.Start) && (x.Status & (uint)VmaStatus.AnonPrivate) != 0))
+        {
+            ulong a = v.Start;
+            int i = reader.Pagemap.FirstEntryEndingAfter(a);
+            while (a < v.End)
+            {
+                ulong next = i < entries.Count ? Math.Min(v.End, Math.Max(a, entries[i].Vaddr)) : v.End;
+                if (next > a)
+                    task.Madvise(a, next - a, Madvise.DontNeed);
+                if (i >= entries.Count) break;
+                a = Math.Max(a, entries[i].Vaddr + (PagemapImage.NrPages(entries[i]) << PageGeometry.PageShift));
+                i++;
+            }
+        }
+    }
+
+    private void Write(int pid, ulong va, ReadOnlySpan<byte> data)
+    {
+        var r = _k.Proc.WriteMemory(pid, va, data);
+        if (!r.Ok)
+            throw new DumperException($"cannot write restored memory ({r.Error})", pid, _o.ImagesDir, va, va + (ulong)data.Length);
+        _restored += (ulong)(data.Length / PageGeometry.PageSize);
+        _fillBytes += (ulong)data.Length;
+    }
+
+    private void FillShmem(ImageSet set, SimTask task, mm_entry mm)
+    {
+        foreach (var e in mm.Vmas.Where(v => (v.Status & (uint)VmaStatus.AnonShared) != 0))
+        {
+            if (!_shmFilled.Add(e.Shmid))
+                continue;
+            var name = ImageNames.ShmemPagemap(e.Shmid);
+            if (!set.Has(name))
+                continue;
+            using var reader = set.OpenShmemPageReader(e.Shmid);
+            foreach (var pe in reader.Pagemap.Entries)
+            {
+                ulong len = PagemapImage.NrPages(pe) << PageGeometry.PageShift;
+                // Only the part of the object this mapping shows can be written through it.
+                ulong s = Math.Max(pe.Vaddr, e.Pgoff), t = Math.Min(pe.Vaddr + len, e.Pgoff + (e.End - e.Start));
+                if (s >= t) continue;
+                var data = new byte[t - s];
+                reader.Read(s, data);
+                Write(task.Pid, e.Start + (s - e.Pgoff), data);
+            }
+            _bytesRead += reader.Stats.BytesRead;
+        }
+    }
+
+    private static void RestoreMmFields(SimTask task, mm_entry mm)
+    {
+        task.PrctlSetMm(PrctlMmField.StartCode, mm.MmStartCode);
+        task.PrctlSetMm(PrctlMmField.EndCode, mm.MmEndCode);
+        task.PrctlSetMm(PrctlMmField.StartData, mm.MmStartData);
+        task.PrctlSetMm(PrctlMmField.EndData, mm.MmEndData);
+        task.PrctlSetMm(PrctlMmField.StartStack, mm.MmStartStack);
+        task.PrctlSetMm(PrctlMmField.StartBrk, mm.MmStartBrk);
+        task.PrctlSetMm(PrctlMmField.Brk, mm.MmBrk);
+        task.PrctlSetMm(PrctlMmField.ArgStart, mm.MmArgStart);
+        task.PrctlSetMm(PrctlMmField.ArgEnd, mm.MmArgEnd);
+        task.PrctlSetMm(PrctlMmField.EnvStart, mm.MmEnvStart);
+        task.PrctlSetMm(PrctlMmField.EnvEnd, mm.MmEnvEnd);
+    }
+
+    /// <summary>Recomputes each dumped VMA's hash from the restored task and compares.</summary>
+    private int Verify(ImageSet set, SimTask task, mm_entry mm)
+    {
+        var sim = set.ReadSimState(task.Pid).FirstOrDefault(s => s.Key == SimKeys.VmaChecksums);
+        if (sim is null)
+            return 0;
+        var raw = sim.Data.Span;
+        var expected = new Dictionary<ulong, (ulong End, ulong Hash)>();
+        for (int i = 0; i + 24 <= raw.Length; i += 24)
+            expected[BitConverter.ToUInt64(raw[i..])] = (BitConverter.ToUInt64(raw[(i + 8)..]), BitConverter.ToUInt64(raw[(i + 16)..]));
+        int n = 0;
+        using var walker = new PageWalker(_k, _k.Features.PagemapScan, DirtySource.Always);
+        var spans = new List<PageSpan>();
+        var buf = GC.AllocateUninitializedArray<byte>(1 << 20);
+        foreach (var e in mm.Vmas)
+        {
+            if (!expected.TryGetValue(e.Start, out var want))
+                continue;
+            var st = (VmaStatus)e.Status;
+            var h = new VmaHash();
+            var v = new VmaInfo(e.Start, e.End, e.Prot, false, e.Pgoff, 0, 0, 0,
+                (st & VmaStatus.Vdso) != 0 ? "[vdso]" : (st & VmaStatus.FilePrivate) != 0 ? "/file" : null, SmapsFlags.None, 0);
+            if (v.IsVdso)
+                spans = [new PageSpan(e.Start, (e.End - e.Start) >> _shift, PageBits.Dirty)];
+            else
+            {
+                spans.Clear();
+                walker.Walk(task.Pid, v, spans);
+            }
+            foreach (var s in spans)
+            {
+                if (v.IsFile && (s.Bits & PageBits.File) != 0 && (s.Bits & PageBits.Swapped) == 0)
+                    continue;
+                for (ulong done = 0; done < s.NrPages;)
+                {
+                    int cnt = (int)Math.Min(s.NrPages - done, (ulong)(buf.Length / _ps));
+                    ulong a = s.Va + (done << _shift);
+                    var span = buf.AsSpan(0, cnt * _ps);
+                    _k.Proc.ReadMemory(task.Pid, a, span);
+                    h.AddPages(a, span, _ps);
+                    done += (ulong)cnt;
+                }
+            }
+            if (h.Value != want.Hash)
+                throw new DumperException("restored memory differs from the dump (VMA checksum mismatch)", task.Pid, _o.ImagesDir, e.Start, e.End);
+            n++;
+        }
+        return n;
+    }
+}
