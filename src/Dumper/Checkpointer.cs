@@ -251,7 +251,7 @@ internal sealed class Checkpointer
     {
         if (_o.PrevImagesDir is null)
             return (null, null);
-        string path = Path.IsPathRooted(_o.PrevImagesDir) ? _o.PrevImagesDir : Path.Combine(_o.ImagesDir, _o.PrevImagesDir);
+        string path = Path.GetFullPath(Path.IsPathRooted(_o.PrevImagesDir) ? _o.PrevImagesDir : Path.Combine(_o.ImagesDir, _o.PrevImagesDir));
         if (!Directory.Exists(path))
             throw new DumperException($"parent images directory '{_o.PrevImagesDir}' does not exist (--prev-images-dir is relative to the images directory)", _o.Pid, _o.ImagesDir);
         if (Path.GetFullPath(path).TrimEnd('/') == Path.GetFullPath(_o.ImagesDir).TrimEnd('/'))
