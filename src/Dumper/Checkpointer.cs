@@ -98,7 +98,10 @@ internal sealed class Checkpointer
                     _warnings.Add(new DumperWarning("zombie", $"task {t.Pid} is a zombie and is not dumped"));
                     continue;
                 }
-                tasks.Add(new TaskState { Task = t, Vmas = SmapsParser.Parse(_k.Proc.Smaps(t.Pid)) });
+                // smaps carries VmFlags; [vsyscall] (gate area) only shows in maps, and CRIU keeps it in mm.
+                var vmas = SmapsParser.Parse(_k.Proc.Smaps(t.Pid));
+                vmas.AddRange(SmapsParser.ParseMaps(_k.Proc.Maps(t.Pid)).Where(v => v.IsVsyscall));
+                tasks.Add(new TaskState { Task = t, Vmas = vmas });
             }
             freezeNs = _cost.FreezeNsPerTask * (ulong)tasks.Count;
             ulong uptimeUs = _k.Proc.UptimeNs / 1000;
