@@ -26,6 +26,15 @@ public static class CliApp
         yield return DecodeCommand.Create();
         yield return EncodeCommand.Create();
         yield return ExploreCommand.Create();
+        yield return MachineCommands.Spawn();
+        yield return MachineCommands.Run();
+        yield return MachineCommands.Ps();
+        yield return InspectCommands.Maps();
+        yield return InspectCommands.Smaps();
+        yield return InspectCommands.Pagemap();
+        yield return InspectCommands.ClearRefs();
+        yield return MachineCommands.Verify();
+        yield return MachineCommands.Kill();
         yield return SelftestCommand.Create();
         yield return CheckCommand.Create();
     }
@@ -77,6 +86,9 @@ public static class CliApp
         UserException u => (u.Code, u.Message, u.Hint),
         ImageFormat.ImageFormatException i => (ExitCode.BadImage, i.Message, null),
         SimKernel.KernelException k => (ExitCode.KernelError, k.Message, null),
+        SimKernel.Machine.MachineBusyException b => (ExitCode.Busy, b.Message, "Retry later, or raise --wait."),
+        SimKernel.Machine.MachineStateException s => (ExitCode.BadInput, s.Message, null),
+        SimKernel.Workloads.WorkloadException w => (ExitCode.BadInput, w.Message, "The workload schema is in samples/README.md."),
         DllNotFoundException d => (ExitCode.Environment, $"a native library is missing: {d.Message}", "Install it with apt-get (liblz4-1, libzstd1, libxxhash0)."),
         UnauthorizedAccessException a => (ExitCode.Environment, a.Message, null),
         IOException io => (ExitCode.Environment, io.Message, null),

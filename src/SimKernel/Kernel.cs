@@ -25,9 +25,9 @@ public sealed record KernelConfig
 /// Everything userspace-visible goes through <see cref="Proc"/> (the /proc files and ioctls) or the
 /// system-call methods on <see cref="SimTask"/> and <see cref="MmStruct"/>.
 /// </summary>
-public sealed class Kernel
+public sealed partial class Kernel
 {
-    private readonly SortedDictionary<int, SimTask> _tasks = [];
+    internal readonly SortedDictionary<int, SimTask> _tasks = [];
     private int _nextPid = 1000;
     private long _hugeZero = -2;
     private ulong _anonVmaIds;
@@ -54,7 +54,7 @@ public sealed class Kernel
     public ProcFs Proc { get; }
 
     /// <summary>Virtual time since boot, in nanoseconds (/proc/uptime).</summary>
-    public ulong UptimeNs { get; private set; }
+    public ulong UptimeNs { get; internal set; }
 
     public void AdvanceClock(ulong ns) => UptimeNs += ns;
 

@@ -11,7 +11,7 @@ public enum TaskState { Running, Frozen, Zombie, Dead }
 /// run while the task is frozen and turn a fatal fault into SIGSEGV (the task dies; the caller gets
 /// EFAULT) rather than an exception in the tool.
 /// </summary>
-public sealed class SimTask
+public sealed partial class SimTask
 {
     public const int SIGKILL = 9;
     public const int SIGSEGV = 11;
@@ -40,7 +40,7 @@ public sealed class SimTask
     /// <summary>The signal that killed the task (11 for SIGSEGV), or 0.</summary>
     public int TermSignal { get; internal set; }
     /// <summary>The address of the access that raised SIGSEGV.</summary>
-    public ulong FaultAddress { get; private set; }
+    public ulong FaultAddress { get; internal set; }
     /// <summary>Register file: instruction pointer, stack pointer and general registers of the simulated program.</summary>
     public ulong[] Registers { get; } = new ulong[RegisterCount];
     /// <summary>Opaque extra core state of the simulated program (saved and restored by dumps).</summary>

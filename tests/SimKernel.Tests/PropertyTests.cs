@@ -19,9 +19,9 @@ public class PropertyTests
 
     public sealed record Op(OpKind Kind, int Page, int Pages, int Other, byte Value);
 
-    private const int ArenaPages = 1024; // 4 MiB on x86_64: room for two THPs
+    internal const int ArenaPages = 1024; // 4 MiB on x86_64: room for two THPs
 
-    private static readonly Gen<Op> OpGen =
+    internal static readonly Gen<Op> OpGen =
         from kind in Gen.Frequency(
             (3, Gen.Constant(OpKind.Mmap)), (1, Gen.Constant(OpKind.MmapShared)), (2, Gen.Constant(OpKind.Munmap)),
             (2, Gen.Constant(OpKind.Mprotect)), (1, Gen.Constant(OpKind.MremapMove)), (1, Gen.Constant(OpKind.MremapGrow)),
@@ -39,7 +39,7 @@ public class PropertyTests
               .WithReplay(FSharpOption<Replay>.Some(new Replay(new Rnd(seed, 0x9E3779B97F4A7C15UL | 1), FSharpOption<int>.None)));
 
     /// <summary>Applies one operation; failures with an errno are fine (the kernel refused), crashes are not.</summary>
-    private static void Apply(Kernel k, SimTask t, ulong arena, Op op, Dictionary<(int, ulong), byte[]> snapshot)
+    internal static void Apply(Kernel k, SimTask t, ulong arena, Op op, Dictionary<(int, ulong), byte[]> snapshot)
     {
         ulong ps = (ulong)k.Arch.PageSize;
         ulong va = arena + (ulong)op.Page * ps;

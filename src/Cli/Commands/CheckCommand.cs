@@ -20,13 +20,23 @@ public static class CheckCommand
         feature.AcceptOnlyFromAmong(FeatureNames);
         var json = CommonOptions.Json();
         var kernel = new KernelOptions();
-        var cmd = new Command("check", "Report which memory-change tracking the kernel and architecture offer.");
+        var machine = new MachineOptions();
+        var cmd = new Command("check", "Report which memory-change tracking the kernel and architecture offer (the machine's, or --arch/--kernel).");
         cmd.Options.Add(feature);
         cmd.Options.Add(json);
         kernel.AddTo(cmd);
+        machine.AddTo(cmd);
         cmd.SetAction(p =>
         {
-            var k = new SimKernel.Kernel(kernel.Config(p));
+            bool explicitProfile = p.GetResult(kernel.Arch) is { Implicit: false } || p.GetResult(kernel.Kernel) is { Implicit: false };
+            SimKernel.Kernel k;
+            if (!explicitProfile && SimKernel.Machine.SimMachine.Exists(machine.Directory(p)))
+            {
+                using var m = machine.Open(p);
+                k = m.Kernel;
+            }
+            else
+                k = new SimKernel.Kernel(kernel.Config(p));
             var f = k.Features;
             var all = new Dictionary<string, bool>
             {

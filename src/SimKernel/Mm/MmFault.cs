@@ -262,7 +262,7 @@ public sealed partial class MmStruct
         long copy = _mem.AllocateZeroed(PhysicalMemory.FrameKind.Anon);
         if (copy < 0)
             return (FaultResult.Oom, -1);
-        _mem.Page(cache).CopyTo(_mem.Page(copy));
+        _mem.Page(cache).CopyTo(_mem.PageMut(copy));
         InstallPage(t, i, _arch.MakePresent(copy, vma.CanWrite, dirty: true), copy, vma);
         return (FaultResult.Ok, copy);
     }
@@ -274,7 +274,7 @@ public sealed partial class MmStruct
         long pfn = _mem.AllocateZeroed(PhysicalMemory.FrameKind.Anon);
         if (pfn < 0)
             return (FaultResult.Oom, -1);
-        _k.Swap.Read(slot).CopyTo(_mem.Page(pfn));
+        _k.Swap.Read(slot).CopyTo(_mem.PageMut(pfn));
         bool sd = (e & _arch.SwpSoftDirty) != 0 && _k.Version.SwapKeepsSoftDirty;
         bool wp = _arch.SwpUffdWp != 0 && (e & _arch.SwpUffdWp) != 0;
         bool exclusive = (e & _arch.SwpExclusive) != 0 || _k.Swap.UseCount(slot) == 1;
@@ -329,7 +329,7 @@ public sealed partial class MmStruct
         if (copy < 0)
             return (FaultResult.Oom, -1);
         if (kind != PhysicalMemory.FrameKind.Zero)
-            _mem.Page(pfn).CopyTo(_mem.Page(copy));
+            _mem.Page(pfn).CopyTo(_mem.PageMut(copy));
         ZapEntry(t, i, vma, removeGuards: true);
         InstallPage(t, i, _arch.MakePresent(copy, vma.CanWrite, dirty: true), copy, vma);
         _ = force;
@@ -362,11 +362,10 @@ public sealed partial class MmStruct
             }
             int off = (int)(at & (ulong)(ps - 1));
             int n = Math.Min(ps - off, buf.Length - done);
-            var page = _mem.Page(pfn).Slice(off, n);
             if (write)
-                buf.Slice(done, n).CopyTo(page);
+                buf.Slice(done, n).CopyTo(_mem.PageMut(pfn).Slice(off, n));
             else
-                page.CopyTo(buf.Slice(done, n));
+                _mem.Page(pfn).Slice(off, n).CopyTo(buf.Slice(done, n));
             done += n;
         }
         return SysResult.Success(done);
@@ -390,7 +389,7 @@ public sealed partial class MmStruct
             {
                 t.E[i] = e | _arch.Accessed | _arch.Dirty;
                 BinaryPrimitives.WriteUInt64LittleEndian(
-                    _mem.Page(_arch.Pfn(e)).Slice((int)(va & (ulong)(_arch.PageSize - 1))), value);
+                    _mem.PageMut(_arch.Pfn(e)).Slice((int)(va & (ulong)(_arch.PageSize - 1))), value);
                 return true;
             }
         }

@@ -46,12 +46,12 @@ public sealed partial class MmStruct
     public SimFile? ExeFile { get; internal set; }
 
     // Counters (in pages).
-    public long RssAnon { get; private set; }
-    public long RssFile { get; private set; }
-    public long RssShmem { get; private set; }
+    public long RssAnon { get; internal set; }
+    public long RssFile { get; internal set; }
+    public long RssShmem { get; internal set; }
     public long Rss => RssAnon + RssFile + RssShmem;
-    public long HiwaterRss { get; private set; }
-    public long SwapEntries { get; private set; }
+    public long HiwaterRss { get; internal set; }
+    public long SwapEntries { get; internal set; }
     public long MinorFaults { get; internal set; }
     public long MajorFaults { get; internal set; }
     /// <summary>Write faults caused by write-protection (clear_refs 4 or uffd-wp): the tracking cost.</summary>

@@ -50,7 +50,7 @@ public sealed class PmdTable
 ///   PteTable → E[(va >> pageShift) &amp; (ptrs-1)]. The upper levels are allocated on demand, so an
 ///   address space costs a few KiB however large its user range is.
 /// </summary>
-public sealed class PageTables
+public sealed partial class PageTables
 {
     public const int PmdIndexBits = 9;
     private readonly ArchProfile _arch;

@@ -12,7 +12,7 @@ namespace CriuSharp.SimKernel.Mm;
 /// Huge pages are runs of <c>PagesPerHuge</c> consecutive, aligned frames inside one chunk, so a
 /// sub-page's PFN is head + index, as pagemap reports it.
 /// </summary>
-public sealed class PhysicalMemory
+public sealed unsafe partial class PhysicalMemory
 {
     public enum FrameKind : byte { Free = 0, Anon = 1, PageCache = 2, Zero = 3, Reserved = 4 }
 
@@ -28,6 +28,10 @@ public sealed class PhysicalMemory
     private int _freeCount;
     private readonly Stack<long> _freeHuge = new();
     private long _next;
+    private ulong[] _dirty = new ulong[(1 << 16) / 64];
+    /// <summary>Frames [FirstPfn, FirstPfn + _mappedFrames) live in a copy-on-write mapping of the machine's frames file.</summary>
+    private byte* _mapped;
+    private long _mappedFrames;
 
     /// <summary>PFNs start here so that no real page reads PFN 0.</summary>
     public const long FirstPfn = 0x1000;
@@ -41,7 +45,7 @@ public sealed class PhysicalMemory
         TotalFrames = totalBytes >> pageShift;
         _next = FirstPfn;
         ZeroPfn = AllocateRaw(FrameKind.Zero);
-        Page(ZeroPfn).Clear(); // chunks are allocated uninitialised; every other frame is cleared on allocation
+        PageMut(ZeroPfn).Clear(); // chunks are allocated uninitialised; every other frame is cleared on allocation
     }
 
     public int PageSize => 1 << _pageShift;
@@ -68,10 +72,24 @@ public sealed class PhysicalMemory
             Free(pfn);
     }
 
+    /// <summary>The frame's contents, for reading.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public Span<byte> Page(long pfn)
+    public ReadOnlySpan<byte> Page(long pfn) => Frame(pfn);
+
+    /// <summary>The frame's contents, for writing: marks the frame modified so the machine saves it.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public Span<byte> PageMut(long pfn)
+    {
+        _dirty[pfn >> 6] |= 1UL << (int)(pfn & 63);
+        return Frame(pfn);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private unsafe Span<byte> Frame(long pfn)
     {
         long rel = pfn - FirstPfn;
+        if (rel < _mappedFrames)
+            return new Span<byte>(_mapped + (rel << _pageShift), 1 << _pageShift);
         var chunk = _chunks[rel >> _chunkShift]!;
         return chunk.AsSpan((int)((rel & _chunkMask) << _pageShift), 1 << _pageShift);
     }
@@ -82,7 +100,7 @@ public sealed class PhysicalMemory
         if (UsedFrames >= TotalFrames)
             return -1;
         long pfn = AllocateRaw(kind);
-        Page(pfn).Clear();
+        PageMut(pfn).Clear();
         return pfn;
     }
 
@@ -108,7 +126,7 @@ public sealed class PhysicalMemory
         {
             _kind[p] = FrameKind.Anon;
             _mapCount[p] = 0;
-            Page(p).Clear();
+            PageMut(p).Clear();
         }
         UsedFrames += _hugeFrames;
         return head;
@@ -169,13 +187,15 @@ public sealed class PhysicalMemory
             n = (n + chunkFrames - 1) / chunkFrames * chunkFrames;
             Array.Resize(ref _mapCount, (int)n);
             Array.Resize(ref _kind, (int)n);
+            Array.Resize(ref _dirty, (int)((n + 63) / 64));
         }
         long lastChunk = (endPfn - 1 - FirstPfn) >> _chunkShift;
         if (lastChunk >= _chunks.Length)
             Array.Resize(ref _chunks, (int)Math.Max(lastChunk + 1, _chunks.Length * 2));
         for (long c = 0; c <= lastChunk; c++)
         {
-            if (_chunks[c] is null)
+            // Chunks entirely inside the mapped frames file are never needed.
+            if (_chunks[c] is null && ((c + 1) << _chunkShift) > _mappedFrames)
             {
                 _chunks[c] = GC.AllocateUninitializedArray<byte>(1 << ChunkBytesShift);
                 ContentBytesAllocated += 1L << ChunkBytesShift;

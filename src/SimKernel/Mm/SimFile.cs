@@ -4,7 +4,7 @@ namespace CriuSharp.SimKernel.Mm;
 /// A file of the small simulated filesystem, or the shmem object behind shared anonymous memory.
 /// Its page cache maps page index → PFN; file contents live only there (the "disk" is the cache).
 /// </summary>
-public sealed class SimFile
+public sealed partial class SimFile
 {
     internal SimFile(string path, ulong inode, bool isShmem)
     {
@@ -24,7 +24,7 @@ public sealed class SimFile
 }
 
 /// <summary>The simulated filesystem: a flat namespace of regular files.</summary>
-public sealed class SimFs
+public sealed partial class SimFs
 {
     private readonly Dictionary<string, SimFile> _files = new(StringComparer.Ordinal);
     private readonly PhysicalMemory _mem;
@@ -49,7 +49,7 @@ public sealed class SimFs
             if (pfn < 0)
                 throw new KernelException(Errno.ENOMEM, $"create {path}");
             var src = contents.Slice((int)(idx * ps), (int)Math.Min(ps, contents.Length - idx * ps));
-            src.CopyTo(_mem.Page(pfn));
+            src.CopyTo(_mem.PageMut(pfn));
             f.Pages[idx] = pfn;
         }
         _files[path] = f;

@@ -5,7 +5,7 @@ namespace CriuSharp.SimKernel.Mm;
 /// offsets 1, 2, 3… as on a fresh Linux swap file. Each slot has a use count (swap_map): a page
 /// shared copy-on-write by a parent and its children is swapped once and referenced by all.
 /// </summary>
-public sealed class SwapDevice
+public sealed partial class SwapDevice
 {
     private const int ChunkSlotsShift = 12;
     private readonly int _pageSize;
@@ -23,6 +23,8 @@ public sealed class SwapDevice
     public int Type => 0;
     public ulong CapacitySlots { get; }
     public ulong UsedSlots { get; private set; }
+    /// <summary>Set when a slot was written since the machine was loaded or saved.</summary>
+    internal bool ContentsChanged { get; set; }
 
     /// <summary>Takes a slot and copies the page into it; returns 0 when swap is full.</summary>
     public ulong Store(ReadOnlySpan<byte> page)
@@ -39,6 +41,7 @@ public sealed class SwapDevice
         Ensure(slot);
         _useCount[slot] = 1;
         UsedSlots++;
+        ContentsChanged = true;
         page.CopyTo(Slot(slot));
         return slot;
     }

@@ -254,7 +254,7 @@ public sealed partial class SelftestContext
             long pfn = Kernel.Fs.GetPage(f, idx);
             if (pfn < 0)
                 Fatal("memfd write: out of memory");
-            contents.Slice((int)(idx * ps), (int)Math.Min(ps, contents.Length - idx * ps)).CopyTo(Kernel.Memory.Page(pfn));
+            contents.Slice((int)(idx * ps), (int)Math.Min(ps, contents.Length - idx * ps)).CopyTo(Kernel.Memory.PageMut(pfn));
         }
         return f;
     }

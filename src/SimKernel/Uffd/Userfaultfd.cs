@@ -51,12 +51,20 @@ public readonly record struct UffdMessage(ulong Address, bool WriteProtect);
 /// Without WP_ASYNC a fault is queued as a message and the write proceeds, as if a handler had
 /// answered at once.
 /// </summary>
-public sealed class Userfaultfd
+public sealed partial class Userfaultfd
 {
     private readonly MmStruct _mm;
     private readonly Queue<UffdMessage> _messages = new();
 
     internal Userfaultfd(MmStruct mm) => _mm = mm;
+
+    internal static Userfaultfd Restore(MmStruct owner, bool apiDone, ulong features, long faults, IEnumerable<UffdMessage> messages)
+    {
+        var u = new Userfaultfd(owner) { ApiDone = apiDone, Features = features, WriteFaults = faults };
+        foreach (var m in messages)
+            u._messages.Enqueue(m);
+        return u;
+    }
 
     public bool ApiDone { get; private set; }
     public ulong Features { get; private set; }

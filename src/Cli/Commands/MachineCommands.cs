@@ -1,0 +1,202 @@
+using System.CommandLine;
+using System.Text.Json;
+using CriuSharp.SimKernel;
+using CriuSharp.SimKernel.Workloads;
+using Spectre.Console;
+
+namespace CriuSharp.Cli;
+
+/// <summary>spawn, run, ps, kill and verify: driving the simulated host step by step.</summary>
+public static class MachineCommands
+{
+    public static Command Spawn()
+    {
+        var file = new Argument<FileInfo>("file") { Description = "Workload file (JSON; see samples/README.md)." };
+        var kernel = new KernelOptions();
+        var machine = new MachineOptions();
+        var memory = new Option<string>("--memory") { Description = "Physical memory of a new machine (e.g. 16GiB).", DefaultValueFactory = _ => "16GiB" };
+        var json = CommonOptions.Json();
+        var cmd = new Command("spawn", "Start the processes a workload file describes (creating the machine on first use); prints their pids.");
+        cmd.Arguments.Add(file);
+        kernel.AddTo(cmd);
+        machine.AddTo(cmd);
+        cmd.Options.Add(memory);
+        cmd.Options.Add(json);
+        cmd.SetAction(p =>
+        {
+            var f = p.GetValue(file)!;
+            if (!f.Exists)
+                throw new UserException(ExitCode.BadInput, $"{f.FullName}: no such file");
+            var config = kernel.Config(p) with { MemoryBytes = (long)ParseSize(p.GetValue(memory)!) };
+            using var m = machine.OpenOrCreate(p, config);
+            if (m.Kernel.Arch != config.Arch && p.GetResult(kernel.Arch) is { Implicit: false })
+                throw new UserException(ExitCode.BadInput, $"the machine in {m.Directory} is {m.Kernel.Arch.Name}, not {config.Arch.Name}");
+            var tasks = WorkloadApi.Spawn(m.Kernel, f.FullName);
+            m.Save();
+            var o = p.InvocationConfiguration.Output;
+            if (p.GetValue(json))
+                o.WriteLine(JsonSerializer.Serialize(new { machine = m.Directory, pids = tasks.Select(t => t.Pid) }, JsonOut.Options));
+            else
+                o.WriteLine(string.Join(' ', tasks.Select(t => t.Pid)));
+            return 0;
+        });
+        return cmd;
+    }
+
+    public static ulong ParseSize(string text)
+    {
+        var t = text.Trim();
+        (string s, ulong m)[] units = [("KiB", 1UL << 10), ("MiB", 1UL << 20), ("GiB", 1UL << 30), ("TiB", 1UL << 40), ("K", 1UL << 10), ("M", 1UL << 20), ("G", 1UL << 30), ("k", 1UL << 10)];
+        foreach (var (s, mul) in units)
+            if (t.EndsWith(s, StringComparison.Ordinal) && ulong.TryParse(t[..^s.Length], out ulong v))
+                return v * mul;
+        return ulong.TryParse(t, out ulong b) ? b : throw new UserException(ExitCode.Usage, $"'{text}' is not a size (examples: 64MiB, 16GiB)");
+    }
+
+    public static Command Run()
+    {
+        var forOpt = new Option<string?>("--for") { Description = "Virtual time to run, e.g. 2s, 500ms." };
+        var steps = new Option<long?>("--steps") { Description = "Run exactly N operations of every program instead (no virtual time passes)." };
+        var machine = new MachineOptions();
+        var json = CommonOptions.Json();
+        var cmd = new Command("run", "Let the machine run: every running program executes at its rate in virtual time.");
+        cmd.Options.Add(forOpt);
+        cmd.Options.Add(steps);
+        machine.AddTo(cmd);
+        cmd.Options.Add(json);
+        cmd.Validators.Add(r =>
+        {
+            bool hasFor = r.GetResult(forOpt) is not null, hasSteps = r.GetResult(steps) is not null;
+            if (hasFor == hasSteps)
+                r.AddError("give exactly one of --for DURATION or --steps N");
+        });
+        cmd.SetAction(p =>
+        {
+            using var m = machine.Open(p);
+            ulong start = m.Kernel.UptimeNs;
+            if (p.GetValue(steps) is long n)
+            {
+                if (n < 0)
+                    throw new UserException(ExitCode.Usage, "--steps must not be negative");
+                m.RunSteps(n);
+            }
+            else
+            {
+                ulong ns = Units.ParseDurationNs(p.GetValue(forOpt)!);
+                RunWithProgress(m, ns, p.GetValue(json));
+            }
+            m.Save();
+            var o = p.InvocationConfiguration.Output;
+            var alive = m.Kernel.Tasks.Count(t => t.Alive);
+            if (p.GetValue(json))
+                o.WriteLine(JsonSerializer.Serialize(new { uptime_ns = m.Kernel.UptimeNs, ran_ns = m.Kernel.UptimeNs - start, alive }, JsonOut.Options));
+            else
+                o.WriteLine($"uptime {m.Kernel.UptimeNs / 1e9:0.000} s, {alive} process(es) alive");
+            return 0;
+        });
+        return cmd;
+    }
+
+    /// <summary>Runs in 100 ms steps of virtual time, with a progress bar on a terminal only.</summary>
+    private static void RunWithProgress(SimKernel.Machine.SimMachine m, ulong ns, bool json)
+    {
+        const ulong step = 100_000_000;
+        if (json || Console.IsOutputRedirected || Console.IsErrorRedirected || ns <= step)
+        {
+            m.Advance(ns);
+            return;
+        }
+        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+        console.Progress().Start(ctx =>
+        {
+            var task = ctx.AddTask("running", maxValue: ns / 1e6);
+            for (ulong done = 0; done < ns; done += step)
+            {
+                m.Advance(Math.Min(step, ns - done));
+                task.Value = Math.Min(ns, done + step) / 1e6;
+            }
+        });
+    }
+
+    public static Command Ps()
+    {
+        var machine = new MachineOptions();
+        var json = CommonOptions.Json();
+        var cmd = new Command("ps", "List the processes of the machine.");
+        machine.AddTo(cmd);
+        cmd.Options.Add(json);
+        cmd.SetAction(p =>
+        {
+            using var m = machine.Open(p);
+            var rows = m.Kernel.Tasks.Select(t => new
+            {
+                pid = t.Pid,
+                ppid = t.Ppid,
+                state = t.State.ToString().ToLowerInvariant(),
+                comm = t.Comm,
+                rss_kb = t.Mm.Rss * m.Kernel.Arch.PageSize / 1024,
+                swap_kb = t.Mm.SwapEntries * m.Kernel.Arch.PageSize / 1024,
+                term_signal = t.TermSignal,
+            }).ToList();
+            var o = p.InvocationConfiguration.Output;
+            if (p.GetValue(json))
+            {
+                o.WriteLine(JsonSerializer.Serialize(new { uptime_ns = m.Kernel.UptimeNs, arch = m.Kernel.Arch.Name, kernel = m.Kernel.Version.Name, processes = rows }, JsonOut.Options));
+                return 0;
+            }
+            o.WriteLine($"{"PID",7} {"PPID",7} {"STATE",-8} {"RSS kB",10} {"SWAP kB",9}  COMM");
+            foreach (var r in rows)
+                o.WriteLine($"{r.pid,7} {r.ppid,7} {r.state,-8} {r.rss_kb,10} {r.swap_kb,9}  {r.comm}{(r.term_signal != 0 ? $" (killed by signal {r.term_signal})" : "")}");
+            return 0;
+        });
+        return cmd;
+    }
+
+    public static Command Kill()
+    {
+        var pid = PidOption.Create();
+        var machine = new MachineOptions();
+        var cmd = new Command("kill", "Kill a process with SIGKILL; its memory is released.");
+        cmd.Options.Add(pid);
+        machine.AddTo(cmd);
+        cmd.SetAction(p =>
+        {
+            using var m = machine.Open(p);
+            var t = PidOption.Resolve(m.Kernel, p.GetValue(pid));
+            m.Kernel.Exit(t, 0, SimTask.SIGKILL);
+            m.Kernel.Reap(t);
+            m.Save();
+            return 0;
+        });
+        return cmd;
+    }
+
+    public static Command Verify()
+    {
+        var pid = PidOption.Create(required: false);
+        var machine = new MachineOptions();
+        var json = CommonOptions.Json();
+        var cmd = new Command("verify", "Run the workload's self-check of its own memory (all programs, or -t PID); exit 1 on a bad page.");
+        cmd.Options.Add(pid);
+        machine.AddTo(cmd);
+        cmd.Options.Add(json);
+        cmd.SetAction(p =>
+        {
+            using var m = machine.Open(p);
+            var tasks = p.GetResult(pid) is null
+                ? m.Kernel.Tasks.Where(t => t.Alive && WorkloadApi.HasProgram(t)).ToList()
+                : [PidOption.Resolve(m.Kernel, p.GetValue(pid))];
+            var reports = tasks.Select(WorkloadApi.Verify).ToList();
+            var o = p.InvocationConfiguration.Output;
+            if (p.GetValue(json))
+                o.WriteLine(JsonSerializer.Serialize(reports, JsonOut.Options));
+            else
+                foreach (var r in reports)
+                    o.WriteLine(r.Ok
+                        ? $"{r.Pid} {r.Behaviour}: ok ({r.PagesChecked} pages checked)"
+                        : $"{r.Pid} {r.Behaviour}: BAD at 0x{r.FirstBadAddress:x}: {r.Detail}");
+            return reports.All(r => r.Ok) ? 0 : (int)ExitCode.CheckFailed;
+        });
+        return cmd;
+    }
+}

@@ -1,0 +1,361 @@
+using System.Runtime.InteropServices;
+using CriuSharp.SimKernel.Arch;
+using CriuSharp.SimKernel.Mm;
+using CriuSharp.SimKernel.Uffd;
+
+namespace CriuSharp.SimKernel.Machine
+{
+    /// <summary>Identity tables for objects shared between tasks (files, shmem, userfaultfd contexts).</summary>
+    internal sealed class PersistContext
+    {
+        public readonly Dictionary<SimFile, int> FileIds = new(ReferenceEqualityComparer.Instance);
+        public readonly List<SimFile> Files = [];
+        public readonly Dictionary<Userfaultfd, int> UffdIds = new(ReferenceEqualityComparer.Instance);
+        public readonly List<Userfaultfd> Uffds = [];
+
+        public int IdOf(SimFile? f)
+        {
+            if (f is null) return -1;
+            if (!FileIds.TryGetValue(f, out int id))
+            {
+                id = Files.Count;
+                FileIds[f] = id;
+                Files.Add(f);
+            }
+            return id;
+        }
+
+        public int IdOf(Userfaultfd? u)
+        {
+            if (u is null) return -1;
+            if (!UffdIds.TryGetValue(u, out int id))
+            {
+                id = Uffds.Count;
+                UffdIds[u] = id;
+                Uffds.Add(u);
+            }
+            return id;
+        }
+    }
+
+    internal static class BinaryExt
+    {
+        public static void WriteArray<T>(this BinaryWriter w, ReadOnlySpan<T> a) where T : unmanaged
+        {
+            w.Write(a.Length);
+            w.Write(MemoryMarshal.AsBytes(a));
+        }
+
+        public static T[] ReadArray<T>(this BinaryReader r, int maxLength = 1 << 28) where T : unmanaged
+        {
+            int n = r.ReadInt32();
+            if (n < 0 || n > maxLength)
+                throw new InvalidDataException($"array length {n} out of range");
+            var a = new T[n];
+            var bytes = MemoryMarshal.AsBytes(a.AsSpan());
+            r.BaseStream.ReadExactly(bytes);
+            return a;
+        }
+    }
+}
+
+namespace CriuSharp.SimKernel.Mm
+{
+    using CriuSharp.SimKernel.Machine;
+
+    public sealed unsafe partial class PhysicalMemory
+    {
+        internal void Save(BinaryWriter w)
+        {
+            w.Write(_next);
+            w.Write(UsedFrames);
+            w.Write(ZeroPfn);
+            w.WriteArray<int>(_mapCount.AsSpan(0, (int)_next));
+            w.WriteArray<FrameKind>(_kind.AsSpan(0, (int)_next));
+            w.WriteArray<long>(_free.AsSpan(0, _freeCount));
+            w.WriteArray<long>(_freeHuge.Reverse().ToArray());
+        }
+
+        internal void Load(BinaryReader r)
+        {
+            _next = r.ReadInt64();
+            UsedFrames = r.ReadInt64();
+            long zero = r.ReadInt64();
+            if (zero != ZeroPfn)
+                throw new InvalidDataException("zero page moved");
+            var mc = r.ReadArray<int>();
+            var kind = r.ReadArray<FrameKind>();
+            _free = r.ReadArray<long>();
+            _freeCount = _free.Length;
+            if (_free.Length == 0) _free = new long[1024];
+            _freeHuge.Clear();
+            foreach (long h in r.ReadArray<long>())
+                _freeHuge.Push(h);
+            _mapCount = [];
+            _kind = [];
+            _dirty = [];
+            EnsureCapacity(Math.Max(_next, FirstPfn + 1));
+            mc.CopyTo(_mapCount, 0);
+            kind.CopyTo(_kind, 0);
+            Array.Clear(_dirty);
+        }
+
+        /// <summary>Serves frames [FirstPfn, FirstPfn + frames) from a copy-on-write mapping.</summary>
+        internal void AttachMapping(byte* basePtr, long frames)
+        {
+            _mapped = basePtr;
+            _mappedFrames = frames;
+        }
+
+        internal long FrameCountForFile => _next - FirstPfn;
+
+        /// <summary>Frames written since the last save (or load), in PFN order.</summary>
+        internal IEnumerable<long> DirtyFrames()
+        {
+            for (int w = 0; w < _dirty.Length; w++)
+            {
+                ulong bits = _dirty[w];
+                while (bits != 0)
+                {
+                    int b = System.Numerics.BitOperations.TrailingZeroCount(bits);
+                    bits &= bits - 1;
+                    long pfn = ((long)w << 6) + b;
+                    if (pfn >= FirstPfn && pfn < _next)
+                        yield return pfn;
+                }
+            }
+        }
+
+        internal void ClearDirty() => Array.Clear(_dirty);
+    }
+
+    public sealed partial class SwapDevice
+    {
+        internal void Save(BinaryWriter w)
+        {
+            w.Write(_nextSlot);
+            w.Write(UsedSlots);
+            w.WriteArray<byte>(_useCount.AsSpan(0, (int)Math.Min((ulong)_useCount.Length, _nextSlot)));
+            w.WriteArray<ulong>(_freeSlots.Reverse().ToArray());
+        }
+
+        internal void Load(BinaryReader r)
+        {
+            _nextSlot = r.ReadUInt64();
+            UsedSlots = r.ReadUInt64();
+            var uc = r.ReadArray<byte>();
+            _useCount = new byte[Math.Max(1024, uc.Length)];
+            uc.CopyTo(_useCount, 0);
+            _freeSlots.Clear();
+            foreach (ulong s in r.ReadArray<ulong>())
+                _freeSlots.Push(s);
+        }
+
+        /// <summary>Writes the contents of every slot in use: (slot, page) records.</summary>
+        internal void SaveContents(BinaryWriter w)
+        {
+            ulong n = 0;
+            for (ulong s = 1; s < _nextSlot; s++) if (_useCount[s] > 0) n++;
+            w.Write(n);
+            for (ulong s = 1; s < _nextSlot; s++)
+            {
+                if (_useCount[s] == 0) continue;
+                w.Write(s);
+                w.Write(Slot(s));
+            }
+        }
+
+        internal void LoadContents(BinaryReader r)
+        {
+            ulong n = r.ReadUInt64();
+            var buf = new byte[_pageSize];
+            for (ulong i = 0; i < n; i++)
+            {
+                ulong s = r.ReadUInt64();
+                r.BaseStream.ReadExactly(buf);
+                Ensure(s);
+                buf.CopyTo(Slot(s));
+            }
+        }
+    }
+
+    public sealed partial class SimFs
+    {
+        internal void Save(BinaryWriter w, PersistContext ctx)
+        {
+            w.Write(_nextInode);
+            w.Write(_files.Count);
+            foreach (var f in _files.Values.OrderBy(f => f.Path, StringComparer.Ordinal))
+                w.Write(ctx.IdOf(f));
+        }
+
+        internal void Load(BinaryReader r, PersistContext ctx)
+        {
+            _nextInode = r.ReadUInt64();
+            int n = r.ReadInt32();
+            _files.Clear();
+            for (int i = 0; i < n; i++)
+            {
+                var f = ctx.Files[r.ReadInt32()];
+                _files[f.Path] = f;
+            }
+        }
+    }
+
+    public sealed partial class SimFile
+    {
+        internal void Save(BinaryWriter w)
+        {
+            w.Write(Path);
+            w.Write(Inode);
+            w.Write(IsShmem);
+            w.Write(Size);
+            w.Write(Pages.Count);
+            foreach (var (idx, pfn) in Pages.OrderBy(kv => kv.Key))
+            {
+                w.Write(idx);
+                w.Write(pfn);
+            }
+        }
+
+        internal static SimFile Load(BinaryReader r)
+        {
+            var f = new SimFile(r.ReadString(), r.ReadUInt64(), r.ReadBoolean()) { Size = r.ReadInt64() };
+            int n = r.ReadInt32();
+            for (int i = 0; i < n; i++)
+                f.Pages[r.ReadInt64()] = r.ReadInt64();
+            return f;
+        }
+    }
+
+    public sealed partial class PageTables
+    {
+        internal void Save(BinaryWriter w)
+        {
+            var tables = new List<(ulong Index, PmdTable T)>();
+            for (int g = 0; g < _pgd.Length; g++)
+                if (_pgd[g] is { } pud)
+                    for (int u = 0; u < 512; u++)
+                        if (pud[u] is { } t)
+                            tables.Add(((ulong)g * 512 + (ulong)u, t));
+            w.Write(tables.Count);
+            foreach (var (index, t) in tables)
+            {
+                w.Write(index);
+                w.WriteArray<ulong>(t.Huge);
+                ulong present = 0;
+                var mask = new ulong[8];
+                for (int s = 0; s < 512; s++)
+                    if (t.Pte[s] is not null) mask[s >> 6] |= 1UL << (s & 63);
+                w.WriteArray<ulong>(mask);
+                for (int s = 0; s < 512; s++)
+                    if (t.Pte[s] is { } pte) { w.WriteArray<ulong>(pte.E); present++; }
+            }
+        }
+
+        internal void Load(BinaryReader r)
+        {
+            int n = r.ReadInt32();
+            for (int i = 0; i < n; i++)
+            {
+                ulong index = r.ReadUInt64();
+                var t = EnsurePmdTable(index << _topShift);
+                r.ReadArray<ulong>().CopyTo(t.Huge, 0);
+                var mask = r.ReadArray<ulong>();
+                for (int s = 0; s < 512; s++)
+                {
+                    if ((mask[s >> 6] & (1UL << (s & 63))) == 0) continue;
+                    var entries = r.ReadArray<ulong>();
+                    var pte = new PteTable(_ptrs);
+                    for (int e = 0; e < entries.Length; e++)
+                        if (entries[e] != 0) Set(pte, e, entries[e]);
+                    t.Pte[s] = pte;
+                }
+            }
+        }
+    }
+
+    public sealed partial class MmStruct
+    {
+        internal void Save(BinaryWriter w, PersistContext ctx)
+        {
+            foreach (ulong v in (ulong[])[StartCode, EndCode, StartData, EndData, StartBrk, Brk, StartStack, ArgStart, ArgEnd, EnvStart, EnvEnd])
+                w.Write(v);
+            w.Write(ctx.IdOf(ExeFile));
+            foreach (long v in (long[])[RssAnon, RssFile, RssShmem, HiwaterRss, SwapEntries, MinorFaults, MajorFaults, WpFaults])
+                w.Write(v);
+            w.Write(Dead);
+            w.Write(HasPinned);
+            w.WriteArray<long>(PinnedPfns.Order().ToArray());
+            w.Write(_vmas.Count);
+            foreach (var v in _vmas)
+            {
+                w.Write(v.Start); w.Write(v.End); w.Write((ulong)v.Flags);
+                w.Write(ctx.IdOf(v.File)); w.Write(v.PgOff);
+                w.Write(v.SpecialName ?? ""); w.Write(v.AnonVmaId);
+                w.Write(ctx.IdOf(v.Uffd));
+            }
+            Pt.Save(w);
+        }
+
+        internal void Load(BinaryReader r, PersistContext ctx)
+        {
+            StartCode = r.ReadUInt64(); EndCode = r.ReadUInt64(); StartData = r.ReadUInt64(); EndData = r.ReadUInt64();
+            StartBrk = r.ReadUInt64(); Brk = r.ReadUInt64(); StartStack = r.ReadUInt64();
+            ArgStart = r.ReadUInt64(); ArgEnd = r.ReadUInt64(); EnvStart = r.ReadUInt64(); EnvEnd = r.ReadUInt64();
+            int exe = r.ReadInt32();
+            ExeFile = exe < 0 ? null : ctx.Files[exe];
+            RssAnon = r.ReadInt64(); RssFile = r.ReadInt64(); RssShmem = r.ReadInt64(); HiwaterRss = r.ReadInt64();
+            SwapEntries = r.ReadInt64(); MinorFaults = r.ReadInt64(); MajorFaults = r.ReadInt64(); WpFaults = r.ReadInt64();
+            Dead = r.ReadBoolean();
+            HasPinned = r.ReadBoolean();
+            foreach (long p in r.ReadArray<long>()) PinnedPfns.Add(p);
+            int n = r.ReadInt32();
+            for (int i = 0; i < n; i++)
+            {
+                var v = new VmArea
+                {
+                    Start = r.ReadUInt64(), End = r.ReadUInt64(), Flags = (VmaFlags)r.ReadUInt64(),
+                };
+                int f = r.ReadInt32();
+                v.File = f < 0 ? null : ctx.Files[f];
+                v.PgOff = r.ReadInt64();
+                string name = r.ReadString();
+                v.SpecialName = name.Length == 0 ? null : name;
+                v.AnonVmaId = r.ReadUInt64();
+                int u = r.ReadInt32();
+                v.Uffd = u < 0 ? null : ctx.Uffds[u];
+                _vmas.Add(v);
+            }
+            Pt.Load(r);
+        }
+    }
+}
+
+namespace CriuSharp.SimKernel.Uffd
+{
+    using CriuSharp.SimKernel.Machine;
+
+    public sealed partial class Userfaultfd
+    {
+        internal void Save(BinaryWriter w)
+        {
+            w.Write(ApiDone);
+            w.Write(Features);
+            w.Write(WriteFaults);
+            w.Write(_messages.Count);
+            foreach (var m in _messages) { w.Write(m.Address); w.Write(m.WriteProtect); }
+        }
+
+        internal static Userfaultfd Load(BinaryReader r, MmStruct owner)
+        {
+            var u = new Userfaultfd(owner) { ApiDone = r.ReadBoolean(), Features = r.ReadUInt64(), WriteFaults = r.ReadInt64() };
+            int n = r.ReadInt32();
+            for (int i = 0; i < n; i++)
+                u._messages.Enqueue(new UffdMessage(r.ReadUInt64(), r.ReadBoolean()));
+            return u;
+        }
+
+        internal MmStruct Owner => _mm;
+    }
+}

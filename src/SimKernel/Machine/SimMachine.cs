@@ -1,0 +1,341 @@
+using System.IO.MemoryMappedFiles;
+using System.Numerics;
+using CriuSharp.SimKernel.Workloads;
+
+namespace CriuSharp.SimKernel.Machine;
+
+/// <summary>The machine directory is held by another command.</summary>
+public sealed class MachineBusyException(string dir, TimeSpan waited)
+    : Exception($"machine {dir} is in use by another command (waited {waited.TotalSeconds:0.#} s)");
+
+/// <summary>The machine directory is missing, not a machine, or damaged.</summary>
+public sealed class MachineStateException(string message, Exception? inner = null) : Exception(message, inner);
+
+/// <summary>
+/// One simulated host kept in a directory between commands, so a shell script can drive it step
+/// by step like a real host.
+///
+///   DIR/machine.lock          held (flock) by the command using the machine
+///   DIR/machine.state         everything but page contents; replaced atomically by rename
+///   DIR/frames.dat            page contents at (pfn - FirstPfn) * PAGE_SIZE, sparse
+///   DIR/frames.journal.G      frames modified by generation G, applied after G's state is in place
+///   DIR/swap.G.dat            contents of the swap slots in use, when generation G wrote swap
+///
+/// Loading maps frames.dat copy-on-write, so no page is read until it is used; saving writes only
+/// the frames that changed. A command killed at any point leaves a usable state: before the rename
+/// the old state and old files are untouched; after it, a leftover journal is replayed on load.
+/// </summary>
+public sealed unsafe class SimMachine : ISimHost, IDisposable
+{
+    public const string EnvironmentVariable = "CRIU_SHARP_MACHINE";
+    public const string StateFileName = "machine.state";
+    public const string FramesFileName = "frames.dat";
+    public const string LockFileName = "machine.lock";
+    /// <summary>Scheduler quantum: programs run in 1 ms slices of virtual time, in pid order.</summary>
+    public const ulong QuantumNs = 1_000_000;
+    private const ulong Magic = 0x3130484341_4D5343UL; // "CSMACH01"
+
+    private readonly FileStream _lock;
+    private MemoryMappedFile? _map;
+    private MemoryMappedViewAccessor? _view;
+    private long _generation;
+    private string _swapFile = "";
+
+    private SimMachine(string dir, FileStream lockStream, Kernel kernel, long generation, string swapFile)
+    {
+        Directory = dir;
+        _lock = lockStream;
+        Kernel = kernel;
+        _generation = generation;
+        _swapFile = swapFile;
+    }
+
+    public string Directory { get; }
+    public Kernel Kernel { get; }
+    public long Generation => _generation;
+
+    /// <summary>$CRIU_SHARP_MACHINE, else ./.criu-sharp/machine.</summary>
+    public static string DefaultDirectory =>
+        Environment.GetEnvironmentVariable(EnvironmentVariable) is { Length: > 0 } env
+            ? env
+            : Path.Combine(Environment.CurrentDirectory, ".criu-sharp", "machine");
+
+    public static bool Exists(string dir) => File.Exists(Path.Combine(dir, StateFileName));
+
+    /// <summary>Creates a machine with a freshly booted kernel and saves it.</summary>
+    public static SimMachine Create(string dir, KernelConfig config, TimeSpan lockWait)
+    {
+        System.IO.Directory.CreateDirectory(dir);
+        var lockStream = AcquireLock(dir, lockWait);
+        try
+        {
+            if (Exists(dir))
+                throw new MachineStateException($"a machine already exists in {dir}");
+            var m = new SimMachine(dir, lockStream, new Kernel(config), 0, "");
+            m.Save();
+            return m;
+        }
+        catch
+        {
+            lockStream.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Opens an existing machine, waiting up to <paramref name="lockWait"/> for other commands.</summary>
+    public static SimMachine Open(string dir, TimeSpan lockWait)
+    {
+        if (!Exists(dir))
+            throw new MachineStateException($"no machine in {dir} (create one with 'criu-sharp spawn FILE')");
+        var lockStream = AcquireLock(dir, lockWait);
+        try
+        {
+            return Load(dir, lockStream);
+        }
+        catch
+        {
+            lockStream.Dispose();
+            throw;
+        }
+    }
+
+    private static FileStream AcquireLock(string dir, TimeSpan wait)
+    {
+        string path = Path.Combine(dir, LockFileName);
+        var start = DateTime.UtcNow;
+        while (true)
+        {
+            try
+            {
+                // FileShare.None takes an exclusive flock on Unix: a second process fails here.
+                return new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
+            }
+            catch (IOException) when (DateTime.UtcNow - start < wait)
+            {
+                Thread.Sleep(50);
+            }
+            catch (IOException)
+            {
+                throw new MachineBusyException(dir, DateTime.UtcNow - start);
+            }
+        }
+    }
+
+    // ---- running ------------------------------------------------------------------------
+
+    /// <summary>Advances virtual time, running every runnable program in quanta, in pid order.</summary>
+    public void Advance(ulong ns)
+    {
+        ulong end = Kernel.UptimeNs + ns;
+        while (Kernel.UptimeNs < end)
+        {
+            ulong from = Kernel.UptimeNs;
+            ulong to = Math.Min(end, from - from % QuantumNs + QuantumNs);
+            foreach (var t in Kernel.Tasks.ToList())
+                if (t.State == TaskState.Running && WorkloadApi.HasProgram(t))
+                    WorkloadApi.Run(t, from, to);
+            Kernel.AdvanceClock(to - from);
+        }
+    }
+
+    /// <summary>Runs exactly <paramref name="steps"/> operations of every runnable program (no virtual time passes).</summary>
+    public void RunSteps(long steps)
+    {
+        foreach (var t in Kernel.Tasks.ToList())
+            if (t.State == TaskState.Running && WorkloadApi.HasProgram(t))
+                WorkloadApi.RunSteps(t, steps);
+    }
+
+    // ---- saving -------------------------------------------------------------------------
+
+    /// <summary>Writes the changes since the last save; atomic with respect to a kill at any point.</summary>
+    public void Save()
+    {
+        long gen = _generation + 1;
+        var mem = Kernel.Memory;
+        int ps = Kernel.Arch.PageSize;
+        string journal = "";
+        var dirty = mem.DirtyFrames().ToList();
+        if (dirty.Count > 0)
+        {
+            journal = $"frames.journal.{gen}";
+            using var js = new FileStream(Path.Combine(Directory, journal), FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
+            using var jw = new BinaryWriter(js);
+            jw.Write(Magic);
+            jw.Write(ps);
+            jw.Write((long)dirty.Count);
+            foreach (long pfn in dirty)
+            {
+                jw.Write(pfn);
+                jw.Write(mem.Page(pfn));
+            }
+            jw.Write(Magic);
+            jw.Flush();
+            js.Flush(flushToDisk: true);
+        }
+        string swapFile = _swapFile;
+        if (Kernel.Swap.ContentsChanged)
+        {
+            swapFile = $"swap.{gen}.dat";
+            using var ss = new FileStream(Path.Combine(Directory, swapFile), FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20);
+            using var sw = new BinaryWriter(ss);
+            Kernel.Swap.SaveContents(sw);
+            sw.Flush();
+            ss.Flush(flushToDisk: true);
+        }
+
+        var body = new MemoryStream();
+        using (var bw = new BinaryWriter(body, System.Text.Encoding.UTF8, leaveOpen: true))
+        {
+            bw.Write(gen);
+            bw.Write(journal);
+            bw.Write(swapFile);
+            bw.Write(mem.FrameCountForFile);
+            Kernel.SaveState(bw);
+        }
+        string tmp = Path.Combine(Directory, StateFileName + ".tmp");
+        using (var fs = new FileStream(tmp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+        {
+            using var w = new BinaryWriter(fs);
+            w.Write(Magic);
+            w.Write(body.Length);
+            w.Write(Crc(body.GetBuffer().AsSpan(0, (int)body.Length)));
+            w.Write(body.GetBuffer(), 0, (int)body.Length);
+            w.Flush();
+            fs.Flush(flushToDisk: true);
+        }
+        File.Move(tmp, Path.Combine(Directory, StateFileName), overwrite: true);
+
+        // The new state is in place: apply the journal, then drop what the old state used.
+        if (journal.Length > 0)
+            ApplyJournal(Directory, journal, mem.FrameCountForFile);
+        if (swapFile != _swapFile && _swapFile.Length > 0)
+            File.Delete(Path.Combine(Directory, _swapFile));
+        mem.ClearDirty();
+        Kernel.Swap.ContentsChanged = false;
+        _generation = gen;
+        _swapFile = swapFile;
+    }
+
+    private static void ApplyJournal(string dir, string journal, long frameCount)
+    {
+        string jpath = Path.Combine(dir, journal);
+        using (var frames = new FileStream(Path.Combine(dir, FramesFileName), FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.ReadWrite))
+        {
+            using var js = new FileStream(jpath, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
+            using var jr = new BinaryReader(js);
+            if (jr.ReadUInt64() != Magic)
+                throw new MachineStateException($"{jpath}: not a frame journal");
+            int ps = jr.ReadInt32();
+            if (frames.Length < frameCount * ps)
+                frames.SetLength(frameCount * ps);
+            long n = jr.ReadInt64();
+            var page = new byte[ps];
+            for (long i = 0; i < n; i++)
+            {
+                long pfn = jr.ReadInt64();
+                js.ReadExactly(page);
+                frames.Position = (pfn - Mm.PhysicalMemory.FirstPfn) * ps;
+                frames.Write(page);
+            }
+            if (jr.ReadUInt64() != Magic)
+                throw new MachineStateException($"{jpath}: truncated frame journal");
+            frames.Flush(flushToDisk: true);
+        }
+        File.Delete(jpath);
+    }
+
+    private static ulong Crc(ReadOnlySpan<byte> data)
+    {
+        uint crc = 0;
+        int i = 0;
+        for (; i + 8 <= data.Length; i += 8)
+            crc = BitOperations.Crc32C(crc, BitConverter.ToUInt64(data.Slice(i, 8)));
+        for (; i < data.Length; i++)
+            crc = BitOperations.Crc32C(crc, data[i]);
+        return crc;
+    }
+
+    // ---- loading ------------------------------------------------------------------------
+
+    private static SimMachine Load(string dir, FileStream lockStream)
+    {
+        string statePath = Path.Combine(dir, StateFileName);
+        byte[] all;
+        try
+        {
+            all = File.ReadAllBytes(statePath);
+        }
+        catch (IOException e)
+        {
+            throw new MachineStateException($"cannot read {statePath}: {e.Message}", e);
+        }
+        if (all.Length < 24 || BitConverter.ToUInt64(all, 0) != Magic)
+            throw new MachineStateException($"{statePath} is not a criu-sharp machine state");
+        long len = BitConverter.ToInt64(all, 8);
+        ulong crc = BitConverter.ToUInt64(all, 16);
+        if (len != all.Length - 24 || Crc(all.AsSpan(24)) != crc)
+            throw new MachineStateException($"{statePath} is damaged (length or checksum mismatch)");
+        using var r = new BinaryReader(new MemoryStream(all, 24, (int)len, writable: false));
+        long gen = r.ReadInt64();
+        string journal = r.ReadString();
+        string swapFile = r.ReadString();
+        long frames = r.ReadInt64();
+        if (journal.Length > 0 && File.Exists(Path.Combine(dir, journal)))
+            ApplyJournal(dir, journal, frames); // a save was killed after its state was in place: finish it
+        foreach (var stale in System.IO.Directory.EnumerateFiles(dir, "frames.journal.*"))
+            File.Delete(stale);
+        foreach (var stale in System.IO.Directory.EnumerateFiles(dir, "swap.*.dat"))
+            if (Path.GetFileName(stale) != swapFile)
+                File.Delete(stale);
+        File.Delete(Path.Combine(dir, StateFileName + ".tmp"));
+
+        Kernel kernel;
+        try
+        {
+            kernel = Kernel.LoadState(r);
+        }
+        catch (Exception e) when (e is EndOfStreamException or InvalidDataException or ArgumentException or IndexOutOfRangeException)
+        {
+            throw new MachineStateException($"{statePath} is damaged: {e.Message}", e);
+        }
+        var m = new SimMachine(dir, lockStream, kernel, gen, swapFile);
+        if (swapFile.Length > 0)
+        {
+            using var ss = new FileStream(Path.Combine(dir, swapFile), FileMode.Open, FileAccess.Read);
+            using var sr = new BinaryReader(ss);
+            kernel.Swap.LoadContents(sr);
+        }
+        m.MapFrames(frames);
+        kernel.Memory.ClearDirty();
+        kernel.Swap.ContentsChanged = false;
+        return m;
+    }
+
+    private void MapFrames(long frames)
+    {
+        string path = Path.Combine(Directory, FramesFileName);
+        long bytes = frames * Kernel.Arch.PageSize;
+        if (frames <= 0 || !File.Exists(path))
+            return;
+        if (new FileInfo(path).Length < bytes)
+            throw new MachineStateException($"{path} is shorter than the state says ({bytes} bytes)");
+        var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        _map = MemoryMappedFile.CreateFromFile(fs, null, 0, MemoryMappedFileAccess.CopyOnWrite, HandleInheritability.None, leaveOpen: false);
+        _view = _map.CreateViewAccessor(0, bytes, MemoryMappedFileAccess.CopyOnWrite);
+        byte* p = null;
+        _view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
+        Kernel.Memory.AttachMapping(p + _view.PointerOffset, frames);
+    }
+
+    public void Dispose()
+    {
+        if (_view is not null)
+        {
+            _view.SafeMemoryMappedViewHandle.ReleasePointer();
+            _view.Dispose();
+        }
+        _map?.Dispose();
+        _lock.Dispose();
+    }
+}
