@@ -22,21 +22,28 @@ public static class CliApp
     /// <summary>Every verb, in the order --help lists them.</summary>
     private static IEnumerable<Command> Commands()
     {
-        yield return ShowCommand.Create();
-        yield return DecodeCommand.Create();
-        yield return EncodeCommand.Create();
-        yield return ExploreCommand.Create();
+        // The simulated host.
         yield return MachineCommands.Spawn();
         yield return MachineCommands.Run();
         yield return MachineCommands.Ps();
+        yield return MachineCommands.Kill();
+        yield return MachineCommands.Verify();
+        // Checkpoint and restore, as CRIU.
+        yield return CheckpointCommands.PreDump();
+        yield return CheckpointCommands.Dump();
+        yield return CheckpointCommands.Restore();
+        yield return CheckCommand.Create();
+        // The kernel's interfaces.
         yield return InspectCommands.Maps();
         yield return InspectCommands.Smaps();
         yield return InspectCommands.Pagemap();
         yield return InspectCommands.ClearRefs();
-        yield return MachineCommands.Verify();
-        yield return MachineCommands.Kill();
         yield return SelftestCommand.Create();
-        yield return CheckCommand.Create();
+        // Images, as crit.
+        yield return ShowCommand.Create();
+        yield return DecodeCommand.Create();
+        yield return EncodeCommand.Create();
+        yield return ExploreCommand.Create();
     }
 
     public static int Run(string[] args, TextWriter? stdout = null, TextWriter? stderr = null)
@@ -86,6 +93,7 @@ public static class CliApp
         UserException u => (u.Code, u.Message, u.Hint),
         ImageFormat.ImageFormatException i => (ExitCode.BadImage, i.Message, null),
         SimKernel.KernelException k => (ExitCode.KernelError, k.Message, null),
+        Dumper.DumperException d => (ExitCode.BadInput, d.Message, null),
         SimKernel.Machine.MachineBusyException b => (ExitCode.Busy, b.Message, "Retry later, or raise --wait."),
         SimKernel.Machine.MachineStateException s => (ExitCode.BadInput, s.Message, null),
         SimKernel.Workloads.WorkloadException w => (ExitCode.BadInput, w.Message, "The workload schema is in samples/README.md."),

@@ -1,0 +1,162 @@
+using System.CommandLine;
+using System.Text.Json;
+using CriuSharp.Dumper;
+using CriuSharp.ImageFormat;
+using CriuSharp.SimKernel.Machine;
+
+namespace CriuSharp.Cli;
+
+/// <summary>pre-dump, dump and restore with CRIU's names and meanings.</summary>
+public static class CheckpointCommands
+{
+    private sealed class DumpArgs
+    {
+        public readonly Option<int> Pid = PidOption.Create();
+        public readonly Option<string> Dir = new("--images-dir", "-D") { Description = "Directory for the image files.", Required = true };
+        public readonly Option<string?> Prev = new("--prev-images-dir") { Description = "Parent image set, relative to the images directory (CRIU's rule); written as the 'parent' link." };
+        public readonly Option<bool> TrackMem = new("--track-mem") { Description = "Reset dirty tracking after collecting, so the next dump writes only changes (implied by pre-dump)." };
+        public readonly Option<bool> AutoDedup = new("--auto-dedup") { Description = "Remove from the parent images the pages this dump supersedes." };
+        public readonly Option<string> Tracker = new Option<string>("--tracker") { Description = "Dirty-page tracker: auto, soft-dirty, pagemap-scan, uffd-wp, none.", DefaultValueFactory = _ => "auto" }
+            .AcceptOnlyFromAmong("auto", "soft-dirty", "pagemap-scan", "uffd-wp", "none");
+        public readonly Option<string> Compress = new Option<string>("--compress") { Description = "Page compression: lz4, zstd, or none (CRIU's raw pages-N.img).", DefaultValueFactory = _ => "lz4" }
+            .AcceptOnlyFromAmong("lz4", "zstd", "none");
+        public readonly Option<int> BlockKiB = new("--block-size") { Description = "Compression block size in KiB, 4 (one page) to 256.", DefaultValueFactory = _ => 64 };
+        public readonly Option<bool> DisplayStats = new("--display-stats") { Description = "Print the dump statistics (they are always saved in stats-dump)." };
+        public readonly Option<bool> Json = CommonOptions.Json();
+        public readonly MachineOptions Machine = new();
+
+        public void AddTo(Command c)
+        {
+            foreach (var o in new Option[] { Pid, Dir, Prev, TrackMem, AutoDedup, Tracker, Compress, BlockKiB, DisplayStats, Json })
+                c.Options.Add(o);
+            Machine.AddTo(c);
+        }
+
+        public DumpOptions Options(ParseResult p)
+        {
+            int kib = p.GetValue(BlockKiB);
+            if (kib < 4 || kib > 256 || kib % 4 != 0)
+                throw new UserException(ExitCode.Usage, $"--block-size {kib}: must be a multiple of 4 from 4 to 256 (KiB)");
+            var store = p.GetValue(Compress) switch
+            {
+                "none" => PageStoreOptions.Raw,
+                "zstd" => PageStoreOptions.Zstd(kib / 4),
+                _ => PageStoreOptions.Lz4(kib / 4),
+            };
+            return new DumpOptions
+            {
+                Pid = p.GetValue(Pid),
+                ImagesDir = Path.GetFullPath(p.GetValue(Dir)!),
+                PrevImagesDir = p.GetValue(Prev),
+                TrackMem = p.GetValue(TrackMem),
+                AutoDedup = p.GetValue(AutoDedup),
+                Tracker = TrackerNames.Parse(p.GetValue(Tracker)!),
+                PageStore = store,
+            };
+        }
+    }
+
+    public static Command PreDump() => DumpVerb("pre-dump",
+        "Save the memory changed since the previous pre-dump while the tree keeps running (CRIU's pre-dump).", preDump: true);
+
+    public static Command Dump() => DumpVerb("dump",
+        "Checkpoint a process tree: freeze it, write every image, then kill it (or --leave-running).", preDump: false);
+
+    private static Command DumpVerb(string name, string description, bool preDump)
+    {
+        var a = new DumpArgs();
+        var leaveRunning = new Option<bool>("--leave-running", "-R") { Description = "Leave the tasks running after the dump." };
+        var cmd = new Command(name, description);
+        a.AddTo(cmd);
+        if (!preDump)
+            cmd.Options.Add(leaveRunning);
+        cmd.SetAction(p =>
+        {
+            var options = a.Options(p) with { LeaveRunning = !preDump && p.GetValue(leaveRunning) };
+            using var m = a.Machine.Open(p);
+            PidOption.Resolve(m.Kernel, options.Pid);
+            var result = preDump ? Criu.PreDump(m, options) : Criu.Dump(m, options);
+            m.Save();
+            foreach (var w in result.Warnings)
+                p.InvocationConfiguration.Error.WriteLine($"criu-sharp: warning: {w.Message}");
+            Report(p.InvocationConfiguration.Output, result, options.ImagesDir, p.GetValue(a.Json), p.GetValue(a.DisplayStats));
+            return 0;
+        });
+        return cmd;
+    }
+
+    private static void Report(TextWriter o, DumpResult r, string dir, bool json, bool display)
+    {
+        var s = r.Stats;
+        if (json)
+        {
+            o.WriteLine(JsonSerializer.Serialize(new { images_dir = dir, pids = r.Pids, tracker = TrackerNames.Name(r.Tracker), stats = s, warnings = r.Warnings.Select(w => w.Message) }, JsonOut.Options));
+            return;
+        }
+        if (!display)
+        {
+            o.WriteLine($"{dir}: {s.PagesWritten} pages written, {s.PagesSkippedParent} in parent, {s.BytesCompressed} bytes stored ({s.Tracker}, {s.Compression})");
+            return;
+        }
+        // criu/stats.c display_stats wording, then ours.
+        o.WriteLine("Displaying dump stats:");
+        o.WriteLine($"Freezing time: {s.FreezingTime} us");
+        o.WriteLine($"Frozen time: {s.FrozenTime} us");
+        o.WriteLine($"Memory dump time: {s.MemdumpTime} us");
+        o.WriteLine($"Memory write time: {s.MemwriteTime} us");
+        o.WriteLine($"Memory pages scanned: {s.PagesScanned} (0x{s.PagesScanned:x})");
+        o.WriteLine($"Memory pages skipped from parent: {s.PagesSkippedParent} (0x{s.PagesSkippedParent:x})");
+        o.WriteLine($"Memory pages written: {s.PagesWritten} (0x{s.PagesWritten:x})");
+        o.WriteLine($"Lazy memory pages: {s.PagesLazy} (0x{s.PagesLazy:x})");
+        o.WriteLine($"Zero pages skipped: {s.ZeroPagesSkipped}");
+        o.WriteLine($"Bytes raw / stored: {s.BytesRaw} / {s.BytesCompressed} ({s.Compression})");
+        o.WriteLine($"Pages stored raw: {s.PagesStoredRaw}");
+        o.WriteLine($"Tracker: {s.Tracker}");
+    }
+
+    public static Command Restore()
+    {
+        var dir = new Option<string>("--images-dir", "-D") { Description = "Image directory of a full dump.", Required = true };
+        var machine = new MachineOptions();
+        var kernel = new KernelOptions();
+        var displayStats = new Option<bool>("--display-stats") { Description = "Print the restore statistics (always saved in stats-restore)." };
+        var noVerify = new Option<bool>("--no-verify") { Description = "Skip comparing each restored VMA with the checksum recorded at dump time." };
+        var json = CommonOptions.Json();
+        var cmd = new Command("restore", "Rebuild a dumped process tree (same pids, memory, registers) in a machine — the default one, or --machine DEST standing for another host.");
+        cmd.Options.Add(dir);
+        machine.AddTo(cmd);
+        kernel.AddTo(cmd);
+        cmd.Options.Add(displayStats);
+        cmd.Options.Add(noVerify);
+        cmd.Options.Add(json);
+        cmd.SetAction(p =>
+        {
+            string images = Path.GetFullPath(p.GetValue(dir)!);
+            if (!Directory.Exists(images))
+                throw new UserException(ExitCode.BadInput, $"{images}: no such directory");
+            using var m = machine.OpenOrCreate(p, kernel.Config(p));
+            var result = Criu.Restore(m, new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify) });
+            m.Save();
+            foreach (var w in result.Warnings)
+                p.InvocationConfiguration.Error.WriteLine($"criu-sharp: warning: {w.Message}");
+            var o = p.InvocationConfiguration.Output;
+            var s = result.Stats;
+            if (p.GetValue(json))
+                o.WriteLine(JsonSerializer.Serialize(new { machine = m.Directory, pids = result.Pids, stats = s }, JsonOut.Options));
+            else if (p.GetValue(displayStats))
+            {
+                o.WriteLine("Displaying restore stats:");
+                o.WriteLine($"Pages compared: {s.PagesCompared} (0x{s.PagesCompared:x})");
+                o.WriteLine($"Pages skipped COW: {s.PagesSkippedCow} (0x{s.PagesSkippedCow:x})");
+                o.WriteLine($"Pages restored: {s.PagesRestored} (0x{s.PagesRestored:x})");
+                o.WriteLine($"Forking time: {s.ForkingTime} us");
+                o.WriteLine($"Restore time: {s.RestoreTime} us");
+                o.WriteLine($"VMAs verified: {s.VmasVerified}");
+            }
+            else
+                o.WriteLine($"restored {string.Join(' ', result.Pids)} into {m.Directory} ({s.PagesRestored} pages, {s.VmasVerified} VMAs verified)");
+            return 0;
+        });
+        return cmd;
+    }
+}
