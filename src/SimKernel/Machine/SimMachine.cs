@@ -1,6 +1,5 @@
 using System.IO.MemoryMappedFiles;
 using System.Numerics;
-using CriuSharp.SimKernel.Workloads;
 
 namespace CriuSharp.SimKernel.Machine;
 
@@ -31,13 +30,12 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
     public const string StateFileName = "machine.state";
     public const string FramesFileName = "frames.dat";
     public const string LockFileName = "machine.lock";
-    /// <summary>Scheduler quantum: programs run in 1 ms slices of virtual time, in pid order.</summary>
-    public const ulong QuantumNs = 1_000_000;
     private const ulong Magic = 0x3130484341_4D5343UL; // "CSMACH01"
 
     private readonly FileStream _lock;
     private MemoryMappedFile? _map;
     private MemoryMappedViewAccessor? _view;
+    private readonly LiveHost _live;
     private long _generation;
     private string _swapFile = "";
 
@@ -46,6 +44,7 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
         Directory = dir;
         _lock = lockStream;
         Kernel = kernel;
+        _live = new LiveHost(kernel);
         _generation = generation;
         _swapFile = swapFile;
     }
@@ -123,28 +122,11 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
 
     // ---- running ------------------------------------------------------------------------
 
-    /// <summary>Advances virtual time, running every runnable program in quanta, in pid order.</summary>
-    public void Advance(ulong ns)
-    {
-        ulong end = Kernel.UptimeNs + ns;
-        while (Kernel.UptimeNs < end)
-        {
-            ulong from = Kernel.UptimeNs;
-            ulong to = Math.Min(end, from - from % QuantumNs + QuantumNs);
-            foreach (var t in Kernel.Tasks.ToList())
-                if (t.State == TaskState.Running && WorkloadApi.HasProgram(t))
-                    WorkloadApi.Run(t, from, to);
-            Kernel.AdvanceClock(to - from);
-        }
-    }
+    /// <summary>Advances virtual time, running every runnable program (see <see cref="LiveHost"/>).</summary>
+    public void Advance(ulong ns) => _live.Advance(ns);
 
     /// <summary>Runs exactly <paramref name="steps"/> operations of every runnable program (no virtual time passes).</summary>
-    public void RunSteps(long steps)
-    {
-        foreach (var t in Kernel.Tasks.ToList())
-            if (t.State == TaskState.Running && WorkloadApi.HasProgram(t))
-                WorkloadApi.RunSteps(t, steps);
-    }
+    public void RunSteps(long steps) => _live.RunSteps(steps);
 
     // ---- saving -------------------------------------------------------------------------
 
