@@ -53,9 +53,12 @@ public static class CliApp
         var root = BuildRoot();
         var parse = root.Parse(args);
         bool verbose = parse.GetValue(CommonOptions.Verbose);
-        if (parse.Errors.Count > 0)
+        // A mistyped option would otherwise be taken as the value of a positional argument.
+        string? stray = parse.Tokens.FirstOrDefault(t => t.Type == System.CommandLine.Parsing.TokenType.Argument
+            && t.Value.Length > 1 && t.Value[0] == '-' && !double.TryParse(t.Value, out _))?.Value;
+        if (parse.Errors.Count > 0 || stray is not null)
         {
-            stderr.WriteLine($"criu-sharp: {parse.Errors[0].Message}");
+            stderr.WriteLine($"criu-sharp: {(stray is not null ? $"unrecognized option '{stray}'" : parse.Errors[0].Message)}");
             stderr.WriteLine($"Try '{UsageName(parse)} --help'.");
             return (int)ExitCode.Usage;
         }

@@ -73,7 +73,7 @@ public class UsageTests
         Assert.Equal((int)ExitCode.BadInput, CliRunner.Run("run", "--for", "2s", "--machine", m.Dir).Code); // no machine yet
         var r = CliRunner.Run("run", "--for", "2 parsecs", "--machine", m.Dir);
         Assert.NotEqual(0, r.Code);
-        Assert.Single(r.ErrLines.Where(l => l.StartsWith("criu-sharp:")));
+        Assert.Single(r.ErrLines, l => l.StartsWith("criu-sharp:"));
     }
 
     [Fact]
