@@ -120,7 +120,12 @@ internal sealed class Restorer
             WallClock = new WallClock(TimeSpan.Zero, TimeSpan.Zero, wall.Elapsed),
         };
         StatsFile.WriteRestore(_o.ImagesDir, stats.ToProto());
+        // The restored tree resumes only when the restore is complete: while its modelled time
+        // passes, the tasks stay frozen, as CRIU's restored tasks wait for the final resume.
+        int root = pids[0];
+        _host.Kernel.Freeze(root);
         _host.Advance(forkNs + mmapNs + fillNs + decompressNs);
+        _host.Kernel.Thaw(root);
         return new RestoreResult(stats, pids, _warnings);
     }
 
