@@ -94,6 +94,16 @@ public sealed partial class SimTask
         return false;
     }
 
+    /// <summary>Aligned 8-byte exchange (x86 XCHG): the old value out, the new one in, one translation.</summary>
+    public bool ExchangeU64(ulong va, ulong value, out ulong old)
+    {
+        EnsureRunnable();
+        if (Mm.ExchangeU64(va, value, out old, out var f))
+            return true;
+        Deliver(f == FaultResult.Oom ? Errno.ENOMEM : Errno.EFAULT, va);
+        return false;
+    }
+
     public bool LoadU64(ulong va, out ulong value)
     {
         EnsureRunnable();

@@ -50,6 +50,7 @@ internal static class Churn
             task.StoreU64(ctl + (pages + s) * 8, Descriptor(prog.Seed, s, 0));
     }
 
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     public static long Run(SimTask task, ProgramImage prog, long n, bool countOwed)
     {
         var cpu = new Stamped.Cpu(task, prog, countOwed);

@@ -84,6 +84,7 @@ internal static class KvStore
         task.StoreU64(b + HCheck * 8, HeaderCheck(prog.Seed, cap, 0, 0, 0));
     }
 
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     public static long Run(SimTask task, ProgramImage prog, long n, bool countOwed)
     {
         var r = task.Registers;
