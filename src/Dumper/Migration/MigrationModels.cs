@@ -1,0 +1,110 @@
+using CriuSharp.ImageFormat;
+using CriuSharp.SimKernel;
+using CriuSharp.SimKernel.Workloads;
+
+namespace CriuSharp.Dumper.Migration;
+
+/// <summary>What to migrate and how.</summary>
+public sealed record MigrationOptions
+{
+    /// <summary>Workload file (samples/*.json); spawned on the source host.</summary>
+    public required string WorkloadPath { get; init; }
+    /// <summary>Kernel of both hosts (arch, version profile, memory).</summary>
+    public KernelConfig Kernel { get; init; } = new();
+    public ConvergencePolicy Policy { get; init; } = new PhaulPolicy();
+    public PageStoreOptions PageStore { get; init; } = PageStoreOptions.Lz4();
+    public TrackerKind Tracker { get; init; } = TrackerKind.Auto;
+    public MigrationCost Cost { get; init; } = MigrationCost.Default;
+    /// <summary>Virtual time the workload runs on the source before the first pre-dump: 200 ms.</summary>
+    public ulong WarmupNs { get; init; } = 200_000_000;
+    /// <summary>Virtual time the restored workload runs on the destination before the second check: 100 ms.</summary>
+    public ulong ContinueNs { get; init; } = 100_000_000;
+    /// <summary>
+    /// Where the image directories go (<c>DIR/1</c>, <c>DIR/2</c>, …, final dump last, each with a
+    /// relative <c>parent</c> link); null = a temporary directory removed afterwards.
+    /// </summary>
+    public string? ImagesRoot { get; init; }
+    /// <summary>Called after each step (pre-dump, final dump, restore, continue) for progress bars.</summary>
+    public Action<MigrationProgress>? Progress { get; init; }
+}
+
+/// <summary>A progress report: which step just finished and how many are planned at most.</summary>
+public sealed record MigrationProgress(string Step, int Done, int MaxSteps);
+
+/// <summary>One pre-dump or the final dump, as seen from the migration.</summary>
+public sealed record IterationRecord
+{
+    /// <summary>1-based; the final dump is the last one.</summary>
+    public required int Index { get; init; }
+    /// <summary>"pre-dump" or "dump".</summary>
+    public required string Kind { get; init; }
+    public required string ImagesDir { get; init; }
+    public ulong PagesScanned { get; init; }
+    public ulong PagesWritten { get; init; }
+    public ulong PagesSkippedParent { get; init; }
+    public ulong BytesRaw { get; init; }
+    public ulong BytesCompressed { get; init; }
+    /// <summary>Every image file of the directory (pages + pagemap + the rest): what crosses the link.</summary>
+    public ulong BytesSent { get; init; }
+    /// <summary>stats-dump frozen_time, in ns.</summary>
+    public ulong FrozenNs { get; init; }
+    /// <summary>Modelled time to send <see cref="BytesSent"/> at the link bandwidth.</summary>
+    public ulong TransferNs { get; init; }
+    /// <summary>Virtual time from the freeze to the end of the transfer.</summary>
+    public ulong DurationNs { get; init; }
+    /// <summary>Pages written ÷ virtual time since the previous dump's freeze; null for the first.</summary>
+    public double? DirtyRatePagesPerSecond { get; init; }
+    /// <summary>The policy's answer after this pre-dump (null for the final dump).</summary>
+    public string? Decision { get; init; }
+    public required DumpStats Stats { get; init; }
+}
+
+/// <summary>
+/// Downtime as P.Haul users ask for it (criu issue 1966): the tree is stopped from the final dump's
+/// freeze until the restored tree resumes on the destination, i.e. frozen time of the final dump +
+/// transfer of the final images + restore time.
+/// </summary>
+public sealed record Downtime(ulong FrozenNs, ulong TransferNs, ulong RestoreNs)
+{
+    public ulong TotalNs => FrozenNs + TransferNs + RestoreNs;
+}
+
+/// <summary>The workload's self-check and the Dumper's VMA checksums, after restore and after running on.</summary>
+public sealed record Verification
+{
+    public bool Ok => ChecksumsOk && AfterRestore.Count > 0 && AfterRestore.All(r => r.Ok) && AfterContinue.All(r => r.Ok);
+    public bool ChecksumsOk { get; init; }
+    public int VmasVerified { get; init; }
+    public string? Error { get; init; }
+    public IReadOnlyList<VerifyReport> AfterRestore { get; init; } = [];
+    public IReadOnlyList<VerifyReport> AfterContinue { get; init; } = [];
+}
+
+/// <summary>Everything a migration did and measured.</summary>
+public sealed record MigrationResult
+{
+    public required string Workload { get; init; }
+    public required string Policy { get; init; }
+    public required string Compression { get; init; }
+    public required int BlockKiB { get; init; }
+    public required string Tracker { get; init; }
+    public required string Arch { get; init; }
+    public required string Kernel { get; init; }
+    public required double BandwidthBytesPerSecond { get; init; }
+    public required IReadOnlyList<IterationRecord> Iterations { get; init; }
+    public required string StopReason { get; init; }
+    public int PreDumps => Iterations.Count(i => i.Kind == "pre-dump");
+    public ulong TotalBytesSent => Iterations.Aggregate(0UL, (s, i) => s + i.BytesSent);
+    public ulong FinalBytesSent => Iterations.Count == 0 ? 0 : Iterations[^1].BytesSent;
+    public required Downtime Downtime { get; init; }
+    /// <summary>QEMU's expected downtime at the last decision: remaining dirty bytes ÷ bandwidth.</summary>
+    public required ulong ExpectedDowntimeNs { get; init; }
+    public required ulong RemainingBytesAtDecision { get; init; }
+    /// <summary>Virtual time from the first freeze to the restored tree resuming.</summary>
+    public required ulong TotalTimeNs { get; init; }
+    public required RestoreStats Restore { get; init; }
+    public required Verification Verification { get; init; }
+    /// <summary>The kept image directories' root (<c>-D</c>), or null when they were temporary.</summary>
+    public string? ImagesRoot { get; init; }
+    public IReadOnlyList<string> Warnings { get; init; } = [];
+}

@@ -1,0 +1,112 @@
+using CriuSharp.Dumper.Migration;
+using CriuSharp.ImageFormat;
+
+namespace CriuSharp.Dumper.Tests;
+
+/// <summary>Whole migrations of a small hot/cold workload between two in-memory hosts.</summary>
+public class MigrationTests : IDisposable
+{
+    // 8 MiB, Zipf writes at 20 000 pages/s: a small hot set, so pre-copy converges quickly.
+    private const string HotCold = """
+        { "seed": 7, "processes": [ { "name": "hc",
+            "mappings": [ { "name": "heap", "size": "8MiB" } ],
+            "behaviour": { "type": "hotcold", "mapping": "heap", "exponent": 1.1, "pages_per_second": 20000, "prefill": true } } ] }
+        """;
+
+    private readonly string _dir = Path.Combine(Path.GetTempPath(), "criu-sharp-migtest-" + Guid.NewGuid().ToString("N"));
+    private readonly string _workload;
+
+    public MigrationTests()
+    {
+        Directory.CreateDirectory(_dir);
+        _workload = Path.Combine(_dir, "hotcold.json");
+        File.WriteAllText(_workload, HotCold);
+    }
+
+    public void Dispose() => Directory.Delete(_dir, true);
+
+    private MigrationResult Migrate(string policy, PageStoreOptions? store = null, string? keep = null) => LiveMigration.Run(new MigrationOptions
+    {
+        WorkloadPath = _workload,
+        Policy = ConvergencePolicy.Parse(policy),
+        PageStore = store ?? PageStoreOptions.Lz4(),
+        WarmupNs = 50_000_000,
+        ContinueNs = 20_000_000,
+        // A slow link makes the full first copy cost real downtime in stop-and-copy.
+        Cost = MigrationCost.Default with { LinkBytesPerSecond = 8 << 20 },
+        ImagesRoot = keep,
+    });
+
+    [Theory]
+    [InlineData("phaul")]
+    [InlineData("qemu")]
+    [InlineData("xen")]
+    [InlineData("fixed:2")]
+    [InlineData("none")]
+    public void EveryPolicy_VerifiesOnTheDestination(string policy)
+    {
+        var r = Migrate(policy);
+        Assert.True(r.Verification.Ok, r.Verification.Error ?? string.Join("; ", r.Verification.AfterRestore.Concat(r.Verification.AfterContinue).Select(v => v.Detail)));
+        Assert.True(r.Verification.VmasVerified > 0);
+        Assert.NotEmpty(r.Verification.AfterContinue);
+        Assert.Equal("dump", r.Iterations[^1].Kind);
+        Assert.Equal(r.Downtime.FrozenNs + r.Downtime.TransferNs + r.Downtime.RestoreNs, r.Downtime.TotalNs);
+        Assert.True(r.Downtime.RestoreNs > 0 && r.Downtime.FrozenNs > 0 && r.Downtime.TransferNs > 0);
+        if (policy == "none") Assert.Equal(0, r.PreDumps);
+        if (policy == "fixed:2") Assert.Equal(2, r.PreDumps);
+        if (policy != "none") Assert.True(r.PreDumps >= 1);
+        Assert.All(r.Iterations.SkipLast(1), i => Assert.NotNull(i.Decision));
+        Assert.Null(r.Iterations[0].DirtyRatePagesPerSecond);
+        Assert.All(r.Iterations.Skip(1), i => Assert.NotNull(i.DirtyRatePagesPerSecond));
+    }
+
+    [Fact]
+    public void PreCopy_LowersDowntime_AgainstStopAndCopy()
+    {
+        var none = Migrate("none");
+        var phaul = Migrate("phaul");
+        Assert.True(phaul.Downtime.TotalNs < none.Downtime.TotalNs / 2,
+            $"phaul {phaul.Downtime.TotalNs} ns vs stop-and-copy {none.Downtime.TotalNs} ns");
+        Assert.True(phaul.FinalBytesSent < none.FinalBytesSent);
+        Assert.True(phaul.TotalBytesSent >= none.FinalBytesSent / 2, "pre-copy sends memory at least once");
+        Assert.True(phaul.Iterations[^1].PagesSkippedParent > 0);
+    }
+
+    [Fact]
+    public void Deterministic()
+    {
+        var a = Migrate("phaul");
+        var b = Migrate("phaul");
+        Assert.Equal(a.Iterations.Select(i => (i.PagesWritten, i.BytesSent, i.DurationNs)), b.Iterations.Select(i => (i.PagesWritten, i.BytesSent, i.DurationNs)));
+        Assert.Equal(a.Downtime, b.Downtime);
+    }
+
+    [Fact]
+    public void KeptImages_AreAParentChain_AndRerunReplacesThem()
+    {
+        string keep = Path.Combine(_dir, "img");
+        var r = Migrate("fixed:2", keep: keep);
+        Assert.Equal(keep, r.ImagesRoot);
+        Assert.True(File.Exists(Path.Combine(keep, "3", "inventory.img")));
+        Assert.Equal("../2", new FileInfo(Path.Combine(keep, "3", "parent")).LinkTarget);
+        Assert.Equal("../1", new FileInfo(Path.Combine(keep, "2", "parent")).LinkTarget);
+        // The CLI writes the summary; with it the directory counts as ours and a rerun replaces it.
+        File.WriteAllText(Path.Combine(keep, LiveMigration.SummaryFile), "{}");
+        var again = Migrate("none", keep: keep);
+        Assert.True(again.Verification.Ok);
+        Assert.False(Directory.Exists(Path.Combine(keep, "2")));
+        // Anything else in it is the user's: refused.
+        File.WriteAllText(Path.Combine(keep, "notes.txt"), "mine");
+        Assert.Throws<DumperException>(() => Migrate("none", keep: keep));
+    }
+
+    [Fact]
+    public void Compression_ShrinksWhatIsSent()
+    {
+        var raw = Migrate("none", PageStoreOptions.Raw);
+        var lz4 = Migrate("none", PageStoreOptions.Lz4());
+        Assert.True(raw.Verification.Ok && lz4.Verification.Ok);
+        Assert.True(lz4.TotalBytesSent < raw.TotalBytesSent / 2);
+        Assert.Equal("none", raw.Compression);
+    }
+}
