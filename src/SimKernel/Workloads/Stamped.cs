@@ -98,7 +98,8 @@ internal static class Stamped
         public bool Ledger(ulong page, ulong s)
         {
             ulong lw = LedgerWord(Key, page, s);
-            if (!Task.ExchangeU64(LedgerBase + (page << 3), lw, out ulong old))
+            ulong va = LedgerBase + (page << 3);
+            if (!Task.Mm.ExchangeU64(va, lw, out ulong old, out _) && !Task.ExchangeU64(va, lw, out old))
                 return false;
             Digest += lw - old;
             return true;
@@ -158,6 +159,7 @@ internal static class Stamped
                 Span<ulong> batch = stackalloc ulong[Batch];
                 int wordBits = cpu.WordBits;
                 ulong key = cpu.Key;
+                var mm = task.Mm;
                 bool dead = false;
                 while (done < n && !dead)
                 {
@@ -168,7 +170,12 @@ internal static class Stamped
                     for (int j = 0; j < m; j++)
                     {
                         ulong p = batch[j];
-                        if (!task.StoreU64(dataBase + (p << shift) + Offset(p, wordBits), DataWord(key, p, s0 + 1 + (ulong)j)))
+                        ulong va = dataBase + (p << shift) + Offset(p, wordBits);
+                        ulong v = DataWord(key, p, s0 + 1 + (ulong)j);
+                        // The mm's store directly (the task was checked runnable on entry); on a
+                        // fault the task's store runs it again and delivers the signal, as a CPU
+                        // re-executes a faulting instruction.
+                        if (!mm.StoreU64(va, v, out _) && !task.StoreU64(va, v))
                         {
                             m = j; // the task died: ops from j on never happened
                             dead = true;
