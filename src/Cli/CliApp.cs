@@ -33,6 +33,10 @@ public static class CliApp
         yield return CheckpointCommands.Dump();
         yield return CheckpointCommands.Restore();
         yield return CheckCommand.Create();
+        // Live migration between two simulated hosts.
+        yield return MigrateCommand.Create();
+        yield return CompareCommand.Create();
+        yield return ReportCommand.Create();
         // The kernel's interfaces.
         yield return InspectCommands.Maps();
         yield return InspectCommands.Smaps();

@@ -1,0 +1,313 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using CriuSharp.Dumper;
+using CriuSharp.Dumper.Migration;
+using CriuSharp.ImageFormat;
+using Spectre.Console;
+
+namespace CriuSharp.Cli;
+
+/// <summary>
+/// The options migrate, compare and report share: the workload, the hosts' kernel, the link and
+/// cost model, and how long the workload runs before and after. Policy, compression and block
+/// size are single values for migrate and lists for compare/report, so each verb adds its own.
+/// </summary>
+internal sealed class MigrationArgs
+{
+    public readonly Option<string> Workload = new("--workload", "-w") { Description = "Workload file (JSON; see samples/README.md).", Required = true };
+    public readonly Option<string> Bandwidth = new("--bandwidth") { Description = "Link bandwidth: 128MiB/s (QEMU's default max-bandwidth), 1GB/s, 10Gbit/s.", DefaultValueFactory = _ => "128MiB/s" };
+    public readonly Option<string> DowntimeLimit = new("--downtime-limit") { Description = "Downtime budget of the qemu policy (QEMU's downtime-limit).", DefaultValueFactory = _ => "300ms" };
+    public readonly Option<string> Tracker = new Option<string>("--tracker") { Description = "Dirty-page tracker: auto, soft-dirty, pagemap-scan, uffd-wp, none.", DefaultValueFactory = _ => "auto" }
+        .AcceptOnlyFromAmong("auto", "soft-dirty", "pagemap-scan", "uffd-wp", "none");
+    public readonly KernelOptions Kernel = new();
+    public readonly Option<string> Warmup = new("--warmup") { Description = "Virtual time the workload runs on the source before the first pre-dump.", DefaultValueFactory = _ => "200ms" };
+    public readonly Option<string> RunAfter = new("--run-after") { Description = "Virtual time the restored workload runs on the destination before it is checked again.", DefaultValueFactory = _ => "100ms" };
+    public readonly Option<string> CompressSpeed = new("--compress-speed") { Description = "Cost model: LZ4 compression per core (zstd is modelled at a third).", DefaultValueFactory = _ => Rate(MigrationCost.Default.CompressBytesPerSecond) };
+    public readonly Option<string> CopySpeed = new("--copy-speed") { Description = "Cost model: copying pages out of the task (memcpy).", DefaultValueFactory = _ => Rate(MigrationCost.Default.CopyBytesPerSecond) };
+    public readonly Option<string> FreezeCost = new("--freeze-cost") { Description = "Cost model: seizing and freezing one task.", DefaultValueFactory = _ => $"{MigrationCost.Default.FreezeNsPerTask / 1000}us" };
+
+    private static string Rate(double bps) => string.Create(CultureInfo.InvariantCulture, $"{bps / 1e9:0.###}GB/s");
+
+    public void AddTo(Command c)
+    {
+        c.Options.Add(Workload);
+        foreach (var o in new Option[] { Bandwidth, DowntimeLimit, Tracker, Warmup, RunAfter, CompressSpeed, CopySpeed, FreezeCost })
+            c.Options.Add(o);
+        Kernel.AddTo(c);
+    }
+
+    public string WorkloadPath(ParseResult p)
+    {
+        var f = new FileInfo(p.GetValue(Workload)!);
+        return f.Exists ? f.FullName : throw new UserException(ExitCode.BadInput, $"{f.FullName}: no such file");
+    }
+
+    public double BandwidthBytes(ParseResult p) => ParseRate(p.GetValue(Bandwidth)!, "--bandwidth");
+
+    public ulong DowntimeLimitNs(ParseResult p) => Units.ParseDurationNs(p.GetValue(DowntimeLimit)!);
+
+    public ConvergencePolicy Policy(ParseResult p, string text)
+    {
+        try
+        {
+            return ConvergencePolicy.Parse(text, BandwidthBytes(p), DowntimeLimitNs(p));
+        }
+        catch (ArgumentException e)
+        {
+            throw new UserException(ExitCode.Usage, e.Message, "Policies: phaul, qemu, xen, fixed:N, none (thresholds as phaul:max-iters=4).");
+        }
+    }
+
+    public static PageStoreOptions Store(string compress, int kib)
+    {
+        if (kib < 4 || kib > 256 || kib % 4 != 0)
+            throw new UserException(ExitCode.Usage, $"--block-size {kib}: must be a multiple of 4 from 4 to 256 (KiB)");
+        return compress.Trim().ToLowerInvariant() switch
+        {
+            "none" => PageStoreOptions.Raw,
+            "zstd" => PageStoreOptions.Zstd(kib / 4),
+            "lz4" => PageStoreOptions.Lz4(kib / 4),
+            var c => throw new UserException(ExitCode.Usage, $"--compress {c}: expected lz4, zstd or none"),
+        };
+    }
+
+    public MigrationOptions Options(ParseResult p, ConvergencePolicy policy, PageStoreOptions store, string? keep = null, Action<MigrationProgress>? progress = null) => new()
+    {
+        WorkloadPath = WorkloadPath(p),
+        Kernel = Kernel.Config(p),
+        Policy = policy,
+        PageStore = store,
+        Tracker = TrackerNames.Parse(p.GetValue(Tracker)!),
+        WarmupNs = Units.ParseDurationNs(p.GetValue(Warmup)!),
+        ContinueNs = Units.ParseDurationNs(p.GetValue(RunAfter)!),
+        ImagesRoot = keep,
+        Progress = progress,
+        Cost = MigrationCost.Default with
+        {
+            LinkBytesPerSecond = BandwidthBytes(p),
+            CompressBytesPerSecond = ParseRate(p.GetValue(CompressSpeed)!, "--compress-speed"),
+            CopyBytesPerSecond = ParseRate(p.GetValue(CopySpeed)!, "--copy-speed"),
+            FreezeNsPerTask = Units.ParseDurationNs(p.GetValue(FreezeCost)!),
+        },
+    };
+
+    /// <summary>Rates as users type them: 128MiB/s, 1.5GB/s, 10Gbit/s, 500Mbit/s, 1000000 (bytes/s).</summary>
+    public static double ParseRate(string text, string option)
+    {
+        var t = text.Trim();
+        if (t.EndsWith("/s", StringComparison.OrdinalIgnoreCase)) t = t[..^2];
+        (string Suffix, double Scale)[] units =
+        [
+            ("Gbit", 1e9 / 8), ("Mbit", 1e6 / 8), ("Kbit", 1e3 / 8), ("kbit", 1e3 / 8), ("bit", 1.0 / 8),
+            ("GiB", 1L << 30), ("MiB", 1L << 20), ("KiB", 1L << 10),
+            ("GB", 1e9), ("MB", 1e6), ("kB", 1e3), ("KB", 1e3), ("B", 1),
+        ];
+        foreach (var (suffix, scale) in units)
+            if (t.EndsWith(suffix, StringComparison.Ordinal))
+            {
+                t = t[..^suffix.Length].Trim();
+                return double.TryParse(t, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) && v > 0 && double.IsFinite(v)
+                    ? v * scale
+                    : throw new UserException(ExitCode.Usage, $"{option} '{text}': not a rate (examples: 128MiB/s, 1GB/s, 10Gbit/s)");
+            }
+        return double.TryParse(t, NumberStyles.Float, CultureInfo.InvariantCulture, out double b) && b > 0 && double.IsFinite(b)
+            ? b
+            : throw new UserException(ExitCode.Usage, $"{option} '{text}': not a rate (examples: 128MiB/s, 1GB/s, 10Gbit/s)");
+    }
+
+    /// <summary>Spectre.Console on a terminal; plain aligned text when redirected or captured (tests).</summary>
+    public static bool Fancy(TextWriter o) => ReferenceEquals(o, Console.Out) && !Console.IsOutputRedirected;
+
+    /// <summary>Runs <paramref name="work"/> with a progress bar on stderr when both streams are a terminal.</summary>
+    public static T WithProgress<T>(bool json, string title, int maxSteps, Func<Action<MigrationProgress>?, T> work)
+    {
+        if (json || Console.IsOutputRedirected || Console.IsErrorRedirected)
+            return work(null);
+        T result = default!;
+        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+        console.Progress().Start(ctx =>
+        {
+            var task = ctx.AddTask(title, maxValue: Math.Max(1, maxSteps));
+            result = work(pr =>
+            {
+                task.MaxValue = Math.Max(task.MaxValue, pr.MaxSteps);
+                task.Value = pr.Done;
+                task.Description = $"{title}: {pr.Step}";
+            });
+            task.Value = task.MaxValue;
+        });
+        return result;
+    }
+}
+
+/// <summary>criu-sharp migrate: one live migration, a row per iteration and a summary.</summary>
+public static class MigrateCommand
+{
+    public static Command Create()
+    {
+        var a = new MigrationArgs();
+        var policy = new Option<string>("--policy") { Description = "Convergence policy: phaul (default), qemu, xen, fixed:N, none (stop-and-copy).", DefaultValueFactory = _ => "phaul" };
+        var compress = new Option<string>("--compress") { Description = "Page compression: lz4, zstd, none.", DefaultValueFactory = _ => "lz4" }.AcceptOnlyFromAmong("lz4", "zstd", "none");
+        var block = new Option<int>("--block-size") { Description = "Compression block size in KiB, 4 (one page) to 256.", DefaultValueFactory = _ => 64 };
+        var dir = new Option<string?>("--images-dir", "-D") { Description = "Keep the image directories here (DIR/1, DIR/2, ..., final dump last) for show, x and crit." };
+        var json = CommonOptions.Json();
+        var cmd = new Command("migrate", "Live-migrate a workload between two simulated hosts: pre-dumps under a convergence policy while it runs, final dump, transfer, restore, verification.");
+        a.AddTo(cmd);
+        cmd.Options.Add(policy);
+        cmd.Options.Add(compress);
+        cmd.Options.Add(block);
+        cmd.Options.Add(dir);
+        cmd.Options.Add(json);
+        cmd.SetAction(p =>
+        {
+            var pol = a.Policy(p, p.GetValue(policy)!);
+            var store = MigrationArgs.Store(p.GetValue(compress)!, p.GetValue(block));
+            string? keep = p.GetValue(dir) is string d ? Path.GetFullPath(d) : null;
+            bool asJson = p.GetValue(json);
+            var result = MigrationArgs.WithProgress(asJson, "migrating", pol.MaxPreDumps + 3,
+                progress => LiveMigration.Run(a.Options(p, pol, store, keep, progress)));
+            foreach (var w in result.Warnings)
+                p.InvocationConfiguration.Error.WriteLine($"criu-sharp: warning: {w}");
+            if (keep is not null)
+                ImageFormat.AtomicFile.Write(Path.Combine(keep, LiveMigration.SummaryFile), System.Text.Encoding.UTF8.GetBytes(MigrateOutput.Json(result) + "\n"));
+            var o = p.InvocationConfiguration.Output;
+            if (asJson)
+                o.WriteLine(MigrateOutput.Json(result));
+            else
+                MigrateOutput.Text(o, result);
+            return result.Verification.Ok ? 0 : (int)ExitCode.CheckFailed;
+        });
+        return cmd;
+    }
+}
+
+/// <summary>How a migration result is printed: JSON for scripts, a table and a summary for people.</summary>
+internal static class MigrateOutput
+{
+    public static object JsonShape(MigrationResult r) => new
+    {
+        workload = r.Workload,
+        policy = r.Policy,
+        compression = r.Compression,
+        block_kib = r.BlockKiB,
+        tracker = r.Tracker,
+        arch = r.Arch,
+        kernel = r.Kernel,
+        bandwidth_bytes_per_second = r.BandwidthBytesPerSecond,
+        images_root = r.ImagesRoot,
+        iterations = r.Iterations.Select(i => new
+        {
+            index = i.Index,
+            kind = i.Kind,
+            images_dir = i.ImagesDir,
+            pages_scanned = i.PagesScanned,
+            pages_written = i.PagesWritten,
+            pages_skipped_parent = i.PagesSkippedParent,
+            bytes_raw = i.BytesRaw,
+            bytes_compressed = i.BytesCompressed,
+            bytes_sent = i.BytesSent,
+            frozen_ns = i.FrozenNs,
+            transfer_ns = i.TransferNs,
+            duration_ns = i.DurationNs,
+            dirty_rate_pages_per_second = i.DirtyRatePagesPerSecond is double d ? Math.Round(d, 1) : (double?)null,
+            decision = i.Decision,
+            stats = i.Stats,
+        }),
+        summary = new
+        {
+            pre_dumps = r.PreDumps,
+            stop_reason = r.StopReason,
+            total_bytes_sent = r.TotalBytesSent,
+            final_dump_bytes_sent = r.FinalBytesSent,
+            downtime_ns = r.Downtime.TotalNs,
+            downtime = new { frozen_ns = r.Downtime.FrozenNs, transfer_ns = r.Downtime.TransferNs, restore_ns = r.Downtime.RestoreNs },
+            expected_downtime_ns = r.ExpectedDowntimeNs,
+            remaining_bytes_at_decision = r.RemainingBytesAtDecision,
+            total_time_ns = r.TotalTimeNs,
+            verified = r.Verification.Ok,
+        },
+        verification = new
+        {
+            ok = r.Verification.Ok,
+            checksums_ok = r.Verification.ChecksumsOk,
+            vmas_verified = r.Verification.VmasVerified,
+            error = r.Verification.Error,
+            after_restore = r.Verification.AfterRestore,
+            after_run = r.Verification.AfterContinue,
+        },
+        restore_stats = r.Restore with { WallClock = null },
+        warnings = r.Warnings,
+    };
+
+    public static string Json(MigrationResult r) => JsonSerializer.Serialize(JsonShape(r), JsonOut.Options);
+
+    public static string Bytes(ulong b) => b switch
+    {
+        < 10_000 => $"{b} B",
+        < 10UL << 20 => string.Create(CultureInfo.InvariantCulture, $"{b / 1024.0:0.0} KiB"),
+        _ => string.Create(CultureInfo.InvariantCulture, $"{b / 1048576.0:0.0} MiB"),
+    };
+
+    public static string Ms(ulong ns) => string.Create(CultureInfo.InvariantCulture, $"{ns / 1e6:0.00} ms");
+
+    public static readonly string[] Columns = ["#", "kind", "scanned", "written", "in parent", "raw", "stored", "sent", "duration", "dirty rate/s", "decision"];
+
+    public static string[] Row(IterationRecord i) =>
+    [
+        i.Index.ToString(CultureInfo.InvariantCulture), i.Kind,
+        i.PagesScanned.ToString(CultureInfo.InvariantCulture), i.PagesWritten.ToString(CultureInfo.InvariantCulture), i.PagesSkippedParent.ToString(CultureInfo.InvariantCulture),
+        Bytes(i.BytesRaw), Bytes(i.BytesCompressed), Bytes(i.BytesSent), Ms(i.DurationNs),
+        i.DirtyRatePagesPerSecond is double d ? d.ToString("0", CultureInfo.InvariantCulture) : "-",
+        i.Decision ?? "final (frozen)",
+    ];
+
+    public static void Text(TextWriter o, MigrationResult r)
+    {
+        o.WriteLine($"migrate {r.Workload}: policy {r.Policy}, {r.Compression}{(r.Compression == "none" ? "" : $" {r.BlockKiB} KiB blocks")}, tracker {r.Tracker}, {r.Arch}/{r.Kernel}, link {r.BandwidthBytesPerSecond / 1048576.0:0.#} MiB/s");
+        Table(o, Columns, r.Iterations.Select(Row).ToList(), rightAligned: [0, 2, 3, 4, 5, 6, 7, 8, 9]);
+        var d = r.Downtime;
+        var v = r.Verification;
+        var lines = new List<(string, string)>
+        {
+            ("pre-dumps", $"{r.PreDumps} (stop: {r.StopReason})"),
+            ("total bytes sent", $"{Bytes(r.TotalBytesSent)} ({r.TotalBytesSent} B; final dump {Bytes(r.FinalBytesSent)})"),
+            ("downtime", $"{Ms(d.TotalNs)} = frozen {Ms(d.FrozenNs)} + transfer {Ms(d.TransferNs)} + restore {Ms(d.RestoreNs)}"),
+            ("expected downtime", $"{Ms(r.ExpectedDowntimeNs)} (QEMU's estimate: {Bytes(r.RemainingBytesAtDecision)} remaining at the last decision / bandwidth; actual transfer {Ms(d.TransferNs)})"),
+            ("total time", $"{Ms(r.TotalTimeNs)} from the first freeze to the restored tree running"),
+            ("verification", v.Ok
+                ? $"ok: {v.VmasVerified} VMA checksums, workload self-check ok after restore and after running on ({string.Join(", ", v.AfterContinue.Select(x => $"pid {x.Pid}: {x.PagesChecked} pages"))})"
+                : $"FAILED: {v.Error ?? string.Join("; ", v.AfterRestore.Concat(v.AfterContinue).Where(x => !x.Ok).Select(x => $"pid {x.Pid}: {x.Detail}"))}"),
+        };
+        if (r.ImagesRoot is not null)
+            lines.Add(("images", $"{r.ImagesRoot} (final dump in {r.Iterations[^1].ImagesDir})"));
+        int w = lines.Max(l => l.Item1.Length);
+        foreach (var (k, val) in lines)
+            o.WriteLine($"{k.PadRight(w)}  {val}");
+    }
+
+    /// <summary>A Spectre.Console table on a terminal, plain columns padded to width otherwise.</summary>
+    public static void Table(TextWriter o, string[] header, IReadOnlyList<string[]> rows, int[] rightAligned)
+    {
+        if (MigrationArgs.Fancy(o))
+        {
+            var t = new Table().Border(TableBorder.Rounded);
+            for (int c = 0; c < header.Length; c++)
+            {
+                var col = new TableColumn(Markup.Escape(header[c]));
+                if (rightAligned.Contains(c)) col.RightAligned();
+                t.AddColumn(col);
+            }
+            foreach (var r in rows)
+                t.AddRow(r.Select(x => new Markup(Markup.Escape(x))).ToArray());
+            AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Out) }).Write(t);
+            return;
+        }
+        var widths = header.Select((h, c) => Math.Max(h.Length, rows.Count == 0 ? 0 : rows.Max(r => r[c].Length))).ToArray();
+        string Line(string[] cells) => string.Join("  ", cells.Select((x, c) =>
+            c == cells.Length - 1 ? x : rightAligned.Contains(c) ? x.PadLeft(widths[c]) : x.PadRight(widths[c])));
+        o.WriteLine(Line(header).TrimEnd());
+        foreach (var r in rows)
+            o.WriteLine(Line(r).TrimEnd());
+    }
+}
