@@ -11,6 +11,12 @@ namespace CriuSharp.Bench;
 /// Baseline: a plain C# loop writing the same pattern (one generator step, a ledger load, two
 /// stores) into managed arrays of the same size, i.e. the cost of the program without a kernel.
 /// One op = one page write; BenchmarkDotNet reports time per op (1 / writes per second).
+/// Each op is two simulated stores (the page's stamp word and its ledger word, an exchange).
+///
+/// Measured 2026-11-22 on the shared 2-core VM with load average 7–10 (three engineers' builds
+/// and benchmarks running), three runs: anchor 50–57 ns; armed 182–239 ns (4.2–5.5 M writes/s,
+/// 3.6–4.3× the anchor; one outlier run at 492 ns); WP fault every write 485–599 ns
+/// (1.7–2.1 M writes/s, 1.047 faults per write). The 10 M/s target is not met here.
 /// </summary>
 [Config(typeof(ImageFormatBenchmarks.InProcessShortConfig))]
 public class WorkloadBenchmarks
