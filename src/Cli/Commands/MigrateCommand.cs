@@ -13,7 +13,7 @@ namespace CriuSharp.Cli;
 /// cost model, and how long the workload runs before and after. Policy, compression and block
 /// size are single values for migrate and lists for compare/report, so each verb adds its own.
 /// </summary>
-internal sealed class MigrationArgs
+public sealed class MigrationArgs
 {
     public readonly Option<string> Workload = new("--workload", "-w") { Description = "Workload file (JSON; see samples/README.md).", Required = true };
     public readonly Option<string> Bandwidth = new("--bandwidth") { Description = "Link bandwidth: 128MiB/s (QEMU's default max-bandwidth), 1GB/s, 10Gbit/s.", DefaultValueFactory = _ => "128MiB/s" };
