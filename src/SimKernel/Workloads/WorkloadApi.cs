@@ -44,7 +44,11 @@ public static class WorkloadApi
         Rng.Seed(r, prog.Seed);
         r[Regs.DueUntilNs] = kernel.UptimeNs;
         ulong pageSize = (ulong)kernel.Arch.PageSize;
-        for (int i = 0; i < prog.Regions.Count; i++)
+        // The churn arena keeps holes at its slots' other positions; mapped after everything else,
+        // no later mapping of the process can be placed in one of those holes by the kernel.
+        var order = Enumerable.Range(0, prog.Regions.Count)
+            .OrderBy(i => prog.Kind == Behaviour.Churn && i == prog.Data ? 1 : 0).ToList();
+        foreach (int i in order)
         {
             var region = prog.Regions[i];
             if (region.Deferred)
