@@ -48,13 +48,18 @@ public static class CheckCommand
             string? one = p.GetValue(feature);
             var shown = one is null ? all : all.Where(kv => kv.Key == one).ToDictionary();
             var output = p.InvocationConfiguration.Output;
+            var criu = Dumper.Criu.Check(k);
+            string tracker = Dumper.TrackerNames.Name(criu.BestTracker);
             if (p.GetValue(json))
-                output.WriteLine(JsonSerializer.Serialize(new { arch = k.Arch.Name, kernel = k.Version.Name, release = k.Version.Release, features = shown }, JsonOut.Options));
+                output.WriteLine(JsonSerializer.Serialize(new { arch = k.Arch.Name, kernel = k.Version.Name, release = k.Version.Release, features = shown, tracker, warnings = criu.Warnings.Select(w => w.Message) }, JsonOut.Options));
             else
             {
                 output.WriteLine($"{k.Arch.Name}, kernel {k.Version.Name} ({k.Version.Release})");
                 foreach (var (name, ok) in shown)
                     output.WriteLine($"  {name,-16} {(ok ? "supported" : "not supported")}");
+                output.WriteLine($"  pre-dumps track writes with: {tracker}");
+                foreach (var w in criu.Warnings)
+                    output.WriteLine($"  warning: {w.Message}");
             }
             if (one is not null && !all[one])
                 return (int)ExitCode.Unsupported;
