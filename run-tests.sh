@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the tests need when it is missing
-# (CRIU's `crit`, from Debian's `criu` package), builds once, runs every test
+# (CRIU's `crit`, from Debian's `criu` package; `chromium` for the report test), builds once, runs every test
 # project, and ends with one summary line: "tests: N passed, N failed, N skipped".
 set -euo pipefail
 cd "$(dirname "$0")"
 
 need_pkgs=()
 command -v crit >/dev/null 2>&1 || need_pkgs+=(criu)
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)  # the report test renders its HTML headless
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "installing missing packages: ${need_pkgs[*]}" >&2
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi

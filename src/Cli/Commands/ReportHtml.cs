@@ -131,7 +131,8 @@ internal static class ReportHtml
         for (int i = 0; i < maxN; i++)
             sb.Append($"<text x=\"{F(X(i))}\" y=\"{Top + ph + 16}\" text-anchor=\"middle\">{i + 1}</text>");
         sb.Append($"<text x=\"{Left + pw / 2}\" y=\"{Top + ph + 32}\" text-anchor=\"middle\">iteration (last = final dump)</text>");
-        for (int s = 0; s < series.Count; s++)
+        // Longest series first, so shorter ones (which share their first iterations) stay visible on top.
+        foreach (int s in Enumerable.Range(0, series.Count).OrderByDescending(i => series[i].Count))
         {
             string color = Palette[s % Palette.Length], run = E(Label(runs[s]));
             var pts = series[s];
