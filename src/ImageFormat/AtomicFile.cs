@@ -23,7 +23,9 @@ public static class AtomicFile
                 write(fs);
                 fs.Flush(flushToDisk: true);
             }
+            CrashPoints.Hit("file.tmp");
             File.Move(temp, path, overwrite: true);
+            CrashPoints.Hit("file.renamed");
         }
         catch
         {
@@ -42,7 +44,9 @@ public static class AtomicFile
                 fs.Write(bytes);
                 fs.Flush(flushToDisk: true);
             }
+            CrashPoints.Hit("file.tmp");
             File.Move(temp, path, overwrite: true);
+            CrashPoints.Hit("file.renamed");
         }
         catch
         {

@@ -101,10 +101,11 @@ public sealed class ImageDirectory : IDisposable
         PagemapWriter? writer = null;
         try
         {
-            writer = new PagemapWriter(fs, pagesId, options, leaveOpen: false,
+            writer = new PagemapWriter(CrashPoints.Watch(fs, "pages.block"), pagesId, options, leaveOpen: false,
                 onFinish: w =>
                 {
                     fs.Flush(flushToDisk: true);
+                    CrashPoints.Hit("pages.tmp");
                     File.Move(pagesTemp, pagesPath, overwrite: true);
                     ImageFile.WriteAtomic(PathOf(pagemapName), ImageKind.Pagemap, w.PagemapMessages());
                     PageStats.Add(w.Stats);
@@ -132,7 +133,10 @@ public sealed class ImageDirectory : IDisposable
         EnsureOpen();
         if (_openPagemaps.Count > 0)
             throw new InvalidOperationException($"{_openPagemaps.Count} pagemap(s) were begun but not finished");
+        // The manifest is the last file; removing the marker is the commit point.
+        Manifest.Write(Path);
         File.Delete(PathOf(ImageNames.IncompleteMarker));
+        CrashPoints.Hit("committed");
         Committed = true;
     }
 

@@ -38,6 +38,7 @@ public sealed class ImageSet
     {
         var canonical = Canonical(path, path, "image directory");
         CheckComplete(path);
+        Manifest.Verify(path);
         return new ImageSet(path, canonical, [canonical], 0);
     }
 
@@ -119,6 +120,7 @@ public sealed class ImageSet
             ? System.IO.Path.GetFullPath(System.IO.Path.Combine(Path, target))
             : canonical;
         CheckComplete(parentPath);
+        Manifest.Verify(parentPath);
         return new ImageSet(parentPath, canonical, [.. _chain, canonical], Depth + 1);
     }
 

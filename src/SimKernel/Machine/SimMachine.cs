@@ -31,6 +31,8 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
     public const string FramesFileName = "frames.dat";
     public const string LockFileName = "machine.lock";
     private const ulong Magic = 0x3130484341_4D5343UL; // "CSMACH01"
+    /// <summary>Frames between two crash points while a journal is written or replayed.</summary>
+    private const int CrashBatchFrames = 256;
 
     private readonly FileStream _lock;
     private MemoryMappedFile? _map;
@@ -146,14 +148,21 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
             jw.Write(Magic);
             jw.Write(ps);
             jw.Write((long)dirty.Count);
+            int batch = 0;
             foreach (long pfn in dirty)
             {
                 jw.Write(pfn);
                 jw.Write(mem.Page(pfn));
+                if (++batch % CrashBatchFrames == 0)
+                {
+                    jw.Flush();
+                    CrashPoints.Hit("journal.batch");
+                }
             }
             jw.Write(Magic);
             jw.Flush();
             js.Flush(flushToDisk: true);
+            CrashPoints.Hit("journal.written");
         }
         string swapFile = _swapFile;
         if (Kernel.Swap.ContentsChanged)
@@ -164,6 +173,7 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
             Kernel.Swap.SaveContents(sw);
             sw.Flush();
             ss.Flush(flushToDisk: true);
+            CrashPoints.Hit("swap.written");
         }
 
         var body = new MemoryStream();
@@ -186,7 +196,9 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
             w.Flush();
             fs.Flush(flushToDisk: true);
         }
+        CrashPoints.Hit("state.tmp");
         File.Move(tmp, Path.Combine(Directory, StateFileName), overwrite: true);
+        CrashPoints.Hit("state.renamed");
 
         // The new state is in place: apply the journal, then drop what the old state used.
         if (journal.Length > 0)
@@ -219,11 +231,17 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
                 js.ReadExactly(page);
                 frames.Position = (pfn - Mm.PhysicalMemory.FirstPfn) * ps;
                 frames.Write(page);
+                if ((i + 1) % CrashBatchFrames == 0)
+                {
+                    frames.Flush();
+                    CrashPoints.Hit("journal.apply");
+                }
             }
             if (jr.ReadUInt64() != Magic)
                 throw new MachineStateException($"{jpath}: truncated frame journal");
             frames.Flush(flushToDisk: true);
         }
+        CrashPoints.Hit("journal.applied");
         File.Delete(jpath);
     }
 
