@@ -265,7 +265,10 @@ internal static class MigrateOutput
     public static void Text(TextWriter o, MigrationResult r)
     {
         o.WriteLine($"migrate {r.Workload}: policy {r.Policy}, {r.Compression}{(r.Compression == "none" ? "" : $" {r.BlockKiB} KiB blocks")}, tracker {r.Tracker}, {r.Arch}/{r.Kernel}, link {r.BandwidthBytesPerSecond / 1048576.0:0.#} MiB/s");
-        Table(o, Columns, r.Iterations.Select(Row).ToList(), rightAligned: [0, 2, 3, 4, 5, 6, 7, 8, 9]);
+        // On a terminal the table must fit the window: the decision shrinks to its verdict (the
+        // stop reason is in the summary below); redirected output keeps the whole sentence.
+        bool fancy = MigrationArgs.Fancy(o);
+        Table(o, Columns, r.Iterations.Select(Row).Select(c => fancy ? [.. c[..^1], c[^1].Split(':')[0]] : c).ToList(), rightAligned: [0, 2, 3, 4, 5, 6, 7, 8, 9]);
         var d = r.Downtime;
         var v = r.Verification;
         var lines = new List<(string, string)>
@@ -291,10 +294,10 @@ internal static class MigrateOutput
     {
         if (MigrationArgs.Fancy(o))
         {
-            var t = new Table().Border(TableBorder.Rounded);
+            var t = new Table().Border(TableBorder.Simple);
             for (int c = 0; c < header.Length; c++)
             {
-                var col = new TableColumn(Markup.Escape(header[c]));
+                var col = new TableColumn(Markup.Escape(header[c])).NoWrap();
                 if (rightAligned.Contains(c)) col.RightAligned();
                 t.AddColumn(col);
             }
