@@ -48,6 +48,8 @@ public static class CliApp
         yield return DecodeCommand.Create();
         yield return EncodeCommand.Create();
         yield return ExploreCommand.Create();
+        // Hardening: long runs of the fuzz tests.
+        yield return FuzzCommand.Create();
     }
 
     public static int Run(string[] args, TextWriter? stdout = null, TextWriter? stderr = null)
