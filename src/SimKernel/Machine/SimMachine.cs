@@ -245,6 +245,7 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
         File.Delete(jpath);
     }
 
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     private static ulong Crc(ReadOnlySpan<byte> data)
     {
         uint crc = 0;

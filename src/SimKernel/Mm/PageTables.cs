@@ -121,6 +121,7 @@ public sealed partial class PageTables
     }
 
     /// <summary>Stores an entry and keeps the table's bitmaps and used count in step.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     public void Set(PteTable t, int i, ulong value)
     {
         ulong old = t.E[i];
