@@ -30,6 +30,8 @@ internal sealed class Checkpointer
     /// </summary>
     private static readonly ConditionalWeakTable<SimTask, Userfaultfd> UffdContexts = new();
     private const long ChunkBytes = 64L << 20;
+    /// <summary>Collected-but-unwritten page bytes a dump holds while the transfer thread catches up.</summary>
+    private const long StreamBudgetBytes = 32L << 20;
 
     private readonly ISimHost _host;
     private readonly Kernel _k;
@@ -56,7 +58,7 @@ internal sealed class Checkpointer
         public required SimTask Task;
         public required List<VmaInfo> Vmas;
         public PagemapImage? ParentPagemap;
-        public PagePipe Pipe = new();
+        public PagePipe Pipe = null!;
         public PageXfer? Xfer;
         public ulong Scanned;
         public List<(ulong Start, ulong End, ulong Hash)> Checksums = [];
@@ -89,6 +91,8 @@ internal sealed class Checkpointer
         TimeSpan writeWall = TimeSpan.Zero;
         var pageStats = new PageWriteStats();
         ulong shScanned = 0, shWritten = 0;
+        // A dump writes while frozen: pages stream to the images as they are collected.
+        using var stream = _pre ? null : new PageXferQueue(StreamBudgetBytes);
         try
         {
             foreach (var t in _k.Tree(_o.Pid))
@@ -132,19 +136,19 @@ internal sealed class Checkpointer
                 if (!_pre)
                 {
                     ts.Xfer = new PageXfer(dir.BeginPagemap(t.Pid, _o.PageStore));
+                    ts.Pipe = new PagePipe(stream!, ts.Xfer);
                 }
+                else
+                    ts.Pipe = new PagePipe();
                 var collector = new PageCollector(_k, t.Pid, walker, ts.Pipe, ts.ParentPagemap, _pre, _o.RecordChecksums && !_pre, _imgPerPage);
                 foreach (var v in ts.Vmas)
                 {
                     collector.CollectVma(v, spans);
                     if (!_pre && ts.Pipe.BufferedBytes >= ChunkBytes)
-                    {
-                        var ww = Stopwatch.StartNew();
-                        ts.Xfer!.Write(ts.Pipe);
-                        ts.Pipe.Reset();
-                        writeWall += ww.Elapsed;
-                    }
+                        ts.Pipe.Drain();
                 }
+                if (!_pre)
+                    ts.Pipe.Drain();
                 ts.Scanned = collector.Scanned;
                 ts.Checksums = collector.Checksums;
                 memdumpNs += (ulong)(collector.Scanned * _cost.ScanNsPerPage) + CostModel.Ns(collector.CopiedBytes, _cost.CopyBytesPerSecond);
@@ -178,11 +182,10 @@ internal sealed class Checkpointer
             }
             else
             {
+                stream!.Flush();
                 foreach (var ts in tasks)
                 {
-                    ts.Xfer!.Write(ts.Pipe);
-                    ts.Pipe.Reset();
-                    pageStats.Add(ts.Xfer.Finish());
+                    pageStats.Add(ts.Xfer!.Finish());
                     if (_o.AutoDedup) PageXfer.Dedup(parentSet, ImageNames.Pagemap(ts.Task.Pid), ts.Xfer.WrittenRanges);
                     ts.Xfer.Dispose();
                 }
@@ -285,7 +288,7 @@ internal sealed class Checkpointer
         if (entries.Count == 0)
             return;
         static bool IsImage(string name) => name.EndsWith(".img", StringComparison.Ordinal) || name is "stats-dump" or "stats-restore"
-            or ImageNames.ParentLink or ImageNames.IncompleteMarker || name.StartsWith(".", StringComparison.Ordinal) && name.Contains(".tmp", StringComparison.Ordinal);
+            or ImageNames.ParentLink or ImageNames.IncompleteMarker or Manifest.FileName || name.StartsWith(".", StringComparison.Ordinal) && name.Contains(".tmp", StringComparison.Ordinal);
         var foreign = entries.Select(Path.GetFileName).Where(n => !IsImage(n!)).ToList();
         if (foreign.Count > 0)
             throw new DumperException($"images directory holds files that are not images ({string.Join(", ", foreign.Take(3))}); use an empty directory", null, dir);

@@ -11,6 +11,14 @@ namespace CriuSharp.Dumper;
 /// A pre-dump keeps everything and writes after the tasks are thawed; a dump runs in chunk mode:
 /// the collector drains the pipe to the images whenever <see cref="BufferedBytes"/> passes the
 /// chunk size, then <see cref="Reset"/> reuses the buffers.
+/// <para>
+/// A dump's pipe is <em>streamed</em> (constructed with a <see cref="PageXferQueue"/>): the
+/// buffer layout, and so every iovec, is exactly what the kept pipe would hold, but each time the
+/// collector moves on to the next buffer the iovecs so far (all final: none can grow into a new
+/// buffer) go to the transfer thread, which writes and compresses them while the collector reads
+/// the next pages; the buffer's bytes go back to the queue's pool once written. Only the bytes in
+/// flight (a few buffers) are held, not the whole chunk.
+/// </para>
 /// </summary>
 internal sealed class PagePipe
 {
@@ -28,21 +36,41 @@ internal sealed class PagePipe
         public ulong HolePages;
     }
 
-    private readonly List<byte[]> _bufs = [];
+    /// <summary>Logical buffers (CRIU's page_pipe_bufs): their sizes decide where iovecs split.</summary>
+    private readonly List<int> _sizes = [];
+    /// <summary>The bytes behind each logical buffer; when streaming, only the current one has any.</summary>
+    private readonly List<byte[]?> _arrays = [];
     private readonly List<Iov> _iovs = [];
+    private readonly PageXferQueue? _stream;
+    private readonly PageXfer? _target;
     private int _cur = -1;
     private int _off;
+    /// <summary>Streaming: iovecs [0, _handed) have gone to the transfer thread.</summary>
+    private int _handed;
 
+    /// <summary>A pipe that keeps its pages until <see cref="Reset"/> (pre-dump, tests).</summary>
+    public PagePipe()
+    {
+    }
+
+    /// <summary>A streamed pipe: finished iovecs go to <paramref name="target"/> through <paramref name="stream"/>.</summary>
+    public PagePipe(PageXferQueue stream, PageXfer target)
+    {
+        _stream = stream;
+        _target = target;
+    }
+
+    public bool Streamed => _stream is not null;
     public IReadOnlyList<Iov> Iovs => _iovs;
     public long BufferedBytes { get; private set; }
     /// <summary>Buffers ever allocated (CRIU's page_pipe_bufs).</summary>
-    public int BufferCount => _bufs.Count;
+    public int BufferCount => _sizes.Count;
 
-    public Span<byte> Buffer(int buf, int off, int bytes) => _bufs[buf].AsSpan(off, bytes);
+    public Span<byte> Buffer(int buf, int off, int bytes) => _arrays[buf]!.AsSpan(off, bytes);
 
     public void AddHole(ulong va, ulong imagePages)
     {
-        if (_iovs.Count > 0)
+        if (_iovs.Count > _handed)
         {
             var last = _iovs[^1];
             if (last.Hole && last.Va + (last.HolePages << 12) == va)
@@ -58,11 +86,11 @@ internal sealed class PagePipe
     /// <summary>Space for <paramref name="bytes"/> of pages at <paramref name="va"/>; the caller fills it.</summary>
     public Span<byte> Reserve(ulong va, int bytes)
     {
-        if (_cur < 0 || _bufs[_cur].Length - _off < bytes)
+        if (_cur < 0 || _sizes[_cur] - _off < bytes)
             NextBuffer(bytes);
-        var buf = _bufs[_cur];
+        var buf = _arrays[_cur]!;
         var span = buf.AsSpan(_off, bytes);
-        if (_iovs.Count > 0)
+        if (_iovs.Count > _handed)
         {
             var last = _iovs[^1];
             if (!last.Hole && last.Buf == _cur && last.Off + last.Bytes == _off && last.Va + (ulong)last.Bytes == va
@@ -86,27 +114,68 @@ internal sealed class PagePipe
 
     private void NextBuffer(int need)
     {
+        // Leaving the current buffer finishes every iovec so far: a streamed pipe hands them over.
+        if (_stream is not null)
+            HandOff();
         // Reuse a buffer left from before a Reset, else allocate one twice the size of the last.
-        for (int i = _cur + 1; i < _bufs.Count; i++)
-            if (_bufs[i].Length >= need)
+        for (int i = _cur + 1; i < _sizes.Count; i++)
+            if (_sizes[i] >= need)
             {
                 if (i != _cur + 1)
-                    (_bufs[_cur + 1], _bufs[i]) = (_bufs[i], _bufs[_cur + 1]);
+                {
+                    (_sizes[_cur + 1], _sizes[i]) = (_sizes[i], _sizes[_cur + 1]);
+                    (_arrays[_cur + 1], _arrays[i]) = (_arrays[i], _arrays[_cur + 1]);
+                }
                 _cur++;
                 _off = 0;
+                if (_stream is not null)
+                    _arrays[_cur] = _stream.Rent(_sizes[_cur]);
                 return;
             }
-        int size = _bufs.Count == 0 ? FirstBuf : Math.Min(MaxBuf, _bufs[^1].Length * 2);
+        int size = _sizes.Count == 0 ? FirstBuf : Math.Min(MaxBuf, _sizes[^1] * 2);
         while (size < need) size *= 2;
-        _bufs.Insert(_cur + 1, GC.AllocateUninitializedArray<byte>(size));
+        _sizes.Insert(_cur + 1, size);
+        _arrays.Insert(_cur + 1, _stream is not null ? _stream.Rent(size) : GC.AllocateUninitializedArray<byte>(size));
         _cur++;
         _off = 0;
+    }
+
+    /// <summary>Streaming: posts the iovecs not yet handed over, then gives the current buffer back once they are written.</summary>
+    private void HandOff()
+    {
+        for (int i = _handed; i < _iovs.Count; i++)
+        {
+            var iov = _iovs[i];
+            if (iov.Hole)
+                _stream!.PostHole(_target!, iov.Va, iov.HolePages);
+            else
+                _stream!.PostPresent(_target!, iov.Va, _arrays[iov.Buf]!, iov.Off, iov.Bytes);
+        }
+        _handed = _iovs.Count;
+        if (_cur >= 0 && _arrays[_cur] is { } current)
+        {
+            _stream!.PostRelease(current);
+            _arrays[_cur] = null;
+        }
+    }
+
+    /// <summary>
+    /// Streaming: hands everything collected so far to the transfer thread (the end of a chunk,
+    /// where a kept pipe would be written out), then resets.
+    /// </summary>
+    public void Drain()
+    {
+        if (_stream is null)
+            throw new InvalidOperationException("only a streamed pipe drains itself");
+        HandOff();
+        Reset();
     }
 
     /// <summary>Forgets the iovecs and keeps the buffers for the next chunk.</summary>
     public void Reset()
     {
         _iovs.Clear();
+        _handed = 0;
         _cur = -1;
         _off = 0;
         BufferedBytes = 0;

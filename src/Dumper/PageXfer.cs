@@ -24,18 +24,24 @@ internal sealed class PageXfer : IDisposable
         foreach (var iov in pipe.Iovs)
         {
             if (iov.Hole)
-            {
-                _writer.AddParentHole(iov.Va, iov.HolePages);
-                continue;
-            }
-            _writer.AddPresent(iov.Va, pipe.Buffer(iov.Buf, iov.Off, iov.Bytes));
-            ulong end = iov.Va + (ulong)iov.Bytes;
-            if (_written.Count > 0 && _written[^1].End == iov.Va)
-                _written[^1] = (_written[^1].Va, end);
+                WriteHole(iov.Va, iov.HolePages);
             else
-                _written.Add((iov.Va, end));
+                WritePresent(iov.Va, pipe.Buffer(iov.Buf, iov.Off, iov.Bytes));
         }
     }
+
+    /// <summary>One iovec from a streamed pipe (on the transfer thread).</summary>
+    internal void WritePresent(ulong va, ReadOnlySpan<byte> bytes)
+    {
+        _writer.AddPresent(va, bytes);
+        ulong end = va + (ulong)bytes.Length;
+        if (_written.Count > 0 && _written[^1].End == va)
+            _written[^1] = (_written[^1].Va, end);
+        else
+            _written.Add((va, end));
+    }
+
+    internal void WriteHole(ulong va, ulong imagePages) => _writer.AddParentHole(va, imagePages);
 
     public PageWriteStats Finish() => _writer.Finish();
 
@@ -110,5 +116,176 @@ internal sealed class PageXfer : IDisposable
             ranges = next;
         }
         return punched;
+    }
+}
+
+/// <summary>
+/// The dump's transfer thread (CRIU splices page pipes to the images while the parasite keeps
+/// draining): streamed <see cref="PagePipe"/>s post finished iovecs here, in order, and one
+/// thread writes them through each task's <see cref="PageXfer"/> (compressing on the page store's
+/// worker threads) while the collector goes on reading pages on the calling thread. The kernel is
+/// only ever touched by the collector; this thread sees bytes already copied out.
+/// <code>
+///  collector ── PostPresent/PostHole/PostRelease ──▶ queue ──▶ transfer thread ──▶ PagemapWriter
+///      ▲                                                              │
+///      └──────────── Rent: buffers come back once written ◀──────────┘ (at most BudgetBytes in flight)
+/// </code>
+/// Items are written in the order posted, so the images are the same as a synchronous write's.
+/// </summary>
+internal sealed class PageXferQueue : IDisposable
+{
+    private enum Kind : byte { Present, Hole, Release }
+
+    private struct Item
+    {
+        public Kind Kind;
+        public PageXfer? Target;
+        public ulong Va;
+        public byte[]? Array;
+        public int Off;
+        public int Bytes;
+        public ulong HolePages;
+    }
+
+    private readonly object _lock = new();
+    private readonly Queue<Item> _queue = new();
+    private readonly Dictionary<int, Stack<byte[]>> _free = [];
+    private readonly long _budget;
+    private long _inFlight;
+    private bool _busy;
+    private bool _closed;
+    private Exception? _error;
+    private Thread? _thread;
+
+    /// <param name="budgetBytes">Buffer bytes that may be rented at once (collected but not yet written).</param>
+    public PageXferQueue(long budgetBytes) => _budget = budgetBytes;
+
+    public void PostPresent(PageXfer target, ulong va, byte[] array, int off, int bytes) =>
+        Post(new Item { Kind = Kind.Present, Target = target, Va = va, Array = array, Off = off, Bytes = bytes });
+
+    public void PostHole(PageXfer target, ulong va, ulong imagePages) =>
+        Post(new Item { Kind = Kind.Hole, Target = target, Va = va, HolePages = imagePages });
+
+    /// <summary>The buffer may be reused once everything posted before it is written.</summary>
+    public void PostRelease(byte[] array) => Post(new Item { Kind = Kind.Release, Array = array });
+
+    private void Post(Item item)
+    {
+        lock (_lock)
+        {
+            ThrowIfFailed();
+            _queue.Enqueue(item);
+            Monitor.PulseAll(_lock);
+        }
+        if (_thread is null)
+        {
+            _thread = new Thread(Run) { IsBackground = true, Name = "criu-sharp page xfer" };
+            _thread.Start();
+        }
+    }
+
+    /// <summary>A buffer of exactly <paramref name="size"/> bytes; waits while the budget is used up by buffers not yet written.</summary>
+    public byte[] Rent(int size)
+    {
+        lock (_lock)
+        {
+            while (true)
+            {
+                ThrowIfFailed();
+                if (_free.TryGetValue(size, out var st) && st.Count > 0)
+                {
+                    _inFlight += size;
+                    return st.Pop();
+                }
+                if (_inFlight == 0 || _inFlight + size <= _budget)
+                {
+                    _inFlight += size;
+                    break;
+                }
+                Monitor.Wait(_lock);
+            }
+        }
+        return GC.AllocateUninitializedArray<byte>(size);
+    }
+
+    /// <summary>Waits until everything posted is written; rethrows what the transfer thread failed with.</summary>
+    public void Flush()
+    {
+        lock (_lock)
+        {
+            while (_error is null && (_queue.Count > 0 || _busy))
+                Monitor.Wait(_lock);
+            ThrowIfFailed();
+        }
+    }
+
+    private void ThrowIfFailed()
+    {
+        if (_error is not null)
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(_error).Throw();
+    }
+
+    private void Run()
+    {
+        while (true)
+        {
+            Item item;
+            lock (_lock)
+            {
+                _busy = false;
+                Monitor.PulseAll(_lock);
+                while (_queue.Count == 0 && !_closed)
+                    Monitor.Wait(_lock);
+                if (_queue.Count == 0)
+                    return;
+                item = _queue.Dequeue();
+                _busy = true;
+            }
+            try
+            {
+                switch (item.Kind)
+                {
+                    case Kind.Present:
+                        item.Target!.WritePresent(item.Va, item.Array.AsSpan(item.Off, item.Bytes));
+                        break;
+                    case Kind.Hole:
+                        item.Target!.WriteHole(item.Va, item.HolePages);
+                        break;
+                    case Kind.Release:
+                        lock (_lock)
+                        {
+                            int size = item.Array!.Length;
+                            if (!_free.TryGetValue(size, out var st))
+                                _free[size] = st = new Stack<byte[]>();
+                            st.Push(item.Array);
+                            _inFlight -= size;
+                        }
+                        break;
+                }
+            }
+            catch (Exception e)
+            {
+                lock (_lock)
+                {
+                    _error = e;
+                    _busy = false;
+                    _queue.Clear();
+                    Monitor.PulseAll(_lock);
+                }
+                return;
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_lock)
+        {
+            _closed = true;
+            // An abandoned dump (an exception on the collector) drops what was not written yet.
+            _queue.Clear();
+            Monitor.PulseAll(_lock);
+        }
+        _thread?.Join();
     }
 }

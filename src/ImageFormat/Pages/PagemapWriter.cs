@@ -65,6 +65,13 @@ public sealed class PagemapWriter : IDisposable
     private ulong _nextFree;
     private bool _finished;
     private Worker[]? _workers;
+    private const long WritebackBytes = 8 << 20;
+    private long _streamBytes;
+    private long _writebackFrom;
+    /// <summary>Input bytes one parallel wave compresses (one fork/join per wave).</summary>
+    private const int WaveBytes = 4 << 20;
+    private byte[]? _waveOut;
+    private BlockResult[]? _waveResults;
 
     public PagemapWriter(Stream pagesOut, uint pagesId, PageStoreOptions options, bool leaveOpen = false)
         : this(pagesOut, pagesId, options, leaveOpen, null, null)
@@ -81,6 +88,8 @@ public sealed class PagemapWriter : IDisposable
         _onAbort = onAbort;
         Options = options;
         Head = new pagemap_head { PagesId = pagesId };
+        if (pagesOut is FileStream { CanSeek: true } start)
+            _streamBytes = _writebackFrom = start.Position;
         if (options.Compression != PageCompression.None)
         {
             _blockPages = options.BlockPages;
@@ -190,6 +199,7 @@ public sealed class PagemapWriter : IDisposable
         {
             FlushOut();
             _pages.Write(data);
+            Wrote(data.Length);
             return;
         }
         if (_outLen + data.Length > _out.Length)
@@ -203,7 +213,23 @@ public sealed class PagemapWriter : IDisposable
         if (_outLen > 0)
         {
             _pages.Write(_out, 0, _outLen);
+            Wrote(_outLen);
             _outLen = 0;
+        }
+    }
+
+    /// <summary>
+    /// A pages file is fsync'd when it is finished; so that the fsync does not wait for the whole
+    /// file, writeback of each WritebackBytes written is started right away (sync_file_range
+    /// SYNC_FILE_RANGE_WRITE, a hint that does not wait) and the disk works while we compress.
+    /// </summary>
+    private void Wrote(long bytes)
+    {
+        _streamBytes += bytes;
+        if (_streamBytes - _writebackFrom >= WritebackBytes && _pages is FileStream { CanWrite: true } fs)
+        {
+            Interop.Libc.StartWriteback(fs.SafeFileHandle, _writebackFrom, _streamBytes - _writebackFrom);
+            _writebackFrom = _streamBytes;
         }
     }
 
@@ -219,22 +245,28 @@ public sealed class PagemapWriter : IDisposable
         entry.BlockChecksums.Capacity = blocks;
 
         int workers = Options.Parallelism;
-        int perWorker = Math.Max(1, (256 * 1024) / blockBytes);
         int b = 0;
         if (workers > 1 && blocks >= 2 * workers)
         {
-            _workers ??= CreateWorkers(workers, perWorker);
+            // Waves of up to WaveBytes of input: the workers take blocks one at a time from a
+            // shared counter (blocks of random data take longer than text), the results land in
+            // per-block slots and are appended in block order, so the output is the same as with one thread.
+            int waveBlocks = Math.Max(2 * workers, WaveBytes / blockBytes);
+            _workers ??= CreateWorkers(workers);
+            if (_waveOut is null || _waveResults!.Length < waveBlocks)
+            {
+                _waveOut = GC.AllocateUninitializedArray<byte>(waveBlocks * _slotSize);
+                _waveResults = new BlockResult[waveBlocks];
+            }
             while (b < blocks)
             {
-                int wave = Math.Min(blocks - b, workers * perWorker);
+                int wave = Math.Min(blocks - b, waveBlocks);
                 CompressWave(pages, b, wave, nr);
                 for (int i = 0; i < wave; i++)
                 {
-                    var w = _workers[i / perWorker];
-                    int slot = i % perWorker;
-                    ref readonly var r = ref w.Results[slot];
+                    ref readonly var r = ref _waveResults[i];
                     EnsureOut(r.Size);
-                    w.Out.AsSpan(slot * _slotSize, r.Size).CopyTo(_out.AsSpan(_outLen));
+                    _waveOut.AsSpan(i * _slotSize, r.Size).CopyTo(_out.AsSpan(_outLen));
                     _outLen += r.Size;
                     Record(entry, b + i, in r, zeroBits, rawBits, ref anyZero, ref anyRaw);
                 }
@@ -350,48 +382,44 @@ public sealed class PagemapWriter : IDisposable
         return result;
     }
 
-    private sealed class Worker(PagemapWriter owner, int slots) : IDisposable
+    private sealed class Worker(PagemapWriter owner) : IDisposable
     {
         public readonly BlockCodec Codec = new(owner.Options.Compression, owner.Options.EffectiveLevel);
         public readonly byte[] Stage = new byte[owner._blockPages * PageGeometry.PageSize];
-        public readonly byte[] Out = new byte[slots * owner._slotSize];
-        public readonly BlockResult[] Results = new BlockResult[slots];
         public void Dispose() => Codec.Dispose();
     }
 
-    private Worker[] CreateWorkers(int count, int perWorker)
+    private Worker[] CreateWorkers(int count)
     {
         var ws = new Worker[count];
         for (int i = 0; i < count; i++)
-            ws[i] = new Worker(this, perWorker);
+            ws[i] = new Worker(this);
         return ws;
     }
 
     private unsafe void CompressWave(ReadOnlySpan<byte> pages, int firstBlock, int wave, int nr)
     {
         var workers = _workers!;
-        int perWorker = workers[0].Results.Length;
-        int active = (wave + perWorker - 1) / perWorker;
+        var results = _waveResults!;
+        var outBuf = _waveOut!;
         int blockPages = _blockPages;
         int slotSize = _slotSize;
+        int next = -1;
         fixed (byte* basePtr = pages)
         {
             byte* p = basePtr;
             int length = pages.Length;
-            Parallel.For(0, active, new ParallelOptions { MaxDegreeOfParallelism = workers.Length }, wi =>
+            Parallel.For(0, Math.Min(workers.Length, wave), new ParallelOptions { MaxDegreeOfParallelism = workers.Length }, wi =>
             {
                 var w = workers[wi];
                 var all = new ReadOnlySpan<byte>(p, length);
-                int start = wi * perWorker;
-                int end = Math.Min(wave, start + perWorker);
-                for (int i = start; i < end; i++)
+                int i;
+                while ((i = Interlocked.Increment(ref next)) < wave)
                 {
-                    int block = firstBlock + i;
-                    int first = block * blockPages;
+                    int first = (firstBlock + i) * blockPages;
                     int count = Math.Min(blockPages, nr - first);
-                    int slot = i - start;
-                    w.Results[slot] = CompressBlock(w.Codec, all.Slice(first << PageGeometry.PageShift, count << PageGeometry.PageShift),
-                        w.Stage, w.Out.AsSpan(slot * slotSize, slotSize));
+                    results[i] = CompressBlock(w.Codec, all.Slice(first << PageGeometry.PageShift, count << PageGeometry.PageShift),
+                        w.Stage, outBuf.AsSpan(i * slotSize, slotSize));
                 }
             });
         }
