@@ -76,13 +76,21 @@ public static class CliApp
         catch (Exception ex)
         {
             var (code, message, hint) = Classify(ex);
-            stderr.WriteLine($"criu-sharp: {message}");
+            // One line, whatever the exception carries (the loader's DllNotFoundException lists every
+            // path it tried, one per line); --verbose prints the rest.
+            stderr.WriteLine($"criu-sharp: {FirstLine(message)}");
             if (hint is not null)
                 stderr.WriteLine(hint);
             if (verbose)
                 stderr.WriteLine(ex.ToString());
             return (int)code;
         }
+    }
+
+    internal static string FirstLine(string message)
+    {
+        int nl = message.IndexOfAny(['\r', '\n']);
+        return (nl < 0 ? message : message[..nl]).TrimEnd(' ', ':');
     }
 
     private static string UsageName(ParseResult parse)
@@ -96,18 +104,30 @@ public static class CliApp
         return string.Join(' ', names);
     }
 
+    /// <summary>The library's name from the loader's message ("Unable to load shared library 'liblz4.so.1' or ...").</summary>
+    private static string NativeLibraryName(string message)
+    {
+        var m = System.Text.RegularExpressions.Regex.Match(message, "'([^']+)'");
+        return m.Success ? $"{m.Groups[1].Value} cannot be loaded" : FirstLine(message);
+    }
+
     /// <summary>Maps an exception from any layer to an exit code and one line for the user.</summary>
     internal static (ExitCode Code, string Message, string? Hint) Classify(Exception ex) => ex switch
     {
         UserException u => (u.Code, u.Message, u.Hint),
         ImageFormat.ImageFormatException i => (ExitCode.BadImage, i.Message, null),
         SimKernel.KernelException k => (ExitCode.KernelError, k.Message, null),
+        // A dump/restore failure caused by the images themselves (incomplete, damaged, missing
+        // pages, contents that fail the VMA checksum) is a bad image, as the README promises.
+        Dumper.DumperException { InnerException: ImageFormat.ImageFormatException } d => (ExitCode.BadImage, d.Message, null),
         Dumper.DumperException d => (ExitCode.BadInput, d.Message, null),
         SimKernel.Machine.MachineBusyException b => (ExitCode.Busy, b.Message, "Retry later, or raise --wait."),
         SimKernel.Machine.MachineStateException s => (ExitCode.BadInput, s.Message, null),
         SimKernel.Workloads.WorkloadException w => (ExitCode.BadInput, w.Message, "The workload schema is in samples/README.md."),
-        DllNotFoundException d => (ExitCode.Environment, $"a native library is missing: {d.Message}", "Install it with apt-get (liblz4-1, libzstd1, libxxhash0)."),
-        UnauthorizedAccessException a => (ExitCode.Environment, a.Message, null),
+        DllNotFoundException d => (ExitCode.Environment, $"a native library is missing: {NativeLibraryName(d.Message)}", "Install it with apt-get (liblz4-1, libzstd1, libxxhash0)."),
+        UnauthorizedAccessException a => (ExitCode.Environment, a.Message, "Check the permissions, or whether the filesystem is mounted read-only."),
+        IOException io when io.HResult == 28 || io.Message.Contains("No space left", StringComparison.Ordinal) =>
+            (ExitCode.Environment, io.Message, "Free some space or choose another directory; nothing written so far is marked complete."),
         IOException io => (ExitCode.Environment, io.Message, null),
         OperationCanceledException => (ExitCode.Environment, "interrupted", null),
         _ => (ExitCode.Internal, $"internal error: {ex.GetType().Name}: {ex.Message}", "This is a bug; run again with --verbose for the stack."),

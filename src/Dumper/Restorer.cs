@@ -33,6 +33,7 @@ internal sealed class Restorer
     private readonly Dictionary<ulong, ulong> _shmInode = [];
     private readonly HashSet<ulong> _shmFilled = [];
     private ulong _compared, _skippedCow, _restored, _bytesRead, _zeroFilled, _fromParent, _fillBytes;
+    private byte[]? _cmp;
 
     public Restorer(ISimHost host, RestoreOptions options)
     {
@@ -228,6 +229,13 @@ internal sealed class Restorer
         return obj;
     }
 
+    /// <summary>One piece of a pagemap entry inside one VMA (at most <see cref="FillChunk"/> bytes).</summary>
+    private readonly record struct FillItem(ulong Va, int Bytes, bool Inherited);
+
+    private const int FillChunk = 1 << 20;
+    /// <summary>Restores with at least this many bytes decompress on a second thread while the first writes.</summary>
+    private const long PipelineBytes = 8L << 20;
+
     private void FillPrivate(ImageSet set, SimTask task, mm_entry mm, HashSet<ulong> inherited)
     {
         int pid = task.Pid;
@@ -235,9 +243,10 @@ internal sealed class Restorer
             return;
         using var reader = set.OpenPageReader(pid);
         var entries = reader.Pagemap.Entries;
-        var buf = GC.AllocateUninitializedArray<byte>(1 << 20);
-        var cur = new byte[_ps];
         var vmas = mm.Vmas;
+        // What to read, in pagemap order (the checks that need no page contents come first, as before).
+        var items = new List<FillItem>();
+        long total = 0;
         foreach (var e in entries)
         {
             var flags = PagemapImage.FlagsOf(e);
@@ -249,36 +258,22 @@ internal sealed class Restorer
                 var v = vmas.FirstOrDefault(x => x.Start <= va && va < x.End);
                 if (v is null || (v.Status & (uint)(VmaStatus.AnonShared | VmaStatus.FileShared)) != 0)
                     throw new DumperException("the pagemap has pages outside any private VMA", pid, _o.ImagesDir, va, end);
-                ulong stop = Math.Min(Math.Min(end, v.End), va + (ulong)buf.Length);
-                var span = buf.AsSpan(0, (int)(stop - va));
-                try
-                {
-                    reader.Read(va, span);
-                }
-                catch (MissingPagesException m)
-                {
-                    throw new DumperException($"no image in the chain holds these pages ({m.Problem})", pid, _o.ImagesDir, m.Start, m.End, m);
-                }
-                bool inh = inherited.Contains(v.Start);
-                for (int off = 0; off < span.Length; off += _ps)
-                {
-                    var page = span.Slice(off, _ps);
-                    ulong a = va + (ulong)off;
-                    if (inh)
-                    {
-                        _compared++;
-                        _k.Proc.ReadMemory(pid, a, cur);
-                        if (page.SequenceEqual(cur))
-                        {
-                            _skippedCow++;
-                            continue;
-                        }
-                    }
-                    else if (!page.ContainsAnyExcept((byte)0))
-                        continue; // the page is zero already; keep it unpopulated
-                    Write(pid, a, page);
-                }
+                ulong stop = Math.Min(Math.Min(end, v.End), va + FillChunk);
+                items.Add(new FillItem(va, (int)(stop - va), inherited.Contains(v.Start)));
+                total += (long)(stop - va);
                 va = stop;
+            }
+        }
+        if (total >= PipelineBytes)
+            FillPipelined(pid, reader, items);
+        else
+        {
+            var buf = GC.AllocateUninitializedArray<byte>(FillChunk);
+            foreach (var it in items)
+            {
+                var span = buf.AsSpan(0, it.Bytes);
+                ReadPages(pid, reader, it.Va, span);
+                FillPages(pid, it, span);
             }
         }
         _bytesRead += reader.Stats.BytesRead;
@@ -298,6 +293,121 @@ internal sealed class Restorer
                 a = Math.Max(a, entries[i].Vaddr + (PagemapImage.NrPages(entries[i]) << PageGeometry.PageShift));
                 i++;
             }
+        }
+    }
+
+    private void ReadPages(int pid, PageReader reader, ulong va, Span<byte> span)
+    {
+        try
+        {
+            reader.Read(va, span);
+        }
+        catch (MissingPagesException m)
+        {
+            throw new DumperException($"no image in the chain holds these pages ({m.Problem})", pid, _o.ImagesDir, m.Start, m.End, m);
+        }
+    }
+
+    /// <summary>
+    /// Puts one chunk of image pages into the task: inherited (COW-shared) pages are compared and
+    /// left alone when identical; otherwise zero pages stay unpopulated and each run of non-zero
+    /// pages is written with one /proc/PID/mem write.
+    /// </summary>
+    private void FillPages(int pid, FillItem it, ReadOnlySpan<byte> span)
+    {
+        int ps = _ps;
+        if (it.Inherited)
+        {
+            _cmp ??= new byte[ps];
+            for (int off = 0; off < span.Length; off += ps)
+            {
+                var page = span.Slice(off, ps);
+                ulong a = it.Va + (ulong)off;
+                _compared++;
+                _k.Proc.ReadMemory(pid, a, _cmp);
+                if (page.SequenceEqual(_cmp))
+                {
+                    _skippedCow++;
+                    continue;
+                }
+                Write(pid, a, page);
+            }
+            return;
+        }
+        int run = -1;
+        for (int off = 0; off < span.Length; off += ps)
+        {
+            bool zero = !span.Slice(off, ps).ContainsAnyExcept((byte)0); // zero already: keep it unpopulated
+            if (zero && run >= 0)
+            {
+                Write(pid, it.Va + (ulong)run, span[run..off]);
+                run = -1;
+            }
+            else if (!zero && run < 0)
+                run = off;
+        }
+        if (run >= 0)
+            Write(pid, it.Va + (ulong)run, span[run..]);
+    }
+
+    /// <summary>
+    /// Large restores: a second thread reads and decompresses the chunks (the page reader touches
+    /// only image files) into a ring of buffers while this thread, the only one that talks to the
+    /// kernel, writes them into the task in order. A read that fails is reported when the writer
+    /// reaches that chunk, so everything before it is written first, as in the sequential order.
+    /// </summary>
+    private void FillPipelined(int pid, PageReader reader, List<FillItem> items)
+    {
+        const int Ring = 4;
+        var bufs = new byte[Ring][];
+        for (int i = 0; i < Ring; i++)
+            bufs[i] = GC.AllocateUninitializedArray<byte>(FillChunk);
+        var filled = new SemaphoreSlim(0, Ring);
+        var free = new SemaphoreSlim(Ring, Ring);
+        var errors = new Exception?[items.Count];
+        using var stop = new CancellationTokenSource();
+        var producer = new Thread(() =>
+        {
+            try
+            {
+                for (int i = 0; i < items.Count; i++)
+                {
+                    free.Wait(stop.Token);
+                    try
+                    {
+                        ReadPages(pid, reader, items[i].Va, bufs[i % Ring].AsSpan(0, items[i].Bytes));
+                    }
+                    catch (Exception e)
+                    {
+                        errors[i] = e;
+                        filled.Release();
+                        return;
+                    }
+                    filled.Release();
+                }
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        }) { IsBackground = true, Name = "criu-sharp restore reader" };
+        producer.Start();
+        try
+        {
+            for (int i = 0; i < items.Count; i++)
+            {
+                filled.Wait();
+                if (errors[i] is { } err)
+                    System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(err).Throw();
+                FillPages(pid, items[i], bufs[i % Ring].AsSpan(0, items[i].Bytes));
+                free.Release();
+            }
+        }
+        finally
+        {
+            stop.Cancel();
+            producer.Join();
+            filled.Dispose();
+            free.Dispose();
         }
     }
 
@@ -393,7 +503,9 @@ internal sealed class Restorer
                 }
             }
             if (h.Value != want.Hash)
-                throw new DumperException("restored memory differs from the dump (VMA checksum mismatch)", task.Pid, _o.ImagesDir, e.Start, e.End);
+                throw new DumperException("restored memory differs from the dump (VMA checksum mismatch)", task.Pid, _o.ImagesDir, e.Start, e.End,
+                    // The images are inconsistent with themselves: a damaged image (exit 4), not a wrong argument.
+                    new ImageFormatException(_o.ImagesDir, "image directory", null, "VMA checksum mismatch"));
             n++;
         }
         return n;

@@ -35,7 +35,10 @@ public sealed class ImageDirectory : IDisposable
         var marker = System.IO.Path.Combine(path, ImageNames.IncompleteMarker);
         if (!File.Exists(marker) && Directory.EnumerateFileSystemEntries(path).Any())
             throw new IOException($"{path} already holds files; images are written into an empty directory");
-        AtomicFile.Write(marker, "criu-sharp: this image directory is being written or was interrupted\n"u8);
+        // Not via AtomicFile: the marker's existence is what counts, and creating it in place leaves
+        // no window in which a kill could leave a renamed-never temporary and no marker.
+        File.WriteAllBytes(marker, "criu-sharp: this image directory is being written or was interrupted\n"u8.ToArray());
+        CrashPoints.Hit("marker");
         return new ImageDirectory(path);
     }
 

@@ -65,6 +65,12 @@ public sealed class ImageSet
         if (File.Exists(System.IO.Path.Combine(path, ImageNames.IncompleteMarker)))
             throw new ImageFormatException(path, "image directory", null,
                 $"incomplete: it was being written and never committed ({ImageNames.IncompleteMarker} is present); the dump that made it did not finish");
+        // A dump killed between creating the directory and its marker leaves it empty (or, from
+        // versions that wrote the marker by rename, with only the marker's temporary).
+        if (File.Exists(AtomicFile.TempNameFor(System.IO.Path.Combine(path, ImageNames.IncompleteMarker)))
+            || !Directory.EnumerateFileSystemEntries(path).Any())
+            throw new ImageFormatException(path, "image directory", null,
+                "incomplete: the directory is empty or holds only a half-made marker; the dump that made it did not finish");
     }
 
     public string PathOf(string fileName) => System.IO.Path.Combine(Path, fileName);
