@@ -379,21 +379,30 @@ public sealed partial class MmStruct
     public bool StoreU64(ulong va, ulong value, out FaultResult fault)
     {
         fault = FaultResult.Ok;
+        var word = WritableWord(va);
+        if (word.IsEmpty)
+            return StoreU64Slow(va, value, out fault);
+        BinaryPrimitives.WriteUInt64LittleEndian(word, value);
+        return true;
+    }
+
+    /// <summary>
+    /// The 8 bytes at an aligned <paramref name="va"/> when a store needs no fault (present, writable
+    /// entry), with the entry's hardware accessed and dirty bits set as the CPU would; else empty.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private Span<byte> WritableWord(ulong va)
+    {
         ulong okMask = _arch.ProtNoneClear | _arch.Write;
         var pmd = Pt.PmdTableFor(va);
-        if (pmd is not null && pmd.Pte[Pt.PmdIndex(va)] is { } t)
-        {
-            int i = Pt.PteIndex(va);
-            ulong e = t.E[i];
-            if ((e & okMask) == okMask && (va & 7) == 0)
-            {
-                t.E[i] = e | _arch.Accessed | _arch.Dirty;
-                BinaryPrimitives.WriteUInt64LittleEndian(
-                    _mem.PageMut(_arch.Pfn(e)).Slice((int)(va & (ulong)(_arch.PageSize - 1))), value);
-                return true;
-            }
-        }
-        return StoreU64Slow(va, value, out fault);
+        if (pmd is null || pmd.Pte[Pt.PmdIndex(va)] is not { } t || (va & 7) != 0)
+            return default;
+        int i = Pt.PteIndex(va);
+        ulong e = t.E[i];
+        if ((e & okMask) != okMask)
+            return default;
+        t.E[i] = e | _arch.Accessed | _arch.Dirty;
+        return _mem.PageMut(_arch.Pfn(e)).Slice((int)(va & (ulong)(_arch.PageSize - 1)), 8);
     }
 
     /// <summary>
@@ -405,20 +414,12 @@ public sealed partial class MmStruct
     public bool ExchangeU64(ulong va, ulong value, out ulong old, out FaultResult fault)
     {
         fault = FaultResult.Ok;
-        ulong okMask = _arch.ProtNoneClear | _arch.Write;
-        var pmd = Pt.PmdTableFor(va);
-        if (pmd is not null && pmd.Pte[Pt.PmdIndex(va)] is { } t)
+        var word = WritableWord(va);
+        if (!word.IsEmpty)
         {
-            int i = Pt.PteIndex(va);
-            ulong e = t.E[i];
-            if ((e & okMask) == okMask && (va & 7) == 0)
-            {
-                t.E[i] = e | _arch.Accessed | _arch.Dirty;
-                var word = _mem.PageMut(_arch.Pfn(e)).Slice((int)(va & (ulong)(_arch.PageSize - 1)), 8);
-                old = BinaryPrimitives.ReadUInt64LittleEndian(word);
-                BinaryPrimitives.WriteUInt64LittleEndian(word, value);
-                return true;
-            }
+            old = BinaryPrimitives.ReadUInt64LittleEndian(word);
+            BinaryPrimitives.WriteUInt64LittleEndian(word, value);
+            return true;
         }
         return ExchangeU64Slow(va, value, out old, out fault);
     }
