@@ -148,11 +148,35 @@ public sealed class PageReader : IDisposable
         int bytes = count << PageGeometry.PageShift;
         if (destination.Length < bytes || (_cachedEntry == i && _cachedBlock == page / bp))
             return 0;
+        int zeros = 0;
         for (int p = page; p < page + count; p++)
             if (PagemapImage.IsZeroPage(e, p))
-                return 0;
-        LoadBlock(i, e, page / bp, page, bp, destination.Slice(0, bytes));
+                zeros++;
+        if (zeros == count)
+            return 0;
+        if (zeros == 0)
+        {
+            LoadBlock(i, e, page / bp, page, bp, destination.Slice(0, bytes));
+            Stats.PagesRead += (ulong)count;
+            return bytes;
+        }
+        // Some pages were left out as zero: decompress the others into the block cache (as the
+        // page-by-page path would) and lay the block out in one pass.
+        _cachedEntry = -1;
+        LoadBlock(i, e, page / bp, page, bp, _plain);
+        _cachedEntry = i;
+        _cachedBlock = page / bp;
+        int rank = 0;
+        for (int p = 0; p < count; p++)
+        {
+            var dst = destination.Slice(p << PageGeometry.PageShift, PageGeometry.PageSize);
+            if (PagemapImage.IsZeroPage(e, page + p))
+                dst.Clear();
+            else
+                _plain.AsSpan((rank++) << PageGeometry.PageShift, PageGeometry.PageSize).CopyTo(dst);
+        }
         Stats.PagesRead += (ulong)count;
+        Stats.ZeroPagesFilled += (ulong)zeros;
         return bytes;
     }
 
