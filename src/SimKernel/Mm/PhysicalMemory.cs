@@ -197,7 +197,9 @@ public sealed unsafe partial class PhysicalMemory
             // Chunks entirely inside the mapped frames file are never needed.
             if (_chunks[c] is null && ((c + 1) << _chunkShift) > _mappedFrames)
             {
-                _chunks[c] = GC.AllocateUninitializedArray<byte>(1 << ChunkBytesShift);
+                // Pinned so its address is stable for the host's huge-page advice.
+                _chunks[c] = GC.AllocateUninitializedArray<byte>(1 << ChunkBytesShift, pinned: true);
+                Interop.Libc.AdviseHugePages(_chunks[c]!);
                 ContentBytesAllocated += 1L << ChunkBytesShift;
             }
         }
