@@ -30,6 +30,8 @@ internal sealed class PageCollector
     private readonly bool _hash;
     private readonly int _imgPerPage;
     private readonly int _shift;
+    /// <summary>Bytes read and hashed at a time (a multiple of every page size).</summary>
+    private const int HashPiece = 256 * 1024;
     private int _parentCursor;
     private byte[]? _scratch;
 
@@ -146,10 +148,16 @@ internal sealed class PageCollector
             int n = (int)Math.Min(nr - off, (ulong)maxPages);
             ulong a = va + (off << _shift);
             var span = _pipe.Reserve(a, n * ps);
-            Read(a, span);
+            // Copy and hash in cache-sized pieces: the hash reads the bytes while they are still in cache.
+            for (int done = 0; done < span.Length; done += HashPiece)
+            {
+                var piece = span.Slice(done, Math.Min(HashPiece, span.Length - done));
+                ulong pa = a + (ulong)done;
+                Read(pa, piece);
+                if (_hash)
+                    h.AddPages(pa, piece, ps);
+            }
             CopiedBytes += span.Length;
-            if (_hash)
-                h.AddPages(a, span, ps);
             off += (ulong)n;
         }
     }
