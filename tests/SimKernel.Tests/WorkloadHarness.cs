@@ -1,3 +1,4 @@
+using CriuSharp.SimKernel.Machine;
 using System.Security.Cryptography;
 using CriuSharp.SimKernel;
 using CriuSharp.SimKernel.Mm;
@@ -28,20 +29,8 @@ internal static class WorkloadHarness
     public static Kernel NewKernel(KernelVersion? version = null) =>
         new(new KernelConfig { Version = version ?? KernelVersion.Modern });
 
-    /// <summary>What the machine's scheduler does: quanta aligned to multiples of <paramref name="quantumNs"/>, tasks in pid order.</summary>
-    public static void RunTime(Kernel k, ulong ns, ulong quantumNs)
-    {
-        ulong end = k.UptimeNs + ns;
-        while (k.UptimeNs < end)
-        {
-            ulong from = k.UptimeNs;
-            ulong to = Math.Min(end, from - from % quantumNs + quantumNs);
-            foreach (var t in k.Tasks.ToList())
-                if (t.State == TaskState.Running && WorkloadApi.HasProgram(t))
-                    WorkloadApi.Run(t, from, to);
-            k.AdvanceClock(to - from);
-        }
-    }
+    /// <summary>The machine's scheduler (<see cref="LiveHost"/>) with a chosen quantum.</summary>
+    public static void RunTime(Kernel k, ulong ns, ulong quantumNs) => new LiveHost(k, quantumNs).Advance(ns);
 
     /// <summary>A digest of every live task: registers, extra state, VMAs and every byte it can read.</summary>
     public static string Hash(Kernel k)

@@ -4,15 +4,18 @@ namespace CriuSharp.SimKernel.Machine;
 
 /// <summary>
 /// A host that runs its tasks' workload programs as time passes: every runnable program runs in
-/// quanta of <see cref="QuantumNs"/> of virtual time, in pid order. <see cref="SimMachine"/>
+/// quanta of <see cref="QuantumNs"/> of virtual time (1 ms by default), in pid order. <see cref="SimMachine"/>
 /// persists one in a directory; <c>migrate</c> keeps a source and a destination in memory.
 /// </summary>
-public class LiveHost(Kernel kernel) : ISimHost
+public class LiveHost(Kernel kernel, ulong quantumNs = LiveHost.DefaultQuantumNs) : ISimHost
 {
-    /// <summary>Programs run in 1 ms slices of virtual time.</summary>
-    public const ulong QuantumNs = 1_000_000;
+    /// <summary>Programs run in 1 ms slices of virtual time unless told otherwise.</summary>
+    public const ulong DefaultQuantumNs = 1_000_000;
 
     public Kernel Kernel { get; } = kernel;
+
+    /// <summary>Length of a slice; slices end at multiples of it, so results do not depend on how time is requested.</summary>
+    public ulong QuantumNs { get; } = quantumNs > 0 ? quantumNs : throw new ArgumentOutOfRangeException(nameof(quantumNs));
 
     public void Advance(ulong ns)
     {
