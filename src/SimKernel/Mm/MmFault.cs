@@ -393,16 +393,15 @@ public sealed partial class MmStruct
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private Span<byte> WritableWord(ulong va)
     {
-        ulong okMask = _arch.ProtNoneClear | _arch.Write;
         var pmd = Pt.PmdTableFor(va);
         if (pmd is null || pmd.Pte[Pt.PmdIndex(va)] is not { } t || (va & 7) != 0)
             return default;
         int i = Pt.PteIndex(va);
         ulong e = t.E[i];
-        if ((e & okMask) != okMask)
+        if ((e & _writeOk) != _writeOk)
             return default;
-        t.E[i] = e | _arch.Accessed | _arch.Dirty;
-        return _mem.PageMut(_arch.Pfn(e)).Slice((int)(va & (ulong)(_arch.PageSize - 1)), 8);
+        t.E[i] = e | _accessedDirty;
+        return _mem.PageMut((long)((e & _pfnMask) >> _pfnShift)).Slice((int)(va & _offsetMask), 8);
     }
 
     /// <summary>

@@ -14,6 +14,9 @@ public sealed partial class MmStruct
     private readonly List<VmArea> _vmas = [];
     private readonly ArchProfile _arch;
     private readonly PhysicalMemory _mem;
+    // The store path's masks, read from the architecture once: they are used on every simulated store.
+    private readonly ulong _writeOk, _accessedDirty, _pfnMask, _offsetMask;
+    private readonly int _pfnShift;
 
 
     internal MmStruct(Kernel kernel)
@@ -21,6 +24,11 @@ public sealed partial class MmStruct
         _k = kernel;
         _arch = kernel.Arch;
         _mem = kernel.Memory;
+        _writeOk = _arch.ProtNoneClear | _arch.Write;
+        _accessedDirty = _arch.Accessed | _arch.Dirty;
+        _pfnMask = _arch.PfnMask;
+        _pfnShift = _arch.PfnShift;
+        _offsetMask = (ulong)_arch.PageSize - 1;
         Pt = new PageTables(_arch);
         MmapBase = (_arch.TaskSize - 0x10_0000_0000UL) & ~(_arch.HugePageSize - 1);
     }
