@@ -14,9 +14,9 @@ namespace CriuSharp.Bench;
 /// Each op is two simulated stores (the page's stamp word and its ledger word, an exchange).
 ///
 /// Measured 2026-11-22 on the 2-core VM with nothing else running, final code, two runs: anchor
-/// 40–48 ns; armed 120–168 ns per operation (6.0–8.3 M operations/s; each operation writes its
-/// data page and its ledger word, so 11.9–16.7 M page writes/s); WP fault every write 382–426 ns
-/// (2.3–2.6 M faulting writes/s). Under load (7–10) the same code measured 1.5–2× slower.
+/// 40–48 ns; armed 120–168 ns (6.0–8.3 M writes/s: short of 10 M); WP fault every write
+/// 382–426 ns (2.3–2.6 M faulting writes/s: meets 2 M). Under load (7–10) the same code measured
+/// 1.5–2× slower.
 /// </summary>
 [Config(typeof(ImageFormatBenchmarks.InProcessShortConfig))]
 public class WorkloadBenchmarks
