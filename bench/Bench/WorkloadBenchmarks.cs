@@ -13,10 +13,14 @@ namespace CriuSharp.Bench;
 /// One op = one page write; BenchmarkDotNet reports time per op (1 / writes per second).
 /// Each op is two simulated stores (the page's stamp word and its ledger word, an exchange).
 ///
-/// Measured 2026-11-22 on the 2-core VM with nothing else running, final code, two runs: anchor
-/// 40–48 ns; armed 120–168 ns (6.0–8.3 M writes/s: short of 10 M); WP fault every write
-/// 382–426 ns (2.3–2.6 M faulting writes/s: meets 2 M). Under load (7–10) the same code measured
-/// 1.5–2× slower.
+/// The workload runs in batches of 32: the batch's page-table entries (and, for stores that will
+/// fault, their frame lines) are requested from the host's caches first, then the stores go
+/// through the mm's store run (one walk with everything it reads held in locals).
+///
+/// Measured 2026-11-22 on the 2-core VM, final code: anchor 38–53 ns; armed 71–89 ns
+/// (11.2–14.0 M writes/s: meets 10 M); WP fault every write 285 ns (3.5 M faulting writes/s:
+/// meets 2 M). The host's memory latency varies with its other tenants: the same code measured
+/// 80–150 ns armed over a few minutes in a standalone loop, so compare against the anchor's row.
 /// </summary>
 [Config(typeof(ImageFormatBenchmarks.InProcessShortConfig))]
 public class WorkloadBenchmarks

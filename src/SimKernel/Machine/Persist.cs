@@ -279,7 +279,7 @@ namespace CriuSharp.SimKernel.Mm
                     var pte = new PteTable(_ptrs);
                     for (int e = 0; e < entries.Length; e++)
                         if (entries[e] != 0) Set(pte, e, entries[e]);
-                    t.Pte[s] = pte;
+                    t.SetTable(s, pte);
                 }
             }
         }

@@ -376,32 +376,162 @@ public sealed partial class MmStruct
     /// entry's hardware bits and the frame. Returns false when the store faulted fatally (SIGSEGV/OOM).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public bool StoreU64(ulong va, ulong value, out FaultResult fault)
+    public unsafe bool StoreU64(ulong va, ulong value, out FaultResult fault)
     {
         fault = FaultResult.Ok;
-        var word = WritableWord(va);
-        if (word.IsEmpty)
+        ulong* word = new FastWalk(this).Word(va);
+        if (word == null)
             return StoreU64Slow(va, value, out fault);
-        BinaryPrimitives.WriteUInt64LittleEndian(word, value);
+        *word = FastWalk.Le(value);
         return true;
     }
 
     /// <summary>
-    /// The 8 bytes at an aligned <paramref name="va"/> when a store needs no fault (present, writable
-    /// entry), with the entry's hardware accessed and dirty bits set as the CPU would; else empty.
+    /// Cache hints for a run of stores the task is about to make (a program that knows its next
+    /// addresses, as an out-of-order CPU does): first the page-table entries that map
+    /// <paramref name="vas"/> are requested, then, through those entries, the frame lines of the
+    /// stores that will fault (a write-protected entry: the fault handler will read that frame).
+    /// Changes no state; never faults; does nothing on hosts without x86 prefetch.
     /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private Span<byte> WritableWord(ulong va)
+    internal void PrefetchForStores(ReadOnlySpan<ulong> vas)
     {
-        var pmd = Pt.PmdTableFor(va);
-        if (pmd is null || pmd.Pte[Pt.PmdIndex(va)] is not { } t || (va & 7) != 0)
-            return default;
-        int i = Pt.PteIndex(va);
-        ulong e = t.E[i];
-        if ((e & _writeOk) != _writeOk)
-            return default;
-        t.E[i] = e | _accessedDirty;
-        return _mem.PageMut((long)((e & _pfnMask) >> _pfnShift)).Slice((int)(va & _offsetMask), 8);
+        if (!System.Runtime.Intrinsics.X86.Sse.IsSupported)
+            return;
+        var walk = new FastWalk(this);
+        foreach (var va in vas)
+            walk.PrefetchEntry(va);
+        foreach (var va in vas)
+            walk.PrefetchFaultingWord(va);
+    }
+
+    /// <summary>
+    /// Stores <c>values[j]</c> at <c>vas[j]</c>, in order, for as long as each store needs no fault;
+    /// returns how many were stored. The caller runs the store at the returned index through
+    /// <see cref="StoreU64"/> (which faults as needed) and goes on after it. Nothing else runs in
+    /// between, so the walk's tables and frame arrays are read once for the whole run.
+    /// </summary>
+    internal unsafe int StoreRun(ReadOnlySpan<ulong> vas, ReadOnlySpan<ulong> values)
+    {
+        var walk = new FastWalk(this);
+        for (int j = 0; j < vas.Length; j++)
+        {
+            ulong* word = walk.Word(vas[j]);
+            if (word == null)
+                return j;
+            *word = FastWalk.Le(values[j]);
+        }
+        return vas.Length;
+    }
+
+    /// <summary>
+    /// The exchange counterpart of <see cref="StoreRun"/>: <c>olds[j]</c> receives each word's old value.
+    /// </summary>
+    internal unsafe int ExchangeRun(ReadOnlySpan<ulong> vas, ReadOnlySpan<ulong> values, Span<ulong> olds)
+    {
+        var walk = new FastWalk(this);
+        for (int j = 0; j < vas.Length; j++)
+        {
+            ulong* word = walk.Word(vas[j]);
+            if (word == null)
+                return j;
+            olds[j] = FastWalk.Le(*word);
+            *word = FastWalk.Le(values[j]);
+        }
+        return vas.Length;
+    }
+
+    /// <summary>
+    /// The no-fault store path's page walk, with everything it reads held in locals: the upper
+    /// levels, the masks and the frame arrays. Valid while no fault or allocation runs, which is
+    /// why it lives only for one call or one run of stores.
+    /// </summary>
+    internal readonly unsafe ref struct FastWalk
+    {
+        private readonly PmdTable?[]?[] _pgd;
+        private readonly ulong _topEntries, _writeOk, _accessedDirty, _pfnMask, _offsetMask, _ptrsMask, _presentTest;
+        private readonly int _topShift, _pmdShift, _pageShift, _pfnShift;
+        private readonly PhysicalMemory.FrameWindow _frames;
+
+        public FastWalk(MmStruct mm)
+        {
+            var pt = mm.Pt;
+            _pgd = pt.Pgd;
+            _topEntries = pt.TopEntries;
+            _topShift = pt.TopShift;
+            _pmdShift = pt.PmdShift;
+            _pageShift = pt.PageShift;
+            _ptrsMask = (ulong)pt.EntriesPerTable - 1;
+            _writeOk = mm._writeOk;
+            _accessedDirty = mm._accessedDirty;
+            _pfnMask = mm._pfnMask;
+            _pfnShift = mm._pfnShift;
+            _offsetMask = mm._offsetMask;
+            _presentTest = mm._arch.PresentTest;
+            _frames = mm._mem.Window();
+        }
+
+        /// <summary>The entry that maps <paramref name="va"/>, if a page table holds it; else null.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private ulong[]? Entries(ulong va)
+        {
+            ulong top = va >> _topShift;
+            if (top >= _topEntries)
+                return null;
+            var pmd = _pgd[top >> 9]?[top & 511];
+            return pmd?.Entries[(va >> _pmdShift) & 511];
+        }
+
+        /// <summary>A cache hint for the entry that maps <paramref name="va"/>.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void PrefetchEntry(ulong va)
+        {
+            if (Entries(va) is { } entries)
+                System.Runtime.Intrinsics.X86.Sse.Prefetch0(Unsafe.AsPointer(ref entries[(va >> _pageShift) & _ptrsMask]));
+        }
+
+        /// <summary>A cache hint for the frame line a store to <paramref name="va"/> will fault on (present, not writable).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void PrefetchFaultingWord(ulong va)
+        {
+            if (Entries(va) is not { } entries)
+                return;
+            ulong e = entries[(va >> _pageShift) & _ptrsMask];
+            if ((e & _presentTest) != 0 && (e & _writeOk) != _writeOk)
+                System.Runtime.Intrinsics.X86.Sse.Prefetch0(_frames.Peek((long)((e & _pfnMask) >> _pfnShift), va & _offsetMask));
+        }
+
+        /// <summary>Simulated memory is little-endian whatever the host is.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static ulong Le(ulong v) => BitConverter.IsLittleEndian ? v : BinaryPrimitives.ReverseEndianness(v);
+
+        /// <summary>
+        /// The host address of the aligned 8-byte word at <paramref name="va"/> when a store needs no
+        /// fault (present, writable entry), with the entry's accessed and dirty bits set as the MMU
+        /// sets them (written only when not yet set); else null.
+        /// </summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public ulong* Word(ulong va)
+        {
+            ulong top = va >> _topShift;
+            if ((va & 7) != 0 || top >= _topEntries)
+                return null;
+            var pud = _pgd[top >> 9];
+            if (pud is null)
+                return null;
+            var pmd = pud[top & 511];
+            if (pmd is null)
+                return null;
+            var entries = pmd.Entries[(va >> _pmdShift) & 511];
+            if (entries is null)
+                return null;
+            ref ulong entry = ref entries[(va >> _pageShift) & _ptrsMask];
+            ulong e = entry;
+            if ((e & _writeOk) != _writeOk)
+                return null;
+            if ((e & _accessedDirty) != _accessedDirty)
+                entry = e | _accessedDirty;
+            return (ulong*)_frames.Mut((long)((e & _pfnMask) >> _pfnShift), va & _offsetMask);
+        }
     }
 
     /// <summary>
@@ -413,12 +543,15 @@ public sealed partial class MmStruct
     public bool ExchangeU64(ulong va, ulong value, out ulong old, out FaultResult fault)
     {
         fault = FaultResult.Ok;
-        var word = WritableWord(va);
-        if (!word.IsEmpty)
+        unsafe
         {
-            old = BinaryPrimitives.ReadUInt64LittleEndian(word);
-            BinaryPrimitives.WriteUInt64LittleEndian(word, value);
-            return true;
+            ulong* word = new FastWalk(this).Word(va);
+            if (word != null)
+            {
+                old = FastWalk.Le(*word);
+                *word = FastWalk.Le(value);
+                return true;
+            }
         }
         return ExchangeU64Slow(va, value, out old, out fault);
     }
@@ -443,11 +576,21 @@ public sealed partial class MmStruct
 
     private bool StoreU64Slow(ulong va, ulong value, out FaultResult fault)
     {
+        if ((va & 7) == 0)
+        {
+            // Aligned: one translation (faulting as needed), then the word.
+            var (r, pfn) = Translate(va, write: true, force: false);
+            fault = r;
+            if (r != FaultResult.Ok)
+                return false;
+            BinaryPrimitives.WriteUInt64LittleEndian(_mem.PageMut(pfn).Slice((int)(va & _offsetMask), 8), value);
+            return true;
+        }
         Span<byte> b = stackalloc byte[8];
         BinaryPrimitives.WriteUInt64LittleEndian(b, value);
-        var r = Access(va, b, write: true, force: false, out _);
-        fault = r.Ok ? FaultResult.Ok : r.Error == Errno.ENOMEM ? FaultResult.Oom : FaultResult.Segv;
-        return r.Ok;
+        var a = Access(va, b, write: true, force: false, out _);
+        fault = a.Ok ? FaultResult.Ok : a.Error == Errno.ENOMEM ? FaultResult.Oom : FaultResult.Segv;
+        return a.Ok;
     }
 
     /// <summary>An 8-byte load as the task. Returns false when the load faulted fatally.</summary>

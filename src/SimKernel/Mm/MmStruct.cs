@@ -322,7 +322,7 @@ public sealed partial class MmStruct
             // unmapped range: a table whose whole PMD range no VMA covers any more is freed, so a
             // later fault there sees pmd_none and may map a THP or the huge zero page.
             if (pmd.Pte[slot] is { Used: 0 } && RangeFree(baseVa, baseVa + hsz))
-                pmd.Pte[slot] = null;
+                pmd.SetTable(slot, null);
         }
     }
 
@@ -352,7 +352,7 @@ public sealed partial class MmStruct
             if (protNone) e = _arch.MkProtNone(e);
             Pt.Set(t, i, e);
         }
-        pmd.Pte[slot] = t;
+        pmd.SetTable(slot, t);
         pmd.Huge[slot] = 0;
     }
 

@@ -30,16 +30,28 @@ public sealed class PteTable
     }
 }
 
-/// <summary>A PMD table: per slot either a huge (PMD-mapped) entry or a page table.</summary>
+/// <summary>
+/// A PMD table: per slot either a huge (PMD-mapped) entry or a page table. <see cref="Entries"/>
+/// mirrors each page table's entry array so that the store path reaches an entry with one
+/// dependent load fewer; page tables are attached and detached only through <see cref="SetTable"/>.
+/// </summary>
 public sealed class PmdTable
 {
     public readonly ulong[] Huge;
     public readonly PteTable?[] Pte;
+    public readonly ulong[]?[] Entries;
 
     public PmdTable(int entries)
     {
         Huge = new ulong[entries];
         Pte = new PteTable?[entries];
+        Entries = new ulong[]?[entries];
+    }
+
+    public void SetTable(int slot, PteTable? t)
+    {
+        Pte[slot] = t;
+        Entries[slot] = t?.E;
     }
 }
 
@@ -74,6 +86,12 @@ public sealed partial class PageTables
 
     public ArchProfile Arch => _arch;
     public int PmdShift => _pmdShift;
+    // The walk's parameters, for the batched store path (MmStruct.FastWalk).
+    internal PmdTable?[]?[] Pgd => _pgd;
+    internal int TopShift => _topShift;
+    internal ulong TopEntries => _topEntries;
+    internal int PageShift => _pageShift;
+    internal int EntriesPerTable => _ptrs;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public PmdTable? PmdTableFor(ulong va)
@@ -110,7 +128,11 @@ public sealed partial class PageTables
     {
         var pmd = EnsurePmdTable(va);
         int i = PmdIndex(va);
-        return pmd.Pte[i] ??= new PteTable(_ptrs);
+        if (pmd.Pte[i] is { } t)
+            return t;
+        t = new PteTable(_ptrs);
+        pmd.SetTable(i, t);
+        return t;
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

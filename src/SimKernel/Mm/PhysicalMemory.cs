@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 
 namespace CriuSharp.SimKernel.Mm;
 
@@ -22,6 +23,8 @@ public sealed unsafe partial class PhysicalMemory
     private readonly long _chunkMask;
     private readonly int _hugeFrames;
     private byte[]?[] _chunks = new byte[]?[16];
+    /// <summary>Address of each allocated chunk's first byte (chunks are pinned), 0 for none.</summary>
+    private nint[] _chunkBase = new nint[16];
     private int[] _mapCount = new int[1 << 16];
     private FrameKind[] _kind = new FrameKind[1 << 16];
     private long[] _free = new long[1024];
@@ -80,7 +83,12 @@ public sealed unsafe partial class PhysicalMemory
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public Span<byte> PageMut(long pfn)
     {
-        _dirty[pfn >> 6] |= 1UL << (int)(pfn & 63);
+        // Tested before set: in steady state the bit is already set, and a store-free path lets
+        // the host CPU run neighbouring simulated stores without ordering them on this word.
+        ref ulong w = ref _dirty[pfn >> 6];
+        ulong bit = 1UL << (int)(pfn & 63);
+        if ((w & bit) == 0)
+            w |= bit;
         return Frame(pfn);
     }
 
@@ -92,6 +100,58 @@ public sealed unsafe partial class PhysicalMemory
             return new Span<byte>(_mapped + (rel << _pageShift), 1 << _pageShift);
         var chunk = _chunks[rel >> _chunkShift]!;
         return chunk.AsSpan((int)((rel & _chunkMask) << _pageShift), 1 << _pageShift);
+    }
+
+    /// <summary>
+    /// Where frames live, read once for a run of stores that allocate nothing (see
+    /// <see cref="FrameWindow"/>): valid until the next frame allocation.
+    /// </summary>
+    internal FrameWindow Window() => new(this);
+
+    /// <summary>
+    /// A snapshot of the frame arrays for the store fast path: the frame's address and its
+    /// modified bit without the per-call field loads and span checks of <see cref="PageMut"/>.
+    /// </summary>
+    internal readonly ref struct FrameWindow
+    {
+        private readonly ulong[] _dirty;
+        private readonly nint[] _chunkBase;
+        private readonly byte* _mapped;
+        private readonly long _mappedFrames;
+        private readonly int _pageShift, _chunkShift;
+        private readonly long _chunkMask;
+
+        public FrameWindow(PhysicalMemory m)
+        {
+            _dirty = m._dirty;
+            _chunkBase = m._chunkBase;
+            _mapped = m._mapped;
+            _mappedFrames = m._mappedFrames;
+            _pageShift = m._pageShift;
+            _chunkShift = m._chunkShift;
+            _chunkMask = m._chunkMask;
+        }
+
+        /// <summary>The address of byte <paramref name="offset"/> of frame <paramref name="pfn"/>, for reading.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public byte* Peek(long pfn, ulong offset)
+        {
+            long rel = pfn - FirstPfn;
+            if ((ulong)rel < (ulong)_mappedFrames)
+                return _mapped + (rel << _pageShift) + offset;
+            return (byte*)_chunkBase[rel >> _chunkShift] + ((rel & _chunkMask) << _pageShift) + offset;
+        }
+
+        /// <summary>The address of byte <paramref name="offset"/> of frame <paramref name="pfn"/>, marked modified.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public byte* Mut(long pfn, ulong offset)
+        {
+            ref ulong w = ref _dirty[pfn >> 6];
+            ulong bit = 1UL << (int)(pfn & 63);
+            if ((w & bit) == 0)
+                w |= bit;
+            return Peek(pfn, offset);
+        }
     }
 
     /// <summary>A zeroed frame, or -1 when the machine's memory is exhausted.</summary>
@@ -191,7 +251,10 @@ public sealed unsafe partial class PhysicalMemory
         }
         long lastChunk = (endPfn - 1 - FirstPfn) >> _chunkShift;
         if (lastChunk >= _chunks.Length)
+        {
             Array.Resize(ref _chunks, (int)Math.Max(lastChunk + 1, _chunks.Length * 2));
+            Array.Resize(ref _chunkBase, _chunks.Length);
+        }
         for (long c = 0; c <= lastChunk; c++)
         {
             // Chunks entirely inside the mapped frames file are never needed.
@@ -200,6 +263,7 @@ public sealed unsafe partial class PhysicalMemory
                 // Pinned so its address is stable for the host's huge-page advice.
                 _chunks[c] = GC.AllocateUninitializedArray<byte>(1 << ChunkBytesShift, pinned: true);
                 Interop.Libc.AdviseHugePages(_chunks[c]!);
+                _chunkBase[c] = (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_chunks[c]!));
                 ContentBytesAllocated += 1L << ChunkBytesShift;
             }
         }

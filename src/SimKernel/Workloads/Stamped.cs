@@ -150,48 +150,71 @@ internal static class Stamped
         {
             case Behaviour.Uniform:
             {
-                // The benchmark's loop, software-pipelined: a batch's pages are drawn first, then
-                // its data stores, then its ledger exchanges. The walks of neighbouring ops no
-                // longer depend on each other, so the CPU overlaps their cache misses. The final
-                // memory is the same as op by op (a page drawn twice ends with the later stamp in
-                // both places, and the digest follows each exchange's old value).
+                // Batched as a CPU overlaps independent stores: a batch's pages are drawn first and
+                // their entries and faulting frames requested from the host's caches (hints, no
+                // state changes), then its data stores run through the mm's store run, then its
+                // ledger exchanges.
+                // The final memory is the same as op by op (a page drawn twice ends with the later
+                // stamp in both places, and the digest follows each exchange's old value). A store
+                // the run cannot do without a fault goes through the task's store, which faults.
                 const int Batch = 32;
-                Span<ulong> batch = stackalloc ulong[Batch];
+                Span<ulong> pagesOf = stackalloc ulong[Batch];
+                Span<ulong> vas = stackalloc ulong[Batch];
+                Span<ulong> values = stackalloc ulong[Batch];
+                Span<ulong> olds = stackalloc ulong[Batch];
                 int wordBits = cpu.WordBits;
                 ulong key = cpu.Key;
+                ulong ledgerBase = cpu.LedgerBase;
                 var mm = task.Mm;
                 bool dead = false;
                 while (done < n && !dead)
                 {
                     int m = (int)Math.Min(Batch, n - done);
-                    for (int j = 0; j < m; j++)
-                        batch[j] = cpu.Rng.Below(pages);
                     ulong s0 = cpu.Stamp;
                     for (int j = 0; j < m; j++)
                     {
-                        ulong p = batch[j];
-                        ulong va = dataBase + (p << shift) + Offset(p, wordBits);
-                        ulong v = DataWord(key, p, s0 + 1 + (ulong)j);
-                        // The mm's store directly (the task was checked runnable on entry); on a
-                        // fault the task's store runs it again and delivers the signal, as a CPU
-                        // re-executes a faulting instruction.
-                        if (!mm.StoreU64(va, v, out _) && !task.StoreU64(va, v))
+                        ulong p = cpu.Rng.Below(pages);
+                        pagesOf[j] = p;
+                        vas[j] = dataBase + (p << shift) + Offset(p, wordBits);
+                        values[j] = DataWord(key, p, s0 + 1 + (ulong)j);
+                    }
+                    mm.PrefetchForStores(vas[..m]);
+                    for (int j = 0; j < m; j++)
+                    {
+                        j += mm.StoreRun(vas[j..m], values[j..m]);
+                        if (j < m && !task.StoreU64(vas[j], values[j]))
                         {
                             m = j; // the task died: ops from j on never happened
                             dead = true;
-                            break;
                         }
                     }
                     for (int j = 0; j < m; j++)
                     {
-                        if (!cpu.Ledger(batch[j], ++cpu.Stamp))
-                        {
-                            dead = true;
-                            break;
-                        }
-                        cpu.Retire();
-                        done++;
+                        ulong p = pagesOf[j];
+                        vas[j] = ledgerBase + (p << 3);
+                        values[j] = LedgerWord(key, p, s0 + 1 + (ulong)j);
                     }
+                    int did = 0;
+                    while (did < m)
+                    {
+                        did += mm.ExchangeRun(vas[did..m], values[did..m], olds[did..m]);
+                        if (did < m)
+                        {
+                            if (!task.ExchangeU64(vas[did], values[did], out olds[did]))
+                            {
+                                dead = true;
+                                break;
+                            }
+                            did++;
+                        }
+                    }
+                    for (int j = 0; j < did; j++)
+                    {
+                        cpu.Digest += values[j] - olds[j];
+                        cpu.Stamp++;
+                        cpu.Retire();
+                    }
+                    done += did;
                 }
                 break;
             }
