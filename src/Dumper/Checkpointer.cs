@@ -135,7 +135,7 @@ internal sealed class Checkpointer
                     ts.ParentPagemap = parentSet!.ReadPagemap(t.Pid);
                 if (!_pre)
                 {
-                    ts.Xfer = new PageXfer(dir.BeginPagemap(t.Pid, _o.PageStore));
+                    ts.Xfer = new PageXfer(dir.BeginPagemap(t.Pid, _o.PageStore), digests: _o.RecordChecksums);
                     ts.Pipe = new PagePipe(stream!, ts.Xfer);
                 }
                 else
@@ -186,6 +186,7 @@ internal sealed class Checkpointer
                 foreach (var ts in tasks)
                 {
                     pageStats.Add(ts.Xfer!.Finish());
+                    AddDigests(ts.Checksums, ts.Xfer.Digests);
                     if (_o.AutoDedup) PageXfer.Dedup(parentSet, ImageNames.Pagemap(ts.Task.Pid), ts.Xfer.WrittenRanges);
                     ts.Xfer.Dispose();
                 }
@@ -369,6 +370,24 @@ internal sealed class Checkpointer
     }
 
     // ---- shared anonymous memory: once per object -----------------------------------------------
+
+    /// <summary>
+    /// Completes each VMA checksum (so far the digests of its PE_PARENT pages, taken by the
+    /// collector) with the digests the page store took of the pages it wrote. Both lists ascend.
+    /// </summary>
+    private static void AddDigests(List<(ulong Start, ulong End, ulong Hash)> checksums, IReadOnlyList<(ulong Va, ulong Digest)> digests)
+    {
+        int d = 0;
+        for (int i = 0; i < checksums.Count && d < digests.Count; i++)
+        {
+            var (start, end, hash) = checksums[i];
+            while (d < digests.Count && digests[d].Va < start)
+                d++;
+            for (; d < digests.Count && digests[d].Va < end; d++)
+                hash += digests[d].Digest;
+            checksums[i] = (start, end, hash);
+        }
+    }
 
     private (ulong Scanned, ulong Written) DumpShmem(ImageDirectory dir, List<TaskState> tasks, PageWriteStats total)
     {

@@ -34,6 +34,7 @@ internal sealed class PageCollector
     private const int HashPiece = 256 * 1024;
     private int _parentCursor;
     private byte[]? _scratch;
+    private nint[]? _frames;
 
     public PageCollector(Kernel k, int pid, PageWalker walker, PagePipe pipe, PagemapImage? parent, bool preDump, bool hash, int imgPerPage)
     {
@@ -135,7 +136,7 @@ internal sealed class PageCollector
                     var span = _scratch.AsSpan(0, n * ps);
                     ulong a = va + (done << _shift);
                     Read(a, span);
-                    h.AddPages(a, span, ps);
+                    h.AddPages(a, span);
                     done += (ulong)n;
                 }
             }
@@ -147,19 +148,42 @@ internal sealed class PageCollector
         {
             int n = (int)Math.Min(nr - off, (ulong)maxPages);
             ulong a = va + (off << _shift);
-            var span = _pipe.Reserve(a, n * ps);
-            // Copy and hash in cache-sized pieces: the hash reads the bytes while they are still in cache.
-            for (int done = 0; done < span.Length; done += HashPiece)
+            if (_pipe.Streamed)
             {
-                var piece = span.Slice(done, Math.Min(HashPiece, span.Length - done));
-                ulong pa = a + (ulong)done;
-                Read(pa, piece);
-                if (_hash)
-                    h.AddPages(pa, piece, ps);
+                // vmsplice: the pipe takes references to the frozen task's frames. The page store
+                // digests the dumped pages for the VMA checksum as it compresses them.
+                var refs = _pipe.ReserveRefs(a, n * ps);
+                Splice(a, refs, n);
             }
-            CopiedBytes += span.Length;
+            else
+            {
+                // Copy and hash in cache-sized pieces: the hash reads the bytes while they are still in cache.
+                var span = _pipe.Reserve(a, n * ps);
+                for (int done = 0; done < span.Length; done += HashPiece)
+                {
+                    var piece = span.Slice(done, Math.Min(HashPiece, span.Length - done));
+                    ulong pa = a + (ulong)done;
+                    Read(pa, piece);
+                    if (_hash)
+                        h.AddPages(pa, piece);
+                }
+            }
+            CopiedBytes += (long)n * ps;
             off += (ulong)n;
         }
+    }
+
+    /// <summary>Fills <paramref name="refs"/> (one per 4 KiB image page) with the frames of <paramref name="pages"/> task pages from <paramref name="va"/>.</summary>
+    private void Splice(ulong va, Span<nint> refs, int pages)
+    {
+        Span<nint> frames = _imgPerPage == 1 ? refs : (_frames ??= new nint[PagePipe.MaxReserve >> 12]).AsSpan(0, pages);
+        var r = _k.Proc.SplicePages(_pid, va, frames);
+        if (!r.Ok)
+            throw new DumperException($"cannot splice task memory ({r.Error})", _pid, null, va, va + ((ulong)pages << _shift));
+        if (_imgPerPage != 1)
+            for (int i = 0; i < pages; i++)
+                for (int k = 0; k < _imgPerPage; k++)
+                    refs[i * _imgPerPage + k] = frames[i] + ((nint)k << 12);
     }
 
     private void Read(ulong va, Span<byte> dst)
@@ -171,42 +195,17 @@ internal sealed class PageCollector
 }
 
 /// <summary>
-/// Order- and position-dependent hash of a VMA's contents: all-zero pages contribute nothing, so
-/// an unpopulated page, the zero page and a page of zeros are the same (as they are to the task).
+/// Checksum of a VMA's contents: the wrapping sum of the <see cref="PageDigest"/> of each 4 KiB
+/// page, so pages may be digested in any order and on any thread (the page store digests the
+/// dumped ones while compressing them) and all-zero pages contribute nothing.
 /// </summary>
 internal struct VmaHash
 {
     public ulong Value;
 
-    public void AddPages(ulong va, ReadOnlySpan<byte> pages, int pageSize)
+    public void AddPages(ulong va, ReadOnlySpan<byte> pages)
     {
-        for (int off = 0; off < pages.Length; off += pageSize)
-        {
-            var p = pages.Slice(off, pageSize);
-            if (!p.ContainsAnyExcept((byte)0))
-                continue;
-            ulong x = PageHash(p) ^ ((va + (ulong)off) * 0x9E3779B97F4A7C15UL);
-            Value = (Value ^ x) * 0x100000001B3UL + 0x632BE59BD9B4E019UL;
-        }
-    }
-
-    /// <summary>A 64-bit multiply-rotate hash over a page's words (4 lanes, so it runs near memory speed).</summary>
-    public static ulong PageHash(ReadOnlySpan<byte> page)
-    {
-        var w = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(page);
-        ulong a = 0x9E3779B97F4A7C15UL, b = 0xC2B2AE3D27D4EB4FUL, c = 0x165667B19E3779F9UL, d = 0x85EBCA77C2B2AE63UL;
-        int i = 0;
-        for (; i + 4 <= w.Length; i += 4)
-        {
-            a = ulong.RotateLeft(a + w[i] * 0xC2B2AE3D27D4EB4FUL, 31) * 0x9E3779B97F4A7C15UL;
-            b = ulong.RotateLeft(b + w[i + 1] * 0xC2B2AE3D27D4EB4FUL, 31) * 0x9E3779B97F4A7C15UL;
-            c = ulong.RotateLeft(c + w[i + 2] * 0xC2B2AE3D27D4EB4FUL, 31) * 0x9E3779B97F4A7C15UL;
-            d = ulong.RotateLeft(d + w[i + 3] * 0xC2B2AE3D27D4EB4FUL, 31) * 0x9E3779B97F4A7C15UL;
-        }
-        for (; i < w.Length; i++)
-            a = ulong.RotateLeft(a ^ w[i] * 0xC2B2AE3D27D4EB4FUL, 27) * 0x9E3779B97F4A7C15UL;
-        ulong h = ulong.RotateLeft(a, 1) + ulong.RotateLeft(b, 7) + ulong.RotateLeft(c, 12) + ulong.RotateLeft(d, 18);
-        h ^= h >> 33; h *= 0xFF51AFD7ED558CCDUL; h ^= h >> 33;
-        return h;
+        for (int off = 0; off < pages.Length; off += PageGeometry.PageSize)
+            Value += PageDigest.Of(va + (ulong)off, pages.Slice(off, PageGeometry.PageSize));
     }
 }

@@ -12,12 +12,13 @@ namespace CriuSharp.Dumper;
 /// the collector drains the pipe to the images whenever <see cref="BufferedBytes"/> passes the
 /// chunk size, then <see cref="Reset"/> reuses the buffers.
 /// <para>
-/// A dump's pipe is <em>streamed</em> (constructed with a <see cref="PageXferQueue"/>): the
-/// buffer layout, and so every iovec, is exactly what the kept pipe would hold, but each time the
+/// A dump's pipe is <em>streamed</em> (constructed with a <see cref="PageXferQueue"/>) and holds
+/// page <em>references</em>, as vmsplice(2) fills CRIU's pipes: a buffer is one host address per
+/// 4 KiB page of the frozen task's memory (<see cref="ReserveRefs"/>), not a copy. The buffer
+/// layout, and so every iovec, is exactly what the kept pipe would hold, but each time the
 /// collector moves on to the next buffer the iovecs so far (all final: none can grow into a new
-/// buffer) go to the transfer thread, which writes and compresses them while the collector reads
-/// the next pages; the buffer's bytes go back to the queue's pool once written. Only the bytes in
-/// flight (a few buffers) are held, not the whole chunk.
+/// buffer) go to the transfer thread, which hands them to the compressors while the collector
+/// walks on; the buffer goes back to the queue's pool once handed over.
 /// </para>
 /// </summary>
 internal sealed class PagePipe
@@ -38,8 +39,10 @@ internal sealed class PagePipe
 
     /// <summary>Logical buffers (CRIU's page_pipe_bufs): their sizes decide where iovecs split.</summary>
     private readonly List<int> _sizes = [];
-    /// <summary>The bytes behind each logical buffer; when streaming, only the current one has any.</summary>
+    /// <summary>The bytes behind each logical buffer (kept pipe).</summary>
     private readonly List<byte[]?> _arrays = [];
+    /// <summary>Streamed pipe: the page references behind each logical buffer; only the current one has any.</summary>
+    private readonly List<nint[]?> _refs = [];
     private readonly List<Iov> _iovs = [];
     private readonly PageXferQueue? _stream;
     private readonly PageXfer? _target;
@@ -83,13 +86,35 @@ internal sealed class PagePipe
         _iovs.Add(new Iov { Va = va, Hole = true, HolePages = imagePages });
     }
 
-    /// <summary>Space for <paramref name="bytes"/> of pages at <paramref name="va"/>; the caller fills it.</summary>
+    /// <summary>Kept pipe: space for <paramref name="bytes"/> of pages at <paramref name="va"/>; the caller fills it.</summary>
     public Span<byte> Reserve(ulong va, int bytes)
     {
+        if (_stream is not null)
+            throw new InvalidOperationException("a streamed pipe holds page references");
         if (_cur < 0 || _sizes[_cur] - _off < bytes)
             NextBuffer(bytes);
-        var buf = _arrays[_cur]!;
-        var span = buf.AsSpan(_off, bytes);
+        var span = _arrays[_cur]!.AsSpan(_off, bytes);
+        Append(va, bytes);
+        return span;
+    }
+
+    /// <summary>
+    /// Streamed pipe: room for the references of <paramref name="bytes"/> of pages at
+    /// <paramref name="va"/>, one host address per 4 KiB page; the caller fills it (vmsplice).
+    /// </summary>
+    public Span<nint> ReserveRefs(ulong va, int bytes)
+    {
+        if (_stream is null)
+            throw new InvalidOperationException("a kept pipe holds page bytes");
+        if (_cur < 0 || _sizes[_cur] - _off < bytes)
+            NextBuffer(bytes);
+        var span = _refs[_cur]!.AsSpan(_off >> 12, bytes >> 12);
+        Append(va, bytes);
+        return span;
+    }
+
+    private void Append(ulong va, int bytes)
+    {
         if (_iovs.Count > _handed)
         {
             var last = _iovs[^1];
@@ -100,13 +125,12 @@ internal sealed class PagePipe
                 _iovs[^1] = last;
                 _off += bytes;
                 BufferedBytes += bytes;
-                return span;
+                return;
             }
         }
         _iovs.Add(new Iov { Va = va, Bytes = bytes, Buf = _cur, Off = _off });
         _off += bytes;
         BufferedBytes += bytes;
-        return span;
     }
 
     /// <summary>Largest single reservation that fits a buffer (callers split longer runs).</summary>
@@ -125,22 +149,24 @@ internal sealed class PagePipe
                 {
                     (_sizes[_cur + 1], _sizes[i]) = (_sizes[i], _sizes[_cur + 1]);
                     (_arrays[_cur + 1], _arrays[i]) = (_arrays[i], _arrays[_cur + 1]);
+                    (_refs[_cur + 1], _refs[i]) = (_refs[i], _refs[_cur + 1]);
                 }
                 _cur++;
                 _off = 0;
                 if (_stream is not null)
-                    _arrays[_cur] = _stream.Rent(_sizes[_cur]);
+                    _refs[_cur] = _stream.Rent(_sizes[_cur] >> 12);
                 return;
             }
         int size = _sizes.Count == 0 ? FirstBuf : Math.Min(MaxBuf, _sizes[^1] * 2);
         while (size < need) size *= 2;
         _sizes.Insert(_cur + 1, size);
-        _arrays.Insert(_cur + 1, _stream is not null ? _stream.Rent(size) : GC.AllocateUninitializedArray<byte>(size));
+        _arrays.Insert(_cur + 1, _stream is not null ? null : GC.AllocateUninitializedArray<byte>(size));
+        _refs.Insert(_cur + 1, _stream is not null ? _stream.Rent(size >> 12) : null);
         _cur++;
         _off = 0;
     }
 
-    /// <summary>Streaming: posts the iovecs not yet handed over, then gives the current buffer back once they are written.</summary>
+    /// <summary>Streaming: posts the iovecs not yet handed over, then gives the current buffer back once they are handed on.</summary>
     private void HandOff()
     {
         for (int i = _handed; i < _iovs.Count; i++)
@@ -149,13 +175,13 @@ internal sealed class PagePipe
             if (iov.Hole)
                 _stream!.PostHole(_target!, iov.Va, iov.HolePages);
             else
-                _stream!.PostPresent(_target!, iov.Va, _arrays[iov.Buf]!, iov.Off, iov.Bytes);
+                _stream!.PostPresent(_target!, iov.Va, _refs[iov.Buf]!, iov.Off >> 12, iov.Bytes >> 12);
         }
         _handed = _iovs.Count;
-        if (_cur >= 0 && _arrays[_cur] is { } current)
+        if (_cur >= 0 && _refs[_cur] is { } current)
         {
             _stream!.PostRelease(current);
-            _arrays[_cur] = null;
+            _refs[_cur] = null;
         }
     }
 

@@ -16,8 +16,21 @@ internal sealed class PageXfer : IDisposable
 {
     private readonly PagemapWriter _writer;
     private readonly List<(ulong Va, ulong End)> _written = [];
+    private readonly List<(ulong Va, ulong Digest)>? _digests;
 
-    public PageXfer(PagemapWriter writer) => _writer = writer;
+    /// <param name="digests">Keep the <see cref="PageDigest"/> of every non-zero page written (for VMA checksums).</param>
+    public PageXfer(PagemapWriter writer, bool digests = false)
+    {
+        _writer = writer;
+        if (digests)
+        {
+            _digests = [];
+            writer.OnPageDigest = (va, d) => _digests.Add((va, d));
+        }
+    }
+
+    /// <summary>Digests of the pages written, in address order (empty unless asked for).</summary>
+    public IReadOnlyList<(ulong Va, ulong Digest)> Digests => _digests ?? [];
 
     public void Write(PagePipe pipe)
     {
@@ -34,7 +47,18 @@ internal sealed class PageXfer : IDisposable
     internal void WritePresent(ulong va, ReadOnlySpan<byte> bytes)
     {
         _writer.AddPresent(va, bytes);
-        ulong end = va + (ulong)bytes.Length;
+        NoteWritten(va, va + (ulong)bytes.Length);
+    }
+
+    /// <summary>One iovec of page references from a streamed pipe (on the transfer thread).</summary>
+    internal void WritePresent(ulong va, ReadOnlySpan<nint> pages)
+    {
+        _writer.AddPresentByReference(va, pages);
+        NoteWritten(va, va + ((ulong)pages.Length << 12));
+    }
+
+    private void NoteWritten(ulong va, ulong end)
+    {
         if (_written.Count > 0 && _written[^1].End == va)
             _written[^1] = (_written[^1].Va, end);
         else
@@ -121,14 +145,14 @@ internal sealed class PageXfer : IDisposable
 
 /// <summary>
 /// The dump's transfer thread (CRIU splices page pipes to the images while the parasite keeps
-/// draining): streamed <see cref="PagePipe"/>s post finished iovecs here, in order, and one
-/// thread writes them through each task's <see cref="PageXfer"/> (compressing on the page store's
-/// worker threads) while the collector goes on reading pages on the calling thread. The kernel is
-/// only ever touched by the collector; this thread sees bytes already copied out.
+/// draining): streamed <see cref="PagePipe"/>s post finished iovecs of page references here, in
+/// order, and one thread hands them through each task's <see cref="PageXfer"/> to the page
+/// store's compression workers while the collector goes on walking on the calling thread. The
+/// kernel is only ever called by the collector; the workers read the frozen task's frames.
 /// <code>
 ///  collector ── PostPresent/PostHole/PostRelease ──▶ queue ──▶ transfer thread ──▶ PagemapWriter
 ///      ▲                                                              │
-///      └──────────── Rent: buffers come back once written ◀──────────┘ (at most BudgetBytes in flight)
+///      └──────────── Rent: buffers come back once handed on ◀──────────┘ (at most BudgetBytes referenced)
 /// </code>
 /// Items are written in the order posted, so the images are the same as a synchronous write's.
 /// </summary>
@@ -141,15 +165,15 @@ internal sealed class PageXferQueue : IDisposable
         public Kind Kind;
         public PageXfer? Target;
         public ulong Va;
-        public byte[]? Array;
+        public nint[]? Array;
         public int Off;
-        public int Bytes;
+        public int Pages;
         public ulong HolePages;
     }
 
     private readonly object _lock = new();
     private readonly Queue<Item> _queue = new();
-    private readonly Dictionary<int, Stack<byte[]>> _free = [];
+    private readonly Dictionary<int, Stack<nint[]>> _free = [];
     private readonly long _budget;
     private long _inFlight;
     private bool _busy;
@@ -157,17 +181,17 @@ internal sealed class PageXferQueue : IDisposable
     private Exception? _error;
     private Thread? _thread;
 
-    /// <param name="budgetBytes">Buffer bytes that may be rented at once (collected but not yet written).</param>
-    public PageXferQueue(long budgetBytes) => _budget = budgetBytes;
+    /// <param name="budgetBytes">Page bytes that may be referenced by rented buffers at once (collected but not yet handed on).</param>
+    public PageXferQueue(long budgetBytes) => _budget = budgetBytes >> 12;
 
-    public void PostPresent(PageXfer target, ulong va, byte[] array, int off, int bytes) =>
-        Post(new Item { Kind = Kind.Present, Target = target, Va = va, Array = array, Off = off, Bytes = bytes });
+    public void PostPresent(PageXfer target, ulong va, nint[] array, int off, int pages) =>
+        Post(new Item { Kind = Kind.Present, Target = target, Va = va, Array = array, Off = off, Pages = pages });
 
     public void PostHole(PageXfer target, ulong va, ulong imagePages) =>
         Post(new Item { Kind = Kind.Hole, Target = target, Va = va, HolePages = imagePages });
 
     /// <summary>The buffer may be reused once everything posted before it is written.</summary>
-    public void PostRelease(byte[] array) => Post(new Item { Kind = Kind.Release, Array = array });
+    public void PostRelease(nint[] array) => Post(new Item { Kind = Kind.Release, Array = array });
 
     private void Post(Item item)
     {
@@ -184,8 +208,8 @@ internal sealed class PageXferQueue : IDisposable
         }
     }
 
-    /// <summary>A buffer of exactly <paramref name="size"/> bytes; waits while the budget is used up by buffers not yet written.</summary>
-    public byte[] Rent(int size)
+    /// <summary>A buffer of exactly <paramref name="size"/> page references; waits while the budget is used up by buffers not yet handed on.</summary>
+    public nint[] Rent(int size)
     {
         lock (_lock)
         {
@@ -205,7 +229,7 @@ internal sealed class PageXferQueue : IDisposable
                 Monitor.Wait(_lock);
             }
         }
-        return GC.AllocateUninitializedArray<byte>(size);
+        return GC.AllocateUninitializedArray<nint>(size);
     }
 
     /// <summary>Waits until everything posted is written; rethrows what the transfer thread failed with.</summary>
@@ -246,7 +270,7 @@ internal sealed class PageXferQueue : IDisposable
                 switch (item.Kind)
                 {
                     case Kind.Present:
-                        item.Target!.WritePresent(item.Va, item.Array.AsSpan(item.Off, item.Bytes));
+                        item.Target!.WritePresent(item.Va, new ReadOnlySpan<nint>(item.Array, item.Off, item.Pages));
                         break;
                     case Kind.Hole:
                         item.Target!.WriteHole(item.Va, item.HolePages);
@@ -256,7 +280,7 @@ internal sealed class PageXferQueue : IDisposable
                         {
                             int size = item.Array!.Length;
                             if (!_free.TryGetValue(size, out var st))
-                                _free[size] = st = new Stack<byte[]>();
+                                _free[size] = st = new Stack<nint[]>();
                             st.Push(item.Array);
                             _inFlight -= size;
                         }

@@ -498,7 +498,7 @@ internal sealed class Restorer
                     ulong a = s.Va + (done << _shift);
                     var span = buf.AsSpan(0, cnt * _ps);
                     _k.Proc.ReadMemory(task.Pid, a, span);
-                    h.AddPages(a, span, _ps);
+                    h.AddPages(a, span);
                     done += (ulong)cnt;
                 }
             }

@@ -64,14 +64,19 @@ public sealed class PagemapWriter : IDisposable
     private int _outLen;
     private ulong _nextFree;
     private bool _finished;
-    private Worker[]? _workers;
     private const long WritebackBytes = 8 << 20;
     private long _streamBytes;
     private long _writebackFrom;
-    /// <summary>Input bytes one parallel wave compresses (one fork/join per wave).</summary>
-    private const int WaveBytes = 4 << 20;
-    private byte[]? _waveOut;
-    private BlockResult[]? _waveResults;
+    /// <summary>Input bytes of one compression job (a run of blocks one worker compresses in order).</summary>
+    /// <remarks>2 MiB jobs, 8 per worker in flight: measured best on the 2-core machine (1 MiB jobs
+    /// left the workers waiting for the writing thread about a tenth of the time).</remarks>
+    private const int JobBytes = 2 << 20;
+    private const int JobsInFlightPerWorker = 8;
+    private readonly int _jobBlocks;
+    private readonly Queue<Job> _pending = new();
+    private readonly Stack<Job> _spareJobs = new();
+    private System.Collections.Concurrent.BlockingCollection<Job>? _work;
+    private Thread[]? _threads;
 
     public PagemapWriter(Stream pagesOut, uint pagesId, PageStoreOptions options, bool leaveOpen = false)
         : this(pagesOut, pagesId, options, leaveOpen, null, null)
@@ -101,6 +106,7 @@ public sealed class PagemapWriter : IDisposable
             _slotSize = BlockCodec.MaxCompressedSize(options.Compression, _blockPages * PageGeometry.PageSize);
             _stage = new byte[_blockPages * PageGeometry.PageSize];
             _out = new byte[OutFlushThreshold + _slotSize];
+            _jobBlocks = Math.Max(1, JobBytes / (_blockPages * PageGeometry.PageSize));
         }
         else
         {
@@ -116,29 +122,89 @@ public sealed class PagemapWriter : IDisposable
     public PageWriteStats Stats { get; } = new();
 
     /// <summary>
+    /// Called on the writing thread, in address order, with (vaddr, digest) for every non-zero 4 KiB
+    /// page stored (see <see cref="PageDigest"/>); all-zero pages are not reported. Set it before
+    /// the first page is added. The digests are computed where the page is read for compression,
+    /// so a caller that checksums the memory it dumps does not read it a second time.
+    /// </summary>
+    public Action<ulong, ulong>? OnPageDigest { get; set; }
+
+    /// <summary>
     /// Pages whose bytes go into this image. <paramref name="pages"/> is a whole number of 4 KiB
     /// pages starting at <paramref name="vaddr"/>; <paramref name="lazy"/> adds PE_LAZY (the bytes
-    /// are still stored, as CRIU does for lazy-capable pages in a normal dump).
+    /// are still stored, as CRIU does for lazy-capable pages in a normal dump). The bytes are
+    /// consumed before the call returns.
     /// </summary>
-    public void AddPresent(ulong vaddr, ReadOnlySpan<byte> pages, bool lazy = false)
+    public unsafe void AddPresent(ulong vaddr, ReadOnlySpan<byte> pages, bool lazy = false)
     {
         if (pages.Length == 0 || (pages.Length & (PageGeometry.PageSize - 1)) != 0)
             throw new ArgumentException($"page data must be a non-zero multiple of {PageGeometry.PageSize} bytes, got {pages.Length}", nameof(pages));
-        ulong nr = (ulong)(pages.Length >> PageGeometry.PageShift);
-        var entry = NewEntry(vaddr, nr, PagemapFlags.Present | (lazy ? PagemapFlags.Lazy : 0));
-        Stats.PagesWritten += nr;
-        Stats.BytesRaw += (ulong)pages.Length;
+        int nr = pages.Length >> PageGeometry.PageShift;
+        var entry = BeginPresent(vaddr, (ulong)nr, lazy);
+        fixed (byte* p = pages)
+        {
+            if (_codec is null)
+            {
+                AppendRaw(pages);
+                DigestPages(vaddr, new PageSource(p, null, 0), nr);
+            }
+            else
+            {
+                QueueBlocks(entry, vaddr, new PageSource(p, null, 0), nr);
+                CommitAll(); // the span is only ours until we return
+            }
+        }
+        _entries.Add(entry);
+    }
 
+    /// <summary>
+    /// Pages given by reference, as pages spliced into a pipe: <paramref name="pageAddresses"/>
+    /// holds the host address of each 4 KiB page starting at <paramref name="vaddr"/>. The bytes
+    /// are read later, by the compression workers, so they must stay allocated and unchanged
+    /// until <see cref="Finish"/> returns (a frozen task's memory does).
+    /// </summary>
+    public unsafe void AddPresentByReference(ulong vaddr, ReadOnlySpan<nint> pageAddresses)
+    {
+        if (pageAddresses.Length == 0)
+            throw new ArgumentException("no pages", nameof(pageAddresses));
+        int nr = pageAddresses.Length;
+        var entry = BeginPresent(vaddr, (ulong)nr, lazy: false);
+        var addrs = pageAddresses.ToArray();
         if (_codec is null)
         {
-            AppendRaw(pages);
-            Stats.BytesStored += (ulong)pages.Length;
+            for (int i = 0; i < nr; i++)
+                AppendRaw(new ReadOnlySpan<byte>((byte*)addrs[i], PageGeometry.PageSize));
+            DigestPages(vaddr, new PageSource(null, addrs, 0), nr);
         }
         else
         {
-            StoreCompressed(entry, pages);
+            QueueBlocks(entry, vaddr, new PageSource(null, addrs, 0), nr);
         }
         _entries.Add(entry);
+    }
+
+    private pagemap_entry BeginPresent(ulong vaddr, ulong nr, bool lazy)
+    {
+        var entry = NewEntry(vaddr, nr, PagemapFlags.Present | (lazy ? PagemapFlags.Lazy : 0));
+        Stats.PagesWritten += nr;
+        Stats.BytesRaw += nr << PageGeometry.PageShift;
+        if (_codec is null)
+            Stats.BytesStored += nr << PageGeometry.PageShift;
+        return entry;
+    }
+
+    /// <summary>Raw layout: the writing thread digests the pages itself.</summary>
+    private void DigestPages(ulong vaddr, PageSource src, int nr)
+    {
+        if (OnPageDigest is not { } report)
+            return;
+        for (int i = 0; i < nr; i++)
+        {
+            ulong va = vaddr + ((ulong)i << PageGeometry.PageShift);
+            ulong d = PageDigest.Of(va, src.Page(i));
+            if (d != 0)
+                report(va, d);
+        }
     }
 
     /// <summary>An unchanged run whose bytes live in the parent image set (PE_PARENT, no bytes here).</summary>
@@ -160,6 +226,7 @@ public sealed class PagemapWriter : IDisposable
     {
         if (_finished)
             return Stats;
+        CommitAll();
         FlushOut();
         _pages.Flush();
         _finished = true;
@@ -233,96 +300,215 @@ public sealed class PagemapWriter : IDisposable
         }
     }
 
-    private void StoreCompressed(pagemap_entry entry, ReadOnlySpan<byte> pages)
+    /// <summary>Where a job's pages are: one contiguous run, or one address per 4 KiB page.</summary>
+    private readonly unsafe struct PageSource(byte* run, nint[]? addrs, int first)
     {
-        int nr = pages.Length >> PageGeometry.PageShift;
-        int blockBytes = _blockPages * PageGeometry.PageSize;
+        private readonly byte* _run = run;
+        private readonly nint[]? _addrs = addrs;
+        private readonly int _first = first;
+
+        public PageSource From(int page) => new(_run == null ? null : _run + ((long)page << PageGeometry.PageShift), _addrs, _first + page);
+
+        public ReadOnlySpan<byte> Page(int i) => new(_run != null ? _run + ((long)i << PageGeometry.PageShift) : (byte*)_addrs![_first + i], PageGeometry.PageSize);
+
+        /// <summary>Pages [i, i + count) as one span when they are adjacent in memory, else empty.</summary>
+        public ReadOnlySpan<byte> Run(int i, int count)
+        {
+            if (_run != null)
+                return new(_run + ((long)i << PageGeometry.PageShift), count << PageGeometry.PageShift);
+            nint a = _addrs![_first + i];
+            for (int k = 1; k < count; k++)
+                if (_addrs[_first + i + k] != a + ((nint)k << PageGeometry.PageShift))
+                    return default;
+            return new((byte*)a, count << PageGeometry.PageShift);
+        }
+    }
+
+    /// <summary>An entry's blocks in flight: its bitmaps fill in as its jobs commit.</summary>
+    private sealed class EntryState(pagemap_entry entry, int pages, int blocks)
+    {
+        public readonly pagemap_entry Entry = entry;
+        public readonly byte[] ZeroBits = new byte[(pages + 7) >> 3];
+        public readonly byte[] RawBits = new byte[(blocks + 7) >> 3];
+        public bool AnyZero, AnyRaw;
+        public int BlocksLeft = blocks;
+    }
+
+    /// <summary>
+    /// A run of consecutive blocks of one entry, compressed in order by one worker into one output
+    /// buffer (so the blocks' bytes are already adjacent when the job commits).
+    /// </summary>
+    private sealed class Job
+    {
+        public EntryState State = null!;
+        public PageSource Src;
+        public ulong Va;
+        public int FirstBlock, Blocks, Pages;
+        // Sized for the largest job seen so far: small dumps do not pay for 2 MiB jobs.
+        public BlockResult[] Results = [];
+        public byte[] Out = [];
+        public ulong[] Digests = [];
+        public int OutLen;
+
+        public void Reserve(int blocks, int slotSize, int blockPages)
+        {
+            if (Results.Length >= blocks)
+                return;
+            Results = new BlockResult[blocks];
+            Out = GC.AllocateUninitializedArray<byte>(blocks * slotSize);
+            Digests = new ulong[blocks * blockPages];
+        }
+
+        public bool Digest;
+        public Exception? Error;
+        public readonly ManualResetEventSlim Done = new(false);
+    }
+
+    /// <summary>Cuts an entry's pages into jobs and hands them to the workers (or keeps them for inline compression).</summary>
+    private void QueueBlocks(pagemap_entry entry, ulong vaddr, PageSource src, int nr)
+    {
         int blocks = (nr + _blockPages - 1) / _blockPages;
-        var zeroBits = new byte[(nr + 7) >> 3];
-        var rawBits = new byte[(blocks + 7) >> 3];
-        bool anyZero = false, anyRaw = false;
+        var state = new EntryState(entry, nr, blocks);
         entry.BlockSizes.Capacity = blocks;
         entry.BlockChecksums.Capacity = blocks;
-
-        int workers = Options.Parallelism;
-        int b = 0;
-        if (workers > 1 && blocks >= 2 * workers)
+        int maxInFlight = Options.Parallelism > 1 ? JobsInFlightPerWorker * Options.Parallelism : 1;
+        for (int b = 0; b < blocks; b += _jobBlocks)
         {
-            // Waves of up to WaveBytes of input: the workers take blocks one at a time from a
-            // shared counter (blocks of random data take longer than text), the results land in
-            // per-block slots and are appended in block order, so the output is the same as with one thread.
-            int waveBlocks = Math.Max(2 * workers, WaveBytes / blockBytes);
-            _workers ??= CreateWorkers(workers);
-            if (_waveOut is null || _waveResults!.Length < waveBlocks)
-            {
-                _waveOut = GC.AllocateUninitializedArray<byte>(waveBlocks * _slotSize);
-                _waveResults = new BlockResult[waveBlocks];
-            }
-            while (b < blocks)
-            {
-                int wave = Math.Min(blocks - b, waveBlocks);
-                CompressWave(pages, b, wave, nr);
-                for (int i = 0; i < wave; i++)
-                {
-                    ref readonly var r = ref _waveResults[i];
-                    EnsureOut(r.Size);
-                    _waveOut.AsSpan(i * _slotSize, r.Size).CopyTo(_out.AsSpan(_outLen));
-                    _outLen += r.Size;
-                    Record(entry, b + i, in r, zeroBits, rawBits, ref anyZero, ref anyRaw);
-                }
-                b += wave;
-            }
+            while (_pending.Count >= maxInFlight || (_pending.Count > 0 && _pending.Peek().Done.IsSet))
+                CommitOldest();
+            var job = _spareJobs.Count > 0 ? _spareJobs.Pop() : new Job();
+            int firstPage = b * _blockPages;
+            job.State = state;
+            job.Src = src.From(firstPage);
+            job.Va = vaddr + ((ulong)firstPage << PageGeometry.PageShift);
+            job.FirstBlock = b;
+            job.Blocks = Math.Min(_jobBlocks, blocks - b);
+            job.Reserve(job.Blocks, _slotSize, _blockPages);
+            job.Pages = Math.Min(job.Blocks * _blockPages, nr - firstPage);
+            job.Digest = OnPageDigest is not null;
+            job.Error = null;
+            job.Done.Reset();
+            _pending.Enqueue(job);
+            if (Options.Parallelism > 1)
+                Work().Add(job);
         }
-        else
-        {
-            for (; b < blocks; b++)
-            {
-                int first = b * _blockPages;
-                int count = Math.Min(_blockPages, nr - first);
-                EnsureOut(_slotSize);
-                var r = CompressBlock(_codec!, pages.Slice(first << PageGeometry.PageShift, count << PageGeometry.PageShift), _stage, _out.AsSpan(_outLen, _slotSize));
-                _outLen += r.Size;
-                Record(entry, b, in r, zeroBits, rawBits, ref anyZero, ref anyRaw);
-            }
-        }
-        if (anyZero)
-            entry.ZeroPages = Google.Protobuf.ByteString.CopyFrom(zeroBits);
-        if (anyRaw)
-            entry.RawBlocks = Google.Protobuf.ByteString.CopyFrom(rawBits);
-        if (_outLen >= OutFlushThreshold)
-            FlushOut();
     }
 
-    private void EnsureOut(int needed)
+    private System.Collections.Concurrent.BlockingCollection<Job> Work()
     {
-        if (_outLen + needed > _out.Length)
-            FlushOut();
+        if (_work is not null)
+            return _work;
+        _work = [];
+        _threads = new Thread[Options.Parallelism];
+        for (int i = 0; i < _threads.Length; i++)
+        {
+            var codec = new BlockCodec(Options.Compression, Options.EffectiveLevel);
+            var stage = new byte[_blockPages * PageGeometry.PageSize];
+            var work = _work;
+            _threads[i] = new Thread(() =>
+            {
+                using (codec)
+                    foreach (var job in work.GetConsumingEnumerable())
+                        Run(job, codec, stage);
+            }) { IsBackground = true, Name = "criu-sharp compress" };
+            _threads[i].Start();
+        }
+        return _work;
     }
 
-    private void Record(pagemap_entry entry, int block, in BlockResult r, byte[] zeroBits, byte[] rawBits, ref bool anyZero, ref bool anyRaw)
+    private void Run(Job job, BlockCodec codec, byte[] stage)
+    {
+        try
+        {
+            job.OutLen = 0;
+            for (int k = 0; k < job.Blocks; k++)
+            {
+                int first = k * _blockPages;
+                int count = Math.Min(_blockPages, job.Pages - first);
+                job.Results[k] = CompressBlock(codec, job.Src.From(first), count, stage, job.Out.AsSpan(job.OutLen, _slotSize),
+                    job.Digest ? job.Digests.AsSpan(first, count) : default, job.Va + ((ulong)first << PageGeometry.PageShift));
+                job.OutLen += job.Results[k].Size;
+            }
+        }
+        catch (Exception e)
+        {
+            job.Error = e;
+        }
+        finally
+        {
+            job.Done.Set();
+        }
+    }
+
+    private void CommitAll()
+    {
+        while (_pending.Count > 0)
+            CommitOldest();
+    }
+
+    /// <summary>Waits for the oldest job (or runs it here without workers), then records and writes its blocks.</summary>
+    private void CommitOldest()
+    {
+        var job = _pending.Dequeue();
+        if (Options.Parallelism > 1)
+            job.Done.Wait();
+        else
+            Run(job, _codec!, _stage);
+        if (job.Error is not null)
+        {
+            _spareJobs.Push(job);
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(job.Error).Throw();
+        }
+        var st = job.State;
+        for (int k = 0; k < job.Blocks; k++)
+            Record(st, job.FirstBlock + k, in job.Results[k]);
+        if (job.OutLen > 0)
+        {
+            FlushOut();
+            _pages.Write(job.Out, 0, job.OutLen);
+            Wrote(job.OutLen);
+        }
+        if (job.Digest && OnPageDigest is { } report)
+            for (int i = 0; i < job.Pages; i++)
+                if (job.Digests[i] != 0)
+                    report(job.Va + ((ulong)i << PageGeometry.PageShift), job.Digests[i]);
+        st.BlocksLeft -= job.Blocks;
+        if (st.BlocksLeft == 0)
+        {
+            if (st.AnyZero)
+                st.Entry.ZeroPages = Google.Protobuf.ByteString.CopyFrom(st.ZeroBits);
+            if (st.AnyRaw)
+                st.Entry.RawBlocks = Google.Protobuf.ByteString.CopyFrom(st.RawBits);
+        }
+        job.State = null!;
+        job.Src = default;
+        _spareJobs.Push(job);
+    }
+
+    private void Record(EntryState st, int block, in BlockResult r)
     {
         int first = block * _blockPages;
         ulong mask = r.ZeroMask;
         if (mask != 0)
         {
-            anyZero = true;
+            st.AnyZero = true;
             Stats.ZeroPagesSkipped += (ulong)BitOperations.PopCount(mask);
             while (mask != 0)
             {
                 int i = BitOperations.TrailingZeroCount(mask);
                 int page = first + i;
-                zeroBits[page >> 3] |= (byte)(1 << (page & 7));
+                st.ZeroBits[page >> 3] |= (byte)(1 << (page & 7));
                 mask &= mask - 1;
             }
         }
         if (r.Raw)
         {
-            anyRaw = true;
-            rawBits[block >> 3] |= (byte)(1 << (block & 7));
+            st.AnyRaw = true;
+            st.RawBits[block >> 3] |= (byte)(1 << (block & 7));
             Stats.PagesStoredRaw += (ulong)r.NonZero;
         }
-        entry.BlockSizes.Add((uint)r.Size);
-        entry.BlockChecksums.Add(r.Checksum);
+        st.Entry.BlockSizes.Add((uint)r.Size);
+        st.Entry.BlockChecksums.Add(r.Checksum);
         Stats.BytesStored += (ulong)r.Size;
         if (r.Size > 0)
             Stats.Blocks++;
@@ -338,34 +524,45 @@ public sealed class PagemapWriter : IDisposable
     }
 
     /// <summary>
-    /// Compresses one block into <paramref name="dst"/> (at least the codec bound long). All-zero
-    /// pages are dropped from the block, and a block that does not shrink is stored as it is.
+    /// Compresses one block of <paramref name="count"/> pages into <paramref name="dst"/> (at least
+    /// the codec bound long). All-zero pages are dropped from the block, and a block that does not
+    /// shrink is stored as it is. With <paramref name="digests"/>, each page's digest is taken
+    /// while the page is in cache from the zero check.
     /// </summary>
-    private static BlockResult CompressBlock(BlockCodec codec, ReadOnlySpan<byte> block, Span<byte> stage, Span<byte> dst)
+    private static BlockResult CompressBlock(BlockCodec codec, PageSource block, int count, Span<byte> stage, Span<byte> dst, Span<ulong> digests, ulong va)
     {
-        int count = block.Length >> PageGeometry.PageShift;
         ulong zeroMask = 0;
         int nonZero = 0;
         for (int i = 0; i < count; i++)
         {
-            if (block.Slice(i << PageGeometry.PageShift, PageGeometry.PageSize).IndexOfAnyExcept((byte)0) < 0)
+            var page = block.Page(i);
+            if (page.IndexOfAnyExcept((byte)0) < 0)
+            {
                 zeroMask |= 1UL << i;
+                if (!digests.IsEmpty)
+                    digests[i] = 0;
+            }
             else
+            {
                 nonZero++;
+                if (!digests.IsEmpty)
+                    digests[i] = PageDigest.OfNonZero(va + ((ulong)i << PageGeometry.PageShift), page);
+            }
         }
         var result = new BlockResult { ZeroMask = zeroMask, NonZero = nonZero };
         if (nonZero == 0)
             return result;
 
-        ReadOnlySpan<byte> src = block;
-        if (zeroMask != 0)
+        ReadOnlySpan<byte> src = zeroMask == 0 ? block.Run(0, count) : default;
+        if (src.IsEmpty)
         {
+            // Zero pages left out, or pages scattered in memory: gather the rest into the stage.
             int o = 0;
             for (int i = 0; i < count; i++)
             {
                 if ((zeroMask & (1UL << i)) != 0)
                     continue;
-                block.Slice(i << PageGeometry.PageShift, PageGeometry.PageSize).CopyTo(stage.Slice(o));
+                block.Page(i).CopyTo(stage.Slice(o));
                 o += PageGeometry.PageSize;
             }
             src = stage.Slice(0, o);
@@ -382,57 +579,19 @@ public sealed class PagemapWriter : IDisposable
         return result;
     }
 
-    private sealed class Worker(PagemapWriter owner) : IDisposable
-    {
-        public readonly BlockCodec Codec = new(owner.Options.Compression, owner.Options.EffectiveLevel);
-        public readonly byte[] Stage = new byte[owner._blockPages * PageGeometry.PageSize];
-        public void Dispose() => Codec.Dispose();
-    }
-
-    private Worker[] CreateWorkers(int count)
-    {
-        var ws = new Worker[count];
-        for (int i = 0; i < count; i++)
-            ws[i] = new Worker(this);
-        return ws;
-    }
-
-    private unsafe void CompressWave(ReadOnlySpan<byte> pages, int firstBlock, int wave, int nr)
-    {
-        var workers = _workers!;
-        var results = _waveResults!;
-        var outBuf = _waveOut!;
-        int blockPages = _blockPages;
-        int slotSize = _slotSize;
-        int next = -1;
-        fixed (byte* basePtr = pages)
-        {
-            byte* p = basePtr;
-            int length = pages.Length;
-            Parallel.For(0, Math.Min(workers.Length, wave), new ParallelOptions { MaxDegreeOfParallelism = workers.Length }, wi =>
-            {
-                var w = workers[wi];
-                var all = new ReadOnlySpan<byte>(p, length);
-                int i;
-                while ((i = Interlocked.Increment(ref next)) < wave)
-                {
-                    int first = (firstBlock + i) * blockPages;
-                    int count = Math.Min(blockPages, nr - first);
-                    results[i] = CompressBlock(w.Codec, all.Slice(first << PageGeometry.PageShift, count << PageGeometry.PageShift),
-                        w.Stage, outBuf.AsSpan(i * slotSize, slotSize));
-                }
-            });
-        }
-    }
-
     public void Dispose()
     {
         if (!_finished)
             _onAbort?.Invoke(this);
+        // Workers may still be reading pages for jobs never committed: stop them before the
+        // caller lets that memory go.
+        _work?.CompleteAdding();
+        if (_threads is not null)
+            foreach (var t in _threads)
+                t.Join();
+        _work?.Dispose();
+        _pending.Clear();
         _codec?.Dispose();
-        if (_workers is not null)
-            foreach (var w in _workers)
-                w.Dispose();
         if (!_leaveOpen)
             _pages.Dispose();
     }

@@ -336,6 +336,20 @@ public sealed partial class MmStruct
         return (FaultResult.Ok, copy);
     }
 
+    /// <summary>The frames behind consecutive pages from <paramref name="va"/>, each faulted in for a forced read.</summary>
+    internal bool FrameAddresses(ulong va, Span<nint> frames)
+    {
+        ulong ps = (ulong)_arch.PageSize;
+        for (int i = 0; i < frames.Length; i++)
+        {
+            var (r, pfn) = Translate(va + (ulong)i * ps, write: false, force: true);
+            if (r != FaultResult.Ok)
+                return false;
+            frames[i] = _mem.Address(pfn);
+        }
+        return true;
+    }
+
     private void UffdWpEvent(VmArea vma, ulong va) => UffdFor(vma)?.OnWriteProtectFault(va & _arch.PageMask);
 
     // ---- accesses ------------------------------------------------------------------------

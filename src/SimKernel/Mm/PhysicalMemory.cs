@@ -154,6 +154,9 @@ public sealed unsafe partial class PhysicalMemory
         }
     }
 
+    /// <summary>Host address of frame <paramref name="pfn"/>'s first byte (stable: chunks are pinned, the frames file stays mapped).</summary>
+    public nint Address(long pfn) => (nint)new FrameWindow(this).Peek(pfn, 0);
+
     /// <summary>A zeroed frame, or -1 when the machine's memory is exhausted.</summary>
     public long AllocateZeroed(FrameKind kind)
     {

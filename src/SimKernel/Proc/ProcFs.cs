@@ -269,6 +269,22 @@ public sealed class ProcFs
         return r.Ok && r.Value == buffer.Length ? r : Errno.EFAULT;
     }
 
+    /// <summary>
+    /// vmsplice(2) of a task's memory into a pipe, as CRIU's parasite does for a dump: the pipe
+    /// gets references to the task's own page frames, not copies. Each page is faulted in for
+    /// reading first, as a read through /proc/PID/mem would. <paramref name="frames"/> receives
+    /// the host address of each page's frame (PageSize bytes). Those bytes are the task's live
+    /// memory: they are what was dumped only while the task stays frozen; the addresses stay
+    /// valid while this kernel exists.
+    /// </summary>
+    public SysResult SplicePages(int pid, ulong va, Span<nint> frames)
+    {
+        var t = _k.FindTask(pid);
+        if (t is null || !t.Alive)
+            return Errno.ESRCH;
+        return t.Mm.FrameAddresses(va, frames) ? SysResult.Success(frames.Length) : Errno.EFAULT;
+    }
+
     /// <summary>process_vm_writev / /proc/PID/mem write (FOLL_FORCE: read-only private mappings are written by COW).</summary>
     public SysResult WriteMemory(int pid, ulong va, ReadOnlySpan<byte> data)
     {

@@ -1,0 +1,105 @@
+using System.Runtime.InteropServices;
+using CriuSharp.ImageFormat;
+
+namespace CriuSharp.ImageFormat.Tests;
+
+/// <summary>
+/// Pages handed to the writer by reference (a dump's spliced frames) must give the same pages
+/// file and pagemap as the same bytes handed over as a span, whatever the worker count, and the
+/// page digests it reports must be those of <see cref="PageDigest"/>.
+/// </summary>
+public class ByReferenceTests
+{
+    private const ulong Base = 0x7f00_0000_0000;
+
+    public static TheoryData<string, int> Stores => new()
+    {
+        { "lz4", 1 }, { "lz4", 2 }, { "lz4", 3 }, { "zstd", 2 }, { "none", 1 },
+    };
+
+    private static PageStoreOptions Store(string kind, int workers) => kind switch
+    {
+        "lz4" => PageStoreOptions.Lz4() with { Parallelism = workers },
+        "zstd" => PageStoreOptions.Zstd() with { Parallelism = workers },
+        _ => PageStoreOptions.Raw,
+    };
+
+    [Theory, MemberData(nameof(Stores))]
+    public unsafe void ScatteredReferences_WriteWhatTheSpanWrites(string kind, int workers)
+    {
+        // 1,100 pages: several 2 MiB jobs, a partial last block, zero runs and random pages,
+        // placed in memory out of order (every third page elsewhere) as frames are.
+        const int pages = 1100;
+        var data = TestImages.MixedPages(pages, 7);
+        var frames = GC.AllocateArray<byte>(pages * 4096 + 4096, pinned: true);
+        var addrs = new nint[pages];
+        fixed (byte* f = frames)
+        {
+            for (int i = 0; i < pages; i++)
+            {
+                int slot = (i * 3) % pages; // a permutation: 3 and 1100 are coprime
+                data.AsSpan(i * 4096, 4096).CopyTo(frames.AsSpan(slot * 4096));
+                addrs[i] = (nint)(f + (long)slot * 4096);
+            }
+            var (byteFile, byteEntries, byteDigests) = Write(Store(kind, workers), w =>
+            {
+                w.AddPresent(Base, data.AsSpan(0, 600 * 4096));
+                w.AddPresent(Base + 600 * 4096, data.AsSpan(600 * 4096));
+            });
+            var (refFile, refEntries, refDigests) = Write(Store(kind, workers), w =>
+            {
+                w.AddPresentByReference(Base, addrs.AsSpan(0, 600));
+                w.AddPresentByReference(Base + 600 * 4096, addrs.AsSpan(600));
+            });
+
+            Assert.Equal(byteFile, refFile);
+            Assert.Equal(byteDigests, refDigests);
+            Assert.Equal(byteEntries, refEntries);
+            var expected = new List<(ulong, ulong)>();
+            for (int i = 0; i < pages; i++)
+            {
+                ulong d = PageDigest.Of(Base + (ulong)i * 4096, data.AsSpan(i * 4096, 4096));
+                if (d != 0)
+                    expected.Add((Base + (ulong)i * 4096, d));
+            }
+            Assert.Equal(expected, refDigests);
+            Assert.Contains(data.Chunk(4096), p => p.All(b => b == 0)); // the sample has zero pages to leave out
+        }
+    }
+
+    [Fact]
+    public void Digest_IsZeroOnlyForZeroPages_AndDependsOnTheAddress()
+    {
+        var page = new byte[4096];
+        Assert.Equal(0UL, PageDigest.Of(Base, page));
+        page[4095] = 1;
+        Assert.NotEqual(0UL, PageDigest.Of(Base, page));
+        Assert.NotEqual(PageDigest.Of(Base, page), PageDigest.Of(Base + 4096, page));
+    }
+
+    private static (byte[] File, List<Images.pagemap_entry> Entries, List<(ulong, ulong)> Digests) Write(PageStoreOptions o, Action<PagemapWriter> add)
+    {
+        var ms = new MemoryStream();
+        var digests = new List<(ulong, ulong)>();
+        using var w = new PagemapWriter(ms, 1, o, leaveOpen: true) { OnPageDigest = (va, d) => digests.Add((va, d)) };
+        add(w);
+        w.Finish();
+        return (ms.ToArray(), w.Entries.Select(e => e.Clone()).ToList(), digests);
+    }
+}
+
+public class XxHashDispatchTests
+{
+    [Fact]
+    public unsafe void DispatchedXxh3_EqualsTheBaselineEntryPoint_AtEverySizeClass()
+    {
+        var rnd = new Random(3);
+        var data = new byte[70_000];
+        rnd.NextBytes(data);
+        fixed (byte* p = data)
+            foreach (int n in new[] { 0, 1, 3, 4, 8, 16, 17, 128, 129, 240, 241, 1024, 4096, 65536, 70_000 })
+                Assert.Equal(Interop.XxHash.Xxh3_64Plain(p, (nuint)n), Interop.XxHash.Xxh3_64(p, (nuint)n));
+        // XXH3-64 of the empty input is a published constant (xxHash's sanity checks).
+        Assert.Equal(0x2D06800538D394C2UL, BlockCodec.Checksum([]));
+    }
+}
