@@ -17,9 +17,9 @@ namespace CriuSharp.Bench;
 /// fault, their frame lines) are requested from the host's caches first, then the stores go
 /// through the mm's store run (one walk with everything it reads held in locals).
 ///
-/// Measured 2026-11-22 on the 2-core VM, final code: anchor 38–53 ns; armed 71–89 ns
-/// (11.2–14.0 M writes/s: meets 10 M); WP fault every write 285 ns (3.5 M faulting writes/s:
-/// meets 2 M). The host's memory latency varies with its other tenants: the same code measured
+/// Measured 2026-11-22 on the 2-core VM, final code, two runs: anchor 33–47 ns; armed 68–71 ns
+/// (14.0–14.7 M writes/s: meets 10 M); WP fault every write 272–285 ns (3.5–3.7 M faulting
+/// writes/s: meets 2 M). The host's memory latency varies with its other tenants: the same code measured
 /// 80–150 ns armed over a few minutes in a standalone loop, so compare against the anchor's row.
 /// </summary>
 [Config(typeof(ImageFormatBenchmarks.InProcessShortConfig))]
