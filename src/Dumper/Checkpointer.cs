@@ -151,7 +151,7 @@ internal sealed class Checkpointer
                     ts.Pipe.Drain();
                 ts.Scanned = collector.Scanned;
                 ts.Checksums = collector.Checksums;
-                memdumpNs += (ulong)(collector.Scanned * _cost.ScanNsPerPage) + CostModel.Ns(collector.CopiedBytes, _cost.CopyBytesPerSecond);
+                memdumpNs += (ulong)(collector.Scanned * _cost.ScanNsPerPage) + CostModel.Ns(collector.CollectedBytes, _cost.CopyBytesPerSecond);
             }
             memdumpNs += _cost.ProcParseNsPerTask * (ulong)tasks.Count;
             var collectWall = collectWatch.Elapsed - writeWall;
@@ -189,6 +189,7 @@ internal sealed class Checkpointer
                     AddDigests(ts.Checksums, ts.Xfer.Digests);
                     if (_o.AutoDedup) PageXfer.Dedup(parentSet, ImageNames.Pagemap(ts.Task.Pid), ts.Xfer.WrittenRanges);
                     ts.Xfer.Dispose();
+                    ts.Xfer = null;
                 }
                 (shScanned, shWritten) = DumpShmem(dir, tasks, pageStats);
                 WriteTaskImages(dir, tasks, track ? uptimeUs : null);
@@ -248,6 +249,12 @@ internal sealed class Checkpointer
         }
         finally
         {
+            // A dump that failed part-way: the transfer thread and the page stores' workers may
+            // still be reading the frozen tasks' frames, so they are stopped (in that order: the
+            // transfer thread feeds the workers) before the tree runs again.
+            stream?.Dispose();
+            foreach (var ts in tasks)
+                ts.Xfer?.Dispose();
             if (!thawed)
                 _k.Thaw(_o.Pid);
             _ = frozenAt;

@@ -50,7 +50,8 @@ internal sealed class PageCollector
     }
 
     public ulong Scanned { get; private set; }
-    public long CopiedBytes { get; private set; }
+    /// <summary>Bytes put into the pipe (copied or spliced); the cost model charges the page copy for both, as CRIU's parasite moves every page once.</summary>
+    public long CollectedBytes { get; private set; }
     public List<(ulong Start, ulong End, ulong Hash)> Checksums { get; } = [];
 
     public static bool IsDumpedPrivately(VmaInfo v) =>
@@ -168,7 +169,7 @@ internal sealed class PageCollector
                         h.AddPages(pa, piece);
                 }
             }
-            CopiedBytes += (long)n * ps;
+            CollectedBytes += (long)n * ps;
             off += (ulong)n;
         }
     }

@@ -68,6 +68,27 @@ public class ByReferenceTests
     }
 
     [Fact]
+    public unsafe void DisposedUnfinished_StopsItsWorkers_AndRefusesMorePages()
+    {
+        var data = GC.AllocateArray<byte>(8 << 20, pinned: true);
+        new Random(1).NextBytes(data);
+        fixed (byte* p = data)
+        {
+            var addrs = new nint[data.Length / 4096];
+            for (int i = 0; i < addrs.Length; i++)
+                addrs[i] = (nint)(p + (long)i * 4096);
+            var ms = new MemoryStream();
+            var w = new PagemapWriter(ms, 1, PageStoreOptions.Lz4() with { Parallelism = 2 }, leaveOpen: true);
+            w.AddPresentByReference(Base, addrs); // queued: 4 jobs of 2 MiB
+            var workers = w.WorkerThreads.ToList();
+            Assert.Equal(2, workers.Count);
+            w.Dispose(); // returns only once no worker can read the pages any more
+            Assert.All(workers, t => Assert.False(t.IsAlive));
+            Assert.ThrowsAny<Exception>(() => w.AddPresentByReference(Base + (ulong)data.Length, addrs.AsSpan(0, 32)));
+        }
+    }
+
+    [Fact]
     public void Digest_IsZeroOnlyForZeroPages_AndDependsOnTheAddress()
     {
         var page = new byte[4096];

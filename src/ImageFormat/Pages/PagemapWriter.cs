@@ -77,6 +77,8 @@ public sealed class PagemapWriter : IDisposable
     private readonly Stack<Job> _spareJobs = new();
     private System.Collections.Concurrent.BlockingCollection<Job>? _work;
     private Thread[]? _threads;
+    private volatile bool _abandoned;
+    private bool _disposed;
 
     public PagemapWriter(Stream pagesOut, uint pagesId, PageStoreOptions options, bool leaveOpen = false)
         : this(pagesOut, pagesId, options, leaveOpen, null, null)
@@ -394,10 +396,14 @@ public sealed class PagemapWriter : IDisposable
         }
     }
 
+    /// <summary>The compression workers started so far (for tests).</summary>
+    internal IReadOnlyList<Thread> WorkerThreads => _threads ?? [];
+
     private System.Collections.Concurrent.BlockingCollection<Job> Work()
     {
         if (_work is not null)
             return _work;
+        ObjectDisposedException.ThrowIf(_disposed, this);
         _work = [];
         _threads = new Thread[Options.Parallelism];
         for (int i = 0; i < _threads.Length; i++)
@@ -421,6 +427,8 @@ public sealed class PagemapWriter : IDisposable
         try
         {
             job.OutLen = 0;
+            if (_abandoned)
+                return; // disposed unfinished: nobody will commit it
             for (int k = 0; k < job.Blocks; k++)
             {
                 int first = k * _blockPages;
@@ -581,16 +589,22 @@ public sealed class PagemapWriter : IDisposable
 
     public void Dispose()
     {
-        if (!_finished)
-            _onAbort?.Invoke(this);
+        _disposed = true;
         // Workers may still be reading pages for jobs never committed: stop them before the
         // caller lets that memory go.
-        _work?.CompleteAdding();
-        if (_threads is not null)
-            foreach (var t in _threads)
+        if (_work is { } work)
+        {
+            _abandoned = !_finished;
+            work.CompleteAdding();
+            foreach (var t in _threads!)
                 t.Join();
-        _work?.Dispose();
+            work.Dispose();
+            _work = null;
+            _threads = null;
+        }
         _pending.Clear();
+        if (!_finished)
+            _onAbort?.Invoke(this);
         _codec?.Dispose();
         if (!_leaveOpen)
             _pages.Dispose();
