@@ -19,8 +19,8 @@ namespace CriuSharp.Bench;
 ///   PreDump:  pre-dump of a 4 GiB populated address space with 0.1 % of pages dirtied since the last
 ///             pre-dump vs a full dump of the same space — target ≤ 5 %.
 ///   Restore:  restore of the 1 GiB dump into a fresh kernel (no verification) vs LZ4_decompress_safe — target ≥ 70 %.
-/// Measured 2026-11-22 on the idle 2-core VM, two runs: full dump in RAM 626 / 617 ms against 882 / 879 ms
-/// (141 % / 142 %), on the disk 1,048 / 976 ms; pre-dump 0.8 %; restore 84 % / 81 %.
+/// Measured 2026-11-22 on the idle 2-core VM: full dump in RAM 626 / 617 / 603 ms against 882 / 879 / 885 ms
+/// (141 % / 142 % / 147 %), on the disk 1,048 / 976 / 928 ms; pre-dump 0.8 %; restore 84 % / 81 %.
 /// </summary>
 [Config(typeof(Cfg))]
 [GroupBenchmarksBy(BenchmarkLogicalGroupRule.ByCategory)]
