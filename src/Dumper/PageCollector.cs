@@ -30,8 +30,6 @@ internal sealed class PageCollector
     private readonly bool _hash;
     private readonly int _imgPerPage;
     private readonly int _shift;
-    /// <summary>Bytes read and hashed at a time (a multiple of every page size).</summary>
-    private const int HashPiece = 256 * 1024;
     private int _parentCursor;
     private byte[]? _scratch;
     private nint[]? _frames;
@@ -158,16 +156,11 @@ internal sealed class PageCollector
             }
             else
             {
-                // Copy and hash in cache-sized pieces: the hash reads the bytes while they are still in cache.
+                // A kept pipe (pre-dump) copies: the tree runs on before these bytes are written.
                 var span = _pipe.Reserve(a, n * ps);
-                for (int done = 0; done < span.Length; done += HashPiece)
-                {
-                    var piece = span.Slice(done, Math.Min(HashPiece, span.Length - done));
-                    ulong pa = a + (ulong)done;
-                    Read(pa, piece);
-                    if (_hash)
-                        h.AddPages(pa, piece);
-                }
+                Read(a, span);
+                if (_hash)
+                    h.AddPages(a, span);
             }
             CollectedBytes += (long)n * ps;
             off += (ulong)n;

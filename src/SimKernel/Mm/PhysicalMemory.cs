@@ -93,13 +93,20 @@ public sealed unsafe partial class PhysicalMemory
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private unsafe Span<byte> Frame(long pfn)
+    private unsafe Span<byte> Frame(long pfn) =>
+        new(At(_mapped, _mappedFrames, _chunkBase, _pageShift, _chunkShift, _chunkMask, pfn), 1 << _pageShift);
+
+    /// <summary>
+    /// Host address of frame <paramref name="pfn"/>: in the mapped frames file, else in its
+    /// (pinned) chunk. One definition for the spans above and the store path's window below.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static byte* At(byte* mapped, long mappedFrames, nint[] chunkBase, int pageShift, int chunkShift, long chunkMask, long pfn)
     {
         long rel = pfn - FirstPfn;
-        if (rel < _mappedFrames)
-            return new Span<byte>(_mapped + (rel << _pageShift), 1 << _pageShift);
-        var chunk = _chunks[rel >> _chunkShift]!;
-        return chunk.AsSpan((int)((rel & _chunkMask) << _pageShift), 1 << _pageShift);
+        if ((ulong)rel < (ulong)mappedFrames)
+            return mapped + (rel << pageShift);
+        return (byte*)chunkBase[rel >> chunkShift] + ((rel & chunkMask) << pageShift);
     }
 
     /// <summary>
@@ -134,13 +141,8 @@ public sealed unsafe partial class PhysicalMemory
 
         /// <summary>The address of byte <paramref name="offset"/> of frame <paramref name="pfn"/>, for reading.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public byte* Peek(long pfn, ulong offset)
-        {
-            long rel = pfn - FirstPfn;
-            if ((ulong)rel < (ulong)_mappedFrames)
-                return _mapped + (rel << _pageShift) + offset;
-            return (byte*)_chunkBase[rel >> _chunkShift] + ((rel & _chunkMask) << _pageShift) + offset;
-        }
+        public byte* Peek(long pfn, ulong offset) =>
+            At(_mapped, _mappedFrames, _chunkBase, _pageShift, _chunkShift, _chunkMask, pfn) + offset;
 
         /// <summary>The address of byte <paramref name="offset"/> of frame <paramref name="pfn"/>, marked modified.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -155,7 +157,7 @@ public sealed unsafe partial class PhysicalMemory
     }
 
     /// <summary>Host address of frame <paramref name="pfn"/>'s first byte (stable: chunks are pinned, the frames file stays mapped).</summary>
-    public nint Address(long pfn) => (nint)new FrameWindow(this).Peek(pfn, 0);
+    public nint Address(long pfn) => (nint)At(_mapped, _mappedFrames, _chunkBase, _pageShift, _chunkShift, _chunkMask, pfn);
 
     /// <summary>A zeroed frame, or -1 when the machine's memory is exhausted.</summary>
     public long AllocateZeroed(FrameKind kind)
