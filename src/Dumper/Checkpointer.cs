@@ -93,6 +93,11 @@ internal sealed class Checkpointer
         ulong shScanned = 0, shWritten = 0;
         // A dump writes while frozen: pages stream to the images as they are collected.
         using var stream = _pre ? null : new PageXferQueue(StreamBudgetBytes);
+        // Elision and deltas (pre-dumps only): the history must describe this dump's parent.
+        var history = _pre ? _o.History : null;
+        history?.Begin(parentSet?.Path, _o.ImagesDir);
+        var deltaCounters = new DeltaCounters();
+        ulong estimatedBytes = 0;
         try
         {
             foreach (var t in _k.Tree(_o.Pid))
@@ -173,7 +178,13 @@ internal sealed class Checkpointer
                 foreach (var ts in tasks)
                 {
                     using var xfer = new PageXfer(dir.BeginPagemap(ts.Task.Pid, _o.PageStore));
-                    xfer.Write(ts.Pipe);
+                    using var sieve = history is null ? null : new PageSieve(history, ts.Task.Pid, ts.ParentPagemap, _o.PageStore);
+                    xfer.Write(ts.Pipe, sieve);
+                    if (sieve is not null)
+                    {
+                        deltaCounters = deltaCounters.Add(sieve.Counters);
+                        estimatedBytes += sieve.EstimatedBytes;
+                    }
                     var st = xfer.Finish();
                     pageStats.Add(st);
                     if (_o.AutoDedup) PageXfer.Dedup(parentSet, ImageNames.Pagemap(ts.Task.Pid), xfer.WrittenRanges);
@@ -197,10 +208,11 @@ internal sealed class Checkpointer
             writeWall += writeWatch.Elapsed;
 
             ulong stored = pageStats.BytesStored, raw = pageStats.BytesRaw;
+            // Pages considered for deltas were also compressed alone to size them up.
             compressNs = _o.PageStore.Compression == PageCompression.None ? 0
-                : CostModel.Ns(raw, _o.PageStore.Compression == PageCompression.Zstd ? _cost.CompressBytesPerSecond / 3 : _cost.CompressBytesPerSecond)
+                : CostModel.Ns(raw + estimatedBytes, _o.PageStore.Compression == PageCompression.Zstd ? _cost.CompressBytesPerSecond / 3 : _cost.CompressBytesPerSecond)
                   / (ulong)Math.Max(1, _o.PageStore.Parallelism);
-            memwriteNs = compressNs + CostModel.Ns(stored, _cost.DiskBytesPerSecond);
+            memwriteNs = compressNs + CostModel.Ns(stored + pageStats.BytesDelta, _cost.DiskBytesPerSecond);
 
             ulong frozenNs = freezeNs + memdumpNs + (_pre ? 0 : memwriteNs);
             var stats = new DumpStats
@@ -211,24 +223,26 @@ internal sealed class Checkpointer
                 MemwriteTime = RestoreStats.Us(memwriteNs),
                 PagesScanned = tasks.Aggregate(0UL, (s, x) => s + x.Scanned) * (ulong)_imgPerPage,
                 PagesSkippedParent = pageStats.PagesSkippedParent - 0,
-                PagesWritten = pageStats.PagesWritten - shWritten,
+                PagesWritten = pageStats.PagesWritten + pageStats.PagesDelta - shWritten,
                 PagesLazy = pageStats.PagesLazy,
                 PagePipes = (ulong)tasks.Count,
                 PagePipeBufs = (ulong)tasks.Sum(x => x.Pipe.BufferCount),
                 ShpagesScanned = shScanned,
                 ShpagesSkippedParent = 0,
                 ShpagesWritten = shWritten,
-                BytesRaw = raw,
+                BytesRaw = raw + (pageStats.PagesDelta << PageGeometry.PageShift),
                 BytesCompressed = stored,
                 ZeroPagesSkipped = pageStats.ZeroPagesSkipped,
                 PagesStoredRaw = pageStats.PagesStoredRaw,
                 Tracker = TrackerNames.Name(tracker),
                 Compression = _o.PageStore.Compression switch { PageCompression.Lz4 => "lz4", PageCompression.Zstd => "zstd", _ => "none" },
                 CompressTime = RestoreStats.Us(compressNs),
+                Delta = history is null ? null : deltaCounters,
                 WallClock = new WallClock(collectWall, writeWall, wall.Elapsed),
             };
             dir.WriteDumpStats(stats.ToProto());
             dir.Commit();
+            history?.Commit(_o.ImagesDir, deltaCounters);
 
             if (_pre)
                 _host.Advance(memwriteNs);

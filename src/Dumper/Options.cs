@@ -58,6 +58,12 @@ public sealed record DumpOptions
     /// <summary>Record a checksum of every VMA's contents at freeze time (checked by restore).</summary>
     public bool RecordChecksums { get; init; } = true;
     public CostModel Cost { get; init; } = CostModel.Default;
+    /// <summary>
+    /// What earlier pre-dumps of this chain sent (source side, kept between pre-dumps): with it a
+    /// pre-dump elides written-but-unchanged pages and sends re-dirtied ones as deltas, as its
+    /// settings say. Ignored by a final dump.
+    /// </summary>
+    public SentPages? History { get; init; }
 }
 
 /// <summary>Options of <c>restore</c>: <c>-D</c> <see cref="ImagesDir"/>.</summary>

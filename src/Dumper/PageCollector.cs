@@ -101,7 +101,7 @@ internal sealed class PageCollector
                 return;
             }
             var e = entries[_parentCursor];
-            bool usable = (PagemapImage.FlagsOf(e) & (PagemapFlags.Present | PagemapFlags.Parent)) != 0;
+            bool usable = (PagemapImage.FlagsOf(e) & (PagemapFlags.Present | PagemapFlags.Parent | PagemapFlags.Delta)) != 0;
             if (e.Vaddr > va)
             {
                 ulong stop = Math.Min(end, e.Vaddr);

@@ -32,12 +32,15 @@ internal sealed class PageXfer : IDisposable
     /// <summary>Digests of the pages written, in address order (empty unless asked for).</summary>
     public IReadOnlyList<(ulong Va, ulong Digest)> Digests => _digests ?? [];
 
-    public void Write(PagePipe pipe)
+    /// <param name="sieve">Elision and delta encoding of written pages (pre-dumps), or null.</param>
+    public void Write(PagePipe pipe, PageSieve? sieve = null)
     {
         foreach (var iov in pipe.Iovs)
         {
             if (iov.Hole)
                 WriteHole(iov.Va, iov.HolePages);
+            else if (sieve is not null)
+                sieve.Write(_writer, iov.Va, pipe.Buffer(iov.Buf, iov.Off, iov.Bytes), WritePresent);
             else
                 WritePresent(iov.Va, pipe.Buffer(iov.Buf, iov.Off, iov.Bytes));
         }

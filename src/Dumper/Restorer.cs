@@ -250,7 +250,7 @@ internal sealed class Restorer
         foreach (var e in entries)
         {
             var flags = PagemapImage.FlagsOf(e);
-            if ((flags & (PagemapFlags.Present | PagemapFlags.Parent)) == 0)
+            if ((flags & (PagemapFlags.Present | PagemapFlags.Parent | PagemapFlags.Delta)) == 0)
                 throw new DumperException("lazy pages are not supported by this restore", pid, _o.ImagesDir, e.Vaddr, e.Vaddr + (PagemapImage.NrPages(e) << 12));
             ulong end = e.Vaddr + (PagemapImage.NrPages(e) << PageGeometry.PageShift);
             for (ulong va = e.Vaddr; va < end;)

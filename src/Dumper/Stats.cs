@@ -31,9 +31,27 @@ public sealed record DumpStats
     public string Tracker { get; init; } = "none";
     public string Compression { get; init; } = "none";
     public uint CompressTime { get; init; }
+    /// <summary>Elision and delta counters; null when neither was on (nothing is written to stats-dump then).</summary>
+    public DeltaCounters? Delta { get; init; }
     public WallClock? WallClock { get; init; }
 
-    public dump_stats_entry ToProto() => new()
+    public dump_stats_entry ToProto()
+    {
+        var p = ToProtoBase();
+        if (Delta is { } d)
+        {
+            p.PagesElided = d.PagesElided;
+            p.PagesDelta = d.PagesDelta;
+            p.DeltaBytes = d.DeltaBytes;
+            p.DeltaCacheHits = d.CacheHits;
+            p.DeltaCacheMisses = d.CacheMisses;
+            p.DeltaOverflows = d.Overflows;
+            p.DeltaBytesSaved = d.BytesSaved;
+        }
+        return p;
+    }
+
+    private dump_stats_entry ToProtoBase() => new()
     {
         FreezingTime = FreezingTime,
         FrozenTime = FrozenTime,

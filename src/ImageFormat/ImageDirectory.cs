@@ -110,6 +110,8 @@ public sealed class ImageDirectory : IDisposable
                     fs.Flush(flushToDisk: true);
                     CrashPoints.Hit("pages.tmp");
                     File.Move(pagesTemp, pagesPath, overwrite: true);
+                    if (w.DeltaBytes.Length > 0)
+                        AtomicFile.Write(PathOf(ImageNames.Deltas(pagesId)), w.DeltaBytes);
                     ImageFile.WriteAtomic(PathOf(pagemapName), ImageKind.Pagemap, w.PagemapMessages());
                     PageStats.Add(w.Stats);
                     _openPagemaps.Remove(w);

@@ -127,6 +127,8 @@ public static class ImageNames
     public static string Pagemap(int pid) => $"pagemap-{pid}.img";
     public static string ShmemPagemap(ulong shmid) => $"pagemap-shmem-{shmid}.img";
     public static string Pages(uint pagesId) => $"pages-{pagesId}.img";
+    /// <summary>criu-sharp: the PE_DELTA pages of pagemap_head.pages_id, back to back (no framing).</summary>
+    public static string Deltas(uint pagesId) => $"deltas-{pagesId}.img";
     public static string Fdinfo(uint filesId) => $"fdinfo-{filesId}.img";
     public static string SimState(int pid) => $"sim-{pid}.img";
 }

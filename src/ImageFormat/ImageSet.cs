@@ -174,16 +174,24 @@ public sealed class ImageSet
     {
         var map = PagemapImage.Load(PathOf(pagemapName));
         var pages = map.PagesLength > 0 || Has(map.PagesFileName) ? PagesSource.OpenFile(PathOf(map.PagesFileName)) : null;
+        PagesSource? deltas = null;
         try
         {
+            if (map.DeltasLength > 0)
+            {
+                if (!Has(map.DeltasFileName))
+                    throw new ImageFormatException(PathOf(map.DeltasFileName), "deltas", 0, $"file is missing but {map.Path} has PE_DELTA pages");
+                deltas = PagesSource.OpenFile(PathOf(map.DeltasFileName));
+            }
             return new PageReader(map, pages, () =>
             {
                 var parent = Parent;
                 return parent is not null && parent.Has(pagemapName) ? parent.OpenPageReader(pagemapName) : null;
-            });
+            }, deltas);
         }
         catch
         {
+            deltas?.Dispose();
             pages?.Dispose();
             throw;
         }

@@ -12,6 +12,8 @@ internal sealed class MatrixArgs
     public readonly Option<string> Policies;
     public readonly Option<string> Compress;
     public readonly Option<string> BlockSizes = new("--block-size") { Description = "Comma-separated compression block sizes in KiB.", DefaultValueFactory = _ => "64" };
+    public readonly Option<string> Elide = new("--elide") { Description = "Unchanged-page elision in pre-dumps: off, on, or off,on to compare.", DefaultValueFactory = _ => "off" };
+    public readonly Option<string> Delta = new("--delta") { Description = "Delta encoding of re-dirtied pages in pre-dumps: off, on, or off,on to compare.", DefaultValueFactory = _ => "off" };
 
     public MatrixArgs(string defaultPolicies, string defaultCompress)
     {
@@ -25,6 +27,19 @@ internal sealed class MatrixArgs
         c.Options.Add(Policies);
         c.Options.Add(Compress);
         c.Options.Add(BlockSizes);
+        c.Options.Add(Elide);
+        c.Options.Add(Delta);
+    }
+
+    private static List<bool> OnOff(string text, string option)
+    {
+        var values = SplitList(text).Select(v => v.ToLowerInvariant() switch
+        {
+            "off" or "no" or "false" => false,
+            "on" or "yes" or "true" => true,
+            _ => throw new UserException(ExitCode.Usage, $"{option} '{v}': expected off, on or off,on"),
+        }).Distinct().ToList();
+        return values.Count > 0 ? values : throw new UserException(ExitCode.Usage, $"{option} needs at least one value");
     }
 
     /// <summary>
@@ -52,20 +67,24 @@ internal sealed class MatrixArgs
             ? k : throw new UserException(ExitCode.Usage, $"--block-size '{b}': not a number of KiB")).ToList();
         if (policies.Count == 0 || compress.Count == 0 || blocks.Count == 0)
             throw new UserException(ExitCode.Usage, "--policies, --compress and --block-size need at least one value each");
+        var elides = OnOff(p.GetValue(Elide)!, "--elide");
+        var deltas = OnOff(p.GetValue(Delta)!, "--delta");
         var cells = (from pol in policies
                      from c in compress
                      from k in c.Equals("none", StringComparison.OrdinalIgnoreCase) ? blocks.Take(1) : blocks
-                     select (pol, store: MigrationArgs.Store(c, k))).ToList();
+                     from el in elides
+                     from de in deltas
+                     select (pol, store: MigrationArgs.Store(c, k), el, de)).ToList();
         int maxSteps = cells.Sum(x => x.pol.MaxPreDumps + 3);
         return MigrationArgs.WithProgress(json, "comparing", maxSteps, progress =>
         {
             var results = new List<MigrationResult>();
             int before = 0;
-            foreach (var (pol, store) in cells)
+            foreach (var (pol, store, el, de) in cells)
             {
                 int offset = before;
                 var r = LiveMigration.Run(Common.Options(p, pol, store, progress: progress is null ? null
-                    : pr => progress(pr with { Step = $"{pol.Spec}: {pr.Step}", Done = offset + pr.Done, MaxSteps = maxSteps })));
+                    : pr => progress(pr with { Step = $"{pol.Spec}: {pr.Step}", Done = offset + pr.Done, MaxSteps = maxSteps }), elide: el, delta: de));
                 results.Add(r);
                 before += pol.MaxPreDumps + 3;
                 progress?.Invoke(new MigrationProgress($"{pol.Spec} done", before, maxSteps));
@@ -95,11 +114,22 @@ public static class CompareCommand
             else
             {
                 o.WriteLine($"compare {results[0].Workload}: tracker {results[0].Tracker}, {results[0].Arch}/{results[0].Kernel}, link {results[0].BandwidthBytesPerSecond / 1048576.0:0.#} MiB/s");
-                MigrateOutput.Table(o, Header, results.Select(Row).ToList(), rightAligned: [2, 3, 4, 5, 6, 7, 8]);
+                var (header, rows) = Table(results);
+                MigrateOutput.Table(o, header, rows, rightAligned: [2, 3, 4, 5, 6, 7, 8]);
             }
             return results.All(r => r.Verification.Ok) ? 0 : (int)ExitCode.CheckFailed;
         });
         return cmd;
+    }
+
+    /// <summary>The summary table; the elide and delta columns appear only when a run had one of them on.</summary>
+    internal static (string[] Header, List<string[]> Rows) Table(IReadOnlyList<MigrationResult> results)
+    {
+        bool axes = results.Any(r => r.ElideUnchanged || r.DeltaCacheBytes > 0);
+        if (!axes)
+            return (Header, results.Select(Row).ToList());
+        return ([.. Header[..3], "elide", "delta", .. Header[3..]],
+            results.Select(r => { var c = Row(r); return (string[])[.. c[..3], r.ElideUnchanged ? "on" : "off", r.DeltaCacheBytes > 0 ? "on" : "off", .. c[3..]]; }).ToList());
     }
 
     internal static readonly string[] Header = ["policy", "compress", "block KiB", "pre-dumps", "total sent", "final dump", "downtime", "expected", "total time", "verified"];
@@ -126,6 +156,9 @@ public static class CompareCommand
         expected_downtime_ns = r.ExpectedDowntimeNs,
         total_time_ns = r.TotalTimeNs,
         verified = r.Verification.Ok,
+        elide_unchanged = r.ElideUnchanged,
+        delta_cache_bytes = r.DeltaCacheBytes,
+        delta = r.DeltaTotals,
         pages_written = r.Iterations.Select(i => i.PagesWritten),
         bytes_sent = r.Iterations.Select(i => i.BytesSent),
     };

@@ -26,13 +26,14 @@ public sealed class MigrationArgs
     public readonly Option<string> CompressSpeed = new("--compress-speed") { Description = "Cost model: LZ4 compression per core (zstd is modelled at a third).", DefaultValueFactory = _ => Rate(MigrationCost.Default.CompressBytesPerSecond) };
     public readonly Option<string> CopySpeed = new("--copy-speed") { Description = "Cost model: copying pages out of the task (memcpy).", DefaultValueFactory = _ => Rate(MigrationCost.Default.CopyBytesPerSecond) };
     public readonly Option<string> FreezeCost = new("--freeze-cost") { Description = "Cost model: seizing and freezing one task.", DefaultValueFactory = _ => $"{MigrationCost.Default.FreezeNsPerTask / 1000}us" };
+    public readonly Option<string> DeltaCache = new("--delta-cache") { Description = "Source-side cache of last-sent pages that deltas are taken against (LRU; QEMU's default xbzrle-cache-size).", DefaultValueFactory = _ => "64MiB" };
 
     private static string Rate(double bps) => string.Create(CultureInfo.InvariantCulture, $"{bps / 1e9:0.###}GB/s");
 
     public void AddTo(Command c)
     {
         c.Options.Add(Workload);
-        foreach (var o in new Option[] { Bandwidth, DowntimeLimit, Tracker, Warmup, RunAfter, CompressSpeed, CopySpeed, FreezeCost })
+        foreach (var o in new Option[] { Bandwidth, DowntimeLimit, Tracker, Warmup, RunAfter, CompressSpeed, CopySpeed, FreezeCost, DeltaCache })
             c.Options.Add(o);
         Kernel.AddTo(c);
     }
@@ -72,8 +73,11 @@ public sealed class MigrationArgs
         };
     }
 
-    public MigrationOptions Options(ParseResult p, ConvergencePolicy policy, PageStoreOptions store, string? keep = null, Action<MigrationProgress>? progress = null) => new()
+    public MigrationOptions Options(ParseResult p, ConvergencePolicy policy, PageStoreOptions store, string? keep = null, Action<MigrationProgress>? progress = null,
+        bool elide = false, bool delta = false) => new()
     {
+        ElideUnchanged = elide,
+        DeltaCacheBytes = delta ? DeltaCacheBytes(p) : 0,
         WorkloadPath = WorkloadPath(p),
         Kernel = Kernel.Config(p),
         Policy = policy,
@@ -91,6 +95,15 @@ public sealed class MigrationArgs
             FreezeNsPerTask = Units.ParseDurationNs(p.GetValue(FreezeCost)!),
         },
     };
+
+    public long DeltaCacheBytes(ParseResult p)
+    {
+        var text = p.GetValue(DeltaCache)!;
+        double b = ParseRate(text, "--delta-cache");
+        if (b < PageGeometry.PageSize || b > (1L << 40))
+            throw new UserException(ExitCode.Usage, $"--delta-cache '{text}': must be from 4KiB to 1TiB");
+        return (long)b;
+    }
 
     /// <summary>Rates as users type them: 128MiB/s, 1.5GB/s, 10Gbit/s, 500Mbit/s, 1000000 (bytes/s).</summary>
     public static double ParseRate(string text, string option)
@@ -151,6 +164,8 @@ public static class MigrateCommand
         var compress = new Option<string>("--compress") { Description = "Page compression: lz4, zstd, none.", DefaultValueFactory = _ => "lz4" }.AcceptOnlyFromAmong("lz4", "zstd", "none");
         var block = new Option<int>("--block-size") { Description = "Compression block size in KiB, 4 (one page) to 256.", DefaultValueFactory = _ => 64 };
         var dir = new Option<string?>("--images-dir", "-D") { Description = "Keep the image directories here (DIR/1, DIR/2, ..., final dump last) for show, x and crit." };
+        var elide = new Option<bool>("--elide-unchanged") { Description = "Pre-dumps record pages written with unchanged contents as in-parent (PE_PARENT) instead of sending them." };
+        var delta = new Option<bool>("--delta") { Description = "Pre-dumps send re-dirtied pages as XBZRLE-style deltas when smaller (an image extension: criu-sharp restores such images, CRIU does not)." };
         var json = CommonOptions.Json();
         var cmd = new Command("migrate", "Live-migrate a workload between two simulated hosts: pre-dumps under a convergence policy while it runs, final dump, transfer, restore, verification.");
         a.AddTo(cmd);
@@ -158,6 +173,8 @@ public static class MigrateCommand
         cmd.Options.Add(compress);
         cmd.Options.Add(block);
         cmd.Options.Add(dir);
+        cmd.Options.Add(elide);
+        cmd.Options.Add(delta);
         cmd.Options.Add(json);
         cmd.SetAction(p =>
         {
@@ -166,7 +183,7 @@ public static class MigrateCommand
             string? keep = p.GetValue(dir) is string d ? Path.GetFullPath(d) : null;
             bool asJson = p.GetValue(json);
             var result = MigrationArgs.WithProgress(asJson, "migrating", pol.MaxPreDumps + 3,
-                progress => LiveMigration.Run(a.Options(p, pol, store, keep, progress)));
+                progress => LiveMigration.Run(a.Options(p, pol, store, keep, progress, p.GetValue(elide), p.GetValue(delta))));
             foreach (var w in result.Warnings)
                 p.InvocationConfiguration.Error.WriteLine($"criu-sharp: warning: {w}");
             if (keep is not null)
@@ -226,6 +243,9 @@ internal static class MigrateOutput
             remaining_bytes_at_decision = r.RemainingBytesAtDecision,
             total_time_ns = r.TotalTimeNs,
             verified = r.Verification.Ok,
+            elide_unchanged = r.ElideUnchanged,
+            delta_cache_bytes = r.DeltaCacheBytes,
+            delta = r.DeltaTotals,
         },
         verification = new
         {
@@ -282,6 +302,11 @@ internal static class MigrateOutput
                 ? $"ok: {v.VmasVerified} VMA checksums, workload self-check ok after restore and after running on ({string.Join(", ", v.AfterContinue.Select(x => $"pid {x.Pid}: {x.PagesChecked} pages"))})"
                 : $"FAILED: {v.Error ?? string.Join("; ", v.AfterRestore.Concat(v.AfterContinue).Where(x => !x.Ok).Select(x => $"pid {x.Pid}: {x.Detail}"))}"),
         };
+        if (r.ElideUnchanged || r.DeltaCacheBytes > 0)
+        {
+            var t = r.DeltaTotals;
+            lines.Add(("elision / delta", $"{t.PagesElided} pages elided; {t.PagesDelta} pages as deltas ({Bytes(t.DeltaBytes)}); cache {Bytes((ulong)r.DeltaCacheBytes)}: {t.CacheHits} hits, {t.CacheMisses} misses, {t.Overflows} overflows; {Bytes(t.BytesSaved)} saved"));
+        }
         if (r.ImagesRoot is not null)
             lines.Add(("images", $"{r.ImagesRoot} (final dump in {r.Iterations[^1].ImagesDir})"));
         int w = lines.Max(l => l.Item1.Length);

@@ -24,7 +24,8 @@ public static class ReportCommand
             // Written to a temporary name in the same directory and renamed: a reader never sees half a report.
             ImageFormat.AtomicFile.Write(path, Encoding.UTF8.GetBytes(ReportHtml.Build(results)));
             var o = p.InvocationConfiguration.Output;
-            MigrateOutput.Table(o, CompareCommand.Header, results.Select(CompareCommand.Row).ToList(), rightAligned: [2, 3, 4, 5, 6, 7, 8]);
+            var (header, rows) = CompareCommand.Table(results);
+            MigrateOutput.Table(o, header, rows, rightAligned: [2, 3, 4, 5, 6, 7, 8]);
             o.WriteLine($"wrote {path}");
             return results.All(r => r.Verification.Ok) ? 0 : (int)ExitCode.CheckFailed;
         });

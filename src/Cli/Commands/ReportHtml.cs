@@ -22,7 +22,8 @@ internal static class ReportHtml
     private static string E(string s) => WebUtility.HtmlEncode(s);
 
     public static string Label(MigrationResult r) =>
-        r.Compression == "none" ? $"{r.Policy} / none" : $"{r.Policy} / {r.Compression} {r.BlockKiB}K";
+        (r.Compression == "none" ? $"{r.Policy} / none" : $"{r.Policy} / {r.Compression} {r.BlockKiB}K")
+        + (r.ElideUnchanged ? " +elide" : "") + (r.DeltaCacheBytes > 0 ? " +delta" : "");
 
     public static string Build(IReadOnlyList<MigrationResult> runs)
     {
@@ -41,12 +42,14 @@ internal static class ReportHtml
 
         // Summary table.
         sb.Append("<table id=\"summary\"><tr>");
-        foreach (var h in CompareCommand.Header) sb.Append($"<th>{E(h)}</th>");
+        var (header, rows) = CompareCommand.Table(runs);
+        foreach (var h in header) sb.Append($"<th>{E(h)}</th>");
         sb.Append("</tr>\n");
-        foreach (var r in runs)
+        for (int ri = 0; ri < runs.Count; ri++)
         {
+            var r = runs[ri];
             sb.Append("<tr>");
-            var row = CompareCommand.Row(r);
+            var row = rows[ri];
             for (int c = 0; c < row.Length; c++)
                 sb.Append(c == row.Length - 1 ? $"<td class=\"{(r.Verification.Ok ? "ok" : "bad")}\">{E(row[c])}</td>" : $"<td>{E(row[c])}</td>");
             sb.Append("</tr>\n");
@@ -56,6 +59,9 @@ internal static class ReportHtml
         sb.Append("<h2>Dirty pages per iteration</h2>\n<p>Pages written by each pre-dump and, last, by the final dump (hollow mark).</p>\n");
         sb.Append(LineChart("dirty-pages", "pages written per iteration (log scale)", runs,
             r => r.Iterations.Select(i => (double)i.PagesWritten).ToList(), log: true, unit: "pages"));
+        sb.Append("<h2>Bytes sent per iteration</h2>\n<p>Every file of each image directory; runs with elision or deltas on carry +elide / +delta in their label.</p>\n");
+        sb.Append(LineChart("bytes-per-iteration", "bytes sent per iteration (KiB, log scale)", runs,
+            r => r.Iterations.Select(i => Math.Max(1.0, i.BytesSent / 1024.0)).ToList(), log: true, unit: "KiB"));
         sb.Append("<h2>Cumulative bytes sent</h2>\n");
         sb.Append(LineChart("bytes-sent", "cumulative bytes sent (MiB)", runs,
             r => { double s = 0; return r.Iterations.Select(i => s += i.BytesSent / 1048576.0).ToList(); }, log: false, unit: "MiB"));

@@ -90,6 +90,7 @@ public sealed class LiveMigration
             throw new DumperException($"the workload starts {outside.Count + 1} separate process trees; migrate moves one tree, as criu dump -t does (processes {string.Join(", ", outside)} are not children of {pid})");
         source.Advance(_o.WarmupNs);
 
+        _history = _o.ElideUnchanged || _o.DeltaCacheBytes > 0 ? new SentPages(_o.ElideUnchanged, _o.DeltaCacheBytes) : null;
         var warnings = new List<string>();
         var iterations = new List<IterationRecord>();
         var samples = new List<IterationSample>();
@@ -208,6 +209,8 @@ public sealed class LiveMigration
             },
             ImagesRoot = temporary ? null : root,
             Warnings = warnings.Distinct().ToList(),
+            ElideUnchanged = _o.ElideUnchanged,
+            DeltaCacheBytes = _o.DeltaCacheBytes,
         };
     }
 
@@ -220,7 +223,10 @@ public sealed class LiveMigration
         Tracker = _o.Tracker,
         PageStore = _o.PageStore,
         Cost = _dumperCost,
+        History = _history,
     };
+
+    private SentPages? _history;
 
     private static IterationRecord Record(int index, string kind, string dir, DumpStats s, ulong sent, ulong transferNs, ulong durationNs, ulong freezeAt, ulong? prevFreezeAt) => new()
     {

@@ -26,6 +26,10 @@ public sealed record MigrationOptions
     public string? ImagesRoot { get; init; }
     /// <summary>Called after each step (pre-dump, final dump, restore, continue) for progress bars.</summary>
     public Action<MigrationProgress>? Progress { get; init; }
+    /// <summary>Pre-dumps record written-but-unchanged pages as PE_PARENT (<c>--elide-unchanged</c>).</summary>
+    public bool ElideUnchanged { get; init; }
+    /// <summary>Pre-dumps send re-dirtied pages as deltas against a source-side cache of this many bytes (<c>--delta-cache</c>); 0 = off.</summary>
+    public long DeltaCacheBytes { get; init; }
 }
 
 /// <summary>A progress report: which step just finished and how many are planned at most.</summary>
@@ -107,4 +111,8 @@ public sealed record MigrationResult
     /// <summary>The kept image directories' root (<c>-D</c>), or null when they were temporary.</summary>
     public string? ImagesRoot { get; init; }
     public IReadOnlyList<string> Warnings { get; init; } = [];
+    public bool ElideUnchanged { get; init; }
+    public long DeltaCacheBytes { get; init; }
+    /// <summary>Elision and delta counters summed over the pre-dumps (zero when both were off).</summary>
+    public DeltaCounters DeltaTotals => Iterations.Aggregate(new DeltaCounters(), (s, i) => i.Stats.Delta is { } d ? s.Add(d) : s);
 }

@@ -15,6 +15,8 @@ public enum PageLocation
     Parent,
     /// <summary>PE_LAZY without PE_PRESENT: left for lazy transfer, no bytes in any image.</summary>
     Lazy,
+    /// <summary>PE_DELTA: a delta in deltas-N.img against the page further down the chain.</summary>
+    Delta,
 }
 
 /// <summary>Counters of a reader (this level and its parents).</summary>
@@ -25,6 +27,8 @@ public sealed class PageReadStats
     public ulong PagesFromParent { get; internal set; }
     public ulong BytesRead { get; internal set; }
     public ulong BlocksDecompressed { get; internal set; }
+    /// <summary>Pages rebuilt from a delta and their parent's version.</summary>
+    public ulong DeltasApplied { get; internal set; }
 }
 
 /// <summary>
@@ -36,6 +40,8 @@ public sealed class PageReadStats
 public sealed class PageReader : IDisposable
 {
     private readonly PagesSource? _pages;
+    private readonly PagesSource? _deltas;
+    private byte[]? _deltaBuf;
     private readonly Func<PageReader?>? _openParent;
     private readonly BlockCodec? _codec;
     private readonly byte[] _stored;
@@ -48,10 +54,15 @@ public sealed class PageReader : IDisposable
     /// <param name="pagemap">The pagemap.</param>
     /// <param name="pages">Its pages file; null only if the pagemap has no PE_PRESENT entries.</param>
     /// <param name="openParent">Opens the same pagemap one level down the chain, or returns null if there is none.</param>
-    public PageReader(PagemapImage pagemap, PagesSource? pages, Func<PageReader?>? openParent = null)
+    /// <param name="deltas">Its deltas-N.img; needed only if the pagemap has PE_DELTA entries.</param>
+    public PageReader(PagemapImage pagemap, PagesSource? pages, Func<PageReader?>? openParent = null, PagesSource? deltas = null)
     {
         Pagemap = pagemap;
         _pages = pages;
+        _deltas = deltas;
+        if (pagemap.DeltasLength > 0 && (deltas is null || deltas.Length < pagemap.DeltasLength))
+            throw new ImageFormatException(deltas?.Name ?? pagemap.DeltasFileName, "deltas", deltas?.Length ?? 0,
+                $"{pagemap.Path} places deltas up to offset {pagemap.DeltasLength} but the deltas file holds {deltas?.Length ?? 0} bytes");
         _openParent = openParent;
         if (pages is not null && pages.Length < pagemap.PagesLength)
             throw new ImageFormatException(pages.Name, "pages", pages.Length,
@@ -103,6 +114,8 @@ public sealed class PageReader : IDisposable
         }
         if ((flags & PagemapFlags.Parent) != 0)
             return PageLocation.Parent;
+        if ((flags & PagemapFlags.Delta) != 0)
+            return PageLocation.Delta;
         return (flags & PagemapFlags.Lazy) != 0 ? PageLocation.Lazy : PageLocation.Absent;
     }
 
@@ -214,7 +227,50 @@ public sealed class PageReader : IDisposable
             Stats.PagesRead++;
             return;
         }
+        if ((flags & PagemapFlags.Delta) != 0)
+        {
+            ReadDelta(i, e, vaddr, destination);
+            Stats.PagesRead++;
+            return;
+        }
         throw Missing(vaddr, "they are lazy (PE_LAZY without PE_PRESENT) and held by no image");
+    }
+
+    /// <summary>
+    /// A PE_DELTA page: the parent chain's version of the page, patched with this image's delta,
+    /// then checked against the checksum stored with the delta. A missing base and a mismatch
+    /// both name the page's range; neither ever yields a page.
+    /// </summary>
+    private void ReadDelta(int entryIndex, pagemap_entry e, ulong vaddr, Span<byte> destination)
+    {
+        int page = (int)((vaddr - e.Vaddr) >> PageGeometry.PageShift);
+        var parent = Parent ?? throw Missing(vaddr, "they are PE_DELTA pages but there is no parent image set with this pagemap (missing delta base)");
+        try
+        {
+            parent.ReadPage(vaddr, destination);
+        }
+        catch (MissingPagesException inner)
+        {
+            throw new MissingPagesException(Pagemap.Path, vaddr, vaddr + PageGeometry.PageSize,
+                $"the base of a PE_DELTA page is not in the parent chain ({inner.Problem})");
+        }
+        int size = (int)e.DeltaSizes[page];
+        long off = Pagemap.DeltaOffset(entryIndex, page);
+        if (_deltaBuf is null || _deltaBuf.Length < size)
+            _deltaBuf = new byte[Math.Max(size, 2 * PageGeometry.PageSize)];
+        var delta = _deltaBuf.AsSpan(0, size);
+        _deltas!.ReadAt(off, delta);
+        Stats.BytesRead += (ulong)size;
+        var problem = PageDelta.TryApply(delta, destination);
+        if (problem is not null)
+            throw new ImageFormatException(_deltas.Name, "deltas", off,
+                $"delta of page 0x{vaddr:x}-0x{vaddr + PageGeometry.PageSize:x} is malformed: {problem}");
+        ulong expected = e.DeltaChecksums[page];
+        ulong actual = PageDelta.Checksum(destination);
+        if (actual != expected)
+            throw new ImageFormatException(_deltas.Name, "deltas", off,
+                $"checksum mismatch for the delta page 0x{vaddr:x}-0x{vaddr + PageGeometry.PageSize:x} (stored 0x{expected:x16}, computed 0x{actual:x16}): wrong base in the parent chain or a damaged delta");
+        Stats.DeltasApplied++;
     }
 
     private MissingPagesException Missing(ulong vaddr, string why) =>
@@ -290,6 +346,7 @@ public sealed class PageReader : IDisposable
     {
         _codec?.Dispose();
         _pages?.Dispose();
+        _deltas?.Dispose();
         _parent?.Dispose();
     }
 }

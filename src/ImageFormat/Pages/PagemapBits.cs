@@ -11,6 +11,20 @@ public enum PagemapFlags : uint
     Lazy = 1 << 1,
     /// <summary>The bytes are in this pages-N.img at the running offset.</summary>
     Present = 1 << 2,
+    /// <summary>
+    /// criu-sharp: each page is a delta (<see cref="PageDelta"/>) against the same page in the
+    /// parent chain, stored in deltas-N.img; no bytes in pages-N.img. CRIU has no such bit: only
+    /// images written with deltas carry it.
+    /// </summary>
+    Delta = 1 << 16,
+}
+
+/// <summary>How PE_DELTA pages are encoded; stored in pagemap_head.delta_encoding (field 1004).</summary>
+public enum DeltaEncoding : uint
+{
+    None = 0,
+    /// <summary>QEMU's XBZRLE byte grammar, see <see cref="PageDelta"/>.</summary>
+    Xbzrle = 1,
 }
 
 /// <summary>Page geometry of the images (x86_64 base pages; CRIU images assume 4 KiB).</summary>

@@ -19,6 +19,7 @@ public sealed class PagemapImage
     private readonly long[] _dataOffset;
     private readonly int[] _firstBlock;
     private readonly long[] _blockOffset;
+    private readonly long[] _deltaOffset;
 
     private PagemapImage(string path, pagemap_head head, pagemap_entry[] entries, long[] entryOffsets)
     {
@@ -41,6 +42,8 @@ public sealed class PagemapImage
 
         _dataOffset = new long[entries.Length];
         _firstBlock = new int[entries.Length];
+        _deltaOffset = new long[entries.Length];
+        long deltaOffset = 0;
         var blockOffsets = new List<long>();
         long offset = 0;
         ulong prevEnd = 0;
@@ -58,6 +61,20 @@ public sealed class PagemapImage
             prevEnd = e.Vaddr + (nr << PageGeometry.PageShift);
             _dataOffset[i] = -1;
             _firstBlock[i] = -1;
+            _deltaOffset[i] = -1;
+            if ((FlagsOf(e) & PagemapFlags.Delta) != 0)
+            {
+                if ((FlagsOf(e) & (PagemapFlags.Present | PagemapFlags.Parent)) != 0)
+                    throw new ImageFormatException(path, "PAGEMAP", at, $"entry at 0x{e.Vaddr:x} is PE_DELTA together with PE_PRESENT or PE_PARENT");
+                if (head.DeltaEncoding != (uint)DeltaEncoding.Xbzrle)
+                    throw new ImageFormatException(path, "PAGEMAP", at, $"entry at 0x{e.Vaddr:x} is PE_DELTA but pagemap_head.delta_encoding is {head.DeltaEncoding}");
+                if ((ulong)e.DeltaSizes.Count != nr || (ulong)e.DeltaChecksums.Count != nr)
+                    throw new ImageFormatException(path, "PAGEMAP", at, $"PE_DELTA entry at 0x{e.Vaddr:x} has {nr} pages but {e.DeltaSizes.Count} delta sizes and {e.DeltaChecksums.Count} checksums");
+                _deltaOffset[i] = deltaOffset;
+                foreach (var size in e.DeltaSizes)
+                    deltaOffset += size;
+                continue;
+            }
             if ((FlagsOf(e) & PagemapFlags.Present) == 0)
                 continue;
             _dataOffset[i] = offset;
@@ -71,6 +88,7 @@ public sealed class PagemapImage
         }
         _blockOffset = blockOffsets.ToArray();
         PagesLength = offset;
+        DeltasLength = deltaOffset;
     }
 
     public string Path { get; }
@@ -85,6 +103,19 @@ public sealed class PagemapImage
     public long PagesLength { get; }
     public uint PagesId => Head.PagesId;
     public string PagesFileName => ImageNames.Pages(Head.PagesId);
+    /// <summary>Bytes deltas-N.img must hold (0: the pagemap has no PE_DELTA entries).</summary>
+    public long DeltasLength { get; }
+    public string DeltasFileName => ImageNames.Deltas(Head.PagesId);
+
+    /// <summary>Offset in deltas-N.img of page <paramref name="page"/> of PE_DELTA entry <paramref name="entry"/>.</summary>
+    internal long DeltaOffset(int entry, int page)
+    {
+        long off = _deltaOffset[entry];
+        var sizes = Entries[entry].DeltaSizes;
+        for (int p = 0; p < page; p++)
+            off += sizes[p];
+        return off;
+    }
 
     public static PagemapImage Load(string path)
     {

@@ -19,9 +19,15 @@ public sealed class PageWriteStats
     /// <summary>Bytes actually in the pages file.</summary>
     public ulong BytesStored { get; internal set; }
     public ulong Blocks { get; internal set; }
+    /// <summary>Pages recorded as deltas against the parent chain (PE_DELTA).</summary>
+    public ulong PagesDelta { get; internal set; }
+    /// <summary>Bytes of those deltas in deltas-N.img.</summary>
+    public ulong BytesDelta { get; internal set; }
 
     public void Add(PageWriteStats other)
     {
+        PagesDelta += other.PagesDelta;
+        BytesDelta += other.BytesDelta;
         PagesWritten += other.PagesWritten;
         PagesSkippedParent += other.PagesSkippedParent;
         PagesLazy += other.PagesLazy;
@@ -215,6 +221,43 @@ public sealed class PagemapWriter : IDisposable
         _entries.Add(NewEntry(vaddr, nrPages, PagemapFlags.Parent));
         Stats.PagesSkippedParent += nrPages;
     }
+
+    /// <summary>
+    /// One page recorded as a delta (<see cref="PageDelta"/>) against the same page in the parent
+    /// chain: PE_DELTA, the delta appended to deltas-N.img, its size and the XXH3-64 of the
+    /// page's new contents in the entry (so restore can tell a wrong base from a right one).
+    /// Adjacent delta pages share an entry.
+    /// </summary>
+    public void AddDelta(ulong vaddr, ReadOnlySpan<byte> delta, ulong newPageChecksum)
+    {
+        if (_entries.Count > 0 && _nextFree == vaddr && PagemapImage.FlagsOf(_entries[^1]) == PagemapFlags.Delta
+            && _entries[^1].NrPages < uint.MaxValue && !_finished)
+        {
+            var last = _entries[^1];
+            last.NrPages++;
+            if (Options.WriteNrPages64)
+                last.NrPages64 = last.NrPages;
+            _nextFree += PageGeometry.PageSize;
+            last.DeltaSizes.Add((uint)delta.Length);
+            last.DeltaChecksums.Add(newPageChecksum);
+        }
+        else
+        {
+            var e = NewEntry(vaddr, 1, PagemapFlags.Delta);
+            e.DeltaSizes.Add((uint)delta.Length);
+            e.DeltaChecksums.Add(newPageChecksum);
+            _entries.Add(e);
+        }
+        Head.DeltaEncoding = (uint)DeltaEncoding.Xbzrle;
+        System.Buffers.BuffersExtensions.Write(_deltas, delta);
+        Stats.PagesDelta++;
+        Stats.BytesDelta += (ulong)delta.Length;
+    }
+
+    /// <summary>The bytes of deltas-N.img: every PE_DELTA page's delta in entry order (empty if none).</summary>
+    public ReadOnlySpan<byte> DeltaBytes => _deltas.WrittenSpan;
+
+    private readonly System.Buffers.ArrayBufferWriter<byte> _deltas = new();
 
     /// <summary>A run left for lazy (post-copy) transfer: PE_LAZY without PE_PRESENT, no bytes here.</summary>
     public void AddLazy(ulong vaddr, ulong nrPages)

@@ -1,0 +1,176 @@
+using System.Runtime.InteropServices;
+using CriuSharp.ImageFormat;
+
+namespace CriuSharp.Dumper;
+
+/// <summary>Counters of unchanged-page elision and delta encoding, named after QEMU's xbzrle statistics where it has them.</summary>
+public sealed record DeltaCounters
+{
+    /// <summary>Pages the tracker reported written whose content equals the parent chain's: recorded PE_PARENT.</summary>
+    public ulong PagesElided { get; init; }
+    /// <summary>Re-dirtied pages found in the delta cache (QEMU: cache-hit).</summary>
+    public ulong CacheHits { get; init; }
+    /// <summary>Written pages that could have been deltas but were not in the cache (QEMU: cache-miss).</summary>
+    public ulong CacheMisses { get; init; }
+    /// <summary>Cache hits whose delta was not smaller than the page's compressed form (QEMU: overflow); sent whole.</summary>
+    public ulong Overflows { get; init; }
+    /// <summary>Pages sent as deltas.</summary>
+    public ulong PagesDelta { get; init; }
+    /// <summary>Bytes of those deltas.</summary>
+    public ulong DeltaBytes { get; init; }
+    /// <summary>Σ (page compressed alone − delta) over the delta pages, plus the compressed size of elided pages.</summary>
+    public ulong BytesSaved { get; init; }
+
+    public DeltaCounters Add(DeltaCounters o) => new()
+    {
+        PagesElided = PagesElided + o.PagesElided,
+        CacheHits = CacheHits + o.CacheHits,
+        CacheMisses = CacheMisses + o.CacheMisses,
+        Overflows = Overflows + o.Overflows,
+        PagesDelta = PagesDelta + o.PagesDelta,
+        DeltaBytes = DeltaBytes + o.DeltaBytes,
+        BytesSaved = BytesSaved + o.BytesSaved,
+    };
+}
+
+/// <summary>
+/// What the source has sent down one chain of image directories, kept from one pre-dump to the
+/// next (the source side of a migration, as QEMU keeps its XBZRLE cache on the source):
+/// <code>
+///  digests:  (pid, va) → PageDigest of the version the chain holds       every page sent, 16 B each
+///  cache:    (pid, va) → the 4 KiB last sent, LRU, at most CacheBytes     the bases of deltas
+///           slots ─ [page][page][page]…   _prev/_next: LRU list, head = most recent
+/// </code>
+/// It describes exactly one chain: <see cref="Head"/> is the image directory it was last brought
+/// up to date with. A pre-dump whose parent is another directory (or one that failed half-way)
+/// finds the history does not match and starts it afresh rather than trust it.
+/// </summary>
+public sealed class SentPages
+{
+    private readonly Dictionary<(int Pid, ulong Va), ulong> _digests = [];
+    private readonly Dictionary<(int Pid, ulong Va), int> _slotOf = [];
+    private readonly byte[] _slots;
+    private readonly (int Pid, ulong Va)[] _keyOf;
+    private readonly int[] _prev;
+    private readonly int[] _next;
+    private readonly int _capacity;
+    private int _used;
+    private int _head = -1;
+    private int _tail = -1;
+
+    /// <param name="elide">Record unchanged written pages as PE_PARENT.</param>
+    /// <param name="cacheBytes">Delta cache size (QEMU's default xbzrle-cache-size is 64 MiB); 0 = no deltas.</param>
+    public SentPages(bool elide, long cacheBytes)
+    {
+        if (cacheBytes < 0 || cacheBytes > (1L << 40))
+            throw new ArgumentOutOfRangeException(nameof(cacheBytes), cacheBytes, "delta cache size must be 0..1 TiB");
+        Elide = elide;
+        _capacity = (int)Math.Min(int.MaxValue / PageGeometry.PageSize, cacheBytes / PageGeometry.PageSize);
+        _slots = _capacity > 0 ? GC.AllocateUninitializedArray<byte>(_capacity * PageGeometry.PageSize) : [];
+        _keyOf = new (int, ulong)[_capacity];
+        _prev = new int[_capacity];
+        _next = new int[_capacity];
+    }
+
+    public bool Elide { get; }
+    public bool Delta => _capacity > 0;
+    public long CacheBytes => (long)_capacity * PageGeometry.PageSize;
+    /// <summary>Full path of the image directory the history describes; null = nothing trustworthy.</summary>
+    public string? Head { get; private set; }
+    /// <summary>Totals over every pre-dump that used this history.</summary>
+    public DeltaCounters Totals { get; private set; } = new();
+
+    /// <summary>
+    /// Called before a pre-dump writes <paramref name="imagesDir"/> on top of <paramref name="parentDir"/>:
+    /// keeps the history only if it describes that parent, and marks it untrustworthy until
+    /// <see cref="Commit"/>.
+    /// </summary>
+    internal void Begin(string? parentDir, string imagesDir)
+    {
+        if (parentDir is null || Head is null || !SamePath(parentDir, Head))
+            Clear();
+        Head = null;
+        _ = imagesDir;
+    }
+
+    internal void Commit(string imagesDir, DeltaCounters counters)
+    {
+        Head = Path.GetFullPath(imagesDir);
+        Totals = Totals.Add(counters);
+    }
+
+    private static bool SamePath(string a, string b) =>
+        string.Equals(Path.GetFullPath(a).TrimEnd('/'), Path.GetFullPath(b).TrimEnd('/'), StringComparison.Ordinal);
+
+    private void Clear()
+    {
+        _digests.Clear();
+        _slotOf.Clear();
+        _used = 0;
+        _head = _tail = -1;
+    }
+
+    internal bool TryGetDigest(int pid, ulong va, out ulong digest) => _digests.TryGetValue((pid, va), out digest);
+
+    /// <summary>The cached last-sent version, made most recent; empty if not cached.</summary>
+    internal ReadOnlySpan<byte> Lookup(int pid, ulong va)
+    {
+        if (!_slotOf.TryGetValue((pid, va), out int s))
+            return [];
+        Touch(s);
+        return _slots.AsSpan(s * PageGeometry.PageSize, PageGeometry.PageSize);
+    }
+
+    /// <summary>Records what the chain now holds for (pid, va): its digest and, with deltas on, its bytes (evicting the least recent).</summary>
+    internal void Sent(int pid, ulong va, ulong digest, ReadOnlySpan<byte> page)
+    {
+        var key = (pid, va);
+        _digests[key] = digest;
+        if (_capacity == 0)
+            return;
+        ref int slot = ref CollectionsMarshal.GetValueRefOrAddDefault(_slotOf, key, out bool exists);
+        if (!exists)
+        {
+            if (_used < _capacity)
+                slot = _used++;
+            else
+            {
+                int victim = _tail;
+                Unlink(victim);
+                _slotOf.Remove(_keyOf[victim]);
+                // The dictionary may have moved the entry: look it up again.
+                slot = ref CollectionsMarshal.GetValueRefOrAddDefault(_slotOf, key, out _);
+                slot = victim;
+            }
+            _keyOf[slot] = key;
+            PushFront(slot);
+        }
+        else
+            Touch(slot);
+        page.CopyTo(_slots.AsSpan(slot * PageGeometry.PageSize, PageGeometry.PageSize));
+    }
+
+    private void Touch(int s)
+    {
+        if (_head == s)
+            return;
+        Unlink(s);
+        PushFront(s);
+    }
+
+    private void Unlink(int s)
+    {
+        int p = _prev[s], n = _next[s];
+        if (p >= 0) _next[p] = n; else _head = n;
+        if (n >= 0) _prev[n] = p; else _tail = p;
+    }
+
+    private void PushFront(int s)
+    {
+        _prev[s] = -1;
+        _next[s] = _head;
+        if (_head >= 0) _prev[_head] = s;
+        _head = s;
+        if (_tail < 0) _tail = s;
+    }
+}
