@@ -1,0 +1,166 @@
+using System.Diagnostics;
+using CriuSharp.Dumper;
+using CriuSharp.ImageFormat;
+using CriuSharp.SimKernel;
+using CriuSharp.SimKernel.Machine;
+
+namespace CriuSharp.Dumper.Tests;
+
+/// <summary>Pre-dumps that elide unchanged pages and send re-dirtied ones as deltas, restored byte for byte.</summary>
+public class ElisionDeltaTests
+{
+    private const int Pid = 300;
+
+    private sealed record Chain(string Root, List<string> Dirs, List<DumpResult> Steps, List<TaskSnapshot> Before, ulong Heap);
+
+    /// <summary>
+    /// 64 written pages; between dumps page 3 is rewritten with its own bytes (unchanged), pages
+    /// 10..13 get one word changed (re-dirtied), page 20 is rewritten whole with new bytes.
+    /// </summary>
+    private static Chain Run(string arch, SentPages? history, int preDumps = 3, PageStoreOptions? store = null)
+    {
+        var k = RoundTrip.NewKernel(arch);
+        var host = new ClockOnlyHost(k);
+        var t = k.Spawn("delta", Pid);
+        int ps = k.Arch.PageSize;
+        ulong heap = Procs.Map(t, 64);
+        Procs.Fill(t, heap, 64, 5);
+        var root = RoundTrip.NewDir("delta");
+        var dirs = new List<string>();
+        var steps = new List<DumpResult>();
+        var rnd = new Random(9);
+        for (int i = 1; i <= preDumps + 1; i++)
+        {
+            string dir = Path.Combine(root, i.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            var o = new DumpOptions
+            {
+                Pid = Pid, ImagesDir = dir, PrevImagesDir = i > 1 ? $"../{i - 1}" : null,
+                PageStore = store ?? PageStoreOptions.Lz4(), History = history, TrackMem = true,
+            };
+            List<TaskSnapshot>? before = null;
+            if (i <= preDumps)
+                steps.Add(Criu.PreDump(host, o));
+            else
+            {
+                before = RoundTrip.Snapshot(k, Pid);
+                steps.Add(Criu.Dump(host, o));
+            }
+            dirs.Add(dir);
+            if (before is not null)
+                return new Chain(root, dirs, steps, before, heap);
+            // Page 3: the same bytes again (the tracker sees a write).
+            var same = new byte[ps];
+            Assert.True(k.Proc.ReadMemory(Pid, heap + 3UL * (ulong)ps, same).Ok);
+            Assert.True(t.Write(heap + 3UL * (ulong)ps, same).Ok);
+            for (int p = 10; p < 14; p++)
+                Procs.Touch(t, heap + (ulong)(p * ps) + 128, (ulong)rnd.NextInt64());
+            var fresh = new byte[ps];
+            rnd.NextBytes(fresh);
+            Assert.True(t.Write(heap + 20UL * (ulong)ps, fresh).Ok);
+        }
+        throw new InvalidOperationException("unreachable");
+    }
+
+    [Theory]
+    [InlineData("x86_64")]
+    [InlineData("arm64")]
+    public void ElisionAndDeltas_RestoreByteForByte(string arch)
+    {
+        var history = new SentPages(elide: true, cacheBytes: 64L << 20);
+        var chain = Run(arch, history);
+        var second = chain.Steps[1].Stats.Delta!;
+        // Page 3 and the two [vdso] pages, which every dump takes whole and which never change.
+        Assert.Equal(3UL, second.PagesElided);
+        Assert.Equal(4UL, second.PagesDelta);
+        Assert.Equal(5UL, second.CacheHits);          // pages 10..13 and 20
+        Assert.Equal(1UL, second.Overflows);          // page 20: a delta of a new page does not pay
+        Assert.True(second.BytesSaved > 0);
+        Assert.Null(chain.Steps[^1].Stats.Delta);     // the final dump does not use them
+
+        var set = ImageSet.Open(chain.Dirs[1]);
+        var pm = set.ReadPagemap(Pid);
+        var flagsAt = (ulong va) => PagemapImage.FlagsOf(pm.Entries[pm.FindEntry(va)]);
+        int ps = 4096;
+        Assert.Equal(PagemapFlags.Parent, flagsAt(chain.Heap + 3UL * (ulong)ps));
+        Assert.Equal(PagemapFlags.Delta, flagsAt(chain.Heap + 10UL * (ulong)ps));
+        Assert.Equal(PagemapFlags.Present, flagsAt(chain.Heap + 20UL * (ulong)ps));
+        Assert.True(File.Exists(Path.Combine(chain.Dirs[1], "deltas-1.img")));
+
+        var dest = RoundTrip.NewKernel(arch);
+        var rr = Criu.Restore(new ClockOnlyHost(dest), new RestoreOptions { ImagesDir = chain.Dirs[^1] });
+        Assert.True(rr.Stats.VmasVerified > 0);
+        RoundTrip.AssertSame(chain.Before, dest);
+        Directory.Delete(chain.Root, true);
+    }
+
+    [Fact]
+    public void WithBothOff_TheImagesAreTheSameAsWithoutHistory()
+    {
+        var a = Run("x86_64", null);
+        var b = Run("x86_64", new SentPages(elide: false, cacheBytes: 0));
+        for (int i = 0; i < a.Dirs.Count; i++)
+            foreach (var f in Directory.GetFiles(a.Dirs[i]).Select(Path.GetFileName).Where(n => n!.StartsWith("pages-") || n.StartsWith("pagemap-")))
+                Assert.Equal(File.ReadAllBytes(Path.Combine(a.Dirs[i], f!)), File.ReadAllBytes(Path.Combine(b.Dirs[i], f!)));
+        Assert.False(Directory.GetFiles(b.Root, "deltas-*", SearchOption.AllDirectories).Any());
+        Directory.Delete(a.Root, true);
+        Directory.Delete(b.Root, true);
+    }
+
+    [Fact]
+    public void AHistory_IsTrustedOnlyOnTopOfTheDirectoryItWasLastCommittedWith()
+    {
+        var h = new SentPages(elide: true, cacheBytes: 1L << 20);
+        var page = new byte[4096];
+        page[7] = 7;
+        h.Begin(null, "/imgs/1");
+        h.Sent(1, 0x1000, 42, page);
+        h.Commit("/imgs/1", new DeltaCounters());
+        h.Begin("/imgs/1", "/imgs/2");                       // on top of its head: kept
+        Assert.True(h.TryGetDigest(1, 0x1000, out ulong d) && d == 42);
+        Assert.Equal(page, h.Lookup(1, 0x1000).ToArray());
+        // /imgs/2 never committed (a failed pre-dump): nothing is trusted on top of /imgs/1 again.
+        h.Begin("/imgs/1", "/imgs/3");
+        Assert.False(h.TryGetDigest(1, 0x1000, out _));
+        Assert.True(h.Lookup(1, 0x1000).IsEmpty);
+        h.Sent(1, 0x2000, 43, page);
+        h.Commit("/imgs/3", new DeltaCounters());
+        h.Begin("/other/1", "/other/2");                    // another chain
+        Assert.False(h.TryGetDigest(1, 0x2000, out _));
+    }
+
+    [Fact]
+    public void ASmallCache_EvictsTheLeastRecentPages()
+    {
+        // Room for 2 pages: of the pages sent first only the last two (the stack's) stay, so the
+        // six rewritten heap pages and the two [vdso] pages (taken whole by every dump) all miss.
+        var chain = Run("x86_64", new SentPages(elide: false, cacheBytes: 2 * 4096), preDumps: 2);
+        var s = chain.Steps[1].Stats.Delta!;
+        Assert.Equal(0UL, s.CacheHits);
+        Assert.Equal(8UL, s.CacheMisses);
+        Assert.Equal(0UL, s.PagesDelta);
+        Directory.Delete(chain.Root, true);
+    }
+
+    [Fact]
+    public void Crit_DecodesEveryMetadataImageOfADeltaChain()
+    {
+        var chain = Run("x86_64", new SentPages(elide: true, cacheBytes: 64L << 20));
+        foreach (var dir in chain.Dirs)
+            foreach (var f in Directory.GetFiles(dir))
+            {
+                string name = Path.GetFileName(f);
+                // pages-N.img and deltas-N.img are raw bytes (crit does not decode pages either);
+                // sim-PID.img is our own magic, which crit rejects by design.
+                // The manifest and the parent link are not images.
+                if (name.StartsWith("pages-") || name.StartsWith("deltas-") || name.StartsWith("sim-") || !(name.EndsWith(".img") || name == "stats-dump"))
+                    continue;
+                var psi = new ProcessStartInfo("/usr/bin/crit", ["decode", "-i", f]) { RedirectStandardOutput = true, RedirectStandardError = true };
+                using var p = Process.Start(psi)!;
+                p.StandardOutput.ReadToEnd();
+                string err = p.StandardError.ReadToEnd();
+                p.WaitForExit();
+                Assert.True(p.ExitCode == 0, $"crit decode {f}: {err}");
+            }
+        Directory.Delete(chain.Root, true);
+    }
+}
