@@ -1,3 +1,6 @@
 using BenchmarkDotNet.Running;
 
+if (args.Length > 0 && args[0] == "real-deltas")
+    return CriuSharp.Bench.RealDeltas.Run(args[1..]);
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
+return 0;
