@@ -12,7 +12,7 @@ internal sealed class MatrixArgs
     public readonly Option<string> Policies;
     public readonly Option<string> Compress;
     public readonly Option<string> BlockSizes = new("--block-size") { Description = "Comma-separated compression block sizes in KiB.", DefaultValueFactory = _ => "64" };
-    public readonly Option<string> Elide = new("--elide") { Description = "Unchanged-page elision in pre-dumps: off, on, or off,on to compare.", DefaultValueFactory = _ => "off" };
+    public readonly Option<string> Elide = new("--elide") { Description = "Unchanged-page elision in pre-dumps: on (default), off, or off,on to compare.", DefaultValueFactory = _ => "on" };
     public readonly Option<string> Delta = new("--delta") { Description = "Delta encoding of re-dirtied pages in pre-dumps: off, on, or off,on to compare.", DefaultValueFactory = _ => "off" };
 
     public MatrixArgs(string defaultPolicies, string defaultCompress)
@@ -113,7 +113,7 @@ public static class CompareCommand
                 o.WriteLine(JsonSerializer.Serialize(new { workload = results[0].Workload, runs = results.Select(Summary) }, JsonOut.Options));
             else
             {
-                o.WriteLine($"compare {results[0].Workload}: tracker {results[0].Tracker}, {results[0].Arch}/{results[0].Kernel}, link {results[0].BandwidthBytesPerSecond / 1048576.0:0.#} MiB/s");
+                o.WriteLine($"compare {results[0].Workload}: tracker {results[0].Tracker}, {results[0].Arch}/{results[0].Kernel}, link {results[0].BandwidthBytesPerSecond / 1048576.0:0.#} MiB/s{(results.All(r => r.ElideUnchanged) ? ", unchanged pages elided" : "")}");
                 var (header, rows) = Table(results);
                 MigrateOutput.Table(o, header, rows, rightAligned: [2, 3, 4, 5, 6, 7, 8]);
             }
@@ -122,10 +122,10 @@ public static class CompareCommand
         return cmd;
     }
 
-    /// <summary>The summary table; the elide and delta columns appear only when a run had one of them on.</summary>
+    /// <summary>The summary table; the elide and delta columns appear only when the runs differ in elision or one sends deltas.</summary>
     internal static (string[] Header, List<string[]> Rows) Table(IReadOnlyList<MigrationResult> results)
     {
-        bool axes = results.Any(r => r.ElideUnchanged || r.DeltaCacheBytes > 0);
+        bool axes = results.Select(r => r.ElideUnchanged).Distinct().Count() > 1 || results.Any(r => r.DeltaCacheBytes > 0);
         if (!axes)
             return (Header, results.Select(Row).ToList());
         return ([.. Header[..3], "elide", "delta", .. Header[3..]],

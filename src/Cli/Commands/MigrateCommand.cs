@@ -74,7 +74,7 @@ public sealed class MigrationArgs
     }
 
     public MigrationOptions Options(ParseResult p, ConvergencePolicy policy, PageStoreOptions store, string? keep = null, Action<MigrationProgress>? progress = null,
-        bool elide = false, bool delta = false) => new()
+        bool elide = true, bool delta = false) => new()
     {
         ElideUnchanged = elide,
         DeltaCacheBytes = delta ? DeltaCacheBytes(p) : 0,
@@ -164,7 +164,7 @@ public static class MigrateCommand
         var compress = new Option<string>("--compress") { Description = "Page compression: lz4, zstd, none.", DefaultValueFactory = _ => "lz4" }.AcceptOnlyFromAmong("lz4", "zstd", "none");
         var block = new Option<int>("--block-size") { Description = "Compression block size in KiB, 4 (one page) to 256.", DefaultValueFactory = _ => 64 };
         var dir = new Option<string?>("--images-dir", "-D") { Description = "Keep the image directories here (DIR/1, DIR/2, ..., final dump last) for show, x and crit." };
-        var elide = new Option<bool>("--elide-unchanged") { Description = "Pre-dumps record pages written with unchanged contents as in-parent (PE_PARENT) instead of sending them." };
+        var elide = new Option<bool>("--elide-unchanged") { Description = "Pre-dumps record pages written with unchanged contents as in-parent (PE_PARENT) instead of sending them (default on; --elide-unchanged false to send them).", DefaultValueFactory = _ => true };
         var delta = new Option<bool>("--delta") { Description = "Pre-dumps send re-dirtied pages as XBZRLE-style deltas when smaller (an image extension: criu-sharp restores such images, CRIU does not)." };
         var json = CommonOptions.Json();
         var cmd = new Command("migrate", "Live-migrate a workload between two simulated hosts: pre-dumps under a convergence policy while it runs, final dump, transfer, restore, verification.");

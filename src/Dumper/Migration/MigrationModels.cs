@@ -26,8 +26,11 @@ public sealed record MigrationOptions
     public string? ImagesRoot { get; init; }
     /// <summary>Called after each step (pre-dump, final dump, restore, continue) for progress bars.</summary>
     public Action<MigrationProgress>? Progress { get; init; }
-    /// <summary>Pre-dumps record written-but-unchanged pages as PE_PARENT (<c>--elide-unchanged</c>).</summary>
-    public bool ElideUnchanged { get; init; }
+    /// <summary>
+    /// Pre-dumps record written-but-unchanged pages as PE_PARENT (<c>--elide-unchanged</c>). On by
+    /// default: it never stored more on any sample measured and the images stay CRIU's.
+    /// </summary>
+    public bool ElideUnchanged { get; init; } = true;
     /// <summary>Pre-dumps send re-dirtied pages as deltas against a source-side cache of this many bytes (<c>--delta-cache</c>); 0 = off.</summary>
     public long DeltaCacheBytes { get; init; }
 }
