@@ -115,8 +115,8 @@ internal static class ExploreCommand
                 if (!level.HasPagemap(pid))
                     continue;
                 var map = level.ReadPagemap(pid);
-                ulong present = 0, parent = 0, lazy = 0, zero = 0;
-                long stored = 0;
+                ulong present = 0, parent = 0, lazy = 0, zero = 0, delta = 0;
+                long stored = 0, deltaBytes = 0;
                 for (int i = 0; i < map.Entries.Count; i++)
                 {
                     var e = map.Entries[i];
@@ -131,6 +131,12 @@ internal static class ExploreCommand
                     }
                     else if ((flags & PagemapFlags.Parent) != 0)
                         parent += nr;
+                    else if ((flags & PagemapFlags.Delta) != 0)
+                    {
+                        delta += nr;
+                        foreach (uint d in e.DeltaSizes)
+                            deltaBytes += d;
+                    }
                     else if ((flags & PagemapFlags.Lazy) != 0)
                         lazy += nr;
                 }
@@ -140,7 +146,7 @@ internal static class ExploreCommand
                     ["compression"] = map.Compression.ToString().ToLowerInvariant(),
                     ["block_pages"] = map.Compression == PageCompression.None ? null : map.BlockPages,
                     ["entries"] = map.Entries.Count, ["pages_present"] = present, ["pages_parent"] = parent,
-                    ["pages_lazy"] = lazy, ["zero_pages_skipped"] = zero,
+                    ["pages_lazy"] = lazy, ["zero_pages_skipped"] = zero, ["pages_delta"] = delta, ["delta_bytes"] = deltaBytes,
                     ["bytes_raw"] = present * PageGeometry.PageSize, ["bytes_stored"] = stored,
                 });
             }
@@ -159,7 +165,8 @@ internal static class ExploreCommand
                         ulong nr = (end - s) >> PageGeometry.PageShift;
                         var flags = PagemapImage.FlagsOf(e);
                         if ((flags & PagemapFlags.Present) != 0) present += nr;
-                        else if ((flags & PagemapFlags.Parent) != 0) parent += nr;
+                        // A delta page's base lives in the parent: counted with the parent's pages.
+                        else if ((flags & (PagemapFlags.Parent | PagemapFlags.Delta)) != 0) parent += nr;
                         else lazy += nr;
                     }
                     if (present + parent + lazy == 0)
@@ -232,7 +239,7 @@ internal static class ExploreCommand
                         long stored = (long)l["bytes_stored"]!;
                         string ratio = stored > 0 ? ((double)raw / stored).ToString("0.00", CultureInfo.InvariantCulture) + "x" : "-";
                         string codec = l["block_pages"] is null ? "none" : $"{(string)l["compression"]!}/{l["block_pages"]}p";
-                        o.WriteLine($"  [{l["depth"]}] {(string)l["dir"]!}: {l["pages_file"]} {codec}  present {l["pages_present"]} (zero {l["zero_pages_skipped"]})  parent {l["pages_parent"]}  lazy {l["pages_lazy"]}  stored {stored} of {raw} bytes ({ratio})");
+                        o.WriteLine($"  [{l["depth"]}] {(string)l["dir"]!}: {l["pages_file"]} {codec}  present {l["pages_present"]} (zero {l["zero_pages_skipped"]})  parent {l["pages_parent"]}  lazy {l["pages_lazy"]}  stored {stored} of {raw} bytes ({ratio}){((ulong)l["pages_delta"]! > 0 ? $"  delta {l["pages_delta"]} ({l["delta_bytes"]} bytes)" : "")}");
                     }
                     foreach (var v in p["vmas"]!.AsArray())
                         o.WriteLine($"    {(string)v!["start"]!,18}-{(string)v["end"]!,-18} present {v["pages_present"],-6} parent {v["pages_parent"],-6} lazy {v["pages_lazy"],-6} {(string)v["label"]!}");

@@ -72,7 +72,13 @@ public sealed class PagemapImage
                     throw new ImageFormatException(path, "PAGEMAP", at, $"PE_DELTA entry at 0x{e.Vaddr:x} has {nr} pages but {e.DeltaSizes.Count} delta sizes and {e.DeltaChecksums.Count} checksums");
                 _deltaOffset[i] = deltaOffset;
                 foreach (var size in e.DeltaSizes)
+                {
+                    // A delta longer than two pages cannot pay (the page itself is one); anything
+                    // larger is damage, refused before a reader sizes a buffer from it.
+                    if (size > 2 * PageGeometry.PageSize)
+                        throw new ImageFormatException(path, "PAGEMAP", at, $"PE_DELTA entry at 0x{e.Vaddr:x} has a delta of {size} bytes (at most {2 * PageGeometry.PageSize})");
                     deltaOffset += size;
+                }
                 continue;
             }
             if ((FlagsOf(e) & PagemapFlags.Present) == 0)
