@@ -202,7 +202,6 @@ public class HardeningTests
             Directory.Delete(root, true);
         }
     }
-    }
 
     private static bool Sh(string command)
     {
