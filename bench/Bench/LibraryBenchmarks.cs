@@ -50,27 +50,36 @@ public unsafe class LibraryBenchmarks
         Console.WriteLine($"// {blocks} blocks of 64 KiB, LZ4 ratio {(double)_data.Length / _sizes.Sum():F2}");
     }
 
-    /// <summary>Readable regular files under /usr/lib concatenated up to <paramref name="bytes"/>.</summary>
+    /// <summary>
+    /// The machine's shared libraries (regular files in /usr/lib/x86_64-linux-gnu and /usr/lib,
+    /// not recursing, in name order) concatenated up to <paramref name="bytes"/>.
+    /// </summary>
     internal static byte[]? SharedLibraryBytes(int bytes)
     {
         var buf = new byte[bytes];
         int at = 0;
-        try
+        foreach (var dir in new[] { "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib" })
         {
-            foreach (var f in Directory.EnumerateFiles("/usr/lib", "*.so*", new EnumerationOptions { RecurseSubdirectories = true, IgnoreInaccessible = true }).Order(StringComparer.Ordinal))
+            if (!Directory.Exists(dir))
+                continue;
+            foreach (var f in Directory.GetFiles(dir, "*.so*").Order(StringComparer.Ordinal))
             {
                 if (at == bytes)
-                    break;
-                var fi = new FileInfo(f);
-                if (fi.LinkTarget is not null || fi.Length < 4096)
-                    continue;
-                using var s = File.OpenRead(f);
-                at += s.ReadAtLeast(buf.AsSpan(at), Math.Min(bytes - at, (int)Math.Min(fi.Length, int.MaxValue)), throwOnEndOfStream: false);
+                    return buf;
+                try
+                {
+                    var fi = new FileInfo(f);
+                    if (fi.LinkTarget is not null || fi.Length < 4096)
+                        continue;
+                    using var s = File.OpenRead(f);
+                    int want = (int)Math.Min(bytes - at, fi.Length);
+                    at += s.ReadAtLeast(buf.AsSpan(at, want), want, throwOnEndOfStream: false);
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    // Skip what cannot be read.
+                }
             }
-        }
-        catch (IOException)
-        {
-            return null;
         }
         return at == bytes ? buf : null;
     }
