@@ -39,11 +39,11 @@ public class ElisionDeltaTests
             };
             List<TaskSnapshot>? before = null;
             if (i <= preDumps)
-                steps.Add(Criu.PreDump(host, o));
+                steps.Add(Criu.PreDump(host.AsKernelApi(), o));
             else
             {
                 before = RoundTrip.Snapshot(k, Pid);
-                steps.Add(Criu.Dump(host, o));
+                steps.Add(Criu.Dump(host.AsKernelApi(), o));
             }
             dirs.Add(dir);
             if (before is not null)
@@ -87,7 +87,7 @@ public class ElisionDeltaTests
         Assert.True(File.Exists(Path.Combine(chain.Dirs[1], "deltas-1.img")));
 
         var dest = RoundTrip.NewKernel(arch);
-        var rr = Criu.Restore(new ClockOnlyHost(dest), new RestoreOptions { ImagesDir = chain.Dirs[^1] });
+        var rr = Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = chain.Dirs[^1] });
         Assert.True(rr.Stats.VmasVerified > 0);
         RoundTrip.AssertSame(chain.Before, dest);
         Directory.Delete(chain.Root, true);
