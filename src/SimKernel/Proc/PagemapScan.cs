@@ -41,6 +41,29 @@ public struct PmScanArg
     public ulong CategoryAnyofMask;
     public ulong ReturnMask;
 
+    /// <summary>Byte offset of walk_end in struct pm_scan_arg (the one field the kernel writes back).</summary>
+    public const ulong WalkEndOffset = 32;
+
+    /// <summary>The 96 bytes of a struct pm_scan_arg as laid out in user memory (little-endian u64s).</summary>
+    public static PmScanArg Decode(ReadOnlySpan<byte> b)
+    {
+        static ulong U(ReadOnlySpan<byte> s, int i) => System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(s[(i * 8)..]);
+        return new PmScanArg
+        {
+            Size = U(b, 0), Flags = U(b, 1), Start = U(b, 2), End = U(b, 3), WalkEnd = U(b, 4), Vec = U(b, 5),
+            VecLen = U(b, 6), MaxPages = U(b, 7), CategoryInverted = U(b, 8), CategoryMask = U(b, 9),
+            CategoryAnyofMask = U(b, 10), ReturnMask = U(b, 11),
+        };
+    }
+
+    /// <summary>Writes the argument block as user memory holds it.</summary>
+    public readonly void Encode(Span<byte> b)
+    {
+        ReadOnlySpan<ulong> f = [Size, Flags, Start, End, WalkEnd, Vec, VecLen, MaxPages, CategoryInverted, CategoryMask, CategoryAnyofMask, ReturnMask];
+        for (int i = 0; i < f.Length; i++)
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(b[(i * 8)..], f[i]);
+    }
+
     public static PmScanArg Create(ulong start, ulong end, ulong vecLen, ulong categoryMask, ulong returnMask,
         ulong flags = 0, ulong maxPages = 0, ulong inverted = 0, ulong anyof = 0) => new()
     {
@@ -126,28 +149,178 @@ public static class PagemapScan
         }
     }
 
+    /// <summary>
+    /// PAGEMAP_SCAN with the result vector handed over as a span (how a tracer that owns the buffer,
+    /// like the dumper, calls it). <c>arg.Vec</c> only says whether a vector is given; a span shorter
+    /// than <c>VecLen</c> stands for a user buffer that copy_to_user cannot fill (EFAULT).
+    /// </summary>
     public static SysResult Scan(SimTask task, ref PmScanArg arg, Span<PageRegion> vec)
     {
         var k = task.Kernel;
         if (!k.Version.HasPagemapScan)
             return Errno.ENOTTY;
+        var err = GetArgs(k.Arch, ref arg);
+        if (err != 0)
+            return err;
+        if (arg.VecLen > (ulong)vec.Length)
+            return Errno.EFAULT;
+        return Batched(task, ref arg, vec, caller: null);
+    }
+
+    /// <summary>
+    /// ioctl(pagemap_fd, PAGEMAP_SCAN, uarg) issued by <paramref name="caller"/>: the argument block
+    /// and the result vector are addresses in the caller's memory, copied as copy_from_user and
+    /// copy_to_user would (fs/proc/task_mmu.c do_pagemap_scan). An unmapped or unreadable argument,
+    /// or a vector that cannot be written, gives EFAULT; pages write-protected by the batches walked
+    /// before a failing copy stay protected, as on Linux.
+    /// </summary>
+    public static SysResult ScanUser(SimTask target, SimTask caller, ulong uarg)
+    {
+        var k = target.Kernel;
+        if (!k.Version.HasPagemapScan)
+            return Errno.ENOTTY;
+        Span<byte> raw = stackalloc byte[(int)PageCategory.ArgSize];
+        if (!CopyFromUser(caller, uarg, raw))
+            return Errno.EFAULT;
+        var arg = PmScanArg.Decode(raw);
+        var err = GetArgs(k.Arch, ref arg);
+        if (err != 0)
+            return err;
+        var ret = Batched(target, ref arg, [], caller);
+        Span<byte> we = stackalloc byte[8];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(we, arg.WalkEnd);
+        if (!CopyToUser(caller, uarg + PmScanArg.WalkEndOffset, we))
+            return Errno.EFAULT;
+        return ret;
+    }
+
+    /// <summary>
+    /// do_pagemap_scan's loop: the walk fills a bounce buffer of min(PMD_SIZE / PAGE_SIZE, vec_len)
+    /// regions; each time it is full the regions are flushed out and the walk resumes where it
+    /// stopped, until the range, the vector or max_pages is exhausted. walk_end is only ever set
+    /// by a walk that stopped early, so when a later batch completes the range it still reads as
+    /// the last stop (a 6.18 host scanning 2000 alternating pages into a 4000-entry vector returns
+    /// 2000 regions and walk_end at page 1536); with no early stop it reads as the end.
+    /// </summary>
+    private static SysResult Batched(SimTask target, ref PmScanArg arg, Span<PageRegion> managed, SimTask? caller)
+    {
+        var arch = target.Kernel.Arch;
+        ulong end = arg.End;
+        ulong maxPages = arg.MaxPages == 0 ? ulong.MaxValue : arg.MaxPages;
+        ulong vecLeft = arg.VecLen, vecOut = arg.Vec, found = 0;
+        int bounce = (int)Math.Min((ulong)(arch.HugePageSize >> arch.PageShift), Math.Max(vecLeft, 1));
+        var buf = caller is null ? null : new PageRegion[bounce];
+        long ranges = 0;
+        ulong walkStart = arg.Start, walkEnd = 0;
+        SysResult ret = SysResult.Success(0);
+        while (walkStart < end)
+        {
+            var a = arg;
+            a.Start = walkStart;
+            a.VecLen = Math.Min((ulong)bounce, vecLeft);
+            a.MaxPages = maxPages == ulong.MaxValue ? 0 : maxPages - found;
+            var into = buf is null ? managed[(int)ranges..] : buf;
+            ret = Walk(target, ref a, into, out ulong pages, out int n);
+            found += pages;
+            bool stoppedEarly = ret.Ok && a.WalkEnd < end;
+            if (stoppedEarly)
+                walkEnd = a.WalkEnd;
+            if (n > 0)
+            {
+                if (buf is not null && !CopyRegionsToUser(caller!, vecOut, buf.AsSpan(0, n)))
+                {
+                    ret = Errno.EFAULT;
+                    break;
+                }
+                vecOut += (ulong)n * RegionSize;
+                vecLeft -= (ulong)n;
+                ranges += n;
+            }
+            if (!stoppedEarly || vecLeft == 0 || found == maxPages)
+                break;
+            walkStart = a.WalkEnd;
+        }
+        arg.WalkEnd = walkEnd == 0 ? end : walkEnd;
+        return ret.Ok ? SysResult.Success(ranges) : ret;
+    }
+
+    /// <summary>sizeof(struct page_region): start, end, categories.</summary>
+    public const ulong RegionSize = 24;
+
+    /// <summary>
+    /// pagemap_scan_get_args (fs/proc/task_mmu.c), in its order: size, flags, category masks, start
+    /// alignment, access_ok of the range, a length without a vector, access_ok of the vector; then
+    /// the end is rounded up to a page. Returns 0 or the errno.
+    /// </summary>
+    internal static Errno GetArgs(ArchProfile arch, ref PmScanArg arg)
+    {
         if (arg.Size != PageCategory.ArgSize)
             return Errno.EINVAL;
         if ((arg.Flags & ~(PageCategory.ScanWpMatching | PageCategory.ScanCheckWpAsync)) != 0)
             return Errno.EINVAL;
         if (((arg.CategoryInverted | arg.CategoryMask | arg.CategoryAnyofMask | arg.ReturnMask) & ~PageCategory.All) != 0)
             return Errno.EINVAL;
-        var arch = k.Arch;
         ulong ps = (ulong)arch.PageSize;
         if ((arg.Start & (ps - 1)) != 0)
             return Errno.EINVAL;
-        if (arg.Vec == 0 && arg.VecLen > 0)
+        if (!AccessOk(arch, arg.Start, arg.End - arg.Start))
+            return Errno.EFAULT;
+        if (arg.Vec == 0 && arg.VecLen != 0)
             return Errno.EINVAL;
-        ulong end = (arg.End + ps - 1) & arch.PageMask;
-        if (arg.End > end || arg.Start >= arch.TaskSize || end < arg.Start || end > arch.TaskSize)
+        if (arg.Vec != 0 && (arg.VecLen > ulong.MaxValue / RegionSize || !AccessOk(arch, arg.Vec, arg.VecLen * RegionSize)))
             return Errno.EFAULT;
-        if (arg.VecLen > (ulong)vec.Length)
-            return Errno.EFAULT;
+        arg.End = (arg.End + ps - 1) & arch.PageMask;
+        arg.WalkEnd = 0;
+        return 0;
+    }
+
+    /// <summary>
+    /// access_ok(): the range lies below the highest user address and does not wrap (x86_64
+    /// valid_user_address with USER_PTR_MAX = TASK_SIZE_MAX, arch/x86/include/asm/uaccess_64.h).
+    /// It says nothing about what is mapped there; that is for the copy itself to find out.
+    /// </summary>
+    internal static bool AccessOk(ArchProfile arch, ulong addr, ulong size)
+    {
+        ulong sum = addr + size;
+        return sum >= addr && sum <= arch.TaskSize;
+    }
+
+    private static bool CopyFromUser(SimTask caller, ulong va, Span<byte> dst)
+    {
+        if (!caller.Alive || !AccessOk(caller.Kernel.Arch, va, (ulong)dst.Length))
+            return false;
+        var r = caller.Mm.Access(va, dst, write: false, force: false, out _);
+        return r.Ok && r.Value == dst.Length;
+    }
+
+    private static bool CopyToUser(SimTask caller, ulong va, Span<byte> src)
+    {
+        if (!caller.Alive || !AccessOk(caller.Kernel.Arch, va, (ulong)src.Length))
+            return false;
+        var r = caller.Mm.Access(va, src, write: true, force: false, out _);
+        return r.Ok && r.Value == src.Length;
+    }
+
+    private static bool CopyRegionsToUser(SimTask caller, ulong va, ReadOnlySpan<PageRegion> regions)
+    {
+        var bytes = new byte[regions.Length * (int)RegionSize];
+        for (int i = 0; i < regions.Length; i++)
+        {
+            var d = bytes.AsSpan(i * (int)RegionSize);
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(d, regions[i].Start);
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(d[8..], regions[i].End);
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(d[16..], regions[i].Categories);
+        }
+        return CopyToUser(caller, va, bytes);
+    }
+
+    /// <summary>The walk over validated arguments; <paramref name="pages"/> counts the pages reported.</summary>
+    private static SysResult Walk(SimTask task, ref PmScanArg arg, Span<PageRegion> vec, out ulong pages, out int regions)
+    {
+        pages = 0;
+        regions = 0;
+        var k = task.Kernel;
+        ulong end = arg.End;
         if (arg.Start == end)
         {
             arg.WalkEnd = arg.Start;
@@ -157,7 +330,10 @@ public static class PagemapScan
         bool wp = (arg.Flags & PageCategory.ScanWpMatching) != 0;
         bool checkAsync = (arg.Flags & PageCategory.ScanCheckWpAsync) != 0;
         bool armAll = wp && arg.VecLen == 0;
-        var rep = new Reporter { Vec = vec, VecLen = arg.VecLen, MaxPages = arg.MaxPages == ulong.MaxValue ? 0 : arg.MaxPages };
+        // Without an output vector nothing is counted against max_pages (pagemap_scan_output
+        // returns at once when there is no bounce buffer), so the walk covers the whole range.
+        ulong maxPages = arg.VecLen == 0 || arg.MaxPages == ulong.MaxValue ? 0 : arg.MaxPages;
+        var rep = new Reporter { Vec = vec, VecLen = arg.VecLen, MaxPages = maxPages };
         var q = new Query(arg);
 
         var vmas = mm.Vmas;
@@ -173,8 +349,12 @@ public static class PagemapScan
             {
                 if (checkAsync)
                 {
+                    // test_walk fails the walk; what was found so far is still flushed to the
+                    // caller, and walk_end, never set by an early stop, reads as the end.
                     rep.Flush();
-                    arg.WalkEnd = Math.Max(v.Start, arg.Start);
+                    pages = rep.Pages;
+                    regions = rep.Count;
+                    arg.WalkEnd = end;
                     return Errno.EPERM;
                 }
                 continue;
@@ -183,6 +363,8 @@ public static class PagemapScan
             ScanVma(mm, v, s, e, vmaWide, q, ref rep, wp, armAll);
         }
         rep.Flush();
+        pages = rep.Pages;
+        regions = rep.Count;
         arg.WalkEnd = rep.Stopped ? rep.WalkEnd : end;
         return SysResult.Success(rep.Count);
     }

@@ -33,6 +33,13 @@ public abstract class ProcFile
     }
 
     public virtual SysResult Ioctl(uint cmd, ref PmScanArg arg, Span<PageRegion> vec) => Errno.ENOTTY;
+
+    /// <summary>
+    /// ioctl(fd, cmd, uarg) as issued by <paramref name="caller"/>: <paramref name="uarg"/> is an
+    /// address in the caller's memory, read and written back as the kernel's copy_from_user and
+    /// copy_to_user would.
+    /// </summary>
+    public virtual SysResult Ioctl(SimTask caller, uint cmd, ulong uarg) => Errno.ENOTTY;
 }
 
 /// <summary>/proc/PID/{maps,smaps,status}: text generated when opened, read like a seq_file.</summary>
@@ -105,6 +112,15 @@ internal sealed class PagemapFile(SimTask task, MmStruct mm, PagemapLayout layou
         if (cmd != PageCategory.PagemapScanIoctl)
             return Errno.EINVAL;
         return PagemapScan.Scan(task, ref arg, vec);
+    }
+
+    public override SysResult Ioctl(SimTask caller, uint cmd, ulong uarg)
+    {
+        if (layout != PagemapLayout.Modern || !task.Kernel.Version.HasPagemapScan)
+            return Errno.ENOTTY;
+        if (cmd != PageCategory.PagemapScanIoctl)
+            return Errno.EINVAL;
+        return PagemapScan.ScanUser(task, caller, uarg);
     }
 }
 
