@@ -18,6 +18,8 @@ public sealed record KernelConfig
     public ThpMode Thp { get; init; } = ThpMode.Madvise;
     /// <summary>/sys/kernel/mm/transparent_hugepage/use_zero_page.</summary>
     public bool ThpUseZeroPage { get; init; } = true;
+    /// <summary>vm.nr_hugepages at boot (hugepages= on the command line): pages of the default hugetlb size in the pool.</summary>
+    public long HugePages { get; init; }
 }
 
 /// <summary>
@@ -42,6 +44,8 @@ public sealed partial class Kernel
         Swap = new SwapDevice(Arch.PageSize, Config.SwapBytes);
         Fs = new SimFs(Memory);
         Proc = new ProcFs(this);
+        Hugetlb = new HugetlbState(this, Config.HugePages);
+        Shm = new Ipc.SysvShm(this);
     }
 
     public KernelConfig Config { get; }
@@ -52,6 +56,53 @@ public sealed partial class Kernel
     public SwapDevice Swap { get; }
     public SimFs Fs { get; }
     public ProcFs Proc { get; }
+    /// <summary>The hugetlb pools and their /proc and /sys files.</summary>
+    public HugetlbState Hugetlb { get; }
+    /// <summary>The SysV shared memory segments (shmget/shmctl here, shmat/shmdt on the task).</summary>
+    public Ipc.SysvShm Shm { get; }
+
+    /// <summary>memfd_create flags (uapi/linux/memfd.h); the hugetlb page size's log2 goes in bits 26-31.</summary>
+    public const uint MfdCloexec = 1, MfdAllowSealing = 2, MfdHugetlb = 4, MfdNoexecSeal = 8, MfdExec = 0x10;
+
+    /// <summary>
+    /// memfd_create(2): an unlinked shmem file, or with MFD_HUGETLB a hugetlbfs file of the pool
+    /// the size bits name ("memfd:NAME" in maps). An unknown size, or size bits without
+    /// MFD_HUGETLB, is EINVAL (mm/memfd.c).
+    /// </summary>
+    public SysResult MemfdCreate(string name, uint flags, out SimFile? file)
+    {
+        file = null;
+        const uint known = MfdCloexec | MfdAllowSealing | MfdHugetlb | MfdNoexecSeal | MfdExec;
+        uint sizeBits = (flags >> HugetlbState.HugeShift) & HugetlbState.HugeMask;
+        if ((flags & ~known & ~((uint)HugetlbState.HugeMask << HugetlbState.HugeShift)) != 0)
+            return Errno.EINVAL;
+        if ((flags & MfdHugetlb) == 0 && sizeBits != 0)
+            return Errno.EINVAL;
+        if (name.Length > 249)
+            return Errno.EINVAL;
+        if ((flags & MfdHugetlb) != 0)
+        {
+            var pool = Hugetlb.BySizeLog((int)sizeBits);
+            if (pool is null)
+                return Errno.EINVAL;
+            file = Hugetlb.CreateFile(pool, "/memfd:" + name, 0);
+        }
+        else
+        {
+            file = Fs.CreateShmem(0);
+            file.Unlinked = true;
+        }
+        file.OpenHandles = 1;
+        return SysResult.Success();
+    }
+
+    /// <summary>close(2) of the last descriptor of a file created by <see cref="MemfdCreate"/>.</summary>
+    public void Close(SimFile file)
+    {
+        if (file.OpenHandles > 0)
+            file.OpenHandles--;
+        MaybeEvictHugetlb(file);
+    }
 
     /// <summary>Virtual time since boot, in nanoseconds (/proc/uptime).</summary>
     public ulong UptimeNs { get; internal set; }
@@ -229,6 +280,21 @@ public sealed partial class Kernel
         foreach (var t in Tree(rootPid))
             if (t.State == TaskState.Frozen)
                 t.State = TaskState.Running;
+    }
+
+    /// <summary>
+    /// iput of a hugetlbfs inode: an unlinked file that no VMA maps and nobody holds open gives its
+    /// pages and reservations back to the pool.
+    /// </summary>
+    internal void MaybeEvictHugetlb(SimFile f)
+    {
+        if (!f.IsHugetlb || !f.Unlinked || f.OpenHandles > 0)
+            return;
+        foreach (var t in _tasks.Values)
+            foreach (var v in t.Mm.Vmas)
+                if (ReferenceEquals(v.File, f))
+                    return;
+        HugetlbState.Evict(f);
     }
 
     /// <summary>A fresh anon_vma identity: only VMAs sharing one (or without one) may merge.</summary>

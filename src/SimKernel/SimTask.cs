@@ -15,6 +15,7 @@ public sealed partial class SimTask
 {
     public const int SIGKILL = 9;
     public const int SIGSEGV = 11;
+    public const int SIGBUS = 7;
     /// <summary>Number of 64-bit registers kept per task (a dump saves them in the core image).</summary>
     public const int RegisterCount = 32;
 
@@ -63,7 +64,9 @@ public sealed partial class SimTask
         else
         {
             FaultAddress = addr;
-            Kernel.Exit(this, 0, SIGSEGV);
+            bool bus = Mm.PendingSigbus;
+            Mm.PendingSigbus = false;
+            Kernel.Exit(this, 0, bus ? SIGBUS : SIGSEGV);
         }
         return r;
     }
@@ -123,6 +126,13 @@ public sealed partial class SimTask
         => Alive ? Mm.Mremap(oldAddr, oldLen, newLen, flags, newAddr) : Errno.ESRCH;
     public SysResult Madvise(ulong addr, ulong len, Madvise advice) => Alive ? Mm.Madvise(addr, len, advice) : Errno.ESRCH;
     public ulong Brk(ulong newBrk) => Alive ? Mm.SetBrk(newBrk) : 0;
+
+    /// <summary>shmat(2): attaches a SysV segment (MAP_SHARED of its file); returns the address.</summary>
+    public SysResult Shmat(int shmid, ulong addr = 0, int shmflg = 0) =>
+        Alive ? Kernel.Shm.Shmat(this, shmid, addr, shmflg) : Errno.ESRCH;
+
+    /// <summary>shmdt(2).</summary>
+    public SysResult Shmdt(ulong addr) => Alive ? Kernel.Shm.Shmdt(this, addr) : Errno.ESRCH;
 
     /// <summary>userfaultfd(2): a new context on this task's address space.</summary>
     public SysResult OpenUserfaultfd(out Userfaultfd? ctx)

@@ -3,7 +3,8 @@ using System.Runtime.CompilerServices;
 
 namespace CriuSharp.SimKernel.Mm;
 
-public enum FaultResult { Ok, Segv, Oom }
+/// <summary>How a fault ended. Sigbus: a hugetlb page could not be had (pool exhausted, no reservation).</summary>
+public enum FaultResult { Ok, Segv, Oom, Sigbus }
 
 /// <summary>
 /// Page faults and memory accesses. A CPU access that the entry allows only sets the hardware
@@ -62,6 +63,13 @@ public sealed partial class MmStruct
         if ((vma.Flags & VmaFlags.PfnMap) != 0)
             return write ? (FaultResult.Segv, -1) : (FaultResult.Ok, _mem.ZeroPfn);
         MinorFaults++;
+        if (vma.IsHugetlb)
+        {
+            var hr = HugetlbFault(vma, va, write);
+            if (hr.Item1 == FaultResult.Sigbus)
+                PendingSigbus = true;
+            return hr;
+        }
 
         var pmd = Pt.EnsurePmdTable(va);
         int slot = Pt.PmdIndex(va);

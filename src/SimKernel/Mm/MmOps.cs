@@ -57,8 +57,19 @@ public sealed partial class MmStruct
             return Errno.EINVAL;
         if (!anon && file is null)
             return Errno.EBADF;
+        // hugetlb: a hugetlbfs file, or MAP_HUGETLB with the page size's log2 in bits 26-31
+        // (ksys_mmap_pgoff: MAP_HUGETLB on any other file is EINVAL, an unknown size too).
+        if (file is { IsHugetlb: true })
+            return HugetlbMmap(addr, len, prot, flags, file, offset, file.Hugetlb!, shared);
         if ((flags & MapFlags.HugeTlb) != 0)
-            return Errno.ENOMEM; // no hugetlb pages are reserved in the simulated machine
+        {
+            if (!anon)
+                return Errno.EINVAL;
+            var pool = _k.Hugetlb.BySizeLog((int)(((uint)flags >> HugetlbState.HugeShift) & HugetlbState.HugeMask));
+            if (pool is null)
+                return Errno.EINVAL;
+            return HugetlbMmap(addr, len, prot, flags, null, 0, pool, shared);
+        }
         bool fixedAny = (flags & (MapFlags.Fixed | MapFlags.FixedNoReplace)) != 0;
         ulong start;
         if (fixedAny)
@@ -123,6 +134,8 @@ public sealed partial class MmStruct
         ulong end = addr + PageAlign(len);
         if (end > _arch.TaskSize || end < addr)
             return Errno.EINVAL;
+        if (HugetlbSplitRefused(addr) || HugetlbSplitRefused(end))
+            return Errno.EINVAL;
         DoMunmap(addr, end);
         return SysResult.Success();
     }
@@ -138,6 +151,8 @@ public sealed partial class MmStruct
             var v = _vmas[i];
             ZapRange(v, v.Start, v.End, removeGuards: true);
             _vmas.RemoveAt(i);
+            if (v.IsHugetlb)
+                ReleaseHugetlbVma(v);
         }
         FreePageTables(start, end);
     }
@@ -154,6 +169,8 @@ public sealed partial class MmStruct
             return Errno.ENOMEM;
         if (!RangeFullyMapped(addr, end))
             return Errno.ENOMEM;
+        if (HugetlbSplitRefused(addr) || HugetlbSplitRefused(end))
+            return Errno.EINVAL;
         var want = ProtToVm(prot);
         for (int i = FirstEndingAbove(addr); i < _vmas.Count && _vmas[i].Start < end; i++)
         {
@@ -198,7 +215,9 @@ public sealed partial class MmStruct
         {
             if (pmd.Huge[slot] != 0)
             {
-                pmd.Huge[slot] = Reprotect(pmd.Huge[slot], canWrite, none);
+                // A hugetlb uffd-wp marker is not a present entry: nothing to reprotect.
+                if (_arch.IsPresent(pmd.Huge[slot]))
+                    pmd.Huge[slot] = Reprotect(pmd.Huge[slot], canWrite, none);
                 continue;
             }
             var t = pmd.Pte[slot];
@@ -235,6 +254,9 @@ public sealed partial class MmStruct
         oldLen = PageAlign(oldLen);
         newLen = PageAlign(newLen);
         if (newLen == 0 || oldLen == 0)
+            return Errno.EINVAL;
+        // Moving or resizing hugetlb mappings is not modelled (the kernel allows huge-aligned moves).
+        if (Find(oldAddr) is { IsHugetlb: true })
             return Errno.EINVAL;
         if (dontUnmap && oldLen != newLen)
             return Errno.EINVAL;
@@ -380,6 +402,8 @@ public sealed partial class MmStruct
             return SysResult.Success();
         ulong end = addr + PageAlign(len);
         if (end < addr)
+            return Errno.EINVAL;
+        if (HugetlbSplitRefused(addr) || HugetlbSplitRefused(end))
             return Errno.EINVAL;
         switch (advice)
         {

@@ -102,6 +102,8 @@ public static class PagemapScan
         public bool HaveCur;
         public PageRegion Cur;
         public bool Stopped;
+        /// <summary>The walk stopped because the vector or max_pages ran out (the kernel's -ENOSPC), not for a hugetlb back-out.</summary>
+        public bool NoSpace;
         public ulong WalkEnd;
 
         /// <summary>Reports up to <paramref name="pages"/> pages at <paramref name="va"/>; returns how many were taken.</summary>
@@ -112,6 +114,7 @@ public static class PagemapScan
             if (MaxPages != 0 && Pages >= MaxPages)
             {
                 Stop(va);
+                NoSpace = true;
                 return 0;
             }
             ulong take = MaxPages != 0 ? Math.Min(pages, MaxPages - Pages) : pages;
@@ -122,6 +125,7 @@ public static class PagemapScan
                 if (VecLen != 0 && (ulong)Count + (HaveCur ? 1UL : 0) >= VecLen)
                 {
                     Stop(va);
+                    NoSpace = true;
                     return 0;
                 }
                 Flush();
@@ -130,11 +134,29 @@ public static class PagemapScan
             }
             Pages += take;
             if (take < pages)
+            {
                 Stop(va + (take << pageShift));
+                NoSpace = true;
+            }
             return take;
         }
 
-        private void Stop(ulong va)
+        /// <summary>
+        /// pagemap_scan_backout_range: takes back the last <paramref name="pages"/> pages reported
+        /// from <paramref name="va"/> (a hugetlb page that cannot be write-protected in part).
+        /// </summary>
+        public void Backout(ulong va, ulong pages)
+        {
+            if (!HaveCur)
+                return;
+            if (Cur.Start == va)
+                HaveCur = false;
+            else
+                Cur.End = va;
+            Pages -= pages;
+        }
+
+        public void Stop(ulong va)
         {
             Stopped = true;
             WalkEnd = va;
@@ -220,7 +242,7 @@ public static class PagemapScan
             a.VecLen = Math.Min((ulong)bounce, vecLeft);
             a.MaxPages = maxPages == ulong.MaxValue ? 0 : maxPages - found;
             var into = buf is null ? managed[(int)ranges..] : buf;
-            ret = Walk(target, ref a, into, out ulong pages, out int n);
+            ret = Walk(target, ref a, into, out ulong pages, out int n, out bool noSpace);
             found += pages;
             bool stoppedEarly = ret.Ok && a.WalkEnd < end;
             if (stoppedEarly)
@@ -236,7 +258,7 @@ public static class PagemapScan
                 vecLeft -= (ulong)n;
                 ranges += n;
             }
-            if (!stoppedEarly || vecLeft == 0 || found == maxPages)
+            if (!stoppedEarly || !noSpace || vecLeft == 0 || found == maxPages)
                 break;
             walkStart = a.WalkEnd;
         }
@@ -315,10 +337,12 @@ public static class PagemapScan
     }
 
     /// <summary>The walk over validated arguments; <paramref name="pages"/> counts the pages reported.</summary>
-    private static SysResult Walk(SimTask task, ref PmScanArg arg, Span<PageRegion> vec, out ulong pages, out int regions)
+    private static SysResult Walk(SimTask task, ref PmScanArg arg, Span<PageRegion> vec, out ulong pages, out int regions,
+                                  out bool noSpace)
     {
         pages = 0;
         regions = 0;
+        noSpace = false;
         var k = task.Kernel;
         ulong end = arg.End;
         if (arg.Start == end)
@@ -360,11 +384,15 @@ public static class PagemapScan
                 continue;
             }
             ulong s = Math.Max(v.Start, arg.Start), e = Math.Min(v.End, end);
-            ScanVma(mm, v, s, e, vmaWide, q, ref rep, wp, armAll);
+            if (v.IsHugetlb)
+                ScanHugetlb(mm, v, s, e, vmaWide, q, ref rep, wp, armAll);
+            else
+                ScanVma(mm, v, s, e, vmaWide, q, ref rep, wp, armAll);
         }
         rep.Flush();
         pages = rep.Pages;
         regions = rep.Count;
+        noSpace = rep.NoSpace;
         arg.WalkEnd = rep.Stopped ? rep.WalkEnd : end;
         return SysResult.Success(rep.Count);
     }
@@ -514,6 +542,69 @@ public static class PagemapScan
         if (rep.Add(va, 1, cats & q.Return, shift) == 1 && wp && (cats & PageCategory.Written) != 0
             && (cats & PageCategory.Guard) == 0)
             mm.ProtectEntry(va, true, markEmpty: v.Uffd!.WpUnpopulated);
+    }
+
+    /// <summary>pagemap_hugetlb_category: a hugetlb entry is always PAGE_IS_HUGE; an empty one is nothing else.</summary>
+    internal static ulong HugetlbCategories(MmStruct mm, VmArea v, ulong hugeBase, ulong h, ulong vmaWide)
+    {
+        var arch = mm.Kernel.Arch;
+        ulong c = vmaWide | PageCategory.Huge;
+        if (h == 0)
+            return c;
+        if (arch.IsPresent(h))
+        {
+            c |= PageCategory.Present;
+            if (arch.UffdWp == 0 || (h & arch.UffdWp) == 0) c |= PageCategory.Written;
+            if (mm.HugetlbIsFilePage(v, hugeBase, arch.Pfn(h))) c |= PageCategory.File;
+            // x86's huge_pte_mkdirty sets _PAGE_SOFT_DIRTY, and clear_refs never walks hugetlb, so
+            // the bit reported here stays set once the page was made writable.
+            if (mm.Kernel.SoftDirtySupported && (h & arch.SoftDirty) != 0) c |= PageCategory.SoftDirty;
+            return c;
+        }
+        // A uffd-wp marker: swapped, not written.
+        return c | PageCategory.Swapped;
+    }
+
+    /// <summary>
+    /// pagemap_scan_hugetlb_entry, one huge page at a time over [start, end). Write-protecting a
+    /// written page needs the whole page in range: otherwise the pages just reported are taken back
+    /// and walk_end is left at the page's start (partial hugetlb write-protection is impossible).
+    /// </summary>
+    private static void ScanHugetlb(MmStruct mm, VmArea v, ulong start, ulong end, ulong vmaWide, in Query q,
+                                    ref Reporter rep, bool wp, bool armAll)
+    {
+        var arch = mm.Kernel.Arch;
+        int shift = arch.PageShift;
+        ulong hsz = v.File!.Hugetlb!.Size;
+        for (ulong hb = start & ~(hsz - 1); hb < end && !rep.Stopped; hb += hsz)
+        {
+            ulong s = Math.Max(start, hb), e = Math.Min(end, hb + hsz);
+            var pmd = mm.Pt.PmdTableFor(hb);
+            int slot = mm.Pt.PmdIndex(hb);
+            ulong h = pmd?.Huge[slot] ?? 0;
+            // No page table at all is a hole (pagemap_scan_pte_hole): only the VMA's categories.
+            ulong cats = pmd is null ? vmaWide : HugetlbCategories(mm, v, hb, h, vmaWide);
+            if (!q.Matches(cats))
+                continue;
+            bool whole = s == hb && e == hb + hsz;
+            if (armAll)
+            {
+                if (whole && (cats & PageCategory.Written) != 0)
+                    mm.ProtectHugetlbEntry(pmd!, slot);
+                continue;
+            }
+            ulong pages = (e - s) >> shift;
+            ulong got = rep.Add(s, pages, cats & q.Return, shift);
+            if (got == 0 || !wp || (cats & PageCategory.Written) == 0)
+                continue;
+            if (!whole || got != pages)
+            {
+                rep.Backout(s, got);
+                rep.Stop(s);
+                continue;
+            }
+            mm.ProtectHugetlbEntry(pmd!, slot);
+        }
     }
 
     private static void ScanHuge(MmStruct mm, VmArea v, PmdTable pmd, int slot, ulong pmdBase, ulong s, ulong e,
