@@ -215,7 +215,7 @@ public sealed partial class Kernel
         int p = AllocatePid(childPid);
         var child = new SimTask(this, p, parent.Comm, parent.Mm.Fork(), UptimeNs)
         {
-            Ppid = parent.Pid,
+            Ppid = parent.Tgid, // getppid() of the child names the parent's thread group
             Pgid = parent.Pgid,
             Sid = parent.Sid,
             State = parent.State == TaskState.Frozen ? TaskState.Frozen : TaskState.Running,
@@ -225,17 +225,73 @@ public sealed partial class Kernel
         return child;
     }
 
-    /// <summary>Ends a task: its memory is released and it stays as a zombie until reaped.</summary>
+    /// <summary>
+    /// clone(CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD): a new thread of
+    /// <paramref name="parent"/>'s thread group, sharing its address space, with its own registers
+    /// (copied from the caller, as the new thread starts from the same point) and fault counters.
+    /// </summary>
+    public SimTask CloneThread(SimTask parent, int? tid = null)
+    {
+        if (!parent.Alive)
+            throw new KernelException(Errno.ESRCH, $"clone {parent.Pid}");
+        var leader = GetTask(parent.Tgid);
+        int t = AllocatePid(tid);
+        var thread = new SimTask(this, t, leader.Comm, parent.Mm, UptimeNs)
+        {
+            Tgid = leader.Pid,
+            Ppid = leader.Ppid,
+            Pgid = leader.Pgid,
+            Sid = leader.Sid,
+            State = parent.State,
+        };
+        parent.Registers.CopyTo(thread.Registers, 0);
+        _tasks[t] = thread;
+        return thread;
+    }
+
+    /// <summary>The threads of a thread group (/proc/PID/task), leader first, then by tid.</summary>
+    public List<SimTask> Threads(int tgid) =>
+        _tasks.Values.Where(t => t.Tgid == tgid && t.State != TaskState.Dead).OrderBy(t => t.Pid == tgid ? 0 : 1).ThenBy(t => t.Pid).ToList();
+
+    /// <summary>
+    /// Ends a thread group (exit_group, or a fatal signal, which kills every thread): the other
+    /// threads go at once, the leader stays a zombie until reaped, and the memory is released.
+    /// A non-leader thread passed here ends the whole group too, as a fatal signal to it would.
+    /// </summary>
     public void Exit(SimTask task, int exitCode, int signal = 0)
     {
-        if (task.State is TaskState.Zombie or TaskState.Dead)
+        var leader = FindTask(task.Tgid) ?? task;
+        if (leader.State is TaskState.Zombie or TaskState.Dead)
             return;
-        task.ExitCode = exitCode;
-        task.TermSignal = signal;
-        task.State = TaskState.Zombie;
-        task.Mm.Teardown();
-        foreach (var c in Children(task.Pid).ToList())
+        foreach (var th in Threads(leader.Pid))
+            if (th.IsThread)
+            {
+                th.ExitCode = exitCode;
+                th.TermSignal = signal;
+                th.State = TaskState.Dead;
+                _tasks.Remove(th.Pid);
+            }
+        leader.ExitCode = exitCode;
+        leader.TermSignal = signal;
+        if (!ReferenceEquals(leader, task))
+        {
+            task.ExitCode = exitCode;
+            task.TermSignal = signal;
+        }
+        leader.State = TaskState.Zombie;
+        leader.Mm.Teardown();
+        foreach (var c in Children(leader.Pid).ToList())
             c.Ppid = 0;
+    }
+
+    /// <summary>pthread_exit of one non-leader thread: it is gone (threads are reaped by the kernel); the address space stays.</summary>
+    public void ExitThread(SimTask thread, int exitCode = 0)
+    {
+        if (!thread.IsThread || !thread.Alive)
+            return;
+        thread.ExitCode = exitCode;
+        thread.State = TaskState.Dead;
+        _tasks.Remove(thread.Pid);
     }
 
     /// <summary>Removes a zombie from the task table (wait(2) by the parent).</summary>
@@ -248,7 +304,8 @@ public sealed partial class Kernel
         }
     }
 
-    public IEnumerable<SimTask> Children(int pid) => _tasks.Values.Where(t => t.Ppid == pid && t.Pid != pid);
+    /// <summary>Child processes (thread group leaders) of <paramref name="pid"/>; its own threads are not children.</summary>
+    public IEnumerable<SimTask> Children(int pid) => _tasks.Values.Where(t => t.Ppid == pid && t.Pid != pid && !t.IsThread);
 
     /// <summary>The task and all its descendants, parents before children (pstree order).</summary>
     public List<SimTask> Tree(int rootPid)
@@ -270,16 +327,18 @@ public sealed partial class Kernel
     /// <summary>Freezes a whole tree (cgroup freezer): frozen tasks run no code until thawed.</summary>
     public void Freeze(int rootPid)
     {
-        foreach (var t in Tree(rootPid))
-            if (t.State == TaskState.Running)
-                t.State = TaskState.Frozen;
+        foreach (var p in Tree(rootPid))
+            foreach (var t in Threads(p.Pid))
+                if (t.State == TaskState.Running)
+                    t.State = TaskState.Frozen;
     }
 
     public void Thaw(int rootPid)
     {
-        foreach (var t in Tree(rootPid))
-            if (t.State == TaskState.Frozen)
-                t.State = TaskState.Running;
+        foreach (var p in Tree(rootPid))
+            foreach (var t in Threads(p.Pid))
+                if (t.State == TaskState.Frozen)
+                    t.State = TaskState.Running;
     }
 
     /// <summary>

@@ -63,6 +63,8 @@ public sealed partial class MmStruct
         if ((vma.Flags & VmaFlags.PfnMap) != 0)
             return write ? (FaultResult.Segv, -1) : (FaultResult.Ok, _mem.ZeroPfn);
         MinorFaults++;
+        if (Current is { } cur)
+            cur.MinFlt++;
         if (vma.IsHugetlb)
         {
             var hr = HugetlbFault(vma, va, write);
@@ -203,6 +205,8 @@ public sealed partial class MmStruct
             return (FaultResult.Ok, -1);
         }
         WpFaults++;
+        if (Current is { } wpc)
+            wpc.WpFlt++;
         if (_mem.Kind(head) == PhysicalMemory.FrameKind.Zero)
         {
             long nh = _mem.AllocateHuge();
@@ -289,6 +293,8 @@ public sealed partial class MmStruct
         _k.Swap.Release(slot);
         SwapEntries--;
         MajorFaults++;
+        if (Current is { } cur)
+            cur.MajFlt++;
         Pt.Set(t, i, 0);
         ulong ne;
         if (write)
@@ -315,6 +321,8 @@ public sealed partial class MmStruct
     private (FaultResult, long) WpFault(VmArea vma, PteTable t, int i, ulong va, ulong e, bool force)
     {
         WpFaults++;
+        if (Current is { } cur)
+            cur.WpFlt++;
         if (_arch.UffdWp != 0 && (e & _arch.UffdWp) != 0)
         {
             e &= ~_arch.UffdWp;

@@ -188,6 +188,8 @@ public sealed partial class MmStruct
         }
         // hugetlb_wp: userfaultfd write-protection first (async mode resolves it for the whole huge page).
         WpFaults++;
+        if (Current is { } wpc)
+            wpc.WpFlt++;
         if (_arch.UffdWp != 0 && (h & _arch.UffdWp) != 0)
         {
             h &= ~_arch.UffdWp;

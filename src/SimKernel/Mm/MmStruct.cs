@@ -69,6 +69,8 @@ public sealed partial class MmStruct
     internal HashSet<long> PinnedPfns { get; } = [];
     /// <summary>Set by a fault that must raise SIGBUS rather than SIGSEGV (hugetlb pool exhausted); read and cleared by the task.</summary>
     internal bool PendingSigbus { get; set; }
+    /// <summary>The thread whose access is being served, so faults count to it as well as to the mm; null for ptrace-style access.</summary>
+    internal SimTask? Current;
 
     public ulong TotalVm => _vmas.Aggregate(0UL, (s, v) => s + v.Length) >> _arch.PageShift;
 

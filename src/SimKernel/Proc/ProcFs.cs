@@ -229,6 +229,16 @@ public sealed class ProcFs
     /// <summary>Field 22 of /proc/PID/stat (start time), in nanoseconds since boot: the PID-reuse guard's input.</summary>
     public ulong StartTimeNs(int pid) => Task(pid).StartTimeNs;
 
+    /// <summary>/proc/PID/task: the thread ids of the thread group, leader first.</summary>
+    public IReadOnlyList<int> Threads(int pid) => _k.Threads(Task(pid).Tgid).Select(t => t.Pid).ToList();
+
+    /// <summary>/proc/PID/task/TID/stat fields minflt and majflt of one thread.</summary>
+    public (long MinFlt, long MajFlt) ThreadFaults(int tid)
+    {
+        var t = Task(tid);
+        return (t.MinFlt, t.MajFlt);
+    }
+
     /// <summary>The children of a task (/proc/PID/task/TID/children), in pid order.</summary>
     public IReadOnlyList<int> Children(int pid) => _k.Children(Task(pid).Pid).Select(t => t.Pid).ToList();
 

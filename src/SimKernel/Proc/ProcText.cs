@@ -204,10 +204,10 @@ public static class ProcText
         var sb = new StringBuilder();
         sb.Append("Name:\t").Append(task.Comm).Append('\n');
         sb.Append("State:\t").Append(stateName).Append('\n');
-        sb.Append("Tgid:\t").Append(task.Pid).Append('\n');
+        sb.Append("Tgid:\t").Append(task.Tgid).Append('\n');
         sb.Append("Pid:\t").Append(task.Pid).Append('\n');
         sb.Append("PPid:\t").Append(task.Ppid).Append('\n');
-        sb.Append("Threads:\t1\n");
+        sb.Append("Threads:\t").Append(Math.Max(1, task.Kernel.Threads(task.Tgid).Count).ToString(Inv)).Append('\n');
         if (!mm.Dead)
         {
             void Kb(string key, long pages) => sb.Append(key).Append(":\t").Append((pages * kps).ToString(Inv).PadLeft(8)).Append(" kB\n");

@@ -894,9 +894,11 @@ public sealed class PagemapIoctlSelftest : ISelftest
         }
 
         /// <summary>
-        /// The multithreaded transact test, re-expressed deterministically. Six "workers" each own 32
-        /// pages and increment the first int of 8 of them per round while the main thread scans and
-        /// re-arms concurrently and once more after the round. A seeded RNG picks the interleaving.
+        /// The multithreaded transact test, re-expressed deterministically. Six worker threads
+        /// (clone with CLONE_VM | CLONE_THREAD, sharing the test's address space) each own 32 pages
+        /// and increment the first int of 8 of them per round while the main thread scans and
+        /// re-arms concurrently and once more after the round. A seeded RNG picks the interleaving;
+        /// each worker's fault count is its own thread's minflt, as the real test's per-thread count.
         /// A store is two steps — the write fault the kernel resolves (the PTE becomes writable), then
         /// the retried store — and the concurrent scan may fall between them: it then reports and
         /// re-protects the page, the store faults again, and the page is reported again after the
@@ -910,7 +912,6 @@ public sealed class PagemapIoctlSelftest : ISelftest
             int perRound = nthreads * accessPerThread;
             ulong memSize = (ulong)totalPages * _ps;
             var vec = new PageRegion[256];
-            var mm = T.Self.Mm;
             ulong mem = MmapOrDie(memSize);
             WpInit(mem, memSize);
             WpAddrRange(mem, memSize);
@@ -921,6 +922,9 @@ public sealed class PagemapIoctlSelftest : ISelftest
             count = GetDirtyPagesReset(mem, totalPages, vec, null);
             Check(99, $"transact_test count {count}", count == 0);
 
+            var workers = new SimTask[nthreads];
+            for (int k = 0; k < nthreads; k++)
+                workers[k] = T.Kernel.CloneThread(T.Self);
             var rng = new Random(0x7a5c);
             long extraPages = 0, extraThreadFaults = 0;
             var faults = new long[nthreads];
@@ -943,24 +947,25 @@ public sealed class PagemapIoctlSelftest : ISelftest
                     do k = rng.Next(nthreads); while (next[k] == accessPerThread * 2);
                     int store = next[k] >> 1;
                     ulong va = mem + (ulong)(k * pagesPerThread + store) * _ps;
-                    long before = mm.MinorFaults;
+                    var w = workers[k];
+                    long before = w.MinFlt;
                     if ((next[k] & 1) == 0)
                     {
                         // The write fault of the store: the kernel resolves it (uffd-wp async) and the
                         // store will be retried.
-                        if (mm.Translate(va, write: true, force: false).Result != FaultResult.Ok)
+                        if (w.FaultIn(va, write: true) != FaultResult.Ok)
                             SelftestContext.Fatal($"write fault at {va:x} not resolved");
                     }
                     else
                     {
                         // The retried store: an atomic increment of the int at offset 0.
                         var b = buf4;
-                        T.Self.Read(va, b).OrThrow("load");
+                        w.Read(va, b).OrThrow("load");
                         System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(b,
                             System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(b) + 1);
-                        T.Self.Write(va, b).OrThrow("store");
+                        w.Write(va, b).OrThrow("store");
                     }
-                    faults[k] += mm.MinorFaults - before;
+                    faults[k] += w.MinFlt - before;
                     next[k]++;
                 }
                 for (int k = 0; k < nthreads; k++)
@@ -1023,6 +1028,8 @@ public sealed class PagemapIoctlSelftest : ISelftest
             double pct = 100.0 * extraPages / ((double)rounds * perRound);
             Check(100, $"transact_test Extra pages {extraPages} ({pct:F1}%), extra thread faults {extraThreadFaults}.",
                 failure is null, failure);
+            foreach (var w in workers)
+                T.Kernel.ExitThread(w); // pthread_join after "finish"
             WpFree(mem, memSize);
             Munmap(mem, memSize);
         }
