@@ -42,7 +42,7 @@ public sealed partial class Kernel
         ThpMode = Config.Thp;
         Memory = new PhysicalMemory(Arch.PageShift, Arch.PagesPerHuge, Config.MemoryBytes);
         Swap = new SwapDevice(Arch.PageSize, Config.SwapBytes);
-        Fs = new SimFs(Memory);
+        Fs = new SimFs(Memory) { Kernel = this };
         Proc = new ProcFs(this);
         Hugetlb = new HugetlbState(this, Config.HugePages);
         Shm = new Ipc.SysvShm(this);
@@ -354,6 +354,64 @@ public sealed partial class Kernel
                 if (ReferenceEquals(v.File, f))
                     return;
         HugetlbState.Evict(f);
+    }
+
+    /// <summary>Visits every present entry of a shared mapping of <paramref name="f"/> with its page index.</summary>
+    internal void ForEachSharedPte(SimFile f, Action<long, Mm.PteTable, int> visit)
+    {
+        int shift = Arch.PageShift;
+        foreach (var task in _tasks.Values.Where(t => !t.IsThread))
+            foreach (var v in task.Mm.Vmas)
+            {
+                if (!ReferenceEquals(v.File, f) || !v.IsShared || v.IsHugetlb)
+                    continue;
+                for (ulong va = v.Start; va < v.End; va += (ulong)Arch.PageSize)
+                {
+                    var t = task.Mm.Pt.PteTableFor(va);
+                    if (t is null)
+                    {
+                        va = (va | (Arch.HugePageSize - 1)) - (ulong)Arch.PageSize + 1;
+                        continue;
+                    }
+                    int i = task.Mm.Pt.PteIndex(va);
+                    if (Arch.IsPresent(t.E[i]))
+                        visit(v.PgOff + (long)((va - v.Start) >> shift), t, i);
+                }
+            }
+    }
+
+    /// <summary>Writeback of a file: dirty pages become clean, their shared ptes clean and write-protected (page_mkclean).</summary>
+    internal void Writeback(SimFile f)
+    {
+        var dirty = new HashSet<long>(f.DirtyPages);
+        ForEachSharedPte(f, (idx, t, i) =>
+        {
+            if ((t.E[i] & Arch.Dirty) != 0)
+                dirty.Add(idx);
+        });
+        ForEachSharedPte(f, (idx, t, i) =>
+        {
+            if (dirty.Contains(idx))
+                t.E[i] = Arch.WrProtect(t.E[i]) & ~Arch.Dirty;
+        });
+        f.DirtyPages.Clear();
+        f.PagesWrittenBack += dirty.Count;
+    }
+
+    /// <summary>unmap_mapping_range from page <paramref name="firstIdx"/> on, in every mapping of the file (private copies too).</summary>
+    internal void UnmapFileRange(SimFile f, long firstIdx)
+    {
+        foreach (var task in _tasks.Values.Where(t => !t.IsThread))
+            foreach (var v in task.Mm.Vmas.ToList())
+            {
+                if (!ReferenceEquals(v.File, f))
+                    continue;
+                long last = v.PgOff + (long)(v.Length >> Arch.PageShift);
+                if (last <= firstIdx)
+                    continue;
+                ulong from = v.Start + (ulong)(Math.Max(0, firstIdx - v.PgOff) << Arch.PageShift);
+                task.Mm.ZapRange(v, from, v.End, removeGuards: false);
+            }
     }
 
     /// <summary>A fresh anon_vma identity: only VMAs sharing one (or without one) may merge.</summary>

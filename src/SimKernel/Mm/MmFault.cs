@@ -255,6 +255,12 @@ public sealed partial class MmStruct
             return (FaultResult.Ok, pfn);
         }
         long idx = vma.PgOff + (long)((va - vma.Start) >> _arch.PageShift);
+        // A page wholly past the end of a regular file: SIGBUS (filemap_fault).
+        if (!vma.File.IsShmem && (long)((ulong)idx << _arch.PageShift) >= vma.File.Size)
+        {
+            PendingSigbus = true;
+            return (FaultResult.Sigbus, -1);
+        }
         long cache = _k.Fs.GetPage(vma.File, idx);
         if (cache < 0)
             return (FaultResult.Oom, -1);
