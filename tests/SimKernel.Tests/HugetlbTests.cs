@@ -232,3 +232,23 @@ public class HugetlbTests
         Assert.Equal(0, s.K.Hugetlb.Default.Resv);
     }
 }
+
+/// <summary>MADV_COLLAPSE (mm/khugepaged.c madvise_collapse, man 2 madvise).</summary>
+public class CollapseTests
+{
+    [Fact]
+    public void Collapse_MakesOneThp_KeepsTheBytes_RefusesNoHugepage()
+    {
+        var s = new Sim(thp: ThpMode.Never); // independent of the sysfs mode
+        ulong area = s.Anon(1024);
+        ulong m = (area + (2UL << 20) - 1) & ~((2UL << 20) - 1);
+        s.W(m + 5 * s.PS, 42);
+        Assert.True(s.Madv(m, 512, Madvise.Collapse).Ok);
+        Assert.Equal(42, s.R(m + 5 * s.PS));
+        Assert.Equal(0, s.R(m + 6 * s.PS));
+        Assert.Contains("AnonHugePages:      2048 kB", s.K.Proc.Smaps(s.T.Pid));
+
+        s.Madv(area, 1024, Madvise.NoHugePage).OrThrow("nohugepage");
+        Assert.Equal(Errno.EINVAL, s.Madv(m, 512, Madvise.Collapse).Error);
+    }
+}

@@ -454,6 +454,8 @@ public sealed partial class MmStruct
                 }
                 return Populate(addr, end, write);
             }
+            case Mm.Madvise.Collapse:
+                return ForEachMapped(addr, end, Collapse);
             case Mm.Madvise.GuardInstall:
             case Mm.Madvise.GuardRemove:
             {
@@ -477,6 +479,77 @@ public sealed partial class MmStruct
     }
 
     /// <summary>Applies <paramref name="op"/> to each mapped piece; a hole yields ENOMEM after the rest is done.</summary>
+    /// <summary>
+    /// MADV_COLLAPSE (mm/khugepaged.c madvise_collapse): every PMD-aligned range of a private
+    /// anonymous VMA inside [start, end) becomes one THP now, whatever the sysfs "enabled" mode,
+    /// unless the VMA is VM_NOHUGEPAGE (EINVAL). A PMD whose entries carry uffd-wp is refused
+    /// (EINVAL), as are empty or zero-page entries in a userfaultfd-armed VMA (EBUSY); swap entries
+    /// are read back first. The new PMD is dirty, hence soft-dirty (pmd_mkdirty).
+    /// </summary>
+    private Errno Collapse(VmArea v, ulong start, ulong end)
+    {
+        if (v.File is not null || v.IsShared || v.IsHugetlb || (v.Flags & (VmaFlags.NoHugePage | VmaFlags.PfnMap | VmaFlags.Io)) != 0)
+            return Errno.EINVAL;
+        ulong hsz = _arch.HugePageSize;
+        int ps = _arch.PageSize;
+        var result = Errno.None;
+        for (ulong hb = (start + hsz - 1) & ~(hsz - 1); hb + hsz <= end; hb += hsz)
+        {
+            var pmd = Pt.EnsurePmdTable(hb);
+            int slot = Pt.PmdIndex(hb);
+            if (pmd.Huge[slot] != 0 && _mem.Kind(_arch.Pfn(pmd.Huge[slot])) != PhysicalMemory.FrameKind.Zero)
+                continue; // already a THP
+            var t = pmd.Pte[slot];
+            bool armed = v.Uffd is not null;
+            var refusal = Errno.None;
+            for (int i = 0; t is not null && i < _arch.PtrsPerTable && refusal == Errno.None; i++)
+            {
+                ulong e = t.E[i];
+                if (e != 0 && _arch.IsMarker(e))
+                    refusal = Errno.EINVAL;
+                else if (e != 0 && _arch.HasUffdWpState(e))
+                    refusal = Errno.EINVAL;
+                else if (armed && (e == 0 || (_arch.IsPresent(e) && _mem.Kind(_arch.Pfn(e)) == PhysicalMemory.FrameKind.Zero)))
+                    refusal = Errno.EBUSY;
+            }
+            if (t is null && armed)
+                refusal = Errno.EBUSY;
+            if (refusal != Errno.None)
+            {
+                result = refusal;
+                continue;
+            }
+            // Swapped-out entries are read back before the copy (__collapse_huge_page_swapin).
+            for (int i = 0; t is not null && i < _arch.PtrsPerTable; i++)
+                if (t.E[i] != 0 && !_arch.IsPresent(t.E[i]))
+                    HandleFault(hb + ((ulong)i << _arch.PageShift), write: false, force: true);
+            long head = _mem.AllocateHuge();
+            if (head < 0)
+                return Errno.ENOMEM;
+            if (pmd.Huge[slot] != 0)
+                pmd.Huge[slot] = 0; // the huge zero page is simply replaced
+            for (int i = 0; t is not null && i < _arch.PtrsPerTable; i++)
+            {
+                ulong e = t.E[i];
+                if (e == 0 || !_arch.IsPresent(e))
+                    continue;
+                long pfn = _arch.Pfn(e);
+                if (_mem.Kind(pfn) != PhysicalMemory.FrameKind.Zero)
+                    _mem.Page(pfn).CopyTo(_mem.PageMut(head + i));
+                ZapEntry(t, i, v, removeGuards: true);
+            }
+            _ = ps;
+            for (long p = head; p < head + _arch.PagesPerHuge; p++)
+                _mem.Map(p);
+            CountIn(head, v, _arch.PagesPerHuge);
+            if (v.AnonVmaId == 0)
+                v.AnonVmaId = _k.NextAnonVmaId();
+            pmd.SetTable(slot, null);
+            pmd.Huge[slot] = _arch.MakeHuge(head, v.CanWrite, dirty: true);
+        }
+        return result;
+    }
+
     private SysResult ForEachMapped(ulong start, ulong end, Func<VmArea, ulong, ulong, Errno> op)
     {
         bool hole = !RangeFullyMapped(start, end);
