@@ -23,9 +23,9 @@ public enum MsyncFlags
 }
 
 /// <summary>An open file description: the file, the position and the access mode.</summary>
-public sealed class OpenFile
+public sealed class FileDescription
 {
-    internal OpenFile(SimFile file, OpenFlags flags)
+    internal FileDescription(SimFile file, OpenFlags flags)
     {
         File = file;
         Flags = flags;
@@ -53,7 +53,7 @@ public sealed partial class SimFs
 {
     internal Kernel? Kernel { get; set; }
 
-    public SysResult Open(string path, OpenFlags flags, out OpenFile? file)
+    public SysResult Open(string path, OpenFlags flags, out FileDescription? file)
     {
         file = null;
         var f = Lookup(path);
@@ -65,14 +65,14 @@ public sealed partial class SimFs
         }
         else if ((flags & (OpenFlags.Create | OpenFlags.Excl)) == (OpenFlags.Create | OpenFlags.Excl))
             return Errno.EEXIST;
-        file = new OpenFile(f, flags);
+        file = new FileDescription(f, flags);
         if ((flags & OpenFlags.Truncate) != 0 && file.CanWrite)
             Truncate(f, 0);
         return SysResult.Success();
     }
 
     /// <summary>read(2): up to the end of the file, advancing the position.</summary>
-    public SysResult Read(OpenFile of, Span<byte> buf)
+    public SysResult Read(FileDescription of, Span<byte> buf)
     {
         var r = Pread(of, buf, of.Position);
         if (r.Ok)
@@ -80,7 +80,7 @@ public sealed partial class SimFs
         return r;
     }
 
-    public SysResult Pread(OpenFile of, Span<byte> buf, long offset)
+    public SysResult Pread(FileDescription of, Span<byte> buf, long offset)
     {
         if (!of.CanRead)
             return Errno.EBADF;
@@ -93,7 +93,7 @@ public sealed partial class SimFs
     }
 
     /// <summary>write(2) at the position (at the end with O_APPEND).</summary>
-    public SysResult Write(OpenFile of, ReadOnlySpan<byte> data)
+    public SysResult Write(FileDescription of, ReadOnlySpan<byte> data)
     {
         if ((of.Flags & OpenFlags.Append) != 0)
             of.Position = of.File.Size;
@@ -104,7 +104,7 @@ public sealed partial class SimFs
     }
 
     /// <summary>pwrite(2): into the page cache, marking the pages dirty; the file grows to cover the write.</summary>
-    public SysResult Pwrite(OpenFile of, ReadOnlySpan<byte> data, long offset)
+    public SysResult Pwrite(FileDescription of, ReadOnlySpan<byte> data, long offset)
     {
         if (!of.CanWrite)
             return Errno.EBADF;
@@ -133,7 +133,7 @@ public sealed partial class SimFs
     }
 
     /// <summary>ftruncate(2). Shrinking drops the page cache past the end and unmaps it from every mapping (truncate_pagecache).</summary>
-    public SysResult Ftruncate(OpenFile of, long length)
+    public SysResult Ftruncate(FileDescription of, long length)
     {
         if (!of.CanWrite)
             return Errno.EINVAL;
@@ -179,7 +179,7 @@ public sealed partial class SimFs
     }
 
     /// <summary>fsync(2): writes back every dirty page of the file.</summary>
-    public SysResult Fsync(OpenFile of)
+    public SysResult Fsync(FileDescription of)
     {
         Kernel?.Writeback(of.File);
         return SysResult.Success();
