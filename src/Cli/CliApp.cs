@@ -60,11 +60,12 @@ public static class CliApp
         var parse = root.Parse(args);
         bool verbose = parse.GetValue(CommonOptions.Verbose);
         // A mistyped option would otherwise be taken as the value of a positional argument.
+        // Only a token shaped like an option counts: "-1s" is a (negative) value, refused by its parser.
         string? stray = parse.Tokens.FirstOrDefault(t => t.Type == System.CommandLine.Parsing.TokenType.Argument
-            && t.Value.Length > 1 && t.Value[0] == '-' && !double.TryParse(t.Value, out _))?.Value;
+            && t.Value.Length > 1 && t.Value[0] == '-' && !char.IsDigit(t.Value[1]) && t.Value[1] != '.')?.Value;
         if (parse.Errors.Count > 0 || stray is not null)
         {
-            stderr.WriteLine($"criu-sharp: {(stray is not null ? $"unrecognized option '{stray}'" : parse.Errors[0].Message)}");
+            stderr.WriteLine($"criu-sharp: {(stray is not null ? $"unrecognized option '{stray}'" : ParseError(parse.Errors[0].Message))}");
             stderr.WriteLine($"Try '{UsageName(parse)} --help'.");
             return (int)ExitCode.Usage;
         }
@@ -85,6 +86,27 @@ public static class CliApp
                 stderr.WriteLine(ex.ToString());
             return (int)code;
         }
+    }
+
+    /// <summary>
+    /// System.CommandLine's conversion errors name .NET types ("as expected type 'System.Int32'");
+    /// users are told what kind of value the option takes instead.
+    /// </summary>
+    internal static string ParseError(string message)
+    {
+        var m = System.Text.RegularExpressions.Regex.Match(message,
+            "^Cannot parse argument '(.*)' for (?:option|command|argument) '(.*)' as expected type '([^']*)'");
+        if (!m.Success)
+            return FirstLine(message);
+        string kind = m.Groups[3].Value switch
+        {
+            "System.Int32" or "System.Int64" or "System.UInt32" or "System.UInt64" => "a whole number",
+            "System.Double" or "System.Single" => "a number",
+            "System.Boolean" => "true or false",
+            "System.IO.FileInfo" or "System.IO.DirectoryInfo" => "a path",
+            _ => "a different kind of value",
+        };
+        return $"{m.Groups[2].Value} '{m.Groups[1].Value}': not {kind}";
     }
 
     internal static string FirstLine(string message)
@@ -111,6 +133,30 @@ public static class CliApp
         return m.Success ? $"{m.Groups[1].Value} cannot be loaded" : FirstLine(message);
     }
 
+    /// <summary>
+    /// .NET's file-system messages ("The file '/x' already exists.", "Read-only file system : '/x'")
+    /// restated in the tool's words. On Linux the exception's HResult is the errno (see errno(3)).
+    /// </summary>
+    private static (ExitCode, string, string?) FileSystemError(Exception ex)
+    {
+        var m = System.Text.RegularExpressions.Regex.Match(ex.Message, "'([^']+)'");
+        string path = m.Success ? m.Groups[1].Value : "";
+        string at = path.Length > 0 ? $"{path}: " : "";
+        return ex switch
+        {
+            UnauthorizedAccessException => (ExitCode.Environment, $"{at}permission denied", "Check the permissions, or whether the file system is mounted read-only."),
+            IOException { HResult: 30 } => (ExitCode.Environment, $"{at}the file system is read-only", "Choose a directory on a writable file system."),
+            IOException io when io.HResult == 28 || io.Message.Contains("No space left", StringComparison.Ordinal) =>
+                (ExitCode.Environment, $"{at}no space left on the device", "Free some space or choose another directory; nothing written so far is marked complete."),
+            IOException io when io.HResult == 17 || io.Message.Contains("already exists", StringComparison.Ordinal) =>
+                (ExitCode.Environment, $"{at}already exists and is not a directory", "Name a directory, or a path that does not exist yet."),
+            IOException { HResult: 20 } => (ExitCode.Environment, $"{at}a part of the path is not a directory", "Check the path."),
+            FileNotFoundException or DirectoryNotFoundException => (ExitCode.BadInput, $"{at}no such file or directory", "Check the path."),
+            PathTooLongException => (ExitCode.BadInput, $"{at}the path is too long", null),
+            _ => (ExitCode.Environment, $"file system error: {FirstLine(ex.Message)}", "Check the path, its permissions and the free space."),
+        };
+    }
+
     /// <summary>Maps an exception from any layer to an exit code and one line for the user.</summary>
     internal static (ExitCode Code, string Message, string? Hint) Classify(Exception ex) => ex switch
     {
@@ -125,10 +171,7 @@ public static class CliApp
         SimKernel.Machine.MachineStateException s => (ExitCode.BadInput, s.Message, null),
         SimKernel.Workloads.WorkloadException w => (ExitCode.BadInput, w.Message, "The workload schema is in samples/README.md."),
         DllNotFoundException d => (ExitCode.Environment, $"a native library is missing: {NativeLibraryName(d.Message)}", "Install it with apt-get (liblz4-1, libzstd1, libxxhash0)."),
-        UnauthorizedAccessException a => (ExitCode.Environment, a.Message, "Check the permissions, or whether the filesystem is mounted read-only."),
-        IOException io when io.HResult == 28 || io.Message.Contains("No space left", StringComparison.Ordinal) =>
-            (ExitCode.Environment, io.Message, "Free some space or choose another directory; nothing written so far is marked complete."),
-        IOException io => (ExitCode.Environment, io.Message, null),
+        UnauthorizedAccessException or IOException => FileSystemError(ex),
         OperationCanceledException => (ExitCode.Environment, "interrupted", null),
         _ => (ExitCode.Internal, $"internal error: {ex.GetType().Name}: {ex.Message}", "This is a bug; run again with --verbose for the stack."),
     };

@@ -134,9 +134,11 @@ public static class CheckpointCommands
             string images = Path.GetFullPath(p.GetValue(dir)!);
             if (!Directory.Exists(images))
                 throw new UserException(ExitCode.BadInput, $"{images}: no such directory");
-            using var m = machine.OpenOrCreate(p, kernel.Config(p));
+            using var lease = machine.OpenOrCreate(p, kernel.Config(p), kernel);
+            var m = lease.Machine;
             var result = Criu.Restore(m, new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify) });
             m.Save();
+            lease.Keep();
             foreach (var w in result.Warnings)
                 p.InvocationConfiguration.Error.WriteLine($"criu-sharp: warning: {w.Message}");
             var o = p.InvocationConfiguration.Output;
