@@ -305,6 +305,7 @@ internal sealed class Checkpointer
         if (entries.Count == 0)
             return;
         static bool IsImage(string name) => name.EndsWith(".img", StringComparison.Ordinal) || name is "stats-dump" or "stats-restore"
+            or "ext-stats-dump" or "ext-stats-restore"
             or ImageNames.ParentLink or ImageNames.IncompleteMarker or Manifest.FileName || name.StartsWith(".", StringComparison.Ordinal) && name.Contains(".tmp", StringComparison.Ordinal);
         var foreign = entries.Select(Path.GetFileName).Where(n => !IsImage(n!)).ToList();
         if (foreign.Count > 0)
