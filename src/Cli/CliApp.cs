@@ -63,10 +63,19 @@ public static class CliApp
         // Only a token shaped like an option counts: "-1s" is a (negative) value, refused by its parser.
         string? stray = parse.Tokens.FirstOrDefault(t => t.Type == System.CommandLine.Parsing.TokenType.Argument
             && t.Value.Length > 1 && t.Value[0] == '-' && !char.IsDigit(t.Value[1]) && t.Value[1] != '.')?.Value;
+        // Under --json a failure is a JSON object on stderr too, so a script reads one format.
+        bool json = args.Contains("--json");
         if (parse.Errors.Count > 0 || stray is not null)
         {
-            stderr.WriteLine($"criu-sharp: {(stray is not null ? $"unrecognized option '{stray}'" : ParseError(parse.Errors[0].Message))}");
-            stderr.WriteLine($"Try '{UsageName(parse)} --help'.");
+            string message = stray is not null ? $"unrecognized option '{stray}'" : ParseError(parse.Errors[0].Message);
+            string hint = $"Try '{UsageName(parse)} --help'.";
+            if (json)
+                stderr.WriteLine(JsonOut.Error(ExitCode.Usage, message, hint));
+            else
+            {
+                stderr.WriteLine($"criu-sharp: {message}");
+                stderr.WriteLine(hint);
+            }
             return (int)ExitCode.Usage;
         }
         try
@@ -77,13 +86,18 @@ public static class CliApp
         catch (Exception ex)
         {
             var (code, message, hint) = Classify(ex);
+            if (verbose)
+                stderr.WriteLine(ex.ToString());
+            if (json)
+            {
+                stderr.WriteLine(JsonOut.Error(code, FirstLine(message), hint));
+                return (int)code;
+            }
             // One line, whatever the exception carries (the loader's DllNotFoundException lists every
             // path it tried, one per line); --verbose prints the rest.
             stderr.WriteLine($"criu-sharp: {FirstLine(message)}");
             if (hint is not null)
                 stderr.WriteLine(hint);
-            if (verbose)
-                stderr.WriteLine(ex.ToString());
             return (int)code;
         }
     }

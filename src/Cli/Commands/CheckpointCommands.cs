@@ -79,18 +79,21 @@ public static class CheckpointCommands
             m.Save();
             foreach (var w in result.Warnings)
                 p.InvocationConfiguration.Error.WriteLine($"criu-sharp: warning: {w.Message}");
-            Report(p.InvocationConfiguration.Output, result, options.ImagesDir, p.GetValue(a.Json), p.GetValue(a.DisplayStats));
+            Report(p.InvocationConfiguration.Output, p.InvocationConfiguration.Error, result, options.ImagesDir, p.GetValue(a.Json), p.GetValue(a.DisplayStats));
             return 0;
         });
         return cmd;
     }
 
-    private static void Report(TextWriter o, DumpResult r, string dir, bool json, bool display)
+    private static void Report(TextWriter o, TextWriter err, DumpResult r, string dir, bool json, bool display)
     {
         var s = r.Stats;
         if (json)
         {
-            o.WriteLine(JsonSerializer.Serialize(new { images_dir = dir, pids = r.Pids, tracker = TrackerNames.Name(r.Tracker), stats = s, warnings = r.Warnings.Select(w => w.Message) }, JsonOut.Options));
+            o.WriteLine(JsonSerializer.Serialize(new { images_dir = dir, pids = r.Pids, tracker = TrackerNames.Name(r.Tracker), stats = JsonOut.Stats(s), warnings = r.Warnings.Select(w => w.Message) }, JsonOut.Options));
+            // Both were asked for: the JSON stays alone on stdout, the stats go to stderr.
+            if (display)
+                DisplayStats(err, s);
             return;
         }
         if (!display)
@@ -98,6 +101,11 @@ public static class CheckpointCommands
             o.WriteLine($"{dir}: {s.PagesWritten} pages written, {s.PagesSkippedParent} in parent, {s.BytesCompressed} bytes stored ({s.Tracker}, {s.Compression})");
             return;
         }
+        DisplayStats(o, s);
+    }
+
+    private static void DisplayStats(TextWriter o, DumpStats s)
+    {
         // criu/stats.c display_stats wording, then ours.
         o.WriteLine("Displaying dump stats:");
         o.WriteLine($"Freezing time: {s.FreezingTime} us");
@@ -144,21 +152,28 @@ public static class CheckpointCommands
             var o = p.InvocationConfiguration.Output;
             var s = result.Stats;
             if (p.GetValue(json))
-                o.WriteLine(JsonSerializer.Serialize(new { machine = m.Directory, pids = result.Pids, stats = s }, JsonOut.Options));
-            else if (p.GetValue(displayStats))
             {
-                o.WriteLine("Displaying restore stats:");
-                o.WriteLine($"Pages compared: {s.PagesCompared} (0x{s.PagesCompared:x})");
-                o.WriteLine($"Pages skipped COW: {s.PagesSkippedCow} (0x{s.PagesSkippedCow:x})");
-                o.WriteLine($"Pages restored: {s.PagesRestored} (0x{s.PagesRestored:x})");
-                o.WriteLine($"Forking time: {s.ForkingTime} us");
-                o.WriteLine($"Restore time: {s.RestoreTime} us");
-                o.WriteLine($"VMAs verified: {s.VmasVerified}");
+                o.WriteLine(JsonSerializer.Serialize(new { machine = m.Directory, images_dir = images, pids = result.Pids, stats = JsonOut.Stats(s), warnings = result.Warnings.Select(w => w.Message) }, JsonOut.Options));
+                if (p.GetValue(displayStats))
+                    DisplayStats(p.InvocationConfiguration.Error, s);
             }
+            else if (p.GetValue(displayStats))
+                DisplayStats(o, s);
             else
                 o.WriteLine($"restored {string.Join(' ', result.Pids)} into {m.Directory} ({s.PagesRestored} pages, {s.VmasVerified} VMAs verified)");
             return 0;
         });
         return cmd;
+    }
+
+    private static void DisplayStats(TextWriter o, RestoreStats s)
+    {
+        o.WriteLine("Displaying restore stats:");
+        o.WriteLine($"Pages compared: {s.PagesCompared} (0x{s.PagesCompared:x})");
+        o.WriteLine($"Pages skipped COW: {s.PagesSkippedCow} (0x{s.PagesSkippedCow:x})");
+        o.WriteLine($"Pages restored: {s.PagesRestored} (0x{s.PagesRestored:x})");
+        o.WriteLine($"Forking time: {s.ForkingTime} us");
+        o.WriteLine($"Restore time: {s.RestoreTime} us");
+        o.WriteLine($"VMAs verified: {s.VmasVerified}");
     }
 }

@@ -213,7 +213,7 @@ public static class MachineCommands
             var reports = tasks.Select(WorkloadApi.Verify).ToList();
             var o = p.InvocationConfiguration.Output;
             if (p.GetValue(json))
-                o.WriteLine(JsonSerializer.Serialize(reports, JsonOut.Options));
+                o.WriteLine(JsonSerializer.Serialize(new { machine = m.Directory, ok = reports.All(r => r.Ok), processes = reports }, JsonOut.Options));
             else
                 foreach (var r in reports)
                     o.WriteLine(r.Ok

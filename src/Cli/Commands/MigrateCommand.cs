@@ -216,7 +216,7 @@ internal static class MigrateOutput
             duration_ns = i.DurationNs,
             dirty_rate_pages_per_second = i.DirtyRatePagesPerSecond is double d ? Math.Round(d, 1) : (double?)null,
             decision = i.Decision,
-            stats = i.Stats,
+            stats = JsonOut.Stats(i.Stats),
         }),
         summary = new
         {
@@ -240,7 +240,7 @@ internal static class MigrateOutput
             after_restore = r.Verification.AfterRestore,
             after_run = r.Verification.AfterContinue,
         },
-        restore_stats = r.Restore with { WallClock = null },
+        restore_stats = JsonOut.Stats(r.Restore with { WallClock = null }),
         warnings = r.Warnings,
     };
 
