@@ -13,9 +13,21 @@ public static class CliApp
         var root = new RootCommand(
             "criu-sharp: CRIU-style pre-dump, dump and restore of processes in a simulated Linux kernel " +
             "with faithful soft-dirty, pagemap, PAGEMAP_SCAN and userfaultfd write-protect tracking.");
-        root.Options.Add(CommonOptions.Verbose);
+        root.Options.Add(CommonOptions.StackTrace);
+        root.Options.Add(CommonOptions.Verbosity);
+        root.Options.Add(CommonOptions.LogFile);
+        root.Options.Add(CommonOptions.LogPid);
+        // CRIU prints its version with -V as well as --version.
+        foreach (var v in root.Options.OfType<VersionOption>())
+            v.Aliases.Add("-V");
         foreach (var command in Commands())
             root.Subcommands.Add(command);
+        // No verb: list them (the help), and fail as a usage error, as criu without a command does.
+        root.SetAction(p =>
+        {
+            new System.CommandLine.Help.HelpAction().Invoke(p);
+            return (int)ExitCode.Usage;
+        });
         return root;
     }
 
@@ -32,6 +44,7 @@ public static class CliApp
         yield return CheckpointCommands.PreDump();
         yield return CheckpointCommands.Dump();
         yield return CheckpointCommands.Restore();
+        yield return DedupCommand.Create();
         yield return CheckCommand.Create();
         // Live migration between two simulated hosts.
         yield return MigrateCommand.Create();
@@ -57,8 +70,8 @@ public static class CliApp
         stdout ??= Console.Out;
         stderr ??= Console.Error;
         var root = BuildRoot();
-        var parse = root.Parse(args);
-        bool verbose = parse.GetValue(CommonOptions.Verbose);
+        var parse = root.Parse(CliLog.RewriteVerbosity(args));
+        bool verbose = parse.GetValue(CommonOptions.StackTrace);
         // A mistyped option would otherwise be taken as the value of a positional argument.
         // Only a token shaped like an option counts: "-1s" is a (negative) value, refused by its parser.
         string? stray = parse.Tokens.FirstOrDefault(t => t.Type == System.CommandLine.Parsing.TokenType.Argument
@@ -78,14 +91,21 @@ public static class CliApp
             }
             return (int)ExitCode.Usage;
         }
+        CliLog? log = null;
         try
         {
+            log = StartLog(parse, stderr);
+            log.Write(CliLog.Info, $"Version: criu-sharp {typeof(CliApp).Assembly.GetName().Version} (pid {Environment.ProcessId})");
+            log.Write(CliLog.Info, $"Command line: criu-sharp {string.Join(' ', args)}");
             var config = new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false };
-            return parse.Invoke(config);
+            int rc = parse.Invoke(config);
+            log.Write(rc == 0 ? CliLog.Info : CliLog.Error, $"Finished with exit code {rc}");
+            return rc;
         }
         catch (Exception ex)
         {
             var (code, message, hint) = Classify(ex);
+            log?.Write(CliLog.Error, $"{FirstLine(message)} (exit code {(int)code})");
             if (verbose)
                 stderr.WriteLine(ex.ToString());
             if (json)
@@ -100,6 +120,20 @@ public static class CliApp
                 stderr.WriteLine(hint);
             return (int)code;
         }
+        finally
+        {
+            log?.Dispose();
+        }
+    }
+
+    /// <summary>The command's log: -o FILE relative to the images directory (-D) when the verb has one, else to the current directory.</summary>
+    private static CliLog StartLog(ParseResult parse, TextWriter stderr)
+    {
+        string baseDir = Environment.CurrentDirectory;
+        var imagesDir = parse.CommandResult.Command.Options.FirstOrDefault(o => o.Name == "--images-dir");
+        if (imagesDir is not null && parse.GetResult(imagesDir) is { } r && r.Tokens.Count > 0)
+            baseDir = Path.GetFullPath(r.Tokens[0].Value);
+        return CliLog.Start(parse.GetValue(CommonOptions.LogFile), baseDir, stderr, parse.GetValue(CommonOptions.Verbosity), parse.GetValue(CommonOptions.LogPid));
     }
 
     /// <summary>

@@ -307,6 +307,9 @@ internal sealed class Checkpointer
         static bool IsImage(string name) => name.EndsWith(".img", StringComparison.Ordinal) || name is "stats-dump" or "stats-restore"
             or "ext-stats-dump" or "ext-stats-restore"
             or ImageNames.ParentLink or ImageNames.IncompleteMarker or Manifest.FileName || name.StartsWith(".", StringComparison.Ordinal) && name.Contains(".tmp", StringComparison.Ordinal);
+        // CRIU's logs (-o dump.log) live in the images directory too; they are neither foreign nor replaced.
+        static bool IsLog(string name) => name.EndsWith(".log", StringComparison.Ordinal);
+        entries.RemoveAll(e => IsLog(Path.GetFileName(e)));
         var foreign = entries.Select(Path.GetFileName).Where(n => !IsImage(n!)).ToList();
         if (foreign.Count > 0)
             throw new DumperException($"images directory holds files that are not images ({string.Join(", ", foreign.Take(3))}); use an empty directory", null, dir);

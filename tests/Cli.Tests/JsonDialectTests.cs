@@ -95,7 +95,7 @@ public class JsonDialectTests : IClassFixture<JsonDialectTests.Scene>
                 "--workload" => _s.Scratch.Workload,
                 _ => null,
             };
-            if (value is not null && (o.Required || o.Name is "--tree" or "--machine"))
+            if (value is not null && (o.Required || o.Name is "--tree" or "--machine" or "--images-dir" or "--workload"))
                 args.AddRange([o.Name, value]);
         }
         if (verb == "dump")

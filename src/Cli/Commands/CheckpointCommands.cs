@@ -12,7 +12,7 @@ public static class CheckpointCommands
     private sealed class DumpArgs
     {
         public readonly Option<int> Pid = PidOption.Create();
-        public readonly Option<string> Dir = new("--images-dir", "-D") { Description = "Directory for the image files.", Required = true };
+        public readonly Option<string> Dir = new("--images-dir", "-D") { Description = "Directory for the image files (default: the current directory, as CRIU's).", DefaultValueFactory = _ => "." };
         public readonly Option<string?> Prev = new("--prev-images-dir") { Description = "Parent image set, relative to the images directory (CRIU's rule); written as the 'parent' link." };
         public readonly Option<bool> TrackMem = new("--track-mem") { Description = "Reset dirty tracking after collecting, so the next dump writes only changes (implied by pre-dump)." };
         public readonly Option<bool> AutoDedup = new("--auto-dedup") { Description = "Remove from the parent images the pages this dump supersedes." };
@@ -73,12 +73,21 @@ public static class CheckpointCommands
         cmd.SetAction(p =>
         {
             var options = a.Options(p) with { LeaveRunning = !preDump && p.GetValue(leaveRunning) };
+            var log = CliLog.Current;
             using var m = a.Machine.Open(p);
             PidOption.Resolve(m.Kernel, options.Pid);
+            log.Write(CliLog.Info, $"{(preDump ? "Pre-dumping" : "Dumping")} processes (pid: {options.Pid}) into {options.ImagesDir}" +
+                $"{(options.PrevImagesDir is null ? "" : $", parent {options.PrevImagesDir}")}, tracker {p.GetValue(a.Tracker)}, compression {p.GetValue(a.Compress)}");
             var result = preDump ? Criu.PreDump(m, options) : Criu.Dump(m, options);
             m.Save();
             foreach (var w in result.Warnings)
+            {
+                log.Write(CliLog.Warn, w.Message);
                 p.InvocationConfiguration.Error.WriteLine($"criu-sharp: warning: {w.Message}");
+            }
+            var st = result.Stats;
+            log.Write(CliLog.Info, $"Tracker {st.Tracker}: {st.PagesScanned} pages scanned, {st.PagesWritten} written, {st.PagesSkippedParent} in parent; frozen {st.FrozenTime} us");
+            log.Write(CliLog.Info, $"{(preDump ? "Pre-dump" : "Dump")} finished successfully");
             Report(p.InvocationConfiguration.Output, p.InvocationConfiguration.Error, result, options.ImagesDir, p.GetValue(a.Json), p.GetValue(a.DisplayStats));
             return 0;
         });
@@ -124,11 +133,12 @@ public static class CheckpointCommands
 
     public static Command Restore()
     {
-        var dir = new Option<string>("--images-dir", "-D") { Description = "Image directory of a full dump.", Required = true };
+        var dir = new Option<string>("--images-dir", "-D") { Description = "Image directory of a full dump (default: the current directory, as CRIU's).", DefaultValueFactory = _ => "." };
         var machine = new MachineOptions();
         var kernel = new KernelOptions();
         var displayStats = new Option<bool>("--display-stats") { Description = "Print the restore statistics (always saved in stats-restore)." };
         var noVerify = new Option<bool>("--no-verify") { Description = "Skip comparing each restored VMA with the checksum recorded at dump time." };
+        var pidfile = new Option<string?>("--pidfile") { Description = "Write the restored root task's pid to FILE, as CRIU's --pidfile." };
         var json = CommonOptions.Json();
         var cmd = new Command("restore", "Rebuild a dumped process tree (same pids, memory, registers) in a machine — the default one, or --machine DEST standing for another host.");
         cmd.Options.Add(dir);
@@ -136,6 +146,7 @@ public static class CheckpointCommands
         kernel.AddTo(cmd);
         cmd.Options.Add(displayStats);
         cmd.Options.Add(noVerify);
+        cmd.Options.Add(pidfile);
         cmd.Options.Add(json);
         cmd.SetAction(p =>
         {
@@ -144,11 +155,20 @@ public static class CheckpointCommands
                 throw new UserException(ExitCode.BadInput, $"{images}: no such directory");
             using var lease = machine.OpenOrCreate(p, kernel.Config(p), kernel);
             var m = lease.Machine;
+            var log = CliLog.Current;
+            log.Write(CliLog.Info, $"Restoring from {images} into {m.Directory}");
             var result = Criu.Restore(m, new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify) });
             m.Save();
             lease.Keep();
             foreach (var w in result.Warnings)
+            {
+                log.Write(CliLog.Warn, w.Message);
                 p.InvocationConfiguration.Error.WriteLine($"criu-sharp: warning: {w.Message}");
+            }
+            log.Write(CliLog.Info, $"Restored {string.Join(' ', result.Pids)}: {result.Stats.PagesRestored} pages, {result.Stats.VmasVerified} VMAs verified");
+            if (p.GetValue(pidfile) is string pf && result.Pids.Count > 0)
+                AtomicFile.Write(Path.GetFullPath(pf), System.Text.Encoding.ASCII.GetBytes($"{result.Pids[0]}"));
+            log.Write(CliLog.Info, "Restore finished successfully");
             var o = p.InvocationConfiguration.Output;
             var s = result.Stats;
             if (p.GetValue(json))
@@ -175,5 +195,30 @@ public static class CheckpointCommands
         o.WriteLine($"Forking time: {s.ForkingTime} us");
         o.WriteLine($"Restore time: {s.RestoreTime} us");
         o.WriteLine($"VMAs verified: {s.VmasVerified}");
+    }
+}
+
+/// <summary><c>dedup -D DIR</c>: CRIU's <c>criu dedup</c>.</summary>
+public static class DedupCommand
+{
+    public static Command Create()
+    {
+        var dir = new Option<string>("--images-dir", "-D") { Description = "Image directory whose parents lose the pages it stores itself (default: the current directory).", DefaultValueFactory = _ => "." };
+        var json = CommonOptions.Json();
+        var cmd = new Command("dedup", "Punch out of the parent images every page a later image set stores itself, as 'criu dedup' (the work --auto-dedup does while dumping).");
+        cmd.Options.Add(dir);
+        cmd.Options.Add(json);
+        cmd.SetAction(p =>
+        {
+            var r = Dedup.Run(Path.GetFullPath(p.GetValue(dir)!));
+            CliLog.Current.Write(CliLog.Info, $"Deduplicated the parents of {r.ImagesDir}: {r.BytesPunched} bytes punched");
+            var o = p.InvocationConfiguration.Output;
+            if (p.GetValue(json))
+                o.WriteLine(JsonSerializer.Serialize(new { images_dir = r.ImagesDir, pids = r.Pids, bytes_punched = r.BytesPunched }, JsonOut.Options));
+            else
+                o.WriteLine($"{r.ImagesDir}: {r.BytesPunched} bytes punched out of the parent images");
+            return 0;
+        });
+        return cmd;
     }
 }

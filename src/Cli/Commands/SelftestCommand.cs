@@ -46,7 +46,7 @@ public static class SelftestCommand
                 output.WriteLine(JsonSerializer.Serialize(new { arch = config.Arch.Name, kernel = config.Version.Name, selftests = reports }, JsonOut.Options));
             else
                 foreach (var r in reports)
-                    Print(output, r, p.GetValue(CommonOptions.Verbose));
+                    Print(output, r, p.GetValue(CommonOptions.Verbosity) >= CliLog.Info);
             return reports.Any(r => r.Failed > 0) ? (int)ExitCode.CheckFailed : 0;
         });
         return cmd;
