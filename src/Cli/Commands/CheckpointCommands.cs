@@ -78,7 +78,8 @@ public static class CheckpointCommands
             PidOption.Resolve(m.Kernel, options.Pid);
             log.Write(CliLog.Info, $"{(preDump ? "Pre-dumping" : "Dumping")} processes (pid: {options.Pid}) into {options.ImagesDir}" +
                 $"{(options.PrevImagesDir is null ? "" : $", parent {options.PrevImagesDir}")}, tracker {p.GetValue(a.Tracker)}, compression {p.GetValue(a.Compress)}");
-            var result = preDump ? Criu.PreDump(m, options) : Criu.Dump(m, options);
+            var result = TerminalProgress.Run(p.GetValue(a.Json), preDump ? "pre-dumping" : "dumping",
+                () => preDump ? Criu.PreDump(m, options) : Criu.Dump(m, options));
             m.Save();
             foreach (var w in result.Warnings)
             {
@@ -157,7 +158,8 @@ public static class CheckpointCommands
             var m = lease.Machine;
             var log = CliLog.Current;
             log.Write(CliLog.Info, $"Restoring from {images} into {m.Directory}");
-            var result = Criu.Restore(m, new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify) });
+            var result = TerminalProgress.Run(p.GetValue(json), "restoring",
+                () => Criu.Restore(m, new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify) }));
             m.Save();
             lease.Keep();
             foreach (var w in result.Warnings)

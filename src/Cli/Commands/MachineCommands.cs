@@ -30,7 +30,7 @@ public static class MachineCommands
             var config = kernel.Config(p) with { MemoryBytes = (long)ParseSize(p.GetValue(memory)!) };
             using var lease = machine.OpenOrCreate(p, config, kernel);
             var m = lease.Machine;
-            var tasks = WorkloadApi.Spawn(m.Kernel, f.FullName);
+            var tasks = TerminalProgress.Run(p.GetValue(json), "spawning", () => WorkloadApi.Spawn(m.Kernel, f.FullName));
             m.Save();
             lease.Keep();
             var o = p.InvocationConfiguration.Output;
