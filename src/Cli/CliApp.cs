@@ -17,6 +17,7 @@ public static class CliApp
         root.Options.Add(CommonOptions.Verbosity);
         root.Options.Add(CommonOptions.LogFile);
         root.Options.Add(CommonOptions.LogPid);
+        root.Options.Add(CommonOptions.Lz4);
         // CRIU prints its version with -V as well as --version.
         foreach (var v in root.Options.OfType<VersionOption>())
             v.Aliases.Add("-V");
@@ -91,6 +92,7 @@ public static class CliApp
             }
             return (int)ExitCode.Usage;
         }
+        ImageFormat.Lz4Engines.Preferred = ImageFormat.Lz4Engines.Parse(parse.GetValue(CommonOptions.Lz4) ?? "auto");
         CliLog? log = null;
         try
         {
@@ -210,7 +212,7 @@ public static class CliApp
     {
         UserException u => (u.Code, u.Message, u.Hint),
         ImageFormat.ImageFormatException i => (ExitCode.BadImage, i.Message, null),
-        SimKernel.KernelException k => (ExitCode.KernelError, k.Message, null),
+        CriuSharp.KernelApi.KernelException k => (ExitCode.KernelError, k.Message, null),
         // A dump/restore failure caused by the images themselves (incomplete, damaged, missing
         // pages, contents that fail the VMA checksum) is a bad image, as the README promises.
         Dumper.DumperException { InnerException: ImageFormat.ImageFormatException } d => (ExitCode.BadImage, d.Message, null),

@@ -135,4 +135,16 @@ public static class ImageNames
     /// <summary>ext-&lt;image&gt;: our fields of that CRIU image (see <see cref="ImageFormat.ExtFields"/>).</summary>
     public const string ExtPrefix = "ext-";
     public static string Ext(string imageFileName) => ExtPrefix + imageFileName;
+
+    /// <summary>
+    /// Whether a directory entry of an image directory is ours to replace: a CRIU image file
+    /// (*.img) or its ext- sidecar, the stats files, the parent link, the incomplete marker, the manifest, or a
+    /// temporary file an interrupted atomic write left (.NAME.tmp…). Anything else belongs to the
+    /// user, and a dump refuses to write into a directory that holds it.
+    /// </summary>
+    public static bool BelongsToImageDirectory(string name) =>
+        name.EndsWith(".img", StringComparison.Ordinal) || name is StatsDump or StatsRestore
+        or ParentLink or IncompleteMarker or Manifest.FileName
+        || name.StartsWith(ExtPrefix, StringComparison.Ordinal) && BelongsToImageDirectory(name[ExtPrefix.Length..])
+        || name.StartsWith('.') && name.Contains(".tmp", StringComparison.Ordinal);
 }

@@ -1,3 +1,4 @@
+using CriuSharp.SimKernel.Machine;
 using System.CommandLine;
 using System.Text.Json;
 
@@ -59,7 +60,7 @@ public static class CheckCommand
                 throw new UserException(ExitCode.Usage, $"unknown feature '{one}'", $"Known features: {string.Join(", ", FeatureNames)}.");
             var shown = one is null ? known : known.Where(kv => kv.Key == one).ToDictionary();
             var output = p.InvocationConfiguration.Output;
-            var criu = Dumper.Criu.Check(k);
+            var criu = Dumper.Criu.Check(new SimKernelAdapter(k));
             string tracker = Dumper.TrackerNames.Name(criu.BestTracker);
             if (p.GetValue(json))
                 output.WriteLine(JsonSerializer.Serialize(new { arch = k.Arch.Name, kernel = k.Version.Name, release = k.Version.Release, features = shown.Select(kv => new { name = kv.Key, supported = kv.Value }), tracker, warnings = criu.Warnings.Select(w => w.Message) }, JsonOut.Options));

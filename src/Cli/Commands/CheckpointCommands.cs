@@ -79,7 +79,7 @@ public static class CheckpointCommands
             log.Write(CliLog.Info, $"{(preDump ? "Pre-dumping" : "Dumping")} processes (pid: {options.Pid}) into {options.ImagesDir}" +
                 $"{(options.PrevImagesDir is null ? "" : $", parent {options.PrevImagesDir}")}, tracker {p.GetValue(a.Tracker)}, compression {p.GetValue(a.Compress)}");
             var result = TerminalProgress.Run(p.GetValue(a.Json), preDump ? "pre-dumping" : "dumping",
-                () => preDump ? Criu.PreDump(m, options) : Criu.Dump(m, options));
+                () => preDump ? Criu.PreDump(m.AsKernelApi(), options) : Criu.Dump(m.AsKernelApi(), options));
             m.Save();
             foreach (var w in result.Warnings)
             {
@@ -159,7 +159,7 @@ public static class CheckpointCommands
             var log = CliLog.Current;
             log.Write(CliLog.Info, $"Restoring from {images} into {m.Directory}");
             var result = TerminalProgress.Run(p.GetValue(json), "restoring",
-                () => Criu.Restore(m, new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify) }));
+                () => Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify) }));
             m.Save();
             lease.Keep();
             foreach (var w in result.Warnings)
