@@ -63,12 +63,14 @@ internal sealed class Checkpointer
         public ulong Scanned;
         public List<(ulong Start, ulong End, ulong Hash)> Checksums = [];
         public Dictionary<ulong, int> Shmids = [];
+        /// <summary>The content tracker's digests of every page this dump's pagemap holds.</summary>
+        public PageDigestMap? Digests;
     }
 
     public DumpResult Run()
     {
         var wall = Stopwatch.StartNew();
-        var tracker = Criu.ResolveTracker(_k, _o.Tracker, _warnings);
+        var tracker = Criu.ResolveTracker(_k, _o.Tracker, _warnings, _o.AutoFallback, _o.StrictTracker);
         bool track = _pre || _o.TrackMem;
         var root = _k.FindTask(_o.Pid);
         if (root is null || !root.Alive)
@@ -111,7 +113,7 @@ internal sealed class Checkpointer
             ulong uptimeUs = _k.Proc.UptimeNs / 1000;
 
             bool useScan = tracker is TrackerKind.PagemapScan or TrackerKind.UffdWp
-                           || (tracker == TrackerKind.None && _k.Features.PagemapScan);
+                           || (tracker is TrackerKind.None or TrackerKind.Content && _k.Features.PagemapScan);
             var dirty = tracker switch
             {
                 TrackerKind.SoftDirty or TrackerKind.PagemapScan => DirtySource.SoftDirty,
@@ -133,6 +135,7 @@ internal sealed class Checkpointer
                     parentOk = false; // no write-protect history for this task: everything counts as written
                 if (parentOk)
                     ts.ParentPagemap = parentSet!.ReadPagemap(t.Pid);
+                PageDigestMap? parentDigests = parentOk && tracker == TrackerKind.Content ? parentSet!.ReadPageDigests(t.Pid) : null;
                 if (!_pre)
                 {
                     ts.Xfer = new PageXfer(dir.BeginPagemap(t.Pid, _o.PageStore), digests: _o.RecordChecksums);
@@ -141,6 +144,8 @@ internal sealed class Checkpointer
                 else
                     ts.Pipe = new PagePipe();
                 var collector = new PageCollector(_k, t.Pid, walker, ts.Pipe, ts.ParentPagemap, _pre, _o.RecordChecksums && !_pre, _imgPerPage);
+                if (tracker == TrackerKind.Content)
+                    collector.TrackContent(parentDigests);
                 foreach (var v in ts.Vmas)
                 {
                     collector.CollectVma(v, spans);
@@ -151,6 +156,7 @@ internal sealed class Checkpointer
                     ts.Pipe.Drain();
                 ts.Scanned = collector.Scanned;
                 ts.Checksums = collector.Checksums;
+                ts.Digests = collector.Digests;
                 memdumpNs += (ulong)(collector.Scanned * _cost.ScanNsPerPage) + CostModel.Ns(collector.CollectedBytes, _cost.CopyBytesPerSecond);
             }
             memdumpNs += _cost.ProcParseNsPerTask * (ulong)tasks.Count;
@@ -174,6 +180,8 @@ internal sealed class Checkpointer
                 {
                     using var xfer = new PageXfer(dir.BeginPagemap(ts.Task.Pid, _o.PageStore));
                     xfer.Write(ts.Pipe);
+                    if (ts.Digests is not null)
+                        dir.WritePageDigests(ts.Task.Pid, ts.Digests);
                     var st = xfer.Finish();
                     pageStats.Add(st);
                     if (_o.AutoDedup) PageXfer.Dedup(parentSet, ImageNames.Pagemap(ts.Task.Pid), xfer.WrittenRanges);
@@ -186,6 +194,8 @@ internal sealed class Checkpointer
                 foreach (var ts in tasks)
                 {
                     pageStats.Add(ts.Xfer!.Finish());
+                    if (ts.Digests is not null)
+                        dir.WritePageDigests(ts.Task.Pid, ts.Digests);
                     AddDigests(ts.Checksums, ts.Xfer.Digests);
                     if (_o.AutoDedup) PageXfer.Dedup(parentSet, ImageNames.Pagemap(ts.Task.Pid), ts.Xfer.WrittenRanges);
                     ts.Xfer.Dispose();
@@ -323,6 +333,8 @@ internal sealed class Checkpointer
             case TrackerKind.UffdWp:
                 ArmUffd(ts);
                 return pages;
+            case TrackerKind.Content:
+                return 0; // the digests written with the images are the tracking state
             default:
                 return 0;
         }
