@@ -372,8 +372,8 @@ internal sealed class Checkpointer
                 continue;
             if ((v.VmFlags & SmapsFlags.UffdWp) == 0)
                 uffd.Register(v.Start, v.Length, UffdConstants.RegisterModeWp);
-            var arg = SimKernel.Proc.PmScanArg.Create(v.Start, v.End, 0, SimKernel.Proc.PageCategory.Written, SimKernel.Proc.PageCategory.Written,
-                flags: SimKernel.Proc.PageCategory.ScanWpMatching | SimKernel.Proc.PageCategory.ScanCheckWpAsync);
+            var arg = CriuSharp.KernelApi.PmScanArg.Create(v.Start, v.End, 0, CriuSharp.KernelApi.PageCategory.Written, CriuSharp.KernelApi.PageCategory.Written,
+                flags: CriuSharp.KernelApi.PageCategory.ScanWpMatching | CriuSharp.KernelApi.PageCategory.ScanCheckWpAsync);
             _k.Proc.PagemapScan(t.Pid, ref arg, []);
         }
     }
