@@ -189,6 +189,16 @@ public sealed class Freezer : IDisposable
         }
     }
 
+    /// <summary>
+    /// Thaws the freezer cgroup but leaves the tasks in it (CRIU's seize: tasks that have been
+    /// PTRACE_INTERRUPTed while frozen trap into a ptrace-stop as soon as they are thawed).
+    /// </summary>
+    internal void ThawCgroupKeepingTasks()
+    {
+        if (Method == FreezeMethod.CgroupFreezer)
+            File.WriteAllText(Path.Combine(_cgroup!, "freezer.state"), "THAWED");
+    }
+
     /// <summary>Lets the tree run again and removes every trace of the freeze.</summary>
     public void Thaw()
     {

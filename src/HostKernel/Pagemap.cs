@@ -71,7 +71,7 @@ internal sealed unsafe class Pagemap : IDisposable
     /// One PAGEMAP_SCAN call; returns the number of regions written to <paramref name="vec"/> and
     /// the address where the walk stopped (walk_end). Throws Unsupported on ENOTTY (kernel before 6.7).
     /// </summary>
-    public int Scan(ulong start, ulong end, ulong categoryMask, ulong anyof, ulong returnMask, Span<PageRegion> vec, out ulong walkEnd, ulong flags = 0)
+    public int Scan(ulong start, ulong end, ulong categoryMask, ulong anyof, ulong returnMask, Span<PageRegion> vec, out ulong walkEnd, ulong flags = 0, ulong inverted = 0, ulong maxPages = 0)
     {
         fixed (PageRegion* v = vec)
         {
@@ -79,7 +79,7 @@ internal sealed unsafe class Pagemap : IDisposable
             {
                 Size = (ulong)sizeof(PmScanArg), Flags = flags, Start = start, End = end,
                 Vec = (ulong)v, VecLen = (ulong)vec.Length, CategoryMask = categoryMask,
-                CategoryAnyofMask = anyof, ReturnMask = returnMask,
+                CategoryAnyofMask = anyof, ReturnMask = returnMask, CategoryInverted = inverted, MaxPages = maxPages,
             };
             int n = Interop.Libc.Ioctl(_fd, PagemapScanIoctl, &arg);
             if (n < 0)

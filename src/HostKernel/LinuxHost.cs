@@ -1,0 +1,376 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+using CriuSharp.KernelApi;
+
+namespace CriuSharp.HostKernel;
+
+/// <summary>
+/// <see cref="IKernel"/> over the Linux kernel this process runs on, for checkpointing real
+/// processes: /proc/PID/{maps,smaps,status,stat,pagemap}, the PAGEMAP_SCAN ioctl,
+/// process_vm_readv, ptrace (registers only) and the cgroup v1 freezer (else SIGSTOP).
+/// <para>
+/// It only ever reads a process: memory writes, splicing, userfaultfd installation and every
+/// call restore needs are refused (EOPNOTSUPP or <see cref="KernelNotSupportedException"/>),
+/// and the freeze always ends in a thaw that returns each task to where it was.
+/// </para>
+/// </summary>
+public sealed class LinuxHost : IKernel, IDisposable
+{
+    /// <summary>The name that selects this kernel on the command line (--machine /proc).</summary>
+    public const string MachineName = "/proc";
+
+    private readonly Dictionary<int, Pagemap> _pagemaps = [];
+    private readonly Lock _lock = new();
+    private HostFreezeLease? _frozen;
+
+    public LinuxHost(bool readRegisters = true)
+    {
+        ReadRegisters = readRegisters;
+        var arch = RuntimeInformation.ProcessArchitecture;
+        var family = arch switch
+        {
+            Architecture.X64 => ArchFamily.X86_64,
+            Architecture.Arm64 => ArchFamily.Arm64,
+            Architecture.Ppc64le => ArchFamily.Ppc64,
+            _ => throw new KernelNotSupportedException($"checkpointing on {arch}"),
+        };
+        int pageShift = System.Numerics.BitOperations.Log2((uint)Environment.SystemPageSize);
+        bool scan = Tracking.PagemapScan;
+        bool softDirty = Tracking.SoftDirty;
+        Capabilities = new KernelCapabilities
+        {
+            ArchName = family switch { ArchFamily.X86_64 => "x86_64", ArchFamily.Arm64 => "arm64", _ => "ppc64" },
+            Arch = family,
+            CriuMtype = family switch { ArchFamily.X86_64 => 1, ArchFamily.Arm64 => 3, _ => 4 },
+            KernelVersion = File.ReadAllText("/proc/sys/kernel/osrelease").Trim(),
+            PageShift = pageShift,
+            PagemapLayout = PagemapLayout.Modern,
+            MemDirtyTrack = softDirty,
+            PagemapScan = scan,
+            PagemapScanSoftDirty = scan && softDirty,
+            // Write-protect tracking needs a userfaultfd inside the task (CRIU's parasite); a
+            // read-only observer cannot install one.
+            UffdWp = false,
+            UffdWpAsync = false,
+            CanSplice = false,
+            CanReadRegisters = readRegisters,
+            CanRestore = false,
+        };
+    }
+
+    /// <summary>Seize the frozen tree with ptrace to read registers (else registers are not available).</summary>
+    public bool ReadRegisters { get; }
+
+    public KernelCapabilities Capabilities { get; }
+
+    public string BootId => File.ReadAllText("/proc/sys/kernel/random/boot_id").Trim();
+
+    public ulong UptimeNs => ProcFs.UptimeNs();
+
+    /// <summary>How the last <see cref="Freeze"/> stopped the tree, and why registers could not be read (null when they could).</summary>
+    public FreezeMethod? LastFreezeMethod { get; private set; }
+    public string? RegistersUnavailable { get; private set; }
+
+    // ---- tasks ---------------------------------------------------------------------------------
+
+    public TaskInfo? FindTask(int pid)
+    {
+        string stat;
+        try
+        {
+            stat = File.ReadAllText($"/proc/{pid}/stat");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+        return ParseTask(pid, stat);
+    }
+
+    private static TaskInfo ParseTask(int pid, string stat)
+    {
+        int open = stat.IndexOf('('), close = stat.LastIndexOf(')');
+        string comm = stat[(open + 1)..close];
+        var f = ProcFs.StatFieldsAfterComm(stat);
+        // f[0] = state (field 3), f[1] = ppid, f[2] = pgrp, f[3] = session, f[19] = starttime (field 22).
+        var state = f[0][0] switch
+        {
+            'Z' => TaskRunState.Zombie,
+            'X' or 'x' => TaskRunState.Dead,
+            'T' or 't' => TaskRunState.Frozen,
+            _ => TaskRunState.Running,
+        };
+        ulong start = ulong.Parse(f[19], CultureInfo.InvariantCulture) * (1_000_000_000UL / ProcFs.ClockTicks);
+        return new TaskInfo(pid, Int(f[1]), Int(f[2]), Int(f[3]), comm, state, start);
+    }
+
+    private static int Int(string s) => int.Parse(s, CultureInfo.InvariantCulture);
+
+    public IReadOnlyList<TaskInfo> Tree(int rootPid)
+    {
+        if (!ProcFs.Exists(rootPid))
+            throw new KernelException(Errno.ESRCH, $"no process {rootPid}");
+        var list = new List<TaskInfo>();
+        foreach (var (pid, _) in Wrap(() => ProcFs.Tree(rootPid)))
+            if (FindTask(pid) is { } t)
+                list.Add(t);
+        if (list.Count == 0)
+            throw new KernelException(Errno.ESRCH, $"process {rootPid} exited");
+        return list;
+    }
+
+    // ---- /proc text ------------------------------------------------------------------------------
+
+    public string Maps(int pid) => Wrap(() => ProcFs.Read(pid, "maps"));
+    public string Smaps(int pid) => Wrap(() => ProcFs.Read(pid, "smaps"));
+    public string Status(int pid) => Wrap(() => ProcFs.Read(pid, "status"));
+    public string Stat(int pid) => Wrap(() => ProcFs.Read(pid, "stat"));
+
+    public void ReadPagemap(int pid, ulong va, Span<ulong> entries, PagemapLayout layout)
+    {
+        if (layout != PagemapLayout.Modern)
+            throw new KernelException(Errno.ENOENT, $"/proc/{pid}/{(layout == PagemapLayout.Pagemap2 ? "pagemap2" : "pagemap (v1 layout)")}");
+        var pm = PagemapOf(pid);
+        try
+        {
+            pm.Read(va, entries, Capabilities.PageShift);
+        }
+        catch (HostKernelException e)
+        {
+            throw ToKernel(e);
+        }
+    }
+
+    public SysResult ClearRefs(int pid, string value)
+    {
+        // Only resets the kernel's tracking bits (fs/proc/task_mmu.c clear_refs_write); the
+        // process's memory is untouched.
+        try
+        {
+            File.WriteAllText($"/proc/{pid}/clear_refs", value);
+            return SysResult.Success();
+        }
+        catch (UnauthorizedAccessException) { return Errno.EACCES; }
+        catch (DirectoryNotFoundException) { return Errno.ESRCH; }
+        catch (IOException) { return ProcFs.Exists(pid) ? Errno.EINVAL : Errno.ESRCH; }
+    }
+
+    public SysResult PagemapScan(int pid, ref PmScanArg arg, Span<PageRegion> vec)
+    {
+        // Write-protecting flags change the task's page tables; a read-only observer never asks.
+        if ((arg.Flags & (PageCategory.ScanWpMatching)) != 0)
+            return Errno.EOPNOTSUPP;
+        Pagemap pm;
+        try
+        {
+            pm = PagemapOf(pid);
+        }
+        catch (KernelException e)
+        {
+            return e.Errno;
+        }
+        var regions = MemoryMarshal.Cast<PageRegion, Pagemap.PageRegion>(vec);
+        try
+        {
+            int n = pm.Scan(arg.Start, arg.End, arg.CategoryMask, arg.CategoryAnyofMask, arg.ReturnMask,
+                arg.VecLen == 0 ? [] : regions[..(int)Math.Min((ulong)regions.Length, arg.VecLen)], out ulong walkEnd,
+                arg.Flags, arg.CategoryInverted, arg.MaxPages);
+            arg.WalkEnd = walkEnd;
+            return SysResult.Success(n);
+        }
+        catch (HostKernelException e)
+        {
+            return (Errno)e.Errno;
+        }
+    }
+
+    // ---- memory --------------------------------------------------------------------------------
+
+    public SysResult ReadMemory(int pid, ulong va, Span<byte> dst)
+    {
+        try
+        {
+            ProcessMemory.Read(pid, va, dst);
+            return SysResult.Success(dst.Length);
+        }
+        catch (HostKernelException e)
+        {
+            return (Errno)(e.Errno == 0 ? (int)Errno.EIO : e.Errno);
+        }
+    }
+
+    public SysResult SplicePages(FreezeLease frozen, int pid, ulong va, Span<nint> frames) => Errno.EOPNOTSUPP;
+
+    /// <summary>A real process is never written to.</summary>
+    public SysResult WriteMemory(int pid, ulong va, ReadOnlySpan<byte> data) => Errno.EOPNOTSUPP;
+
+    // ---- freezer, ptrace -------------------------------------------------------------------------
+
+    public FreezeLease Freeze(int rootPid)
+    {
+        Freezer fz;
+        try
+        {
+            fz = Freezer.Freeze(rootPid);
+        }
+        catch (HostKernelException e)
+        {
+            throw ToKernel(e);
+        }
+        Ptrace? pt = null;
+        RegistersUnavailable = null;
+        if (ReadRegisters)
+        {
+            pt = new Ptrace();
+            if (pt.SeizeAll(fz.Pids))
+            {
+                // A task in a frozen cgroup traps only once it runs again: thaw the cgroup and let
+                // the pending PTRACE_INTERRUPT stop each thread before it returns to user space.
+                if (fz.Method == FreezeMethod.CgroupFreezer)
+                    fz.ThawCgroupKeepingTasks();
+                pt.WaitStopped();
+            }
+            else
+            {
+                RegistersUnavailable = pt.Error;
+                pt = null;
+            }
+        }
+        else
+            RegistersUnavailable = "registers not requested";
+        LastFreezeMethod = fz.Method;
+        var lease = new HostFreezeLease(rootPid, fz, pt, this);
+        _frozen = lease;
+        return lease;
+    }
+
+    private sealed class HostFreezeLease(int root, Freezer freezer, Ptrace? ptrace, LinuxHost host) : FreezeLease(root)
+    {
+        public Ptrace? Ptrace { get; } = ptrace;
+
+        protected override void ThawTree()
+        {
+            // Detach first: a seized thread resumes (or, after SIGSTOP, returns to its group stop),
+            // then the freezer puts every task back where it was.
+            Ptrace?.Dispose();
+            freezer.Thaw();
+            host.ClosePagemaps();
+            if (ReferenceEquals(host._frozen, this))
+                host._frozen = null;
+        }
+    }
+
+    public TaskRegisters GetRegisters(int pid)
+    {
+        var pt = _frozen?.Ptrace ?? throw new KernelException(Errno.EPERM, $"registers of {pid}: {RegistersUnavailable ?? "the task is not seized"}");
+        var regs = pt.GetRegs(pid) ?? throw new KernelException(Errno.EPERM, $"PTRACE_GETREGSET of {pid}");
+        return new TaskRegisters(regs, []);
+    }
+
+    public void SetRegisters(int pid, TaskRegisters registers) => throw new KernelNotSupportedException("setting registers of a real process");
+
+    public ulong Brk(int pid, ulong newBrk)
+    {
+        if (newBrk != 0)
+            throw new KernelNotSupportedException("brk in a real process");
+        // brk(0) as the task would see it: the end of [heap], else start_brk (stat field 47).
+        foreach (var line in Maps(pid).Split('\n'))
+            if (line.EndsWith("[heap]", StringComparison.Ordinal))
+                return ulong.Parse(line[(line.IndexOf('-') + 1)..line.IndexOf(' ')], NumberStyles.HexNumber, CultureInfo.InvariantCulture);
+        var f = ProcFs.StatFieldsAfterComm(Stat(pid));
+        return f.Length > 44 ? ulong.Parse(f[44], CultureInfo.InvariantCulture) : 0;
+    }
+
+    // ---- userfaultfd -----------------------------------------------------------------------------
+
+    public IUserfaultfd? InstalledUserfaultfd(int pid) => null;
+
+    public SysResult OpenUserfaultfd(int pid, out IUserfaultfd? uffd)
+    {
+        uffd = null;
+        return Errno.EOPNOTSUPP;
+    }
+
+    // ---- files -----------------------------------------------------------------------------------
+
+    public long? FileSize(string path)
+    {
+        var fi = new FileInfo(path);
+        return fi.Exists ? fi.Length : null;
+    }
+
+    // ---- restore: only a simulated machine can ------------------------------------------------
+
+    private static KernelNotSupportedException NoRestore(string what) => new($"{what} on the real host (restore into a simulated machine instead)");
+
+    public int Spawn(string comm, int? pid = null, int ppid = 0) => throw NoRestore("creating a task");
+    public int Fork(int parentPid, int? childPid = null) => throw NoRestore("fork");
+    public void Exit(int pid, int exitCode, int signal = 0) => throw NoRestore("ending a task");
+    public SysResult Mmap(int pid, ulong addr, ulong len, Prot prot, MapFlags flags, MapSource source, long offset = 0) => throw NoRestore("mmap");
+    public SysResult Munmap(int pid, ulong addr, ulong len) => throw NoRestore("munmap");
+    public SysResult Mremap(int pid, ulong oldAddr, ulong oldLen, ulong newLen, MremapFlags flags, ulong newAddr = 0) => throw NoRestore("mremap");
+    public SysResult Madvise(int pid, ulong addr, ulong len, Madvise advice) => throw NoRestore("madvise");
+    public SysResult PrctlSetMm(int pid, PrctlMmField field, ulong value) => throw NoRestore("prctl(PR_SET_MM)");
+
+    /// <summary>Real time passes by itself.</summary>
+    public void LetTimePass(ulong ns)
+    {
+    }
+
+    // ---- plumbing --------------------------------------------------------------------------------
+
+    private Pagemap PagemapOf(int pid)
+    {
+        lock (_lock)
+        {
+            if (_pagemaps.TryGetValue(pid, out var pm))
+                return pm;
+            try
+            {
+                pm = new Pagemap(pid);
+            }
+            catch (HostKernelException e)
+            {
+                throw ToKernel(e);
+            }
+            _pagemaps[pid] = pm;
+            return pm;
+        }
+    }
+
+    private void ClosePagemaps()
+    {
+        lock (_lock)
+        {
+            foreach (var pm in _pagemaps.Values)
+                pm.Dispose();
+            _pagemaps.Clear();
+        }
+    }
+
+    private static T Wrap<T>(Func<T> f)
+    {
+        try
+        {
+            return f();
+        }
+        catch (HostKernelException e)
+        {
+            throw ToKernel(e);
+        }
+    }
+
+    internal static KernelException ToKernel(HostKernelException e) => new(e.Kind switch
+    {
+        HostErrorKind.NoSuchProcess or HostErrorKind.Vanished => Errno.ESRCH,
+        HostErrorKind.PermissionDenied => e.Errno == (int)Errno.EACCES ? Errno.EACCES : Errno.EPERM,
+        HostErrorKind.Unsupported => Errno.EOPNOTSUPP,
+        _ => e.Errno != 0 ? (Errno)e.Errno : Errno.EIO,
+    }, e.Message);
+
+    public void Dispose()
+    {
+        _frozen?.Thaw();
+        ClosePagemaps();
+    }
+}
