@@ -4,6 +4,7 @@
  *   same R FIRST COUNT       rewrite those pages with the bytes they hold
  *   map R PAGES              mmap a new anonymous region R and fill it with pattern(i, 0)
  *   unmap R                  munmap region R
+ *   load R PATH              mmap a new anonymous region R as large as file PATH and read the file into it
  *   brk PAGES                grow the heap by PAGES pages (sbrk) and fill them with 0x5A
  *   sum                      print a digest of every region (the process's own check)
  * Every command answers one line on stdout: "ok ..." with what it did. */
@@ -14,6 +15,8 @@
 #include <stdint.h>
 #include <unistd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <fcntl.h>
 
 #define PAGE 4096
 #define MAXR 16
@@ -37,7 +40,7 @@ static uint64_t digest(void) {
 int main(int argc, char **argv) {
     long n = argc > 1 ? atol(argv[1]) : 64;
     setvbuf(stdout, NULL, _IOLBF, 0);
-    char line[256];
+    char line[256], path[256];
     base[0] = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     pages[0] = n;
     for (long i = 0; i < n; i++) pattern(base[0] + i * PAGE, i, 0);
@@ -56,6 +59,15 @@ int main(int argc, char **argv) {
             pages[r] = a;
             for (long i = 0; i < a; i++) pattern(base[r] + i * PAGE, i, 0);
             printf("ok map %ld %p %ld\n", r, (void *)base[r], a);
+        } else if (sscanf(line, "load %ld %200s", &r, path) == 2) {
+            int fd = open(path, O_RDONLY);
+            struct stat st;
+            if (fd < 0 || fstat(fd, &st) != 0) { printf("error load %s\n", path); continue; }
+            pages[r] = (st.st_size + PAGE - 1) / PAGE;
+            base[r] = mmap(NULL, pages[r] * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            for (long off = 0; off < st.st_size;) { long k = read(fd, base[r] + off, st.st_size - off); if (k <= 0) break; off += k; }
+            close(fd);
+            printf("ok load %ld %p %ld\n", r, (void *)base[r], pages[r]);
         } else if (sscanf(line, "unmap %ld", &r) == 1) {
             munmap(base[r], pages[r] * PAGE);
             base[r] = NULL; pages[r] = 0;
