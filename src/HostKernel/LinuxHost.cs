@@ -52,7 +52,7 @@ public sealed class LinuxHost : IKernel, IDisposable
             // read-only observer cannot install one.
             UffdWp = false,
             UffdWpAsync = false,
-            CanSplice = false,
+            CanSplice = true,
             CanReadRegisters = readRegisters,
             CanRestore = false,
         };
@@ -199,7 +199,31 @@ public sealed class LinuxHost : IKernel, IDisposable
         }
     }
 
-    public SysResult SplicePages(FreezeLease frozen, int pid, ulong va, Span<nint> frames) => Errno.EOPNOTSUPP;
+    /// <summary>
+    /// vmsplice has no equivalent for an outside observer, so the pages are copied (one
+    /// process_vm_readv per call) into staging memory that belongs to the freeze and is freed
+    /// by the thaw; the addresses handed out point there. A dump therefore holds a copy of what
+    /// it dumps until it thaws the tree.
+    /// </summary>
+    public unsafe SysResult SplicePages(FreezeLease frozen, int pid, ulong va, Span<nint> frames)
+    {
+        if (frozen is not HostFreezeLease lease || !lease.Active || !ReferenceEquals(lease, _frozen))
+            return Errno.EPERM;
+        int pageSize = Capabilities.PageSize;
+        long bytes = (long)frames.Length * pageSize;
+        byte* dst = lease.Stage(bytes);
+        try
+        {
+            ProcessMemory.Read(pid, va, new Span<byte>(dst, checked((int)bytes)));
+        }
+        catch (HostKernelException e)
+        {
+            return (Errno)(e.Errno == 0 ? (int)Errno.EIO : e.Errno);
+        }
+        for (int i = 0; i < frames.Length; i++)
+            frames[i] = (nint)(dst + (long)i * pageSize);
+        return SysResult.Success(frames.Length);
+    }
 
     /// <summary>A real process is never written to.</summary>
     public SysResult WriteMemory(int pid, ulong va, ReadOnlySpan<byte> data) => Errno.EOPNOTSUPP;
@@ -244,12 +268,43 @@ public sealed class LinuxHost : IKernel, IDisposable
         return lease;
     }
 
-    private sealed class HostFreezeLease(int root, Freezer freezer, Ptrace? ptrace, LinuxHost host) : FreezeLease(root)
+    private sealed unsafe class HostFreezeLease(int root, Freezer freezer, Ptrace? ptrace, LinuxHost host) : FreezeLease(root)
     {
+        private const long ChunkBytes = 64L << 20;
+        private readonly List<nint> _chunks = [];
+        private byte* _cur;
+        private long _left;
+
         public Ptrace? Ptrace { get; } = ptrace;
+
+        /// <summary>Staging memory for <see cref="SplicePages"/>: bump-allocated in 64 MiB chunks, freed on thaw.</summary>
+        public byte* Stage(long bytes)
+        {
+            lock (_chunks)
+            {
+                if (_left < bytes)
+                {
+                    long size = Math.Max(bytes, ChunkBytes);
+                    _cur = (byte*)NativeMemory.AlignedAlloc((nuint)size, 4096);
+                    _chunks.Add((nint)_cur);
+                    _left = size;
+                }
+                byte* p = _cur;
+                _cur += bytes;
+                _left -= bytes;
+                return p;
+            }
+        }
 
         protected override void ThawTree()
         {
+            lock (_chunks)
+            {
+                foreach (var c in _chunks)
+                    NativeMemory.AlignedFree((void*)c);
+                _chunks.Clear();
+                _left = 0;
+            }
             // Detach first: a seized thread resumes (or, after SIGSTOP, returns to its group stop),
             // then the freezer puts every task back where it was.
             Ptrace?.Dispose();
