@@ -319,7 +319,28 @@ public sealed class LinuxHost : IKernel, IDisposable
     {
         var pt = _frozen?.Ptrace ?? throw new KernelException(Errno.EPERM, $"registers of {pid}: {RegistersUnavailable ?? "the task is not seized"}");
         var regs = pt.GetRegs(pid) ?? throw new KernelException(Errno.EPERM, $"PTRACE_GETREGSET of {pid}");
-        return new TaskRegisters(regs, []);
+        var raw = new byte[regs.Length * 8];
+        Buffer.BlockCopy(regs, 0, raw, 0, raw.Length);
+        if (Capabilities.Arch != ArchFamily.X86_64 || regs.Length < UserRegsX86.Count)
+            return new TaskRegisters(regs, raw);
+        // The general registers in the order the simulator keeps them (and the core writer reads):
+        // ip, sp, ax, bx, cx, dx, si, di, bp, r8..r15. The whole struct user_regs_struct rides
+        // along as the extra state.
+        ulong[] g =
+        [
+            regs[UserRegsX86.Rip], regs[UserRegsX86.Rsp], regs[UserRegsX86.Rax], regs[UserRegsX86.Rbx],
+            regs[UserRegsX86.Rcx], regs[UserRegsX86.Rdx], regs[UserRegsX86.Rsi], regs[UserRegsX86.Rdi],
+            regs[UserRegsX86.Rbp], regs[UserRegsX86.R8], regs[UserRegsX86.R9], regs[UserRegsX86.R10],
+            regs[UserRegsX86.R11], regs[UserRegsX86.R12], regs[UserRegsX86.R13], regs[UserRegsX86.R14], regs[UserRegsX86.R15],
+        ];
+        return new TaskRegisters(g, raw);
+    }
+
+    /// <summary>Word indexes of x86_64 struct user_regs_struct (arch/x86/include/asm/user_64.h).</summary>
+    private static class UserRegsX86
+    {
+        public const int R15 = 0, R14 = 1, R13 = 2, R12 = 3, Rbp = 4, Rbx = 5, R11 = 6, R10 = 7, R9 = 8, R8 = 9,
+            Rax = 10, Rcx = 11, Rdx = 12, Rsi = 13, Rdi = 14, OrigRax = 15, Rip = 16, Cs = 17, Eflags = 18, Rsp = 19, Ss = 20, Count = 27;
     }
 
     public void SetRegisters(int pid, TaskRegisters registers) => throw new KernelNotSupportedException("setting registers of a real process");

@@ -37,7 +37,7 @@ public class LinuxHostTests
                 Assert.True(regs.General.Length >= 17);
                 if (host.Capabilities.Arch == ArchFamily.X86_64)
                 {
-                    ulong rip = regs.General[16];
+                    ulong rip = regs.General[0];
                     Assert.Contains(host.Maps(c.Pid).Split('\n'), l => l.Length > 0 && InRange(l, rip) && l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1].Contains('x'));
                 }
             }
