@@ -375,6 +375,13 @@ public sealed class LinuxHost : IKernel, IDisposable
         return fi.Exists ? fi.Length : null;
     }
 
+    /// <summary>Mapping a real process's file elsewhere is a restore step; a read-only observer does not.</summary>
+    public SysResult OpenMapFiles(int pid, ulong va, out OpenFile? file)
+    {
+        file = null;
+        return Errno.EOPNOTSUPP;
+    }
+
     // ---- restore: only a simulated machine can ------------------------------------------------
 
     private static KernelNotSupportedException NoRestore(string what) => new($"{what} on the real host (restore into a simulated machine instead)");

@@ -93,8 +93,9 @@ public interface IKernel
 
     /// <summary>
     /// The userfaultfd an earlier <see cref="OpenUserfaultfd"/> installed in this very task (not in
-    /// an earlier task with the same pid), as a parasite-installed descriptor stays in the task's
-    /// file table between pre-dumps; null when there is none.
+    /// an earlier task with the same pid) whose UFFDIO_API handshake succeeded, as a
+    /// parasite-installed descriptor stays in the task's file table between pre-dumps; null when
+    /// there is none.
     /// </summary>
     IUserfaultfd? InstalledUserfaultfd(int pid);
 
@@ -105,6 +106,12 @@ public interface IKernel
 
     /// <summary>stat(2) of a path: its size, or null when it does not exist.</summary>
     long? FileSize(string path);
+
+    /// <summary>
+    /// open(/proc/PID/map_files/START-END) of the mapping at <paramref name="va"/>: the file or
+    /// shmem object behind it, to be mapped elsewhere (<see cref="MapSource.Opened"/>).
+    /// </summary>
+    SysResult OpenMapFiles(int pid, ulong va, out OpenFile? file);
 
     // ---- what restore needs (a real host may throw KernelNotSupportedException) ------------------
 
@@ -195,9 +202,23 @@ public abstract record MapSource
     /// </summary>
     public static MapSource MapFiles(int pid, ulong va) => new MapFilesSource(pid, va);
 
+    /// <summary>A file opened earlier (<see cref="IKernel.OpenMapFiles"/>).</summary>
+    public static MapSource Opened(OpenFile file) => new OpenedSource(file);
+
     public sealed record AnonymousSource : MapSource;
+    public sealed record OpenedSource(OpenFile Handle) : MapSource;
     public sealed record FileSource(string Path) : MapSource;
     public sealed record MapFilesSource(int Pid, ulong Va) : MapSource;
+}
+
+/// <summary>An open file description of one kernel (what an fd refers to); only that kernel can map it.</summary>
+public abstract class OpenFile
+{
+    /// <summary>fstat(2) st_ino.</summary>
+    public abstract ulong Inode { get; }
+
+    /// <summary>fstat(2) st_size.</summary>
+    public abstract long Size { get; }
 }
 
 /// <summary>A userfaultfd context in a task: the calls write-protect tracking needs (linux/userfaultfd.h).</summary>

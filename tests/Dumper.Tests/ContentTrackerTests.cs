@@ -35,9 +35,9 @@ public class ContentTrackerTests
         var (k, t, a) = Build(pid);
         var host = new ClockOnlyHost(k);
         string dir = RoundTrip.NewDir("content");
-        Criu.PreDump(host, new DumpOptions { Pid = pid, ImagesDir = Path.Combine(dir, "1"), Tracker = tracker });
+        Criu.PreDump(host.AsKernelApi(), new DumpOptions { Pid = pid, ImagesDir = Path.Combine(dir, "1"), Tracker = tracker });
         Mutate(t, a);
-        var second = Criu.PreDump(host, new DumpOptions { Pid = pid, ImagesDir = Path.Combine(dir, "2"), PrevImagesDir = "../1", Tracker = tracker });
+        var second = Criu.PreDump(host.AsKernelApi(), new DumpOptions { Pid = pid, ImagesDir = Path.Combine(dir, "2"), PrevImagesDir = "../1", Tracker = tracker });
         var present = new HashSet<ulong>();
         var pm = ImageSet.Open(Path.Combine(dir, "2")).ReadPagemap(pid);
         foreach (var e in pm.Entries)
@@ -78,8 +78,8 @@ public class ContentTrackerTests
         var (k, _, _) = Build(440);
         var host = new ClockOnlyHost(k);
         string dir = RoundTrip.NewDir("content-noparent");
-        var first = Criu.PreDump(host, new DumpOptions { Pid = 440, ImagesDir = Path.Combine(dir, "1"), Tracker = TrackerKind.SoftDirty });
-        var second = Criu.PreDump(host, new DumpOptions { Pid = 440, ImagesDir = Path.Combine(dir, "2"), PrevImagesDir = "../1", Tracker = TrackerKind.Content });
+        var first = Criu.PreDump(host.AsKernelApi(), new DumpOptions { Pid = 440, ImagesDir = Path.Combine(dir, "1"), Tracker = TrackerKind.SoftDirty });
+        var second = Criu.PreDump(host.AsKernelApi(), new DumpOptions { Pid = 440, ImagesDir = Path.Combine(dir, "2"), PrevImagesDir = "../1", Tracker = TrackerKind.Content });
         Assert.Equal(first.Stats.PagesWritten, second.Stats.PagesWritten);
         Assert.True(File.Exists(Path.Combine(dir, "2", ImageNames.PageDigests(440))));
     }

@@ -28,7 +28,7 @@ public readonly record struct UffdMessage(ulong Address, bool WriteProtect);
 /// Without WP_ASYNC a fault is queued as a message and the write proceeds, as if a handler had
 /// answered at once.
 /// </summary>
-public sealed partial class Userfaultfd
+public sealed partial class Userfaultfd : IUserfaultfd
 {
     private readonly MmStruct _mm;
     private readonly Queue<UffdMessage> _messages = new();
