@@ -528,15 +528,31 @@ internal sealed class Checkpointer
 
     private core_entry BuildCore(TaskInfo t)
     {
-        var regs = _k.GetRegisters(t.Pid);
+        TaskRegisters? regs = null;
+        if (_k.Capabilities.CanReadRegisters)
+        {
+            try
+            {
+                regs = _k.GetRegisters(t.Pid);
+            }
+            catch (KernelException e)
+            {
+                // CRIU cannot dump without registers; a memory checkpoint of a process we may not
+                // ptrace still can, so the core says so by leaving thread_info out.
+                _warnings.Add(new DumperWarning("registers-omitted", $"registers of task {t.Pid} omitted: {e.Message}"));
+            }
+        }
+        else
+            _warnings.Add(new DumperWarning("registers-omitted", $"registers of task {t.Pid} omitted: the kernel does not offer them"));
         var core = new core_entry
         {
             Mtype = (core_entry.Types.march)_k.Capabilities.CriuMtype,
             Tc = new task_core_entry { TaskState = 1, ExitCode = 0, Personality = 0, Flags = 0, BlkSigset = 0, Comm = t.Comm },
             ThreadCore = new thread_core_entry { FutexRla = 0, FutexRlaLen = 0 },
-            SimTaskState = ByteString.CopyFrom(SimTaskState.Encode(regs.General, regs.Extra)),
         };
-        if (_k.Capabilities.Arch == ArchFamily.X86_64)
+        if (regs is not null)
+            core.SimTaskState = ByteString.CopyFrom(SimTaskState.Encode(regs.General, regs.Extra));
+        if (regs is not null && _k.Capabilities.Arch == ArchFamily.X86_64)
         {
             var r = regs.General;
             var gp = new user_x86_regs_entry
