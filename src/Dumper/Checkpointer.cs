@@ -94,7 +94,9 @@ internal sealed class Checkpointer
                 }
                 // smaps carries VmFlags; [vsyscall] (gate area) only shows in maps, and CRIU keeps it in mm.
                 var vmas = SmapsParser.Parse(_k.Smaps(t.Pid));
-                vmas.AddRange(SmapsParser.ParseMaps(_k.Maps(t.Pid)).Where(v => v.IsVsyscall));
+                // (Linux's smaps lists it too since 4.x; then it is there once.)
+                if (!vmas.Any(v => v.IsVsyscall))
+                    vmas.AddRange(SmapsParser.ParseMaps(_k.Maps(t.Pid)).Where(v => v.IsVsyscall));
                 tasks.Add(new TaskState { Task = t, Vmas = vmas });
             }
             freezeNs = _cost.FreezeNsPerTask * (ulong)tasks.Count;
@@ -508,6 +510,10 @@ internal sealed class Checkpointer
                 sim.Add(new sim_state_entry { Key = SimKeys.VmaChecksums, Data = ByteString.CopyFrom(bytes) });
             }
             sim.Add(new sim_state_entry { Key = SimKeys.PageSize, Data = ByteString.CopyFrom(BitConverter.GetBytes(_k.Capabilities.PageSize)) });
+            // A kernel that cannot restore into itself is the real host: its images name the
+            // host's files, which a restore into a simulated machine imports.
+            if (!_k.Capabilities.CanRestore)
+                sim.Add(new sim_state_entry { Key = SimKeys.Origin, Data = ByteString.CopyFromUtf8(SimKeys.OriginRealHost) });
             dir.WriteSimState(t.Pid, sim);
         }
         dir.WriteFiles(files.OrderBy(f => f.Value).Select(f =>
@@ -574,6 +580,9 @@ internal static class SimKeys
 {
     public const string VmaChecksums = "vma-checksums";
     public const string PageSize = "page-size";
+    /// <summary>"real-host" when the images were taken from the Linux host (absent: a simulated machine).</summary>
+    public const string Origin = "origin";
+    public const string OriginRealHost = "real-host";
 }
 
 /// <summary>core_entry.sim_task_state: u32 register count, registers (u64 LE), then the ExtraState bytes.</summary>

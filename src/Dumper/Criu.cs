@@ -22,13 +22,15 @@ public static class Criu
 
     /// <summary>criu restore: rebuilds the tree with the same pids in <paramref name="kernel"/>.</summary>
     public static RestoreResult Restore(IKernel kernel, RestoreOptions options) =>
-        new Restorer(kernel, options).Run();
+        kernel.Capabilities.CanRestore
+            ? new Restorer(kernel, options).Run()
+            : throw new KernelNotSupportedException("restoring into this kernel (the real host)");
 
     /// <summary>criu check: what tracking the kernel offers and which tracker a dump would use.</summary>
-    public static CheckResult Check(IKernel kernel)
+    public static CheckResult Check(IKernel kernel, TrackerKind autoFallback = TrackerKind.None)
     {
         var w = new List<DumperWarning>();
-        var best = ResolveTracker(kernel, TrackerKind.Auto, w);
+        var best = ResolveTracker(kernel, TrackerKind.Auto, w, autoFallback);
         var f = kernel.Capabilities;
         return new CheckResult(kernel.Capabilities.ArchName, kernel.Capabilities.KernelVersion, f.MemDirtyTrack, f.PagemapScan, f.PagemapScanSoftDirty,
             f.UffdWp, f.UffdWpAsync, kernel.Capabilities.HasPagemap2, best, w);
@@ -69,5 +71,20 @@ public static class Criu
             warnings.Add(new DumperWarning("no-tracker",
                 $"no dirty-page tracker on {k.Capabilities.ArchName}/{k.Capabilities.KernelVersion} (no soft-dirty, no uffd-wp): every dump copies every page"));
         return best;
+    }
+
+    /// <summary>
+    /// The files an image set taken from the real host (--machine /proc) maps, with the size each
+    /// had at dump time; empty for images of a simulated machine. A restore into a simulated
+    /// machine imports them so that file-backed mappings see the host file's bytes.
+    /// </summary>
+    public static IReadOnlyList<(string Path, ulong Size)> RealHostFiles(string imagesDir)
+    {
+        var set = ImageFormat.ImageSet.Open(imagesDir);
+        bool fromHost = set.ReadPstree().Any(pe => set.Has(ImageFormat.ImageNames.SimState((int)pe.Pid))
+            && set.ReadSimState((int)pe.Pid).Any(e => e.Key == SimKeys.Origin && e.Data.ToStringUtf8() == SimKeys.OriginRealHost));
+        if (!fromHost || !set.Has(ImageFormat.ImageNames.Files))
+            return [];
+        return set.ReadFiles().Where(f => f.Reg is not null).Select(f => (f.Reg.Name, f.Reg.Size)).Distinct().ToList();
     }
 }

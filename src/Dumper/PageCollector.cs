@@ -284,7 +284,8 @@ internal sealed class PageCollector
         Span<nint> frames = _imgPerPage == 1 ? refs : (_frames ??= new nint[PagePipe.MaxReserve >> 12]).AsSpan(0, pages);
         var r = _frozen is null ? SysResult.Fail(Errno.EPERM) : _k.SplicePages(_frozen, _pid, va, frames);
         if (!r.Ok)
-            throw new DumperException($"cannot splice task memory ({r.Error})", _pid, null, va, va + ((ulong)pages << _shift));
+            throw new DumperException($"cannot splice task memory ({r.Error})", _pid, null, va, va + ((ulong)pages << _shift),
+                inner: new KernelException(r.Error, "vmsplice"));
         if (_imgPerPage != 1)
             for (int i = 0; i < pages; i++)
                 for (int k = 0; k < _imgPerPage; k++)
@@ -295,7 +296,8 @@ internal sealed class PageCollector
     {
         var r = _k.ReadMemory(_pid, va, dst);
         if (!r.Ok)
-            throw new DumperException($"cannot read task memory ({r.Error})", _pid, null, va, va + (ulong)dst.Length);
+            throw new DumperException($"cannot read task memory ({r.Error})", _pid, null, va, va + (ulong)dst.Length,
+                inner: new KernelException(r.Error, "process_vm_readv"));
     }
 }
 

@@ -186,8 +186,12 @@ public sealed class LinuxHost : IKernel, IDisposable
 
     // ---- memory --------------------------------------------------------------------------------
 
+    /// <summary>Test hook: runs before every memory read (a test makes the process exit mid-dump here).</summary>
+    internal Action<int>? BeforeRead { get; set; }
+
     public SysResult ReadMemory(int pid, ulong va, Span<byte> dst)
     {
+        BeforeRead?.Invoke(pid);
         try
         {
             ProcessMemory.Read(pid, va, dst);
@@ -209,6 +213,7 @@ public sealed class LinuxHost : IKernel, IDisposable
     {
         if (frozen is not HostFreezeLease lease || !lease.Active || !ReferenceEquals(lease, _frozen))
             return Errno.EPERM;
+        BeforeRead?.Invoke(pid);
         int pageSize = Capabilities.PageSize;
         long bytes = (long)frames.Length * pageSize;
         byte* dst = lease.Stage(bytes);

@@ -195,3 +195,43 @@ public sealed class HostDumpTests : IDisposable
         Assert.True(c.Alive);
     }
 }
+
+/// <summary>Failures on the real host: one clear error, images never marked complete, the process untouched.</summary>
+public sealed class HostDumpFailureTests : IDisposable
+{
+    private readonly string _root = Directory.CreateTempSubdirectory("criu-sharp-hostfail-").FullName;
+
+    public void Dispose() => Directory.Delete(_root, true);
+
+    [Fact]
+    public void ProcessExitingMidDump_FailsWithEsrch_AndLeavesTheImagesIncomplete()
+    {
+        var c = RealChild.Start(Programs.MemTouch, "64");
+        try
+        {
+            Programs.ParseReady(c.ReadLine());
+            using var host = new LinuxHost();
+            bool killed = false;
+            host.BeforeRead = pid =>
+            {
+                if (killed || pid != c.Pid) return;
+                killed = true;
+                c.Dispose(); // SIGKILL: a traced or frozen task dies at once
+                for (int i = 0; i < 2000 && RealChild.State(pid) is not ('Z' or '\0'); i++)
+                    Thread.Sleep(1);
+            };
+            string dir = Path.Combine(_root, "d");
+            var e = Assert.ThrowsAny<Exception>(() => Criu.Dump(host, new DumpOptions { Pid = c.Pid, ImagesDir = dir, LeaveRunning = true, Tracker = TrackerKind.Content }));
+            Exception? x = e;
+            while (x is not null and not KernelException)
+                x = x.InnerException;
+            Assert.Equal(Errno.ESRCH, Assert.IsType<KernelException>(x).Errno);
+            Assert.True(File.Exists(Path.Combine(dir, ImageNames.IncompleteMarker)));
+            Assert.Throws<ImageFormatException>(() => ImageSet.Open(dir).ReadInventory());
+        }
+        finally
+        {
+            c.Dispose();
+        }
+    }
+}
