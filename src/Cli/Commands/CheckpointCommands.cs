@@ -94,8 +94,7 @@ public static class CheckpointCommands
     private static int DumpRealHost(ParseResult p, DumpArgs a, DumpOptions options, bool preDump)
     {
         var err = p.InvocationConfiguration.Error;
-        if (!preDump && !options.LeaveRunning)
-            err.WriteLine("criu-sharp: note: a real process is never killed: the dump leaves it running (as --leave-running)");
+        bool wasLeaveRunning = options.LeaveRunning;
         options = options with { LeaveRunning = true, AutoFallback = TrackerKind.Content, StrictTracker = true };
         using var host = new HostKernel.LinuxHost();
         if (host.FindTask(options.Pid) is null)
@@ -112,6 +111,8 @@ public static class CheckpointCommands
             throw new UserException(code, (code == ExitCode.ProcessGone ? $"process {options.Pid} exited during the {(preDump ? "pre-dump" : "dump")}" : e.Message) + incomplete,
                 code == ExitCode.PermissionDenied ? "Run as the process's owner or as root (ptrace access mode PTRACE_MODE_ATTACH_REALCREDS)." : null, e);
         }
+        if (!preDump && !wasLeaveRunning)
+            err.WriteLine("criu-sharp: note: a real process is never killed: the dump left it running (as --leave-running)");
         err.WriteLine($"criu-sharp: froze the tree with {(host.LastFreezeMethod == HostKernel.FreezeMethod.CgroupFreezer ? "the cgroup v1 freezer" : "SIGSTOP/SIGCONT")}"
             + (host.RegistersUnavailable is null ? ", registers read with ptrace" : ""));
         foreach (var w in result.Warnings)
