@@ -82,7 +82,7 @@ public static class Criu
     {
         var set = ImageFormat.ImageSet.Open(imagesDir);
         bool fromHost = set.ReadPstree().Any(pe => set.Has(ImageFormat.ImageNames.SimState((int)pe.Pid))
-            && set.ReadSimState((int)pe.Pid).Any(e => e.Key == SimKeys.Origin && e.Data.ToStringUtf8() == SimKeys.OriginRealHost));
+            && ImageFormat.SimState.IsFromRealHost(set.ReadSimState((int)pe.Pid)));
         if (!fromHost || !set.Has(ImageFormat.ImageNames.Files))
             return [];
         return set.ReadFiles().Where(f => f.Reg is not null).Select(f => (f.Reg.Name, f.Reg.Size)).Distinct().ToList();
