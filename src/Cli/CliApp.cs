@@ -216,7 +216,9 @@ public static class CliApp
         // A dump/restore failure caused by the images themselves (incomplete, damaged, missing
         // pages, contents that fail the VMA checksum) is a bad image, as the README promises.
         Dumper.DumperException { InnerException: ImageFormat.ImageFormatException } d => (ExitCode.BadImage, d.Message, null),
+        Dumper.DumperException { Kind: Dumper.DumperErrorKind.Unsupported } d => (ExitCode.Unsupported, d.Message, null),
         Dumper.DumperException d => (ExitCode.BadInput, d.Message, null),
+        CriuSharp.KernelApi.KernelNotSupportedException n => (ExitCode.Unsupported, n.Message, null),
         SimKernel.Machine.MachineBusyException b => (ExitCode.Busy, b.Message, "Retry later, or raise --wait."),
         SimKernel.Machine.MachineStateException s => (ExitCode.BadInput, s.Message, null),
         SimKernel.Workloads.WorkloadException w => (ExitCode.BadInput, w.Message, "The workload schema is in samples/README.md."),

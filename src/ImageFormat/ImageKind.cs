@@ -54,9 +54,10 @@ public sealed class ImageKind
     public static readonly ImageKind Stats = new("STATS", Magic.Stats, Magic.ImgService, stats_entry.Descriptor);
     public static readonly ImageKind SimState = new("SIM_STATE", Magic.SimState, Magic.ImgCommon, sim_state_entry.Descriptor);
     public static readonly ImageKind ExtFields = new("EXT_FIELDS", Magic.ExtFields, Magic.ImgCommon, ext_fields_entry.Descriptor, ext_fields_head.Descriptor);
+    public static readonly ImageKind PageDigests = new("PAGE_DIGESTS", Magic.PageDigests, Magic.ImgCommon, page_digests_entry.Descriptor);
 
     public static IReadOnlyList<ImageKind> All { get; } =
-        [Inventory, Pstree, Core, Ids, Mm, Pagemap, Files, RegFiles, Fdinfo, Creds, Stats, SimState, ExtFields];
+        [Inventory, Pstree, Core, Ids, Mm, Pagemap, Files, RegFiles, Fdinfo, Creds, Stats, SimState, ExtFields, PageDigests];
 
     public static bool TryFromTypeMagic(uint magic, [NotNullWhen(true)] out ImageKind? kind)
     {
@@ -103,6 +104,7 @@ public sealed class ImageKind
         if (name.StartsWith("fdinfo-", StringComparison.Ordinal)) return Fdinfo;
         if (name.StartsWith("creds-", StringComparison.Ordinal)) return Creds;
         if (name.StartsWith("sim-", StringComparison.Ordinal)) return SimState;
+        if (name.StartsWith("page-digests-", StringComparison.Ordinal)) return PageDigests;
         return null;
     }
 
@@ -131,6 +133,7 @@ public static class ImageNames
     public static string Pages(uint pagesId) => $"pages-{pagesId}.img";
     public static string Fdinfo(uint filesId) => $"fdinfo-{filesId}.img";
     public static string SimState(int pid) => $"sim-{pid}.img";
+    public static string PageDigests(int pid) => $"page-digests-{pid}.img";
 
     /// <summary>ext-&lt;image&gt;: our fields of that CRIU image (see <see cref="ImageFormat.ExtFields"/>).</summary>
     public const string ExtPrefix = "ext-";

@@ -34,6 +34,8 @@ public static class CheckCommand
         machine.AddTo(cmd);
         cmd.SetAction(p =>
         {
+            if (machine.IsRealHost(p))
+                return CheckRealHost(p, p.GetValue(feature), p.GetValue(json));
             bool explicitProfile = p.GetResult(kernel.Arch) is { Implicit: false } || p.GetResult(kernel.Kernel) is { Implicit: false };
             SimKernel.Kernel k;
             if (!explicitProfile && SimKernel.Machine.SimMachine.Exists(machine.Directory(p)))
@@ -83,5 +85,38 @@ public static class CheckCommand
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>
+    /// check --machine /proc: the running kernel, probed (soft-dirty by writing a page and reading
+    /// its pagemap entry back). uffd_wp is what a read-only observer can use: never.
+    /// </summary>
+    private static int CheckRealHost(ParseResult p, string? one, bool json)
+    {
+        using var host = new HostKernel.LinuxHost();
+        var c = host.Capabilities;
+        var all = new Dictionary<string, bool>
+        {
+            ["mem_dirty_track"] = c.MemDirtyTrack,
+            ["uffd_wp"] = c.UffdWp,
+            ["uffd_wp_async"] = c.UffdWpAsync,
+            ["pagemap_scan"] = c.PagemapScan,
+        };
+        var shown = one is null ? all : all.Where(kv => kv.Key == one).ToDictionary();
+        var criu = Dumper.Criu.Check(host, Dumper.TrackerKind.Content);
+        string tracker = Dumper.TrackerNames.Name(criu.BestTracker);
+        var output = p.InvocationConfiguration.Output;
+        string freezer = HostKernel.Freezer.FreezerRoot() is null ? "SIGSTOP/SIGCONT" : "cgroup v1 freezer";
+        if (json)
+            output.WriteLine(JsonSerializer.Serialize(new { arch = c.ArchName, kernel = "host", release = c.KernelVersion, features = shown, tracker, freezer }, JsonOut.Options));
+        else
+        {
+            output.WriteLine($"{c.ArchName}, this machine's kernel ({c.KernelVersion})");
+            foreach (var (name, ok) in shown)
+                output.WriteLine($"  {name,-16} {(ok ? "supported" : "not supported")}");
+            output.WriteLine($"  pre-dumps track writes with: {tracker}");
+            output.WriteLine($"  dumps freeze with: {freezer}");
+        }
+        return one is not null && !all[one] ? (int)ExitCode.Unsupported : 0;
     }
 }

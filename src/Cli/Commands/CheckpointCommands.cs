@@ -16,8 +16,8 @@ public static class CheckpointCommands
         public readonly Option<string?> Prev = new("--prev-images-dir") { Description = "Parent image set, relative to the images directory (CRIU's rule); written as the 'parent' link." };
         public readonly Option<bool> TrackMem = new("--track-mem") { Description = "Reset dirty tracking after collecting, so the next dump writes only changes (implied by pre-dump)." };
         public readonly Option<bool> AutoDedup = new("--auto-dedup") { Description = "Remove from the parent images the pages this dump supersedes." };
-        public readonly Option<string> Tracker = new Option<string>("--tracker") { Description = "Dirty-page tracker: auto, soft-dirty, pagemap-scan, uffd-wp, none.", DefaultValueFactory = _ => "auto" }
-            .AcceptOnlyFromAmong("auto", "soft-dirty", "pagemap-scan", "uffd-wp", "none");
+        public readonly Option<string> Tracker = new Option<string>("--tracker") { Description = "Dirty-page tracker: auto, soft-dirty, pagemap-scan, uffd-wp, content (page digests, any kernel), none.", DefaultValueFactory = _ => "auto" }
+            .AcceptOnlyFromAmong("auto", "soft-dirty", "pagemap-scan", "uffd-wp", "content", "none");
         public readonly Option<string> Compress = new Option<string>("--compress") { Description = "Page compression: lz4, zstd, or none (CRIU's raw pages-N.img).", DefaultValueFactory = _ => "lz4" }
             .AcceptOnlyFromAmong("lz4", "zstd", "none");
         public readonly Option<int> BlockKiB = new("--block-size") { Description = "Compression block size in KiB, 4 (one page) to 256.", DefaultValueFactory = _ => 64 };
@@ -73,6 +73,8 @@ public static class CheckpointCommands
         cmd.SetAction(p =>
         {
             var options = a.Options(p) with { LeaveRunning = !preDump && p.GetValue(leaveRunning) };
+            if (a.Machine.IsRealHost(p))
+                return DumpRealHost(p, a, options, preDump);
             var log = CliLog.Current;
             using var m = a.Machine.Open(p);
             PidOption.Resolve(m.Kernel, options.Pid);
@@ -93,6 +95,73 @@ public static class CheckpointCommands
             return 0;
         });
         return cmd;
+    }
+
+    /// <summary>
+    /// --machine /proc: the process tree of this machine. Its memory is read, never written; the
+    /// tree is frozen while pages are collected and always thawed (a dump never kills it).
+    /// </summary>
+    private static int DumpRealHost(ParseResult p, DumpArgs a, DumpOptions options, bool preDump)
+    {
+        var err = p.InvocationConfiguration.Error;
+        bool wasLeaveRunning = options.LeaveRunning;
+        options = options with { LeaveRunning = true, AutoFallback = TrackerKind.Content, StrictTracker = true };
+        using var host = new HostKernel.LinuxHost();
+        if (host.FindTask(options.Pid) is null)
+            throw new UserException(ExitCode.ProcessGone, $"no process {options.Pid} on this machine");
+        DumpResult result;
+        try
+        {
+            result = preDump ? Criu.PreDump(host, options) : Criu.Dump(host, options);
+        }
+        catch (Exception e) when (RealHostCode(e) is ExitCode code)
+        {
+            string incomplete = Directory.Exists(Path.Combine(options.ImagesDir)) && File.Exists(Path.Combine(options.ImagesDir, ImageNames.IncompleteMarker))
+                ? $"; {options.ImagesDir} is left marked incomplete" : "";
+            throw new UserException(code, (code == ExitCode.ProcessGone ? $"process {options.Pid} exited during the {(preDump ? "pre-dump" : "dump")}" : e.Message) + incomplete,
+                code == ExitCode.PermissionDenied ? "Run as the process's owner or as root (ptrace access mode PTRACE_MODE_ATTACH_REALCREDS)." : null, e);
+        }
+        if (!preDump && !wasLeaveRunning)
+            err.WriteLine("criu-sharp: note: a real process is never killed: the dump left it running (as --leave-running)");
+        err.WriteLine($"criu-sharp: froze the tree with {(host.LastFreezeMethod == HostKernel.FreezeMethod.CgroupFreezer ? "the cgroup v1 freezer" : "SIGSTOP/SIGCONT")}"
+            + (host.RegistersUnavailable is null ? ", registers read with ptrace" : ""));
+        foreach (var w in result.Warnings)
+            err.WriteLine($"criu-sharp: warning: {w.Message}");
+        Report(p.InvocationConfiguration.Output, err, result, options.ImagesDir, p.GetValue(a.Json), p.GetValue(a.DisplayStats));
+        return 0;
+    }
+
+    /// <summary>
+    /// Images of a real process map the host's files (libraries, the executable): the simulated
+    /// machine gets a copy of each one it lacks, read from the host now.
+    /// </summary>
+    private static void ImportHostFiles(SimKernel.Machine.SimMachine m, string images, TextWriter err)
+    {
+        foreach (var (path, size) in Criu.RealHostFiles(images))
+        {
+            if (m.Kernel.Fs.Lookup(path) is not null)
+                continue;
+            if (!File.Exists(path))
+                throw new UserException(ExitCode.BadInput, $"the images map {path}, which is neither in the machine nor on this host");
+            var bytes = File.ReadAllBytes(path);
+            if (size != 0 && (ulong)bytes.LongLength != size)
+                err.WriteLine($"criu-sharp: warning: {path} is {bytes.LongLength} bytes now, {size} when dumped");
+            m.Kernel.Fs.Create(path, bytes);
+        }
+    }
+
+    /// <summary>The exit code of a real-host failure: the process vanished, or access was refused.</summary>
+    private static ExitCode? RealHostCode(Exception e)
+    {
+        for (Exception? x = e; x is not null; x = x.InnerException)
+            if (x is KernelException k)
+                return k.Errno switch
+                {
+                    Errno.ESRCH or Errno.ENOENT => ExitCode.ProcessGone,
+                    Errno.EPERM or Errno.EACCES => ExitCode.PermissionDenied,
+                    _ => null,
+                };
+        return null;
     }
 
     private static void Report(TextWriter o, TextWriter err, DumpResult r, string dir, bool json, bool display)
@@ -157,6 +226,7 @@ public static class CheckpointCommands
             using var lease = machine.OpenOrCreate(p, kernel.Config(p), kernel);
             var m = lease.Machine;
             var log = CliLog.Current;
+            ImportHostFiles(m, images, p.InvocationConfiguration.Error);
             log.Write(CliLog.Info, $"Restoring from {images} into {m.Directory}");
             var result = TerminalProgress.Run(p.GetValue(json), "restoring",
                 () => Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify) }));

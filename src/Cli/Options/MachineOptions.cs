@@ -27,6 +27,19 @@ public sealed class MachineOptions
 
     public string Directory(ParseResult p) => Path.GetFullPath(p.GetValue(Machine)!);
 
+    /// <summary>
+    /// --machine /proc names the real host this command runs on (a machine directory is never
+    /// called /proc): pre-dump, dump and check work on it, nothing else does.
+    /// </summary>
+    public bool IsRealHost(ParseResult p) => IsRealHostName(p.GetValue(Machine));
+
+    public static bool IsRealHostName(string? machine) => machine is not null && machine.TrimEnd('/') == "/proc";
+
+    /// <summary>The error for a verb that only a simulated machine can do.</summary>
+    public static UserException SimulatorOnly(string verb) => new(ExitCode.Unsupported,
+        $"'{verb}' needs a simulated machine: --machine /proc is the real host, where only pre-dump, dump and check work",
+        "Name a machine directory (restore a real process's images into one with 'restore -D DIR --machine DIR').");
+
     private TimeSpan WaitTime(ParseResult p) => TimeSpan.FromSeconds(p.GetValue(Wait));
 
     /// <summary>One line on stderr when another command holds the machine, so a wait is never silent.</summary>
@@ -37,7 +50,9 @@ public sealed class MachineOptions
         return w => err.WriteLine($"criu-sharp: machine {dir} is in use by another command; waiting up to {w.TotalSeconds:0.#} s for its lock (--wait)");
     }
 
-    public SimMachine Open(ParseResult p) => SimMachine.Open(Directory(p), WaitTime(p), Waiting(p));
+    public SimMachine Open(ParseResult p) => IsRealHost(p)
+        ? throw SimulatorOnly(p.CommandResult.Command.Name)
+        : SimMachine.Open(Directory(p), WaitTime(p), Waiting(p));
 
     /// <summary>
     /// Opens the machine, or creates it when there is none. A machine this call created is removed
@@ -46,6 +61,8 @@ public sealed class MachineOptions
     /// </summary>
     public MachineLease OpenOrCreate(ParseResult p, KernelConfig config, KernelOptions? chosen = null)
     {
+        if (IsRealHost(p))
+            throw SimulatorOnly(p.CommandResult.Command.Name);
         string dir = Directory(p);
         if (SimMachine.Exists(dir))
         {
