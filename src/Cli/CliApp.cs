@@ -32,6 +32,7 @@ public static class CliApp
         yield return CheckpointCommands.PreDump();
         yield return CheckpointCommands.Dump();
         yield return CheckpointCommands.Restore();
+        yield return PageServerCommand.Create();
         yield return CheckCommand.Create();
         // Live migration between two simulated hosts.
         yield return MigrateCommand.Create();

@@ -58,6 +58,8 @@ public sealed record DumpOptions
     /// <summary>Record a checksum of every VMA's contents at freeze time (checked by restore).</summary>
     public bool RecordChecksums { get; init; } = true;
     public CostModel Cost { get; init; } = CostModel.Default;
+    /// <summary>Send pagemaps and pages to this page server (<c>--page-server --address --port</c>) instead of the images directory.</summary>
+    public PageServer.PageServerEndpoint? PageServer { get; init; }
 }
 
 /// <summary>Options of <c>restore</c>: <c>-D</c> <see cref="ImagesDir"/>.</summary>
