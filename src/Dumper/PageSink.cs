@@ -44,7 +44,8 @@ internal sealed class LocalPageSink(PagemapWriter writer) : IPageSink
 /// The page-server back-end of one pagemap: OPEN2 is sent with the first entry (or at
 /// <see cref="Finish"/> for a pagemap without entries), so pagemaps whose entries a transfer
 /// thread sends in order never interleave on the one connection. Pages travel raw, as CRIU sends
-/// them; the server stores them in its own page format.
+/// them, or as compressed blocks (<see cref="PageServerBlocks"/>) when asked; the server stores
+/// them in its own page format.
 /// </summary>
 internal sealed class PageServerSink(PageServerClient client, PageServerImageType type, ulong id) : IPageSink
 {
@@ -59,22 +60,55 @@ internal sealed class PageServerSink(PageServerClient client, PageServerImageTyp
     {
         ulong nr = (ulong)pages.Length >> PageGeometry.PageShift;
         Begin(PagemapFlags.Present, vaddr, nr);
-        client.SendPages(pages);
+        long before = client.PageBytesSent;
+        if (client.Encoder is { } enc)
+        {
+            SendPreamble(enc);
+            int blockBytes = enc.BlockPages << PageGeometry.PageShift;
+            for (int off = 0; off < pages.Length; off += blockBytes)
+                client.SendPages(enc.EncodeBlock(pages.Slice(off, Math.Min(blockBytes, pages.Length - off))));
+        }
+        else
+        {
+            client.SendPages(pages);
+        }
         Digest(vaddr, pages);
-        _stats.AddTransferred(nr, 0, (ulong)pages.Length);
+        _stats.AddTransferred(nr, 0, (ulong)(client.PageBytesSent - before));
     }
 
     public unsafe void AddPresentByReference(ulong vaddr, ReadOnlySpan<nint> pageAddresses)
     {
         ulong nr = (ulong)pageAddresses.Length;
         Begin(PagemapFlags.Present, vaddr, nr);
+        long before = client.PageBytesSent;
+        var enc = client.Encoder;
+        if (enc is not null)
+            SendPreamble(enc);
+        int staged = 0;
         for (int i = 0; i < pageAddresses.Length; i++)
         {
             var page = new ReadOnlySpan<byte>((byte*)pageAddresses[i], PageGeometry.PageSize);
-            client.SendPages(page);
             Digest(vaddr + ((ulong)i << PageGeometry.PageShift), page);
+            if (enc is null)
+            {
+                client.SendPages(page);
+                continue;
+            }
+            page.CopyTo(enc.Stage[(staged << PageGeometry.PageShift)..]);
+            if (++staged == enc.BlockPages || i == pageAddresses.Length - 1)
+            {
+                client.SendPages(enc.EncodeBlock(enc.Stage[..(staged << PageGeometry.PageShift)]));
+                staged = 0;
+            }
         }
-        _stats.AddTransferred(nr, 0, nr << PageGeometry.PageShift);
+        _stats.AddTransferred(nr, 0, (ulong)(client.PageBytesSent - before));
+    }
+
+    private void SendPreamble(PageServerBlocks.Encoder enc)
+    {
+        Span<byte> pre = stackalloc byte[4];
+        System.Runtime.InteropServices.MemoryMarshal.Write(pre, enc.Preamble);
+        client.SendPages(pre);
     }
 
     public void AddParentHole(ulong vaddr, ulong nrPages)
@@ -88,6 +122,8 @@ internal sealed class PageServerSink(PageServerClient client, PageServerImageTyp
         if (_finished)
             throw new InvalidOperationException("the pagemap is already finished");
         EnsureOpen();
+        if (client.Encoder is not null && flags == PagemapFlags.Present)
+            flags |= (PagemapFlags)PageServerBlocks.Flag;
         client.AddF(flags, vaddr, nr, _dst);
     }
 

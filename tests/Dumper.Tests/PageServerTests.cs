@@ -62,7 +62,7 @@ public class PageServerTests
     }
 
     /// <summary>Runs 2 pre-dumps and a dump, each through a fresh single-session page server (or locally).</summary>
-    private static (string Final, List<DumpResult> Steps, List<TaskSnapshot> AtDump) Chain(Kernel k, SimTask t, ulong a, string baseDir, PageServerLayout? layout, PageStoreOptions store)
+    private static (string Final, List<DumpResult> Steps, List<TaskSnapshot> AtDump) Chain(Kernel k, SimTask t, ulong a, string baseDir, PageServerLayout? layout, PageStoreOptions store, bool wire = false)
     {
         var host = new ClockOnlyHost(k);
         var steps = new List<DumpResult>();
@@ -81,7 +81,7 @@ public class PageServerTests
                 var o = new DumpOptions
                 {
                     Pid = 100, ImagesDir = local, PrevImagesDir = prev, PageStore = store, TrackMem = true,
-                    PageServer = ps is null ? null : new PageServerEndpoint { Address = "127.0.0.1", Port = ps.Port, Layout = layout!.Value, IoTimeout = Io },
+                    PageServer = ps is null ? null : new PageServerEndpoint { Address = "127.0.0.1", Port = ps.Port, Layout = layout!.Value, IoTimeout = Io, WireCompression = wire ? store : null },
                 };
                 if (final)
                     atDump = RoundTrip.Snapshot(k, 100);
@@ -104,17 +104,21 @@ public class PageServerTests
     }
 
     [Theory]
-    [InlineData(PageServerLayout.Current, true)]
-    [InlineData(PageServerLayout.Pre42, false)]
-    public void Chain_ThroughPageServer_RestoresByteForByte_AndMatchesLocalImages(PageServerLayout layout, bool lz4)
+    [InlineData(PageServerLayout.Current, "lz4", false)]
+    [InlineData(PageServerLayout.Pre42, "none", false)]
+    [InlineData(PageServerLayout.Current, "lz4", true)]
+    [InlineData(PageServerLayout.Pre42, "zstd", true)]
+    public void Chain_ThroughPageServer_RestoresByteForByte_AndMatchesLocalImages(PageServerLayout layout, string codec, bool compressedBlocks)
     {
-        var store = lz4 ? PageStoreOptions.Lz4() : PageStoreOptions.Raw;
+        var store = codec switch { "lz4" => PageStoreOptions.Lz4(), "zstd" => PageStoreOptions.Zstd(), _ => PageStoreOptions.Raw };
         string dir = RoundTrip.NewDir("ps-chain");
         // Two identical trees: one dumped locally, one through the page server.
         var k1 = BuildTree(out var t1, out var a1);
         var k2 = BuildTree(out var t2, out var a2);
         var (_, localSteps, _) = Chain(k1, t1, a1, Path.Combine(dir, "a"), null, store);
-        var (serverFinal, serverSteps, expected) = Chain(k2, t2, a2, Path.Combine(dir, "b"), layout, store);
+        var (serverFinal, serverSteps, expected) = Chain(k2, t2, a2, Path.Combine(dir, "b"), layout, store, compressedBlocks);
+        if (compressedBlocks)
+            Assert.True(serverSteps[0].Stats.BytesCompressed * 4 < serverSteps[0].Stats.BytesRaw, "compressed blocks shrink the pages on the wire");
         Assert.True(serverSteps[^1].Stats.PagesSkippedParent > 0, "the final dump leaves clean pages to the parents on the server");
         for (int i = 0; i < 3; i++)
         {
@@ -184,6 +188,12 @@ public class PageServerTests
         d.Add("no CLOSE", [.. open, .. Hdr(PageServerCommand.AddF, PagemapFlags.Lazy, 1, 0x10000, Pid1)]);
         d.Add("GET on a receiving server", Hdr(PageServerCommand.Get, 0, 1, 0x10000, Pid1));
         d.Add("flags on OPEN", Hdr(PageServerCommand.Open, PagemapFlags.Present, 0, 0, Pid1));
+        d.Add("oversized compressed block", [.. open, .. Hdr(PageServerCommand.AddF, PagemapFlags.Present | (PagemapFlags)PageServerBlocks.Flag, 1, 0x10000, Pid1),
+            .. BitConverter.GetBytes(1u | 16u << 8), .. BitConverter.GetBytes(0x7fffffffu)]);
+        d.Add("unknown block codec", [.. open, .. Hdr(PageServerCommand.AddF, PagemapFlags.Present | (PagemapFlags)PageServerBlocks.Flag, 1, 0x10000, Pid1),
+            .. BitConverter.GetBytes(7u | 16u << 8)]);
+        d.Add("corrupt compressed block", [.. open, .. Hdr(PageServerCommand.AddF, PagemapFlags.Present | (PagemapFlags)PageServerBlocks.Flag, 1, 0x10000, Pid1),
+            .. BitConverter.GetBytes(1u | 16u << 8), .. BitConverter.GetBytes(8u), .. new byte[] { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff }]);
         d.Add("same pagemap twice", [.. open, .. Hdr(PageServerCommand.Open, 0, 0, 0, PageServerIov.EncodeDst(PageServerImageType.Pid, 2)), .. open]);
         return d;
     }

@@ -31,7 +31,7 @@ public static class CheckpointCommands
         {
             foreach (var o in new Option[] { Pid, Dir, Prev, TrackMem, AutoDedup, Tracker, Compress, BlockKiB, DisplayStats, Json, PageServer })
                 c.Options.Add(o);
-            Net.AddTo(c);
+            Net.AddClientTo(c);
             Machine.AddTo(c);
         }
 
@@ -55,7 +55,9 @@ public static class CheckpointCommands
                 AutoDedup = p.GetValue(AutoDedup),
                 Tracker = TrackerNames.Parse(p.GetValue(Tracker)!),
                 PageStore = store,
-                PageServer = p.GetValue(PageServer) ? Net.Endpoint(p) : null,
+                PageServer = p.GetValue(PageServer)
+                    ? Net.Endpoint(p) with { WireCompression = p.GetValue(Net.Compress) && store.Compression != PageCompression.None ? store : null }
+                    : null,
             };
         }
     }

@@ -23,12 +23,20 @@ public sealed class PageServerCliOptions
     public readonly Option<string> TlsCert = new("--tls-cert") { Description = "This side's certificate (PEM).", DefaultValueFactory = _ => PageServerTls.DefaultCert };
     public readonly Option<string> TlsKey = new("--tls-key") { Description = "This side's private key (PEM).", DefaultValueFactory = _ => PageServerTls.DefaultKey };
     public readonly Option<bool> TlsNoCnVerify = new("--tls-no-cn-verify") { Description = "Do not check the server certificate's name against --address." };
+    public readonly Option<bool> Compress = new("--ps-compress") { Description = "Send pages as compressed blocks (--compress codec, --block-size), a criu-sharp extension: only a criu-sharp page server understands it." };
     public readonly Option<int> Timeout = new("--ps-timeout") { Description = "Seconds a page-server connection may stay silent before it is dropped.", DefaultValueFactory = _ => 60 };
 
     public void AddTo(Command c)
     {
         foreach (var o in new Option[] { Address, Port, Layout, Tls, TlsCaCert, TlsCert, TlsKey, TlsNoCnVerify, Timeout })
             c.Options.Add(o);
+    }
+
+    /// <summary>The client's extra option.</summary>
+    public void AddClientTo(Command c)
+    {
+        AddTo(c);
+        c.Options.Add(Compress);
     }
 
     public PageServerLayout ParsedLayout(ParseResult p) => PageServerIov.ParseLayout(p.GetValue(Layout)!);

@@ -13,6 +13,11 @@ public sealed record PageServerEndpoint
     public PageServerTls? Tls { get; init; }
     /// <summary>A read or write that makes no progress for this long fails the dump.</summary>
     public TimeSpan IoTimeout { get; init; } = TimeSpan.FromSeconds(60);
+    /// <summary>
+    /// Send pages as compressed blocks of this codec and block size (<c>--ps-compress</c>, a
+    /// criu-sharp extension only our page server understands); null = raw pages, as CRIU.
+    /// </summary>
+    public PageStoreOptions? WireCompression { get; init; }
 }
 
 /// <summary>
@@ -38,8 +43,10 @@ public sealed class PageServerClient : IDisposable
     private readonly byte[] _hdr = new byte[PageServerIov.CurrentSize];
     private bool _closed;
 
-    private PageServerClient(TcpClient tcp, Stream stream, PageServerLayout layout)
+    private PageServerClient(TcpClient tcp, Stream stream, PageServerLayout layout, PageStoreOptions? wire)
     {
+        if (wire is { Compression: not PageCompression.None } w)
+            Encoder = new PageServerBlocks.Encoder(w);
         _tcp = tcp;
         _stream = stream;
         _out = new BufferedStream(stream, WriteBufferBytes);
@@ -47,6 +54,8 @@ public sealed class PageServerClient : IDisposable
     }
 
     public PageServerLayout Layout { get; }
+    /// <summary>Set when pages travel as compressed blocks.</summary>
+    internal PageServerBlocks.Encoder? Encoder { get; }
     /// <summary>Page bytes sent so far (headers excluded).</summary>
     public long PageBytesSent { get; private set; }
     /// <summary>Every byte sent so far, headers included.</summary>
@@ -66,7 +75,7 @@ public sealed class PageServerClient : IDisposable
             Stream s = tcp.GetStream();
             if (ep.Tls is not null)
                 s = PageServerTlsSetup.AuthenticateClient(s, ep.Address, ep.Tls);
-            return new PageServerClient(tcp, s, ep.Layout);
+            return new PageServerClient(tcp, s, ep.Layout, ep.WireCompression);
         }
         catch (AggregateException e) when (e.InnerException is SocketException se)
         {
@@ -104,6 +113,7 @@ public sealed class PageServerClient : IDisposable
     public void AddF(PagemapFlags flags, ulong vaddr, ulong nrPages, ulong dstId) =>
         SendHeader(new PageServerIov(PageServerIov.EncodeCmd(PageServerCommand.AddF, flags), nrPages, vaddr, dstId));
 
+    /// <summary>Raw pages, or (with <see cref="Encoder"/>) one block's wire bytes.</summary>
     public void SendPages(ReadOnlySpan<byte> bytes)
     {
         Write(bytes);
@@ -178,6 +188,7 @@ public sealed class PageServerClient : IDisposable
 
     public void Dispose()
     {
+        Encoder?.Dispose();
         _stream.Dispose();
         _tcp.Dispose();
     }

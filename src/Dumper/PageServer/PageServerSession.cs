@@ -34,6 +34,7 @@ internal sealed class PageServerSession(PageServerOptions o, Stream s)
     private ulong _nextFree;
     private PagemapImage? _parentPm;
     private byte[] _buf = [];
+    private PageServerBlocks.Decoder? _decoder;
     private int _pagemaps;
     private ulong _pagesWritten;
     private ulong _pagesParent;
@@ -84,6 +85,7 @@ internal sealed class PageServerSession(PageServerOptions o, Stream s)
         }
         finally
         {
+            _decoder?.Dispose();
             if (!closed)
             {
                 // The directory keeps its incomplete marker; pages written so far are dropped.
@@ -230,11 +232,15 @@ internal sealed class PageServerSession(PageServerOptions o, Stream s)
         if (va < _nextFree)
             throw new PageServerProtocolException($"entry at 0x{va:x} is out of order: entries must ascend, the previous one ended at 0x{_nextFree:x}");
         ulong end = va + (nr << PageGeometry.PageShift);
+        bool blocks = ((uint)flags & PageServerBlocks.Flag) != 0;
+        flags &= ~(PagemapFlags)PageServerBlocks.Flag;
+        if (blocks && (flags & PagemapFlags.Present) == 0)
+            throw new PageServerProtocolException($"entry at 0x{va:x}: compressed blocks without PE_PRESENT");
         switch (flags)
         {
             case PagemapFlags.Present:
             case PagemapFlags.Present | PagemapFlags.Lazy:
-                ReceivePages(va, nr, (flags & PagemapFlags.Lazy) != 0);
+                ReceivePages(va, nr, (flags & PagemapFlags.Lazy) != 0, blocks);
                 _pagesWritten += nr;
                 break;
             case PagemapFlags.Parent:
@@ -251,22 +257,55 @@ internal sealed class PageServerSession(PageServerOptions o, Stream s)
         _nextFree = end;
     }
 
-    private void ReceivePages(ulong va, ulong nr, bool lazy)
+    private void ReceivePages(ulong va, ulong nr, bool lazy, bool blocks)
     {
         ulong left = nr << PageGeometry.PageShift;
+        int maxPart = MaxHeldBytes;
+        if (blocks)
+        {
+            _decoder ??= new PageServerBlocks.Decoder();
+            int blockBytes;
+            try
+            {
+                blockBytes = _decoder.BeginEntry(s);
+            }
+            catch (InvalidDataException e)
+            {
+                throw new PageServerProtocolException($"entry at 0x{va:x}: {e.Message}");
+            }
+            _bytes += 4;
+            maxPart = MaxHeldBytes / blockBytes * blockBytes;
+        }
         while (left > 0)
         {
-            int part = (int)Math.Min(left, MaxHeldBytes);
-            int have = 0;
-            while (have < part)
+            int part = (int)Math.Min(left, (ulong)maxPart);
+            if (blocks)
             {
-                int n = Math.Min(ReadChunk, part - have);
-                if (_buf.Length < have + n)
-                    Array.Resize(ref _buf, (int)Math.Min(MaxHeldBytes, Math.Max((long)have + n, (long)_buf.Length * 2)));
-                s.ReadExactly(_buf, have, n);
-                have += n;
+                // Decoded size is bounded by the part; wire bytes by the codec's bound per block.
+                if (_buf.Length < part)
+                    Array.Resize(ref _buf, part);
+                try
+                {
+                    _bytes += _decoder!.ReadBlocks(s, _buf.AsSpan(0, part));
+                }
+                catch (InvalidDataException e)
+                {
+                    throw new PageServerProtocolException($"entry at 0x{va:x}: {e.Message}");
+                }
             }
-            _bytes += part;
+            else
+            {
+                int have = 0;
+                while (have < part)
+                {
+                    int n = Math.Min(ReadChunk, part - have);
+                    if (_buf.Length < have + n)
+                        Array.Resize(ref _buf, (int)Math.Min(MaxHeldBytes, Math.Max((long)have + n, (long)_buf.Length * 2)));
+                    s.ReadExactly(_buf, have, n);
+                    have += n;
+                }
+                _bytes += part;
+            }
             _w!.AddPresent(va, _buf.AsSpan(0, part), lazy);
             va += (ulong)part;
             left -= (ulong)part;
