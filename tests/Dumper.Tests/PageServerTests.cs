@@ -13,10 +13,10 @@ namespace CriuSharp.Dumper.Tests;
 /// </summary>
 public class PageServerTests
 {
-    private static readonly TimeSpan Io = TimeSpan.FromSeconds(20);
+    internal static readonly TimeSpan Io = TimeSpan.FromSeconds(20);
 
     /// <summary>A listener serving on a background thread until disposed.</summary>
-    private sealed class Running : IDisposable
+    internal sealed class Running : IDisposable
     {
         private readonly CancellationTokenSource _cts = new();
         private readonly Task<IReadOnlyList<PageServerSessionResult>> _task;
@@ -45,6 +45,7 @@ public class PageServerTests
             Listener.Dispose();
         }
     }
+
 
     private static Kernel BuildTree(out SimTask t, out ulong a)
     {
