@@ -69,6 +69,8 @@ public sealed record RestoreOptions
     /// <summary>Recompute each VMA's checksum after restore and compare with the dump's.</summary>
     public bool Verify { get; init; } = true;
     public CostModel Cost { get; init; } = CostModel.Default;
+    /// <summary>Pages already applied on the destination from the pre-dumps: PE_PARENT ranges come from here, not the chain.</summary>
+    public PreloadedPages? Preloaded { get; init; }
 }
 
 /// <summary>What a pre-dump or dump did.</summary>

@@ -34,6 +34,8 @@ internal sealed class Restorer
     private readonly HashSet<ulong> _shmFilled = [];
     private ulong _compared, _skippedCow, _restored, _bytesRead, _zeroFilled, _fromParent, _fillBytes;
     private byte[]? _cmp;
+    private bool _fillingPreloaded;
+    private ulong _preloadedBytes;
 
     public Restorer(ISimHost host, RestoreOptions options)
     {
@@ -230,7 +232,7 @@ internal sealed class Restorer
     }
 
     /// <summary>One piece of a pagemap entry inside one VMA (at most <see cref="FillChunk"/> bytes).</summary>
-    private readonly record struct FillItem(ulong Va, int Bytes, bool Inherited);
+    private readonly record struct FillItem(ulong Va, int Bytes, bool Inherited, bool InParent = false);
 
     private const int FillChunk = 1 << 20;
     /// <summary>Restores with at least this many bytes decompress on a second thread while the first writes.</summary>
@@ -259,7 +261,7 @@ internal sealed class Restorer
                 if (v is null || (v.Status & (uint)(VmaStatus.AnonShared | VmaStatus.FileShared)) != 0)
                     throw new DumperException("the pagemap has pages outside any private VMA", pid, _o.ImagesDir, va, end);
                 ulong stop = Math.Min(Math.Min(end, v.End), va + FillChunk);
-                items.Add(new FillItem(va, (int)(stop - va), inherited.Contains(v.Start)));
+                items.Add(new FillItem(va, (int)(stop - va), inherited.Contains(v.Start), (flags & PagemapFlags.Present) == 0));
                 total += (long)(stop - va);
                 va = stop;
             }
@@ -272,7 +274,7 @@ internal sealed class Restorer
             foreach (var it in items)
             {
                 var span = buf.AsSpan(0, it.Bytes);
-                ReadPages(pid, reader, it.Va, span);
+                ReadPages(pid, reader, it, span);
                 FillPages(pid, it, span);
             }
         }
@@ -296,8 +298,11 @@ internal sealed class Restorer
         }
     }
 
-    private void ReadPages(int pid, PageReader reader, ulong va, Span<byte> span)
+    private void ReadPages(int pid, PageReader reader, FillItem it, Span<byte> span)
     {
+        ulong va = it.Va;
+        if (it.InParent && _o.Preloaded is { } pre && pre.TryRead(pid, va, span))
+            return;
         try
         {
             reader.Read(va, span);
@@ -315,6 +320,8 @@ internal sealed class Restorer
     /// </summary>
     private void FillPages(int pid, FillItem it, ReadOnlySpan<byte> span)
     {
+        // Preloaded pages are already in the pre-restored address space: no fill cost.
+        _fillingPreloaded = it.InParent && _o.Preloaded is not null;
         int ps = _ps;
         if (it.Inherited)
         {
@@ -375,7 +382,7 @@ internal sealed class Restorer
                     free.Wait(stop.Token);
                     try
                     {
-                        ReadPages(pid, reader, items[i].Va, bufs[i % Ring].AsSpan(0, items[i].Bytes));
+                        ReadPages(pid, reader, items[i], bufs[i % Ring].AsSpan(0, items[i].Bytes));
                     }
                     catch (Exception e)
                     {
@@ -417,7 +424,10 @@ internal sealed class Restorer
         if (!r.Ok)
             throw new DumperException($"cannot write restored memory ({r.Error})", pid, _o.ImagesDir, va, va + (ulong)data.Length);
         _restored += (ulong)(data.Length / PageGeometry.PageSize);
-        _fillBytes += (ulong)data.Length;
+        if (_fillingPreloaded)
+            _preloadedBytes += (ulong)data.Length;
+        else
+            _fillBytes += (ulong)data.Length;
     }
 
     private void FillShmem(ImageSet set, SimTask task, mm_entry mm)
