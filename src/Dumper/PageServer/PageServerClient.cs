@@ -140,6 +140,7 @@ public sealed class PageServerClient : IDisposable
         int n = PageServerIov.SizeOf(Layout);
         iov.Write(_hdr, Layout);
         Write(_hdr.AsSpan(0, n));
+        CrashPoints.Hit("ps.send");
     }
 
     internal void Flush()

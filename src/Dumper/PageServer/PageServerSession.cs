@@ -108,6 +108,7 @@ internal sealed class PageServerSession(PageServerOptions o, Stream s)
             if (got < size)
                 throw new PageServerProtocolException($"truncated header: {got} of {size} bytes ({(o.Layout == PageServerLayout.Current ? "current" : "pre-4.2")} layout)");
             var iov = PageServerIov.Read(hdr, o.Layout);
+            CrashPoints.Hit("ps.recv");
             switch (iov.Command)
             {
                 case PageServerCommand.Open:
