@@ -122,6 +122,7 @@ public static class CliApp
         // pages, contents that fail the VMA checksum) is a bad image, as the README promises.
         Dumper.DumperException { InnerException: ImageFormat.ImageFormatException } d => (ExitCode.BadImage, d.Message, null),
         Dumper.DumperException d => (ExitCode.BadInput, d.Message, null),
+        Dumper.PageServer.PageServerException ps => (ExitCode.Environment, ps.Message, "Check that the page server runs, listens on --address/--port, and speaks the same --ps-layout and TLS options."),
         SimKernel.Machine.MachineBusyException b => (ExitCode.Busy, b.Message, "Retry later, or raise --wait."),
         SimKernel.Machine.MachineStateException s => (ExitCode.BadInput, s.Message, null),
         SimKernel.Workloads.WorkloadException w => (ExitCode.BadInput, w.Message, "The workload schema is in samples/README.md."),

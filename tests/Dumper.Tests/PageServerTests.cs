@@ -291,7 +291,7 @@ public class PageServerTests
         }
         string dir = RoundTrip.NewDir("ps-gone");
         var before = RoundTrip.Snapshot(k, 100);
-        var e = Assert.Throws<DumperException>(() => Criu.Dump(host, new DumpOptions
+        var e = Assert.Throws<PageServerException>(() => Criu.Dump(host, new DumpOptions
         {
             Pid = 100, ImagesDir = dir,
             PageServer = new PageServerEndpoint { Address = "127.0.0.1", Port = port, IoTimeout = Io },

@@ -67,8 +67,8 @@ public class PageServerTlsTests
                 Pid = 100, ImagesDir = Path.Combine(dir, "images-" + name),
                 PageServer = new PageServerEndpoint { Address = "127.0.0.1", Port = ps.Port, Tls = tls, IoTimeout = Io },
             });
-            var rogueError = Assert.Throws<DumperException>(() => PreDump("rogue", rogueTls));
-            Assert.Throws<DumperException>(() => PreDump("plain", null));
+            var rogueError = Assert.Throws<PageServerException>(() => PreDump("rogue", rogueTls));
+            Assert.Throws<PageServerException>(() => PreDump("plain", null));
             var ok = PreDump("good", clientTls);
             Assert.True(ok.Stats.PagesWritten > 0);
             var results = ps.Finish();

@@ -69,7 +69,7 @@ public sealed class PageServerClient : IDisposable
             int ms = (int)Math.Min(int.MaxValue, ep.IoTimeout.TotalMilliseconds);
             var connect = tcp.ConnectAsync(ep.Address, ep.Port);
             if (!connect.Wait(ms))
-                throw new DumperException($"page server {ep.Address}:{ep.Port} did not accept the connection within {ep.IoTimeout.TotalSeconds:0} s");
+                throw new PageServerException($"page server {ep.Address}:{ep.Port} did not accept the connection within {ep.IoTimeout.TotalSeconds:0} s");
             tcp.ReceiveTimeout = ms;
             tcp.SendTimeout = ms;
             Stream s = tcp.GetStream();
@@ -80,7 +80,7 @@ public sealed class PageServerClient : IDisposable
         catch (AggregateException e) when (e.InnerException is SocketException se)
         {
             tcp.Dispose();
-            throw new DumperException($"cannot connect to the page server at {ep.Address}:{ep.Port}: {se.Message}", inner: se);
+            throw new PageServerException($"cannot connect to the page server at {ep.Address}:{ep.Port}: {se.Message}", inner: se);
         }
         catch
         {
@@ -132,7 +132,7 @@ public sealed class PageServerClient : IDisposable
         _closed = true;
         int status = BitConverter.ToInt32(answer);
         if (status != 0)
-            throw new DumperException($"the page server answered CLOSE with status {status}");
+            throw new PageServerException($"the page server answered CLOSE with status {status}");
     }
 
     internal void SendHeader(in PageServerIov iov)
@@ -176,7 +176,7 @@ public sealed class PageServerClient : IDisposable
         }
         catch (EndOfStreamException e)
         {
-            throw new DumperException($"the page server closed the connection instead of answering {what}", inner: e);
+            throw new PageServerException($"the page server closed the connection instead of answering {what}", inner: e);
         }
         catch (IOException e)
         {
@@ -184,7 +184,7 @@ public sealed class PageServerClient : IDisposable
         }
     }
 
-    private static DumperException Lost(IOException e) =>
+    private static PageServerException Lost(IOException e) =>
         new($"lost the connection to the page server: {(e.InnerException ?? e).Message}", inner: e);
 
     public void Dispose()
@@ -194,3 +194,6 @@ public sealed class PageServerClient : IDisposable
         _tcp.Dispose();
     }
 }
+
+/// <summary>The page server could not be reached, refused us, or the connection broke: a host or network problem, not bad input.</summary>
+public sealed class PageServerException(string message, Exception? inner = null) : Exception(message, inner);

@@ -73,7 +73,7 @@ internal static class PageServerTlsSetup
         catch (Exception e) when (e is AuthenticationException or IOException)
         {
             ssl.Dispose();
-            throw new DumperException($"TLS handshake with the page server at {address} failed: {e.Message}", inner: e);
+            throw new PageServerException($"TLS handshake with the page server at {address} failed: {e.Message}", inner: e);
         }
     }
 
