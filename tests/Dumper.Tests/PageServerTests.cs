@@ -86,7 +86,7 @@ public class PageServerTests
                 };
                 if (final)
                     atDump = RoundTrip.Snapshot(k, 100);
-                steps.Add(final ? Criu.Dump(host, o) : Criu.PreDump(host, o));
+                steps.Add(final ? Criu.Dump(host.AsKernelApi(), o) : Criu.PreDump(host.AsKernelApi(), o));
                 if (ps is not null)
                 {
                     var r = Assert.Single(ps.Finish());
@@ -136,7 +136,7 @@ public class PageServerTests
             k2.Fs.Read(f, 0, data);
             dest.Fs.Create(f.Path, data);
         }
-        Criu.Restore(new ClockOnlyHost(dest), new RestoreOptions { ImagesDir = serverFinal });
+        Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = serverFinal });
         RoundTrip.AssertSame(expected, dest);
         Directory.Delete(dir, recursive: true);
     }
@@ -291,7 +291,7 @@ public class PageServerTests
         }
         string dir = RoundTrip.NewDir("ps-gone");
         var before = RoundTrip.Snapshot(k, 100);
-        var e = Assert.Throws<PageServerException>(() => Criu.Dump(host, new DumpOptions
+        var e = Assert.Throws<PageServerException>(() => Criu.Dump(host.AsKernelApi(), new DumpOptions
         {
             Pid = 100, ImagesDir = dir,
             PageServer = new PageServerEndpoint { Address = "127.0.0.1", Port = port, IoTimeout = Io },

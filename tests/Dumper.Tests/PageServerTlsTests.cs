@@ -62,7 +62,7 @@ public class PageServerTlsTests
         using var ps = new PageServerTests.Running(new PageServerOptions { ImagesDir = Path.Combine(dir, "server-images"), Tls = serverTls, Sessions = 1 });
         try
         {
-            DumpResult PreDump(string name, PageServerTls? tls) => Criu.PreDump(host, new DumpOptions
+            DumpResult PreDump(string name, PageServerTls? tls) => Criu.PreDump(host.AsKernelApi(), new DumpOptions
             {
                 Pid = 100, ImagesDir = Path.Combine(dir, "images-" + name),
                 PageServer = new PageServerEndpoint { Address = "127.0.0.1", Port = ps.Port, Tls = tls, IoTimeout = Io },

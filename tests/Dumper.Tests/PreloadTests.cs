@@ -25,16 +25,16 @@ public class PreloadTests
         for (int i = 0; i < 3; i++)
         {
             string d = Path.Combine(dir, $"{i}");
-            Criu.PreDump(host, new DumpOptions { Pid = 100, ImagesDir = d, PrevImagesDir = prev, PageStore = store });
+            Criu.PreDump(host.AsKernelApi(), new DumpOptions { Pid = 100, ImagesDir = d, PrevImagesDir = prev, PageStore = store });
             pre.Apply(d);
             prev = $"../{i}";
             Procs.Touch(t, a + (ulong)(i * 5) * (ulong)ps, (ulong)i + 1000);
             if (i == 1)
-                t.Madvise(a + 40UL * (ulong)ps, 3UL * (ulong)ps, SimKernel.Mm.Madvise.DontNeed); // dropped after being preloaded
+                t.Madvise(a + 40UL * (ulong)ps, 3UL * (ulong)ps, KernelApi.Madvise.DontNeed); // dropped after being preloaded
         }
         var expected = RoundTrip.Snapshot(k, 100);
         string final = Path.Combine(dir, "final");
-        Criu.Dump(host, new DumpOptions { Pid = 100, ImagesDir = final, PrevImagesDir = prev, PageStore = store, TrackMem = true });
+        Criu.Dump(host.AsKernelApi(), new DumpOptions { Pid = 100, ImagesDir = final, PrevImagesDir = prev, PageStore = store, TrackMem = true });
 
         RestoreResult Restore(PreloadedPages? p, out Kernel dest)
         {
@@ -45,7 +45,7 @@ public class PreloadTests
                 k.Fs.Read(f, 0, data);
                 dest.Fs.Create(f.Path, data);
             }
-            return Criu.Restore(new ClockOnlyHost(dest), new RestoreOptions { ImagesDir = final, Preloaded = p });
+            return Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = final, Preloaded = p });
         }
         var plain = Restore(null, out var d1);
         RoundTrip.AssertSame(expected, d1);
