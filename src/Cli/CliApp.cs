@@ -46,6 +46,7 @@ public static class CliApp
         yield return CheckpointCommands.Dump();
         yield return CheckpointCommands.Restore();
         yield return DedupCommand.Create();
+        yield return PageServerCommand.Create();
         yield return CheckCommand.Create();
         // Live migration between two simulated hosts.
         yield return MigrateCommand.Create();
@@ -219,6 +220,7 @@ public static class CliApp
         Dumper.DumperException { Kind: Dumper.DumperErrorKind.Unsupported } d => (ExitCode.Unsupported, d.Message, null),
         Dumper.DumperException d => (ExitCode.BadInput, d.Message, null),
         CriuSharp.KernelApi.KernelNotSupportedException n => (ExitCode.Unsupported, n.Message, null),
+        Dumper.PageServer.PageServerException ps => (ExitCode.Environment, ps.Message, "Check that the page server runs, listens on --address/--port, and speaks the same --ps-layout and TLS options."),
         SimKernel.Machine.MachineBusyException b => (ExitCode.Busy, b.Message, "Retry later, or raise --wait."),
         SimKernel.Machine.MachineStateException s => (ExitCode.BadInput, s.Message, null),
         SimKernel.Workloads.WorkloadException w => (ExitCode.BadInput, w.Message, "The workload schema is in samples/README.md."),

@@ -19,7 +19,7 @@ namespace CriuSharp.Dumper;
 /// The kernel is reached only through /proc (smaps, stat, pagemap, PAGEMAP_SCAN, clear_refs,
 /// memory reads), userfaultfd, freeze/thaw and what ptrace would show (registers, comm, ids).
 /// </summary>
-internal sealed class Checkpointer
+internal sealed partial class Checkpointer
 {
     private const long ChunkBytes = 64L << 20;
     /// <summary>Collected-but-unwritten page bytes a dump holds while the transfer thread catches up.</summary>
@@ -71,6 +71,7 @@ internal sealed class Checkpointer
         using var dir = ImageDirectory.Create(_o.ImagesDir);
         if (_o.PrevImagesDir is not null)
             dir.LinkParent(_o.PrevImagesDir);
+        using var pageServer = ConnectPageServer();
 
         // ---- freeze ---------------------------------------------------------------------------
         var frozen = _k.Freeze(_o.Pid);
@@ -112,11 +113,14 @@ internal sealed class Checkpointer
             };
             using var walker = new PageWalker(_k, useScan, dirty);
             var spans = new List<PageSpan>(256);
+            var serverParents = AskPageServerParents(pageServer, parentSet, tasks);
             foreach (var ts in tasks)
             {
                 var t = ts.Task;
-                bool parentOk = parentSet is not null && tracker != TrackerKind.None && parentSet.HasPagemap(t.Pid);
-                if (parentSet is not null && tracker != TrackerKind.None && !parentOk)
+                bool parentOk = parentSet is not null && tracker != TrackerKind.None
+                    && (serverParents?.Contains(t.Pid) ?? parentSet.HasPagemap(t.Pid));
+                // With a page server the parent's pagemaps are on the server, which answered for them.
+                if (serverParents is null && parentSet is not null && tracker != TrackerKind.None && !parentOk)
                 {
                     // Images of other processes (a --prev-images-dir naming the wrong dump) cannot
                     // serve as this task's parent: say so rather than silently dumping everything.
@@ -133,11 +137,11 @@ internal sealed class Checkpointer
                 if (parentOk && tracker == TrackerKind.UffdWp && _k.InstalledUserfaultfd(t.Pid) is null)
                     parentOk = false; // no write-protect history for this task: everything counts as written
                 if (parentOk)
-                    ts.ParentPagemap = parentSet!.ReadPagemap(t.Pid);
+                    ts.ParentPagemap = serverParents is null ? parentSet!.ReadPagemap(t.Pid) : PagemapImage.AllInParent("parent on the page server");
                 PageDigestMap? parentDigests = parentOk && tracker == TrackerKind.Content ? parentSet!.ReadPageDigests(t.Pid) : null;
                 if (!_pre)
                 {
-                    ts.Xfer = new PageXfer(dir.BeginPagemap(t.Pid, _o.PageStore), digests: _o.RecordChecksums);
+                    ts.Xfer = new PageXfer(OpenSink(dir, pageServer, t.Pid), digests: _o.RecordChecksums);
                     ts.Pipe = new PagePipe(stream!, ts.Xfer, frozen);
                 }
                 else
@@ -176,7 +180,7 @@ internal sealed class Checkpointer
                 frozen.Thaw();
                 foreach (var ts in tasks)
                 {
-                    using var xfer = new PageXfer(dir.BeginPagemap(ts.Task.Pid, _o.PageStore));
+                    using var xfer = new PageXfer(OpenSink(dir, pageServer, ts.Task.Pid));
                     xfer.Write(ts.Pipe);
                     if (ts.Digests is not null)
                         dir.WritePageDigests(ts.Task.Pid, ts.Digests);
@@ -199,7 +203,7 @@ internal sealed class Checkpointer
                     ts.Xfer.Dispose();
                     ts.Xfer = null;
                 }
-                (shScanned, shWritten) = DumpShmem(dir, tasks, pageStats);
+                (shScanned, shWritten) = DumpShmem(dir, pageServer, tasks, pageStats);
                 WriteTaskImages(dir, tasks, track ? uptimeUs : null);
             }
             writeWall += writeWatch.Elapsed;
@@ -235,6 +239,8 @@ internal sealed class Checkpointer
                 CompressTime = RestoreStats.Us(compressNs),
                 WallClock = new WallClock(collectWall, writeWall, wall.Elapsed),
             };
+            // The server has every page once it answers CLOSE; only then is the dump complete.
+            pageServer?.Close();
             dir.WriteDumpStats(stats.ToProto());
             dir.Commit();
 
@@ -293,7 +299,7 @@ internal sealed class Checkpointer
     /// are removed first, so no stale pagemap of a vanished task survives) and refuse a directory
     /// holding anything else.
     /// </summary>
-    internal static void PrepareImagesDir(string dir, ImageSet? parent)
+    internal static void PrepareImagesDir(string dir, ImageSet? parent, bool checkOnly = false)
     {
         if (!Directory.Exists(dir))
             return;
@@ -305,6 +311,8 @@ internal sealed class Checkpointer
         var foreign = entries.Select(Path.GetFileName).Where(n => !ImageNames.BelongsToImageDirectory(n!)).ToList();
         if (foreign.Count > 0)
             throw new DumperException($"images directory holds files that are not images ({string.Join(", ", foreign.Take(3))}); use an empty directory", null, dir);
+        if (checkOnly)
+            return;
         foreach (var e in entries)
         {
             var fi = new FileInfo(e);
@@ -402,7 +410,7 @@ internal sealed class Checkpointer
         }
     }
 
-    private (ulong Scanned, ulong Written) DumpShmem(ImageDirectory dir, List<TaskState> tasks, PageWriteStats total)
+    private (ulong Scanned, ulong Written) DumpShmem(ImageDirectory dir, PageServer.PageServerClient? pageServer, List<TaskState> tasks, PageWriteStats total)
     {
         // shmid = inode of the shmem object (CRIU keys shared anonymous memory by it).
         var objects = new SortedDictionary<ulong, List<(int Pid, VmaInfo Vma)>>();
@@ -437,7 +445,7 @@ internal sealed class Checkpointer
                         pages[off] = (byte[])buf.Clone();
                     }
             }
-            using var w = dir.BeginShmemPagemap(shmid, dir.NextPagesId(), _o.PageStore);
+            using var w = OpenShmemSink(dir, pageServer, shmid);
             var run = new List<byte>();
             ulong runStart = 0, next = ulong.MaxValue;
             foreach (var (off, data) in pages)

@@ -70,6 +70,8 @@ public sealed record DumpOptions
     /// <summary>Record a checksum of every VMA's contents at freeze time (checked by restore).</summary>
     public bool RecordChecksums { get; init; } = true;
     public CostModel Cost { get; init; } = CostModel.Default;
+    /// <summary>Send pagemaps and pages to this page server (<c>--page-server --address --port</c>) instead of the images directory.</summary>
+    public PageServer.PageServerEndpoint? PageServer { get; init; }
 }
 
 /// <summary>Options of <c>restore</c>: <c>-D</c> <see cref="ImagesDir"/>.</summary>
@@ -79,6 +81,8 @@ public sealed record RestoreOptions
     /// <summary>Recompute each VMA's checksum after restore and compare with the dump's.</summary>
     public bool Verify { get; init; } = true;
     public CostModel Cost { get; init; } = CostModel.Default;
+    /// <summary>Pages already applied on the destination from the pre-dumps: PE_PARENT ranges come from here, not the chain.</summary>
+    public PreloadedPages? Preloaded { get; init; }
 }
 
 /// <summary>What a pre-dump or dump did.</summary>

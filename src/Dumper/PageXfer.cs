@@ -15,13 +15,21 @@ namespace CriuSharp.Dumper;
 /// </summary>
 internal sealed class PageXfer : IDisposable
 {
-    private readonly PagemapWriter _writer;
+    private readonly IPageSink _writer;
     private readonly List<(ulong Va, ulong End)> _written = [];
     private readonly List<(ulong Va, ulong Digest)>? _digests;
 
     /// <param name="digests">Keep the <see cref="PageDigest"/> of every non-zero page written (for VMA checksums).</param>
     public PageXfer(PagemapWriter writer, bool digests = false)
+        : this(new LocalPageSink(writer), digests)
     {
+    }
+
+    /// <param name="sink">Local images or a page server (see <see cref="IPageSink"/>).</param>
+    /// <param name="digests">As above.</param>
+    public PageXfer(IPageSink sink, bool digests = false)
+    {
+        var writer = sink;
         _writer = writer;
         if (digests)
         {

@@ -102,6 +102,7 @@ public sealed class LiveMigration
         ulong remaining;
 
         // ---- pre-dump iterations under the policy ------------------------------------------------
+        var preloaded = _o.Preload ? new PreloadedPages() : null;
         while (true)
         {
             remaining = samples.Count == 0 ? ResidentBytes(source.Kernel, pid) : samples[^1].BytesSent;
@@ -125,6 +126,8 @@ public sealed class LiveMigration
             ulong transferNs = _o.Cost.TransferNs(sent);
             // The tree runs on while the images cross the link (P.Haul's page server).
             source.Advance(transferNs);
+            // The destination applies it while the source runs the next iteration.
+            preloaded?.Apply(dir);
             iterations.Add(Record(index, "pre-dump", dir, r.Stats, sent, transferNs, source.Kernel.UptimeNs - freezeAt, freezeAt, prevFreezeAt));
             samples.Add(new IterationSample(r.Stats.PagesWritten, r.Stats.PagesScanned, sent));
             prevFreezeAt = freezeAt;
@@ -162,7 +165,7 @@ public sealed class LiveMigration
         IReadOnlyList<int> restored = [];
         try
         {
-            var rr = Criu.Restore(dest.AsKernelApi(), new RestoreOptions { ImagesDir = finalDir, Verify = true, Cost = _dumperCost });
+            var rr = Criu.Restore(dest.AsKernelApi(), new RestoreOptions { ImagesDir = finalDir, Verify = true, Cost = _dumperCost, Preloaded = preloaded });
             restoreStats = rr.Stats;
             restored = rr.Pids;
             warnings.AddRange(rr.Warnings.Select(w => w.Message));

@@ -25,6 +25,11 @@ public sealed record MigrationOptions
     /// relative <c>parent</c> link); null = a temporary directory removed afterwards.
     /// </summary>
     public string? ImagesRoot { get; init; }
+    /// <summary>
+    /// Destination pre-loading: apply each pre-dump on the destination as it arrives, so the final
+    /// restore applies only the final dump's pages (<see cref="PreloadedPages"/>).
+    /// </summary>
+    public bool Preload { get; init; }
     /// <summary>Called after each step (pre-dump, final dump, restore, continue) for progress bars.</summary>
     public Action<MigrationProgress>? Progress { get; init; }
     /// <summary>Called once per pre-dump and for the final dump when its record is final (its decision known).</summary>

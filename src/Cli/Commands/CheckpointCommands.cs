@@ -24,11 +24,14 @@ public static class CheckpointCommands
         public readonly Option<bool> DisplayStats = new("--display-stats") { Description = "Print the dump statistics (they are always saved in stats-dump)." };
         public readonly Option<bool> Json = CommonOptions.Json();
         public readonly MachineOptions Machine = new();
+        public readonly Option<bool> PageServer = new("--page-server") { Description = "Send pagemaps and pages to a page server (--address, --port); the other images stay in -D." };
+        public readonly PageServerCliOptions Net = new();
 
         public void AddTo(Command c)
         {
-            foreach (var o in new Option[] { Pid, Dir, Prev, TrackMem, AutoDedup, Tracker, Compress, BlockKiB, DisplayStats, Json })
+            foreach (var o in new Option[] { Pid, Dir, Prev, TrackMem, AutoDedup, Tracker, Compress, BlockKiB, DisplayStats, Json, PageServer })
                 c.Options.Add(o);
+            Net.AddClientTo(c);
             Machine.AddTo(c);
         }
 
@@ -52,6 +55,9 @@ public static class CheckpointCommands
                 AutoDedup = p.GetValue(AutoDedup),
                 Tracker = TrackerNames.Parse(p.GetValue(Tracker)!),
                 PageStore = store,
+                PageServer = p.GetValue(PageServer)
+                    ? Net.Endpoint(p) with { WireCompression = p.GetValue(Net.Compress) && store.Compression != PageCompression.None ? store : null }
+                    : null,
             };
         }
     }

@@ -25,6 +25,7 @@ public sealed class MigrationArgs
     public readonly Option<string> RunAfter = new("--run-after") { Description = "Virtual time the restored workload runs on the destination before it is checked again.", DefaultValueFactory = _ => "100ms" };
     public readonly Option<string> CompressSpeed = new("--compress-speed") { Description = "Cost model: LZ4 compression per core (zstd is modelled at a third).", DefaultValueFactory = _ => Rate(MigrationCost.Default.CompressBytesPerSecond) };
     public readonly Option<string> CopySpeed = new("--copy-speed") { Description = "Cost model: copying pages out of the task (memcpy).", DefaultValueFactory = _ => Rate(MigrationCost.Default.CopyBytesPerSecond) };
+    public readonly Option<bool> Preload = new("--preload") { Description = "Destination pre-loading: apply each pre-dump on the destination as it arrives, so the final restore applies only the final dump's pages." };
     public readonly Option<string> FreezeCost = new("--freeze-cost") { Description = "Cost model: seizing and freezing one task.", DefaultValueFactory = _ => $"{MigrationCost.Default.FreezeNsPerTask / 1000}us" };
 
     private static string Rate(double bps) => string.Create(CultureInfo.InvariantCulture, $"{bps / 1e9:0.###}GB/s");
@@ -32,7 +33,7 @@ public sealed class MigrationArgs
     public void AddTo(Command c)
     {
         c.Options.Add(Workload);
-        foreach (var o in new Option[] { Bandwidth, DowntimeLimit, Tracker, Warmup, RunAfter, CompressSpeed, CopySpeed, FreezeCost })
+        foreach (var o in new Option[] { Bandwidth, DowntimeLimit, Tracker, Warmup, RunAfter, CompressSpeed, CopySpeed, FreezeCost, Preload })
             c.Options.Add(o);
         Kernel.AddTo(c);
     }
@@ -82,6 +83,7 @@ public sealed class MigrationArgs
         WarmupNs = Units.ParseDurationNs(p.GetValue(Warmup)!),
         ContinueNs = Units.ParseDurationNs(p.GetValue(RunAfter)!),
         ImagesRoot = keep,
+        Preload = p.GetValue(Preload),
         Progress = progress,
         Cost = MigrationCost.Default with
         {

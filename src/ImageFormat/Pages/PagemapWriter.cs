@@ -20,6 +20,15 @@ public sealed class PageWriteStats
     public ulong BytesStored { get; internal set; }
     public ulong Blocks { get; internal set; }
 
+    /// <summary>Counts pages that went to another writer (a page server) rather than through a <see cref="PagemapWriter"/>.</summary>
+    public void AddTransferred(ulong pagesWritten, ulong pagesSkippedParent, ulong bytesSent)
+    {
+        PagesWritten += pagesWritten;
+        PagesSkippedParent += pagesSkippedParent;
+        BytesRaw += pagesWritten << PageGeometry.PageShift;
+        BytesStored += bytesSent;
+    }
+
     public void Add(PageWriteStats other)
     {
         PagesWritten += other.PagesWritten;
