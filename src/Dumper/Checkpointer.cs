@@ -19,7 +19,7 @@ namespace CriuSharp.Dumper;
 /// The kernel is reached only through /proc (smaps, stat, pagemap, PAGEMAP_SCAN, clear_refs,
 /// memory reads), userfaultfd, freeze/thaw and what ptrace would show (registers, comm, ids).
 /// </summary>
-internal sealed class Checkpointer
+internal sealed partial class Checkpointer
 {
     private const long ChunkBytes = 64L << 20;
     /// <summary>Collected-but-unwritten page bytes a dump holds while the transfer thread catches up.</summary>
@@ -53,12 +53,14 @@ internal sealed class Checkpointer
         public ulong Scanned;
         public List<(ulong Start, ulong End, ulong Hash)> Checksums = [];
         public Dictionary<ulong, int> Shmids = [];
+        /// <summary>The content tracker's digests of every page this dump's pagemap holds.</summary>
+        public PageDigestMap? Digests;
     }
 
     public DumpResult Run()
     {
         var wall = Stopwatch.StartNew();
-        var tracker = Criu.ResolveTracker(_k, _o.Tracker, _warnings);
+        var tracker = Criu.ResolveTracker(_k, _o.Tracker, _warnings, _o.AutoFallback, _o.StrictTracker);
         bool track = _pre || _o.TrackMem;
         var root = _k.FindTask(_o.Pid);
         if (root is null || !root.Alive)
@@ -69,6 +71,7 @@ internal sealed class Checkpointer
         using var dir = ImageDirectory.Create(_o.ImagesDir);
         if (_o.PrevImagesDir is not null)
             dir.LinkParent(_o.PrevImagesDir);
+        using var pageServer = ConnectPageServer();
 
         // ---- freeze ---------------------------------------------------------------------------
         var frozen = _k.Freeze(_o.Pid);
@@ -97,14 +100,16 @@ internal sealed class Checkpointer
                 }
                 // smaps carries VmFlags; [vsyscall] (gate area) only shows in maps, and CRIU keeps it in mm.
                 var vmas = SmapsParser.Parse(_k.Smaps(t.Pid));
-                vmas.AddRange(SmapsParser.ParseMaps(_k.Maps(t.Pid)).Where(v => v.IsVsyscall));
+                // (Linux's smaps lists it too since 4.x; then it is there once.)
+                if (!vmas.Any(v => v.IsVsyscall))
+                    vmas.AddRange(SmapsParser.ParseMaps(_k.Maps(t.Pid)).Where(v => v.IsVsyscall));
                 tasks.Add(new TaskState { Task = t, Vmas = vmas });
             }
             freezeNs = _cost.FreezeNsPerTask * (ulong)tasks.Count;
             ulong uptimeUs = _k.UptimeNs / 1000;
 
             bool useScan = tracker is TrackerKind.PagemapScan or TrackerKind.UffdWp
-                           || (tracker == TrackerKind.None && _k.Capabilities.PagemapScan);
+                           || (tracker is TrackerKind.None or TrackerKind.Content && _k.Capabilities.PagemapScan);
             var dirty = tracker switch
             {
                 TrackerKind.SoftDirty or TrackerKind.PagemapScan => DirtySource.SoftDirty,
@@ -113,10 +118,22 @@ internal sealed class Checkpointer
             };
             using var walker = new PageWalker(_k, useScan, dirty);
             var spans = new List<PageSpan>(256);
+            var serverParents = AskPageServerParents(pageServer, parentSet, tasks);
             foreach (var ts in tasks)
             {
                 var t = ts.Task;
-                bool parentOk = parentSet is not null && tracker != TrackerKind.None && parentSet.HasPagemap(t.Pid);
+                bool parentOk = parentSet is not null && tracker != TrackerKind.None
+                    && (serverParents?.Contains(t.Pid) ?? parentSet.HasPagemap(t.Pid));
+                // With a page server the parent's pagemaps are on the server, which answered for them.
+                if (serverParents is null && parentSet is not null && tracker != TrackerKind.None && !parentOk)
+                {
+                    // Images of other processes (a --prev-images-dir naming the wrong dump) cannot
+                    // serve as this task's parent: say so rather than silently dumping everything.
+                    var held = parentSet.PagemapPids();
+                    _warnings.Add(new DumperWarning("parent-ignored", held.Count == 0
+                        ? $"task {t.Pid}: the parent images in {parentSet.Path} hold no process's pages, so they are ignored and every page is dumped"
+                        : $"task {t.Pid}: the parent images in {parentSet.Path} hold no pages of it (they are of pid {string.Join(", ", held)}), so they are ignored and every page of it is dumped"));
+                }
                 if (parentOk && parentUptimeUs is ulong pu && t.StartTimeNs / 1000 > pu)
                 {
                     parentOk = false;
@@ -125,15 +142,18 @@ internal sealed class Checkpointer
                 if (parentOk && tracker == TrackerKind.UffdWp && _k.InstalledUserfaultfd(t.Pid) is null)
                     parentOk = false; // no write-protect history for this task: everything counts as written
                 if (parentOk)
-                    ts.ParentPagemap = parentSet!.ReadPagemap(t.Pid);
+                    ts.ParentPagemap = serverParents is null ? parentSet!.ReadPagemap(t.Pid) : PagemapImage.AllInParent("parent on the page server");
+                PageDigestMap? parentDigests = parentOk && tracker == TrackerKind.Content ? parentSet!.ReadPageDigests(t.Pid) : null;
                 if (!_pre)
                 {
-                    ts.Xfer = new PageXfer(dir.BeginPagemap(t.Pid, _o.PageStore), digests: _o.RecordChecksums);
+                    ts.Xfer = new PageXfer(OpenSink(dir, pageServer, t.Pid), digests: _o.RecordChecksums);
                     ts.Pipe = new PagePipe(stream!, ts.Xfer, frozen);
                 }
                 else
                     ts.Pipe = new PagePipe();
                 var collector = new PageCollector(_k, frozen, t.Pid, walker, ts.Pipe, ts.ParentPagemap, _pre, _o.RecordChecksums && !_pre, _imgPerPage);
+                if (tracker == TrackerKind.Content)
+                    collector.TrackContent(parentDigests);
                 foreach (var v in ts.Vmas)
                 {
                     collector.CollectVma(v, spans);
@@ -144,6 +164,7 @@ internal sealed class Checkpointer
                     ts.Pipe.Drain();
                 ts.Scanned = collector.Scanned;
                 ts.Checksums = collector.Checksums;
+                ts.Digests = collector.Digests;
                 memdumpNs += (ulong)(collector.Scanned * _cost.ScanNsPerPage) + CostModel.Ns(collector.CollectedBytes, _cost.CopyBytesPerSecond);
             }
             memdumpNs += _cost.ProcParseNsPerTask * (ulong)tasks.Count;
@@ -164,7 +185,7 @@ internal sealed class Checkpointer
                 frozen.Thaw();
                 foreach (var ts in tasks)
                 {
-                    using var xfer = new PageXfer(dir.BeginPagemap(ts.Task.Pid, _o.PageStore));
+                    using var xfer = new PageXfer(OpenSink(dir, pageServer, ts.Task.Pid));
                     using var sieve = history is null ? null : new PageSieve(history, ts.Task.Pid, ts.ParentPagemap, _o.PageStore);
                     xfer.Write(ts.Pipe, sieve);
                     if (sieve is not null)
@@ -172,6 +193,8 @@ internal sealed class Checkpointer
                         deltaCounters = deltaCounters.Add(sieve.Counters);
                         estimatedBytes += sieve.EstimatedBytes;
                     }
+                    if (ts.Digests is not null)
+                        dir.WritePageDigests(ts.Task.Pid, ts.Digests);
                     var st = xfer.Finish();
                     pageStats.Add(st);
                     if (_o.AutoDedup) PageXfer.Dedup(parentSet, ImageNames.Pagemap(ts.Task.Pid), xfer.WrittenRanges);
@@ -184,12 +207,14 @@ internal sealed class Checkpointer
                 foreach (var ts in tasks)
                 {
                     pageStats.Add(ts.Xfer!.Finish());
+                    if (ts.Digests is not null)
+                        dir.WritePageDigests(ts.Task.Pid, ts.Digests);
                     AddDigests(ts.Checksums, ts.Xfer.Digests);
                     if (_o.AutoDedup) PageXfer.Dedup(parentSet, ImageNames.Pagemap(ts.Task.Pid), ts.Xfer.WrittenRanges);
                     ts.Xfer.Dispose();
                     ts.Xfer = null;
                 }
-                (shScanned, shWritten) = DumpShmem(dir, tasks, pageStats);
+                (shScanned, shWritten) = DumpShmem(dir, pageServer, tasks, pageStats);
                 WriteTaskImages(dir, tasks, track ? uptimeUs : null);
             }
             writeWall += writeWatch.Elapsed;
@@ -227,6 +252,8 @@ internal sealed class Checkpointer
                 Delta = history is null ? null : deltaCounters,
                 WallClock = new WallClock(collectWall, writeWall, wall.Elapsed),
             };
+            // The server has every page once it answers CLOSE; only then is the dump complete.
+            pageServer?.Close();
             dir.WriteDumpStats(stats.ToProto());
             dir.Commit();
             history?.Commit(_o.ImagesDir, deltaCounters);
@@ -286,16 +313,20 @@ internal sealed class Checkpointer
     /// are removed first, so no stale pagemap of a vanished task survives) and refuse a directory
     /// holding anything else.
     /// </summary>
-    internal static void PrepareImagesDir(string dir, ImageSet? parent)
+    internal static void PrepareImagesDir(string dir, ImageSet? parent, bool checkOnly = false)
     {
         if (!Directory.Exists(dir))
             return;
         var entries = Directory.EnumerateFileSystemEntries(dir).ToList();
         if (entries.Count == 0)
             return;
+        // CRIU's logs (-o dump.log) live in the images directory too; they are neither foreign nor replaced.
+        entries.RemoveAll(e => Path.GetFileName(e).EndsWith(".log", StringComparison.Ordinal));
         var foreign = entries.Select(Path.GetFileName).Where(n => !ImageNames.BelongsToImageDirectory(n!)).ToList();
         if (foreign.Count > 0)
             throw new DumperException($"images directory holds files that are not images ({string.Join(", ", foreign.Take(3))}); use an empty directory", null, dir);
+        if (checkOnly)
+            return;
         foreach (var e in entries)
         {
             var fi = new FileInfo(e);
@@ -319,6 +350,8 @@ internal sealed class Checkpointer
             case TrackerKind.UffdWp:
                 ArmUffd(ts);
                 return pages;
+            case TrackerKind.Content:
+                return 0; // the digests written with the images are the tracking state
             default:
                 return 0;
         }
@@ -391,7 +424,7 @@ internal sealed class Checkpointer
         }
     }
 
-    private (ulong Scanned, ulong Written) DumpShmem(ImageDirectory dir, List<TaskState> tasks, PageWriteStats total)
+    private (ulong Scanned, ulong Written) DumpShmem(ImageDirectory dir, PageServer.PageServerClient? pageServer, List<TaskState> tasks, PageWriteStats total)
     {
         // shmid = inode of the shmem object (CRIU keys shared anonymous memory by it).
         var objects = new SortedDictionary<ulong, List<(int Pid, VmaInfo Vma)>>();
@@ -426,7 +459,7 @@ internal sealed class Checkpointer
                         pages[off] = (byte[])buf.Clone();
                     }
             }
-            using var w = dir.BeginShmemPagemap(shmid, dir.NextPagesId(), _o.PageStore);
+            using var w = OpenShmemSink(dir, pageServer, shmid);
             var run = new List<byte>();
             ulong runStart = 0, next = ulong.MaxValue;
             foreach (var (off, data) in pages)
@@ -498,6 +531,10 @@ internal sealed class Checkpointer
             if (ts.Checksums.Count > 0)
                 sim.Add(SimState.VmaChecksums(ts.Checksums));
             sim.Add(SimState.PageSize(_k.Capabilities.PageSize));
+            // A kernel that cannot restore into itself is the real host: its images name the
+            // host's files, which a restore into a simulated machine imports.
+            if (!_k.Capabilities.CanRestore)
+                sim.Add(SimState.RealHostOrigin());
             dir.WriteSimState(t.Pid, sim);
         }
         dir.WriteFiles(files.OrderBy(f => f.Value).Select(f =>
@@ -518,15 +555,31 @@ internal sealed class Checkpointer
 
     private core_entry BuildCore(TaskInfo t)
     {
-        var regs = _k.GetRegisters(t.Pid);
+        TaskRegisters? regs = null;
+        if (_k.Capabilities.CanReadRegisters)
+        {
+            try
+            {
+                regs = _k.GetRegisters(t.Pid);
+            }
+            catch (KernelException e)
+            {
+                // CRIU cannot dump without registers; a memory checkpoint of a process we may not
+                // ptrace still can, so the core says so by leaving thread_info out.
+                _warnings.Add(new DumperWarning("registers-omitted", $"registers of task {t.Pid} omitted: {e.Message}"));
+            }
+        }
+        else
+            _warnings.Add(new DumperWarning("registers-omitted", $"registers of task {t.Pid} omitted: the kernel does not offer them"));
         var core = new core_entry
         {
             Mtype = (core_entry.Types.march)_k.Capabilities.CriuMtype,
             Tc = new task_core_entry { TaskState = 1, ExitCode = 0, Personality = 0, Flags = 0, BlkSigset = 0, Comm = t.Comm },
             ThreadCore = new thread_core_entry { FutexRla = 0, FutexRlaLen = 0 },
-            SimTaskState = ByteString.CopyFrom(SimState.EncodeTaskState(regs.General, regs.Extra)),
         };
-        if (_k.Capabilities.Arch == ArchFamily.X86_64)
+        if (regs is not null)
+            core.SimTaskState = ByteString.CopyFrom(SimState.EncodeTaskState(regs.General, regs.Extra));
+        if (regs is not null && _k.Capabilities.Arch == ArchFamily.X86_64)
         {
             var r = regs.General;
             var gp = new user_x86_regs_entry

@@ -15,13 +15,21 @@ namespace CriuSharp.Dumper;
 /// </summary>
 internal sealed class PageXfer : IDisposable
 {
-    private readonly PagemapWriter _writer;
+    private readonly IPageSink _writer;
     private readonly List<(ulong Va, ulong End)> _written = [];
     private readonly List<(ulong Va, ulong Digest)>? _digests;
 
     /// <param name="digests">Keep the <see cref="PageDigest"/> of every non-zero page written (for VMA checksums).</param>
     public PageXfer(PagemapWriter writer, bool digests = false)
+        : this(new LocalPageSink(writer), digests)
     {
+    }
+
+    /// <param name="sink">Local images or a page server (see <see cref="IPageSink"/>).</param>
+    /// <param name="digests">As above.</param>
+    public PageXfer(IPageSink sink, bool digests = false)
+    {
+        var writer = sink;
         _writer = writer;
         if (digests)
         {
@@ -40,8 +48,9 @@ internal sealed class PageXfer : IDisposable
         {
             if (iov.Hole)
                 WriteHole(iov.Va, iov.HolePages);
-            else if (sieve is not null)
-                sieve.Write(_writer, iov.Va, pipe.Buffer(iov.Buf, iov.Off, iov.Bytes), WritePresent);
+            else if (sieve is not null && _writer is LocalPageSink local)
+                // Local images only: the page server protocol has no delta messages yet.
+                sieve.Write(local.Writer, iov.Va, pipe.Buffer(iov.Buf, iov.Off, iov.Bytes), WritePresent);
             else
                 WritePresent(iov.Va, pipe.Buffer(iov.Buf, iov.Off, iov.Bytes));
         }

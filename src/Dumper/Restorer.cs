@@ -30,6 +30,8 @@ internal sealed class Restorer
     private readonly HashSet<ulong> _shmFilled = [];
     private ulong _compared, _skippedCow, _restored, _bytesRead, _zeroFilled, _fromParent, _fillBytes;
     private byte[]? _cmp;
+    private bool _fillingPreloaded;
+    private ulong _preloadedBytes;
 
     public Restorer(IKernel kernel, RestoreOptions options)
     {
@@ -222,7 +224,7 @@ internal sealed class Restorer
     }
 
     /// <summary>One piece of a pagemap entry inside one VMA (at most <see cref="FillChunk"/> bytes).</summary>
-    private readonly record struct FillItem(ulong Va, int Bytes, bool Inherited);
+    private readonly record struct FillItem(ulong Va, int Bytes, bool Inherited, bool InParent = false);
 
     private const int FillChunk = 1 << 20;
     /// <summary>Restores with at least this many bytes decompress on a second thread while the first writes.</summary>
@@ -251,7 +253,7 @@ internal sealed class Restorer
                 if (v is null || (v.Status & (uint)(VmaStatus.AnonShared | VmaStatus.FileShared)) != 0)
                     throw new DumperException("the pagemap has pages outside any private VMA", pid, _o.ImagesDir, va, end);
                 ulong stop = Math.Min(Math.Min(end, v.End), va + FillChunk);
-                items.Add(new FillItem(va, (int)(stop - va), inherited.Contains(v.Start)));
+                items.Add(new FillItem(va, (int)(stop - va), inherited.Contains(v.Start), (flags & PagemapFlags.Present) == 0));
                 total += (long)(stop - va);
                 va = stop;
             }
@@ -264,7 +266,7 @@ internal sealed class Restorer
             foreach (var it in items)
             {
                 var span = buf.AsSpan(0, it.Bytes);
-                ReadPages(pid, reader, it.Va, span);
+                ReadPages(pid, reader, it, span);
                 FillPages(pid, it, span);
             }
         }
@@ -288,8 +290,11 @@ internal sealed class Restorer
         }
     }
 
-    private void ReadPages(int pid, PageReader reader, ulong va, Span<byte> span)
+    private void ReadPages(int pid, PageReader reader, FillItem it, Span<byte> span)
     {
+        ulong va = it.Va;
+        if (it.InParent && _o.Preloaded is { } pre && pre.TryRead(pid, va, span))
+            return;
         try
         {
             reader.Read(va, span);
@@ -307,6 +312,8 @@ internal sealed class Restorer
     /// </summary>
     private void FillPages(int pid, FillItem it, ReadOnlySpan<byte> span)
     {
+        // Preloaded pages are already in the pre-restored address space: no fill cost.
+        _fillingPreloaded = it.InParent && _o.Preloaded is not null;
         int ps = _ps;
         if (it.Inherited)
         {
@@ -367,7 +374,7 @@ internal sealed class Restorer
                     free.Wait(stop.Token);
                     try
                     {
-                        ReadPages(pid, reader, items[i].Va, bufs[i % Ring].AsSpan(0, items[i].Bytes));
+                        ReadPages(pid, reader, items[i], bufs[i % Ring].AsSpan(0, items[i].Bytes));
                     }
                     catch (Exception e)
                     {
@@ -409,7 +416,10 @@ internal sealed class Restorer
         if (!r.Ok)
             throw new DumperException($"cannot write restored memory ({r.Error})", pid, _o.ImagesDir, va, va + (ulong)data.Length);
         _restored += (ulong)(data.Length / PageGeometry.PageSize);
-        _fillBytes += (ulong)data.Length;
+        if (_fillingPreloaded)
+            _preloadedBytes += (ulong)data.Length;
+        else
+            _fillBytes += (ulong)data.Length;
     }
 
     private void FillShmem(ImageSet set, RTask task, mm_entry mm)

@@ -33,7 +33,8 @@ public sealed class ImageDirectory : IDisposable
     {
         Directory.CreateDirectory(path);
         var marker = System.IO.Path.Combine(path, ImageNames.IncompleteMarker);
-        if (!File.Exists(marker) && Directory.EnumerateFileSystemEntries(path).Any())
+        // A log (-o dump.log, CRIU's convention) may already be open there.
+        if (!File.Exists(marker) && Directory.EnumerateFileSystemEntries(path).Any(e => !e.EndsWith(".log", StringComparison.Ordinal)))
             throw new IOException($"{path} already holds files; images are written into an empty directory");
         // Not via AtomicFile: the marker's existence is what counts, and creating it in place leaves
         // no window in which a kill could leave a renamed-never temporary and no marker.
@@ -78,6 +79,7 @@ public sealed class ImageDirectory : IDisposable
     public void WriteFiles(IEnumerable<file_entry> files) => WriteImage(ImageNames.Files, ImageKind.Files, files);
     /// <summary>Our own sidecar (magic SIM_STATE) for simulator state no CRIU message carries.</summary>
     public void WriteSimState(int pid, IEnumerable<sim_state_entry> entries) => WriteImage(ImageNames.SimState(pid), ImageKind.SimState, entries);
+    public void WritePageDigests(int pid, PageDigestMap digests) => WriteImage(ImageNames.PageDigests(pid), ImageKind.PageDigests, digests.ToEntries());
     public void WriteDumpStats(dump_stats_entry stats) => StatsFile.WriteDump(Path, stats);
     public void WriteRestoreStats(restore_stats_entry stats) => StatsFile.WriteRestore(Path, stats);
 

@@ -14,6 +14,15 @@ public static class SimState
     /// <summary>Key of the entry holding the dumped kernel's page size (i32).</summary>
     public const string PageSizeKey = "page-size";
 
+    /// <summary>"real-host" when the images were taken from the Linux host (--machine /proc); absent for a simulated machine.</summary>
+    public const string OriginKey = "origin";
+    public const string OriginRealHost = "real-host";
+
+    public static sim_state_entry RealHostOrigin() => new() { Key = OriginKey, Data = Google.Protobuf.ByteString.CopyFromUtf8(OriginRealHost) };
+
+    public static bool IsFromRealHost(IEnumerable<sim_state_entry> entries) =>
+        entries.Any(e => e.Key == OriginKey && e.Data.ToStringUtf8() == OriginRealHost);
+
     private const int ChecksumRecord = 24;
 
     public static sim_state_entry VmaChecksums(IReadOnlyList<(ulong Start, ulong End, ulong Hash)> checksums)

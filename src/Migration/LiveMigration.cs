@@ -103,12 +103,16 @@ public sealed class LiveMigration
         ulong remaining;
 
         // ---- pre-dump iterations under the policy ------------------------------------------------
+        var preloaded = _o.Preload ? new PreloadedPages() : null;
         while (true)
         {
             remaining = samples.Count == 0 ? ResidentBytes(source.Kernel, pid) : samples[^1].BytesSent;
             var decision = _o.Policy.Decide(new PolicyInput { Done = samples, BandwidthBytesPerSecond = bandwidth, RemainingBytes = remaining });
             if (iterations.Count > 0)
+            {
                 iterations[^1] = iterations[^1] with { Decision = (decision.Stop ? "stop: " : "continue: ") + decision.Reason };
+                _o.IterationDone?.Invoke(iterations[^1]);
+            }
             if (decision.Stop)
             {
                 stopReason = decision.Reason;
@@ -123,6 +127,8 @@ public sealed class LiveMigration
             ulong transferNs = _o.Cost.TransferNs(sent);
             // The tree runs on while the images cross the link (P.Haul's page server).
             source.Advance(transferNs);
+            // The destination applies it while the source runs the next iteration.
+            preloaded?.Apply(dir);
             iterations.Add(Record(index, "pre-dump", dir, r.Stats, sent, transferNs, source.Kernel.UptimeNs - freezeAt, freezeAt, prevFreezeAt));
             samples.Add(new IterationSample(r.Stats.PagesWritten, r.Stats.PagesScanned, sent));
             prevFreezeAt = freezeAt;
@@ -144,6 +150,7 @@ public sealed class LiveMigration
         ulong finalTransferNs = _o.Cost.TransferNs(finalSent);
         ulong frozenNs = (ulong)dump.Stats.FrozenTime * 1000;
         iterations.Add(Record(finalIndex, "dump", finalDir, dump.Stats, finalSent, finalTransferNs, frozenNs + finalTransferNs, finalFreezeAt, prevFreezeAt));
+        _o.IterationDone?.Invoke(iterations[^1]);
         Report("final dump", iterations.Count, maxSteps);
 
         // ---- restore on the destination -----------------------------------------------------------
@@ -159,7 +166,7 @@ public sealed class LiveMigration
         IReadOnlyList<int> restored = [];
         try
         {
-            var rr = Criu.Restore(dest.AsKernelApi(), new RestoreOptions { ImagesDir = finalDir, Verify = true, Cost = _dumperCost });
+            var rr = Criu.Restore(dest.AsKernelApi(), new RestoreOptions { ImagesDir = finalDir, Verify = true, Cost = _dumperCost, Preloaded = preloaded });
             restoreStats = rr.Stats;
             restored = rr.Pids;
             warnings.AddRange(rr.Warnings.Select(w => w.Message));

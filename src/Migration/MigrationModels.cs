@@ -25,6 +25,11 @@ public sealed record MigrationOptions
     /// relative <c>parent</c> link); null = a temporary directory removed afterwards.
     /// </summary>
     public string? ImagesRoot { get; init; }
+    /// <summary>
+    /// Destination pre-loading: apply each pre-dump on the destination as it arrives, so the final
+    /// restore applies only the final dump's pages (<see cref="PreloadedPages"/>).
+    /// </summary>
+    public bool Preload { get; init; }
     /// <summary>Called after each step (pre-dump, final dump, restore, continue) for progress bars.</summary>
     public Action<MigrationProgress>? Progress { get; init; }
     /// <summary>
@@ -34,6 +39,8 @@ public sealed record MigrationOptions
     public bool ElideUnchanged { get; init; } = true;
     /// <summary>Pre-dumps send re-dirtied pages as deltas against a source-side cache of this many bytes (<c>--delta-cache</c>); 0 = off.</summary>
     public long DeltaCacheBytes { get; init; }
+    /// <summary>Called once per pre-dump and for the final dump when its record is final (its decision known).</summary>
+    public Action<IterationRecord>? IterationDone { get; init; }
 }
 
 /// <summary>A progress report: which step just finished and how many are planned at most.</summary>

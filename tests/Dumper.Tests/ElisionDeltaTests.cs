@@ -150,9 +150,9 @@ public class ElisionDeltaTests
             {
                 string name = Path.GetFileName(f);
                 // pages-N.img and deltas-N.img are raw bytes (crit does not decode pages either);
-                // sim-PID.img is our own magic, which crit rejects by design.
+                // sim-, ext- and page-digests- images have our own magic, which crit rejects by design.
                 // The manifest and the parent link are not images.
-                if (name.StartsWith("pages-") || name.StartsWith("deltas-") || name.StartsWith("sim-") || !(name.EndsWith(".img") || name == "stats-dump"))
+                if (name.StartsWith("pages-") || name.StartsWith("deltas-") || name.StartsWith("sim-") || name.StartsWith("page-digests-") || name.StartsWith("ext-") || !(name.EndsWith(".img") || name == "stats-dump"))
                     continue;
                 var psi = new ProcessStartInfo("/usr/bin/crit", ["decode", "-i", f]) { RedirectStandardOutput = true, RedirectStandardError = true };
                 using var p = Process.Start(psi)!;

@@ -12,23 +12,26 @@ public static class CheckpointCommands
     private sealed class DumpArgs
     {
         public readonly Option<int> Pid = PidOption.Create();
-        public readonly Option<string> Dir = new("--images-dir", "-D") { Description = "Directory for the image files.", Required = true };
+        public readonly Option<string> Dir = new("--images-dir", "-D") { Description = "Directory for the image files (default: the current directory, as CRIU's).", DefaultValueFactory = _ => "." };
         public readonly Option<string?> Prev = new("--prev-images-dir") { Description = "Parent image set, relative to the images directory (CRIU's rule); written as the 'parent' link." };
         public readonly Option<bool> TrackMem = new("--track-mem") { Description = "Reset dirty tracking after collecting, so the next dump writes only changes (implied by pre-dump)." };
         public readonly Option<bool> AutoDedup = new("--auto-dedup") { Description = "Remove from the parent images the pages this dump supersedes." };
-        public readonly Option<string> Tracker = new Option<string>("--tracker") { Description = "Dirty-page tracker: auto, soft-dirty, pagemap-scan, uffd-wp, none.", DefaultValueFactory = _ => "auto" }
-            .AcceptOnlyFromAmong("auto", "soft-dirty", "pagemap-scan", "uffd-wp", "none");
+        public readonly Option<string> Tracker = new Option<string>("--tracker") { Description = "Dirty-page tracker: auto, soft-dirty, pagemap-scan, uffd-wp, content (page digests, any kernel), none.", DefaultValueFactory = _ => "auto" }
+            .AcceptOnlyFromAmong("auto", "soft-dirty", "pagemap-scan", "uffd-wp", "content", "none");
         public readonly Option<string> Compress = new Option<string>("--compress") { Description = "Page compression: lz4, zstd, or none (CRIU's raw pages-N.img).", DefaultValueFactory = _ => "lz4" }
             .AcceptOnlyFromAmong("lz4", "zstd", "none");
         public readonly Option<int> BlockKiB = new("--block-size") { Description = "Compression block size in KiB, 4 (one page) to 256.", DefaultValueFactory = _ => 64 };
         public readonly Option<bool> DisplayStats = new("--display-stats") { Description = "Print the dump statistics (they are always saved in stats-dump)." };
         public readonly Option<bool> Json = CommonOptions.Json();
         public readonly MachineOptions Machine = new();
+        public readonly Option<bool> PageServer = new("--page-server") { Description = "Send pagemaps and pages to a page server (--address, --port); the other images stay in -D." };
+        public readonly PageServerCliOptions Net = new();
 
         public void AddTo(Command c)
         {
-            foreach (var o in new Option[] { Pid, Dir, Prev, TrackMem, AutoDedup, Tracker, Compress, BlockKiB, DisplayStats, Json })
+            foreach (var o in new Option[] { Pid, Dir, Prev, TrackMem, AutoDedup, Tracker, Compress, BlockKiB, DisplayStats, Json, PageServer })
                 c.Options.Add(o);
+            Net.AddClientTo(c);
             Machine.AddTo(c);
         }
 
@@ -52,6 +55,9 @@ public static class CheckpointCommands
                 AutoDedup = p.GetValue(AutoDedup),
                 Tracker = TrackerNames.Parse(p.GetValue(Tracker)!),
                 PageStore = store,
+                PageServer = p.GetValue(PageServer)
+                    ? Net.Endpoint(p) with { WireCompression = p.GetValue(Net.Compress) && store.Compression != PageCompression.None ? store : null }
+                    : null,
             };
         }
     }
@@ -73,24 +79,106 @@ public static class CheckpointCommands
         cmd.SetAction(p =>
         {
             var options = a.Options(p) with { LeaveRunning = !preDump && p.GetValue(leaveRunning) };
+            if (a.Machine.IsRealHost(p))
+                return DumpRealHost(p, a, options, preDump);
+            var log = CliLog.Current;
             using var m = a.Machine.Open(p);
             PidOption.Resolve(m.Kernel, options.Pid);
-            var result = preDump ? Criu.PreDump(m.AsKernelApi(), options) : Criu.Dump(m.AsKernelApi(), options);
+            log.Write(CliLog.Info, $"{(preDump ? "Pre-dumping" : "Dumping")} processes (pid: {options.Pid}) into {options.ImagesDir}" +
+                $"{(options.PrevImagesDir is null ? "" : $", parent {options.PrevImagesDir}")}, tracker {p.GetValue(a.Tracker)}, compression {p.GetValue(a.Compress)}");
+            var result = TerminalProgress.Run(p.GetValue(a.Json), preDump ? "pre-dumping" : "dumping",
+                () => preDump ? Criu.PreDump(m.AsKernelApi(), options) : Criu.Dump(m.AsKernelApi(), options));
             m.Save();
             foreach (var w in result.Warnings)
+            {
+                log.Write(CliLog.Warn, w.Message);
                 p.InvocationConfiguration.Error.WriteLine($"criu-sharp: warning: {w.Message}");
-            Report(p.InvocationConfiguration.Output, result, options.ImagesDir, p.GetValue(a.Json), p.GetValue(a.DisplayStats));
+            }
+            var st = result.Stats;
+            log.Write(CliLog.Info, $"Tracker {st.Tracker}: {st.PagesScanned} pages scanned, {st.PagesWritten} written, {st.PagesSkippedParent} in parent; frozen {st.FrozenTime} us");
+            log.Write(CliLog.Info, $"{(preDump ? "Pre-dump" : "Dump")} finished successfully");
+            Report(p.InvocationConfiguration.Output, p.InvocationConfiguration.Error, result, options.ImagesDir, p.GetValue(a.Json), p.GetValue(a.DisplayStats));
             return 0;
         });
         return cmd;
     }
 
-    private static void Report(TextWriter o, DumpResult r, string dir, bool json, bool display)
+    /// <summary>
+    /// --machine /proc: the process tree of this machine. Its memory is read, never written; the
+    /// tree is frozen while pages are collected and always thawed (a dump never kills it).
+    /// </summary>
+    private static int DumpRealHost(ParseResult p, DumpArgs a, DumpOptions options, bool preDump)
+    {
+        var err = p.InvocationConfiguration.Error;
+        bool wasLeaveRunning = options.LeaveRunning;
+        options = options with { LeaveRunning = true, AutoFallback = TrackerKind.Content, StrictTracker = true };
+        using var host = new HostKernel.LinuxHost();
+        if (host.FindTask(options.Pid) is null)
+            throw new UserException(ExitCode.ProcessGone, $"no process {options.Pid} on this machine");
+        DumpResult result;
+        try
+        {
+            result = preDump ? Criu.PreDump(host, options) : Criu.Dump(host, options);
+        }
+        catch (Exception e) when (RealHostCode(e) is ExitCode code)
+        {
+            string incomplete = Directory.Exists(Path.Combine(options.ImagesDir)) && File.Exists(Path.Combine(options.ImagesDir, ImageNames.IncompleteMarker))
+                ? $"; {options.ImagesDir} is left marked incomplete" : "";
+            throw new UserException(code, (code == ExitCode.ProcessGone ? $"process {options.Pid} exited during the {(preDump ? "pre-dump" : "dump")}" : e.Message) + incomplete,
+                code == ExitCode.PermissionDenied ? "Run as the process's owner or as root (ptrace access mode PTRACE_MODE_ATTACH_REALCREDS)." : null, e);
+        }
+        if (!preDump && !wasLeaveRunning)
+            err.WriteLine("criu-sharp: note: a real process is never killed: the dump left it running (as --leave-running)");
+        err.WriteLine($"criu-sharp: froze the tree with {(host.LastFreezeMethod == HostKernel.FreezeMethod.CgroupFreezer ? "the cgroup v1 freezer" : "SIGSTOP/SIGCONT")}"
+            + (host.RegistersUnavailable is null ? ", registers read with ptrace" : ""));
+        foreach (var w in result.Warnings)
+            err.WriteLine($"criu-sharp: warning: {w.Message}");
+        Report(p.InvocationConfiguration.Output, err, result, options.ImagesDir, p.GetValue(a.Json), p.GetValue(a.DisplayStats));
+        return 0;
+    }
+
+    /// <summary>
+    /// Images of a real process map the host's files (libraries, the executable): the simulated
+    /// machine gets a copy of each one it lacks, read from the host now.
+    /// </summary>
+    private static void ImportHostFiles(SimKernel.Machine.SimMachine m, string images, TextWriter err)
+    {
+        foreach (var (path, size) in Criu.RealHostFiles(images))
+        {
+            if (m.Kernel.Fs.Lookup(path) is not null)
+                continue;
+            if (!File.Exists(path))
+                throw new UserException(ExitCode.BadInput, $"the images map {path}, which is neither in the machine nor on this host");
+            var bytes = File.ReadAllBytes(path);
+            if (size != 0 && (ulong)bytes.LongLength != size)
+                err.WriteLine($"criu-sharp: warning: {path} is {bytes.LongLength} bytes now, {size} when dumped");
+            m.Kernel.Fs.Create(path, bytes);
+        }
+    }
+
+    /// <summary>The exit code of a real-host failure: the process vanished, or access was refused.</summary>
+    private static ExitCode? RealHostCode(Exception e)
+    {
+        for (Exception? x = e; x is not null; x = x.InnerException)
+            if (x is KernelException k)
+                return k.Errno switch
+                {
+                    Errno.ESRCH or Errno.ENOENT => ExitCode.ProcessGone,
+                    Errno.EPERM or Errno.EACCES => ExitCode.PermissionDenied,
+                    _ => null,
+                };
+        return null;
+    }
+
+    private static void Report(TextWriter o, TextWriter err, DumpResult r, string dir, bool json, bool display)
     {
         var s = r.Stats;
         if (json)
         {
-            o.WriteLine(JsonSerializer.Serialize(new { images_dir = dir, pids = r.Pids, tracker = TrackerNames.Name(r.Tracker), stats = s, warnings = r.Warnings.Select(w => w.Message) }, JsonOut.Options));
+            o.WriteLine(JsonSerializer.Serialize(new { images_dir = dir, pids = r.Pids, tracker = TrackerNames.Name(r.Tracker), stats = JsonOut.Stats(s), warnings = r.Warnings.Select(w => w.Message) }, JsonOut.Options));
+            // Both were asked for: the JSON stays alone on stdout, the stats go to stderr.
+            if (display)
+                DisplayStats(err, s);
             return;
         }
         if (!display)
@@ -98,6 +186,11 @@ public static class CheckpointCommands
             o.WriteLine($"{dir}: {s.PagesWritten} pages written, {s.PagesSkippedParent} in parent, {s.BytesCompressed} bytes stored ({s.Tracker}, {s.Compression})");
             return;
         }
+        DisplayStats(o, s);
+    }
+
+    private static void DisplayStats(TextWriter o, DumpStats s)
+    {
         // criu/stats.c display_stats wording, then ours.
         o.WriteLine("Displaying dump stats:");
         o.WriteLine($"Freezing time: {s.FreezingTime} us");
@@ -116,11 +209,12 @@ public static class CheckpointCommands
 
     public static Command Restore()
     {
-        var dir = new Option<string>("--images-dir", "-D") { Description = "Image directory of a full dump.", Required = true };
+        var dir = new Option<string>("--images-dir", "-D") { Description = "Image directory of a full dump (default: the current directory, as CRIU's).", DefaultValueFactory = _ => "." };
         var machine = new MachineOptions();
         var kernel = new KernelOptions();
         var displayStats = new Option<bool>("--display-stats") { Description = "Print the restore statistics (always saved in stats-restore)." };
         var noVerify = new Option<bool>("--no-verify") { Description = "Skip comparing each restored VMA with the checksum recorded at dump time." };
+        var pidfile = new Option<string?>("--pidfile") { Description = "Write the restored root task's pid to FILE, as CRIU's --pidfile." };
         var json = CommonOptions.Json();
         var cmd = new Command("restore", "Rebuild a dumped process tree (same pids, memory, registers) in a machine — the default one, or --machine DEST standing for another host.");
         cmd.Options.Add(dir);
@@ -128,33 +222,79 @@ public static class CheckpointCommands
         kernel.AddTo(cmd);
         cmd.Options.Add(displayStats);
         cmd.Options.Add(noVerify);
+        cmd.Options.Add(pidfile);
         cmd.Options.Add(json);
         cmd.SetAction(p =>
         {
             string images = Path.GetFullPath(p.GetValue(dir)!);
             if (!Directory.Exists(images))
                 throw new UserException(ExitCode.BadInput, $"{images}: no such directory");
-            using var m = machine.OpenOrCreate(p, kernel.Config(p));
-            var result = Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify) });
+            using var lease = machine.OpenOrCreate(p, kernel.Config(p), kernel);
+            var m = lease.Machine;
+            var log = CliLog.Current;
+            ImportHostFiles(m, images, p.InvocationConfiguration.Error);
+            log.Write(CliLog.Info, $"Restoring from {images} into {m.Directory}");
+            var result = TerminalProgress.Run(p.GetValue(json), "restoring",
+                () => Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify) }));
             m.Save();
+            lease.Keep();
             foreach (var w in result.Warnings)
+            {
+                log.Write(CliLog.Warn, w.Message);
                 p.InvocationConfiguration.Error.WriteLine($"criu-sharp: warning: {w.Message}");
+            }
+            log.Write(CliLog.Info, $"Restored {string.Join(' ', result.Pids)}: {result.Stats.PagesRestored} pages, {result.Stats.VmasVerified} VMAs verified");
+            if (p.GetValue(pidfile) is string pf && result.Pids.Count > 0)
+                AtomicFile.Write(Path.GetFullPath(pf), System.Text.Encoding.ASCII.GetBytes($"{result.Pids[0]}"));
+            log.Write(CliLog.Info, "Restore finished successfully");
             var o = p.InvocationConfiguration.Output;
             var s = result.Stats;
             if (p.GetValue(json))
-                o.WriteLine(JsonSerializer.Serialize(new { machine = m.Directory, pids = result.Pids, stats = s }, JsonOut.Options));
-            else if (p.GetValue(displayStats))
             {
-                o.WriteLine("Displaying restore stats:");
-                o.WriteLine($"Pages compared: {s.PagesCompared} (0x{s.PagesCompared:x})");
-                o.WriteLine($"Pages skipped COW: {s.PagesSkippedCow} (0x{s.PagesSkippedCow:x})");
-                o.WriteLine($"Pages restored: {s.PagesRestored} (0x{s.PagesRestored:x})");
-                o.WriteLine($"Forking time: {s.ForkingTime} us");
-                o.WriteLine($"Restore time: {s.RestoreTime} us");
-                o.WriteLine($"VMAs verified: {s.VmasVerified}");
+                o.WriteLine(JsonSerializer.Serialize(new { machine = m.Directory, images_dir = images, pids = result.Pids, stats = JsonOut.Stats(s), warnings = result.Warnings.Select(w => w.Message) }, JsonOut.Options));
+                if (p.GetValue(displayStats))
+                    DisplayStats(p.InvocationConfiguration.Error, s);
             }
+            else if (p.GetValue(displayStats))
+                DisplayStats(o, s);
             else
                 o.WriteLine($"restored {string.Join(' ', result.Pids)} into {m.Directory} ({s.PagesRestored} pages, {s.VmasVerified} VMAs verified)");
+            return 0;
+        });
+        return cmd;
+    }
+
+    private static void DisplayStats(TextWriter o, RestoreStats s)
+    {
+        o.WriteLine("Displaying restore stats:");
+        o.WriteLine($"Pages compared: {s.PagesCompared} (0x{s.PagesCompared:x})");
+        o.WriteLine($"Pages skipped COW: {s.PagesSkippedCow} (0x{s.PagesSkippedCow:x})");
+        o.WriteLine($"Pages restored: {s.PagesRestored} (0x{s.PagesRestored:x})");
+        o.WriteLine($"Forking time: {s.ForkingTime} us");
+        o.WriteLine($"Restore time: {s.RestoreTime} us");
+        o.WriteLine($"VMAs verified: {s.VmasVerified}");
+    }
+}
+
+/// <summary><c>dedup -D DIR</c>: CRIU's <c>criu dedup</c>.</summary>
+public static class DedupCommand
+{
+    public static Command Create()
+    {
+        var dir = new Option<string>("--images-dir", "-D") { Description = "Image directory whose parents lose the pages it stores itself (default: the current directory).", DefaultValueFactory = _ => "." };
+        var json = CommonOptions.Json();
+        var cmd = new Command("dedup", "Punch out of the parent images every page a later image set stores itself, as 'criu dedup' (the work --auto-dedup does while dumping).");
+        cmd.Options.Add(dir);
+        cmd.Options.Add(json);
+        cmd.SetAction(p =>
+        {
+            var r = Dedup.Run(Path.GetFullPath(p.GetValue(dir)!));
+            CliLog.Current.Write(CliLog.Info, $"Deduplicated the parents of {r.ImagesDir}: {r.BytesPunched} bytes punched");
+            var o = p.InvocationConfiguration.Output;
+            if (p.GetValue(json))
+                o.WriteLine(JsonSerializer.Serialize(new { images_dir = r.ImagesDir, pids = r.Pids, bytes_punched = r.BytesPunched }, JsonOut.Options));
+            else
+                o.WriteLine($"{r.ImagesDir}: {r.BytesPunched} bytes punched out of the parent images");
             return 0;
         });
         return cmd;

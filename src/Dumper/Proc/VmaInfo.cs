@@ -39,7 +39,8 @@ public sealed record VmaInfo(
     public ulong Length => End - Start;
     public bool IsShmem => Shared && Name == "/dev/zero (deleted)";
     public bool IsFile => Name is not null && Name.StartsWith('/') && !IsShmem;
-    public bool IsVvar => Name == "[vvar]" || (VmFlags & SmapsFlags.PfnMap) != 0 || (VmFlags & SmapsFlags.Io) != 0;
+    /// <summary>The kernel's data pages for the vDSO: [vvar], and [vvar_vclock] (Linux 6.13 split the clock pages out).</summary>
+    public bool IsVvar => Name is "[vvar]" or "[vvar_vclock]" || (VmFlags & SmapsFlags.PfnMap) != 0 || (VmFlags & SmapsFlags.Io) != 0;
     public bool IsVdso => Name == "[vdso]";
     public bool IsVsyscall => Name == "[vsyscall]";
     public bool IsHugetlb => (VmFlags & SmapsFlags.HugeTlb) != 0;
@@ -50,7 +51,7 @@ public sealed record VmaInfo(
         get
         {
             if (IsVsyscall) return VmaStatus.Vsyscall | VmaStatus.AnonPrivate;
-            if (Name == "[vvar]") return VmaStatus.Regular | VmaStatus.Vvar | VmaStatus.AnonPrivate;
+            if (Name is "[vvar]" or "[vvar_vclock]") return VmaStatus.Regular | VmaStatus.Vvar | VmaStatus.AnonPrivate;
             var s = VmaStatus.Regular;
             if (IsVdso) s |= VmaStatus.Vdso;
             if (Name == "[heap]") s |= VmaStatus.Heap;

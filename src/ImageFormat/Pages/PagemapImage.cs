@@ -138,6 +138,17 @@ public sealed class PagemapImage
         return new PagemapImage(contents.Path, head, entries, contents.Offsets.ToArray());
     }
 
+    /// <summary>
+    /// A stand-in parent that covers every address with PE_PARENT: what a dump knows of its parent
+    /// when the parent images live on a page server that only answered "has a parent"
+    /// (criu/page-xfer.c sets xfer->parent to a dummy for the same reason).
+    /// </summary>
+    public static PagemapImage AllInParent(string description)
+    {
+        var entry = new pagemap_entry { Vaddr = 0, NrPages64 = ulong.MaxValue >> PageGeometry.PageShift, Flags = (uint)PagemapFlags.Parent };
+        return new PagemapImage(description, new pagemap_head { PagesId = 0 }, [entry], [0, 0]);
+    }
+
     /// <summary>CRIU's reader shim: in_parent means PE_PARENT; an absent flags field means PE_PRESENT.</summary>
     public static PagemapFlags FlagsOf(pagemap_entry e) =>
         e.InParent ? PagemapFlags.Parent : e.HasFlags ? (PagemapFlags)e.Flags : PagemapFlags.Present;

@@ -24,6 +24,15 @@ public sealed class PageWriteStats
     /// <summary>Bytes of those deltas in deltas-N.img.</summary>
     public ulong BytesDelta { get; internal set; }
 
+    /// <summary>Counts pages that went to another writer (a page server) rather than through a <see cref="PagemapWriter"/>.</summary>
+    public void AddTransferred(ulong pagesWritten, ulong pagesSkippedParent, ulong bytesSent)
+    {
+        PagesWritten += pagesWritten;
+        PagesSkippedParent += pagesSkippedParent;
+        BytesRaw += pagesWritten << PageGeometry.PageShift;
+        BytesStored += bytesSent;
+    }
+
     public void Add(PageWriteStats other)
     {
         PagesDelta += other.PagesDelta;

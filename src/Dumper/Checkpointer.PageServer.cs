@@ -1,0 +1,48 @@
+using CriuSharp.Dumper.PageServer;
+using CriuSharp.ImageFormat;
+
+namespace CriuSharp.Dumper;
+
+/// <summary>
+/// The page-server side of a dump (<c>--page-server</c>): pagemaps and pages go over TCP, every
+/// other image stays in the local images directory, as with CRIU.
+/// </summary>
+internal sealed partial class Checkpointer
+{
+    private PageServerClient? ConnectPageServer()
+    {
+        if (_o.PageServer is not { } ep)
+            return null;
+        if (_o.AutoDedup)
+            throw new DumperException("--auto-dedup cannot be used with --page-server: the parent images are on the page server's host");
+        return PageServerClient.Connect(ep);
+    }
+
+    /// <summary>
+    /// criu/page-xfer.c check_parent_server_xfer: which tasks' pagemaps the server's parent holds.
+    /// Asked for every task before any page moves, so no question interleaves with the pages the
+    /// transfer thread is sending. Null without a page server (the local parent answers).
+    /// </summary>
+    private static HashSet<int>? AskPageServerParents(PageServerClient? client, ImageSet? parentSet, IEnumerable<TaskState> tasks)
+    {
+        if (client is null)
+            return null;
+        var have = new HashSet<int>();
+        if (parentSet is null)
+            return have;
+        foreach (var ts in tasks)
+            if (client.HasParent(PageServerImageType.Pid, (ulong)ts.Task.Pid))
+                have.Add(ts.Task.Pid);
+        return have;
+    }
+
+    private IPageSink OpenSink(ImageDirectory dir, PageServerClient? client, int pid) =>
+        client is null
+            ? new LocalPageSink(dir.BeginPagemap(pid, _o.PageStore))
+            : new PageServerSink(client, PageServerImageType.Pid, (ulong)pid);
+
+    private IPageSink OpenShmemSink(ImageDirectory dir, PageServerClient? client, ulong shmid) =>
+        client is null
+            ? new LocalPageSink(dir.BeginShmemPagemap(shmid, dir.NextPagesId(), _o.PageStore))
+            : new PageServerSink(client, PageServerImageType.Shmem, shmid);
+}
