@@ -33,6 +33,9 @@ public static class CliApp
         yield return CheckpointCommands.Dump();
         yield return CheckpointCommands.Restore();
         yield return CheckCommand.Create();
+        // CRIU's RPC service, as pycriu, libcriu and go-criu drive it.
+        yield return Rpc.RpcCommands.Swrk();
+        yield return Rpc.RpcCommands.Service();
         // Live migration between two simulated hosts.
         yield return MigrateCommand.Create();
         yield return CompareCommand.Create();
