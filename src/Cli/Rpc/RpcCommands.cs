@@ -14,6 +14,10 @@ public static class RpcCommands
     /// <summary>Connections served at once by <c>service</c>; a client beyond them is told EBUSY.</summary>
     public const int MaxClients = 64;
 
+    /// <summary>The version VERSION requests report: the CRIU release whose images and RPC fields
+    /// this implementation follows (pagemap field 5 and criu_opts 66-71 come from 4.2).</summary>
+    public const int CriuMajor = 4, CriuMinor = 2;
+
     public static Command Swrk()
     {
         var fd = new Argument<int>("fd") { Description = "Descriptor of the client's AF_UNIX SOCK_SEQPACKET socket, inherited across exec." };

@@ -26,10 +26,6 @@ internal sealed record RpcSettings(string MachineDir, TimeSpan LockWait);
 /// </summary>
 internal sealed class RpcSession(RpcConnection connection, RpcSettings settings, Action<string>? diagnostics = null)
 {
-    /// <summary>The version reported to VERSION requests: the CRIU release whose images and RPC
-    /// fields this implementation follows (pagemap field 5 and criu_opts 66-71 come from 4.2).</summary>
-    public const int CriuMajor = 4, CriuMinor = 2;
-
     private readonly RpcConnection _c = connection;
     private readonly RpcSettings _s = settings;
     private readonly List<string> _log = [];
@@ -319,7 +315,7 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
     {
         string info = typeof(RpcSession).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "0";
         int plus = info.IndexOf('+');
-        var v = new criu_version { MajorNumber = CriuMajor, MinorNumber = CriuMinor, Sublevel = 0, Name = $"criu-sharp {(plus < 0 ? info : info[..plus])}" };
+        var v = new criu_version { MajorNumber = RpcCommands.CriuMajor, MinorNumber = RpcCommands.CriuMinor, Sublevel = 0, Name = $"criu-sharp {(plus < 0 ? info : info[..plus])}" };
         if (plus >= 0)
             v.Gitid = info[(plus + 1)..];
         return new criu_resp { Type = criu_req_type.Version, Success = true, Version = v };
