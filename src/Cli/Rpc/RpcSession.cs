@@ -169,7 +169,7 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
         {
         }
         if (target is null || !target.StartsWith('/') || !Directory.Exists(target))
-            throw new RpcException(RpcErrno.EBADRQC, ExitCode.BadInput, $"{field} {fd} is not an open directory of the client (pid {_c.PeerPid})");
+            throw new RpcException(RpcErrno.EBADRQC, ExitCode.Usage, $"{field} {fd} is not an open directory of the client (pid {_c.PeerPid})");
         return target;
     }
 
