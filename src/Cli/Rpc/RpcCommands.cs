@@ -70,6 +70,11 @@ public static class RpcCommands
         cmd.SetAction(p =>
         {
             var settings = new RpcSettings(machine.Directory(p), TimeSpan.FromSeconds(p.GetValue(machine.Wait)));
+            // A restore may create the machine later, but only next to something that exists.
+            string? parent = Path.GetDirectoryName(settings.MachineDir);
+            if (!SimKernel.Machine.SimMachine.Exists(settings.MachineDir) && !Directory.Exists(settings.MachineDir) && !Directory.Exists(parent))
+                throw new UserException(ExitCode.BadInput, $"no machine in {settings.MachineDir}, and {parent} does not exist to create one in",
+                    "Create it with 'criu-sharp spawn FILE --machine DIR', or choose an existing directory.");
             return Listen(Path.GetFullPath(p.GetValue(address)!), settings, p.InvocationConfiguration.Output, p.InvocationConfiguration.Error);
         });
         return cmd;
