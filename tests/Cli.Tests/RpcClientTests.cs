@@ -65,6 +65,21 @@ public class RpcClientTests
             c.dump()
         except pycriu.CRIUExceptionExternal as e:
             print('no such pid', e.errno, e.typ == rpc.DUMP)
+
+        # The same through `criu-sharp service`: the descriptor is found through /proc/<client>/fd.
+        import subprocess
+        sock = work + '/criu_service.socket'
+        svc = subprocess.Popen([binary, 'service', '--address', sock, '--machine', work + '/dest'], stdout=subprocess.PIPE, text=True)
+        print('service', 'listening on' in svc.stdout.readline())
+        s = pycriu.criu()
+        s.use_sk(sock)
+        d = work + '/img/5'; os.makedirs(d)
+        s.opts = opts(d)
+        s.pre_dump()
+        st = pycriu.images.load(open(d + '/stats-dump', 'rb'))['entries'][0]['dump']
+        print('service pre-dump', st['pages_written'] > 0)
+        svc.terminate()
+        print('service exit', svc.wait())
         """;
 
     [Fact]
@@ -99,6 +114,10 @@ public class RpcClientTests
         Assert.Contains("dump restored False", lines);
         Assert.Contains("restore pid 1000", lines);
         Assert.Contains("no such pid 3 True", lines);
+        Assert.Contains("service True", lines);
+        Assert.Contains("service pre-dump True", lines);
+        Assert.Contains("service exit 0", lines);
+        Assert.True(File.Exists(Path.Combine(work.Dir, "img", "5", "pagemap-1000.img")));
 
         Assert.Equal("../3", new FileInfo(Path.Combine(work.Dir, "img", "4", "parent")).LinkTarget);
         Assert.Contains("Dumping finished successfully", File.ReadAllText(Path.Combine(work.Dir, "img", "2", "rpc.log")));
