@@ -185,7 +185,38 @@ public class RpcServiceTests
         var restored = c2.Receive()!;
         Assert.True(restored.Success, restored.CrErrmsg);
         Assert.Equal(1000, restored.Restore.Pid);
+
+        // CRIU's pre-dump loop: after a PRE_DUMP without keep_open only PRE_DUMP or DUMP may follow.
+        // A failed request leaves its log in the images directory; a retry with the same log_file
+        // is not refused for it.
+        using (var c5 = service.Connect())
+        {
+            c5.Send(new criu_req { Type = criu_req_type.PreDump, Opts = new criu_opts { ImagesDir = Dir(work.Dir, "3"), Pid = 4242, SimMachine = dest, LogFile = "pre.log" } });
+            Assert.Equal(ESRCH, c5.Receive()!.CrErrno);
+        }
+        Assert.Contains("Error (PRE_DUMP): no process 4242", File.ReadAllText(Path.Combine(work.Dir, "3", "pre.log")));
+        using (var c3 = service.Connect())
+        {
+            c3.Send(new criu_req { Type = criu_req_type.PreDump, Opts = new criu_opts { ImagesDir = Path.Combine(work.Dir, "3"), Pid = 1000, SimMachine = dest, LogFile = "pre.log" } });
+            Assert.True(c3.Receive()!.Success);
+            c3.Send(new criu_req { Type = criu_req_type.Version });
+            var seq = c3.Receive()!;
+            Assert.Equal((criu_req_type.Empty, false, EBADRQC), (seq.Type, seq.Success, seq.CrErrno));
+            Assert.Contains("bad request sequence", seq.CrErrmsg);
+            Assert.Null(c3.Receive());
+        }
+        // WAIT_PID: no such task is ECHILD; on a live task it waits, and a client that gives up
+        // leaves nothing locked.
+        using (var c4 = service.Connect())
+        {
+            c4.Send(new criu_req { Type = criu_req_type.WaitPid, Pid = 4242, KeepOpen = true, Opts = new criu_opts { SimMachine = dest } });
+            var none = c4.Receive()!;
+            Assert.Equal((criu_req_type.WaitPid, false, 10), (none.Type, none.Success, none.CrErrno));
+            c4.Send(new criu_req { Type = criu_req_type.WaitPid, Pid = 1000, Opts = new criu_opts { SimMachine = dest } });
+        }
         Assert.Equal(0, service.Stop());
+        using (var m = SimMachine.Open(dest, TimeSpan.Zero))
+            Assert.True(m.Kernel.FindTask(1000)!.Alive);
         Assert.Contains("1000 hotcold: ok", CliRunner.RunProcess(work.Dir, "verify", "--machine", dest).Out);
     }
 

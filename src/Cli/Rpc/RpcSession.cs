@@ -214,6 +214,10 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
         _log.Add($"{what} pid {o.Pid} into {images}{(options.PrevImagesDir is { } p ? $" (parent {p})" : "")} on machine {MachineDir(o)}");
         if (notify && !Notify("pre-dump"))
             throw new RpcException(RpcErrno.ECANCELED, ExitCode.CheckFailed, "the client failed the pre-dump notification; nothing was dumped");
+        // CRIU truncates its log when a request starts; ours, left by an earlier attempt into the
+        // same directory, would otherwise make the dump refuse the directory as not empty.
+        if (o.HasLogFile && !o.HasWorkDirFd && o.LogFile.Length > 0)
+            File.Delete(Path.Combine(images, o.LogFile));
         using var m = OpenMachine(o);
         if (m.Kernel.FindTask(o.Pid) is not { Alive: true })
             throw new RpcException(RpcErrno.ESRCH, ExitCode.BadInput, $"no process {o.Pid} on the machine {m.Directory}");
