@@ -29,9 +29,6 @@ public static class RpcCommands
         machine.AddTo(cmd);
         cmd.SetAction(p =>
         {
-            // pycriu closes descriptors 0, 1 and 2 before it execs the service: put /dev/null there so
-            // no file the service opens later can be taken for standard output.
-            StandardStreams.Reopen();
             int n = p.GetValue(fd);
             if (n < 0)
                 throw new UserException(ExitCode.Usage, $"swrk {n}: not a descriptor");
@@ -183,23 +180,5 @@ public static class RpcCommands
         {
             File.Delete(path);
         }
-    }
-}
-
-/// <summary>Descriptors 0-2 that a parent closed before exec, opened again on /dev/null.</summary>
-internal static partial class StandardStreams
-{
-    private const int O_RDWR = 2;
-
-    [LibraryImport("libc", EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-    private static partial int Open(string path, int flags);
-
-    public static void Reopen()
-    {
-        // open(2) returns the lowest free descriptor, so filling the gaps in ascending order puts
-        // /dev/null exactly on each missing one.
-        for (int fd = 0; fd <= 2; fd++)
-            if (new FileInfo($"/proc/self/fd/{fd}").LinkTarget is null)
-                Open("/dev/null", O_RDWR);
     }
 }
