@@ -221,7 +221,7 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
         using var m = OpenMachine(o);
         if (m.Kernel.FindTask(o.Pid) is not { Alive: true })
             throw new RpcException(RpcErrno.ESRCH, ExitCode.BadInput, $"no process {o.Pid} on the machine {m.Directory}");
-        var result = preDump ? Criu.PreDump(m, options) : Criu.Dump(m, options);
+        var result = preDump ? Criu.PreDump(m.AsKernelApi(), options) : Criu.Dump(m.AsKernelApi(), options);
         m.Save();
         foreach (var w in result.Warnings)
             _log.Add($"Warn: {w.Message}");
@@ -255,7 +255,7 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
             throw new RpcException(RpcErrno.ECANCELED, ExitCode.CheckFailed, "the client failed the pre-restore notification; nothing was restored");
         // A destination that does not exist yet is a freshly booted host with the default profile.
         using var m = SimMachine.Exists(dir) ? SimMachine.Open(dir, _s.LockWait) : SimMachine.Create(dir, new KernelConfig(), _s.LockWait);
-        var result = Criu.Restore(m, new RestoreOptions { ImagesDir = images });
+        var result = Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = images });
         m.Save();
         int root = result.Pids[0];
         foreach (var w in result.Warnings)
@@ -289,7 +289,7 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
     private criu_resp Check(criu_req req)
     {
         var k = CheckedKernel(req.Opts);
-        var c = Criu.Check(k);
+        var c = Criu.Check(new SimKernelAdapter(k));
         _log.Add($"CHECK {c.Arch}, kernel {c.KernelVersion}: pre-dumps track writes with {TrackerNames.Name(c.BestTracker)}");
         foreach (var w in c.Warnings)
             _log.Add($"Warn: {w.Message}");
@@ -305,7 +305,7 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
     {
         var asked = req.Features ?? new criu_features();
         var k = CheckedKernel(req.Opts);
-        var c = Criu.Check(k);
+        var c = Criu.Check(new SimKernelAdapter(k));
         var f = new criu_features
         {
             MemTrack = asked.MemTrack && c.BestTracker != TrackerKind.None,
