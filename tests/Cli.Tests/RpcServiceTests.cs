@@ -1,8 +1,8 @@
 using System.Diagnostics;
 using System.Net.Sockets;
-using Google.Protobuf;
 using CriuSharp.ImageFormat.Rpc;
 using CriuSharp.SimKernel.Machine;
+using Google.Protobuf;
 using Xunit;
 
 namespace CriuSharp.Cli.Tests;

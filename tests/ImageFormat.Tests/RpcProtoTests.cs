@@ -1,6 +1,6 @@
 using System.Diagnostics;
-using Google.Protobuf.Reflection;
 using CriuSharp.ImageFormat.Rpc;
+using Google.Protobuf.Reflection;
 using Xunit;
 
 namespace CriuSharp.ImageFormat.Tests;

@@ -164,7 +164,11 @@ public static class RpcCommands
                         clients.TryRemove(c, out _);
                         c.Dispose();
                     }
-                }) { IsBackground = true, Name = $"rpc client {c.PeerPid}" };
+                })
+                {
+                    IsBackground = true,
+                    Name = $"rpc client {c.PeerPid}",
+                };
                 clients[c] = t;
                 t.Start();
             }

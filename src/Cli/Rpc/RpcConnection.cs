@@ -1,6 +1,6 @@
 using System.Net.Sockets;
-using Google.Protobuf;
 using CriuSharp.ImageFormat.Rpc;
+using Google.Protobuf;
 
 namespace CriuSharp.Cli.Rpc;
 
