@@ -28,6 +28,9 @@ public static class Magic
     /// </summary>
     public const uint SimState = 0x734D4953;
 
+    /// <summary>The ext-&lt;image&gt; sidecars holding our fields of a CRIU image; reads "SIMx".</summary>
+    public const uint ExtFields = 0x784D4953;
+
     /// <summary>img_version of the v1.1 layout (CRTOOLS_IMAGES_V1_1), the only one we write.</summary>
     public const uint ImagesV1_1 = 2;
 }
