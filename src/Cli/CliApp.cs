@@ -48,6 +48,9 @@ public static class CliApp
         yield return DedupCommand.Create();
         yield return PageServerCommand.Create();
         yield return CheckCommand.Create();
+        // CRIU's RPC service, as pycriu, libcriu and go-criu drive it.
+        yield return Rpc.RpcCommands.Swrk();
+        yield return Rpc.RpcCommands.Service();
         // Live migration between two simulated hosts.
         yield return MigrateCommand.Create();
         yield return CompareCommand.Create();
