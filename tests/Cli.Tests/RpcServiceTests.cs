@@ -69,14 +69,28 @@ public class RpcServiceTests
         }
         using (var c = service.Connect())
         {
-            c.Send(new criu_req { Type = criu_req_type.PageServerChld, KeepOpen = true, Opts = new criu_opts { ImagesDir = work.Dir } });
+            c.Send(new criu_req { Type = criu_req_type.PageServerChld, KeepOpen = true, Opts = new criu_opts { ImagesDir = work.Dir, LazyPages = true } });
             var r = c.Receive()!;
             Assert.Equal((criu_req_type.PageServerChld, false, EOPNOTSUPP), (r.Type, r.Success, r.CrErrno));
-            Assert.Contains("page server", r.CrErrmsg);
+            Assert.Contains("lazy", r.CrErrmsg);
             // keep_open: the connection serves on.
             c.Send(new criu_req { Type = criu_req_type.Version });
             Assert.True(c.Receive()!.Success);
         }
+        // A page server started over RPC receives a pre-dump sent with opts.ps, as CRIU's.
+        string received = Dir(work.Dir, "received"), local = Dir(work.Dir, "local");
+        using (var c = service.Connect())
+        {
+            c.Send(new criu_req { Type = criu_req_type.PageServerChld, KeepOpen = true, Opts = new criu_opts { ImagesDir = received, Ps = new criu_page_server_info { Address = "127.0.0.1", Port = 0 } } });
+            var r = c.Receive()!;
+            Assert.True(r.Success, r.CrErrmsg);
+            Assert.True(r.Ps.Port > 0);
+            c.Send(new criu_req { Type = criu_req_type.PreDump, Opts = new criu_opts { ImagesDir = local, Pid = 1000, Ps = new criu_page_server_info { Address = "127.0.0.1", Port = r.Ps.Port } } });
+            var d = c.Receive()!;
+            Assert.True(d.Success, d.CrErrmsg);
+        }
+        Assert.True(File.Exists(Path.Combine(received, "pagemap-1000.img")));
+        Assert.False(File.Exists(Path.Combine(local, "pagemap-1000.img")));
         // A dump of a pid the machine does not have: one line, ESRCH, as CRIU.
         using (var c = service.Connect())
         {

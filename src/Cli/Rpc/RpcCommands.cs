@@ -43,8 +43,11 @@ public static class RpcCommands
             }
             using (c)
             {
-                var session = new RpcSession(c, new RpcSettings(machine.Directory(p), TimeSpan.FromSeconds(p.GetValue(machine.Wait))));
+                var settings = new RpcSettings(machine.Directory(p), TimeSpan.FromSeconds(p.GetValue(machine.Wait)));
+                var session = new RpcSession(c, settings);
                 session.Run();
+                // A page server started here outlives the conversation, as CRIU's forked one does.
+                settings.PageServers.WaitAll();
                 return (int)session.ExitStatus;
             }
         });
@@ -172,12 +175,15 @@ public static class RpcCommands
                 clients[c] = t;
                 t.Start();
             }
-            // Each session ends its current request, then reads end of file and stops.
+            // Each session ends its current request, then reads end of file and stops; page servers
+            // still waiting for their dump are closed.
             foreach (var (c, t) in clients.ToArray())
             {
                 c.Shutdown();
                 t.Join();
             }
+            settings.PageServers.Cancel();
+            settings.PageServers.WaitAll();
             return 0;
         }
         finally

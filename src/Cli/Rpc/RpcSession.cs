@@ -1,5 +1,6 @@
 using System.Reflection;
 using CriuSharp.Dumper;
+using CriuSharp.Dumper.PageServer;
 using CriuSharp.ImageFormat.Rpc;
 using CriuSharp.SimKernel;
 using CriuSharp.SimKernel.Machine;
@@ -8,7 +9,54 @@ namespace CriuSharp.Cli.Rpc;
 
 /// <summary>How a service serves its clients: the machine directory requests work on by default and
 /// how long a request waits for another command holding that machine.</summary>
-internal sealed record RpcSettings(string MachineDir, TimeSpan LockWait);
+internal sealed record RpcSettings(string MachineDir, TimeSpan LockWait)
+{
+    /// <summary>Page servers started by PAGE_SERVER requests, which outlive the request.</summary>
+    public RpcPageServers PageServers { get; } = new();
+}
+
+/// <summary>
+/// The page servers PAGE_SERVER requests started, each serving its one dump on a thread. The
+/// process waits for them before it exits (<see cref="WaitAll"/>); stopping the service cancels
+/// the ones still waiting for a connection.
+/// </summary>
+internal sealed class RpcPageServers
+{
+    private readonly List<Thread> _threads = [];
+    private readonly CancellationTokenSource _stop = new();
+
+    public void Start(PageServerListener listener, Action<string> log)
+    {
+        var t = new Thread(() =>
+        {
+            using (listener)
+            {
+                try
+                {
+                    listener.Serve(log, _stop.Token);
+                }
+                catch (Exception e)
+                {
+                    log($"{e.GetType().Name}: {CliApp.FirstLine(e.Message)}");
+                }
+            }
+        }) { IsBackground = true, Name = "page server" };
+        lock (_threads)
+            _threads.Add(t);
+        t.Start();
+    }
+
+    public void Cancel() => _stop.Cancel();
+
+    public void WaitAll()
+    {
+        Thread[] all;
+        lock (_threads)
+            all = [.. _threads];
+        foreach (var t in all)
+            t.Join();
+    }
+}
 
 /// <summary>
 /// One client's conversation with the service, with CRIU's rules (criu/cr-service.c):
@@ -119,8 +167,7 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
         criu_req_type.FeatureCheck => FeatureCheck(req),
         criu_req_type.Version => Version(),
         criu_req_type.WaitPid => WaitPid(req),
-        criu_req_type.PageServer or criu_req_type.PageServerChld => throw new RpcException(RpcErrno.EOPNOTSUPP, ExitCode.Unsupported,
-            $"{Name(req.Type)}: criu-sharp has no page server yet (no page-server command in this build), so pages cannot be received over the network"),
+        criu_req_type.PageServer or criu_req_type.PageServerChld => PageServer(req),
         criu_req_type.CpuinfoDump or criu_req_type.CpuinfoCheck => throw new RpcException(RpcErrno.EOPNOTSUPP, ExitCode.Unsupported,
             $"{Name(req.Type)}: the simulated machine has no CPU feature set to record or compare"),
         _ => throw new RpcException(RpcErrno.EBADRQC, ExitCode.Usage, $"invalid request: {Name(req.Type)} is not a request a client may send"),
@@ -179,9 +226,9 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
         if (o.LazyPages)
             throw new RpcException(RpcErrno.EOPNOTSUPP, ExitCode.Unsupported,
                 $"{what} with lazy_pages: lazy (post-copy) migration needs a page server and userfaultfd restore, which this build lacks");
-        if (o.Ps is not null)
+        if (o.Ps is not null && what == "RESTORE")
             throw new RpcException(RpcErrno.EOPNOTSUPP, ExitCode.Unsupported,
-                $"{what} with ps: sending pages to a page server needs the page-server transport, which this build lacks");
+                "RESTORE with ps: restoring from a page server needs lazy restore, which this build lacks");
         if (o.LeaveStopped)
             throw new RpcException(RpcErrno.EOPNOTSUPP, ExitCode.Unsupported, $"{what} with leave_stopped: not supported (use leave_running)");
         if (o.HasLogFile && (o.LogFile.Contains('/') || o.LogFile is "" or "." or ".."))
@@ -210,6 +257,8 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
             // With notifications the tree is killed only after the client has accepted post-dump
             // (criu/cr-dump.c cr_dump_finish: a failed post-dump script leaves the tree running).
             LeaveRunning = !preDump && (o.LeaveRunning || notify),
+            // As CRIU: with ps set, pagemaps and pages go to that page server; the rest stays local.
+            PageServer = o.Ps is { } ps ? new PageServerEndpoint { Address = ps.HasAddress ? ps.Address : "127.0.0.1", Port = ps.Port, Tls = Tls(o) } : null,
         };
         _log.Add($"{what} pid {o.Pid} into {images}{(options.PrevImagesDir is { } p ? $" (parent {p})" : "")} on machine {MachineDir(o)}");
         if (notify && !Notify("pre-dump"))
@@ -275,6 +324,47 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
         _log.Add($"Restore finished successfully: pid {root}, {s.PagesRestored} pages restored, {s.VmasVerified} VMAs verified");
         return new criu_resp { Type = criu_req_type.Restore, Success = true, Restore = new criu_restore_resp { Pid = root } };
     }
+
+    /// <summary>
+    /// PAGE_SERVER and PAGE_SERVER_CHLD: a page server (the <c>page-server</c> verb's) receiving
+    /// one dump into the images directory, on opts.ps's address and port (0: a free one), answered
+    /// with ps{port, pid} once it listens. CRIU forks it as a process; here it is a thread of the
+    /// service, and <c>swrk</c> stays until it has served its dump, as CRIU's child would.
+    /// </summary>
+    private criu_resp PageServer(criu_req req)
+    {
+        var o = Opts(req);
+        if (o.LazyPages)
+            throw new RpcException(RpcErrno.EOPNOTSUPP, ExitCode.Unsupported,
+                $"{Name(req.Type)} with lazy_pages: lazy (post-copy) restore is not in this build");
+        string images = ImagesDir(o);
+        var listener = PageServerListener.Start(new PageServerOptions
+        {
+            ImagesDir = images,
+            PrevImagesDir = o.HasParentImg && o.ParentImg.Length > 0 ? o.ParentImg : null,
+            Address = o.Ps is { HasAddress: true, Address.Length: > 0 } ? o.Ps.Address : "0.0.0.0",
+            Port = o.Ps?.Port ?? 0,
+            Tls = Tls(o),
+            Sessions = 1,
+        });
+        int port = listener.Port;
+        _log.Add($"{Name(req.Type)}: page server listening on {listener.Address}:{port}, receiving into {images}");
+        _s.PageServers.Start(listener, line => diagnostics?.Invoke($"page server :{port}: {line}"));
+        return new criu_resp
+        {
+            Type = req.Type,
+            Success = true,
+            Ps = new criu_page_server_info { Port = port, Pid = Environment.ProcessId },
+        };
+    }
+
+    private static PageServerTls? Tls(criu_opts o) => !o.Tls ? null : new PageServerTls
+    {
+        CaCert = o.HasTlsCacert ? o.TlsCacert : PageServerTls.DefaultCaCert,
+        Cert = o.HasTlsCert ? o.TlsCert : PageServerTls.DefaultCert,
+        Key = o.HasTlsKey ? o.TlsKey : PageServerTls.DefaultKey,
+        NoCnVerify = o.TlsNoCnVerify,
+    };
 
     /// <summary>The kernel a check answers for: the machine's, or a default one when there is no machine yet.</summary>
     private CriuSharp.SimKernel.Kernel CheckedKernel(criu_opts? o)
