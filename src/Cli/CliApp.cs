@@ -37,6 +37,8 @@ public static class CliApp
         yield return MigrateCommand.Create();
         yield return CompareCommand.Create();
         yield return ReportCommand.Create();
+        // Real workloads: record a process, inspect images and traces.
+        yield return RecordCommand.Create();
         // The kernel's interfaces.
         yield return InspectCommands.Maps();
         yield return InspectCommands.Smaps();
@@ -56,6 +58,8 @@ public static class CliApp
     {
         stdout ??= Console.Out;
         stderr ??= Console.Error;
+        // Trace workloads read their recordings (CRIU images) through this layer.
+        Traces.TraceFile.Register();
         var root = BuildRoot();
         var parse = root.Parse(args);
         bool verbose = parse.GetValue(CommonOptions.Verbose);

@@ -6,7 +6,7 @@ using System.Text.Json.Serialization;
 namespace CriuSharp.SimKernel.Workloads;
 
 /// <summary>Behaviour kinds a workload program can run.</summary>
-public enum Behaviour { Uniform, HotCold, Sequential, KvStore, Churn, Fork, Swap, Thp, Idle, Script }
+public enum Behaviour { Uniform, HotCold, Sequential, KvStore, Churn, Fork, Swap, Thp, Idle, Script, Trace }
 
 /// <summary>
 /// One mapping of a program. Its address and current length live in registers
@@ -102,6 +102,11 @@ public sealed class ProgramImage
     public ulong PageoutPages { get; set; }
     public ulong SplitEvery { get; set; }
     public List<ScriptOp> Ops { get; set; } = [];
+    /// <summary>trace: the recording's directory (absolute), the recorded pid replayed, time scale and looping.</summary>
+    public string? TracePath { get; set; }
+    public int TracePid { get; set; }
+    public double Speed { get; set; } = 1.0;
+    public bool Loop { get; set; }
 
     private static readonly JsonSerializerOptions Options = new()
     {

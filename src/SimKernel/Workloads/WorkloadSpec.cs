@@ -69,6 +69,7 @@ internal sealed class SpecReader(Kernel kernel, string file)
         ["thp"] = (Behaviour.Thp, ["split_every"]),
         ["idle"] = (Behaviour.Idle, []),
         ["script"] = (Behaviour.Script, ["ops"]),
+        ["trace"] = (Behaviour.Trace, ["path", "speed", "loop", "pid"]),
     };
 
     public WorkloadSpec Read(JsonNode root)
@@ -229,6 +230,12 @@ internal sealed class SpecReader(Kernel kernel, string file)
             return;
         }
 
+        if (def.Kind == Behaviour.Trace)
+        {
+            ReadTrace(prog, b);
+            return;
+        }
+
         if (prog.Regions.Count == 0)
             throw Fail(b, $"behaviour '{type}' needs a mapping to work on");
         var mapNode = b.Get("mapping");
@@ -358,6 +365,41 @@ internal sealed class SpecReader(Kernel kernel, string file)
             ulong slots = data.Size / (prog.SlotPages * _ps);
             AddLedger(prog, data.Name + ".control", pages * 8 + slots * 8, b);
         }
+    }
+
+    /// <summary>A replayed recording: the process brings its own VMAs, so it declares no mappings.</summary>
+    private void ReadTrace(ProgramImage prog, JsonNode b)
+    {
+        if (b.Get("mapping") is { } stray)
+            throw Fail(stray, "a trace replays the recorded process's own mappings");
+        if (prog.Regions.Count > 0)
+            throw Fail(b, "a trace replays the recorded process's own mappings; remove 'mappings'");
+        if ((b.Get("pages_per_second") ?? b.Get("ops_per_second") ?? b.Get("prefill")) is { } rate)
+            throw Fail(rate, "a trace runs at its recorded times (scale them with 'speed')");
+        var pathNode = b.Get("path") ?? throw Fail(b, "missing field 'path'");
+        string path = Str(pathNode);
+        if (path.Length == 0)
+            throw Fail(pathNode, "an empty path");
+        // Relative to the workload file, so a workload and its trace can move together.
+        string baseDir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(file)) ?? ".";
+        prog.TracePath = System.IO.Path.GetFullPath(System.IO.Path.Combine(baseDir, path));
+        if (!System.IO.Directory.Exists(prog.TracePath))
+            throw Fail(pathNode, $"no trace directory {prog.TracePath} (record one with 'criu-sharp record')");
+        if (_ps != 4096)
+            throw Fail(b, $"traces hold 4 KiB pages; this machine's architecture has {_ps}-byte pages");
+        prog.Speed = b.Get("speed") is { } sp ? Dbl(sp, 0.001, 1000) : 1.0;
+        prog.Loop = b.Get("loop") is { } lp && BoolOf(lp);
+        if (!TraceLibrary.Registered)
+            throw Fail(b, "this program cannot read traces");
+        var trace = TraceLibrary.Get(prog.TracePath);
+        if (b.Get("pid") is { } pidNode)
+        {
+            prog.TracePid = (int)UInt(pidNode, int.MaxValue);
+            if (!trace.Pids.Contains(prog.TracePid))
+                throw Fail(pidNode, $"the trace has no process {prog.TracePid} (it has {string.Join(", ", trace.Pids)})");
+        }
+        else
+            prog.TracePid = trace.Pids[0];
     }
 
     private void AddLedger(ProgramImage prog, string name, ulong bytes, JsonNode at)

@@ -1,0 +1,200 @@
+using System.Globalization;
+using CriuSharp.Dumper;
+using CriuSharp.ImageFormat;
+using CriuSharp.SimKernel.Machine;
+using CriuSharp.SimKernel.Workloads;
+
+namespace CriuSharp.Traces;
+
+/// <summary>
+/// What recording needs from a machine — the only part that differs between a simulated machine
+/// and the real host: the process tree and its /proc/PID/maps, a pre-dump (the Dumper's, against
+/// that machine's kernel interface), and the passing of time (virtual on a simulated machine,
+/// real on the host).
+/// </summary>
+public interface IRecordTarget
+{
+    /// <summary>"/proc", or the simulated machine's directory.</summary>
+    string Name { get; }
+    string Arch { get; }
+    string KernelName { get; }
+    /// <summary>Monotonic time of the machine.</summary>
+    ulong NowNs { get; }
+    bool Alive(int pid);
+    string Comm(int pid);
+    /// <summary>The live tasks of the tree rooted at <paramref name="pid"/>, root first.</summary>
+    IReadOnlyList<int> Tree(int pid);
+    /// <summary>The text of /proc/PID/maps.</summary>
+    string Maps(int pid);
+    DumpResult PreDump(DumpOptions options);
+    /// <summary>Lets <paramref name="ns"/> pass while the tree runs.</summary>
+    void Wait(ulong ns);
+}
+
+/// <summary>A simulated machine directory as a recording target: time is virtual and passes only when the recorder waits.</summary>
+public sealed class SimRecordTarget(SimMachine machine) : IRecordTarget
+{
+    public string Name => machine.Directory;
+    public string Arch => machine.Kernel.Arch.Name;
+    public string KernelName => machine.Kernel.Version.Name;
+    public ulong NowNs => machine.Kernel.UptimeNs;
+    public bool Alive(int pid) => machine.Kernel.FindTask(pid) is { Alive: true };
+    public string Comm(int pid) => machine.Kernel.FindTask(pid)?.Comm ?? "";
+    public IReadOnlyList<int> Tree(int pid) => [.. machine.Kernel.Tree(pid).Where(t => t.Alive).Select(t => t.Pid)];
+    public string Maps(int pid) => machine.Kernel.Proc.Maps(pid);
+    public DumpResult PreDump(DumpOptions options) => Criu.PreDump(machine, options);
+    public void Wait(ulong ns) => machine.Advance(ns);
+}
+
+/// <summary>Options of <c>record</c>.</summary>
+public sealed record RecordOptions
+{
+    public required int Pid { get; init; }
+    public required string Output { get; init; }
+    public ulong IntervalNs { get; init; } = 50_000_000;
+    public ulong ForNs { get; init; } = 10_000_000_000;
+    public TrackerKind Tracker { get; init; } = TrackerKind.Auto;
+    public PageStoreOptions PageStore { get; init; } = PageStoreOptions.Lz4();
+}
+
+/// <summary>What a recording captured.</summary>
+public sealed record RecordResult(string Path, TraceIndex Index, IReadOnlyList<DumperWarning> Warnings)
+{
+    public int Samples => Index.Samples.Count;
+    public ulong MaxFrozenUs => Index.Samples.Max(s => s.FrozenUs);
+    public ulong BytesStored => (ulong)Index.Samples.Sum(s => (decimal)s.BytesStored);
+}
+
+/// <summary>
+/// <c>record</c>: follows a process tree, taking a pre-dump at every interval into a chain of
+/// image directories (the first holds every page, each later one the pages written since, with
+/// PE_PARENT entries for the rest) and noting the time and the VMAs before each freeze. The tree is
+/// frozen only inside each pre-dump, for the time CRIU's pre-dump freezes it. A process that exits
+/// ends the recording with what was captured, marked as ended early.
+/// </summary>
+public static class Recorder
+{
+    public static RecordResult Record(IRecordTarget target, RecordOptions o, Action<int, TraceSample>? progress = null)
+    {
+        if (o.IntervalNs == 0)
+            throw new DumperException("the interval must be longer than 0");
+        if (!target.Alive(o.Pid))
+            throw new DumperException("no such process to record", o.Pid);
+        string outDir = Path.GetFullPath(o.Output);
+        if (Directory.Exists(outDir) && Directory.EnumerateFileSystemEntries(outDir).Any())
+            throw new DumperException($"{outDir} exists and is not empty; choose a new trace directory");
+        Directory.CreateDirectory(outDir);
+
+        var index = new TraceIndex
+        {
+            Machine = target.Name,
+            Arch = target.Arch,
+            Kernel = target.KernelName,
+            Pid = o.Pid,
+            Comm = target.Comm(o.Pid),
+            IntervalNs = o.IntervalNs,
+            Compression = o.PageStore.Compression.ToString().ToLowerInvariant(),
+        };
+        var warnings = new List<DumperWarning>();
+        var lastVmas = new Dictionary<int, List<TraceVma>>();
+        ulong start = target.NowNs;
+        for (int i = 0; ; i++)
+        {
+            ulong due = start + (ulong)i * o.IntervalNs;
+            if (target.NowNs < due)
+                target.Wait(due - target.NowNs);
+            if (!target.Alive(o.Pid))
+            {
+                EndEarly(index, i, "the process exited");
+                break;
+            }
+            ulong t = target.NowNs - start;
+            // The VMAs just before the freeze: a pre-dump writes no mm image.
+            var procs = new List<TraceProcess>();
+            var seen = new Dictionary<int, List<TraceVma>>();
+            foreach (int pid in target.Tree(o.Pid))
+            {
+                List<TraceVma> vmas;
+                try
+                {
+                    vmas = VmaDiff.ParseMaps(target.Maps(pid));
+                }
+                catch (Exception e) when (e is SimKernel.KernelException or IOException)
+                {
+                    continue; // the task exited between listing the tree and reading its maps
+                }
+                seen[pid] = vmas;
+                procs.Add(lastVmas.TryGetValue(pid, out var prev)
+                    ? new TraceProcess { Pid = pid, VmaChanges = VmaDiff.Changes(prev, vmas) }
+                    : new TraceProcess { Pid = pid, Vmas = [.. vmas.Select(v => TraceVmaRecord.From(v, null))] });
+            }
+            string dir = i.ToString(CultureInfo.InvariantCulture);
+            DumpResult r;
+            try
+            {
+                r = target.PreDump(new DumpOptions
+                {
+                    Pid = o.Pid,
+                    ImagesDir = Path.Combine(outDir, dir),
+                    PrevImagesDir = i == 0 ? null : Path.Combine("..", (i - 1).ToString(CultureInfo.InvariantCulture)),
+                    Tracker = o.Tracker,
+                    PageStore = o.PageStore,
+                });
+            }
+            catch (DumperException) when (!target.Alive(o.Pid) && i > 0)
+            {
+                // Gone between the check and the freeze: its half-written directory is no sample.
+                TryDelete(Path.Combine(outDir, dir));
+                EndEarly(index, i, "the process exited");
+                break;
+            }
+            if (i == 0)
+                index.Tracker = TrackerNames.Name(r.Tracker);
+            foreach (var w in r.Warnings)
+                if (!warnings.Any(x => x.Message == w.Message))
+                    warnings.Add(w);
+            // Processes the pre-dump did not write (exited in between) are left out of the sample.
+            var set = ImageSet.Open(Path.Combine(outDir, dir));
+            procs.RemoveAll(p => !set.HasPagemap(p.Pid));
+            lastVmas = seen.Where(kv => procs.Any(p => p.Pid == kv.Key)).ToDictionary();
+            var s = r.Stats;
+            var sample = new TraceSample
+            {
+                Dir = dir,
+                TimeNs = t,
+                FrozenUs = s.FrozenTime,
+                PagesWritten = s.PagesWritten,
+                PagesSkippedParent = s.PagesSkippedParent,
+                BytesRaw = s.BytesRaw,
+                BytesStored = s.BytesCompressed,
+                Processes = procs,
+            };
+            index.Samples.Add(sample);
+            progress?.Invoke(i, sample);
+            if (t + o.IntervalNs > o.ForNs)
+                break;
+        }
+        if (index.Samples.Count == 0)
+            throw new DumperException("the process exited before the first sample", o.Pid);
+        index.Save(outDir);
+        return new RecordResult(outDir, index, warnings);
+    }
+
+    private static void EndEarly(TraceIndex index, int sample, string reason)
+    {
+        index.EndedEarly = true;
+        index.EndReason = $"{reason} before sample {sample}";
+    }
+
+    private static void TryDelete(string dir)
+    {
+        try
+        {
+            if (Directory.Exists(dir))
+                Directory.Delete(dir, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+}
