@@ -31,19 +31,23 @@ public interface IRecordTarget
     void Wait(ulong ns);
 }
 
-/// <summary>A simulated machine directory as a recording target: time is virtual and passes only when the recorder waits.</summary>
-public sealed class SimRecordTarget(SimMachine machine) : IRecordTarget
+/// <summary>A simulated host as a recording target: time is virtual and passes only when the recorder waits.</summary>
+/// <param name="host">The host (a machine directory, or one kept in memory).</param>
+/// <param name="name">What the index names as the machine (the directory).</param>
+public sealed class SimRecordTarget(ISimHost host, string name) : IRecordTarget
 {
-    public string Name => machine.Directory;
-    public string Arch => machine.Kernel.Arch.Name;
-    public string KernelName => machine.Kernel.Version.Name;
-    public ulong NowNs => machine.Kernel.UptimeNs;
-    public bool Alive(int pid) => machine.Kernel.FindTask(pid) is { Alive: true };
-    public string Comm(int pid) => machine.Kernel.FindTask(pid)?.Comm ?? "";
-    public IReadOnlyList<int> Tree(int pid) => [.. machine.Kernel.Tree(pid).Where(t => t.Alive).Select(t => t.Pid)];
-    public string Maps(int pid) => machine.Kernel.Proc.Maps(pid);
-    public DumpResult PreDump(DumpOptions options) => Criu.PreDump(machine, options);
-    public void Wait(ulong ns) => machine.Advance(ns);
+    public SimRecordTarget(SimMachine machine) : this(machine, machine.Directory) { }
+
+    public string Name => name;
+    public string Arch => host.Kernel.Arch.Name;
+    public string KernelName => host.Kernel.Version.Name;
+    public ulong NowNs => host.Kernel.UptimeNs;
+    public bool Alive(int pid) => host.Kernel.FindTask(pid) is { Alive: true };
+    public string Comm(int pid) => host.Kernel.FindTask(pid)?.Comm ?? "";
+    public IReadOnlyList<int> Tree(int pid) => [.. host.Kernel.Tree(pid).Where(t => t.Alive).Select(t => t.Pid)];
+    public string Maps(int pid) => host.Kernel.Proc.Maps(pid);
+    public DumpResult PreDump(DumpOptions options) => Criu.PreDump(host, options);
+    public void Wait(ulong ns) => host.Advance(ns);
 }
 
 /// <summary>Options of <c>record</c>.</summary>
