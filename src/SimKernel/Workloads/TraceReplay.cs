@@ -95,11 +95,13 @@ internal static class TraceReplay
 
     public static IRecordedTrace Open(ProgramImage prog) => TraceLibrary.Get(prog.TracePath!);
 
+    private static int Pid(ProgramImage prog) => prog.TracePid ?? 0;
+
     public static void Init(SimTask task, ProgramImage prog)
     {
         var trace = Open(prog);
         var r = task.Registers;
-        ApplyFull(task, trace, prog.TracePid, 0);
+        ApplyFull(task, trace, Pid(prog), 0);
         r[Regs.Aux0] = 1;
         r[Regs.Aux1] = 0;
         r[Regs.Aux2] = task.Kernel.UptimeNs;
@@ -108,7 +110,7 @@ internal static class TraceReplay
 
     /// <summary>Virtual time at which sample <paramref name="sample"/> of the current pass is due.</summary>
     private static ulong DueAt(IRecordedTrace trace, ProgramImage prog, ulong passStart, int sample) =>
-        passStart + Scale(trace.TimeNs(sample), prog.Speed);
+        passStart + Scale(trace.TimeNs(sample), prog.Speed ?? 1.0);
 
     private static ulong Scale(ulong ns, double speed) => (ulong)Math.Round(ns / speed);
 
@@ -122,17 +124,17 @@ internal static class TraceReplay
             int next = (int)r[Regs.Aux0];
             if (next >= trace.Samples)
             {
-                if (!prog.Loop)
+                if (prog.Loop != true)
                     return;
-                ulong restart = r[Regs.Aux2] + Scale(trace.TimeNs(trace.Samples - 1) + trace.IntervalNs, prog.Speed);
+                ulong restart = r[Regs.Aux2] + Scale(trace.TimeNs(trace.Samples - 1) + trace.IntervalNs, prog.Speed ?? 1.0);
                 if (restart > toNs)
                     return;
-                Restart(task, trace, prog.TracePid, restart);
+                Restart(task, trace, Pid(prog), restart);
                 continue;
             }
             if (DueAt(trace, prog, r[Regs.Aux2], next) > toNs)
                 return;
-            Apply(task, trace, prog.TracePid, next);
+            Apply(task, trace, Pid(prog), next);
         }
     }
 
@@ -146,12 +148,12 @@ internal static class TraceReplay
         {
             if ((int)r[Regs.Aux0] >= trace.Samples)
             {
-                if (!prog.Loop)
+                if (prog.Loop != true)
                     break;
-                Restart(task, trace, prog.TracePid, task.Kernel.UptimeNs);
+                Restart(task, trace, Pid(prog), task.Kernel.UptimeNs);
             }
             else
-                Apply(task, trace, prog.TracePid, (int)r[Regs.Aux0]);
+                Apply(task, trace, Pid(prog), (int)r[Regs.Aux0]);
             done++;
         }
         return done;
@@ -295,7 +297,7 @@ internal static class TraceReplay
         var r = task.Registers;
         int sample = (int)r[Regs.Aux0] - 1;
         var expected = new byte[check.Buffer.Length];
-        foreach (var v in trace.Vmas(sample, prog.TracePid))
+        foreach (var v in trace.Vmas(sample, Pid(prog)))
         {
             if (v.Name.StartsWith(SpecialPrefix, StringComparison.Ordinal))
                 continue;
@@ -304,7 +306,7 @@ internal static class TraceReplay
                 check.Count++;
                 if (!check.ReadPage(va, check.Buffer))
                     continue;
-                trace.ReadPage(sample, prog.TracePid, va, expected);
+                trace.ReadPage(sample, Pid(prog), va, expected);
                 if (!check.Buffer.AsSpan().SequenceEqual(expected))
                 {
                     int at = check.Buffer.AsSpan().CommonPrefixLength(expected);

@@ -395,7 +395,7 @@ internal sealed class SpecReader(Kernel kernel, string file)
         if (b.Get("pid") is { } pidNode)
         {
             prog.TracePid = (int)UInt(pidNode, int.MaxValue);
-            if (!trace.Pids.Contains(prog.TracePid))
+            if (!trace.Pids.Contains(prog.TracePid.Value))
                 throw Fail(pidNode, $"the trace has no process {prog.TracePid} (it has {string.Join(", ", trace.Pids)})");
         }
         else
