@@ -55,7 +55,7 @@ internal sealed class SpecReader(Kernel kernel, string file)
     private static readonly string[] TopFields = ["description", "seed", "processes", "comment"];
     private static readonly string[] ProcessFields = ["name", "mappings", "behaviour", "comment"];
     private static readonly string[] MappingFields = ["name", "size", "prot", "backing", "path", "shared", "huge", "address", "populate", "comment"];
-    private static readonly string[] CommonBehaviourFields = ["type", "mapping", "pages_per_second", "ops_per_second", "prefill", "comment"];
+    private static readonly string[] CommonBehaviourFields = ["type", "mapping", "pages_per_second", "ops_per_second", "prefill", "content", "comment"];
 
     private static readonly Dictionary<string, (Behaviour Kind, string[] Fields)> Behaviours = new()
     {
@@ -353,6 +353,9 @@ internal sealed class SpecReader(Kernel kernel, string file)
                 break;
         }
 
+        if (b.Get("content") is { } contentNode)
+            prog.Content = ReadContent(contentNode, prog);
+
         if (Stamped.Uses(prog.Kind))
         {
             // The ledger: one word per data page (and per shared page for fork), kept in the
@@ -365,6 +368,35 @@ internal sealed class SpecReader(Kernel kernel, string file)
             ulong slots = data.Size / (prog.SlotPages * _ps);
             AddLedger(prog, data.Name + ".control", pages * 8 + slots * 8, b);
         }
+    }
+
+    /// <summary>"stamped" (null: the default), "zero-fill:N%" or "trace:PATH" (made absolute, relative to the workload file).</summary>
+    private string? ReadContent(JsonNode n, ProgramImage prog)
+    {
+        if (!Stamped.Uses(prog.Kind))
+            throw Fail(n, "only the stamped behaviours (uniform, hotcold, sequential, swap, thp, idle, fork) take 'content'");
+        string text = Str(n);
+        if (text == "stamped")
+            return null;
+        if (text.StartsWith("zero-fill:", StringComparison.Ordinal))
+        {
+            var pct = text["zero-fill:".Length..].TrimEnd('%');
+            if (!int.TryParse(pct, NumberStyles.None, CultureInfo.InvariantCulture, out int v) || v > 100)
+                throw Fail(n, $"'{text}': the zero share is a whole percentage from 0 to 100, as in zero-fill:60%");
+            return $"zero-fill:{v}";
+        }
+        if (text.StartsWith("trace:", StringComparison.Ordinal) && text.Length > "trace:".Length)
+        {
+            string baseDir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(file)) ?? ".";
+            string path = System.IO.Path.GetFullPath(System.IO.Path.Combine(baseDir, text["trace:".Length..]));
+            if (!System.IO.Directory.Exists(path))
+                throw Fail(n, $"no trace directory {path} (record one with 'criu-sharp record')");
+            if (!TraceLibrary.Registered)
+                throw Fail(n, "this program cannot read traces");
+            _ = TraceLibrary.Get(path).ContentPages; // refuses a damaged or empty trace now, not mid-run
+            return "trace:" + path;
+        }
+        throw Fail(n, $"'{text}' is not a content kind (expected stamped, zero-fill:N% or trace:TRACE)");
     }
 
     /// <summary>A replayed recording: the process brings its own VMAs, so it declares no mappings.</summary>
