@@ -39,6 +39,7 @@ public static class CliApp
         yield return ReportCommand.Create();
         // Real workloads: record a process, inspect images and traces.
         yield return RecordCommand.Create();
+        yield return InspectImagesCommand.Create();
         // The kernel's interfaces.
         yield return InspectCommands.Maps();
         yield return InspectCommands.Smaps();
