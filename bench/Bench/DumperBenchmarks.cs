@@ -64,8 +64,8 @@ public unsafe class DumperBenchmarks
         for (int i = 0; i < 4; i++)
             for (int off = 0; off < _sample.Length; off += 1 << 20)
                 u.Write(_big + ((ulong)i << 30) + (ulong)off, _sample.AsSpan(off, 1 << 20));
-        Criu.PreDump(new ClockOnlyHost(_k4), new DumpOptions { Pid = 200, ImagesDir = Path.Combine(_root, "pre0") });
-        Criu.Dump(new ClockOnlyHost(_k1), new DumpOptions { Pid = 100, ImagesDir = Path.Combine(_root, "full1g"), LeaveRunning = true, PageStore = PageStoreOptions.Lz4() with { Parallelism = 2 } });
+        Criu.PreDump(new ClockOnlyHost(_k4).AsKernelApi(), new DumpOptions { Pid = 200, ImagesDir = Path.Combine(_root, "pre0") });
+        Criu.Dump(new ClockOnlyHost(_k1).AsKernelApi(), new DumpOptions { Pid = 100, ImagesDir = Path.Combine(_root, "full1g"), LeaveRunning = true, PageStore = PageStoreOptions.Lz4() with { Parallelism = 2 } });
 
         int blocks = _sample.Length / AnchorBlock;
         int bound = Interop.Lz4.CompressBound(AnchorBlock);
@@ -117,11 +117,11 @@ public unsafe class DumperBenchmarks
 
     [BenchmarkCategory("FullDump"), Benchmark(Description = "dump 1 GiB task, LZ4 16-page blocks, 2 threads, images in RAM (tmpfs)")]
     public ulong FullDump1GiB() =>
-        Criu.Dump(new ClockOnlyHost(_k1), new DumpOptions { Pid = 100, ImagesDir = Path.Combine(RamRoot, $"dump{_full}"), LeaveRunning = true, PageStore = PageStoreOptions.Lz4() with { Parallelism = 2 } }).Stats.PagesWritten;
+        Criu.Dump(new ClockOnlyHost(_k1).AsKernelApi(), new DumpOptions { Pid = 100, ImagesDir = Path.Combine(RamRoot, $"dump{_full}"), LeaveRunning = true, PageStore = PageStoreOptions.Lz4() with { Parallelism = 2 } }).Stats.PagesWritten;
 
     [BenchmarkCategory("FullDump"), Benchmark(Description = "same, images on the disk (fsync'd)")]
     public ulong FullDump1GiBDisk() =>
-        Criu.Dump(new ClockOnlyHost(_k1), new DumpOptions { Pid = 100, ImagesDir = Path.Combine(_root, $"dump{_full}"), LeaveRunning = true, PageStore = PageStoreOptions.Lz4() with { Parallelism = 2 } }).Stats.PagesWritten;
+        Criu.Dump(new ClockOnlyHost(_k1).AsKernelApi(), new DumpOptions { Pid = 100, ImagesDir = Path.Combine(_root, $"dump{_full}"), LeaveRunning = true, PageStore = PageStoreOptions.Lz4() with { Parallelism = 2 } }).Stats.PagesWritten;
 
     [GlobalCleanup]
     public void Cleanup()
@@ -143,7 +143,7 @@ public unsafe class DumperBenchmarks
 
     [BenchmarkCategory("PreDump"), Benchmark(Baseline = true, Description = "full dump of the 4 GiB space (LZ4, 2 threads)")]
     public ulong FullDump4GiB() =>
-        Criu.Dump(new ClockOnlyHost(_k4), new DumpOptions { Pid = 200, ImagesDir = Path.Combine(_root, $"full4g-{_full4}"), LeaveRunning = true, PageStore = PageStoreOptions.Lz4() with { Parallelism = 2 } }).Stats.PagesWritten;
+        Criu.Dump(new ClockOnlyHost(_k4).AsKernelApi(), new DumpOptions { Pid = 200, ImagesDir = Path.Combine(_root, $"full4g-{_full4}"), LeaveRunning = true, PageStore = PageStoreOptions.Lz4() with { Parallelism = 2 } }).Stats.PagesWritten;
 
     [IterationSetup(Target = nameof(PreDump4GiB))]
     public void DirtyPointOnePercent()
@@ -157,7 +157,7 @@ public unsafe class DumperBenchmarks
     public ulong PreDump4GiB()
     {
         int n = ++_pre;
-        return Criu.PreDump(new ClockOnlyHost(_k4), new DumpOptions { Pid = 200, ImagesDir = Path.Combine(_root, $"pre{n}"), PrevImagesDir = $"../pre{n - 1}" }).Stats.PagesWritten;
+        return Criu.PreDump(new ClockOnlyHost(_k4).AsKernelApi(), new DumpOptions { Pid = 200, ImagesDir = Path.Combine(_root, $"pre{n}"), PrevImagesDir = $"../pre{n - 1}" }).Stats.PagesWritten;
     }
 
     [BenchmarkCategory("Restore"), Benchmark(Baseline = true, Description = "liblz4 LZ4_decompress_safe 1 GiB, 64 KiB blocks")]
@@ -173,5 +173,5 @@ public unsafe class DumperBenchmarks
 
     [BenchmarkCategory("Restore"), Benchmark(Description = "restore the 1 GiB dump into a fresh kernel, no verify")]
     public ulong Restore1GiB() =>
-        Criu.Restore(new ClockOnlyHost(new Kernel(new KernelConfig { MemoryBytes = 4L << 30 })), new RestoreOptions { ImagesDir = Path.Combine(_root, "full1g"), Verify = false }).Stats.PagesRestored;
+        Criu.Restore(new ClockOnlyHost(new Kernel(new KernelConfig { MemoryBytes = 4L << 30 })).AsKernelApi(), new RestoreOptions { ImagesDir = Path.Combine(_root, "full1g"), Verify = false }).Stats.PagesRestored;
 }

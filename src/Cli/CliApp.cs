@@ -121,7 +121,7 @@ public static class CliApp
     {
         UserException u => (u.Code, u.Message, u.Hint),
         ImageFormat.ImageFormatException i => (ExitCode.BadImage, i.Message, null),
-        SimKernel.KernelException k => (ExitCode.KernelError, k.Message, null),
+        CriuSharp.KernelApi.KernelException k => (ExitCode.KernelError, k.Message, null),
         // A dump/restore failure caused by the images themselves (incomplete, damaged, missing
         // pages, contents that fail the VMA checksum) is a bad image, as the README promises.
         Dumper.DumperException { InnerException: ImageFormat.ImageFormatException } d => (ExitCode.BadImage, d.Message, null),

@@ -4,9 +4,6 @@ using System.Runtime.CompilerServices;
 using CriuSharp.Dumper.Proc;
 using CriuSharp.ImageFormat;
 using CriuSharp.ImageFormat.Images;
-using CriuSharp.SimKernel;
-using CriuSharp.SimKernel.Machine;
-using CriuSharp.SimKernel.Uffd;
 using Google.Protobuf;
 
 namespace CriuSharp.Dumper;
@@ -24,17 +21,11 @@ namespace CriuSharp.Dumper;
 /// </summary>
 internal sealed class Checkpointer
 {
-    /// <summary>
-    /// uffd-wp contexts live in the dumped task, as a parasite-installed userfaultfd would, so the
-    /// next pre-dump finds the same tracking; a replaced task (PID reuse) has none.
-    /// </summary>
-    private static readonly ConditionalWeakTable<SimTask, Userfaultfd> UffdContexts = new();
     private const long ChunkBytes = 64L << 20;
     /// <summary>Collected-but-unwritten page bytes a dump holds while the transfer thread catches up.</summary>
     private const long StreamBudgetBytes = 32L << 20;
 
-    private readonly ISimHost _host;
-    private readonly Kernel _k;
+    private readonly IKernel _k;
     private readonly DumpOptions _o;
     private readonly bool _pre;
     private readonly CostModel _cost;
@@ -42,20 +33,19 @@ internal sealed class Checkpointer
     private readonly int _imgPerPage;
     private readonly int _shift;
 
-    public Checkpointer(ISimHost host, DumpOptions options, bool preDump)
+    public Checkpointer(IKernel kernel, DumpOptions options, bool preDump)
     {
-        _host = host;
-        _k = host.Kernel;
+        _k = kernel;
         _o = options;
         _pre = preDump;
         _cost = options.Cost;
-        _shift = _k.Arch.PageShift;
-        _imgPerPage = _k.Arch.PageSize / PageGeometry.PageSize;
+        _shift = _k.Capabilities.PageShift;
+        _imgPerPage = _k.Capabilities.PageSize / PageGeometry.PageSize;
     }
 
     private sealed class TaskState
     {
-        public required SimTask Task;
+        public required TaskInfo Task;
         public required List<VmaInfo> Vmas;
         public PagemapImage? ParentPagemap;
         public PagePipe Pipe = null!;
@@ -81,12 +71,10 @@ internal sealed class Checkpointer
             dir.LinkParent(_o.PrevImagesDir);
 
         // ---- freeze ---------------------------------------------------------------------------
-        _k.Freeze(_o.Pid);
+        var frozen = _k.Freeze(_o.Pid);
         var tasks = new List<TaskState>();
-        ulong frozenAt = _k.UptimeNs;
         ulong freezeNs = 0, memdumpNs = 0, memwriteNs = 0;
         ulong compressNs = 0;
-        bool thawed = false;
         var collectWatch = Stopwatch.StartNew();
         TimeSpan writeWall = TimeSpan.Zero;
         var pageStats = new PageWriteStats();
@@ -103,15 +91,15 @@ internal sealed class Checkpointer
                     continue;
                 }
                 // smaps carries VmFlags; [vsyscall] (gate area) only shows in maps, and CRIU keeps it in mm.
-                var vmas = SmapsParser.Parse(_k.Proc.Smaps(t.Pid));
-                vmas.AddRange(SmapsParser.ParseMaps(_k.Proc.Maps(t.Pid)).Where(v => v.IsVsyscall));
+                var vmas = SmapsParser.Parse(_k.Smaps(t.Pid));
+                vmas.AddRange(SmapsParser.ParseMaps(_k.Maps(t.Pid)).Where(v => v.IsVsyscall));
                 tasks.Add(new TaskState { Task = t, Vmas = vmas });
             }
             freezeNs = _cost.FreezeNsPerTask * (ulong)tasks.Count;
-            ulong uptimeUs = _k.Proc.UptimeNs / 1000;
+            ulong uptimeUs = _k.UptimeNs / 1000;
 
             bool useScan = tracker is TrackerKind.PagemapScan or TrackerKind.UffdWp
-                           || (tracker == TrackerKind.None && _k.Features.PagemapScan);
+                           || (tracker == TrackerKind.None && _k.Capabilities.PagemapScan);
             var dirty = tracker switch
             {
                 TrackerKind.SoftDirty or TrackerKind.PagemapScan => DirtySource.SoftDirty,
@@ -124,23 +112,23 @@ internal sealed class Checkpointer
             {
                 var t = ts.Task;
                 bool parentOk = parentSet is not null && tracker != TrackerKind.None && parentSet.HasPagemap(t.Pid);
-                if (parentOk && parentUptimeUs is ulong pu && _k.Proc.StartTimeNs(t.Pid) / 1000 > pu)
+                if (parentOk && parentUptimeUs is ulong pu && t.StartTimeNs / 1000 > pu)
                 {
                     parentOk = false;
                     _warnings.Add(new DumperWarning("pid-reuse", $"task {t.Pid} started after the parent dump: its parent images are ignored (PID reuse)"));
                 }
-                if (parentOk && tracker == TrackerKind.UffdWp && !UffdContexts.TryGetValue(t, out _))
+                if (parentOk && tracker == TrackerKind.UffdWp && _k.InstalledUserfaultfd(t.Pid) is null)
                     parentOk = false; // no write-protect history for this task: everything counts as written
                 if (parentOk)
                     ts.ParentPagemap = parentSet!.ReadPagemap(t.Pid);
                 if (!_pre)
                 {
                     ts.Xfer = new PageXfer(dir.BeginPagemap(t.Pid, _o.PageStore), digests: _o.RecordChecksums);
-                    ts.Pipe = new PagePipe(stream!, ts.Xfer);
+                    ts.Pipe = new PagePipe(stream!, ts.Xfer, frozen);
                 }
                 else
                     ts.Pipe = new PagePipe();
-                var collector = new PageCollector(_k, t.Pid, walker, ts.Pipe, ts.ParentPagemap, _pre, _o.RecordChecksums && !_pre, _imgPerPage);
+                var collector = new PageCollector(_k, frozen, t.Pid, walker, ts.Pipe, ts.ParentPagemap, _pre, _o.RecordChecksums && !_pre, _imgPerPage);
                 foreach (var v in ts.Vmas)
                 {
                     collector.CollectVma(v, spans);
@@ -167,9 +155,8 @@ internal sealed class Checkpointer
             if (_pre)
             {
                 // frozen_time stops before the pages are written (cr_pre_dump_finish).
-                _host.Advance(freezeNs + memdumpNs);
-                _k.Thaw(_o.Pid);
-                thawed = true;
+                _k.LetTimePass(freezeNs + memdumpNs);
+                frozen.Thaw();
                 foreach (var ts in tasks)
                 {
                     using var xfer = new PageXfer(dir.BeginPagemap(ts.Task.Pid, _o.PageStore));
@@ -231,18 +218,17 @@ internal sealed class Checkpointer
             dir.Commit();
 
             if (_pre)
-                _host.Advance(memwriteNs);
+                _k.LetTimePass(memwriteNs);
             else if (_o.LeaveRunning)
             {
-                _host.Advance(frozenNs);
-                _k.Thaw(_o.Pid);
-                thawed = true;
+                _k.LetTimePass(frozenNs);
+                frozen.Thaw();
             }
             else
             {
-                _host.Advance(frozenNs);
+                _k.LetTimePass(frozenNs);
                 KillTree(tasks);
-                thawed = true;
+                frozen.Thaw(); // nothing is left to thaw; the lease ends
             }
             return new DumpResult(stats with { WallClock = new WallClock(collectWall, writeWall, wall.Elapsed) },
                 tasks.Select(x => x.Task.Pid).ToList(), tracker, _warnings);
@@ -255,9 +241,7 @@ internal sealed class Checkpointer
             stream?.Dispose();
             foreach (var ts in tasks)
                 ts.Xfer?.Dispose();
-            if (!thawed)
-                _k.Thaw(_o.Pid);
-            _ = frozenAt;
+            frozen.Thaw();
         }
     }
 
@@ -316,7 +300,7 @@ internal sealed class Checkpointer
         {
             case TrackerKind.SoftDirty:
             case TrackerKind.PagemapScan:
-                var r = _k.Proc.ClearRefs(t.Pid, "4");
+                var r = _k.ClearRefs(t.Pid, "4");
                 if (!r.Ok)
                     _warnings.Add(new DumperWarning("no-soft-dirty", $"clear_refs 4 failed for task {t.Pid} ({r.Error}): the kernel has no soft-dirty tracking"));
                 return pages;
@@ -336,9 +320,10 @@ internal sealed class Checkpointer
     private void ArmUffd(TaskState ts)
     {
         var t = ts.Task;
-        if (!UffdContexts.TryGetValue(t, out var uffd))
+        var uffd = _k.InstalledUserfaultfd(t.Pid);
+        if (uffd is null)
         {
-            var r = t.OpenUserfaultfd(out var ctx);
+            var r = _k.OpenUserfaultfd(t.Pid, out var ctx);
             if (!r.Ok || ctx is null)
             {
                 _warnings.Add(new DumperWarning("no-uffd", $"userfaultfd unavailable for task {t.Pid} ({r.Error})"));
@@ -352,7 +337,6 @@ internal sealed class Checkpointer
                 return;
             }
             uffd = ctx;
-            UffdContexts.AddOrUpdate(t, uffd);
         }
         foreach (var v in ts.Vmas)
         {
@@ -360,9 +344,9 @@ internal sealed class Checkpointer
                 continue;
             if ((v.VmFlags & SmapsFlags.UffdWp) == 0)
                 uffd.Register(v.Start, v.Length, UffdConstants.RegisterModeWp);
-            var arg = SimKernel.Proc.PmScanArg.Create(v.Start, v.End, 0, SimKernel.Proc.PageCategory.Written, SimKernel.Proc.PageCategory.Written,
-                flags: SimKernel.Proc.PageCategory.ScanWpMatching | SimKernel.Proc.PageCategory.ScanCheckWpAsync);
-            _k.Proc.PagemapScan(t.Pid, ref arg, []);
+            var arg = PmScanArg.Create(v.Start, v.End, 0, PageCategory.Written, PageCategory.Written,
+                flags: PageCategory.ScanWpMatching | PageCategory.ScanCheckWpAsync);
+            _k.PagemapScan(t.Pid, ref arg, []);
         }
     }
 
@@ -371,8 +355,7 @@ internal sealed class Checkpointer
         for (int i = tasks.Count - 1; i >= 0; i--)
         {
             var t = tasks[i].Task;
-            _k.Exit(t, 0, SimTask.SIGKILL);
-            _k.Reap(t);
+            _k.Exit(t.Pid, 0, Signals.SIGKILL);
         }
     }
 
@@ -408,9 +391,9 @@ internal sealed class Checkpointer
                     l.Add((ts.Task.Pid, v));
                 }
         ulong scanned = 0, written = 0;
-        using var walker = new PageWalker(_k, _k.Features.PagemapScan, DirtySource.Always);
+        using var walker = new PageWalker(_k, _k.Capabilities.PagemapScan, DirtySource.Always);
         var spans = new List<PageSpan>();
-        var buf = new byte[_k.Arch.PageSize];
+        var buf = new byte[_k.Capabilities.PageSize];
         foreach (var (shmid, maps) in objects)
         {
             // Offsets inside the object -> content, from whichever mapping shows the page first.
@@ -426,7 +409,7 @@ internal sealed class Checkpointer
                         ulong va = s.Va + (i << _shift);
                         ulong off = v.PgOff + (va - v.Start);
                         if (pages.ContainsKey(off)) continue;
-                        var r = _k.Proc.ReadMemory(pid, va, buf);
+                        var r = _k.ReadMemory(pid, va, buf);
                         if (!r.Ok) throw new DumperException($"cannot read shared memory ({r.Error})", pid, null, va, va + (ulong)buf.Length);
                         pages[off] = (byte[])buf.Clone();
                     }
@@ -474,14 +457,14 @@ internal sealed class Checkpointer
             dir.WriteCore(t.Pid, BuildCore(t));
             dir.WriteIds(t.Pid, new task_kobj_ids_entry { VmId = (uint)t.Pid, FilesId = (uint)t.Pid, FsId = (uint)t.Pid, SighandId = (uint)t.Pid });
 
-            var stat = _k.Proc.Stat(t.Pid).TrimEnd('\n');
+            var stat = _k.Stat(t.Pid).TrimEnd('\n');
             var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' '); // fields from 3 (state) on
             ulong F(int n) => ulong.Parse(fields[n - 3], CultureInfo.InvariantCulture);
             var mm = new mm_entry
             {
                 MmStartCode = F(26), MmEndCode = F(27), MmStartStack = F(28),
                 MmStartData = F(45), MmEndData = F(46), MmStartBrk = F(47),
-                MmBrk = t.Brk(0), // the parasite's brk(0)
+                MmBrk = _k.Brk(t.Pid, 0), // the parasite's brk(0)
                 MmArgStart = F(48), MmArgEnd = F(49), MmEnvStart = F(50), MmEnvEnd = F(51),
             };
             var exe = ts.Vmas.FirstOrDefault(v => v.IsFile && v.Start <= mm.MmStartCode && mm.MmStartCode < v.End);
@@ -512,14 +495,13 @@ internal sealed class Checkpointer
                 }
                 sim.Add(new sim_state_entry { Key = SimKeys.VmaChecksums, Data = ByteString.CopyFrom(bytes) });
             }
-            sim.Add(new sim_state_entry { Key = SimKeys.PageSize, Data = ByteString.CopyFrom(BitConverter.GetBytes(_k.Arch.PageSize)) });
+            sim.Add(new sim_state_entry { Key = SimKeys.PageSize, Data = ByteString.CopyFrom(BitConverter.GetBytes(_k.Capabilities.PageSize)) });
             dir.WriteSimState(t.Pid, sim);
         }
         dir.WriteFiles(files.OrderBy(f => f.Value).Select(f =>
         {
-            var sf = _k.Fs.Lookup(f.Key);
             var reg = new reg_file_entry { Id = f.Value, Flags = 0, Pos = 0, Name = f.Key, Fown = new fown_entry() };
-            if (sf is not null) reg.Size = (ulong)sf.Size;
+            if (_k.FileSize(f.Key) is long size) reg.Size = (ulong)size;
             return new file_entry { Type = fd_types.Reg, Id = f.Value, Reg = reg };
         }));
         dir.WritePstree(pstree);
@@ -532,18 +514,19 @@ internal sealed class Checkpointer
         dir.WriteInventory(inv);
     }
 
-    private core_entry BuildCore(SimTask t)
+    private core_entry BuildCore(TaskInfo t)
     {
+        var regs = _k.GetRegisters(t.Pid);
         var core = new core_entry
         {
-            Mtype = (core_entry.Types.march)_k.Arch.CriuMtype,
+            Mtype = (core_entry.Types.march)_k.Capabilities.CriuMtype,
             Tc = new task_core_entry { TaskState = 1, ExitCode = 0, Personality = 0, Flags = 0, BlkSigset = 0, Comm = t.Comm },
             ThreadCore = new thread_core_entry { FutexRla = 0, FutexRlaLen = 0 },
-            SimTaskState = ByteString.CopyFrom(SimTaskState.Encode(t.Registers, t.ExtraState)),
+            SimTaskState = ByteString.CopyFrom(SimTaskState.Encode(regs.General, regs.Extra)),
         };
-        if (_k.Arch.Kind == SimKernel.Arch.ArchProfile.Family.X86_64)
+        if (_k.Capabilities.Arch == ArchFamily.X86_64)
         {
-            var r = t.Registers;
+            var r = regs.General;
             var gp = new user_x86_regs_entry
             {
                 Ip = r[0], Sp = r[1], Ax = r[2], Bx = r[3], Cx = r[4], Dx = r[5], Si = r[6], Di = r[7], Bp = r[8],

@@ -1,5 +1,3 @@
-using CriuSharp.SimKernel;
-using CriuSharp.SimKernel.Machine;
 
 namespace CriuSharp.Dumper;
 
@@ -15,25 +13,25 @@ public static class Criu
     /// reset tracking, thaw, then write pagemap/pages, a thin inventory and stats-dump while the
     /// tree runs on (the host's virtual time advances by the modelled write time).
     /// </summary>
-    public static DumpResult PreDump(ISimHost host, DumpOptions options) =>
-        new Checkpointer(host, options with { TrackMem = true }, preDump: true).Run();
+    public static DumpResult PreDump(IKernel kernel, DumpOptions options) =>
+        new Checkpointer(kernel, options with { TrackMem = true }, preDump: true).Run();
 
     /// <summary>criu dump: freeze, write everything while frozen, then kill the tree (or leave it running).</summary>
-    public static DumpResult Dump(ISimHost host, DumpOptions options) =>
-        new Checkpointer(host, options, preDump: false).Run();
+    public static DumpResult Dump(IKernel kernel, DumpOptions options) =>
+        new Checkpointer(kernel, options, preDump: false).Run();
 
-    /// <summary>criu restore: rebuilds the tree with the same pids in <paramref name="host"/>.</summary>
-    public static RestoreResult Restore(ISimHost host, RestoreOptions options) =>
-        new Restorer(host, options).Run();
+    /// <summary>criu restore: rebuilds the tree with the same pids in <paramref name="kernel"/>.</summary>
+    public static RestoreResult Restore(IKernel kernel, RestoreOptions options) =>
+        new Restorer(kernel, options).Run();
 
     /// <summary>criu check: what tracking the kernel offers and which tracker a dump would use.</summary>
-    public static CheckResult Check(Kernel kernel)
+    public static CheckResult Check(IKernel kernel)
     {
         var w = new List<DumperWarning>();
         var best = ResolveTracker(kernel, TrackerKind.Auto, w);
-        var f = kernel.Features;
-        return new CheckResult(kernel.Arch.Name, kernel.Version.Name, f.MemDirtyTrack, f.PagemapScan, f.PagemapScanSoftDirty,
-            f.UffdWp, f.UffdWpAsync, kernel.Version.HasPagemap2, best, w);
+        var f = kernel.Capabilities;
+        return new CheckResult(kernel.Capabilities.ArchName, kernel.Capabilities.KernelVersion, f.MemDirtyTrack, f.PagemapScan, f.PagemapScanSoftDirty,
+            f.UffdWp, f.UffdWpAsync, kernel.Capabilities.HasPagemap2, best, w);
     }
 
     /// <summary>
@@ -41,9 +39,9 @@ public static class Criu
     /// available — PAGEMAP_SCAN with soft-dirty, pagemap soft-dirty, uffd-wp via PAGEMAP_SCAN — and
     /// none, with a one-line warning, where nothing tracks writes.
     /// </summary>
-    public static TrackerKind ResolveTracker(Kernel k, TrackerKind wanted, List<DumperWarning> warnings)
+    public static TrackerKind ResolveTracker(IKernel k, TrackerKind wanted, List<DumperWarning> warnings)
     {
-        var f = k.Features;
+        var f = k.Capabilities;
         bool uffd = f.UffdWpAsync && f.PagemapScan;
         bool Has(TrackerKind t) => t switch
         {
@@ -61,10 +59,10 @@ public static class Criu
             : TrackerKind.None;
         if (wanted != TrackerKind.Auto)
             warnings.Add(new DumperWarning("tracker-unavailable",
-                $"tracker {TrackerNames.Name(wanted)} is not available on {k.Arch.Name}/{k.Version.Name}; using {TrackerNames.Name(best)}"));
+                $"tracker {TrackerNames.Name(wanted)} is not available on {k.Capabilities.ArchName}/{k.Capabilities.KernelVersion}; using {TrackerNames.Name(best)}"));
         if (best == TrackerKind.None && wanted != TrackerKind.None)
             warnings.Add(new DumperWarning("no-tracker",
-                $"no dirty-page tracker on {k.Arch.Name}/{k.Version.Name} (no soft-dirty, no uffd-wp): every dump copies every page"));
+                $"no dirty-page tracker on {k.Capabilities.ArchName}/{k.Capabilities.KernelVersion} (no soft-dirty, no uffd-wp): every dump copies every page"));
         return best;
     }
 }

@@ -1,6 +1,5 @@
 using CriuSharp.Dumper.Proc;
 using CriuSharp.ImageFormat;
-using CriuSharp.SimKernel;
 
 namespace CriuSharp.Dumper;
 
@@ -21,7 +20,8 @@ namespace CriuSharp.Dumper;
 /// </summary>
 internal sealed class PageCollector
 {
-    private readonly Kernel _k;
+    private readonly IKernel _k;
+    private readonly FreezeLease? _frozen;
     private readonly int _pid;
     private readonly PageWalker _walker;
     private readonly PagePipe _pipe;
@@ -34,9 +34,10 @@ internal sealed class PageCollector
     private byte[]? _scratch;
     private nint[]? _frames;
 
-    public PageCollector(Kernel k, int pid, PageWalker walker, PagePipe pipe, PagemapImage? parent, bool preDump, bool hash, int imgPerPage)
+    public PageCollector(IKernel k, FreezeLease? frozen, int pid, PageWalker walker, PagePipe pipe, PagemapImage? parent, bool preDump, bool hash, int imgPerPage)
     {
         _k = k;
+        _frozen = frozen;
         _pid = pid;
         _walker = walker;
         _pipe = pipe;
@@ -44,7 +45,7 @@ internal sealed class PageCollector
         _pre = preDump;
         _hash = hash;
         _imgPerPage = imgPerPage;
-        _shift = k.Arch.PageShift;
+        _shift = k.Capabilities.PageShift;
     }
 
     public ulong Scanned { get; private set; }
@@ -171,7 +172,7 @@ internal sealed class PageCollector
     private void Splice(ulong va, Span<nint> refs, int pages)
     {
         Span<nint> frames = _imgPerPage == 1 ? refs : (_frames ??= new nint[PagePipe.MaxReserve >> 12]).AsSpan(0, pages);
-        var r = _k.Proc.SplicePages(_pid, va, frames);
+        var r = _frozen is null ? SysResult.Fail(Errno.EPERM) : _k.SplicePages(_frozen, _pid, va, frames);
         if (!r.Ok)
             throw new DumperException($"cannot splice task memory ({r.Error})", _pid, null, va, va + ((ulong)pages << _shift));
         if (_imgPerPage != 1)
@@ -182,7 +183,7 @@ internal sealed class PageCollector
 
     private void Read(ulong va, Span<byte> dst)
     {
-        var r = _k.Proc.ReadMemory(_pid, va, dst);
+        var r = _k.ReadMemory(_pid, va, dst);
         if (!r.Ok)
             throw new DumperException($"cannot read task memory ({r.Error})", _pid, null, va, va + (ulong)dst.Length);
     }

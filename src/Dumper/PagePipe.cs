@@ -1,3 +1,5 @@
+using CriuSharp.KernelApi;
+
 namespace CriuSharp.Dumper;
 
 /// <summary>
@@ -46,6 +48,7 @@ internal sealed class PagePipe
     private readonly List<Iov> _iovs = [];
     private readonly PageXferQueue? _stream;
     private readonly PageXfer? _target;
+    private readonly FreezeLease? _frozen;
     private int _cur = -1;
     private int _off;
     /// <summary>Streaming: iovecs [0, _handed) have gone to the transfer thread.</summary>
@@ -56,11 +59,15 @@ internal sealed class PagePipe
     {
     }
 
-    /// <summary>A streamed pipe: finished iovecs go to <paramref name="target"/> through <paramref name="stream"/>.</summary>
-    public PagePipe(PageXferQueue stream, PageXfer target)
+    /// <summary>
+    /// A streamed pipe: finished iovecs go to <paramref name="target"/> through
+    /// <paramref name="stream"/>, as page leases valid while <paramref name="frozen"/> lasts.
+    /// </summary>
+    public PagePipe(PageXferQueue stream, PageXfer target, FreezeLease frozen)
     {
         _stream = stream;
         _target = target;
+        _frozen = frozen;
     }
 
     public bool Streamed => _stream is not null;
@@ -175,7 +182,7 @@ internal sealed class PagePipe
             if (iov.Hole)
                 _stream!.PostHole(_target!, iov.Va, iov.HolePages);
             else
-                _stream!.PostPresent(_target!, iov.Va, _refs[iov.Buf]!, iov.Off >> 12, iov.Bytes >> 12);
+                _stream!.PostPresent(_target!, iov.Va, new PageLease(_frozen!, _refs[iov.Buf]!, iov.Off >> 12, iov.Bytes >> 12));
         }
         _handed = _iovs.Count;
         if (_cur >= 0 && _refs[_cur] is { } current)

@@ -1,7 +1,5 @@
 using System.Buffers;
 using CriuSharp.Dumper.Proc;
-using CriuSharp.SimKernel;
-using CriuSharp.SimKernel.Proc;
 
 namespace CriuSharp.Dumper;
 
@@ -39,7 +37,7 @@ internal sealed class PageWalker : IDisposable
 {
     private const int PagemapBatch = 4096;
     private const int ScanVec = 512;
-    private readonly Kernel _k;
+    private readonly IKernel _k;
     private readonly bool _useScan;
     private readonly DirtySource _dirty;
     private readonly PagemapLayout _layout;
@@ -48,14 +46,14 @@ internal sealed class PageWalker : IDisposable
     private readonly PageRegion[] _vec;
     private readonly int _shift;
 
-    public PageWalker(Kernel kernel, bool useScan, DirtySource dirty)
+    public PageWalker(IKernel kernel, bool useScan, DirtySource dirty)
     {
         _k = kernel;
-        _useScan = useScan && kernel.Features.PagemapScan;
+        _useScan = useScan && kernel.Capabilities.PagemapScan;
         _dirty = dirty;
-        _shift = kernel.Arch.PageShift;
+        _shift = kernel.Capabilities.PageShift;
         // The 2013 series keeps soft-dirty out of /proc/PID/pagemap and shows it in pagemap2.
-        _layout = kernel.Version.HasPagemap2 ? PagemapLayout.Pagemap2 : kernel.Version.PagemapLayout;
+        _layout = kernel.Capabilities.HasPagemap2 ? PagemapLayout.Pagemap2 : kernel.Capabilities.PagemapLayout;
         _pm = ArrayPool<ulong>.Shared.Rent(PagemapBatch);
         _vec = ArrayPool<PageRegion>.Shared.Rent(ScanVec);
         _zeroPfn = _useScan ? ulong.MaxValue : Kerndat.ZeroPfn(kernel);
@@ -94,7 +92,7 @@ internal sealed class PageWalker : IDisposable
         {
             int n = (int)Math.Min(PagemapBatch, (vma.End - va) >> _shift);
             var pm = _pm.AsSpan(0, n);
-            _k.Proc.ReadPagemap(pid, va, pm, _layout);
+            _k.ReadPagemap(pid, va, pm, _layout);
             for (int i = 0; i < n; i++)
             {
                 ulong e = pm[i];
@@ -134,7 +132,7 @@ internal sealed class PageWalker : IDisposable
         while (start < vma.End)
         {
             var arg = PmScanArg.Create(start, vma.End, ScanVec, 0, ret, anyof: PageCategory.Present | PageCategory.Swapped);
-            var r = _k.Proc.PagemapScan(pid, ref arg, _vec.AsSpan(0, ScanVec));
+            var r = _k.PagemapScan(pid, ref arg, _vec.AsSpan(0, ScanVec));
             if (!r.Ok)
                 throw new DumperException($"PAGEMAP_SCAN failed ({r.Error})", pid, null, start, vma.End);
             for (int i = 0; i < (int)r.Value; i++)
@@ -176,7 +174,7 @@ internal sealed class PageWalker : IDisposable
         {
             int n = (int)Math.Min(nr, PagemapBatch);
             var pm = _pm.AsSpan(0, n);
-            _k.Proc.ReadPagemap(pid, va, pm, PagemapLayout.Modern);
+            _k.ReadPagemap(pid, va, pm, PagemapLayout.Modern);
             for (int i = 0; i < n; i++)
                 if (!IsMarker(pm[i]))
                     Append(spans, va + ((ulong)i << _shift), 1, bits, _shift);

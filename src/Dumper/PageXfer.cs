@@ -1,5 +1,6 @@
 using CriuSharp.ImageFormat;
 using CriuSharp.ImageFormat.Images;
+using CriuSharp.KernelApi;
 
 namespace CriuSharp.Dumper;
 
@@ -51,8 +52,10 @@ internal sealed class PageXfer : IDisposable
     }
 
     /// <summary>One iovec of page references from a streamed pipe (on the transfer thread).</summary>
-    internal void WritePresent(ulong va, ReadOnlySpan<nint> pages)
+    internal void WritePresent(ulong va, PageLease lease)
     {
+        // The lease refuses its pages once the tree has been thawed.
+        var pages = lease.Pages;
         _writer.AddPresentByReference(va, pages);
         NoteWritten(va, va + ((ulong)pages.Length << 12));
     }
@@ -166,8 +169,7 @@ internal sealed class PageXferQueue : IDisposable
         public PageXfer? Target;
         public ulong Va;
         public nint[]? Array;
-        public int Off;
-        public int Pages;
+        public PageLease Lease;
         public ulong HolePages;
     }
 
@@ -184,8 +186,8 @@ internal sealed class PageXferQueue : IDisposable
     /// <param name="budgetBytes">Page bytes that may be referenced by rented buffers at once (collected but not yet handed on).</param>
     public PageXferQueue(long budgetBytes) => _budget = budgetBytes >> 12;
 
-    public void PostPresent(PageXfer target, ulong va, nint[] array, int off, int pages) =>
-        Post(new Item { Kind = Kind.Present, Target = target, Va = va, Array = array, Off = off, Pages = pages });
+    public void PostPresent(PageXfer target, ulong va, PageLease pages) =>
+        Post(new Item { Kind = Kind.Present, Target = target, Va = va, Lease = pages });
 
     public void PostHole(PageXfer target, ulong va, ulong imagePages) =>
         Post(new Item { Kind = Kind.Hole, Target = target, Va = va, HolePages = imagePages });
@@ -270,7 +272,7 @@ internal sealed class PageXferQueue : IDisposable
                 switch (item.Kind)
                 {
                     case Kind.Present:
-                        item.Target!.WritePresent(item.Va, new ReadOnlySpan<nint>(item.Array, item.Off, item.Pages));
+                        item.Target!.WritePresent(item.Va, item.Lease);
                         break;
                     case Kind.Hole:
                         item.Target!.WriteHole(item.Va, item.HolePages);

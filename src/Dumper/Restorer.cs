@@ -2,9 +2,6 @@ using System.Diagnostics;
 using CriuSharp.Dumper.Proc;
 using CriuSharp.ImageFormat;
 using CriuSharp.ImageFormat.Images;
-using CriuSharp.SimKernel;
-using CriuSharp.SimKernel.Machine;
-using CriuSharp.SimKernel.Mm;
 
 namespace CriuSharp.Dumper;
 
@@ -21,8 +18,7 @@ namespace CriuSharp.Dumper;
 /// </summary>
 internal sealed class Restorer
 {
-    private readonly ISimHost _host;
-    private readonly Kernel _k;
+    private readonly IKernel _k;
     private readonly RestoreOptions _o;
     private readonly int _ps;
     private readonly int _shift;
@@ -35,13 +31,12 @@ internal sealed class Restorer
     private ulong _compared, _skippedCow, _restored, _bytesRead, _zeroFilled, _fromParent, _fillBytes;
     private byte[]? _cmp;
 
-    public Restorer(ISimHost host, RestoreOptions options)
+    public Restorer(IKernel kernel, RestoreOptions options)
     {
-        _host = host;
-        _k = host.Kernel;
+        _k = kernel;
         _o = options;
-        _ps = _k.Arch.PageSize;
-        _shift = _k.Arch.PageShift;
+        _ps = _k.Capabilities.PageSize;
+        _shift = _k.Capabilities.PageShift;
     }
 
     public RestoreResult Run()
@@ -70,22 +65,22 @@ internal sealed class Restorer
         foreach (var pe in pstree)
         {
             int pid = (int)pe.Pid;
-            if (_k.FindTask(pid) is { } existing && existing.State != SimKernel.TaskState.Dead)
+            if (_k.FindTask(pid) is { } existing && existing.State != TaskRunState.Dead)
                 throw new DumperException("pid is already in use on the destination", pid, _o.ImagesDir);
             var core = set.ReadCore(pid);
-            if ((int)core.Mtype != _k.Arch.CriuMtype)
-                throw new DumperException($"images are for {core.Mtype}, the destination kernel is {_k.Arch.Name}", pid, _o.ImagesDir);
+            if ((int)core.Mtype != _k.Capabilities.CriuMtype)
+                throw new DumperException($"images are for {core.Mtype}, the destination kernel is {_k.Capabilities.ArchName}", pid, _o.ImagesDir);
             var mm = set.ReadMm(pid);
             string comm = core.Tc?.Comm ?? "restored";
-            SimTask task;
+            RTask task;
             bool forked = false;
             if (pe.Ppid != 0 && _k.FindTask((int)pe.Ppid) is { Alive: true } parent && parent.Comm == comm)
             {
-                task = _k.Fork(parent, pid);
+                task = new RTask(_k, _k.Fork(parent.Pid, pid));
                 forked = true;
             }
             else
-                task = _k.Spawn(comm, pid, (int)pe.Ppid);
+                task = new RTask(_k, _k.Spawn(comm, pid, (int)pe.Ppid));
             forkNs += _o.Cost.ForkNsPerTask;
             pids.Add(pid);
 
@@ -97,8 +92,7 @@ internal sealed class Restorer
             if (core.HasSimTaskState)
             {
                 var (regs, extra) = SimTaskState.Decode(core.SimTaskState.Span);
-                regs.AsSpan(0, Math.Min(regs.Length, task.Registers.Length)).CopyTo(task.Registers);
-                task.ExtraState = extra;
+                _k.SetRegisters(pid, new TaskRegisters(regs, extra));
             }
             if (_o.Verify)
                 vmasVerified += Verify(set, task, mm);
@@ -124,9 +118,8 @@ internal sealed class Restorer
         // The restored tree resumes only when the restore is complete: while its modelled time
         // passes, the tasks stay frozen, as CRIU's restored tasks wait for the final resume.
         int root = pids[0];
-        _host.Kernel.Freeze(root);
-        _host.Advance(forkNs + mmapNs + fillNs + decompressNs);
-        _host.Kernel.Thaw(root);
+        using (_k.Freeze(root))
+            _k.LetTimePass(forkNs + mmapNs + fillNs + decompressNs);
         return new RestoreResult(stats, pids, _warnings);
     }
 
@@ -146,10 +139,10 @@ internal sealed class Restorer
     }
 
     /// <summary>Makes the task's layout the image's; returns the image VMAs kept from the fork parent.</summary>
-    private HashSet<ulong> PrepareLayout(SimTask task, mm_entry mm, Dictionary<uint, string> files, bool forked)
+    private HashSet<ulong> PrepareLayout(RTask task, mm_entry mm, Dictionary<uint, string> files, bool forked)
     {
         int pid = task.Pid;
-        var current = SmapsParser.Parse(_k.Proc.Smaps(pid));
+        var current = SmapsParser.Parse(_k.Smaps(pid));
         var inherited = new HashSet<ulong>();
         var wanted = mm.Vmas.ToDictionary(v => v.Start);
         foreach (var cur in current)
@@ -188,7 +181,7 @@ internal sealed class Restorer
             if ((st & VmaStatus.AnonShared) != 0)
             {
                 var obj = ShmemObject(task, e);
-                r = task.Mmap(e.Start, len, prot, flags, obj, (long)e.Pgoff);
+                r = task.Mmap(e.Start, len, prot, flags, MapSource.Opened(obj), (long)e.Pgoff);
                 if (r.Ok && !_shm.ContainsKey(e.Shmid))
                     _shm[e.Shmid] = (pid, e.Start, e.Pgoff);
             }
@@ -196,11 +189,12 @@ internal sealed class Restorer
             {
                 if (!files.TryGetValue((uint)e.Shmid, out var path))
                     throw new DumperException($"files.img has no file with id {e.Shmid}", pid, _o.ImagesDir, e.Start, e.End);
-                var f = _k.Fs.Lookup(path) ?? throw new DumperException($"file {path} does not exist on the destination", pid, _o.ImagesDir, e.Start, e.End);
-                r = task.Mmap(e.Start, len, prot, flags, f, (long)e.Pgoff);
+                if (_k.FileSize(path) is null)
+                    throw new DumperException($"file {path} does not exist on the destination", pid, _o.ImagesDir, e.Start, e.End);
+                r = task.Mmap(e.Start, len, prot, flags, MapSource.File(path), (long)e.Pgoff);
             }
             else
-                r = task.Mmap(e.Start, len, prot, flags | MapFlags.Anonymous);
+                r = task.Mmap(e.Start, len, prot, flags | MapFlags.Anonymous, MapSource.Anonymous);
             if (!r.Ok)
                 throw new DumperException($"mmap failed ({r.Error})", pid, _o.ImagesDir, e.Start, e.End);
             if (e.HasMadv)
@@ -212,19 +206,17 @@ internal sealed class Restorer
     }
 
     /// <summary>The shmem object behind a shmid: open it through map_files of a task that maps it, or create it.</summary>
-    private SimFile ShmemObject(SimTask task, vma_entry e)
+    private OpenFile ShmemObject(RTask task, vma_entry e)
     {
-        if (_shm.TryGetValue(e.Shmid, out var at) && _k.FindTask(at.Pid) is { } holder && holder.OpenMapFile(at.Va, out var f).Ok && f is not null)
+        if (_shm.TryGetValue(e.Shmid, out var at) && _k.OpenMapFiles(at.Pid, at.Va, out var f).Ok && f is not null)
             return f;
         // A fresh MAP_SHARED|MAP_ANONYMOUS mapping large enough for this window creates the object.
         ulong size = e.Pgoff + (e.End - e.Start);
-        var r = task.Mmap(0, size, Prot.Read | Prot.Write, MapFlags.Shared | MapFlags.Anonymous);
+        var r = task.Mmap(0, size, Prot.Read | Prot.Write, MapFlags.Shared | MapFlags.Anonymous, MapSource.Anonymous);
         if (!r.Ok)
             throw new DumperException($"cannot create shared memory ({r.Error})", task.Pid, _o.ImagesDir, e.Start, e.End);
-        task.OpenMapFile((ulong)r.Value, out var obj);
+        _k.OpenMapFiles(task.Pid, (ulong)r.Value, out var obj);
         task.Munmap((ulong)r.Value, size);
-        var info = SmapsParser.Parse(_k.Proc.Smaps(task.Pid));
-        _ = info;
         _shmInode[e.Shmid] = obj!.Inode;
         return obj;
     }
@@ -236,7 +228,7 @@ internal sealed class Restorer
     /// <summary>Restores with at least this many bytes decompress on a second thread while the first writes.</summary>
     private const long PipelineBytes = 8L << 20;
 
-    private void FillPrivate(ImageSet set, SimTask task, mm_entry mm, HashSet<ulong> inherited)
+    private void FillPrivate(ImageSet set, RTask task, mm_entry mm, HashSet<ulong> inherited)
     {
         int pid = task.Pid;
         if (!set.HasPagemap(pid))
@@ -324,7 +316,7 @@ internal sealed class Restorer
                 var page = span.Slice(off, ps);
                 ulong a = it.Va + (ulong)off;
                 _compared++;
-                _k.Proc.ReadMemory(pid, a, _cmp);
+                _k.ReadMemory(pid, a, _cmp);
                 if (page.SequenceEqual(_cmp))
                 {
                     _skippedCow++;
@@ -413,14 +405,14 @@ internal sealed class Restorer
 
     private void Write(int pid, ulong va, ReadOnlySpan<byte> data)
     {
-        var r = _k.Proc.WriteMemory(pid, va, data);
+        var r = _k.WriteMemory(pid, va, data);
         if (!r.Ok)
             throw new DumperException($"cannot write restored memory ({r.Error})", pid, _o.ImagesDir, va, va + (ulong)data.Length);
         _restored += (ulong)(data.Length / PageGeometry.PageSize);
         _fillBytes += (ulong)data.Length;
     }
 
-    private void FillShmem(ImageSet set, SimTask task, mm_entry mm)
+    private void FillShmem(ImageSet set, RTask task, mm_entry mm)
     {
         foreach (var e in mm.Vmas.Where(v => (v.Status & (uint)VmaStatus.AnonShared) != 0))
         {
@@ -444,7 +436,19 @@ internal sealed class Restorer
         }
     }
 
-    private static void RestoreMmFields(SimTask task, mm_entry mm)
+    /// <summary>A task being restored, addressed by pid through the kernel's system calls.</summary>
+    private readonly record struct RTask(IKernel Kernel, int Pid)
+    {
+        public SysResult Mmap(ulong addr, ulong len, Prot prot, MapFlags flags, MapSource source, long offset = 0) =>
+            Kernel.Mmap(Pid, addr, len, prot, flags, source, offset);
+        public SysResult Munmap(ulong addr, ulong len) => Kernel.Munmap(Pid, addr, len);
+        public SysResult Mremap(ulong oldAddr, ulong oldLen, ulong newLen, MremapFlags flags, ulong newAddr = 0) =>
+            Kernel.Mremap(Pid, oldAddr, oldLen, newLen, flags, newAddr);
+        public SysResult Madvise(ulong addr, ulong len, Madvise advice) => Kernel.Madvise(Pid, addr, len, advice);
+        public SysResult PrctlSetMm(PrctlMmField field, ulong value) => Kernel.PrctlSetMm(Pid, field, value);
+    }
+
+    private static void RestoreMmFields(RTask task, mm_entry mm)
     {
         task.PrctlSetMm(PrctlMmField.StartCode, mm.MmStartCode);
         task.PrctlSetMm(PrctlMmField.EndCode, mm.MmEndCode);
@@ -460,7 +464,7 @@ internal sealed class Restorer
     }
 
     /// <summary>Recomputes each dumped VMA's hash from the restored task and compares.</summary>
-    private int Verify(ImageSet set, SimTask task, mm_entry mm)
+    private int Verify(ImageSet set, RTask task, mm_entry mm)
     {
         var sim = set.ReadSimState(task.Pid).FirstOrDefault(s => s.Key == SimKeys.VmaChecksums);
         if (sim is null)
@@ -470,7 +474,7 @@ internal sealed class Restorer
         for (int i = 0; i + 24 <= raw.Length; i += 24)
             expected[BitConverter.ToUInt64(raw[i..])] = (BitConverter.ToUInt64(raw[(i + 8)..]), BitConverter.ToUInt64(raw[(i + 16)..]));
         int n = 0;
-        using var walker = new PageWalker(_k, _k.Features.PagemapScan, DirtySource.Always);
+        using var walker = new PageWalker(_k, _k.Capabilities.PagemapScan, DirtySource.Always);
         var spans = new List<PageSpan>();
         var buf = GC.AllocateUninitializedArray<byte>(1 << 20);
         foreach (var e in mm.Vmas)
@@ -497,7 +501,7 @@ internal sealed class Restorer
                     int cnt = (int)Math.Min(s.NrPages - done, (ulong)(buf.Length / _ps));
                     ulong a = s.Va + (done << _shift);
                     var span = buf.AsSpan(0, cnt * _ps);
-                    _k.Proc.ReadMemory(task.Pid, a, span);
+                    _k.ReadMemory(task.Pid, a, span);
                     h.AddPages(a, span);
                     done += (ulong)cnt;
                 }

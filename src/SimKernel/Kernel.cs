@@ -113,8 +113,8 @@ public sealed partial class Kernel
         var exe = Fs.Lookup(exePath) ?? Fs.Create(exePath, ExecutableImage(task.Comm, 3 * ps));
         mm.ExeFile = exe;
         const ulong textBase = 0x555555550000UL;
-        ulong text = mm.Mmap(textBase, (ulong)(2 * ps), Mm.Prot.Read | Mm.Prot.Exec, MapFlags.Private | MapFlags.Fixed, exe, 0).Value is var t ? (ulong)t : 0;
-        ulong data = (ulong)mm.Mmap(text + (ulong)(2 * ps), (ulong)ps, Mm.Prot.Read | Mm.Prot.Write, MapFlags.Private | MapFlags.Fixed, exe, 2L * ps).Value;
+        ulong text = mm.Mmap(textBase, (ulong)(2 * ps), CriuSharp.KernelApi.Prot.Read | CriuSharp.KernelApi.Prot.Exec, MapFlags.Private | MapFlags.Fixed, exe, 0).Value is var t ? (ulong)t : 0;
+        ulong data = (ulong)mm.Mmap(text + (ulong)(2 * ps), (ulong)ps, CriuSharp.KernelApi.Prot.Read | CriuSharp.KernelApi.Prot.Write, MapFlags.Private | MapFlags.Fixed, exe, 2L * ps).Value;
         mm.StartCode = text;
         mm.EndCode = text + (ulong)(2 * ps);
         mm.StartData = data;
@@ -133,7 +133,7 @@ public sealed partial class Kernel
 
         ulong stackEnd = (Arch.TaskSize & ~(Arch.HugePageSize - 1)) - Arch.HugePageSize;
         ulong stackSize = Math.Max(0x21000UL, 2UL * (ulong)ps) + (ulong)ps - 1 & Arch.PageMask;
-        mm.Mmap(stackEnd - stackSize, stackSize, Mm.Prot.Read | Mm.Prot.Write,
+        mm.Mmap(stackEnd - stackSize, stackSize, CriuSharp.KernelApi.Prot.Read | CriuSharp.KernelApi.Prot.Write,
             MapFlags.Private | MapFlags.Anonymous | MapFlags.Fixed | MapFlags.GrowsDown).OrThrow("exec stack");
         byte[] args = System.Text.Encoding.ASCII.GetBytes(task.Comm + "\0PATH=/usr/bin\0");
         ulong argStart = stackEnd - 0x100;

@@ -65,7 +65,7 @@ public static class Inspector
         // A dump's mm images hold the VMAs; pre-dumps have none, so the newest one found serves the chain.
         var mmSet = top.Chain().FirstOrDefault(s => s.PagemapPids().Any(pid => s.Has(ImageNames.Mm(pid))));
         Func<int, IReadOnlyList<TraceVma>> vmas = pid => mmSet is not null && mmSet.Has(ImageNames.Mm(pid))
-            ? [.. mmSet.ReadMm(pid).Vmas.Select(v => new TraceVma(v.Start, v.End, (SimKernel.Mm.Prot)(v.Prot & 7), ""))]
+            ? [.. mmSet.ReadMm(pid).Vmas.Select(v => new TraceVma(v.Start, v.End, (KernelApi.Prot)(v.Prot & 7), ""))]
             : [];
         return Finish(path, false, null, null, null, [.. chain.Select(s => Image(s, null, vmas))]);
     }

@@ -1,53 +1,38 @@
 using System.Globalization;
 using CriuSharp.Dumper;
 using CriuSharp.ImageFormat;
-using CriuSharp.SimKernel.Machine;
 using CriuSharp.SimKernel.Workloads;
 
 namespace CriuSharp.Traces;
 
 /// <summary>
-/// What recording needs from a machine — the only part that differs between a simulated machine
-/// and the real host: the process tree and its /proc/PID/maps, a pre-dump (the Dumper's, against
-/// that machine's kernel interface), and the passing of time (virtual on a simulated machine,
-/// real on the host).
+/// What is recorded: a kernel seen through <see cref="IKernel"/> — the simulator behind its adapter,
+/// or the Linux host — and how time passes there. That is the only difference between recording a
+/// simulated process and a real one: on a simulated machine time is virtual and passes only when
+/// the recorder lets it (the workloads run meanwhile); on the host it passes by itself and the
+/// recorder sleeps until the next sample is due.
 /// </summary>
-public interface IRecordTarget
+/// <param name="Kernel">The kernel the pre-dumps are taken from.</param>
+/// <param name="Name">"/proc" for the host, else the machine directory (written in the index).</param>
+/// <param name="RealTime">Wall-clock time (the host) rather than the kernel's virtual time.</param>
+public sealed record RecordTarget(IKernel Kernel, string Name, bool RealTime)
 {
-    /// <summary>"/proc", or the simulated machine's directory.</summary>
-    string Name { get; }
-    string Arch { get; }
-    string KernelName { get; }
-    /// <summary>Monotonic time of the machine.</summary>
-    ulong NowNs { get; }
-    bool Alive(int pid);
-    string Comm(int pid);
-    /// <summary>The live tasks of the tree rooted at <paramref name="pid"/>, root first.</summary>
-    IReadOnlyList<int> Tree(int pid);
-    /// <summary>The text of /proc/PID/maps.</summary>
-    string Maps(int pid);
-    DumpResult PreDump(DumpOptions options);
-    /// <summary>Lets <paramref name="ns"/> pass while the tree runs.</summary>
-    void Wait(ulong ns);
-}
+    private readonly System.Diagnostics.Stopwatch _clock = System.Diagnostics.Stopwatch.StartNew();
 
-/// <summary>A simulated host as a recording target: time is virtual and passes only when the recorder waits.</summary>
-/// <param name="host">The host (a machine directory, or one kept in memory).</param>
-/// <param name="name">What the index names as the machine (the directory).</param>
-public sealed class SimRecordTarget(ISimHost host, string name) : IRecordTarget
-{
-    public SimRecordTarget(SimMachine machine) : this(machine, machine.Directory) { }
+    /// <summary>A simulated host (a machine directory, or one kept in memory).</summary>
+    public static RecordTarget Simulated(SimKernel.Machine.ISimHost host, string name) => new(new SimKernel.Machine.SimKernelAdapter(host), name, false);
 
-    public string Name => name;
-    public string Arch => host.Kernel.Arch.Name;
-    public string KernelName => host.Kernel.Version.Name;
-    public ulong NowNs => host.Kernel.UptimeNs;
-    public bool Alive(int pid) => host.Kernel.FindTask(pid) is { Alive: true };
-    public string Comm(int pid) => host.Kernel.FindTask(pid)?.Comm ?? "";
-    public IReadOnlyList<int> Tree(int pid) => [.. host.Kernel.Tree(pid).Where(t => t.Alive).Select(t => t.Pid)];
-    public string Maps(int pid) => host.Kernel.Proc.Maps(pid);
-    public DumpResult PreDump(DumpOptions options) => Criu.PreDump(host, options);
-    public void Wait(ulong ns) => host.Advance(ns);
+    public ulong NowNs => RealTime ? (ulong)_clock.Elapsed.Ticks * 100 : Kernel.UptimeNs;
+
+    public void Wait(ulong ns)
+    {
+        if (!RealTime)
+            Kernel.LetTimePass(ns);
+        else if (ns > 0)
+            Thread.Sleep(TimeSpan.FromTicks((long)(ns / 100)));
+    }
+
+    public bool Alive(int pid) => Kernel.FindTask(pid) is { Alive: true };
 }
 
 /// <summary>Options of <c>record</c>.</summary>
@@ -78,7 +63,7 @@ public sealed record RecordResult(string Path, TraceIndex Index, IReadOnlyList<D
 /// </summary>
 public static class Recorder
 {
-    public static RecordResult Record(IRecordTarget target, RecordOptions o, Action<int, TraceSample>? progress = null)
+    public static RecordResult Record(RecordTarget target, RecordOptions o, Action<int, TraceSample>? progress = null)
     {
         if (o.IntervalNs == 0)
             throw new DumperException("the interval must be longer than 0");
@@ -92,10 +77,10 @@ public static class Recorder
         var index = new TraceIndex
         {
             Machine = target.Name,
-            Arch = target.Arch,
-            Kernel = target.KernelName,
+            Arch = target.Kernel.Capabilities.ArchName,
+            Kernel = target.Kernel.Capabilities.KernelVersion,
             Pid = o.Pid,
-            Comm = target.Comm(o.Pid),
+            Comm = target.Kernel.FindTask(o.Pid)?.Comm ?? "",
             IntervalNs = o.IntervalNs,
             Compression = o.PageStore.Compression.ToString().ToLowerInvariant(),
         };
@@ -116,14 +101,14 @@ public static class Recorder
             // The VMAs just before the freeze: a pre-dump writes no mm image.
             var procs = new List<TraceProcess>();
             var seen = new Dictionary<int, List<TraceVma>>();
-            foreach (int pid in target.Tree(o.Pid))
+            foreach (int pid in target.Kernel.Tree(o.Pid).Where(t => t.Alive).Select(t => t.Pid))
             {
                 List<TraceVma> vmas;
                 try
                 {
-                    vmas = VmaDiff.ParseMaps(target.Maps(pid));
+                    vmas = VmaDiff.ParseMaps(target.Kernel.Maps(pid));
                 }
-                catch (Exception e) when (e is SimKernel.KernelException or IOException)
+                catch (Exception e) when (e is KernelException or IOException)
                 {
                     continue; // the task exited between listing the tree and reading its maps
                 }
@@ -136,7 +121,7 @@ public static class Recorder
             DumpResult r;
             try
             {
-                r = target.PreDump(new DumpOptions
+                r = Criu.PreDump(target.Kernel, new DumpOptions
                 {
                     Pid = o.Pid,
                     ImagesDir = Path.Combine(outDir, dir),

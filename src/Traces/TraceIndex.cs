@@ -2,7 +2,6 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using CriuSharp.ImageFormat;
-using CriuSharp.SimKernel.Mm;
 using CriuSharp.SimKernel.Workloads;
 
 namespace CriuSharp.Traces;
@@ -163,7 +162,7 @@ public sealed class TraceVmaRecord
         ulong end = Hex(End) ?? throw Bad($"'{End}' is not an address");
         if (end <= start || (start | end) % PageGeometry.PageSize != 0)
             throw Bad($"{Start}-{End} is not a page-aligned range");
-        Prot prot = Op == "unmap" ? SimKernel.Mm.Prot.None
+        Prot prot = Op == "unmap" ? KernelApi.Prot.None
             : ParseProt(Prot) ?? throw Bad($"'{Prot}' is not a protection like rw-p");
         return new TraceVma(start, end, prot, Name ?? "");
     }
@@ -175,16 +174,16 @@ public sealed class TraceVmaRecord
     }
 
     public static string ProtText(Prot p) =>
-        $"{((p & SimKernel.Mm.Prot.Read) != 0 ? 'r' : '-')}{((p & SimKernel.Mm.Prot.Write) != 0 ? 'w' : '-')}{((p & SimKernel.Mm.Prot.Exec) != 0 ? 'x' : '-')}p";
+        $"{((p & KernelApi.Prot.Read) != 0 ? 'r' : '-')}{((p & KernelApi.Prot.Write) != 0 ? 'w' : '-')}{((p & KernelApi.Prot.Exec) != 0 ? 'x' : '-')}p";
 
     public static Prot? ParseProt(string? s)
     {
         if (s is null || s.Length < 3)
             return null;
         Prot p = 0;
-        if (s[0] == 'r') p |= SimKernel.Mm.Prot.Read; else if (s[0] != '-') return null;
-        if (s[1] == 'w') p |= SimKernel.Mm.Prot.Write; else if (s[1] != '-') return null;
-        if (s[2] == 'x') p |= SimKernel.Mm.Prot.Exec; else if (s[2] != '-') return null;
+        if (s[0] == 'r') p |= KernelApi.Prot.Read; else if (s[0] != '-') return null;
+        if (s[1] == 'w') p |= KernelApi.Prot.Write; else if (s[1] != '-') return null;
+        if (s[2] == 'x') p |= KernelApi.Prot.Exec; else if (s[2] != '-') return null;
         return p;
     }
 }

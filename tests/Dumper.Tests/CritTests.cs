@@ -26,7 +26,7 @@ public class CritTests
         Procs.Rich(k, 950);
         k.Fork(k.FindTask(950)!, 951);
         var dir = RoundTrip.NewDir("crit");
-        Criu.Dump(new ClockOnlyHost(k), new DumpOptions { Pid = 950, ImagesDir = dir, PageStore = PageStoreOptions.Raw });
+        Criu.Dump(new ClockOnlyHost(k).AsKernelApi(), new DumpOptions { Pid = 950, ImagesDir = dir, PageStore = PageStoreOptions.Raw });
         foreach (var img in new[] { "inventory.img", "pstree.img", "core-950.img", "mm-950.img", "pagemap-950.img", "files.img", "stats-dump" })
         {
             var (code, o) = Crit("decode", "-i", Path.Combine(dir, img));

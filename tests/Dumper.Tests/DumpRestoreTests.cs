@@ -55,9 +55,9 @@ public class DumpRestoreTests
         Assert.True(t.Madvise(a, 16UL * 4096, Madvise.PageOut).Ok);
         Assert.Contains("VmSwap", k.Proc.Status(600));
         var dir = RoundTrip.NewDir("swap");
-        Criu.Dump(new ClockOnlyHost(k), new DumpOptions { Pid = 600, ImagesDir = dir });
+        Criu.Dump(new ClockOnlyHost(k).AsKernelApi(), new DumpOptions { Pid = 600, ImagesDir = dir });
         var dest = new Kernel(k.Config);
-        Criu.Restore(new ClockOnlyHost(dest), new RestoreOptions { ImagesDir = dir });
+        Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = dir });
         RoundTrip.AssertSame(expected, dest);
     }
 
@@ -67,13 +67,13 @@ public class DumpRestoreTests
         var k = RoundTrip.NewKernel();
         var t = Procs.Rich(k, 700);
         var dir = RoundTrip.NewDir("leave");
-        Criu.Dump(new ClockOnlyHost(k), new DumpOptions { Pid = 700, ImagesDir = dir, LeaveRunning = true });
+        Criu.Dump(new ClockOnlyHost(k).AsKernelApi(), new DumpOptions { Pid = 700, ImagesDir = dir, LeaveRunning = true });
         Assert.Equal(TaskState.Running, t.State);
         Procs.Touch(t, Proc.SmapsParser.Parse(k.Proc.Maps(700)).First(v => v.IsAnonPrivate && v.Name is null).Start, 42);
-        var r = Criu.Dump(new ClockOnlyHost(k), new DumpOptions { Pid = 700, ImagesDir = dir, LeaveRunning = true });
+        var r = Criu.Dump(new ClockOnlyHost(k).AsKernelApi(), new DumpOptions { Pid = 700, ImagesDir = dir, LeaveRunning = true });
         Assert.True(r.Stats.PagesWritten > 0);
         File.WriteAllText(Path.Combine(dir, "notes.txt"), "mine");
-        Assert.Throws<DumperException>(() => Criu.Dump(new ClockOnlyHost(k), new DumpOptions { Pid = 700, ImagesDir = dir }));
+        Assert.Throws<DumperException>(() => Criu.Dump(new ClockOnlyHost(k).AsKernelApi(), new DumpOptions { Pid = 700, ImagesDir = dir }));
     }
 
     [Fact]
@@ -82,7 +82,7 @@ public class DumpRestoreTests
         var k = RoundTrip.NewKernel();
         Procs.Rich(k, 800);
         var dir = RoundTrip.NewDir("stats");
-        var r = Criu.Dump(new ClockOnlyHost(k), new DumpOptions { Pid = 800, ImagesDir = dir });
+        var r = Criu.Dump(new ClockOnlyHost(k).AsKernelApi(), new DumpOptions { Pid = 800, ImagesDir = dir });
         var s = ImageSet.Open(dir).ReadDumpStats()!;
         Assert.Equal(r.Stats.PagesWritten, s.PagesWritten);
         Assert.True(s.PagesScanned >= s.PagesWritten);
@@ -93,7 +93,7 @@ public class DumpRestoreTests
         var restoreDir = dir;
         var dest = new Kernel(k.Config);
         dest.Fs.Create("/data/blob", ReadFile(k, "/data/blob"));
-        Criu.Restore(new ClockOnlyHost(dest), new RestoreOptions { ImagesDir = restoreDir });
+        Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = restoreDir });
         var rs = ImageSet.Open(dir).ReadRestoreStats()!;
         Assert.True(rs.PagesRestored > 0);
         Assert.True(rs.RestoreTime > 0);
@@ -110,10 +110,10 @@ public class DumpRestoreTests
     [Fact]
     public void Check_ReportsTheBestTracker_PerProfile()
     {
-        Assert.Equal(TrackerKind.PagemapScan, Criu.Check(RoundTrip.NewKernel("x86_64")).BestTracker);
-        Assert.Equal(TrackerKind.UffdWp, Criu.Check(RoundTrip.NewKernel("arm64")).BestTracker);
-        Assert.Equal(TrackerKind.SoftDirty, Criu.Check(RoundTrip.NewKernel("x86_64", "2013")).BestTracker);
-        var none = Criu.Check(RoundTrip.NewKernel("arm64", "2013"));
+        Assert.Equal(TrackerKind.PagemapScan, Criu.Check(new SimKernelAdapter(RoundTrip.NewKernel("x86_64"))).BestTracker);
+        Assert.Equal(TrackerKind.UffdWp, Criu.Check(new SimKernelAdapter(RoundTrip.NewKernel("arm64"))).BestTracker);
+        Assert.Equal(TrackerKind.SoftDirty, Criu.Check(new SimKernelAdapter(RoundTrip.NewKernel("x86_64", "2013"))).BestTracker);
+        var none = Criu.Check(new SimKernelAdapter(RoundTrip.NewKernel("arm64", "2013")));
         Assert.Equal(TrackerKind.None, none.BestTracker);
         Assert.Single(none.Warnings);
     }
@@ -126,12 +126,12 @@ public class DumpRestoreTests
         ulong a = Procs.Map(t, 4);
         Procs.Fill(t, a, 4, 5);
         var dir = RoundTrip.NewDir("corrupt");
-        Criu.Dump(new ClockOnlyHost(k), new DumpOptions { Pid = 900, ImagesDir = dir, PageStore = PageStoreOptions.Raw });
+        Criu.Dump(new ClockOnlyHost(k).AsKernelApi(), new DumpOptions { Pid = 900, ImagesDir = dir, PageStore = PageStoreOptions.Raw });
         var pages = Directory.GetFiles(dir, "pages-*.img").OrderByDescending(f => new FileInfo(f).Length).First();
         var bytes = File.ReadAllBytes(pages);
         bytes[^100] ^= 0xff;
         File.WriteAllBytes(pages, bytes);
-        var ex = Assert.Throws<DumperException>(() => Criu.Restore(new ClockOnlyHost(new Kernel(k.Config)), new RestoreOptions { ImagesDir = dir }));
+        var ex = Assert.Throws<DumperException>(() => Criu.Restore(new ClockOnlyHost(new Kernel(k.Config)).AsKernelApi(), new RestoreOptions { ImagesDir = dir }));
         Assert.Contains("checksum mismatch", ex.Message);
         Assert.NotNull(ex.RangeStart);
     }

@@ -93,7 +93,7 @@ public class PreDumpTests
         var k = RoundTrip.NewKernel();
         Procs.Rich(k, 310);
         var dir = RoundTrip.NewDir("thin");
-        Criu.PreDump(new ClockOnlyHost(k), new DumpOptions { Pid = 310, ImagesDir = dir });
+        Criu.PreDump(new ClockOnlyHost(k).AsKernelApi(), new DumpOptions { Pid = 310, ImagesDir = dir });
         var set = ImageSet.Open(dir);
         var inv = set.ReadInventory();
         Assert.Equal(0u, inv.ImgVersion);
@@ -101,7 +101,7 @@ public class PreDumpTests
         Assert.False(set.Has("pstree.img"));
         Assert.True(set.HasPagemap(310));
         Assert.Equal(TaskState.Running, k.FindTask(310)!.State);
-        var ex = Assert.Throws<DumperException>(() => Criu.Restore(new ClockOnlyHost(new Kernel(k.Config)), new RestoreOptions { ImagesDir = dir }));
+        var ex = Assert.Throws<DumperException>(() => Criu.Restore(new ClockOnlyHost(new Kernel(k.Config)).AsKernelApi(), new RestoreOptions { ImagesDir = dir }));
         Assert.Contains("pre-dump", ex.Message);
     }
 
@@ -114,7 +114,7 @@ public class PreDumpTests
         ulong a = Procs.Map(t, 16);
         Procs.Fill(t, a, 16, 1);
         var baseDir = RoundTrip.NewDir("reuse");
-        Criu.PreDump(host, new DumpOptions { Pid = 400, ImagesDir = Path.Combine(baseDir, "pre0") });
+        Criu.PreDump(host.AsKernelApi(), new DumpOptions { Pid = 400, ImagesDir = Path.Combine(baseDir, "pre0") });
         host.Advance(1_000_000);
         k.Exit(t, 0, SimTask.SIGKILL);
         k.Reap(t);
@@ -123,11 +123,11 @@ public class PreDumpTests
         Assert.Equal(a, b);
         Procs.Fill(u, b, 16, 2);
         var expected = RoundTrip.Snapshot(k, 400);
-        var r = Criu.Dump(host, new DumpOptions { Pid = 400, ImagesDir = Path.Combine(baseDir, "dump"), PrevImagesDir = "../pre0", TrackMem = true });
+        var r = Criu.Dump(host.AsKernelApi(), new DumpOptions { Pid = 400, ImagesDir = Path.Combine(baseDir, "dump"), PrevImagesDir = "../pre0", TrackMem = true });
         Assert.Contains(r.Warnings, w => w.Code == "pid-reuse");
         Assert.Equal(0UL, r.Stats.PagesSkippedParent);
         var dest = new Kernel(k.Config);
-        Criu.Restore(new ClockOnlyHost(dest), new RestoreOptions { ImagesDir = Path.Combine(baseDir, "dump") });
+        Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = Path.Combine(baseDir, "dump") });
         RoundTrip.AssertSame(expected, dest);
     }
 
@@ -167,12 +167,12 @@ public class PreDumpTests
         var k = RoundTrip.NewKernel();
         Procs.Rich(k, 420);
         var baseDir = RoundTrip.NewDir("badparent");
-        var ex = Assert.Throws<DumperException>(() => Criu.PreDump(new ClockOnlyHost(k),
+        var ex = Assert.Throws<DumperException>(() => Criu.PreDump(new ClockOnlyHost(k).AsKernelApi(),
             new DumpOptions { Pid = 420, ImagesDir = Path.Combine(baseDir, "a"), PrevImagesDir = "../nope" }));
         Assert.Contains("does not exist", ex.Message);
         Directory.CreateDirectory(Path.Combine(baseDir, "incomplete"));
         File.WriteAllText(Path.Combine(baseDir, "incomplete", ImageNames.IncompleteMarker), "x");
-        ex = Assert.Throws<DumperException>(() => Criu.PreDump(new ClockOnlyHost(k),
+        ex = Assert.Throws<DumperException>(() => Criu.PreDump(new ClockOnlyHost(k).AsKernelApi(),
             new DumpOptions { Pid = 420, ImagesDir = Path.Combine(baseDir, "b"), PrevImagesDir = "../incomplete" }));
         Assert.Contains("incomplete", ex.Message);
     }
@@ -186,8 +186,8 @@ public class PreDumpTests
         ulong a = Procs.Map(t, 8);
         Procs.Fill(t, a, 8, 1);
         var baseDir = RoundTrip.NewDir("lost");
-        Criu.PreDump(host, new DumpOptions { Pid = 430, ImagesDir = Path.Combine(baseDir, "pre0"), PageStore = PageStoreOptions.Raw });
-        Criu.Dump(host, new DumpOptions { Pid = 430, ImagesDir = Path.Combine(baseDir, "dump"), PrevImagesDir = "../pre0", TrackMem = true });
+        Criu.PreDump(host.AsKernelApi(), new DumpOptions { Pid = 430, ImagesDir = Path.Combine(baseDir, "pre0"), PageStore = PageStoreOptions.Raw });
+        Criu.Dump(host.AsKernelApi(), new DumpOptions { Pid = 430, ImagesDir = Path.Combine(baseDir, "dump"), PrevImagesDir = "../pre0", TrackMem = true });
         // replace the parent's pagemap by an empty one: the final dump's holes now point nowhere
         using (var d = ImageDirectory.Create(Path.Combine(baseDir, "empty")))
         {
@@ -195,7 +195,7 @@ public class PreDumpTests
             d.Commit();
         }
         File.Copy(Path.Combine(baseDir, "empty", ImageNames.Pagemap(430)), Path.Combine(baseDir, "pre0", ImageNames.Pagemap(430)), overwrite: true);
-        var ex = Assert.Throws<DumperException>(() => Criu.Restore(new ClockOnlyHost(new Kernel(k.Config)), new RestoreOptions { ImagesDir = Path.Combine(baseDir, "dump") }));
+        var ex = Assert.Throws<DumperException>(() => Criu.Restore(new ClockOnlyHost(new Kernel(k.Config)).AsKernelApi(), new RestoreOptions { ImagesDir = Path.Combine(baseDir, "dump") }));
         Assert.NotNull(ex.RangeStart);
         Assert.Contains($"0x{a:x}", ex.Message);
     }
@@ -234,14 +234,14 @@ public class PreDumpTests
             else
             {
                 string d = Path.Combine(baseDir, $"pre{pre}");
-                Criu.PreDump(host, new DumpOptions { Pid = 440, ImagesDir = d, PrevImagesDir = prev, PageStore = rnd.Next(2) == 0 ? PageStoreOptions.Raw : PageStoreOptions.Lz4() });
+                Criu.PreDump(host.AsKernelApi(), new DumpOptions { Pid = 440, ImagesDir = d, PrevImagesDir = prev, PageStore = rnd.Next(2) == 0 ? PageStoreOptions.Raw : PageStoreOptions.Lz4() });
                 prev = $"../pre{pre++}";
             }
         }
         var expected = RoundTrip.Snapshot(k, 440);
-        Criu.Dump(host, new DumpOptions { Pid = 440, ImagesDir = Path.Combine(baseDir, "dump"), PrevImagesDir = prev, TrackMem = true });
+        Criu.Dump(host.AsKernelApi(), new DumpOptions { Pid = 440, ImagesDir = Path.Combine(baseDir, "dump"), PrevImagesDir = prev, TrackMem = true });
         var dest = new Kernel(k.Config);
-        Criu.Restore(new ClockOnlyHost(dest), new RestoreOptions { ImagesDir = Path.Combine(baseDir, "dump") });
+        Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = Path.Combine(baseDir, "dump") });
         RoundTrip.AssertSame(expected, dest);
         return true;
     }

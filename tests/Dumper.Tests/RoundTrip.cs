@@ -88,13 +88,13 @@ public static class RoundTrip
         for (int i = 0; i < preDumps; i++)
         {
             string d = Path.Combine(baseDir, $"pre{i}");
-            steps.Add(Criu.PreDump(host, new DumpOptions { Pid = root, ImagesDir = d, PrevImagesDir = prev, PageStore = store, Tracker = tracker, AutoDedup = autoDedup }));
+            steps.Add(Criu.PreDump(host.AsKernelApi(), new DumpOptions { Pid = root, ImagesDir = d, PrevImagesDir = prev, PageStore = store, Tracker = tracker, AutoDedup = autoDedup }));
             prev = $"../pre{i}";
             between?.Invoke(i);
         }
         var expected = Snapshot(k, root);
         string final = Path.Combine(baseDir, "dump");
-        steps.Add(Criu.Dump(host, new DumpOptions { Pid = root, ImagesDir = final, PrevImagesDir = prev, PageStore = store, Tracker = tracker, TrackMem = true, AutoDedup = autoDedup }));
+        steps.Add(Criu.Dump(host.AsKernelApi(), new DumpOptions { Pid = root, ImagesDir = final, PrevImagesDir = prev, PageStore = store, Tracker = tracker, TrackMem = true, AutoDedup = autoDedup }));
         var dest = new Kernel(k.Config);
         foreach (var f in k.Fs.Files.Where(f => !f.IsShmem && !f.Path.StartsWith("/usr/bin/", StringComparison.Ordinal)))
         {
@@ -102,7 +102,7 @@ public static class RoundTrip
             k.Fs.Read(f, 0, data);
             dest.Fs.Create(f.Path, data);
         }
-        var restore = Criu.Restore(new ClockOnlyHost(dest), new RestoreOptions { ImagesDir = final });
+        var restore = Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = final });
         AssertSame(expected, dest);
         return (steps, restore, dest);
     }

@@ -60,7 +60,7 @@ public sealed class KernelSelftestTests
     {
         var t = new SelftestContext(new KernelConfig { Arch = ArchProfile.X86_64, Version = KernelVersion.Parse(kernel) }, "probe");
         ulong ps = (ulong)t.PageSize;
-        ulong a = t.Mmap(ps, Mm.Prot.Read | Mm.Prot.Write, Mm.MapFlags.Private | Mm.MapFlags.Anonymous);
+        ulong a = t.Mmap(ps, CriuSharp.KernelApi.Prot.Read | CriuSharp.KernelApi.Prot.Write, CriuSharp.KernelApi.MapFlags.Private | CriuSharp.KernelApi.MapFlags.Anonymous);
         Assert.Null(t.ScanCrossCheckActive);
         // A fresh VMA reads dirty through both interfaces on kernels with VM_SOFTDIRTY (S10.1).
         Assert.Equal(KernelVersion.Parse(kernel).HasVmSoftDirty, t.PagemapIsSoftDirtyChecked(a));

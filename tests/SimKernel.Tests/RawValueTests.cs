@@ -85,8 +85,8 @@ public class RawValueTests
         var s = new Sim();
         ulong m = s.Anon(1);
         s.T.OpenUserfaultfd(out var uffd).OrThrow("uffd");
-        uffd!.ApiHandshake(0xAA, Uffd.UffdConstants.FeatureWpAsync | Uffd.UffdConstants.FeatureWpUnpopulated, out _).OrThrow("api");
-        uffd.Register(m, s.PS, Uffd.UffdConstants.RegisterModeWp).OrThrow("register");
+        uffd!.ApiHandshake(0xAA, CriuSharp.KernelApi.UffdConstants.FeatureWpAsync | CriuSharp.KernelApi.UffdConstants.FeatureWpUnpopulated, out _).OrThrow("api");
+        uffd.Register(m, s.PS, CriuSharp.KernelApi.UffdConstants.RegisterModeWp).OrThrow("register");
         uffd.WriteProtect(m, s.PS, true).OrThrow("wp");
         s.Clear();
         Assert.Equal(0x420000000000003fUL, s.PM(m));

@@ -44,7 +44,7 @@ public sealed class TraceTests : IDisposable
         var t = WorkloadApi.Spawn(k, Write("churn.json", workload))[0];
         host.Advance(5_000_000);
         string trace = Path.Combine(_dir, "trace-" + Guid.NewGuid().ToString("N")[..6]);
-        var r = Recorder.Record(new SimRecordTarget(host, "test"), new RecordOptions
+        var r = Recorder.Record(RecordTarget.Simulated(host, "test"), new RecordOptions
         {
             Pid = t.Pid,
             Output = trace,
@@ -142,12 +142,12 @@ public sealed class TraceTests : IDisposable
         for (int i = 1; i <= 3; i++)
         {
             host.Advance(10_000_000);
-            Criu.PreDump(host, new DumpOptions { Pid = t.Pid, ImagesDir = Path.Combine(img, $"{i}"), PrevImagesDir = i == 1 ? null : $"../{i - 1}" });
+            Criu.PreDump(new SimKernelAdapter(host), new DumpOptions { Pid = t.Pid, ImagesDir = Path.Combine(img, $"{i}"), PrevImagesDir = i == 1 ? null : $"../{i - 1}" });
         }
         host.Advance(10_000_000);
-        Criu.Dump(host, new DumpOptions { Pid = t.Pid, ImagesDir = Path.Combine(img, "4"), PrevImagesDir = "../3" });
+        Criu.Dump(new SimKernelAdapter(host), new DumpOptions { Pid = t.Pid, ImagesDir = Path.Combine(img, "4"), PrevImagesDir = "../3" });
         var dest = NewKernel();
-        var r = Criu.Restore(new LiveHost(dest), new RestoreOptions { ImagesDir = Path.Combine(img, "4") });
+        var r = Criu.Restore(new SimKernelAdapter(new LiveHost(dest)), new RestoreOptions { ImagesDir = Path.Combine(img, "4") });
         var restored = dest.FindTask(r.Pids[0])!;
         var report = WorkloadApi.Verify(restored);
         Assert.True(report.Ok, report.Detail);
@@ -161,11 +161,11 @@ public sealed class TraceTests : IDisposable
         var (k, host, t) = Replay(trace);
         var f = TraceFile.Open(trace);
         string img = Path.Combine(_dir, "sd");
-        Criu.PreDump(host, new DumpOptions { Pid = t.Pid, ImagesDir = Path.Combine(img, "0"), Tracker = TrackerKind.SoftDirty });
+        Criu.PreDump(new SimKernelAdapter(host), new DumpOptions { Pid = t.Pid, ImagesDir = Path.Combine(img, "0"), Tracker = TrackerKind.SoftDirty });
         for (int i = 1; i < f.Samples; i++)
         {
             host.Advance(10_000_000);
-            var d = Criu.PreDump(host, new DumpOptions { Pid = t.Pid, ImagesDir = Path.Combine(img, $"{i}"), PrevImagesDir = $"../{i - 1}", Tracker = TrackerKind.SoftDirty });
+            var d = Criu.PreDump(new SimKernelAdapter(host), new DumpOptions { Pid = t.Pid, ImagesDir = Path.Combine(img, $"{i}"), PrevImagesDir = $"../{i - 1}", Tracker = TrackerKind.SoftDirty });
             // Every page the recording stored at that sample (its vDSO aside) is written by the
             // replay and reported by soft-dirty. Soft-dirty may report more: a VMA the replay maps
             // anew is VM_SOFTDIRTY as a whole, and merging spreads that flag to its neighbours.

@@ -1,3 +1,4 @@
+using CriuSharp.SimKernel.Machine;
 using System.CommandLine;
 using System.Text.Json;
 
@@ -48,7 +49,7 @@ public static class CheckCommand
             string? one = p.GetValue(feature);
             var shown = one is null ? all : all.Where(kv => kv.Key == one).ToDictionary();
             var output = p.InvocationConfiguration.Output;
-            var criu = Dumper.Criu.Check(k);
+            var criu = Dumper.Criu.Check(new SimKernelAdapter(k));
             string tracker = Dumper.TrackerNames.Name(criu.BestTracker);
             if (p.GetValue(json))
                 output.WriteLine(JsonSerializer.Serialize(new { arch = k.Arch.Name, kernel = k.Version.Name, release = k.Version.Release, features = shown, tracker, warnings = criu.Warnings.Select(w => w.Message) }, JsonOut.Options));

@@ -75,7 +75,7 @@ public static class CheckpointCommands
             var options = a.Options(p) with { LeaveRunning = !preDump && p.GetValue(leaveRunning) };
             using var m = a.Machine.Open(p);
             PidOption.Resolve(m.Kernel, options.Pid);
-            var result = preDump ? Criu.PreDump(m, options) : Criu.Dump(m, options);
+            var result = preDump ? Criu.PreDump(m.AsKernelApi(), options) : Criu.Dump(m.AsKernelApi(), options);
             m.Save();
             foreach (var w in result.Warnings)
                 p.InvocationConfiguration.Error.WriteLine($"criu-sharp: warning: {w.Message}");
@@ -135,7 +135,7 @@ public static class CheckpointCommands
             if (!Directory.Exists(images))
                 throw new UserException(ExitCode.BadInput, $"{images}: no such directory");
             using var m = machine.OpenOrCreate(p, kernel.Config(p));
-            var result = Criu.Restore(m, new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify) });
+            var result = Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify) });
             m.Save();
             foreach (var w in result.Warnings)
                 p.InvocationConfiguration.Error.WriteLine($"criu-sharp: warning: {w.Message}");

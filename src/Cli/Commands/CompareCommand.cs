@@ -1,7 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
-using CriuSharp.Dumper.Migration;
+using CriuSharp.Migration;
 
 namespace CriuSharp.Cli;
 

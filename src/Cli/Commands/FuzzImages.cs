@@ -86,20 +86,20 @@ public static class FuzzImages
             var host = new LiveHost(ka);
             FuzzSupport.Spawn(ka, FuzzSupport.SmallWorkload(7));
             host.Advance(5_000_000);
-            Criu.PreDump(host, new DumpOptions { Pid = Pid, ImagesDir = Path.Combine(root, "A/pre0"), PageStore = PageStoreOptions.Lz4() });
+            Criu.PreDump(host.AsKernelApi(), new DumpOptions { Pid = Pid, ImagesDir = Path.Combine(root, "A/pre0"), PageStore = PageStoreOptions.Lz4() });
             host.Advance(3_000_000);
-            Criu.PreDump(host, new DumpOptions { Pid = Pid, ImagesDir = Path.Combine(root, "A/pre1"), PrevImagesDir = "../pre0", PageStore = PageStoreOptions.Raw });
+            Criu.PreDump(host.AsKernelApi(), new DumpOptions { Pid = Pid, ImagesDir = Path.Combine(root, "A/pre1"), PrevImagesDir = "../pre0", PageStore = PageStoreOptions.Raw });
             host.Advance(3_000_000);
             var expected = FuzzSupport.Snapshot(ka, Pid);
-            Criu.Dump(host, new DumpOptions { Pid = Pid, ImagesDir = Path.Combine(root, "A/dump"), PrevImagesDir = "../pre1", TrackMem = true, PageStore = PageStoreOptions.Lz4(4) });
+            Criu.Dump(host.AsKernelApi(), new DumpOptions { Pid = Pid, ImagesDir = Path.Combine(root, "A/dump"), PrevImagesDir = "../pre1", TrackMem = true, PageStore = PageStoreOptions.Lz4(4) });
 
             var kb = FuzzSupport.NewKernel();
             var hb = new LiveHost(kb);
             FuzzSupport.Spawn(kb, FuzzSupport.SmallWorkload(8));
             hb.Advance(4_000_000);
-            Criu.PreDump(hb, new DumpOptions { Pid = Pid, ImagesDir = Path.Combine(root, "B/pre0"), PageStore = PageStoreOptions.Lz4() });
+            Criu.PreDump(hb.AsKernelApi(), new DumpOptions { Pid = Pid, ImagesDir = Path.Combine(root, "B/pre0"), PageStore = PageStoreOptions.Lz4() });
             hb.Advance(2_000_000);
-            Criu.Dump(hb, new DumpOptions { Pid = Pid, ImagesDir = Path.Combine(root, "B/dump"), PrevImagesDir = "../pre0", TrackMem = true, PageStore = PageStoreOptions.Raw });
+            Criu.Dump(hb.AsKernelApi(), new DumpOptions { Pid = Pid, ImagesDir = Path.Combine(root, "B/dump"), PrevImagesDir = "../pre0", TrackMem = true, PageStore = PageStoreOptions.Raw });
 
             var fx = new Fixture { Root = root, Expected = expected, Config = ka.Config };
             foreach (var set in new[] { "A/pre0", "A/pre1", "A/dump", "B/pre0", "B/dump" })
@@ -124,7 +124,7 @@ public static class FuzzImages
         var dest = new Kernel(fx.Config);
         try
         {
-            Criu.Restore(new ClockOnlyHost(dest), new RestoreOptions { ImagesDir = fx.Abs("A/dump") });
+            Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = fx.Abs("A/dump") });
         }
         catch (Exception ex)
         {

@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using CriuSharp.Dumper;
-using CriuSharp.Dumper.Migration;
+using CriuSharp.Migration;
 using CriuSharp.ImageFormat;
 using CriuSharp.SimKernel;
 using CriuSharp.SimKernel.Machine;
@@ -76,7 +76,7 @@ public static class FuzzRun
                 bool dedup = rng.Next(3) == 0;
                 for (int i = 0; i < pre; i++)
                 {
-                    Criu.PreDump(host, new DumpOptions { Pid = pid, ImagesDir = Path.Combine(roundDir, $"pre{i}"), PrevImagesDir = prev, PageStore = store, Tracker = tracker, AutoDedup = dedup });
+                    Criu.PreDump(host.AsKernelApi(), new DumpOptions { Pid = pid, ImagesDir = Path.Combine(roundDir, $"pre{i}"), PrevImagesDir = prev, PageStore = store, Tracker = tracker, AutoDedup = dedup });
                     report.PreDumps++;
                     prev = $"../pre{i}";
                     host.Advance((ulong)rng.Next(0, 4) * 1_000_000);
@@ -85,13 +85,13 @@ public static class FuzzRun
                 var expected = FuzzSupport.Snapshot(kernel, pid);
                 bool leaveRunning = rng.Next(2) == 0;
                 string final = Path.Combine(roundDir, "dump");
-                Criu.Dump(host, new DumpOptions { Pid = pid, ImagesDir = final, PrevImagesDir = prev, PageStore = store, Tracker = tracker, TrackMem = true, AutoDedup = dedup, LeaveRunning = leaveRunning });
+                Criu.Dump(host.AsKernelApi(), new DumpOptions { Pid = pid, ImagesDir = final, PrevImagesDir = prev, PageStore = store, Tracker = tracker, TrackMem = true, AutoDedup = dedup, LeaveRunning = leaveRunning });
                 report.Dumps++;
                 if (leaveRunning)
                 {
                     // The source keeps its tree: the copy goes to a fresh host and is checked there.
                     var dest = FuzzSupport.NewKernel(arch);
-                    Criu.Restore(new ClockOnlyHost(dest), new RestoreOptions { ImagesDir = final });
+                    Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = final });
                     report.Failure = FuzzSupport.Compare(expected, dest) ?? FuzzSupport.SelfCheck(dest, pid);
                 }
                 else
@@ -100,7 +100,7 @@ public static class FuzzRun
                     if (kernel.FindTask(pid) is not null)
                         foreach (var t in kernel.Tree(pid).ToList())
                             if (!t.Alive) kernel.Reap(t);
-                    Criu.Restore(new ClockOnlyHost(kernel), new RestoreOptions { ImagesDir = final });
+                    Criu.Restore(new ClockOnlyHost(kernel).AsKernelApi(), new RestoreOptions { ImagesDir = final });
                     report.Failure = FuzzSupport.Compare(expected, kernel);
                 }
                 report.Restores++;

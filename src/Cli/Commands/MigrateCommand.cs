@@ -2,7 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using CriuSharp.Dumper;
-using CriuSharp.Dumper.Migration;
+using CriuSharp.Migration;
 using CriuSharp.ImageFormat;
 using Spectre.Console;
 

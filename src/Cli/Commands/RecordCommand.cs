@@ -62,7 +62,7 @@ public static class RecordCommand
             using (var m = machine.Open(p))
             {
                 PidOption.Resolve(m.Kernel, options.Pid);
-                result = Recorder.Record(new SimRecordTarget(m), options, progress);
+                result = Recorder.Record(RecordTarget.Simulated(m, m.Directory), options, progress);
                 m.Save();
             }
             if (tty)

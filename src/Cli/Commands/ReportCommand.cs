@@ -1,6 +1,6 @@
 using System.CommandLine;
 using System.Text;
-using CriuSharp.Dumper.Migration;
+using CriuSharp.Migration;
 
 namespace CriuSharp.Cli;
 

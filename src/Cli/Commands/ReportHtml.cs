@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Net;
 using System.Text;
-using CriuSharp.Dumper.Migration;
+using CriuSharp.Migration;
 
 namespace CriuSharp.Cli;
 

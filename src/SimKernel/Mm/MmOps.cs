@@ -383,32 +383,32 @@ public sealed partial class MmStruct
             return Errno.EINVAL;
         switch (advice)
         {
-            case Mm.Madvise.Normal: return ChangeVmaFlags(addr, end, VmaFlags.SeqRead | VmaFlags.RandRead, 0);
-            case Mm.Madvise.Random: return ChangeVmaFlags(addr, end, VmaFlags.SeqRead, VmaFlags.RandRead);
-            case Mm.Madvise.Sequential: return ChangeVmaFlags(addr, end, VmaFlags.RandRead, VmaFlags.SeqRead);
-            case Mm.Madvise.DontFork: return ChangeVmaFlags(addr, end, 0, VmaFlags.DontCopy);
-            case Mm.Madvise.DoFork: return ChangeVmaFlags(addr, end, VmaFlags.DontCopy, 0);
-            case Mm.Madvise.DontDump: return ChangeVmaFlags(addr, end, 0, VmaFlags.DontDump);
-            case Mm.Madvise.DoDump: return ChangeVmaFlags(addr, end, VmaFlags.DontDump, 0);
-            case Mm.Madvise.Mergeable: return ChangeVmaFlags(addr, end, 0, VmaFlags.Mergeable);
-            case Mm.Madvise.Unmergeable: return ChangeVmaFlags(addr, end, VmaFlags.Mergeable, 0);
-            case Mm.Madvise.HugePage: return ChangeVmaFlags(addr, end, VmaFlags.NoHugePage, VmaFlags.HugePage);
-            case Mm.Madvise.NoHugePage: return ChangeVmaFlags(addr, end, VmaFlags.HugePage, VmaFlags.NoHugePage);
-            case Mm.Madvise.WillNeed:
-            case Mm.Madvise.Cold:
+            case CriuSharp.KernelApi.Madvise.Normal: return ChangeVmaFlags(addr, end, VmaFlags.SeqRead | VmaFlags.RandRead, 0);
+            case CriuSharp.KernelApi.Madvise.Random: return ChangeVmaFlags(addr, end, VmaFlags.SeqRead, VmaFlags.RandRead);
+            case CriuSharp.KernelApi.Madvise.Sequential: return ChangeVmaFlags(addr, end, VmaFlags.RandRead, VmaFlags.SeqRead);
+            case CriuSharp.KernelApi.Madvise.DontFork: return ChangeVmaFlags(addr, end, 0, VmaFlags.DontCopy);
+            case CriuSharp.KernelApi.Madvise.DoFork: return ChangeVmaFlags(addr, end, VmaFlags.DontCopy, 0);
+            case CriuSharp.KernelApi.Madvise.DontDump: return ChangeVmaFlags(addr, end, 0, VmaFlags.DontDump);
+            case CriuSharp.KernelApi.Madvise.DoDump: return ChangeVmaFlags(addr, end, VmaFlags.DontDump, 0);
+            case CriuSharp.KernelApi.Madvise.Mergeable: return ChangeVmaFlags(addr, end, 0, VmaFlags.Mergeable);
+            case CriuSharp.KernelApi.Madvise.Unmergeable: return ChangeVmaFlags(addr, end, VmaFlags.Mergeable, 0);
+            case CriuSharp.KernelApi.Madvise.HugePage: return ChangeVmaFlags(addr, end, VmaFlags.NoHugePage, VmaFlags.HugePage);
+            case CriuSharp.KernelApi.Madvise.NoHugePage: return ChangeVmaFlags(addr, end, VmaFlags.HugePage, VmaFlags.NoHugePage);
+            case CriuSharp.KernelApi.Madvise.WillNeed:
+            case CriuSharp.KernelApi.Madvise.Cold:
                 return RangeFullyMapped(addr, end) ? SysResult.Success() : Errno.ENOMEM;
-            case Mm.Madvise.DontNeed:
-            case Mm.Madvise.Free:
+            case CriuSharp.KernelApi.Madvise.DontNeed:
+            case CriuSharp.KernelApi.Madvise.Free:
                 return ForEachMapped(addr, end, (v, s, e) =>
                 {
                     if ((v.Flags & (VmaFlags.Locked | VmaFlags.PfnMap | VmaFlags.HugeTlb)) != 0)
                         return Errno.EINVAL;
-                    if (advice == Mm.Madvise.Free && v.File is not null)
+                    if (advice == CriuSharp.KernelApi.Madvise.Free && v.File is not null)
                         return Errno.EINVAL;
                     ZapRange(v, s, e, removeGuards: false);
                     return Errno.None;
                 });
-            case Mm.Madvise.PageOut:
+            case CriuSharp.KernelApi.Madvise.PageOut:
                 return ForEachMapped(addr, end, (v, s, e) =>
                 {
                     if ((v.Flags & (VmaFlags.Locked | VmaFlags.PfnMap | VmaFlags.HugeTlb)) != 0)
@@ -416,12 +416,12 @@ public sealed partial class MmStruct
                     PageOut(v, s, e);
                     return Errno.None;
                 });
-            case Mm.Madvise.PopulateRead:
-            case Mm.Madvise.PopulateWrite:
+            case CriuSharp.KernelApi.Madvise.PopulateRead:
+            case CriuSharp.KernelApi.Madvise.PopulateWrite:
             {
                 if (!RangeFullyMapped(addr, end))
                     return Errno.ENOMEM;
-                bool write = advice == Mm.Madvise.PopulateWrite;
+                bool write = advice == CriuSharp.KernelApi.Madvise.PopulateWrite;
                 for (int i = FirstEndingAbove(addr); i < _vmas.Count && _vmas[i].Start < end; i++)
                 {
                     var v = _vmas[i];
@@ -430,12 +430,12 @@ public sealed partial class MmStruct
                 }
                 return Populate(addr, end, write);
             }
-            case Mm.Madvise.GuardInstall:
-            case Mm.Madvise.GuardRemove:
+            case CriuSharp.KernelApi.Madvise.GuardInstall:
+            case CriuSharp.KernelApi.Madvise.GuardRemove:
             {
                 if (!_k.Version.HasGuardRegions)
                     return Errno.EINVAL;
-                bool install = advice == Mm.Madvise.GuardInstall;
+                bool install = advice == CriuSharp.KernelApi.Madvise.GuardInstall;
                 return ForEachMapped(addr, end, (v, s, e) =>
                 {
                     if ((v.Flags & (VmaFlags.Locked | VmaFlags.PfnMap | VmaFlags.HugeTlb)) != 0)

@@ -2,32 +2,9 @@ using CriuSharp.SimKernel.Mm;
 
 namespace CriuSharp.SimKernel.Uffd;
 
-/// <summary>UFFD_FEATURE_* bits and UFFDIO_* modes (include/uapi/linux/userfaultfd.h).</summary>
-public static class UffdConstants
+/// <summary>The userfaultfd features this simulated kernel offers.</summary>
+public static class UffdFeatures
 {
-    public const ulong Api = 0xAA;
-    public const ulong FeaturePagefaultFlagWp = 1UL << 0;
-    public const ulong FeatureEventFork = 1UL << 1;
-    public const ulong FeatureEventRemap = 1UL << 2;
-    public const ulong FeatureEventRemove = 1UL << 3;
-    public const ulong FeatureMissingHugetlbfs = 1UL << 4;
-    public const ulong FeatureMissingShmem = 1UL << 5;
-    public const ulong FeatureEventUnmap = 1UL << 6;
-    public const ulong FeatureSigbus = 1UL << 7;
-    public const ulong FeatureThreadId = 1UL << 8;
-    public const ulong FeatureMinorHugetlbfs = 1UL << 9;
-    public const ulong FeatureMinorShmem = 1UL << 10;
-    public const ulong FeatureExactAddress = 1UL << 11;
-    public const ulong FeatureWpHugetlbfsShmem = 1UL << 12;
-    public const ulong FeatureWpUnpopulated = 1UL << 13;
-    public const ulong FeaturePoison = 1UL << 14;
-    public const ulong FeatureWpAsync = 1UL << 15;
-    public const ulong FeatureMove = 1UL << 16;
-
-    public const ulong RegisterModeMissing = 1;
-    public const ulong RegisterModeWp = 2;
-    public const ulong RegisterModeMinor = 4;
-
     /// <summary>The features a 6.18 kernel reports (bits 0–16), less write-protect ones where the architecture lacks it.</summary>
     public static ulong Supported(Kernel k)
     {
@@ -35,9 +12,9 @@ public static class UffdConstants
             return 0;
         ulong all = (1UL << 17) - 1;
         if (!k.Version.HasUffdWpAsync)
-            all &= ~(FeatureWpAsync | FeatureWpUnpopulated | FeatureMove | FeaturePoison);
+            all &= ~(UffdConstants.FeatureWpAsync | UffdConstants.FeatureWpUnpopulated | UffdConstants.FeatureMove | UffdConstants.FeaturePoison);
         if (!k.Arch.HasUffdWp)
-            all &= ~(FeaturePagefaultFlagWp | FeatureWpHugetlbfsShmem | FeatureWpUnpopulated | FeatureWpAsync);
+            all &= ~(UffdConstants.FeaturePagefaultFlagWp | UffdConstants.FeatureWpHugetlbfsShmem | UffdConstants.FeatureWpUnpopulated | UffdConstants.FeatureWpAsync);
         return all;
     }
 }
@@ -51,7 +28,7 @@ public readonly record struct UffdMessage(ulong Address, bool WriteProtect);
 /// Without WP_ASYNC a fault is queued as a message and the write proceeds, as if a handler had
 /// answered at once.
 /// </summary>
-public sealed partial class Userfaultfd
+public sealed partial class Userfaultfd : IUserfaultfd
 {
     private readonly MmStruct _mm;
     private readonly Queue<UffdMessage> _messages = new();
@@ -76,7 +53,7 @@ public sealed partial class Userfaultfd
     /// <summary>UFFDIO_API: returns the features the kernel supports; fails on an unsupported request.</summary>
     public SysResult ApiHandshake(ulong api, ulong requested, out ulong supported)
     {
-        supported = UffdConstants.Supported(_mm.Kernel);
+        supported = UffdFeatures.Supported(_mm.Kernel);
         if (ApiDone || api != UffdConstants.Api)
             return Errno.EINVAL;
         if ((requested & ~supported) != 0)

@@ -1,4 +1,4 @@
-namespace CriuSharp.SimKernel;
+namespace CriuSharp.KernelApi;
 
 /// <summary>
 /// Thrown by convenience wrappers when a simulated system call fails; carries the errno Linux

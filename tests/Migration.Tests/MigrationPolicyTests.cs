@@ -1,6 +1,6 @@
-using CriuSharp.Dumper.Migration;
+using CriuSharp.Migration;
 
-namespace CriuSharp.Dumper.Tests;
+namespace CriuSharp.Migration.Tests;
 
 /// <summary>The stop rules against hand-made iteration stats, number by number.</summary>
 public class MigrationPolicyTests

@@ -1,4 +1,4 @@
-namespace CriuSharp.SimKernel;
+namespace CriuSharp.KernelApi;
 
 /// <summary>Linux errno values (asm-generic/errno-base.h and errno.h), the numbers userspace sees.</summary>
 public enum Errno

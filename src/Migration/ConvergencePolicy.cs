@@ -1,6 +1,8 @@
 using System.Globalization;
 
-namespace CriuSharp.Dumper.Migration;
+using CriuSharp.Dumper;
+
+namespace CriuSharp.Migration;
 
 /// <summary>What a policy sees of one finished pre-dump (CRIU's stats-dump names).</summary>
 public sealed record IterationSample(ulong PagesWritten, ulong PagesScanned, ulong BytesSent);

@@ -1,4 +1,4 @@
-namespace CriuSharp.SimKernel.Proc;
+namespace CriuSharp.KernelApi;
 
 /// <summary>
 /// Bits of a <c>/proc/PID/pagemap</c> entry (Documentation/admin-guide/mm/pagemap.rst).

@@ -1,4 +1,6 @@
-namespace CriuSharp.Dumper.Migration;
+using CriuSharp.Dumper;
+
+namespace CriuSharp.Migration;
 
 /// <summary>
 /// The cost model of a migration in virtual time: the link between the hosts plus the figures the

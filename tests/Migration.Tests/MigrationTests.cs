@@ -1,7 +1,8 @@
-using CriuSharp.Dumper.Migration;
+using CriuSharp.Dumper;
+using CriuSharp.Migration;
 using CriuSharp.ImageFormat;
 
-namespace CriuSharp.Dumper.Tests;
+namespace CriuSharp.Migration.Tests;
 
 /// <summary>Whole migrations of a small hot/cold workload between two in-memory hosts.</summary>
 public class MigrationTests : IDisposable

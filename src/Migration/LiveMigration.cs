@@ -1,10 +1,11 @@
 using System.Globalization;
+using CriuSharp.Dumper;
 using CriuSharp.ImageFormat;
 using CriuSharp.SimKernel;
 using CriuSharp.SimKernel.Machine;
 using CriuSharp.SimKernel.Workloads;
 
-namespace CriuSharp.Dumper.Migration;
+namespace CriuSharp.Migration;
 
 /// <summary>
 /// One live migration in one process, P.Haul's loop over two in-memory hosts:
@@ -115,7 +116,7 @@ public sealed class LiveMigration
             int index = iterations.Count + 1;
             string dir = Path.Combine(root, index.ToString(CultureInfo.InvariantCulture));
             ulong freezeAt = source.Kernel.UptimeNs;
-            var r = Criu.PreDump(source, DumpOptionsFor(pid, dir, index));
+            var r = Criu.PreDump(source.AsKernelApi(), DumpOptionsFor(pid, dir, index));
             Collect(warnings, r);
             ulong sent = DirectoryBytes(dir);
             ulong transferNs = _o.Cost.TransferNs(sent);
@@ -136,7 +137,7 @@ public sealed class LiveMigration
         int finalIndex = iterations.Count + 1;
         string finalDir = Path.Combine(root, finalIndex.ToString(CultureInfo.InvariantCulture));
         ulong finalFreezeAt = source.Kernel.UptimeNs;
-        var dump = Criu.Dump(source, DumpOptionsFor(pid, finalDir, finalIndex) with { TrackMem = true });
+        var dump = Criu.Dump(source.AsKernelApi(), DumpOptionsFor(pid, finalDir, finalIndex) with { TrackMem = true });
         Collect(warnings, dump);
         ulong finalSent = DirectoryBytes(finalDir);
         ulong finalTransferNs = _o.Cost.TransferNs(finalSent);
@@ -157,7 +158,7 @@ public sealed class LiveMigration
         IReadOnlyList<int> restored = [];
         try
         {
-            var rr = Criu.Restore(dest, new RestoreOptions { ImagesDir = finalDir, Verify = true, Cost = _dumperCost });
+            var rr = Criu.Restore(dest.AsKernelApi(), new RestoreOptions { ImagesDir = finalDir, Verify = true, Cost = _dumperCost });
             restoreStats = rr.Stats;
             restored = rr.Pids;
             warnings.AddRange(rr.Warnings.Select(w => w.Message));

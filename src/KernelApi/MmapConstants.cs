@@ -1,4 +1,4 @@
-namespace CriuSharp.SimKernel.Mm;
+namespace CriuSharp.KernelApi;
 
 /// <summary>PROT_* values from asm-generic/mman-common.h.</summary>
 [Flags]

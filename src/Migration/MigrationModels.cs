@@ -1,8 +1,9 @@
+using CriuSharp.Dumper;
 using CriuSharp.ImageFormat;
 using CriuSharp.SimKernel;
 using CriuSharp.SimKernel.Workloads;
 
-namespace CriuSharp.Dumper.Migration;
+namespace CriuSharp.Migration;
 
 /// <summary>What to migrate and how.</summary>
 public sealed record MigrationOptions

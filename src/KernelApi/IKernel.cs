@@ -1,0 +1,235 @@
+namespace CriuSharp.KernelApi;
+
+/// <summary>
+/// What a checkpoint/restore tool asks of one kernel, and nothing more: the userspace interfaces
+/// CRIU uses (criu/proc_parse.c, criu/mem.c, criu/pagemap-cache.c, criu/uffd.c, criu/seize.c,
+/// criu/cr-restore.c). A tool that depends only on this interface sees a kernel the way a process
+/// does. Two implementations are natural: a simulated kernel, and the Linux host the tool runs on
+/// (/proc/PID/*, process_vm_readv, the PAGEMAP_SCAN ioctl, ptrace, the cgroup freezer).
+/// <para>
+/// Conventions: a system call that can fail returns <see cref="SysResult"/> with the errno Linux
+/// would return; a /proc read of a task that does not exist throws <see cref="KernelException"/>
+/// (ESRCH, ENOENT). A kernel that cannot do something at all (a real host asked to create a task
+/// for a restore) throws <see cref="KernelNotSupportedException"/>; <see cref="Capabilities"/>
+/// says beforehand what is available.
+/// </para>
+/// </summary>
+public interface IKernel
+{
+    /// <summary>Architecture, kernel version, page size and the tracking features (criu check).</summary>
+    KernelCapabilities Capabilities { get; }
+
+    /// <summary>/proc/sys/kernel/random/boot_id: identifies this kernel instance (CRIU keys its kerndat cache by it).</summary>
+    string BootId { get; }
+
+    /// <summary>/proc/uptime in nanoseconds (CRIU's dump_uptime, the PID-reuse check).</summary>
+    ulong UptimeNs { get; }
+
+    // ---- tasks -------------------------------------------------------------------------------
+
+    /// <summary>/proc/PID/stat and status, condensed; null when no such task exists (or it has been reaped).</summary>
+    TaskInfo? FindTask(int pid);
+
+    /// <summary>
+    /// The tree rooted at <paramref name="rootPid"/>, root first, each parent before its children
+    /// (/proc/PID/task/TID/children walked breadth-first, as CRIU's collect_pstree does).
+    /// Zombies are included; the caller decides what to do with them.
+    /// </summary>
+    IReadOnlyList<TaskInfo> Tree(int rootPid);
+
+    // ---- /proc text ----------------------------------------------------------------------------
+
+    string Maps(int pid);
+    string Smaps(int pid);
+    string Status(int pid);
+    string Stat(int pid);
+
+    /// <summary>
+    /// Reads /proc/PID/pagemap (or pagemap2, as <paramref name="layout"/> says) for
+    /// <c>entries.Length</c> pages from <paramref name="va"/>, one 64-bit entry per page
+    /// (<see cref="PagemapBits"/>).
+    /// </summary>
+    void ReadPagemap(int pid, ulong va, Span<ulong> entries, PagemapLayout layout);
+
+    /// <summary>echo VALUE &gt; /proc/PID/clear_refs ("4" clears soft-dirty bits).</summary>
+    SysResult ClearRefs(int pid, string value);
+
+    /// <summary>ioctl(pagemap_fd, PAGEMAP_SCAN, &amp;arg): returns the number of regions written to <paramref name="vec"/>.</summary>
+    SysResult PagemapScan(int pid, ref PmScanArg arg, Span<PageRegion> vec);
+
+    // ---- memory --------------------------------------------------------------------------------
+
+    /// <summary>process_vm_readv / /proc/PID/mem read of <c>dst.Length</c> bytes (pages are faulted in for reading).</summary>
+    SysResult ReadMemory(int pid, ulong va, Span<byte> dst);
+
+    /// <summary>
+    /// vmsplice of task memory into a pipe, as CRIU's parasite does for a dump: fills
+    /// <paramref name="frames"/> with the host address of each page of the task from
+    /// <paramref name="va"/> (one address per kernel page). Only a task of a tree frozen by
+    /// <paramref name="frozen"/> can be spliced, and the addresses are read only through a
+    /// <see cref="PageLease"/> of that freeze, which refuses them once the tree has been thawed.
+    /// A kernel without <see cref="KernelCapabilities.CanSplice"/> returns EOPNOTSUPP.
+    /// </summary>
+    SysResult SplicePages(FreezeLease frozen, int pid, ulong va, Span<nint> frames);
+
+    /// <summary>process_vm_writev / /proc/PID/mem write (FOLL_FORCE: read-only private mappings are written by COW).</summary>
+    SysResult WriteMemory(int pid, ulong va, ReadOnlySpan<byte> data);
+
+    // ---- freezer, ptrace -----------------------------------------------------------------------
+
+    /// <summary>Freezes every task of the tree (cgroup freezer, or SIGSTOP); the lease thaws it.</summary>
+    FreezeLease Freeze(int rootPid);
+
+    /// <summary>PTRACE_GETREGSET: the task's general registers and any architecture-specific extra state.</summary>
+    TaskRegisters GetRegisters(int pid);
+
+    /// <summary>PTRACE_SETREGSET (restore): registers beyond what the task has are ignored.</summary>
+    void SetRegisters(int pid, TaskRegisters registers);
+
+    /// <summary>brk(<paramref name="newBrk"/>) in the task, as CRIU's parasite runs it; brk(0) reads the current break.</summary>
+    ulong Brk(int pid, ulong newBrk);
+
+    // ---- userfaultfd -------------------------------------------------------------------------
+
+    /// <summary>
+    /// The userfaultfd an earlier <see cref="OpenUserfaultfd"/> installed in this very task (not in
+    /// an earlier task with the same pid) whose UFFDIO_API handshake succeeded, as a
+    /// parasite-installed descriptor stays in the task's file table between pre-dumps; null when
+    /// there is none.
+    /// </summary>
+    IUserfaultfd? InstalledUserfaultfd(int pid);
+
+    /// <summary>userfaultfd(2) in the task, kept installed there (see <see cref="InstalledUserfaultfd"/>).</summary>
+    SysResult OpenUserfaultfd(int pid, out IUserfaultfd? uffd);
+
+    // ---- files ---------------------------------------------------------------------------------
+
+    /// <summary>stat(2) of a path: its size, or null when it does not exist.</summary>
+    long? FileSize(string path);
+
+    /// <summary>
+    /// open(/proc/PID/map_files/START-END) of the mapping at <paramref name="va"/>: the file or
+    /// shmem object behind it, to be mapped elsewhere (<see cref="MapSource.Opened"/>).
+    /// </summary>
+    SysResult OpenMapFiles(int pid, ulong va, out OpenFile? file);
+
+    // ---- what restore needs (a real host may throw KernelNotSupportedException) ------------------
+
+    /// <summary>A new task with that comm, as fork+exec leaves one, with the given pid (clone3 set_tid) and parent.</summary>
+    int Spawn(string comm, int? pid = null, int ppid = 0);
+
+    /// <summary>fork(2) of <paramref name="parentPid"/> into <paramref name="childPid"/>: memory shared copy-on-write.</summary>
+    int Fork(int parentPid, int? childPid = null);
+
+    /// <summary>The task exits (killed when <paramref name="signal"/> is non-zero) and its parent reaps it.</summary>
+    void Exit(int pid, int exitCode, int signal = 0);
+
+    SysResult Mmap(int pid, ulong addr, ulong len, Prot prot, MapFlags flags, MapSource source, long offset = 0);
+    SysResult Munmap(int pid, ulong addr, ulong len);
+    SysResult Mremap(int pid, ulong oldAddr, ulong oldLen, ulong newLen, MremapFlags flags, ulong newAddr = 0);
+    SysResult Madvise(int pid, ulong addr, ulong len, Madvise advice);
+    SysResult PrctlSetMm(int pid, PrctlMmField field, ulong value);
+
+    // ---- time ----------------------------------------------------------------------------------
+
+    /// <summary>
+    /// The tool's own work takes <paramref name="ns"/> (its cost model says so): a simulated host
+    /// lets that much virtual time pass, running its tasks; a real host, where time passes by
+    /// itself, does nothing.
+    /// </summary>
+    void LetTimePass(ulong ns);
+}
+
+/// <summary>What a kernel offers; the answers <c>criu check</c> gives.</summary>
+public sealed record KernelCapabilities
+{
+    /// <summary>x86_64, ppc64, arm64 (uname -m spelling of the family).</summary>
+    public required string ArchName { get; init; }
+    public required ArchFamily Arch { get; init; }
+    /// <summary>CRIU's core_entry.mtype for this architecture.</summary>
+    public required int CriuMtype { get; init; }
+    /// <summary>The kernel version's name (uname -r, or a simulated profile's name).</summary>
+    public required string KernelVersion { get; init; }
+    public required int PageShift { get; init; }
+    public int PageSize => 1 << PageShift;
+    /// <summary>The entry layout of /proc/PID/pagemap.</summary>
+    public required PagemapLayout PagemapLayout { get; init; }
+    /// <summary>A 2013-series kernel with /proc/PID/pagemap2, which carries soft-dirty.</summary>
+    public bool HasPagemap2 { get; init; }
+    /// <summary>Soft-dirty works (clear_refs 4 and pagemap bit 55): probed, not read from the config.</summary>
+    public bool MemDirtyTrack { get; init; }
+    public bool UffdWp { get; init; }
+    public bool UffdWpAsync { get; init; }
+    public bool PagemapScan { get; init; }
+    /// <summary>PAGEMAP_SCAN reports PAGE_IS_SOFT_DIRTY.</summary>
+    public bool PagemapScanSoftDirty { get; init; }
+    /// <summary><see cref="IKernel.SplicePages"/> works.</summary>
+    public bool CanSplice { get; init; }
+    /// <summary>Registers can be read (<see cref="IKernel.GetRegisters"/>).</summary>
+    public bool CanReadRegisters { get; init; }
+    /// <summary>Tasks can be created and shaped for a restore (spawn, fork, mmap, ...).</summary>
+    public bool CanRestore { get; init; }
+}
+
+public enum ArchFamily { X86_64, Ppc64, Arm64 }
+
+/// <summary>Task states as /proc/PID/stat shows them, condensed.</summary>
+public enum TaskRunState { Running, Frozen, Zombie, Dead }
+
+/// <summary>One task: identity from /proc/PID/stat and status.</summary>
+public sealed record TaskInfo(int Pid, int Ppid, int Pgid, int Sid, string Comm, TaskRunState State, ulong StartTimeNs)
+{
+    public bool Alive => State is TaskRunState.Running or TaskRunState.Frozen;
+}
+
+/// <summary>A task's registers: the general registers in the kernel's order, and opaque extra state (FPU etc.).</summary>
+public sealed record TaskRegisters(ulong[] General, byte[] Extra);
+
+/// <summary>What backs a new mapping.</summary>
+public abstract record MapSource
+{
+    private MapSource() { }
+
+    /// <summary>MAP_ANONYMOUS (with MAP_SHARED: a new shmem object).</summary>
+    public static readonly MapSource Anonymous = new AnonymousSource();
+
+    /// <summary>open(path) and map it.</summary>
+    public static MapSource File(string path) => new FileSource(path);
+
+    /// <summary>
+    /// open(/proc/PID/map_files/START-END) of the mapping at <paramref name="va"/> in
+    /// <paramref name="pid"/> and map that object: how CRIU restores shared anonymous memory.
+    /// </summary>
+    public static MapSource MapFiles(int pid, ulong va) => new MapFilesSource(pid, va);
+
+    /// <summary>A file opened earlier (<see cref="IKernel.OpenMapFiles"/>).</summary>
+    public static MapSource Opened(OpenFile file) => new OpenedSource(file);
+
+    public sealed record AnonymousSource : MapSource;
+    public sealed record OpenedSource(OpenFile Handle) : MapSource;
+    public sealed record FileSource(string Path) : MapSource;
+    public sealed record MapFilesSource(int Pid, ulong Va) : MapSource;
+}
+
+/// <summary>An open file description of one kernel (what an fd refers to); only that kernel can map it.</summary>
+public abstract class OpenFile
+{
+    /// <summary>fstat(2) st_ino.</summary>
+    public abstract ulong Inode { get; }
+
+    /// <summary>fstat(2) st_size.</summary>
+    public abstract long Size { get; }
+}
+
+/// <summary>A userfaultfd context in a task: the calls write-protect tracking needs (linux/userfaultfd.h).</summary>
+public interface IUserfaultfd
+{
+    /// <summary>UFFDIO_API: asks for <paramref name="features"/>; fails with EINVAL when some are missing, reporting what is.</summary>
+    SysResult ApiHandshake(ulong api, ulong features, out ulong supported);
+
+    /// <summary>UFFDIO_REGISTER of [start, start+len) in <paramref name="mode"/> (<see cref="UffdConstants"/>).</summary>
+    SysResult Register(ulong start, ulong len, ulong mode);
+}
+
+/// <summary>Thrown when a kernel cannot do something at all (not an errno of one call): a real host asked to spawn a restored task.</summary>
+public sealed class KernelNotSupportedException(string what) : Exception($"{what} is not supported by this kernel");

@@ -1,0 +1,68 @@
+namespace CriuSharp.KernelApi;
+
+/// <summary>
+/// A frozen process tree (<see cref="IKernel.Freeze"/>). While it is active the tree's memory does
+/// not change, so page references taken by <see cref="IKernel.SplicePages"/> show what was dumped;
+/// <see cref="Thaw"/> (or disposing it) lets the tree run again and ends every
+/// <see cref="PageLease"/> taken under it.
+/// </summary>
+public abstract class FreezeLease : IDisposable
+{
+    private int _active = 1;
+
+    protected FreezeLease(int rootPid) => RootPid = rootPid;
+
+    public int RootPid { get; }
+
+    /// <summary>True until the tree is thawed.</summary>
+    public bool Active => Volatile.Read(ref _active) != 0;
+
+    /// <summary>Thaws the tree (once; later calls do nothing).</summary>
+    public void Thaw()
+    {
+        if (Interlocked.Exchange(ref _active, 0) != 0)
+            ThawTree();
+    }
+
+    /// <summary>The kernel's thaw of the tree.</summary>
+    protected abstract void ThawTree();
+
+    public void Dispose()
+    {
+        Thaw();
+        GC.SuppressFinalize(this);
+    }
+}
+
+/// <summary>
+/// Spliced pages in flight: a range of page references (one host address per 4 KiB image page)
+/// that another thread may read while the tree of <see cref="Freeze"/> stays frozen. Reading
+/// them after the thaw throws instead of reading memory the task has changed (or freed).
+/// </summary>
+public readonly struct PageLease
+{
+    private readonly nint[] _refs;
+    private readonly int _offset;
+
+    public PageLease(FreezeLease freeze, nint[] refs, int offset, int count)
+    {
+        ArgumentNullException.ThrowIfNull(freeze);
+        ArgumentNullException.ThrowIfNull(refs);
+        ArgumentOutOfRangeException.ThrowIfNegative(offset);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(count, refs.Length - offset);
+        Freeze = freeze;
+        _refs = refs;
+        _offset = offset;
+        Count = count;
+    }
+
+    public FreezeLease Freeze { get; }
+
+    /// <summary>Pages (4 KiB each) in the lease.</summary>
+    public int Count { get; }
+
+    /// <summary>The page addresses; throws when the tree has been thawed since the pages were spliced.</summary>
+    public ReadOnlySpan<nint> Pages => Freeze.Active
+        ? new ReadOnlySpan<nint>(_refs, _offset, Count)
+        : throw new InvalidOperationException("spliced pages read after the tree was thawed");
+}
