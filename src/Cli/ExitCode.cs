@@ -24,6 +24,10 @@ public enum ExitCode
     Environment = 7,
     /// <summary>A feature the chosen kernel or architecture profile does not offer.</summary>
     Unsupported = 8,
+    /// <summary>The real process (--machine /proc) does not exist any more, or exited during the dump (its images stay marked incomplete).</summary>
+    ProcessGone = 9,
+    /// <summary>The real host refused access to the process (another user's process, ptrace or memory reads not permitted).</summary>
+    PermissionDenied = 10,
     /// <summary>A bug: an unexpected exception. Run again with --verbose for the stack.</summary>
     Internal = 70,
 }

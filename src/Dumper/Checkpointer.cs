@@ -53,12 +53,14 @@ internal sealed class Checkpointer
         public ulong Scanned;
         public List<(ulong Start, ulong End, ulong Hash)> Checksums = [];
         public Dictionary<ulong, int> Shmids = [];
+        /// <summary>The content tracker's digests of every page this dump's pagemap holds.</summary>
+        public PageDigestMap? Digests;
     }
 
     public DumpResult Run()
     {
         var wall = Stopwatch.StartNew();
-        var tracker = Criu.ResolveTracker(_k, _o.Tracker, _warnings);
+        var tracker = Criu.ResolveTracker(_k, _o.Tracker, _warnings, _o.AutoFallback, _o.StrictTracker);
         bool track = _pre || _o.TrackMem;
         var root = _k.FindTask(_o.Pid);
         if (root is null || !root.Alive)
@@ -99,7 +101,7 @@ internal sealed class Checkpointer
             ulong uptimeUs = _k.UptimeNs / 1000;
 
             bool useScan = tracker is TrackerKind.PagemapScan or TrackerKind.UffdWp
-                           || (tracker == TrackerKind.None && _k.Capabilities.PagemapScan);
+                           || (tracker is TrackerKind.None or TrackerKind.Content && _k.Capabilities.PagemapScan);
             var dirty = tracker switch
             {
                 TrackerKind.SoftDirty or TrackerKind.PagemapScan => DirtySource.SoftDirty,
@@ -121,6 +123,7 @@ internal sealed class Checkpointer
                     parentOk = false; // no write-protect history for this task: everything counts as written
                 if (parentOk)
                     ts.ParentPagemap = parentSet!.ReadPagemap(t.Pid);
+                PageDigestMap? parentDigests = parentOk && tracker == TrackerKind.Content ? parentSet!.ReadPageDigests(t.Pid) : null;
                 if (!_pre)
                 {
                     ts.Xfer = new PageXfer(dir.BeginPagemap(t.Pid, _o.PageStore), digests: _o.RecordChecksums);
@@ -129,6 +132,8 @@ internal sealed class Checkpointer
                 else
                     ts.Pipe = new PagePipe();
                 var collector = new PageCollector(_k, frozen, t.Pid, walker, ts.Pipe, ts.ParentPagemap, _pre, _o.RecordChecksums && !_pre, _imgPerPage);
+                if (tracker == TrackerKind.Content)
+                    collector.TrackContent(parentDigests);
                 foreach (var v in ts.Vmas)
                 {
                     collector.CollectVma(v, spans);
@@ -139,6 +144,7 @@ internal sealed class Checkpointer
                     ts.Pipe.Drain();
                 ts.Scanned = collector.Scanned;
                 ts.Checksums = collector.Checksums;
+                ts.Digests = collector.Digests;
                 memdumpNs += (ulong)(collector.Scanned * _cost.ScanNsPerPage) + CostModel.Ns(collector.CollectedBytes, _cost.CopyBytesPerSecond);
             }
             memdumpNs += _cost.ProcParseNsPerTask * (ulong)tasks.Count;
@@ -161,6 +167,8 @@ internal sealed class Checkpointer
                 {
                     using var xfer = new PageXfer(dir.BeginPagemap(ts.Task.Pid, _o.PageStore));
                     xfer.Write(ts.Pipe);
+                    if (ts.Digests is not null)
+                        dir.WritePageDigests(ts.Task.Pid, ts.Digests);
                     var st = xfer.Finish();
                     pageStats.Add(st);
                     if (_o.AutoDedup) PageXfer.Dedup(parentSet, ImageNames.Pagemap(ts.Task.Pid), xfer.WrittenRanges);
@@ -173,6 +181,8 @@ internal sealed class Checkpointer
                 foreach (var ts in tasks)
                 {
                     pageStats.Add(ts.Xfer!.Finish());
+                    if (ts.Digests is not null)
+                        dir.WritePageDigests(ts.Task.Pid, ts.Digests);
                     AddDigests(ts.Checksums, ts.Xfer.Digests);
                     if (_o.AutoDedup) PageXfer.Dedup(parentSet, ImageNames.Pagemap(ts.Task.Pid), ts.Xfer.WrittenRanges);
                     ts.Xfer.Dispose();
@@ -307,6 +317,8 @@ internal sealed class Checkpointer
             case TrackerKind.UffdWp:
                 ArmUffd(ts);
                 return pages;
+            case TrackerKind.Content:
+                return 0; // the digests written with the images are the tracking state
             default:
                 return 0;
         }
@@ -516,15 +528,31 @@ internal sealed class Checkpointer
 
     private core_entry BuildCore(TaskInfo t)
     {
-        var regs = _k.GetRegisters(t.Pid);
+        TaskRegisters? regs = null;
+        if (_k.Capabilities.CanReadRegisters)
+        {
+            try
+            {
+                regs = _k.GetRegisters(t.Pid);
+            }
+            catch (KernelException e)
+            {
+                // CRIU cannot dump without registers; a memory checkpoint of a process we may not
+                // ptrace still can, so the core says so by leaving thread_info out.
+                _warnings.Add(new DumperWarning("registers-omitted", $"registers of task {t.Pid} omitted: {e.Message}"));
+            }
+        }
+        else
+            _warnings.Add(new DumperWarning("registers-omitted", $"registers of task {t.Pid} omitted: the kernel does not offer them"));
         var core = new core_entry
         {
             Mtype = (core_entry.Types.march)_k.Capabilities.CriuMtype,
             Tc = new task_core_entry { TaskState = 1, ExitCode = 0, Personality = 0, Flags = 0, BlkSigset = 0, Comm = t.Comm },
             ThreadCore = new thread_core_entry { FutexRla = 0, FutexRlaLen = 0 },
-            SimTaskState = ByteString.CopyFrom(SimTaskState.Encode(regs.General, regs.Extra)),
         };
-        if (_k.Capabilities.Arch == ArchFamily.X86_64)
+        if (regs is not null)
+            core.SimTaskState = ByteString.CopyFrom(SimTaskState.Encode(regs.General, regs.Extra));
+        if (regs is not null && _k.Capabilities.Arch == ArchFamily.X86_64)
         {
             var r = regs.General;
             var gp = new user_x86_regs_entry

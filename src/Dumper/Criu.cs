@@ -39,7 +39,7 @@ public static class Criu
     /// available — PAGEMAP_SCAN with soft-dirty, pagemap soft-dirty, uffd-wp via PAGEMAP_SCAN — and
     /// none, with a one-line warning, where nothing tracks writes.
     /// </summary>
-    public static TrackerKind ResolveTracker(IKernel k, TrackerKind wanted, List<DumperWarning> warnings)
+    public static TrackerKind ResolveTracker(IKernel k, TrackerKind wanted, List<DumperWarning> warnings, TrackerKind autoFallback = TrackerKind.None, bool strict = false)
     {
         var f = k.Capabilities;
         bool uffd = f.UffdWpAsync && f.PagemapScan;
@@ -48,18 +48,23 @@ public static class Criu
             TrackerKind.SoftDirty => f.MemDirtyTrack,
             TrackerKind.PagemapScan => f.PagemapScanSoftDirty || uffd,
             TrackerKind.UffdWp => uffd,
-            TrackerKind.None => true,
+            TrackerKind.None or TrackerKind.Content => true,
             _ => false,
         };
         if (wanted != TrackerKind.Auto && Has(wanted))
             return wanted == TrackerKind.PagemapScan && !f.PagemapScanSoftDirty ? TrackerKind.UffdWp : wanted;
+        if (wanted != TrackerKind.Auto && strict)
+            throw new DumperException($"tracker {TrackerNames.Name(wanted)} is not available on {k.Capabilities.ArchName}/{k.Capabilities.KernelVersion} (see 'check'; the content tracker works everywhere)", kind: DumperErrorKind.Unsupported);
         TrackerKind best = f.PagemapScanSoftDirty ? TrackerKind.PagemapScan
             : f.MemDirtyTrack ? TrackerKind.SoftDirty
             : uffd ? TrackerKind.UffdWp
-            : TrackerKind.None;
+            : autoFallback;
         if (wanted != TrackerKind.Auto)
             warnings.Add(new DumperWarning("tracker-unavailable",
                 $"tracker {TrackerNames.Name(wanted)} is not available on {k.Capabilities.ArchName}/{k.Capabilities.KernelVersion}; using {TrackerNames.Name(best)}"));
+        if (best == TrackerKind.Content && wanted == TrackerKind.Auto)
+            warnings.Add(new DumperWarning("content-tracker",
+                $"no kernel dirty-page tracker on {k.Capabilities.ArchName}/{k.Capabilities.KernelVersion}: using the content tracker (every page is read and digested)"));
         if (best == TrackerKind.None && wanted != TrackerKind.None)
             warnings.Add(new DumperWarning("no-tracker",
                 $"no dirty-page tracker on {k.Capabilities.ArchName}/{k.Capabilities.KernelVersion} (no soft-dirty, no uffd-wp): every dump copies every page"));

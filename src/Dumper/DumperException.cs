@@ -9,9 +9,10 @@ namespace CriuSharp.Dumper;
 public sealed class DumperException : Exception
 {
     public DumperException(string message, int? pid = null, string? imagesDir = null,
-        ulong? rangeStart = null, ulong? rangeEnd = null, Exception? inner = null)
+        ulong? rangeStart = null, ulong? rangeEnd = null, Exception? inner = null, DumperErrorKind kind = DumperErrorKind.BadInput)
         : base(Compose(message, pid, imagesDir, rangeStart, rangeEnd), inner)
     {
+        Kind = kind;
         Pid = pid;
         ImagesDir = imagesDir;
         RangeStart = rangeStart;
@@ -19,6 +20,7 @@ public sealed class DumperException : Exception
     }
 
     public int? Pid { get; }
+    public DumperErrorKind Kind { get; }
     public string? ImagesDir { get; }
     public ulong? RangeStart { get; }
     public ulong? RangeEnd { get; }
@@ -31,6 +33,15 @@ public sealed class DumperException : Exception
         if (dir is not null) parts.Add(dir);
         return parts.Count == 0 ? message : $"{message} ({string.Join(", ", parts)})";
     }
+}
+
+/// <summary>What kind of failure a <see cref="DumperException"/> is, for the command's exit code.</summary>
+public enum DumperErrorKind
+{
+    /// <summary>Something the user named is wrong (the default).</summary>
+    BadInput,
+    /// <summary>The kernel lacks what was explicitly asked for (a tracker).</summary>
+    Unsupported,
 }
 
 /// <summary>A condition the user should know about that does not stop the command (one line each).</summary>

@@ -14,6 +14,12 @@ public enum TrackerKind
     UffdWp,
     /// <summary>No tracking: every dump copies every page.</summary>
     None,
+    /// <summary>
+    /// No kernel help: every present page is read and digested (XXH3) at each dump, and only pages
+    /// whose digest differs from the parent's (page-digests-PID.img) are written. Works on any
+    /// kernel; misses nothing, and skips pages written back with the same bytes.
+    /// </summary>
+    Content,
 }
 
 public static class TrackerNames
@@ -24,6 +30,7 @@ public static class TrackerNames
         TrackerKind.PagemapScan => "pagemap-scan",
         TrackerKind.UffdWp => "uffd-wp",
         TrackerKind.None => "none",
+        TrackerKind.Content => "content",
         _ => "auto",
     };
 
@@ -34,7 +41,8 @@ public static class TrackerNames
         "pagemap-scan" => TrackerKind.PagemapScan,
         "uffd-wp" or "uffd" => TrackerKind.UffdWp,
         "none" => TrackerKind.None,
-        _ => throw new DumperException($"unknown tracker '{text}' (expected auto, soft-dirty, pagemap-scan, uffd-wp or none)"),
+        "content" => TrackerKind.Content,
+        _ => throw new DumperException($"unknown tracker '{text}' (expected auto, soft-dirty, pagemap-scan, uffd-wp, content or none)"),
     };
 }
 
@@ -54,6 +62,10 @@ public sealed record DumpOptions
     public bool LeaveRunning { get; init; }
     public bool AutoDedup { get; init; }
     public TrackerKind Tracker { get; init; } = TrackerKind.Auto;
+    /// <summary>What <see cref="TrackerKind.Auto"/> falls back to where the kernel tracks nothing (the real host: <see cref="TrackerKind.Content"/>).</summary>
+    public TrackerKind AutoFallback { get; init; } = TrackerKind.None;
+    /// <summary>An explicitly requested tracker the kernel lacks is an error instead of a fallback with a warning.</summary>
+    public bool StrictTracker { get; init; }
     public PageStoreOptions PageStore { get; init; } = PageStoreOptions.Lz4();
     /// <summary>Record a checksum of every VMA's contents at freeze time (checked by restore).</summary>
     public bool RecordChecksums { get; init; } = true;

@@ -15,6 +15,9 @@ namespace CriuSharp.Dumper;
 ///              clean (tracker) and the parent pagemap covers it             → PE_PARENT hole
 ///              otherwise                                                    → copied into the pipe
 /// </code>
+/// With the content tracker the kernel says nothing about writes: every populated page is read,
+/// digested (<see cref="PageDigest"/>) and compared with the parent's digest of the same address
+/// (page-digests-PID.img); "clean" then means "same bytes as in the parent".
 /// A final dump also hashes each VMA's contents (populated pages, zero pages excluded) at freeze
 /// time; restore recomputes the same hash.
 /// </summary>
@@ -31,6 +34,8 @@ internal sealed class PageCollector
     private readonly int _imgPerPage;
     private readonly int _shift;
     private int _parentCursor;
+    private bool _content;
+    private PageDigestMap? _parentDigests;
     private byte[]? _scratch;
     private nint[]? _frames;
 
@@ -52,6 +57,16 @@ internal sealed class PageCollector
     /// <summary>Bytes put into the pipe (copied or spliced); the cost model charges the page copy for both, as CRIU's parasite moves every page once.</summary>
     public long CollectedBytes { get; private set; }
     public List<(ulong Start, ulong End, ulong Hash)> Checksums { get; } = [];
+    /// <summary>With the content tracker: the digest of every page the pagemap holds (written or left to the parent).</summary>
+    public PageDigestMap? Digests { get; private set; }
+
+    /// <summary>Decide dirtiness by content against <paramref name="parentDigests"/> (null: no usable parent, all pages are dumped).</summary>
+    public void TrackContent(PageDigestMap? parentDigests)
+    {
+        _content = true;
+        _parentDigests = _parent is null ? null : parentDigests;
+        Digests = new PageDigestMap();
+    }
 
     public static bool IsDumpedPrivately(VmaInfo v) =>
         !(v.IsVsyscall || v.Name == "[vvar]" || (v.IsVvar && !v.IsVdso) || v.IsShmem || (v.Shared && v.IsFile) || v.Shared);
@@ -77,7 +92,9 @@ internal sealed class PageCollector
             {
                 if (v.IsFile && (s.Bits & PageBits.File) != 0 && (s.Bits & PageBits.Swapped) == 0)
                     continue; // not COWed yet: the file holds it
-                if (allowParent && (s.Bits & PageBits.Dirty) == 0)
+                if (_content)
+                    CollectByContent(s.Va, s.NrPages, allowParent, ref h);
+                else if (allowParent && (s.Bits & PageBits.Dirty) == 0)
                     EmitMaybeHole(s.Va, s.NrPages, ref h);
                 else
                     Emit(s.Va, s.NrPages, dump: true, ref h);
@@ -114,6 +131,99 @@ internal sealed class PageCollector
             Emit(va, (covered - va) >> _shift, dump: !usable, ref h);
             va = covered;
         }
+    }
+
+    /// <summary>
+    /// The content tracker's path: reads the pages (frozen, so what is digested is what is
+    /// written), then, per run of kernel pages, leaves unchanged ones to the parent and puts
+    /// changed ones into the pipe from the bytes already read.
+    /// </summary>
+    private void CollectByContent(ulong va, ulong nr, bool allowParent, ref VmaHash h)
+    {
+        int ps = 1 << _shift;
+        _scratch ??= GC.AllocateUninitializedArray<byte>(1 << 20);
+        int chunk = Math.Max(1, _scratch.Length / ps);
+        for (ulong done = 0; done < nr;)
+        {
+            int n = (int)Math.Min(nr - done, (ulong)chunk);
+            ulong a = va + (done << _shift);
+            var bytes = _scratch.AsSpan(0, n * ps);
+            Read(a, bytes);
+            int runStart = 0;
+            bool runSame = false;
+            ulong runSum = 0, sum = 0;
+            for (int i = 0; i <= n; i++)
+            {
+                bool same = false;
+                if (i < n)
+                {
+                    same = allowParent && _parentDigests is not null;
+                    sum = 0;
+                    for (int k = 0; k < _imgPerPage; k++)
+                    {
+                        int off = i * ps + (k << PageGeometry.PageShift);
+                        ulong pva = a + (ulong)off;
+                        ulong d = PageDigest.Of(pva, bytes.Slice(off, PageGeometry.PageSize));
+                        Digests!.Add(pva, d);
+                        sum += d;
+                        if (same && (!_parentDigests!.TryGet(pva, out ulong pd) || pd != d))
+                            same = false;
+                    }
+                }
+                if (i > runStart && (i == n || same != runSame))
+                {
+                    ulong ra = a + ((ulong)runStart << _shift);
+                    int rn = i - runStart;
+                    if (runSame && ParentCovers(ra, (ulong)rn))
+                    {
+                        _pipe.AddHole(ra, (ulong)rn * (ulong)_imgPerPage);
+                        if (_hash)
+                            h.Value += runSum;
+                    }
+                    else if (_pipe.Streamed)
+                        Emit(ra, (ulong)rn, dump: true, ref h);
+                    else
+                        CopyIntoPipe(ra, bytes.Slice(runStart * ps, rn * ps), ref h);
+                    runStart = i;
+                    runSum = 0;
+                }
+                if (i == runStart)
+                    runSame = same;
+                runSum += sum;
+            }
+            done += (ulong)n;
+        }
+    }
+
+    private void CopyIntoPipe(ulong va, ReadOnlySpan<byte> src, ref VmaHash h)
+    {
+        for (int off = 0; off < src.Length;)
+        {
+            int n = Math.Min(src.Length - off, PagePipe.MaxReserve);
+            src.Slice(off, n).CopyTo(_pipe.Reserve(va + (ulong)off, n));
+            if (_hash)
+                h.AddPages(va + (ulong)off, src.Slice(off, n));
+            CollectedBytes += n;
+            off += n;
+        }
+    }
+
+    /// <summary>True when usable (present or parent) entries of the parent pagemap cover [va, va + nr pages).</summary>
+    private bool ParentCovers(ulong va, ulong nr)
+    {
+        var entries = _parent!.Entries;
+        ulong end = va + (nr << _shift);
+        while (va < end)
+        {
+            int idx = _parent.FirstEntryEndingAfter(va);
+            if (idx < 0 || idx >= entries.Count)
+                return false;
+            var e = entries[idx];
+            if (e.Vaddr > va || (PagemapImage.FlagsOf(e) & (PagemapFlags.Present | PagemapFlags.Parent)) == 0)
+                return false;
+            va = EntryEnd(e);
+        }
+        return true;
     }
 
     private static ulong EntryEnd(ImageFormat.Images.pagemap_entry e) => e.Vaddr + (PagemapImage.NrPages(e) << PageGeometry.PageShift);

@@ -78,6 +78,7 @@ public sealed class ImageDirectory : IDisposable
     public void WriteFiles(IEnumerable<file_entry> files) => WriteImage(ImageNames.Files, ImageKind.Files, files);
     /// <summary>Our own sidecar (magic SIM_STATE) for simulator state no CRIU message carries.</summary>
     public void WriteSimState(int pid, IEnumerable<sim_state_entry> entries) => WriteImage(ImageNames.SimState(pid), ImageKind.SimState, entries);
+    public void WritePageDigests(int pid, PageDigestMap digests) => WriteImage(ImageNames.PageDigests(pid), ImageKind.PageDigests, digests.ToEntries());
     public void WriteDumpStats(dump_stats_entry stats) => StatsFile.WriteDump(Path, stats);
     public void WriteRestoreStats(restore_stats_entry stats) => StatsFile.WriteRestore(Path, stats);
 

@@ -53,9 +53,10 @@ public sealed class ImageKind
     public static readonly ImageKind Creds = new("CREDS", Magic.Creds, Magic.ImgCommon, creds_entry.Descriptor);
     public static readonly ImageKind Stats = new("STATS", Magic.Stats, Magic.ImgService, stats_entry.Descriptor);
     public static readonly ImageKind SimState = new("SIM_STATE", Magic.SimState, Magic.ImgCommon, sim_state_entry.Descriptor);
+    public static readonly ImageKind PageDigests = new("PAGE_DIGESTS", Magic.PageDigests, Magic.ImgCommon, page_digests_entry.Descriptor);
 
     public static IReadOnlyList<ImageKind> All { get; } =
-        [Inventory, Pstree, Core, Ids, Mm, Pagemap, Files, RegFiles, Fdinfo, Creds, Stats, SimState];
+        [Inventory, Pstree, Core, Ids, Mm, Pagemap, Files, RegFiles, Fdinfo, Creds, Stats, SimState, PageDigests];
 
     public static bool TryFromTypeMagic(uint magic, [NotNullWhen(true)] out ImageKind? kind)
     {
@@ -101,6 +102,7 @@ public sealed class ImageKind
         if (name.StartsWith("fdinfo-", StringComparison.Ordinal)) return Fdinfo;
         if (name.StartsWith("creds-", StringComparison.Ordinal)) return Creds;
         if (name.StartsWith("sim-", StringComparison.Ordinal)) return SimState;
+        if (name.StartsWith("page-digests-", StringComparison.Ordinal)) return PageDigests;
         return null;
     }
 
@@ -129,4 +131,5 @@ public static class ImageNames
     public static string Pages(uint pagesId) => $"pages-{pagesId}.img";
     public static string Fdinfo(uint filesId) => $"fdinfo-{filesId}.img";
     public static string SimState(int pid) => $"sim-{pid}.img";
+    public static string PageDigests(int pid) => $"page-digests-{pid}.img";
 }

@@ -142,6 +142,12 @@ public sealed class ImageSet
     public IReadOnlyList<file_entry> ReadFiles() =>
         ImageFile.Read(PathOf(ImageNames.Files), ImageKind.Files).Entries.Cast<file_entry>().ToList();
 
+    /// <summary>The content tracker's digests of the task's pages, or null when this set has none.</summary>
+    public PageDigestMap? ReadPageDigests(int pid) =>
+        Has(ImageNames.PageDigests(pid))
+            ? PageDigestMap.FromEntries(ImageFile.Read(PathOf(ImageNames.PageDigests(pid)), ImageKind.PageDigests).Entries.Cast<page_digests_entry>(), PathOf(ImageNames.PageDigests(pid)))
+            : null;
+
     public IReadOnlyList<sim_state_entry> ReadSimState(int pid) =>
         ImageFile.Read(PathOf(ImageNames.SimState(pid)), ImageKind.SimState).Entries.Cast<sim_state_entry>().ToList();
 

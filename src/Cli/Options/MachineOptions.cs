@@ -27,9 +27,25 @@ public sealed class MachineOptions
 
     public string Directory(ParseResult p) => Path.GetFullPath(p.GetValue(Machine)!);
 
-    public SimMachine Open(ParseResult p) => SimMachine.Open(Directory(p), TimeSpan.FromSeconds(p.GetValue(Wait)));
+    /// <summary>
+    /// --machine /proc names the real host this command runs on (a machine directory is never
+    /// called /proc): pre-dump, dump and check work on it, nothing else does.
+    /// </summary>
+    public bool IsRealHost(ParseResult p) => IsRealHostName(p.GetValue(Machine));
+
+    public static bool IsRealHostName(string? machine) => machine is not null && machine.TrimEnd('/') == "/proc";
+
+    /// <summary>The error for a verb that only a simulated machine can do.</summary>
+    public static UserException SimulatorOnly(string verb) => new(ExitCode.Unsupported,
+        $"'{verb}' needs a simulated machine: --machine /proc is the real host, where only pre-dump, dump and check work",
+        "Name a machine directory (restore a real process's images into one with 'restore -D DIR --machine DIR').");
+
+    public SimMachine Open(ParseResult p) => IsRealHost(p)
+        ? throw SimulatorOnly(p.CommandResult.Command.Name)
+        : SimMachine.Open(Directory(p), TimeSpan.FromSeconds(p.GetValue(Wait)));
 
     public SimMachine OpenOrCreate(ParseResult p, KernelConfig config) =>
+        IsRealHost(p) ? throw SimulatorOnly(p.CommandResult.Command.Name) :
         SimMachine.Exists(Directory(p))
             ? SimMachine.Open(Directory(p), TimeSpan.FromSeconds(p.GetValue(Wait)))
             : SimMachine.Create(Directory(p), config, TimeSpan.FromSeconds(p.GetValue(Wait)));

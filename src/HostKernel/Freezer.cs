@@ -1,0 +1,237 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+
+namespace CriuSharp.HostKernel;
+
+/// <summary>How a tree was frozen, reported to the user.</summary>
+public enum FreezeMethod { CgroupFreezer, SigStop }
+
+/// <summary>
+/// Stops a host process tree and lets it run again, never killing it.
+/// <code>
+///  cgroup v1 freezer mounted and writable:
+///    mkdir FREEZER/criu-sharp-PID-RAND ─▶ each task's cgroup.procs moved in (old cgroup kept)
+///    ─▶ freezer.state = FROZEN (poll until FROZEN) ······ thaw: THAWED ─▶ tasks moved back ─▶ rmdir
+///  otherwise:
+///    SIGSTOP every thread group (those already stopped are remembered) ─▶ wait for state T
+///    ······ thaw: SIGCONT only to the ones we stopped
+/// </code>
+/// Documentation/admin-guide/cgroup-v1/freezer-subsystem.rst: moving a task into a FROZEN
+/// cgroup freezes it, so tasks found after the freeze (a fork that raced it) are moved in too.
+/// </summary>
+public sealed class Freezer : IDisposable
+{
+    private readonly string? _cgroup;
+    private readonly Dictionary<int, string> _origin = [];
+    private readonly List<int> _stopped = [];
+    private bool _thawed;
+
+    public FreezeMethod Method { get; }
+    public IReadOnlyList<int> Pids => [.. _origin.Keys.Concat(_stopped)];
+
+    private Freezer(FreezeMethod method, string? cgroup)
+    {
+        Method = method;
+        _cgroup = cgroup;
+    }
+
+    /// <summary>The cgroup v1 freezer mount point, or null (cgroup v2 only, or not mounted).</summary>
+    public static string? FreezerRoot()
+    {
+        foreach (var line in File.ReadLines("/proc/self/mountinfo"))
+        {
+            // id parent maj:min root mountpoint opts ... - fstype source superopts
+            int dash = line.IndexOf(" - ", StringComparison.Ordinal);
+            if (dash < 0) continue;
+            var tail = line[(dash + 3)..].Split(' ');
+            if (tail.Length < 3 || tail[0] != "cgroup") continue;
+            if (!tail[2].Split(',').Contains("freezer")) continue;
+            var f = line.Split(' ');
+            if (f[3] != "/") continue; // a bind of a sub-hierarchy: cannot map /proc/PID/cgroup paths
+            return f[4];
+        }
+        return null;
+    }
+
+    /// <summary>Freezes the tree of <paramref name="root"/> (rescanned after freezing, until stable).</summary>
+    public static Freezer Freeze(int root, bool preferCgroup = true)
+    {
+        if (!ProcFs.Exists(root))
+            throw new HostKernelException(HostErrorKind.NoSuchProcess, "no such process", root, Interop.Libc.ESRCH);
+        string? fr = preferCgroup ? FreezerRoot() : null;
+        if (fr is not null)
+        {
+            string dir = Path.Combine(fr, $"criu-sharp-{Environment.ProcessId}-{Random.Shared.Next():x8}");
+            try
+            {
+                Directory.CreateDirectory(dir);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                fr = null;
+            }
+            if (fr is not null)
+            {
+                var fz = new Freezer(FreezeMethod.CgroupFreezer, dir);
+                try
+                {
+                    fz.FreezeCgroup(root, fr);
+                    return fz;
+                }
+                catch
+                {
+                    fz.Dispose();
+                    throw;
+                }
+            }
+        }
+        var s = new Freezer(FreezeMethod.SigStop, null);
+        try
+        {
+            s.FreezeSignals(root);
+            return s;
+        }
+        catch
+        {
+            s.Dispose();
+            throw;
+        }
+    }
+
+    private void FreezeCgroup(int root, string freezerRoot)
+    {
+        for (int round = 0; round < 8; round++)
+        {
+            bool added = false;
+            foreach (var (pid, _) in ProcFs.Tree(root))
+            {
+                if (_origin.ContainsKey(pid)) continue;
+                string? from = FreezerCgroupOf(pid);
+                if (from is null) continue; // exited meanwhile
+                try
+                {
+                    File.WriteAllText(Path.Combine(_cgroup!, "cgroup.procs"), pid.ToString(CultureInfo.InvariantCulture));
+                }
+                catch (IOException) when (!ProcFs.Exists(pid)) { continue; }
+                catch (UnauthorizedAccessException)
+                {
+                    throw new HostKernelException(HostErrorKind.PermissionDenied, "cannot move the task into a freezer cgroup", pid, Interop.Libc.EACCES);
+                }
+                _origin[pid] = Path.Combine(freezerRoot, from.TrimStart('/'));
+                added = true;
+            }
+            if (round == 0 && _origin.Count == 0)
+                throw new HostKernelException(HostErrorKind.Vanished, "the process exited", root, Interop.Libc.ESRCH);
+            if (round == 0)
+                File.WriteAllText(Path.Combine(_cgroup!, "freezer.state"), "FROZEN");
+            if (!added && round > 0)
+                break;
+            WaitFrozen();
+        }
+    }
+
+    private void WaitFrozen()
+    {
+        string state = Path.Combine(_cgroup!, "freezer.state");
+        for (int i = 0; i < 10_000; i++)
+        {
+            if (File.ReadAllText(state).Trim() == "FROZEN")
+                return;
+            Thread.Sleep(1);
+        }
+        throw new HostKernelException(HostErrorKind.Io, "the freezer cgroup did not reach FROZEN within 10 s");
+    }
+
+    private static string? FreezerCgroupOf(int pid)
+    {
+        try
+        {
+            foreach (var line in File.ReadLines($"/proc/{pid}/cgroup"))
+            {
+                var f = line.Split(':', 3);
+                if (f.Length == 3 && f[1].Split(',').Contains("freezer"))
+                    return f[2];
+            }
+            return "/";
+        }
+        catch (IOException) { return null; }
+    }
+
+    private void FreezeSignals(int root)
+    {
+        for (int round = 0; round < 8; round++)
+        {
+            bool added = false;
+            foreach (var (pid, _) in ProcFs.Tree(root))
+            {
+                if (_stopped.Contains(pid) || _origin.ContainsKey(pid)) continue;
+                if (ProcFs.State(pid, pid) == 'T')
+                {
+                    _origin[pid] = ""; // already stopped by someone else: leave it so
+                    continue;
+                }
+                if (Interop.Libc.Kill(pid, Interop.Libc.SIGSTOP) != 0)
+                {
+                    int e = Marshal.GetLastPInvokeError();
+                    if (e == Interop.Libc.ESRCH) continue;
+                    throw HostKernelException.FromErrno(e, "cannot stop the task", pid);
+                }
+                _stopped.Add(pid);
+                added = true;
+            }
+            if (round == 0 && _stopped.Count + _origin.Count == 0)
+                throw new HostKernelException(HostErrorKind.Vanished, "the process exited", root, Interop.Libc.ESRCH);
+            foreach (int pid in _stopped)
+                foreach (int tid in ProcFs.Threads(pid))
+                    for (int i = 0; i < 10_000 && ProcFs.State(pid, tid) is not ('T' or 't' or 'Z' or 'X' or '\0'); i++)
+                        Thread.Sleep(1);
+            if (!added) break;
+        }
+    }
+
+    /// <summary>
+    /// Thaws the freezer cgroup but leaves the tasks in it (CRIU's seize: tasks that have been
+    /// PTRACE_INTERRUPTed while frozen trap into a ptrace-stop as soon as they are thawed).
+    /// </summary>
+    internal void ThawCgroupKeepingTasks()
+    {
+        if (Method == FreezeMethod.CgroupFreezer)
+            File.WriteAllText(Path.Combine(_cgroup!, "freezer.state"), "THAWED");
+    }
+
+    /// <summary>Lets the tree run again and removes every trace of the freeze.</summary>
+    public void Thaw()
+    {
+        if (_thawed) return;
+        _thawed = true;
+        if (Method == FreezeMethod.CgroupFreezer)
+        {
+            try { File.WriteAllText(Path.Combine(_cgroup!, "freezer.state"), "THAWED"); } catch (IOException) { }
+            foreach (var (pid, origin) in _origin)
+            {
+                try { File.WriteAllText(Path.Combine(origin, "cgroup.procs"), pid.ToString(CultureInfo.InvariantCulture)); }
+                catch (IOException) { } // exited
+            }
+            // Tasks forked into our cgroup while it was being set up go back to the root's origin.
+            string procs = Path.Combine(_cgroup!, "cgroup.procs");
+            string fallback = _origin.Values.FirstOrDefault() ?? Path.GetDirectoryName(_cgroup)!;
+            for (int i = 0; i < 100 && Directory.Exists(_cgroup); i++)
+            {
+                try
+                {
+                    foreach (var w in File.ReadAllText(procs).Split('\n', StringSplitOptions.RemoveEmptyEntries))
+                        try { File.WriteAllText(Path.Combine(fallback, "cgroup.procs"), w); } catch (IOException) { }
+                    Directory.Delete(_cgroup!);
+                }
+                catch (IOException) { Thread.Sleep(1); }
+            }
+        }
+        else
+        {
+            foreach (int pid in _stopped)
+                Interop.Libc.Kill(pid, Interop.Libc.SIGCONT);
+        }
+    }
+
+    public void Dispose() => Thaw();
+}
