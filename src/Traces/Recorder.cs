@@ -43,6 +43,8 @@ public sealed record RecordOptions
     public ulong IntervalNs { get; init; } = 50_000_000;
     public ulong ForNs { get; init; } = 10_000_000_000;
     public TrackerKind Tracker { get; init; } = TrackerKind.Auto;
+    /// <summary>What auto falls back to where the kernel tracks nothing (the host without soft-dirty: content).</summary>
+    public TrackerKind AutoFallback { get; init; } = TrackerKind.None;
     public PageStoreOptions PageStore { get; init; } = PageStoreOptions.Lz4();
 }
 
@@ -127,10 +129,11 @@ public static class Recorder
                     ImagesDir = Path.Combine(outDir, dir),
                     PrevImagesDir = i == 0 ? null : Path.Combine("..", (i - 1).ToString(CultureInfo.InvariantCulture)),
                     Tracker = o.Tracker,
+                    AutoFallback = o.AutoFallback,
                     PageStore = o.PageStore,
                 });
             }
-            catch (DumperException) when (!target.Alive(o.Pid) && i > 0)
+            catch (Exception e) when (e is DumperException or KernelException or IOException && !target.Alive(o.Pid) && i > 0)
             {
                 // Gone between the check and the freeze: its half-written directory is no sample.
                 TryDelete(Path.Combine(outDir, dir));

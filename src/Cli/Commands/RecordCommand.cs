@@ -9,23 +9,20 @@ namespace CriuSharp.Cli;
 /// <summary>criu-sharp record: a trace of a process tree as a chain of pre-dumps plus an index (samples/README.md).</summary>
 public static class RecordCommand
 {
-    /// <summary>The machine name that stands for the real host.</summary>
-    public const string RealHost = "/proc";
-
     public static Command Create()
     {
         var pid = PidOption.Create();
         var output = new Option<string>("--output", "-o") { Description = "Trace directory to create (must not exist, or be empty).", Required = true };
         var interval = new Option<string>("--interval") { Description = "Time between samples (a pre-dump each), e.g. 50ms.", DefaultValueFactory = _ => "50ms" };
         var forOpt = new Option<string>("--for") { Description = "How long to record, e.g. 10s.", DefaultValueFactory = _ => "10s" };
-        var tracker = new Option<string>("--tracker") { Description = "Dirty-page tracker of the pre-dumps: auto, soft-dirty, pagemap-scan, uffd-wp, none.", DefaultValueFactory = _ => "auto" }
-            .AcceptOnlyFromAmong("auto", "soft-dirty", "pagemap-scan", "uffd-wp", "none");
+        var tracker = new Option<string>("--tracker") { Description = "Dirty-page tracker of the pre-dumps: auto, soft-dirty, pagemap-scan, uffd-wp, content, none (auto on a host that tracks nothing: content).", DefaultValueFactory = _ => "auto" }
+            .AcceptOnlyFromAmong("auto", "soft-dirty", "pagemap-scan", "uffd-wp", "content", "none");
         var compress = new Option<string>("--compress") { Description = "Page compression of the trace's images: lz4, zstd, none.", DefaultValueFactory = _ => "lz4" }
             .AcceptOnlyFromAmong("lz4", "zstd", "none");
         var json = CommonOptions.Json();
         var machine = new MachineOptions();
         var cmd = new Command("record",
-            $"Record a process tree: a pre-dump every --interval for --for, into a chain of CRIU image directories plus an index (--machine {RealHost} for the real host).");
+            $"Record a process tree: a pre-dump every --interval for --for, into a chain of CRIU image directories plus an index (--machine /proc for the real host).");
         foreach (var o in new Option[] { pid, output, interval, forOpt, tracker, compress, json })
             cmd.Options.Add(o);
         machine.AddTo(cmd);
@@ -56,11 +53,19 @@ public static class RecordCommand
                 ? (i, s) => err.Write($"\rsample {i + 1}/{planned}: {s.PagesWritten} pages written, frozen {s.FrozenUs} us   ")
                 : null;
             RecordResult result;
-            if (p.GetValue(machine.Machine) == RealHost)
-                throw new UserException(ExitCode.Unsupported, "recording the real host (--machine /proc) needs the real-host backend, which this build does not have",
-                    "Record a simulated machine's process with --machine DIR.");
-            using (var m = machine.Open(p))
+            if (machine.IsRealHost(p))
             {
+                // The host this command runs on: the same recorder, a real kernel, wall-clock time.
+                using var host = new HostKernel.LinuxHost();
+                if (host.FindTask(options.Pid) is not { Alive: true })
+                    throw new UserException(ExitCode.BadInput, $"no process {options.Pid} on this host");
+                // As pre-dump on the host: where the kernel tracks no writes, auto digests page contents.
+                result = Recorder.Record(new RecordTarget(host, HostKernel.LinuxHost.MachineName, RealTime: true),
+                    options with { AutoFallback = TrackerKind.Content }, progress);
+            }
+            else
+            {
+                using var m = machine.Open(p);
                 PidOption.Resolve(m.Kernel, options.Pid);
                 result = Recorder.Record(RecordTarget.Simulated(m, m.Directory), options, progress);
                 m.Save();
