@@ -4,7 +4,7 @@
 #
 #   bash samples/record/hotset.sh [TOTAL_MIB=256] [HOT_MIB=16] [RATE=20000] [HOT_SHARE=0.9]
 source "$(dirname "$0")/common.sh"
-bin=$(mktemp "${TMPDIR:-/tmp}/hotset.XXXXXX")
-gcc -O2 -o "$bin" samples/record/hotset.c
-record_program hotset-${1:-256}m-${2:-16}m -- "$bin" "${1:-256}" "${2:-16}" "${3:-20000}" "${4:-0.9}"
-rm -f "$bin"
+bindir=$(mktemp -d "${TMPDIR:-/tmp}/hotset.XXXXXX")
+gcc -O2 -o "$bindir/hotset" samples/record/hotset.c
+record_program hotset-${1:-256}m-${2:-16}m -- "$bindir/hotset" "${1:-256}" "${2:-16}" "${3:-20000}" "${4:-0.9}"
+rm -rf "$bindir"

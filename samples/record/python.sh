@@ -14,8 +14,8 @@ while True:
     for _ in range(20_000):
         k = random.randrange(200_000)
         table[k] = [k, random.random(), str(k) * 3]
-    log.append(bytes(random.getrandbits(8) for _ in range(4096)))
-    if len(log) > 256:
-        del log[:128]
+    log.append([str(random.random()) for _ in range(500)])
+    if len(log) > 200:
+        del log[:100]
     time.sleep(0.01)
 '

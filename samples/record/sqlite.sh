@@ -20,6 +20,11 @@ feed() {
   done
 }
 version=$(sqlite3 --version | awk '{print $1}')
-# sqlite3 reads the statements from a pipe; the recorded process is sqlite3 itself.
-coproc FEED { feed; }
-record_program sqlite3-$version -- sqlite3 :memory: <&"${FEED[0]}"
+# sqlite3 reads the statements from a FIFO; the recorded process is sqlite3 itself (exec).
+fifo_dir=$(mktemp -d "${TMPDIR:-/tmp}/sqlite-feed.XXXXXX")
+mkfifo "$fifo_dir/sql"
+feed >"$fifo_dir/sql" &
+feeder=$!
+record_program sqlite3-$version -- bash -c 'exec sqlite3 :memory: <"$0"' "$fifo_dir/sql"
+kill "$feeder" 2>/dev/null || true
+rm -rf "$fifo_dir"

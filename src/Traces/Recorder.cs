@@ -154,7 +154,10 @@ public static class Recorder
             {
                 Dir = dir,
                 TimeNs = t,
-                FrozenUs = s.FrozenTime,
+                // On the host the freeze is measured: the pre-dump's wall time less its writing, which
+                // happens after the thaw (an upper bound: it includes opening the parent images). A
+                // simulated machine's is the cost model's, so a simulated recording is deterministic.
+                FrozenUs = target.RealTime && s.WallClock is { } wall ? (ulong)(wall.Total - wall.Write).Ticks / 10 : s.FrozenTime,
                 PagesWritten = s.PagesWritten,
                 PagesSkippedParent = s.PagesSkippedParent,
                 BytesRaw = s.BytesRaw,
