@@ -99,6 +99,8 @@ public static class Recorder
                 EndEarly(index, i, "the process exited");
                 break;
             }
+            if (i == 0)
+                start = target.NowNs; // sample 0 is time 0, however long setting up took
             ulong t = target.NowNs - start;
             // The VMAs just before the freeze: a pre-dump writes no mm image.
             var procs = new List<TraceProcess>();
