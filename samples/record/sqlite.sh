@@ -14,7 +14,7 @@ feed() {
   local round=0
   while true; do
     round=$((round + 1))
-    echo "UPDATE t SET v = printf('updated %d in round ', id) WHERE id % 97 = $((round % 97));"
+    echo "UPDATE t SET v = printf('updated %d in round $round', id) WHERE id % 97 = $((round % 97));"
     echo "INSERT INTO t(k, v) SELECT hex(randomblob(8)), printf('copy of %d', id) FROM t LIMIT 500;"
     echo "DELETE FROM t WHERE id IN (SELECT id FROM t ORDER BY random() LIMIT 400);"
     sleep 0.05
