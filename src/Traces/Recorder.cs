@@ -101,7 +101,7 @@ public static class Recorder
             }
             if (i == 0)
                 start = target.NowNs; // sample 0 is time 0, however long setting up took
-            ulong t = target.NowNs - start;
+            ulong t = i == 0 ? 0 : target.NowNs - start;
             // The VMAs just before the freeze: a pre-dump writes no mm image.
             var procs = new List<TraceProcess>();
             var seen = new Dictionary<int, List<TraceVma>>();
