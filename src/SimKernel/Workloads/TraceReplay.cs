@@ -218,15 +218,19 @@ internal static class TraceReplay
     private static void WritePages(SimTask task, IRecordedTrace trace, int pid, int sample)
     {
         ulong written = 0;
-        // CRIU dumps the vDSO's pages too; the replaying process has its own vDSO, left alone.
-        var skip = trace.Vmas(sample, pid).Where(v => v.Name.StartsWith(SpecialPrefix, StringComparison.Ordinal)).ToArray();
+        // Only pages inside the sample's VMAs are written. CRIU dumps the vDSO's pages too, but the
+        // replaying process has its own vDSO, left alone; and on a real host the maps are read just
+        // before the freeze, so a mapping made in between has pages but no VMA until the next sample.
+        var vmas = trace.Vmas(sample, pid).Where(v => !v.Name.StartsWith(SpecialPrefix, StringComparison.Ordinal)).ToArray();
+        int at = 0;
         trace.Writes(sample, pid, (va, page) =>
         {
             if (task.State != TaskState.Running)
                 return;
-            foreach (var v in skip)
-                if (va >= v.Start && va < v.End)
-                    return;
+            while (at < vmas.Length && vmas[at].End <= va)
+                at++;
+            if (at == vmas.Length || va < vmas[at].Start)
+                return;
             if (task.Write(va, page).Ok)
                 written++;
         });
