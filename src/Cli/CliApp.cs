@@ -14,6 +14,7 @@ public static class CliApp
             "criu-sharp: CRIU-style pre-dump, dump and restore of processes in a simulated Linux kernel " +
             "with faithful soft-dirty, pagemap, PAGEMAP_SCAN and userfaultfd write-protect tracking.");
         root.Options.Add(CommonOptions.Verbose);
+        root.Options.Add(CommonOptions.Lz4);
         foreach (var command in Commands())
             root.Subcommands.Add(command);
         return root;
@@ -73,6 +74,7 @@ public static class CliApp
             stderr.WriteLine($"Try '{UsageName(parse)} --help'.");
             return (int)ExitCode.Usage;
         }
+        ImageFormat.Lz4Engines.Preferred = ImageFormat.Lz4Engines.Parse(parse.GetValue(CommonOptions.Lz4) ?? "auto");
         try
         {
             var config = new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false };

@@ -289,9 +289,7 @@ internal sealed class Checkpointer
         var entries = Directory.EnumerateFileSystemEntries(dir).ToList();
         if (entries.Count == 0)
             return;
-        static bool IsImage(string name) => name.EndsWith(".img", StringComparison.Ordinal) || name is "stats-dump" or "stats-restore"
-            or ImageNames.ParentLink or ImageNames.IncompleteMarker or Manifest.FileName || name.StartsWith(".", StringComparison.Ordinal) && name.Contains(".tmp", StringComparison.Ordinal);
-        var foreign = entries.Select(Path.GetFileName).Where(n => !IsImage(n!)).ToList();
+        var foreign = entries.Select(Path.GetFileName).Where(n => !ImageNames.BelongsToImageDirectory(n!)).ToList();
         if (foreign.Count > 0)
             throw new DumperException($"images directory holds files that are not images ({string.Join(", ", foreign.Take(3))}); use an empty directory", null, dir);
         foreach (var e in entries)
@@ -496,18 +494,8 @@ internal sealed class Checkpointer
             dir.WriteMm(t.Pid, mm);
             var sim = new List<sim_state_entry>();
             if (ts.Checksums.Count > 0)
-            {
-                var bytes = new byte[ts.Checksums.Count * 24];
-                for (int i = 0; i < ts.Checksums.Count; i++)
-                {
-                    var (s, e, h) = ts.Checksums[i];
-                    BitConverter.TryWriteBytes(bytes.AsSpan(i * 24), s);
-                    BitConverter.TryWriteBytes(bytes.AsSpan(i * 24 + 8), e);
-                    BitConverter.TryWriteBytes(bytes.AsSpan(i * 24 + 16), h);
-                }
-                sim.Add(new sim_state_entry { Key = SimKeys.VmaChecksums, Data = ByteString.CopyFrom(bytes) });
-            }
-            sim.Add(new sim_state_entry { Key = SimKeys.PageSize, Data = ByteString.CopyFrom(BitConverter.GetBytes(_k.Capabilities.PageSize)) });
+                sim.Add(SimState.VmaChecksums(ts.Checksums));
+            sim.Add(SimState.PageSize(_k.Capabilities.PageSize));
             dir.WriteSimState(t.Pid, sim);
         }
         dir.WriteFiles(files.OrderBy(f => f.Value).Select(f =>
@@ -551,7 +539,7 @@ internal sealed class Checkpointer
             ThreadCore = new thread_core_entry { FutexRla = 0, FutexRlaLen = 0 },
         };
         if (regs is not null)
-            core.SimTaskState = ByteString.CopyFrom(SimTaskState.Encode(regs.General, regs.Extra));
+            core.SimTaskState = ByteString.CopyFrom(SimState.EncodeTaskState(regs.General, regs.Extra));
         if (regs is not null && _k.Capabilities.Arch == ArchFamily.X86_64)
         {
             var r = regs.General;
@@ -567,36 +555,5 @@ internal sealed class Checkpointer
             core.ThreadInfo = new thread_info_x86 { ClearTidAddr = 0, Gpregs = gp, Fpregs = fp };
         }
         return core;
-    }
-}
-
-internal static class SimKeys
-{
-    public const string VmaChecksums = "vma-checksums";
-    public const string PageSize = "page-size";
-}
-
-/// <summary>core_entry.sim_task_state: u32 register count, registers (u64 LE), then the ExtraState bytes.</summary>
-internal static class SimTaskState
-{
-    public static byte[] Encode(ulong[] regs, byte[] extra)
-    {
-        var b = new byte[4 + regs.Length * 8 + extra.Length];
-        BitConverter.TryWriteBytes(b.AsSpan(0), regs.Length);
-        for (int i = 0; i < regs.Length; i++)
-            BitConverter.TryWriteBytes(b.AsSpan(4 + i * 8), regs[i]);
-        extra.CopyTo(b, 4 + regs.Length * 8);
-        return b;
-    }
-
-    public static (ulong[] Regs, byte[] Extra) Decode(ReadOnlySpan<byte> b)
-    {
-        if (b.Length < 4)
-            return ([], []);
-        int n = BitConverter.ToInt32(b);
-        var regs = new ulong[n];
-        for (int i = 0; i < n; i++)
-            regs[i] = BitConverter.ToUInt64(b.Slice(4 + i * 8));
-        return (regs, b[(4 + n * 8)..].ToArray());
     }
 }

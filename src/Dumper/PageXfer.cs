@@ -77,72 +77,19 @@ internal sealed class PageXfer : IDisposable
     public void Dispose() => _writer.Dispose();
 
     /// <summary>
-    /// criu/pagemap.c dedup_one_iovec: for every range the new image stores, punch the same range
-    /// out of the parent's pages file; where the parent itself has a PE_PARENT hole, go one level
-    /// further down. With raw pages (CRIU's layout) whole 4 KiB pages are punched, as CRIU does.
-    /// With compressed pages a block can only go when every page in it is superseded, so only such
-    /// blocks are punched; pages sharing a block with still-needed pages stay.
-    /// Returns the bytes punched.
+    /// --auto-dedup (criu/pagemap.c dedup_one_iovec): punches what the new image stores out of the
+    /// parent chain; ImageFormat knows where the bytes sit. Returns the bytes punched.
     /// </summary>
     public static long Dedup(ImageSet? parent, string pagemapName, IReadOnlyList<(ulong Va, ulong End)> ranges)
     {
-        long punched = 0;
-        for (var set = parent; set is not null && ranges.Count > 0; set = set.Parent)
+        try
         {
-            if (!set.Has(pagemapName))
-                break;
-            var pm = PagemapImage.Load(set.PathOf(pagemapName));
-            var next = new List<(ulong, ulong)>();
-            using var fs = pm.PagesLength > 0 ? new FileStream(set.PathOf(pm.PagesFileName), FileMode.Open, FileAccess.ReadWrite) : null;
-            long dataOff = 0;
-            int ri = 0;
-            foreach (var e in pm.Entries)
-            {
-                ulong nr = PagemapImage.NrPages(e);
-                ulong eStart = e.Vaddr, eEnd = e.Vaddr + (nr << 12);
-                var flags = PagemapImage.FlagsOf(e);
-                bool present = (flags & PagemapFlags.Present) != 0;
-                long entryBytes = present ? (pm.Compression == PageCompression.None ? (long)(nr << 12) : e.BlockSizes.Sum(x => (long)x)) : 0;
-                while (ri < ranges.Count && ranges[ri].End <= eStart) ri++;
-                for (int k = ri; k < ranges.Count && ranges[k].Va < eEnd; k++)
-                {
-                    ulong s = Math.Max(eStart, ranges[k].Va), t = Math.Min(eEnd, ranges[k].End);
-                    if (s >= t) continue;
-                    if ((flags & PagemapFlags.Parent) != 0 && !present)
-                    {
-                        next.Add((s, t));
-                        continue;
-                    }
-                    if (!present || fs is null) continue;
-                    if (pm.Compression == PageCompression.None)
-                    {
-                        long off = dataOff + (long)(s - eStart);
-                        Interop.Libc.PunchHole(fs.SafeFileHandle, off, (long)(t - s), fs.Name);
-                        punched += (long)(t - s);
-                    }
-                    else
-                    {
-                        int bp = pm.BlockPages;
-                        long boff = dataOff;
-                        for (int b = 0; b < e.BlockSizes.Count; b++)
-                        {
-                            ulong bs = eStart + ((ulong)(b * bp) << 12);
-                            ulong be = Math.Min(eEnd, bs + ((ulong)bp << 12));
-                            uint size = e.BlockSizes[b];
-                            if (bs >= s && be <= t && size > 0)
-                            {
-                                Interop.Libc.PunchHole(fs.SafeFileHandle, boff, size, fs.Name);
-                                punched += size;
-                            }
-                            boff += size;
-                        }
-                    }
-                }
-                dataOff += entryBytes;
-            }
-            ranges = next;
+            return PageDedup.PunchSuperseded(parent, pagemapName, ranges);
         }
-        return punched;
+        catch (HolePunchException e)
+        {
+            throw new DumperException(e.Message, inner: e);
+        }
     }
 }
 

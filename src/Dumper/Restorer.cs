@@ -91,7 +91,7 @@ internal sealed class Restorer
             RestoreMmFields(task, mm);
             if (core.HasSimTaskState)
             {
-                var (regs, extra) = SimTaskState.Decode(core.SimTaskState.Span);
+                var (regs, extra) = SimState.DecodeTaskState(core.SimTaskState.Span);
                 _k.SetRegisters(pid, new TaskRegisters(regs, extra));
             }
             if (_o.Verify)
@@ -466,13 +466,10 @@ internal sealed class Restorer
     /// <summary>Recomputes each dumped VMA's hash from the restored task and compares.</summary>
     private int Verify(ImageSet set, RTask task, mm_entry mm)
     {
-        var sim = set.ReadSimState(task.Pid).FirstOrDefault(s => s.Key == SimKeys.VmaChecksums);
+        var sim = set.ReadSimState(task.Pid).FirstOrDefault(s => s.Key == SimState.VmaChecksumsKey);
         if (sim is null)
             return 0;
-        var raw = sim.Data.Span;
-        var expected = new Dictionary<ulong, (ulong End, ulong Hash)>();
-        for (int i = 0; i + 24 <= raw.Length; i += 24)
-            expected[BitConverter.ToUInt64(raw[i..])] = (BitConverter.ToUInt64(raw[(i + 8)..]), BitConverter.ToUInt64(raw[(i + 16)..]));
+        var expected = SimState.ReadVmaChecksums(sim);
         int n = 0;
         using var walker = new PageWalker(_k, _k.Capabilities.PagemapScan, DirtySource.Always);
         var spans = new List<PageSpan>();

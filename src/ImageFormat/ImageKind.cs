@@ -132,4 +132,15 @@ public static class ImageNames
     public static string Fdinfo(uint filesId) => $"fdinfo-{filesId}.img";
     public static string SimState(int pid) => $"sim-{pid}.img";
     public static string PageDigests(int pid) => $"page-digests-{pid}.img";
+
+    /// <summary>
+    /// Whether a directory entry of an image directory is ours to replace: a CRIU image file
+    /// (*.img), the stats files, the parent link, the incomplete marker, the manifest, or a
+    /// temporary file an interrupted atomic write left (.NAME.tmp…). Anything else belongs to the
+    /// user, and a dump refuses to write into a directory that holds it.
+    /// </summary>
+    public static bool BelongsToImageDirectory(string name) =>
+        name.EndsWith(".img", StringComparison.Ordinal) || name is StatsDump or StatsRestore
+        or ParentLink or IncompleteMarker or Manifest.FileName
+        || name.StartsWith('.') && name.Contains(".tmp", StringComparison.Ordinal);
 }

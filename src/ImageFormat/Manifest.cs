@@ -1,11 +1,11 @@
 using System.Globalization;
-using System.Numerics;
+using System.IO.Hashing;
 using System.Text;
 
 namespace CriuSharp.ImageFormat;
 
 /// <summary>
-/// criu-sharp.manifest: the size and CRC-32C of every metadata image of a committed directory
+/// criu-sharp.manifest: the size and CRC-32 (IEEE 802.3, System.IO.Hashing) of every metadata image of a committed directory
 /// (inventory, pstree, core, mm, ids, files, sim-state), written just before the incomplete marker
 /// is removed and checked whenever the directory is opened for reading. Those images have no
 /// checksum of their own, so without it a flipped bit in a register or a VMA's protection would
@@ -20,7 +20,9 @@ namespace CriuSharp.ImageFormat;
 public static class Manifest
 {
     public const string FileName = "criu-sharp.manifest";
-    private const string Header = "criu-sharp manifest v1";
+    private const string Header = "criu-sharp manifest v2";
+    /// <summary>Manifests before v2 held CRC-32C; those directories are still read, sizes checked.</summary>
+    private const string HeaderV1 = "criu-sharp manifest v1";
     private const long MaxManifestBytes = 1 << 20;
 
     public static bool Covers(string fileName) =>
@@ -38,7 +40,7 @@ public static class Manifest
             if (!Covers(name))
                 continue;
             var bytes = File.ReadAllBytes(path);
-            sb.Append(CultureInfo.InvariantCulture, $"{name} {bytes.Length} {Crc32C(bytes):x8}\n");
+            sb.Append(CultureInfo.InvariantCulture, $"{name} {bytes.Length} {Checksum(bytes):x8}\n");
         }
         AtomicFile.Write(Path.Combine(dir, FileName), Encoding.UTF8.GetBytes(sb.ToString()));
     }
@@ -60,7 +62,8 @@ public static class Manifest
         {
             throw new ImageFormatException(manifest, "manifest", null, $"cannot be read: {e.Message}", e);
         }
-        if (lines.Length == 0 || lines[0] != Header)
+        bool legacy = lines.Length > 0 && lines[0] == HeaderV1;
+        if (lines.Length == 0 || (lines[0] != Header && !legacy))
             throw new ImageFormatException(manifest, "manifest", null, "not a criu-sharp manifest (bad header)");
         foreach (var line in lines.Skip(1))
         {
@@ -73,21 +76,12 @@ public static class Manifest
                 throw new ImageFormatException(path, "image directory", null, "missing: the manifest lists it but the file is gone");
             if (new FileInfo(path).Length != size)
                 throw new ImageFormatException(path, "image directory", null, $"changed since the dump: {new FileInfo(path).Length} bytes, the manifest says {size}");
-            if (Crc32C(File.ReadAllBytes(path)) != crc)
+            if (!legacy && Checksum(File.ReadAllBytes(path)) != crc)
                 throw new ImageFormatException(path, "image directory", null, "changed since the dump: checksum differs from the manifest");
         }
     }
 
     private static string Truncate(string s) => s.Length <= 60 ? s : s[..60] + "...";
 
-    internal static uint Crc32C(ReadOnlySpan<byte> data)
-    {
-        uint crc = 0;
-        int i = 0;
-        for (; i + 8 <= data.Length; i += 8)
-            crc = BitOperations.Crc32C(crc, BitConverter.ToUInt64(data.Slice(i, 8)));
-        for (; i < data.Length; i++)
-            crc = BitOperations.Crc32C(crc, data[i]);
-        return crc;
-    }
+    internal static uint Checksum(ReadOnlySpan<byte> data) => Crc32.HashToUInt32(data);
 }

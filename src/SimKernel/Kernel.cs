@@ -48,7 +48,8 @@ public sealed partial class Kernel
     public ArchProfile Arch { get; }
     public KernelVersion Version { get; }
     public ThpMode ThpMode { get; set; }
-    public PhysicalMemory Memory { get; }
+    /// <summary>The simulator's physical memory: internal, no checkpoint tool sees it.</summary>
+    internal PhysicalMemory Memory { get; }
     public SwapDevice Swap { get; }
     public SimFs Fs { get; }
     public ProcFs Proc { get; }

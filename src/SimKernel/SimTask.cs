@@ -33,7 +33,14 @@ public sealed partial class SimTask
     public int Pgid { get; internal set; }
     public int Sid { get; internal set; }
     public string Comm { get; }
-    public MmStruct Mm { get; }
+    /// <summary>The task's mm: internal to the simulator (tests reach it through InternalsVisibleTo).</summary>
+    internal MmStruct Mm { get; }
+    /// <summary>Resident pages (VmRSS in pages), as /proc/PID/status reports it.</summary>
+    public long RssPages => Mm.Rss;
+    /// <summary>Swapped-out pages (VmSwap in pages).</summary>
+    public long SwapPages => Mm.SwapEntries;
+    /// <summary>The mapped ranges, as /proc/PID/maps lists them.</summary>
+    public IReadOnlyList<(ulong Start, ulong End)> MappedRanges => Mm.Vmas.Select(v => (v.Start, v.End)).ToList();
     public TaskState State { get; internal set; }
     public ulong StartTimeNs { get; }
     public int ExitCode { get; internal set; }

@@ -140,33 +140,62 @@ public class HardeningTests
         }
     }
 
+    /// <summary>Runs the built CLI with a file named liblz4.so.1 that is not a library first on the loader's path.</summary>
+    private static CliRunner.Result RunWithBrokenLiblz4(string root, params string[] args)
+    {
+        string stub = Path.Combine(root, "stub");
+        Directory.CreateDirectory(stub);
+        File.WriteAllText(Path.Combine(stub, "liblz4.so.1"), "not a library\n");
+        string dll = Path.Combine(AppContext.BaseDirectory, "criu-sharp.dll");
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = root };
+        psi.ArgumentList.Add(dll);
+        foreach (var a in args)
+            psi.ArgumentList.Add(a);
+        psi.Environment["LD_LIBRARY_PATH"] = stub;
+        using var p = Process.Start(psi)!;
+        var err = p.StandardError.ReadToEndAsync();
+        string output = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        return new CliRunner.Result(p.ExitCode, output, err.Result);
+    }
+
     [Fact]
-    public void MissingLiblz4_ExitsSevenWithAHint()
+    public void MissingLiblz4_NativeAskedFor_ExitsSevenWithAHint()
     {
         string root = NewRoot();
         try
         {
             string m = Machine(root);
-            // A file named liblz4.so.1 that is not a library, first on the loader's path.
-            string stub = Path.Combine(root, "stub");
-            Directory.CreateDirectory(stub);
-            File.WriteAllText(Path.Combine(stub, "liblz4.so.1"), "not a library\n");
-            string dll = Path.Combine(AppContext.BaseDirectory, "criu-sharp.dll");
-            var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = root };
-            foreach (var a in new[] { dll, "dump", "-t", "1000", "-D", Path.Combine(root, "d"), "--compress", "lz4", "-m", m })
-                psi.ArgumentList.Add(a);
-            psi.Environment["LD_LIBRARY_PATH"] = stub;
-            using var p = Process.Start(psi)!;
-            string err = p.StandardError.ReadToEnd();
-            p.StandardOutput.ReadToEnd();
-            p.WaitForExit();
-            var r = new CliRunner.Result(p.ExitCode, "", err);
+            var r = RunWithBrokenLiblz4(root, "dump", "-t", "1000", "-D", Path.Combine(root, "d"), "--compress", "lz4", "--lz4", "native", "-m", m);
             Assert.Equal((int)ExitCode.Environment, r.Code);
             AssertOneLine(r);
             Assert.Contains("liblz4.so.1", r.ErrLines[0]);
             Assert.Contains("apt-get", r.ErrLines[1]);
             Assert.True(File.Exists(Path.Combine(root, "d", ImageFormat.ImageNames.IncompleteMarker)) || !Directory.Exists(Path.Combine(root, "d")));
             Assert.Contains("running", CliRunner.Run("ps", "-m", m).Out);
+        }
+        finally
+        {
+            Directory.Delete(root, true);
+        }
+    }
+
+    [Fact]
+    public void MissingLiblz4_ByDefault_TheManagedCodecDumpsAndRestores()
+    {
+        string root = NewRoot();
+        try
+        {
+            string m = Machine(root);
+            string d = Path.Combine(root, "d");
+            var dump = RunWithBrokenLiblz4(root, "dump", "-t", "1000", "-D", d, "--compress", "lz4", "-m", m);
+            Assert.True(dump.Code == 0, dump.Err);
+            Assert.False(File.Exists(Path.Combine(d, ImageFormat.ImageNames.IncompleteMarker)));
+            string dest = Path.Combine(root, "dest");
+            var restore = RunWithBrokenLiblz4(root, "restore", "-D", d, "-m", dest);
+            Assert.True(restore.Code == 0, restore.Err);
+            var verify = CliRunner.Run("verify", "-m", dest);
+            Assert.True(verify.Code == 0, verify.Err);
         }
         finally
         {

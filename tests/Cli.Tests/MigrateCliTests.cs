@@ -158,8 +158,8 @@ public class MigrateCliTests : IClassFixture<MigrateScratch>
         Assert.StartsWith("<!DOCTYPE html>", text);
         Assert.DoesNotContain("<script", text);
         Assert.DoesNotContain("src=", text); // self-contained
-        foreach (var id in new[] { "dirty-pages", "bytes-sent", "downtime" })
-            Assert.Contains($"<svg class=\"chart\" id=\"{id}\"", text);
+        foreach (var id in new[] { "dirty-pages", "bytes-sent", "downtime", "bytes-by-store" })
+            Assert.Contains($"<figure class=\"chart\" id=\"{id}\" data-series=\"3\"", text);
         // XML-wellformed SVG: each chart parses on its own.
         foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(text, "<svg .*?</svg>", System.Text.RegularExpressions.RegexOptions.Singleline))
             System.Xml.Linq.XElement.Parse(m.Value);

@@ -37,6 +37,14 @@ public class ReportChromiumTests : IClassFixture<MigrateScratch>
         return (p.ExitCode, stdout, err.Result);
     }
 
+    /// <summary>Rows of the per-iteration tables: one data point per iteration in the line charts.</summary>
+    private static int ExpectedIterations(string html)
+    {
+        string text = File.ReadAllText(html);
+        int tables = text.IndexOf("<h2>Iterations</h2>", StringComparison.Ordinal);
+        return Regex.Matches(text[tables..], "<tr><td>").Count;
+    }
+
     [Fact]
     public void ChartsRenderInChromium()
     {
@@ -49,14 +57,17 @@ public class ReportChromiumTests : IClassFixture<MigrateScratch>
         // The DOM Chromium built from the file.
         var dom = Browse(profile, "--dump-dom", url);
         Assert.True(dom.Code == 0, dom.Err);
-        foreach (var id in new[] { "dirty-pages", "bytes-sent", "downtime" })
-            Assert.Matches($"<svg[^>]*id=\"{id}\"", dom.Out);
-        string source = File.ReadAllText(html);
-        int Marks(string text, string element) => Regex.Matches(text, $"<{element} class=\"mark\"").Count;
-        Assert.True(Marks(dom.Out, "circle") > 4, "data points of the two line charts");
-        Assert.Equal(Marks(source, "circle"), Marks(dom.Out, "circle"));
-        Assert.Equal(2 * 3, Marks(dom.Out, "rect")); // two runs × frozen, transfer, restore
-        Assert.Contains("polyline", dom.Out);
+        // Each chart is a figure holding ScottPlot's inline SVG, with how much it drew.
+        int iterations = ExpectedIterations(html);
+        foreach (var (id, points) in new[] { ("dirty-pages", iterations), ("bytes-sent", iterations), ("downtime", 2 * 3), ("bytes-by-store", 2) })
+        {
+            var m = Regex.Match(dom.Out, $"<figure class=\"chart\" id=\"{id}\" data-series=\"(\\d+)\" data-points=\"(\\d+)\"><svg[^>]*>(.*?)</svg>\\s*</figure>", RegexOptions.Singleline);
+            Assert.True(m.Success, $"figure {id} with an inline svg");
+            Assert.Equal("2", m.Groups[1].Value); // two runs
+            Assert.Equal(points.ToString(System.Globalization.CultureInfo.InvariantCulture), m.Groups[2].Value);
+            Assert.True(Regex.Matches(m.Groups[3].Value, "<path").Count > 10, $"figure {id} draws something");
+        }
+        Assert.DoesNotContain("<?xml", File.ReadAllText(html));
 
         // A screenshot: not blank, and the first series' and the bars' colours are on it.
         string png = Path.Combine(_s.Dir, "report.png");
@@ -68,7 +79,7 @@ public class ReportChromiumTests : IClassFixture<MigrateScratch>
         for (int i = 0; i < w * h; i++)
             colours.Add(px[i]);
         Assert.True(colours.Count > 20, $"a blank page has one colour; got {colours.Count}");
-        Assert.Contains(0x1f77b4, colours); // first run's line and marks
+        Assert.Contains(0x1f77b4, colours); // first run's line and markers
         Assert.Contains(0x4c72b0, colours); // frozen part of the downtime bars
     }
 }

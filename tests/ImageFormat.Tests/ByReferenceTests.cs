@@ -119,7 +119,11 @@ public class XxHashDispatchTests
         rnd.NextBytes(data);
         fixed (byte* p = data)
             foreach (int n in new[] { 0, 1, 3, 4, 8, 16, 17, 128, 129, 240, 241, 1024, 4096, 65536, 70_000 })
+            {
                 Assert.Equal(Interop.XxHash.Xxh3_64Plain(p, (nuint)n), Interop.XxHash.Xxh3_64(p, (nuint)n));
+                // The managed fallback (System.IO.Hashing) is the same function.
+                Assert.Equal(Interop.XxHash.Xxh3_64(p, (nuint)n), System.IO.Hashing.XxHash3.HashToUInt64(data.AsSpan(0, n)));
+            }
         // XXH3-64 of the empty input is a published constant (xxHash's sanity checks).
         Assert.Equal(0x2D06800538D394C2UL, BlockCodec.Checksum([]));
     }

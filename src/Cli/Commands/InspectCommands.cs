@@ -70,7 +70,7 @@ public static class InspectCommands
                 ranges.Add((a, b));
             }
             else
-                ranges.AddRange(t.Mm.Vmas.Select(v => (v.Start, v.End)));
+                ranges.AddRange(t.MappedRanges);
             var o = p.InvocationConfiguration.Output;
             bool asJson = p.GetValue(json);
             bool onlySd = p.GetValue(sdOnly);

@@ -134,8 +134,8 @@ public static class MachineCommands
                 ppid = t.Ppid,
                 state = t.State.ToString().ToLowerInvariant(),
                 comm = t.Comm,
-                rss_kb = t.Mm.Rss * m.Kernel.Arch.PageSize / 1024,
-                swap_kb = t.Mm.SwapEntries * m.Kernel.Arch.PageSize / 1024,
+                rss_kb = t.RssPages * m.Kernel.Arch.PageSize / 1024,
+                swap_kb = t.SwapPages * m.Kernel.Arch.PageSize / 1024,
                 term_signal = t.TermSignal,
             }).ToList();
             var o = p.InvocationConfiguration.Output;

@@ -11,6 +11,18 @@ public static class CommonOptions
         Recursive = true,
     };
 
+    /// <summary>
+    /// The LZ4 implementation for page blocks. The images are the same bytes either way; this only
+    /// picks the code that makes them (and the one that reads them).
+    /// </summary>
+    public static readonly Option<string> Lz4 = new Option<string>("--lz4")
+    {
+        Description = "LZ4 implementation: native (liblz4.so.1), managed (K4os.Compression.LZ4) or auto " +
+            "(native when liblz4 loads, else managed). Images are identical either way.",
+        DefaultValueFactory = _ => "auto",
+        Recursive = true,
+    }.AcceptOnlyFromAmong("auto", "native", "managed");
+
     public static Option<bool> Json() => new("--json")
     {
         Description = "Print the result as JSON on stdout.",

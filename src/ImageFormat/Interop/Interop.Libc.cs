@@ -14,6 +14,12 @@ internal static partial class Interop
         [LibraryImport(Name, EntryPoint = "free")]
         private static partial void Free(IntPtr p);
 
+        internal const int FALLOC_FL_KEEP_SIZE = 0x01;
+        internal const int FALLOC_FL_PUNCH_HOLE = 0x02;
+
+        [LibraryImport(Name, EntryPoint = "fallocate", SetLastError = true)]
+        internal static partial int Fallocate(Microsoft.Win32.SafeHandles.SafeFileHandle fd, int mode, long offset, long len);
+
         internal const int ENOENT = 2;
         internal const int ELOOP = 40;
 

@@ -41,6 +41,22 @@ internal static partial class Interop
 
         internal static bool Dispatched => Dispatch != null;
 
+        /// <summary>Whether libxxhash loads at all; without it the managed XXH3 computes the same values.</summary>
+        internal static readonly bool Available = Probe();
+
+        private static bool Probe()
+        {
+            try
+            {
+                return NativeLibrary.TryLoad(Libraries.XxHash, typeof(XxHash).Assembly, null, out var lib)
+                    && NativeLibrary.TryGetExport(lib, "XXH3_64bits", out _);
+            }
+            catch (Exception e) when (e is DllNotFoundException or BadImageFormatException)
+            {
+                return false;
+            }
+        }
+
         internal static ulong Xxh3_64(byte* data, nuint length) =>
             Dispatch != null ? Dispatch(data, length) : Xxh3_64Baseline(data, length);
     }

@@ -16,6 +16,7 @@ internal sealed unsafe class BlockCodec : IDisposable
 {
     private readonly PageCompression _compression;
     private readonly int _level;
+    private readonly bool _nativeLz4;
     private Interop.SafeZstdCompressContext? _cctx;
     private Interop.SafeZstdDecompressContext? _dctx;
 
@@ -23,12 +24,18 @@ internal sealed unsafe class BlockCodec : IDisposable
     {
         _compression = compression;
         _level = level;
+        _nativeLz4 = Lz4Engines.Effective == Lz4Engine.Native;
+        // K4os exposes LZ4_compress_default's acceleration only; a faster setting would need
+        // liblz4, and silently compressing differently would change the image bytes.
+        if (compression == PageCompression.Lz4 && !_nativeLz4 && level > 1)
+            throw new ArgumentOutOfRangeException(nameof(level), level, "the managed LZ4 codec supports acceleration 1 only");
     }
 
     /// <summary>Worst-case output for <paramref name="inputSize"/> bytes (the native bound functions).</summary>
     public static int MaxCompressedSize(PageCompression compression, int inputSize) => compression switch
     {
-        PageCompression.Lz4 => Interop.Lz4.CompressBound(inputSize),
+        // LZ4_COMPRESSBOUND (lz4.h): the same formula in both engines.
+        PageCompression.Lz4 => K4os.Compression.LZ4.LZ4Codec.MaximumOutputSize(inputSize),
         PageCompression.Zstd => checked((int)Interop.Zstd.CompressBound((nuint)inputSize)),
         _ => inputSize,
     };
@@ -41,11 +48,18 @@ internal sealed unsafe class BlockCodec : IDisposable
         {
             switch (_compression)
             {
-                case PageCompression.Lz4:
+                case PageCompression.Lz4 when _nativeLz4:
                 {
                     int n = Interop.Lz4.CompressFast(s, d, src.Length, dst.Length, _level);
                     if (n <= 0)
                         throw new NativeCodecException(Interop.Libraries.Lz4, "LZ4_compress_fast", $"returned {n} for {src.Length} bytes into {dst.Length}");
+                    return n;
+                }
+                case PageCompression.Lz4:
+                {
+                    int n = K4os.Compression.LZ4.LZ4Codec.Encode(s, src.Length, d, dst.Length, K4os.Compression.LZ4.LZ4Level.L00_FAST);
+                    if (n <= 0)
+                        throw new NativeCodecException("K4os.Compression.LZ4", "LZ4Codec.Encode", $"returned {n} for {src.Length} bytes into {dst.Length}");
                     return n;
                 }
                 case PageCompression.Zstd:
@@ -73,11 +87,18 @@ internal sealed unsafe class BlockCodec : IDisposable
         {
             switch (_compression)
             {
-                case PageCompression.Lz4:
+                case PageCompression.Lz4 when _nativeLz4:
                 {
                     int n = Interop.Lz4.DecompressSafe(s, d, src.Length, dst.Length);
                     if (n < 0)
                         return $"LZ4_decompress_safe rejected the block ({n})";
+                    return n == dst.Length ? null : $"block decompressed to {n} bytes, expected {dst.Length}";
+                }
+                case PageCompression.Lz4:
+                {
+                    int n = K4os.Compression.LZ4.LZ4Codec.Decode(s, src.Length, d, dst.Length);
+                    if (n < 0)
+                        return $"LZ4 decoder rejected the block ({n})";
                     return n == dst.Length ? null : $"block decompressed to {n} bytes, expected {dst.Length}";
                 }
                 case PageCompression.Zstd:
@@ -94,8 +115,15 @@ internal sealed unsafe class BlockCodec : IDisposable
         }
     }
 
+    /// <summary>
+    /// XXH3-64 (seed 0). libxxhash measured faster here than System.IO.Hashing's XxHash3 on 4 KiB
+    /// pages (bench <c>LibraryBenchmarks</c>), so it stays the default; the managed one, which
+    /// computes the same values, takes over when libxxhash.so.0 is absent.
+    /// </summary>
     public static ulong Checksum(ReadOnlySpan<byte> data)
     {
+        if (!Interop.XxHash.Available)
+            return System.IO.Hashing.XxHash3.HashToUInt64(data);
         fixed (byte* p = data)
             return Interop.XxHash.Xxh3_64(p, (nuint)data.Length);
     }

@@ -30,7 +30,8 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
     public const string StateFileName = "machine.state";
     public const string FramesFileName = "frames.dat";
     public const string LockFileName = "machine.lock";
-    private const ulong Magic = 0x3130484341_4D5343UL; // "CSMACH01"
+    private const ulong Magic = 0x3230484341_4D5343UL; // "CSMACH02": CRC-32 (IEEE) over the body
+    private const ulong MagicV1 = 0x3130484341_4D5343UL; // "CSMACH01": CRC-32C, no longer written
     /// <summary>Frames between two crash points while a journal is written or replayed.</summary>
     private const int CrashBatchFrames = 256;
 
@@ -245,17 +246,7 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
         File.Delete(jpath);
     }
 
-    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
-    private static ulong Crc(ReadOnlySpan<byte> data)
-    {
-        uint crc = 0;
-        int i = 0;
-        for (; i + 8 <= data.Length; i += 8)
-            crc = BitOperations.Crc32C(crc, BitConverter.ToUInt64(data.Slice(i, 8)));
-        for (; i < data.Length; i++)
-            crc = BitOperations.Crc32C(crc, data[i]);
-        return crc;
-    }
+    private static ulong Crc(ReadOnlySpan<byte> data) => System.IO.Hashing.Crc32.HashToUInt32(data);
 
     // ---- loading ------------------------------------------------------------------------
 
@@ -271,6 +262,8 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
         {
             throw new MachineStateException($"cannot read {statePath}: {e.Message}", e);
         }
+        if (all.Length >= 24 && BitConverter.ToUInt64(all, 0) == MagicV1)
+            throw new MachineStateException($"{statePath} was written by an older criu-sharp (state v1); recreate the machine with spawn");
         if (all.Length < 24 || BitConverter.ToUInt64(all, 0) != Magic)
             throw new MachineStateException($"{statePath} is not a criu-sharp machine state");
         long len = BitConverter.ToInt64(all, 8);

@@ -34,7 +34,7 @@ public sealed partial class MmStruct
     }
 
     public Kernel Kernel => _k;
-    public PageTables Pt { get; }
+    internal PageTables Pt { get; }
     public IReadOnlyList<VmArea> Vmas => _vmas;
     public bool Dead { get; internal set; }
 
