@@ -66,7 +66,7 @@ done
 
 final=$((i + 1))
 stats=$(c dump -t "$pid" -D "$img/$final" --prev-images-dir "../$i" --track-mem --machine "$src" --json)
-echo "dump $final: $(field pages_written <<<"$stats") pages written, $(field pages_skipped_parent <<<"$stats") in parent, frozen $(field frozen_time <<<"$stats") us"
+echo "dump $final: $(field pages_written <<<"$stats") pages written, $(field pages_skipped_parent <<<"$stats") in parent, frozen $(( $(field frozen_time_ns <<<"$stats") / 1000 )) us"
 src_uptime=$(c run --for 0ns --machine "$src" --json | field uptime_ns)
 
 c restore -D "$img/$final" --machine "$dst" >/dev/null

@@ -114,6 +114,15 @@ internal sealed class Checkpointer
             {
                 var t = ts.Task;
                 bool parentOk = parentSet is not null && tracker != TrackerKind.None && parentSet.HasPagemap(t.Pid);
+                if (parentSet is not null && tracker != TrackerKind.None && !parentOk)
+                {
+                    // Images of other processes (a --prev-images-dir naming the wrong dump) cannot
+                    // serve as this task's parent: say so rather than silently dumping everything.
+                    var held = parentSet.PagemapPids();
+                    _warnings.Add(new DumperWarning("parent-ignored", held.Count == 0
+                        ? $"task {t.Pid}: the parent images in {parentSet.Path} hold no process's pages, so they are ignored and every page is dumped"
+                        : $"task {t.Pid}: the parent images in {parentSet.Path} hold no pages of it (they are of pid {string.Join(", ", held)}), so they are ignored and every page of it is dumped"));
+                }
                 if (parentOk && parentUptimeUs is ulong pu && t.StartTimeNs / 1000 > pu)
                 {
                     parentOk = false;
@@ -289,6 +298,8 @@ internal sealed class Checkpointer
         var entries = Directory.EnumerateFileSystemEntries(dir).ToList();
         if (entries.Count == 0)
             return;
+        // CRIU's logs (-o dump.log) live in the images directory too; they are neither foreign nor replaced.
+        entries.RemoveAll(e => Path.GetFileName(e).EndsWith(".log", StringComparison.Ordinal));
         var foreign = entries.Select(Path.GetFileName).Where(n => !ImageNames.BelongsToImageDirectory(n!)).ToList();
         if (foreign.Count > 0)
             throw new DumperException($"images directory holds files that are not images ({string.Join(", ", foreign.Take(3))}); use an empty directory", null, dir);

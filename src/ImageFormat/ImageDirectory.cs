@@ -33,7 +33,8 @@ public sealed class ImageDirectory : IDisposable
     {
         Directory.CreateDirectory(path);
         var marker = System.IO.Path.Combine(path, ImageNames.IncompleteMarker);
-        if (!File.Exists(marker) && Directory.EnumerateFileSystemEntries(path).Any())
+        // A log (-o dump.log, CRIU's convention) may already be open there.
+        if (!File.Exists(marker) && Directory.EnumerateFileSystemEntries(path).Any(e => !e.EndsWith(".log", StringComparison.Ordinal)))
             throw new IOException($"{path} already holds files; images are written into an empty directory");
         // Not via AtomicFile: the marker's existence is what counts, and creating it in place leaves
         // no window in which a kill could leave a renamed-never temporary and no marker.

@@ -57,8 +57,24 @@ public static class ImageFile
         return ms.ToArray();
     }
 
-    /// <summary>Writes the file under a temporary name, flushes, then renames it into place.</summary>
-    public static void WriteAtomic(string path, ImageKind kind, IEnumerable<IMessage> entries) =>
+    /// <summary>
+    /// Writes the file under a temporary name, flushes, then renames it into place. Our own fields
+    /// (see <see cref="ExtFields"/>) go into the sidecar ext-&lt;name&gt;, written first, so the
+    /// image itself holds CRIU's fields only.
+    /// </summary>
+    public static void WriteAtomic(string path, ImageKind kind, IEnumerable<IMessage> entries)
+    {
+        if (kind == ImageKind.ExtFields)
+        {
+            WriteAtomicUnsplit(path, kind, entries);
+            return;
+        }
+        var (criu, ext) = ExtFields.Split(entries);
+        ExtFields.WriteSidecar(path, criu, ext);
+        WriteAtomicUnsplit(path, kind, criu);
+    }
+
+    internal static void WriteAtomicUnsplit(string path, ImageKind kind, IEnumerable<IMessage> entries) =>
         AtomicFile.Write(path, s => Write(s, kind, entries));
 
     public static void WriteAtomic(string path, ImageKind kind, params IMessage[] entries) =>
@@ -79,8 +95,11 @@ public static class ImageFile
         {
             throw new ImageFormatException(path, expected?.Name ?? "unknown", null, "file does not exist");
         }
+        ImageContents contents;
         using (fs)
-            return Read(fs, path, expected);
+            contents = Read(fs, path, expected);
+        ExtFields.MergeSidecar(path, contents.Kind, contents.Entries);
+        return contents;
     }
 
     public static ImageContents Parse(ReadOnlySpan<byte> data, string label, ImageKind? expected = null)

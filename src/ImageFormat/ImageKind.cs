@@ -54,9 +54,10 @@ public sealed class ImageKind
     public static readonly ImageKind Stats = new("STATS", Magic.Stats, Magic.ImgService, stats_entry.Descriptor);
     public static readonly ImageKind SimState = new("SIM_STATE", Magic.SimState, Magic.ImgCommon, sim_state_entry.Descriptor);
     public static readonly ImageKind PageDigests = new("PAGE_DIGESTS", Magic.PageDigests, Magic.ImgCommon, page_digests_entry.Descriptor);
+    public static readonly ImageKind ExtFields = new("EXT_FIELDS", Magic.ExtFields, Magic.ImgCommon, ext_fields_entry.Descriptor, ext_fields_head.Descriptor);
 
     public static IReadOnlyList<ImageKind> All { get; } =
-        [Inventory, Pstree, Core, Ids, Mm, Pagemap, Files, RegFiles, Fdinfo, Creds, Stats, SimState, PageDigests];
+        [Inventory, Pstree, Core, Ids, Mm, Pagemap, Files, RegFiles, Fdinfo, Creds, Stats, SimState, PageDigests, ExtFields];
 
     public static bool TryFromTypeMagic(uint magic, [NotNullWhen(true)] out ImageKind? kind)
     {
@@ -90,6 +91,7 @@ public sealed class ImageKind
     public static ImageKind? FromFileName(string fileName)
     {
         var name = System.IO.Path.GetFileName(fileName);
+        if (name.StartsWith(ImageNames.ExtPrefix, StringComparison.Ordinal)) return ExtFields;
         if (name == ImageNames.Inventory) return Inventory;
         if (name == ImageNames.Pstree) return Pstree;
         if (name == ImageNames.Files) return Files;
@@ -133,14 +135,19 @@ public static class ImageNames
     public static string SimState(int pid) => $"sim-{pid}.img";
     public static string PageDigests(int pid) => $"page-digests-{pid}.img";
 
+    /// <summary>ext-&lt;image&gt;: our fields of that CRIU image (see <see cref="ImageFormat.ExtFields"/>).</summary>
+    public const string ExtPrefix = "ext-";
+    public static string Ext(string imageFileName) => ExtPrefix + imageFileName;
+
     /// <summary>
     /// Whether a directory entry of an image directory is ours to replace: a CRIU image file
-    /// (*.img), the stats files, the parent link, the incomplete marker, the manifest, or a
+    /// (*.img) or its ext- sidecar, the stats files, the parent link, the incomplete marker, the manifest, or a
     /// temporary file an interrupted atomic write left (.NAME.tmp…). Anything else belongs to the
     /// user, and a dump refuses to write into a directory that holds it.
     /// </summary>
     public static bool BelongsToImageDirectory(string name) =>
         name.EndsWith(".img", StringComparison.Ordinal) || name is StatsDump or StatsRestore
         or ParentLink or IncompleteMarker or Manifest.FileName
+        || name.StartsWith(ExtPrefix, StringComparison.Ordinal) && BelongsToImageDirectory(name[ExtPrefix.Length..])
         || name.StartsWith('.') && name.Contains(".tmp", StringComparison.Ordinal);
 }

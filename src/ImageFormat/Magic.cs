@@ -31,6 +31,9 @@ public static class Magic
     /// <summary>Page digests of the content tracker (reads "DIGs" in a hex dump), same rules as <see cref="SimState"/>.</summary>
     public const uint PageDigests = 0x73474944;
 
+    /// <summary>The ext-&lt;image&gt; sidecars holding our fields of a CRIU image; reads "SIMx".</summary>
+    public const uint ExtFields = 0x784D4953;
+
     /// <summary>img_version of the v1.1 layout (CRTOOLS_IMAGES_V1_1), the only one we write.</summary>
     public const uint ImagesV1_1 = 2;
 }

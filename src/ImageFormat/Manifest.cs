@@ -26,7 +26,9 @@ public static class Manifest
     private const long MaxManifestBytes = 1 << 20;
 
     public static bool Covers(string fileName) =>
-        fileName.EndsWith(".img", StringComparison.Ordinal)
+        fileName.StartsWith(ImageNames.ExtPrefix, StringComparison.Ordinal)
+            ? Covers(fileName[ImageNames.ExtPrefix.Length..]) // a sidecar as its image
+            : fileName.EndsWith(".img", StringComparison.Ordinal)
         && !fileName.StartsWith("pages-", StringComparison.Ordinal)
         && !fileName.StartsWith("pagemap-", StringComparison.Ordinal)
         && !fileName.StartsWith('.');

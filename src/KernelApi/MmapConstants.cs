@@ -50,6 +50,7 @@ public enum Madvise
     PageOut = 21,
     PopulateRead = 22,
     PopulateWrite = 23,
+    Collapse = 25,
     GuardInstall = 102,
     GuardRemove = 103,
 }

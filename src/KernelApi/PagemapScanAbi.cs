@@ -37,6 +37,29 @@ public struct PmScanArg
     public ulong CategoryAnyofMask;
     public ulong ReturnMask;
 
+    /// <summary>Byte offset of walk_end in struct pm_scan_arg (the one field the kernel writes back).</summary>
+    public const ulong WalkEndOffset = 32;
+
+    /// <summary>The 96 bytes of a struct pm_scan_arg as laid out in user memory (little-endian u64s).</summary>
+    public static PmScanArg Decode(ReadOnlySpan<byte> b)
+    {
+        static ulong U(ReadOnlySpan<byte> s, int i) => System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(s[(i * 8)..]);
+        return new PmScanArg
+        {
+            Size = U(b, 0), Flags = U(b, 1), Start = U(b, 2), End = U(b, 3), WalkEnd = U(b, 4), Vec = U(b, 5),
+            VecLen = U(b, 6), MaxPages = U(b, 7), CategoryInverted = U(b, 8), CategoryMask = U(b, 9),
+            CategoryAnyofMask = U(b, 10), ReturnMask = U(b, 11),
+        };
+    }
+
+    /// <summary>Writes the argument block as user memory holds it.</summary>
+    public readonly void Encode(Span<byte> b)
+    {
+        ReadOnlySpan<ulong> f = [Size, Flags, Start, End, WalkEnd, Vec, VecLen, MaxPages, CategoryInverted, CategoryMask, CategoryAnyofMask, ReturnMask];
+        for (int i = 0; i < f.Length; i++)
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(b[(i * 8)..], f[i]);
+    }
+
     public static PmScanArg Create(ulong start, ulong end, ulong vecLen, ulong categoryMask, ulong returnMask,
         ulong flags = 0, ulong maxPages = 0, ulong inverted = 0, ulong anyof = 0) => new()
     {

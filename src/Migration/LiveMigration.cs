@@ -107,7 +107,10 @@ public sealed class LiveMigration
             remaining = samples.Count == 0 ? ResidentBytes(source.Kernel, pid) : samples[^1].BytesSent;
             var decision = _o.Policy.Decide(new PolicyInput { Done = samples, BandwidthBytesPerSecond = bandwidth, RemainingBytes = remaining });
             if (iterations.Count > 0)
+            {
                 iterations[^1] = iterations[^1] with { Decision = (decision.Stop ? "stop: " : "continue: ") + decision.Reason };
+                _o.IterationDone?.Invoke(iterations[^1]);
+            }
             if (decision.Stop)
             {
                 stopReason = decision.Reason;
@@ -143,6 +146,7 @@ public sealed class LiveMigration
         ulong finalTransferNs = _o.Cost.TransferNs(finalSent);
         ulong frozenNs = (ulong)dump.Stats.FrozenTime * 1000;
         iterations.Add(Record(finalIndex, "dump", finalDir, dump.Stats, finalSent, finalTransferNs, frozenNs + finalTransferNs, finalFreezeAt, prevFreezeAt));
+        _o.IterationDone?.Invoke(iterations[^1]);
         Report("final dump", iterations.Count, maxSteps);
 
         // ---- restore on the destination -----------------------------------------------------------

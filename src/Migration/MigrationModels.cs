@@ -27,6 +27,8 @@ public sealed record MigrationOptions
     public string? ImagesRoot { get; init; }
     /// <summary>Called after each step (pre-dump, final dump, restore, continue) for progress bars.</summary>
     public Action<MigrationProgress>? Progress { get; init; }
+    /// <summary>Called once per pre-dump and for the final dump when its record is final (its decision known).</summary>
+    public Action<IterationRecord>? IterationDone { get; init; }
 }
 
 /// <summary>A progress report: which step just finished and how many are planned at most.</summary>

@@ -18,6 +18,8 @@ public sealed record KernelConfig
     public ThpMode Thp { get; init; } = ThpMode.Madvise;
     /// <summary>/sys/kernel/mm/transparent_hugepage/use_zero_page.</summary>
     public bool ThpUseZeroPage { get; init; } = true;
+    /// <summary>vm.nr_hugepages at boot (hugepages= on the command line): pages of the default hugetlb size in the pool.</summary>
+    public long HugePages { get; init; }
 }
 
 /// <summary>
@@ -40,8 +42,10 @@ public sealed partial class Kernel
         ThpMode = Config.Thp;
         Memory = new PhysicalMemory(Arch.PageShift, Arch.PagesPerHuge, Config.MemoryBytes);
         Swap = new SwapDevice(Arch.PageSize, Config.SwapBytes);
-        Fs = new SimFs(Memory);
+        Fs = new SimFs(Memory) { Kernel = this };
         Proc = new ProcFs(this);
+        Hugetlb = new HugetlbState(this, Config.HugePages);
+        Shm = new Ipc.SysvShm(this);
     }
 
     public KernelConfig Config { get; }
@@ -53,6 +57,53 @@ public sealed partial class Kernel
     public SwapDevice Swap { get; }
     public SimFs Fs { get; }
     public ProcFs Proc { get; }
+    /// <summary>The hugetlb pools and their /proc and /sys files.</summary>
+    public HugetlbState Hugetlb { get; }
+    /// <summary>The SysV shared memory segments (shmget/shmctl here, shmat/shmdt on the task).</summary>
+    public Ipc.SysvShm Shm { get; }
+
+    /// <summary>memfd_create flags (uapi/linux/memfd.h); the hugetlb page size's log2 goes in bits 26-31.</summary>
+    public const uint MfdCloexec = 1, MfdAllowSealing = 2, MfdHugetlb = 4, MfdNoexecSeal = 8, MfdExec = 0x10;
+
+    /// <summary>
+    /// memfd_create(2): an unlinked shmem file, or with MFD_HUGETLB a hugetlbfs file of the pool
+    /// the size bits name ("memfd:NAME" in maps). An unknown size, or size bits without
+    /// MFD_HUGETLB, is EINVAL (mm/memfd.c).
+    /// </summary>
+    public SysResult MemfdCreate(string name, uint flags, out SimFile? file)
+    {
+        file = null;
+        const uint known = MfdCloexec | MfdAllowSealing | MfdHugetlb | MfdNoexecSeal | MfdExec;
+        uint sizeBits = (flags >> HugetlbState.HugeShift) & HugetlbState.HugeMask;
+        if ((flags & ~known & ~((uint)HugetlbState.HugeMask << HugetlbState.HugeShift)) != 0)
+            return Errno.EINVAL;
+        if ((flags & MfdHugetlb) == 0 && sizeBits != 0)
+            return Errno.EINVAL;
+        if (name.Length > 249)
+            return Errno.EINVAL;
+        if ((flags & MfdHugetlb) != 0)
+        {
+            var pool = Hugetlb.BySizeLog((int)sizeBits);
+            if (pool is null)
+                return Errno.EINVAL;
+            file = Hugetlb.CreateFile(pool, "/memfd:" + name, 0);
+        }
+        else
+        {
+            file = Fs.CreateShmem(0);
+            file.Unlinked = true;
+        }
+        file.OpenHandles = 1;
+        return SysResult.Success();
+    }
+
+    /// <summary>close(2) of the last descriptor of a file created by <see cref="MemfdCreate"/>.</summary>
+    public void Close(SimFile file)
+    {
+        if (file.OpenHandles > 0)
+            file.OpenHandles--;
+        MaybeEvictHugetlb(file);
+    }
 
     /// <summary>Virtual time since boot, in nanoseconds (/proc/uptime).</summary>
     public ulong UptimeNs { get; internal set; }
@@ -165,7 +216,7 @@ public sealed partial class Kernel
         int p = AllocatePid(childPid);
         var child = new SimTask(this, p, parent.Comm, parent.Mm.Fork(), UptimeNs)
         {
-            Ppid = parent.Pid,
+            Ppid = parent.Tgid, // getppid() of the child names the parent's thread group
             Pgid = parent.Pgid,
             Sid = parent.Sid,
             State = parent.State == TaskState.Frozen ? TaskState.Frozen : TaskState.Running,
@@ -175,17 +226,73 @@ public sealed partial class Kernel
         return child;
     }
 
-    /// <summary>Ends a task: its memory is released and it stays as a zombie until reaped.</summary>
+    /// <summary>
+    /// clone(CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD): a new thread of
+    /// <paramref name="parent"/>'s thread group, sharing its address space, with its own registers
+    /// (copied from the caller, as the new thread starts from the same point) and fault counters.
+    /// </summary>
+    public SimTask CloneThread(SimTask parent, int? tid = null)
+    {
+        if (!parent.Alive)
+            throw new KernelException(Errno.ESRCH, $"clone {parent.Pid}");
+        var leader = GetTask(parent.Tgid);
+        int t = AllocatePid(tid);
+        var thread = new SimTask(this, t, leader.Comm, parent.Mm, UptimeNs)
+        {
+            Tgid = leader.Pid,
+            Ppid = leader.Ppid,
+            Pgid = leader.Pgid,
+            Sid = leader.Sid,
+            State = parent.State,
+        };
+        parent.Registers.CopyTo(thread.Registers, 0);
+        _tasks[t] = thread;
+        return thread;
+    }
+
+    /// <summary>The threads of a thread group (/proc/PID/task), leader first, then by tid.</summary>
+    public List<SimTask> Threads(int tgid) =>
+        _tasks.Values.Where(t => t.Tgid == tgid && t.State != TaskState.Dead).OrderBy(t => t.Pid == tgid ? 0 : 1).ThenBy(t => t.Pid).ToList();
+
+    /// <summary>
+    /// Ends a thread group (exit_group, or a fatal signal, which kills every thread): the other
+    /// threads go at once, the leader stays a zombie until reaped, and the memory is released.
+    /// A non-leader thread passed here ends the whole group too, as a fatal signal to it would.
+    /// </summary>
     public void Exit(SimTask task, int exitCode, int signal = 0)
     {
-        if (task.State is TaskState.Zombie or TaskState.Dead)
+        var leader = FindTask(task.Tgid) ?? task;
+        if (leader.State is TaskState.Zombie or TaskState.Dead)
             return;
-        task.ExitCode = exitCode;
-        task.TermSignal = signal;
-        task.State = TaskState.Zombie;
-        task.Mm.Teardown();
-        foreach (var c in Children(task.Pid).ToList())
+        foreach (var th in Threads(leader.Pid))
+            if (th.IsThread)
+            {
+                th.ExitCode = exitCode;
+                th.TermSignal = signal;
+                th.State = TaskState.Dead;
+                _tasks.Remove(th.Pid);
+            }
+        leader.ExitCode = exitCode;
+        leader.TermSignal = signal;
+        if (!ReferenceEquals(leader, task))
+        {
+            task.ExitCode = exitCode;
+            task.TermSignal = signal;
+        }
+        leader.State = TaskState.Zombie;
+        leader.Mm.Teardown();
+        foreach (var c in Children(leader.Pid).ToList())
             c.Ppid = 0;
+    }
+
+    /// <summary>pthread_exit of one non-leader thread: it is gone (threads are reaped by the kernel); the address space stays.</summary>
+    public void ExitThread(SimTask thread, int exitCode = 0)
+    {
+        if (!thread.IsThread || !thread.Alive)
+            return;
+        thread.ExitCode = exitCode;
+        thread.State = TaskState.Dead;
+        _tasks.Remove(thread.Pid);
     }
 
     /// <summary>Removes a zombie from the task table (wait(2) by the parent).</summary>
@@ -198,7 +305,8 @@ public sealed partial class Kernel
         }
     }
 
-    public IEnumerable<SimTask> Children(int pid) => _tasks.Values.Where(t => t.Ppid == pid && t.Pid != pid);
+    /// <summary>Child processes (thread group leaders) of <paramref name="pid"/>; its own threads are not children.</summary>
+    public IEnumerable<SimTask> Children(int pid) => _tasks.Values.Where(t => t.Ppid == pid && t.Pid != pid && !t.IsThread);
 
     /// <summary>The task and all its descendants, parents before children (pstree order).</summary>
     public List<SimTask> Tree(int rootPid)
@@ -220,16 +328,91 @@ public sealed partial class Kernel
     /// <summary>Freezes a whole tree (cgroup freezer): frozen tasks run no code until thawed.</summary>
     public void Freeze(int rootPid)
     {
-        foreach (var t in Tree(rootPid))
-            if (t.State == TaskState.Running)
-                t.State = TaskState.Frozen;
+        foreach (var p in Tree(rootPid))
+            foreach (var t in Threads(p.Pid))
+                if (t.State == TaskState.Running)
+                    t.State = TaskState.Frozen;
     }
 
     public void Thaw(int rootPid)
     {
-        foreach (var t in Tree(rootPid))
-            if (t.State == TaskState.Frozen)
-                t.State = TaskState.Running;
+        foreach (var p in Tree(rootPid))
+            foreach (var t in Threads(p.Pid))
+                if (t.State == TaskState.Frozen)
+                    t.State = TaskState.Running;
+    }
+
+    /// <summary>
+    /// iput of a hugetlbfs inode: an unlinked file that no VMA maps and nobody holds open gives its
+    /// pages and reservations back to the pool.
+    /// </summary>
+    internal void MaybeEvictHugetlb(SimFile f)
+    {
+        if (!f.IsHugetlb || !f.Unlinked || f.OpenHandles > 0)
+            return;
+        foreach (var t in _tasks.Values)
+            foreach (var v in t.Mm.Vmas)
+                if (ReferenceEquals(v.File, f))
+                    return;
+        HugetlbState.Evict(f);
+    }
+
+    /// <summary>Visits every present entry of a shared mapping of <paramref name="f"/> with its page index.</summary>
+    internal void ForEachSharedPte(SimFile f, Action<long, Mm.PteTable, int> visit)
+    {
+        int shift = Arch.PageShift;
+        foreach (var task in _tasks.Values.Where(t => !t.IsThread))
+            foreach (var v in task.Mm.Vmas)
+            {
+                if (!ReferenceEquals(v.File, f) || !v.IsShared || v.IsHugetlb)
+                    continue;
+                for (ulong va = v.Start; va < v.End; va += (ulong)Arch.PageSize)
+                {
+                    var t = task.Mm.Pt.PteTableFor(va);
+                    if (t is null)
+                    {
+                        va = (va | (Arch.HugePageSize - 1)) - (ulong)Arch.PageSize + 1;
+                        continue;
+                    }
+                    int i = task.Mm.Pt.PteIndex(va);
+                    if (Arch.IsPresent(t.E[i]))
+                        visit(v.PgOff + (long)((va - v.Start) >> shift), t, i);
+                }
+            }
+    }
+
+    /// <summary>Writeback of a file: dirty pages become clean, their shared ptes clean and write-protected (page_mkclean).</summary>
+    internal void Writeback(SimFile f)
+    {
+        var dirty = new HashSet<long>(f.DirtyPages);
+        ForEachSharedPte(f, (idx, t, i) =>
+        {
+            if ((t.E[i] & Arch.Dirty) != 0)
+                dirty.Add(idx);
+        });
+        ForEachSharedPte(f, (idx, t, i) =>
+        {
+            if (dirty.Contains(idx))
+                t.E[i] = Arch.WrProtect(t.E[i]) & ~Arch.Dirty;
+        });
+        f.DirtyPages.Clear();
+        f.PagesWrittenBack += dirty.Count;
+    }
+
+    /// <summary>unmap_mapping_range from page <paramref name="firstIdx"/> on, in every mapping of the file (private copies too).</summary>
+    internal void UnmapFileRange(SimFile f, long firstIdx)
+    {
+        foreach (var task in _tasks.Values.Where(t => !t.IsThread))
+            foreach (var v in task.Mm.Vmas.ToList())
+            {
+                if (!ReferenceEquals(v.File, f))
+                    continue;
+                long last = v.PgOff + (long)(v.Length >> Arch.PageShift);
+                if (last <= firstIdx)
+                    continue;
+                ulong from = v.Start + (ulong)(Math.Max(0, firstIdx - v.PgOff) << Arch.PageShift);
+                task.Mm.ZapRange(v, from, v.End, removeGuards: false);
+            }
     }
 
     /// <summary>A fresh anon_vma identity: only VMAs sharing one (or without one) may merge.</summary>

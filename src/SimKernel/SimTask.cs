@@ -15,6 +15,7 @@ public sealed partial class SimTask
 {
     public const int SIGKILL = 9;
     public const int SIGSEGV = 11;
+    public const int SIGBUS = 7;
     /// <summary>Number of 64-bit registers kept per task (a dump saves them in the core image).</summary>
     public const int RegisterCount = 32;
 
@@ -22,6 +23,7 @@ public sealed partial class SimTask
     {
         Kernel = kernel;
         Pid = pid;
+        Tgid = pid;
         Comm = comm.Length > 15 ? comm[..15] : comm;
         Mm = mm;
         StartTimeNs = startTimeNs;
@@ -30,6 +32,16 @@ public sealed partial class SimTask
     public Kernel Kernel { get; }
     public int Pid { get; }
     public int Ppid { get; internal set; }
+    /// <summary>Thread group id: the leader's pid (equal to <see cref="Pid"/> for a process or its main thread).</summary>
+    public int Tgid { get; internal set; }
+    /// <summary>A thread made by clone(CLONE_VM | CLONE_THREAD), not a thread group leader.</summary>
+    public bool IsThread => Tgid != Pid;
+    /// <summary>Minor faults taken by this thread (field 10 of /proc/PID/task/TID/stat).</summary>
+    public long MinFlt { get; internal set; }
+    /// <summary>Major faults taken by this thread (field 12).</summary>
+    public long MajFlt { get; internal set; }
+    /// <summary>Write-protect faults taken by this thread (soft-dirty or uffd-wp tracking cost).</summary>
+    public long WpFlt { get; internal set; }
     public int Pgid { get; internal set; }
     public int Sid { get; internal set; }
     public string Comm { get; }
@@ -70,7 +82,9 @@ public sealed partial class SimTask
         else
         {
             FaultAddress = addr;
-            Kernel.Exit(this, 0, SIGSEGV);
+            bool bus = Mm.PendingSigbus;
+            Mm.PendingSigbus = false;
+            Kernel.Exit(this, 0, bus ? SIGBUS : SIGSEGV);
         }
         return r;
     }
@@ -80,7 +94,9 @@ public sealed partial class SimTask
     {
         EnsureRunnable();
         var span = MemoryMarshal.CreateSpan(ref MemoryMarshal.GetReference(data), data.Length);
+        Mm.Current = this;
         var r = Mm.Access(va, span, write: true, force: false, out ulong at);
+        Mm.Current = null;
         return Deliver(r.Ok && r.Value < data.Length ? Errno.EFAULT : r, at);
     }
 
@@ -88,14 +104,19 @@ public sealed partial class SimTask
     public SysResult Read(ulong va, Span<byte> data)
     {
         EnsureRunnable();
+        Mm.Current = this;
         var r = Mm.Access(va, data, write: false, force: false, out ulong at);
+        Mm.Current = null;
         return Deliver(r.Ok && r.Value < data.Length ? Errno.EFAULT : r, at);
     }
 
     public bool StoreU64(ulong va, ulong value)
     {
         EnsureRunnable();
-        if (Mm.StoreU64(va, value, out var f))
+        Mm.Current = this;
+        bool ok = Mm.StoreU64(va, value, out var f);
+        Mm.Current = null;
+        if (ok)
             return true;
         Deliver(f == FaultResult.Oom ? Errno.ENOMEM : Errno.EFAULT, va);
         return false;
@@ -105,7 +126,10 @@ public sealed partial class SimTask
     public bool ExchangeU64(ulong va, ulong value, out ulong old)
     {
         EnsureRunnable();
-        if (Mm.ExchangeU64(va, value, out old, out var f))
+        Mm.Current = this;
+        bool ok = Mm.ExchangeU64(va, value, out old, out var f);
+        Mm.Current = null;
+        if (ok)
             return true;
         Deliver(f == FaultResult.Oom ? Errno.ENOMEM : Errno.EFAULT, va);
         return false;
@@ -114,10 +138,27 @@ public sealed partial class SimTask
     public bool LoadU64(ulong va, out ulong value)
     {
         EnsureRunnable();
-        if (Mm.LoadU64(va, out value, out var f))
+        Mm.Current = this;
+        bool ok = Mm.LoadU64(va, out value, out var f);
+        Mm.Current = null;
+        if (ok)
             return true;
         Deliver(f == FaultResult.Oom ? Errno.ENOMEM : Errno.EFAULT, va);
         return false;
+    }
+
+    /// <summary>
+    /// The fault a store or load takes before it is retried, as this thread (the page becomes
+    /// accessible; nothing is written). Lets a caller place another thread's work between a
+    /// fault and the retried instruction, as a preemption there would.
+    /// </summary>
+    public FaultResult FaultIn(ulong va, bool write)
+    {
+        EnsureRunnable();
+        Mm.Current = this;
+        var r = Mm.Translate(va, write, force: false).Result;
+        Mm.Current = null;
+        return r;
     }
 
     // ---- system calls ------------------------------------------------------------------
@@ -130,6 +171,13 @@ public sealed partial class SimTask
         => Alive ? Mm.Mremap(oldAddr, oldLen, newLen, flags, newAddr) : Errno.ESRCH;
     public SysResult Madvise(ulong addr, ulong len, Madvise advice) => Alive ? Mm.Madvise(addr, len, advice) : Errno.ESRCH;
     public ulong Brk(ulong newBrk) => Alive ? Mm.SetBrk(newBrk) : 0;
+
+    /// <summary>shmat(2): attaches a SysV segment (MAP_SHARED of its file); returns the address.</summary>
+    public SysResult Shmat(int shmid, ulong addr = 0, int shmflg = 0) =>
+        Alive ? Kernel.Shm.Shmat(this, shmid, addr, shmflg) : Errno.ESRCH;
+
+    /// <summary>shmdt(2).</summary>
+    public SysResult Shmdt(ulong addr) => Alive ? Kernel.Shm.Shmdt(this, addr) : Errno.ESRCH;
 
     /// <summary>userfaultfd(2): a new context on this task's address space.</summary>
     public SysResult OpenUserfaultfd(out Userfaultfd? ctx)

@@ -27,13 +27,19 @@ internal static class CliRunner
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment.Remove("CRIU_SHARP_MACHINE");
         using var p = Process.Start(psi)!;
-        string stdout = p.StandardOutput.ReadToEnd();
-        string stderr = p.StandardError.ReadToEnd();
+        // Both pipes are drained at once: a child that fills one while we block reading the other
+        // would never exit, and reading either to its end first would make the timeout unreachable.
+        var stdoutTask = p.StandardOutput.ReadToEndAsync();
+        var stderrTask = p.StandardError.ReadToEndAsync();
         if (!p.WaitForExit(120_000))
         {
             p.Kill(true);
-            throw new TimeoutException("criu-sharp did not finish in 120 s");
+            p.WaitForExit();
+            throw new TimeoutException($"criu-sharp {string.Join(' ', args)} did not finish in 120 s");
         }
+        p.WaitForExit(); // lets the redirected streams reach their end
+        string stdout = stdoutTask.GetAwaiter().GetResult();
+        string stderr = stderrTask.GetAwaiter().GetResult();
         return new Result(p.ExitCode, stdout, stderr);
     }
 

@@ -51,7 +51,7 @@ public class MigrateCliTests : IClassFixture<MigrateScratch>
             Assert.True(its[0].TryGetProperty(name, out _), name);
         Assert.Equal(JsonValueKind.Null, its[0].GetProperty("dirty_rate_pages_per_second").ValueKind);
         Assert.True(its[1].GetProperty("dirty_rate_pages_per_second").GetDouble() > 0);
-        Assert.True(its[0].GetProperty("stats").TryGetProperty("frozen_time", out _)); // CRIU's stats names
+        Assert.True(its[0].GetProperty("stats").TryGetProperty("frozen_time_ns", out _)); // CRIU's stats names, times in ns
         var sum = root.GetProperty("summary");
         var dt = sum.GetProperty("downtime");
         Assert.Equal(sum.GetProperty("downtime_ns").GetUInt64(),

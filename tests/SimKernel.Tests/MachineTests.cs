@@ -33,6 +33,20 @@ public sealed class MachineTests : IDisposable
         k.Proc.Maps(t.Pid) + string.Join(",", k.Proc.ReadPagemap(t.Pid, m, pages).Select(e => e.ToString("x")));
 
     [Fact]
+    public void Save_RefusesThreadsAndHugetlb_RatherThanWriteAMachineThatLoadsDifferent()
+    {
+        using var machine = SimMachine.Create(_dir, new KernelConfig(), TimeSpan.FromSeconds(5));
+        var t = machine.Kernel.Spawn("app");
+        var th = machine.Kernel.CloneThread(t);
+        Assert.Equal(Errno.EOPNOTSUPP, Assert.Throws<KernelException>(machine.Save).Errno);
+        machine.Kernel.ExitThread(th);
+        machine.Kernel.Hugetlb.Write("/proc/sys/vm/nr_hugepages", "1").OrThrow("pool");
+        Assert.Equal(Errno.EOPNOTSUPP, Assert.Throws<KernelException>(machine.Save).Errno);
+        machine.Kernel.Hugetlb.Write("/proc/sys/vm/nr_hugepages", "0").OrThrow("pool");
+        machine.Save();
+    }
+
+    [Fact]
     public void SaveAndOpen_RestoresTasksMemoryPagemapAndClock()
     {
         ulong m;

@@ -12,7 +12,7 @@ public static class CheckpointCommands
     private sealed class DumpArgs
     {
         public readonly Option<int> Pid = PidOption.Create();
-        public readonly Option<string> Dir = new("--images-dir", "-D") { Description = "Directory for the image files.", Required = true };
+        public readonly Option<string> Dir = new("--images-dir", "-D") { Description = "Directory for the image files (default: the current directory, as CRIU's).", DefaultValueFactory = _ => "." };
         public readonly Option<string?> Prev = new("--prev-images-dir") { Description = "Parent image set, relative to the images directory (CRIU's rule); written as the 'parent' link." };
         public readonly Option<bool> TrackMem = new("--track-mem") { Description = "Reset dirty tracking after collecting, so the next dump writes only changes (implied by pre-dump)." };
         public readonly Option<bool> AutoDedup = new("--auto-dedup") { Description = "Remove from the parent images the pages this dump supersedes." };
@@ -73,24 +73,37 @@ public static class CheckpointCommands
         cmd.SetAction(p =>
         {
             var options = a.Options(p) with { LeaveRunning = !preDump && p.GetValue(leaveRunning) };
+            var log = CliLog.Current;
             using var m = a.Machine.Open(p);
             PidOption.Resolve(m.Kernel, options.Pid);
-            var result = preDump ? Criu.PreDump(m.AsKernelApi(), options) : Criu.Dump(m.AsKernelApi(), options);
+            log.Write(CliLog.Info, $"{(preDump ? "Pre-dumping" : "Dumping")} processes (pid: {options.Pid}) into {options.ImagesDir}" +
+                $"{(options.PrevImagesDir is null ? "" : $", parent {options.PrevImagesDir}")}, tracker {p.GetValue(a.Tracker)}, compression {p.GetValue(a.Compress)}");
+            var result = TerminalProgress.Run(p.GetValue(a.Json), preDump ? "pre-dumping" : "dumping",
+                () => preDump ? Criu.PreDump(m.AsKernelApi(), options) : Criu.Dump(m.AsKernelApi(), options));
             m.Save();
             foreach (var w in result.Warnings)
+            {
+                log.Write(CliLog.Warn, w.Message);
                 p.InvocationConfiguration.Error.WriteLine($"criu-sharp: warning: {w.Message}");
-            Report(p.InvocationConfiguration.Output, result, options.ImagesDir, p.GetValue(a.Json), p.GetValue(a.DisplayStats));
+            }
+            var st = result.Stats;
+            log.Write(CliLog.Info, $"Tracker {st.Tracker}: {st.PagesScanned} pages scanned, {st.PagesWritten} written, {st.PagesSkippedParent} in parent; frozen {st.FrozenTime} us");
+            log.Write(CliLog.Info, $"{(preDump ? "Pre-dump" : "Dump")} finished successfully");
+            Report(p.InvocationConfiguration.Output, p.InvocationConfiguration.Error, result, options.ImagesDir, p.GetValue(a.Json), p.GetValue(a.DisplayStats));
             return 0;
         });
         return cmd;
     }
 
-    private static void Report(TextWriter o, DumpResult r, string dir, bool json, bool display)
+    private static void Report(TextWriter o, TextWriter err, DumpResult r, string dir, bool json, bool display)
     {
         var s = r.Stats;
         if (json)
         {
-            o.WriteLine(JsonSerializer.Serialize(new { images_dir = dir, pids = r.Pids, tracker = TrackerNames.Name(r.Tracker), stats = s, warnings = r.Warnings.Select(w => w.Message) }, JsonOut.Options));
+            o.WriteLine(JsonSerializer.Serialize(new { images_dir = dir, pids = r.Pids, tracker = TrackerNames.Name(r.Tracker), stats = JsonOut.Stats(s), warnings = r.Warnings.Select(w => w.Message) }, JsonOut.Options));
+            // Both were asked for: the JSON stays alone on stdout, the stats go to stderr.
+            if (display)
+                DisplayStats(err, s);
             return;
         }
         if (!display)
@@ -98,6 +111,11 @@ public static class CheckpointCommands
             o.WriteLine($"{dir}: {s.PagesWritten} pages written, {s.PagesSkippedParent} in parent, {s.BytesCompressed} bytes stored ({s.Tracker}, {s.Compression})");
             return;
         }
+        DisplayStats(o, s);
+    }
+
+    private static void DisplayStats(TextWriter o, DumpStats s)
+    {
         // criu/stats.c display_stats wording, then ours.
         o.WriteLine("Displaying dump stats:");
         o.WriteLine($"Freezing time: {s.FreezingTime} us");
@@ -116,11 +134,12 @@ public static class CheckpointCommands
 
     public static Command Restore()
     {
-        var dir = new Option<string>("--images-dir", "-D") { Description = "Image directory of a full dump.", Required = true };
+        var dir = new Option<string>("--images-dir", "-D") { Description = "Image directory of a full dump (default: the current directory, as CRIU's).", DefaultValueFactory = _ => "." };
         var machine = new MachineOptions();
         var kernel = new KernelOptions();
         var displayStats = new Option<bool>("--display-stats") { Description = "Print the restore statistics (always saved in stats-restore)." };
         var noVerify = new Option<bool>("--no-verify") { Description = "Skip comparing each restored VMA with the checksum recorded at dump time." };
+        var pidfile = new Option<string?>("--pidfile") { Description = "Write the restored root task's pid to FILE, as CRIU's --pidfile." };
         var json = CommonOptions.Json();
         var cmd = new Command("restore", "Rebuild a dumped process tree (same pids, memory, registers) in a machine — the default one, or --machine DEST standing for another host.");
         cmd.Options.Add(dir);
@@ -128,33 +147,78 @@ public static class CheckpointCommands
         kernel.AddTo(cmd);
         cmd.Options.Add(displayStats);
         cmd.Options.Add(noVerify);
+        cmd.Options.Add(pidfile);
         cmd.Options.Add(json);
         cmd.SetAction(p =>
         {
             string images = Path.GetFullPath(p.GetValue(dir)!);
             if (!Directory.Exists(images))
                 throw new UserException(ExitCode.BadInput, $"{images}: no such directory");
-            using var m = machine.OpenOrCreate(p, kernel.Config(p));
-            var result = Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify) });
+            using var lease = machine.OpenOrCreate(p, kernel.Config(p), kernel);
+            var m = lease.Machine;
+            var log = CliLog.Current;
+            log.Write(CliLog.Info, $"Restoring from {images} into {m.Directory}");
+            var result = TerminalProgress.Run(p.GetValue(json), "restoring",
+                () => Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify) }));
             m.Save();
+            lease.Keep();
             foreach (var w in result.Warnings)
+            {
+                log.Write(CliLog.Warn, w.Message);
                 p.InvocationConfiguration.Error.WriteLine($"criu-sharp: warning: {w.Message}");
+            }
+            log.Write(CliLog.Info, $"Restored {string.Join(' ', result.Pids)}: {result.Stats.PagesRestored} pages, {result.Stats.VmasVerified} VMAs verified");
+            if (p.GetValue(pidfile) is string pf && result.Pids.Count > 0)
+                AtomicFile.Write(Path.GetFullPath(pf), System.Text.Encoding.ASCII.GetBytes($"{result.Pids[0]}"));
+            log.Write(CliLog.Info, "Restore finished successfully");
             var o = p.InvocationConfiguration.Output;
             var s = result.Stats;
             if (p.GetValue(json))
-                o.WriteLine(JsonSerializer.Serialize(new { machine = m.Directory, pids = result.Pids, stats = s }, JsonOut.Options));
-            else if (p.GetValue(displayStats))
             {
-                o.WriteLine("Displaying restore stats:");
-                o.WriteLine($"Pages compared: {s.PagesCompared} (0x{s.PagesCompared:x})");
-                o.WriteLine($"Pages skipped COW: {s.PagesSkippedCow} (0x{s.PagesSkippedCow:x})");
-                o.WriteLine($"Pages restored: {s.PagesRestored} (0x{s.PagesRestored:x})");
-                o.WriteLine($"Forking time: {s.ForkingTime} us");
-                o.WriteLine($"Restore time: {s.RestoreTime} us");
-                o.WriteLine($"VMAs verified: {s.VmasVerified}");
+                o.WriteLine(JsonSerializer.Serialize(new { machine = m.Directory, images_dir = images, pids = result.Pids, stats = JsonOut.Stats(s), warnings = result.Warnings.Select(w => w.Message) }, JsonOut.Options));
+                if (p.GetValue(displayStats))
+                    DisplayStats(p.InvocationConfiguration.Error, s);
             }
+            else if (p.GetValue(displayStats))
+                DisplayStats(o, s);
             else
                 o.WriteLine($"restored {string.Join(' ', result.Pids)} into {m.Directory} ({s.PagesRestored} pages, {s.VmasVerified} VMAs verified)");
+            return 0;
+        });
+        return cmd;
+    }
+
+    private static void DisplayStats(TextWriter o, RestoreStats s)
+    {
+        o.WriteLine("Displaying restore stats:");
+        o.WriteLine($"Pages compared: {s.PagesCompared} (0x{s.PagesCompared:x})");
+        o.WriteLine($"Pages skipped COW: {s.PagesSkippedCow} (0x{s.PagesSkippedCow:x})");
+        o.WriteLine($"Pages restored: {s.PagesRestored} (0x{s.PagesRestored:x})");
+        o.WriteLine($"Forking time: {s.ForkingTime} us");
+        o.WriteLine($"Restore time: {s.RestoreTime} us");
+        o.WriteLine($"VMAs verified: {s.VmasVerified}");
+    }
+}
+
+/// <summary><c>dedup -D DIR</c>: CRIU's <c>criu dedup</c>.</summary>
+public static class DedupCommand
+{
+    public static Command Create()
+    {
+        var dir = new Option<string>("--images-dir", "-D") { Description = "Image directory whose parents lose the pages it stores itself (default: the current directory).", DefaultValueFactory = _ => "." };
+        var json = CommonOptions.Json();
+        var cmd = new Command("dedup", "Punch out of the parent images every page a later image set stores itself, as 'criu dedup' (the work --auto-dedup does while dumping).");
+        cmd.Options.Add(dir);
+        cmd.Options.Add(json);
+        cmd.SetAction(p =>
+        {
+            var r = Dedup.Run(Path.GetFullPath(p.GetValue(dir)!));
+            CliLog.Current.Write(CliLog.Info, $"Deduplicated the parents of {r.ImagesDir}: {r.BytesPunched} bytes punched");
+            var o = p.InvocationConfiguration.Output;
+            if (p.GetValue(json))
+                o.WriteLine(JsonSerializer.Serialize(new { images_dir = r.ImagesDir, pids = r.Pids, bytes_punched = r.BytesPunched }, JsonOut.Options));
+            else
+                o.WriteLine($"{r.ImagesDir}: {r.BytesPunched} bytes punched out of the parent images");
             return 0;
         });
         return cmd;

@@ -31,7 +31,7 @@ internal static class ExploreCommand
                 _ => Stats(set),
             };
             if (parse.GetValue(json))
-                ImageCommandSupport.WriteJson(output, result);
+                ImageCommandSupport.WriteJson(output, JsonShape(set, parse.GetValue(what)!, result));
             else
                 PrintText(output, parse.GetValue(what)!, result);
             return 0;
@@ -174,6 +174,25 @@ internal static class ExploreCommand
             arr.Add(new JsonObject { ["pid"] = pid, ["chain"] = levels, ["vmas"] = vmas });
         }
         return arr;
+    }
+
+    /// <summary>The --json object: the directory under images_dir, the rows under a name per view, times in ns.</summary>
+    private static JsonObject JsonShape(ImageSet set, string what, JsonNode rows)
+    {
+        if (what == "stats")
+        {
+            var levels = new JsonArray();
+            foreach (var level in rows.AsArray().OfType<JsonObject>())
+            {
+                var o = new JsonObject { ["images_dir"] = level["dir"]?.DeepClone(), ["depth"] = level["depth"]?.DeepClone() };
+                foreach (var key in new[] { "dump", "restore" })
+                    if (level[key] is JsonObject s)
+                        o[key] = JsonOut.StatsFromCrit(s);
+                levels.Add(o);
+            }
+            return new JsonObject { ["images_dir"] = set.Path, ["levels"] = levels };
+        }
+        return new JsonObject { ["images_dir"] = set.Path, ["processes"] = rows.DeepClone() };
     }
 
     private static JsonArray Stats(ImageSet set)

@@ -28,11 +28,11 @@ public static class MachineCommands
             if (!f.Exists)
                 throw new UserException(ExitCode.BadInput, $"{f.FullName}: no such file");
             var config = kernel.Config(p) with { MemoryBytes = (long)ParseSize(p.GetValue(memory)!) };
-            using var m = machine.OpenOrCreate(p, config);
-            if (m.Kernel.Arch != config.Arch && p.GetResult(kernel.Arch) is { Implicit: false })
-                throw new UserException(ExitCode.BadInput, $"the machine in {m.Directory} is {m.Kernel.Arch.Name}, not {config.Arch.Name}");
-            var tasks = WorkloadApi.Spawn(m.Kernel, f.FullName);
+            using var lease = machine.OpenOrCreate(p, config, kernel);
+            var m = lease.Machine;
+            var tasks = TerminalProgress.Run(p.GetValue(json), "spawning", () => WorkloadApi.Spawn(m.Kernel, f.FullName));
             m.Save();
+            lease.Keep();
             var o = p.InvocationConfiguration.Output;
             if (p.GetValue(json))
                 o.WriteLine(JsonSerializer.Serialize(new { machine = m.Directory, pids = tasks.Select(t => t.Pid) }, JsonOut.Options));
@@ -83,7 +83,8 @@ public static class MachineCommands
             else
             {
                 ulong ns = Units.ParseDurationNs(p.GetValue(forOpt)!);
-                RunWithProgress(m, ns, p.GetValue(json));
+                if (RunWithProgress(m, ns, p.GetValue(json)))
+                    p.InvocationConfiguration.Error.WriteLine($"criu-sharp: interrupted after {(m.Kernel.UptimeNs - start) / 1e9:0.0##} s of {ns / 1e9:0.0##} s; the machine is saved as it is");
             }
             m.Save();
             var o = p.InvocationConfiguration.Output;
@@ -97,25 +98,44 @@ public static class MachineCommands
         return cmd;
     }
 
-    /// <summary>Runs in 100 ms steps of virtual time, with a progress bar on a terminal only.</summary>
-    private static void RunWithProgress(SimKernel.Machine.SimMachine m, ulong ns, bool json)
+    /// <summary>
+    /// Runs in 100 ms steps of virtual time, with a progress bar on a terminal only. SIGINT (Ctrl-C)
+    /// stops at the end of the current step, so the machine is saved with the time that did run.
+    /// </summary>
+    private static bool RunWithProgress(SimKernel.Machine.SimMachine m, ulong ns, bool json)
     {
         const ulong step = 100_000_000;
-        if (json || Console.IsOutputRedirected || Console.IsErrorRedirected || ns <= step)
+        bool interrupted = false;
+        void OnCancel(object? s, ConsoleCancelEventArgs e)
         {
-            m.Advance(ns);
-            return;
+            e.Cancel = true;
+            Volatile.Write(ref interrupted, true);
         }
-        var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
-        console.Progress().Start(ctx =>
+        Console.CancelKeyPress += OnCancel;
+        try
         {
-            var task = ctx.AddTask("running", maxValue: ns / 1e6);
-            for (ulong done = 0; done < ns; done += step)
+            if (json || Console.IsOutputRedirected || Console.IsErrorRedirected || ns <= step)
             {
-                m.Advance(Math.Min(step, ns - done));
-                task.Value = Math.Min(ns, done + step) / 1e6;
+                for (ulong done = 0; done < ns && !Volatile.Read(ref interrupted); done += step)
+                    m.Advance(Math.Min(step, ns - done));
+                return interrupted;
             }
-        });
+            var console = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+            console.Progress().Start(ctx =>
+            {
+                var task = ctx.AddTask("running", maxValue: ns / 1e6);
+                for (ulong done = 0; done < ns && !Volatile.Read(ref interrupted); done += step)
+                {
+                    m.Advance(Math.Min(step, ns - done));
+                    task.Value = Math.Min(ns, done + step) / 1e6;
+                }
+            });
+            return interrupted;
+        }
+        finally
+        {
+            Console.CancelKeyPress -= OnCancel;
+        }
     }
 
     public static Command Ps()
@@ -186,10 +206,14 @@ public static class MachineCommands
             var tasks = p.GetResult(pid) is null
                 ? m.Kernel.Tasks.Where(t => t.Alive && WorkloadApi.HasProgram(t)).ToList()
                 : [PidOption.Resolve(m.Kernel, p.GetValue(pid))];
+            // Nothing verified is not a success: a script checking a restore must not pass on an empty machine.
+            if (tasks.Count == 0)
+                throw new UserException(ExitCode.CheckFailed, $"nothing to verify: no live process on {m.Directory} runs a workload program",
+                    "List the processes with 'criu-sharp ps'.");
             var reports = tasks.Select(WorkloadApi.Verify).ToList();
             var o = p.InvocationConfiguration.Output;
             if (p.GetValue(json))
-                o.WriteLine(JsonSerializer.Serialize(reports, JsonOut.Options));
+                o.WriteLine(JsonSerializer.Serialize(new { machine = m.Directory, ok = reports.All(r => r.Ok), processes = reports }, JsonOut.Options));
             else
                 foreach (var r in reports)
                     o.WriteLine(r.Ok

@@ -165,17 +165,21 @@ public static class MigrateCommand
             var store = MigrationArgs.Store(p.GetValue(compress)!, p.GetValue(block));
             string? keep = p.GetValue(dir) is string d ? Path.GetFullPath(d) : null;
             bool asJson = p.GetValue(json);
+            var o = p.InvocationConfiguration.Output;
+            // Plain text (piped, captured) prints each row as its iteration ends; a terminal gets
+            // the progress bar, then the table.
+            MigrateOutput.RowStream? rows = asJson || MigrationArgs.Fancy(o) ? null
+                : new MigrateOutput.RowStream(o, MigrateOutput.Title(a.WorkloadPath(p), pol.Spec, p.GetValue(block), a.Kernel.Config(p), a.BandwidthBytes(p)));
             var result = MigrationArgs.WithProgress(asJson, "migrating", pol.MaxPreDumps + 3,
-                progress => LiveMigration.Run(a.Options(p, pol, store, keep, progress)));
+                progress => LiveMigration.Run(a.Options(p, pol, store, keep, progress) with { IterationDone = rows is null ? null : rows.Add }));
             foreach (var w in result.Warnings)
                 p.InvocationConfiguration.Error.WriteLine($"criu-sharp: warning: {w}");
             if (keep is not null)
                 ImageFormat.AtomicFile.Write(Path.Combine(keep, LiveMigration.SummaryFile), System.Text.Encoding.UTF8.GetBytes(MigrateOutput.Json(result) + "\n"));
-            var o = p.InvocationConfiguration.Output;
             if (asJson)
                 o.WriteLine(MigrateOutput.Json(result));
             else
-                MigrateOutput.Text(o, result);
+                MigrateOutput.Text(o, result, tablePrinted: rows is not null);
             return result.Verification.Ok ? 0 : (int)ExitCode.CheckFailed;
         });
         return cmd;
@@ -212,7 +216,7 @@ internal static class MigrateOutput
             duration_ns = i.DurationNs,
             dirty_rate_pages_per_second = i.DirtyRatePagesPerSecond is double d ? Math.Round(d, 1) : (double?)null,
             decision = i.Decision,
-            stats = i.Stats,
+            stats = JsonOut.Stats(i.Stats),
         }),
         summary = new
         {
@@ -236,7 +240,7 @@ internal static class MigrateOutput
             after_restore = r.Verification.AfterRestore,
             after_run = r.Verification.AfterContinue,
         },
-        restore_stats = r.Restore with { WallClock = null },
+        restore_stats = JsonOut.Stats(r.Restore with { WallClock = null }),
         warnings = r.Warnings,
     };
 
@@ -262,13 +266,47 @@ internal static class MigrateOutput
         i.Decision ?? "final (frozen)",
     ];
 
-    public static void Text(TextWriter o, MigrationResult r)
+    /// <summary>The first line: what was migrated and how (the tracker follows once the first dump resolved it).</summary>
+    public static Func<IterationRecord, string> Title(string workload, string policy, int blockKiB, SimKernel.KernelConfig k, double bandwidth) =>
+        i => $"migrate {workload}: policy {policy}, {i.Stats.Compression}{(i.Stats.Compression == "none" ? "" : $" {blockKiB} KiB blocks")}, tracker {i.Stats.Tracker}, {k.Arch.Name}/{k.Version.Name}, link {bandwidth / 1048576.0:0.#} MiB/s";
+
+    private static readonly int[] RightAligned = [0, 2, 3, 4, 5, 6, 7, 8, 9];
+
+    /// <summary>
+    /// Rows printed as iterations end, for output read by another program while the migration runs
+    /// (a pipe, a log). Columns have fixed minimum widths since later rows are not known yet.
+    /// </summary>
+    public sealed class RowStream(TextWriter o, Func<IterationRecord, string> title)
     {
-        o.WriteLine($"migrate {r.Workload}: policy {r.Policy}, {r.Compression}{(r.Compression == "none" ? "" : $" {r.BlockKiB} KiB blocks")}, tracker {r.Tracker}, {r.Arch}/{r.Kernel}, link {r.BandwidthBytesPerSecond / 1048576.0:0.#} MiB/s");
-        // On a terminal the table must fit the window: the decision shrinks to its verdict (the
-        // stop reason is in the summary below); redirected output keeps the whole sentence.
-        bool fancy = MigrationArgs.Fancy(o);
-        Table(o, Columns, r.Iterations.Select(Row).Select(c => fancy ? [.. c[..^1], c[^1].Split(':')[0]] : c).ToList(), rightAligned: [0, 2, 3, 4, 5, 6, 7, 8, 9]);
+        private static readonly int[] MinWidths = [3, 8, 9, 9, 9, 10, 10, 10, 10, 12, 0];
+        private bool _started;
+
+        public void Add(IterationRecord i)
+        {
+            if (!_started)
+            {
+                _started = true;
+                o.WriteLine(title(i));
+                o.WriteLine(Line(Columns));
+            }
+            o.WriteLine(Line(Row(i)));
+            o.Flush();
+        }
+
+        private static string Line(string[] cells) => string.Join("  ", cells.Select((x, c) =>
+            c == cells.Length - 1 ? x : RightAligned.Contains(c) ? x.PadLeft(MinWidths[c]) : x.PadRight(MinWidths[c]))).TrimEnd();
+    }
+
+    public static void Text(TextWriter o, MigrationResult r, bool tablePrinted = false)
+    {
+        if (!tablePrinted)
+        {
+            o.WriteLine($"migrate {r.Workload}: policy {r.Policy}, {r.Compression}{(r.Compression == "none" ? "" : $" {r.BlockKiB} KiB blocks")}, tracker {r.Tracker}, {r.Arch}/{r.Kernel}, link {r.BandwidthBytesPerSecond / 1048576.0:0.#} MiB/s");
+            // On a terminal the table must fit the window: the decision shrinks to its verdict (the
+            // stop reason is in the summary below); redirected output keeps the whole sentence.
+            bool fancy = MigrationArgs.Fancy(o);
+            Table(o, Columns, r.Iterations.Select(Row).Select(c => fancy ? [.. c[..^1], c[^1].Split(':')[0]] : c).ToList(), rightAligned: RightAligned);
+        }
         var d = r.Downtime;
         var v = r.Verification;
         var lines = new List<(string, string)>

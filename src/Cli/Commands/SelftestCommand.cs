@@ -43,10 +43,10 @@ public static class SelftestCommand
             var config = kernel.Config(p);
             var reports = chosen.Select(t => t.Run(config)).ToList();
             if (p.GetValue(json))
-                output.WriteLine(JsonSerializer.Serialize(reports, JsonOut.Options));
+                output.WriteLine(JsonSerializer.Serialize(new { arch = config.Arch.Name, kernel = config.Version.Name, selftests = reports }, JsonOut.Options));
             else
                 foreach (var r in reports)
-                    Print(output, r, p.GetValue(CommonOptions.Verbose));
+                    Print(output, r, p.GetValue(CommonOptions.Verbosity) >= CliLog.Info);
             return reports.Any(r => r.Failed > 0) ? (int)ExitCode.CheckFailed : 0;
         });
         return cmd;

@@ -5,9 +5,28 @@ namespace CriuSharp.Cli;
 /// <summary>Options shared by several verbs, defined once so their names and help never drift.</summary>
 public static class CommonOptions
 {
-    public static readonly Option<bool> Verbose = new("--verbose", "-v")
+    public static readonly Option<bool> StackTrace = new("--stack-trace")
     {
-        Description = "Print the full exception on failure.",
+        Description = "Print the full exception (with its stack) on failure.",
+        Recursive = true,
+    };
+
+    public static readonly Option<int> Verbosity = new Option<int>("--verbosity")
+    {
+        Description = "Log level as CRIU's -v0..-v4 (also written -v0 ... -v4, or -v, -vv): 0 messages, 1 errors, 2 warnings (default), 3 info, 4 debug.",
+        DefaultValueFactory = _ => CliLog.DefaultLevel,
+        Recursive = true,
+    }.AcceptOnlyFromAmong("0", "1", "2", "3", "4");
+
+    public static readonly Option<string?> LogFile = new("--log-file", "-o")
+    {
+        Description = "Write the log to FILE, relative to the images directory (-D) as in CRIU.",
+        Recursive = true,
+    };
+
+    public static readonly Option<bool> LogPid = new("--log-pid")
+    {
+        Description = "Start every log line with the process id, as CRIU's --log-pid.",
         Recursive = true,
     };
 

@@ -29,7 +29,7 @@ public sealed class MachineOptions
 
     /// <summary>
     /// --machine /proc names the real host this command runs on (a machine directory is never
-    /// called /proc): pre-dump, dump and check work on it, nothing else does.
+    /// called /proc): pre-dump, dump, check and record work on it, nothing else does.
     /// </summary>
     public bool IsRealHost(ParseResult p) => IsRealHostName(p.GetValue(Machine));
 
@@ -40,15 +40,86 @@ public sealed class MachineOptions
         $"'{verb}' needs a simulated machine: --machine /proc is the real host, where only pre-dump, dump and check work",
         "Name a machine directory (restore a real process's images into one with 'restore -D DIR --machine DIR').");
 
+    private TimeSpan WaitTime(ParseResult p) => TimeSpan.FromSeconds(p.GetValue(Wait));
+
+    /// <summary>One line on stderr when another command holds the machine, so a wait is never silent.</summary>
+    private Action<TimeSpan> Waiting(ParseResult p)
+    {
+        var err = p.InvocationConfiguration.Error;
+        string dir = Directory(p);
+        return w => err.WriteLine($"criu-sharp: machine {dir} is in use by another command; waiting up to {w.TotalSeconds:0.#} s for its lock (--wait)");
+    }
+
     public SimMachine Open(ParseResult p) => IsRealHost(p)
         ? throw SimulatorOnly(p.CommandResult.Command.Name)
-        : SimMachine.Open(Directory(p), TimeSpan.FromSeconds(p.GetValue(Wait)));
+        : SimMachine.Open(Directory(p), WaitTime(p), Waiting(p));
 
-    public SimMachine OpenOrCreate(ParseResult p, KernelConfig config) =>
-        IsRealHost(p) ? throw SimulatorOnly(p.CommandResult.Command.Name) :
-        SimMachine.Exists(Directory(p))
-            ? SimMachine.Open(Directory(p), TimeSpan.FromSeconds(p.GetValue(Wait)))
-            : SimMachine.Create(Directory(p), config, TimeSpan.FromSeconds(p.GetValue(Wait)));
+    /// <summary>
+    /// Opens the machine, or creates it when there is none. A machine this call created is removed
+    /// again unless <see cref="MachineLease.Keep"/> is called, so a failed command leaves nothing
+    /// behind that a later command would take for a machine the user asked for.
+    /// </summary>
+    public MachineLease OpenOrCreate(ParseResult p, KernelConfig config, KernelOptions? chosen = null)
+    {
+        if (IsRealHost(p))
+            throw SimulatorOnly(p.CommandResult.Command.Name);
+        string dir = Directory(p);
+        if (SimMachine.Exists(dir))
+        {
+            var m = SimMachine.Open(dir, WaitTime(p), Waiting(p));
+            try
+            {
+                chosen?.CheckMatches(p, m);
+            }
+            catch
+            {
+                m.Dispose();
+                throw;
+            }
+            return new MachineLease(m, null, false);
+        }
+        // The topmost directory this call creates: removed whole if the command fails.
+        string? created = null;
+        for (var d = new DirectoryInfo(dir); d is not null && !d.Exists; d = d.Parent)
+            created = d.FullName;
+        return new MachineLease(SimMachine.Create(dir, config, WaitTime(p), Waiting(p)), created, true);
+    }
+}
+
+/// <summary>A machine opened or created by a command; see <see cref="MachineOptions.OpenOrCreate"/>.</summary>
+public sealed class MachineLease(SimMachine machine, string? createdDirectory, bool created) : IDisposable
+{
+    private bool _keep = !created;
+
+    public SimMachine Machine { get; } = machine;
+
+    /// <summary>The command succeeded: a machine it created stays.</summary>
+    public void Keep() => _keep = true;
+
+    public void Dispose()
+    {
+        if (!_keep)
+        {
+            // Removed while the lock is still held, so no other command sees a half-made machine.
+            try
+            {
+                if (createdDirectory is not null)
+                    System.IO.Directory.Delete(createdDirectory, recursive: true);
+                else
+                    foreach (var f in System.IO.Directory.EnumerateFiles(Machine.Directory))
+                        if (Path.GetFileName(f) is SimMachine.StateFileName or SimMachine.FramesFileName or SimMachine.LockFileName
+                            || Path.GetFileName(f).StartsWith("frames.journal.", StringComparison.Ordinal)
+                            || Path.GetFileName(f).StartsWith(SimMachine.StateFileName, StringComparison.Ordinal)
+                            || (Path.GetFileName(f).StartsWith("swap.", StringComparison.Ordinal) && f.EndsWith(".dat", StringComparison.Ordinal)))
+                            File.Delete(f);
+            }
+            catch (IOException)
+            {
+                // Best effort: the command's own error is what the user needs to see.
+            }
+        }
+        Machine.Dispose();
+    }
 }
 
 /// <summary>-t/--tree PID, as CRIU names it.</summary>
@@ -69,15 +140,28 @@ public static class PidOption
 /// <summary>Sizes ("64MiB", "4k") and durations ("2s", "500ms", "1.5s") as users type them.</summary>
 public static class Units
 {
+    /// <summary>
+    /// The longest duration a command accepts: one day of virtual time. Simulated time runs no
+    /// faster than the host executes the workloads, so a longer run is a typing mistake, and beyond
+    /// 2^64 ns the uptime counter would wrap.
+    /// </summary>
+    public const ulong MaxDurationNs = 86_400UL * 1_000_000_000;
+
     public static ulong ParseDurationNs(string text)
     {
         var t = text.Trim().ToLowerInvariant();
         (string suffix, double scale)[] units = [("ns", 1), ("us", 1e3), ("µs", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9)];
         foreach (var (suffix, scale) in units.OrderByDescending(u => u.suffix.Length))
             if (t.EndsWith(suffix, StringComparison.Ordinal)
-                && double.TryParse(t[..^suffix.Length], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double v)
-                && v >= 0 && double.IsFinite(v))
+                && double.TryParse(t[..^suffix.Length], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double v))
+            {
+                if (v < 0)
+                    throw new UserException(ExitCode.Usage, $"'{text}': a duration must not be negative");
+                // Compared as doubles: a cast of an out-of-range double to ulong saturates or wraps.
+                if (!double.IsFinite(v) || v * scale > MaxDurationNs)
+                    throw new UserException(ExitCode.Usage, $"'{text}' is out of range: durations go up to 24h (86400s)");
                 return (ulong)Math.Round(v * scale);
+            }
         throw new UserException(ExitCode.Usage, $"'{text}' is not a duration (examples: 2s, 500ms, 1.5s, 100us)");
     }
 

@@ -10,6 +10,12 @@ public sealed partial class Kernel
     /// <summary>Writes everything but page and swap contents.</summary>
     internal void SaveState(BinaryWriter w)
     {
+        // The saved format has one address space per task and no hugetlb pools: refuse rather
+        // than write a machine that would load different from what it was.
+        if (_tasks.Values.Any(t => t.IsThread))
+            throw new KernelException(Errno.EOPNOTSUPP, "saving a machine whose processes have threads is not supported");
+        if (Hugetlb.Pools.Any(p => p.Nr + p.Surplus > 0) || Shm.Segments.Any())
+            throw new KernelException(Errno.EOPNOTSUPP, "saving a machine with hugetlb pages or SysV shared memory is not supported");
         w.Write(Arch.Name);
         w.Write(Version.Name);
         w.Write(Config.MemoryBytes);

@@ -65,10 +65,10 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
     public static bool Exists(string dir) => File.Exists(Path.Combine(dir, StateFileName));
 
     /// <summary>Creates a machine with a freshly booted kernel and saves it.</summary>
-    public static SimMachine Create(string dir, KernelConfig config, TimeSpan lockWait)
+    public static SimMachine Create(string dir, KernelConfig config, TimeSpan lockWait, Action<TimeSpan>? waiting = null)
     {
         System.IO.Directory.CreateDirectory(dir);
-        var lockStream = AcquireLock(dir, lockWait);
+        var lockStream = AcquireLock(dir, lockWait, waiting);
         try
         {
             if (Exists(dir))
@@ -85,11 +85,13 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
     }
 
     /// <summary>Opens an existing machine, waiting up to <paramref name="lockWait"/> for other commands.</summary>
-    public static SimMachine Open(string dir, TimeSpan lockWait)
+    /// <paramref name="waiting"/>, when given, is called once if the lock is held by another command,
+    /// with the longest time this call will wait.
+    public static SimMachine Open(string dir, TimeSpan lockWait, Action<TimeSpan>? waiting = null)
     {
         if (!Exists(dir))
             throw new MachineStateException($"no machine in {dir} (create one with 'criu-sharp spawn FILE')");
-        var lockStream = AcquireLock(dir, lockWait);
+        var lockStream = AcquireLock(dir, lockWait, waiting);
         try
         {
             return Load(dir, lockStream);
@@ -101,10 +103,11 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
         }
     }
 
-    private static FileStream AcquireLock(string dir, TimeSpan wait)
+    private static FileStream AcquireLock(string dir, TimeSpan wait, Action<TimeSpan>? waiting)
     {
         string path = Path.Combine(dir, LockFileName);
         var start = DateTime.UtcNow;
+        bool told = false;
         while (true)
         {
             try
@@ -112,8 +115,21 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
                 // FileShare.None takes an exclusive flock on Unix: a second process fails here.
                 return new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.None);
             }
+            catch (IOException e) when (!IsLockHeld(e))
+            {
+                // Not contention: the lock file cannot be opened for writing at all (EROFS, EACCES
+                // arrive as UnauthorizedAccessException), so waiting would never help.
+                if (e.HResult == Erofs)
+                    throw new IOException($"machine directory '{dir}' is on a read-only file system (commands need to write its lock and state)", e) { HResult = Erofs };
+                throw;
+            }
             catch (IOException) when (DateTime.UtcNow - start < wait)
             {
+                if (!told)
+                {
+                    told = true;
+                    waiting?.Invoke(wait);
+                }
                 Thread.Sleep(50);
             }
             catch (IOException)
@@ -122,6 +138,14 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
             }
         }
     }
+
+    private const int Erofs = 30, Ewouldblock = 11;
+
+    /// <summary>
+    /// flock(2) refusing with EWOULDBLOCK is the only sign of another holder; .NET reports it as an
+    /// IOException whose HResult is that errno.
+    /// </summary>
+    private static bool IsLockHeld(IOException e) => e.HResult == Ewouldblock || e.Message.Contains("being used by another process", StringComparison.Ordinal);
 
     // ---- running ------------------------------------------------------------------------
 

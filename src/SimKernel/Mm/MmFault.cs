@@ -3,7 +3,8 @@ using System.Runtime.CompilerServices;
 
 namespace CriuSharp.SimKernel.Mm;
 
-public enum FaultResult { Ok, Segv, Oom }
+/// <summary>How a fault ended. Sigbus: a hugetlb page could not be had (pool exhausted, no reservation).</summary>
+public enum FaultResult { Ok, Segv, Oom, Sigbus }
 
 /// <summary>
 /// Page faults and memory accesses. A CPU access that the entry allows only sets the hardware
@@ -62,6 +63,15 @@ public sealed partial class MmStruct
         if ((vma.Flags & VmaFlags.PfnMap) != 0)
             return write ? (FaultResult.Segv, -1) : (FaultResult.Ok, _mem.ZeroPfn);
         MinorFaults++;
+        if (Current is { } cur)
+            cur.MinFlt++;
+        if (vma.IsHugetlb)
+        {
+            var hr = HugetlbFault(vma, va, write);
+            if (hr.Item1 == FaultResult.Sigbus)
+                PendingSigbus = true;
+            return hr;
+        }
 
         var pmd = Pt.EnsurePmdTable(va);
         int slot = Pt.PmdIndex(va);
@@ -195,6 +205,8 @@ public sealed partial class MmStruct
             return (FaultResult.Ok, -1);
         }
         WpFaults++;
+        if (Current is { } wpc)
+            wpc.WpFlt++;
         if (_mem.Kind(head) == PhysicalMemory.FrameKind.Zero)
         {
             long nh = _mem.AllocateHuge();
@@ -243,6 +255,12 @@ public sealed partial class MmStruct
             return (FaultResult.Ok, pfn);
         }
         long idx = vma.PgOff + (long)((va - vma.Start) >> _arch.PageShift);
+        // A page wholly past the end of a regular file: SIGBUS (filemap_fault).
+        if (!vma.File.IsShmem && (long)((ulong)idx << _arch.PageShift) >= vma.File.Size)
+        {
+            PendingSigbus = true;
+            return (FaultResult.Sigbus, -1);
+        }
         long cache = _k.Fs.GetPage(vma.File, idx);
         if (cache < 0)
             return (FaultResult.Oom, -1);
@@ -281,6 +299,8 @@ public sealed partial class MmStruct
         _k.Swap.Release(slot);
         SwapEntries--;
         MajorFaults++;
+        if (Current is { } cur)
+            cur.MajFlt++;
         Pt.Set(t, i, 0);
         ulong ne;
         if (write)
@@ -307,6 +327,8 @@ public sealed partial class MmStruct
     private (FaultResult, long) WpFault(VmArea vma, PteTable t, int i, ulong va, ulong e, bool force)
     {
         WpFaults++;
+        if (Current is { } cur)
+            cur.WpFlt++;
         if (_arch.UffdWp != 0 && (e & _arch.UffdWp) != 0)
         {
             e &= ~_arch.UffdWp;

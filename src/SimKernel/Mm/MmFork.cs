@@ -30,6 +30,11 @@ public sealed partial class MmStruct
                 continue;
             if ((v.Flags & VmaFlags.WipeOnFork) != 0)
                 continue;
+            if (v.IsHugetlb)
+            {
+                CopyHugetlbEntries(c, v, cv);
+                continue;
+            }
             CopyEntries(c, v, cv);
         }
         c.HiwaterRss = c.Rss;
@@ -105,10 +110,14 @@ public sealed partial class MmStruct
     /// <summary>exit_mmap: every mapping and page table goes; frames and swap slots are released.</summary>
     internal void Teardown()
     {
-        foreach (var v in _vmas)
+        var vmas = _vmas.ToList();
+        foreach (var v in vmas)
             ZapRange(v, v.Start, v.End, removeGuards: true);
         _vmas.Clear();
         Dead = true;
+        foreach (var v in vmas)
+            if (v.IsHugetlb)
+                ReleaseHugetlbVma(v);
     }
 
     /// <summary>Clears the peak-RSS mark (clear_refs 5).</summary>

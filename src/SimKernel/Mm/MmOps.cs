@@ -57,8 +57,19 @@ public sealed partial class MmStruct
             return Errno.EINVAL;
         if (!anon && file is null)
             return Errno.EBADF;
+        // hugetlb: a hugetlbfs file, or MAP_HUGETLB with the page size's log2 in bits 26-31
+        // (ksys_mmap_pgoff: MAP_HUGETLB on any other file is EINVAL, an unknown size too).
+        if (file is { IsHugetlb: true })
+            return HugetlbMmap(addr, len, prot, flags, file, offset, file.Hugetlb!, shared);
         if ((flags & MapFlags.HugeTlb) != 0)
-            return Errno.ENOMEM; // no hugetlb pages are reserved in the simulated machine
+        {
+            if (!anon)
+                return Errno.EINVAL;
+            var pool = _k.Hugetlb.BySizeLog((int)(((uint)flags >> HugetlbState.HugeShift) & HugetlbState.HugeMask));
+            if (pool is null)
+                return Errno.EINVAL;
+            return HugetlbMmap(addr, len, prot, flags, null, 0, pool, shared);
+        }
         bool fixedAny = (flags & (MapFlags.Fixed | MapFlags.FixedNoReplace)) != 0;
         ulong start;
         if (fixedAny)
@@ -123,6 +134,8 @@ public sealed partial class MmStruct
         ulong end = addr + PageAlign(len);
         if (end > _arch.TaskSize || end < addr)
             return Errno.EINVAL;
+        if (HugetlbSplitRefused(addr) || HugetlbSplitRefused(end))
+            return Errno.EINVAL;
         DoMunmap(addr, end);
         return SysResult.Success();
     }
@@ -138,6 +151,8 @@ public sealed partial class MmStruct
             var v = _vmas[i];
             ZapRange(v, v.Start, v.End, removeGuards: true);
             _vmas.RemoveAt(i);
+            if (v.IsHugetlb)
+                ReleaseHugetlbVma(v);
         }
         FreePageTables(start, end);
     }
@@ -154,6 +169,8 @@ public sealed partial class MmStruct
             return Errno.ENOMEM;
         if (!RangeFullyMapped(addr, end))
             return Errno.ENOMEM;
+        if (HugetlbSplitRefused(addr) || HugetlbSplitRefused(end))
+            return Errno.EINVAL;
         var want = ProtToVm(prot);
         for (int i = FirstEndingAbove(addr); i < _vmas.Count && _vmas[i].Start < end; i++)
         {
@@ -198,7 +215,9 @@ public sealed partial class MmStruct
         {
             if (pmd.Huge[slot] != 0)
             {
-                pmd.Huge[slot] = Reprotect(pmd.Huge[slot], canWrite, none);
+                // A hugetlb uffd-wp marker is not a present entry: nothing to reprotect.
+                if (_arch.IsPresent(pmd.Huge[slot]))
+                    pmd.Huge[slot] = Reprotect(pmd.Huge[slot], canWrite, none);
                 continue;
             }
             var t = pmd.Pte[slot];
@@ -235,6 +254,9 @@ public sealed partial class MmStruct
         oldLen = PageAlign(oldLen);
         newLen = PageAlign(newLen);
         if (newLen == 0 || oldLen == 0)
+            return Errno.EINVAL;
+        // Moving or resizing hugetlb mappings is not modelled (the kernel allows huge-aligned moves).
+        if (Find(oldAddr) is { IsHugetlb: true })
             return Errno.EINVAL;
         if (dontUnmap && oldLen != newLen)
             return Errno.EINVAL;
@@ -381,6 +403,8 @@ public sealed partial class MmStruct
         ulong end = addr + PageAlign(len);
         if (end < addr)
             return Errno.EINVAL;
+        if (HugetlbSplitRefused(addr) || HugetlbSplitRefused(end))
+            return Errno.EINVAL;
         switch (advice)
         {
             case CriuSharp.KernelApi.Madvise.Normal: return ChangeVmaFlags(addr, end, VmaFlags.SeqRead | VmaFlags.RandRead, 0);
@@ -430,6 +454,8 @@ public sealed partial class MmStruct
                 }
                 return Populate(addr, end, write);
             }
+            case CriuSharp.KernelApi.Madvise.Collapse:
+                return ForEachMapped(addr, end, Collapse);
             case CriuSharp.KernelApi.Madvise.GuardInstall:
             case CriuSharp.KernelApi.Madvise.GuardRemove:
             {
@@ -453,6 +479,77 @@ public sealed partial class MmStruct
     }
 
     /// <summary>Applies <paramref name="op"/> to each mapped piece; a hole yields ENOMEM after the rest is done.</summary>
+    /// <summary>
+    /// MADV_COLLAPSE (mm/khugepaged.c madvise_collapse): every PMD-aligned range of a private
+    /// anonymous VMA inside [start, end) becomes one THP now, whatever the sysfs "enabled" mode,
+    /// unless the VMA is VM_NOHUGEPAGE (EINVAL). A PMD whose entries carry uffd-wp is refused
+    /// (EINVAL), as are empty or zero-page entries in a userfaultfd-armed VMA (EBUSY); swap entries
+    /// are read back first. The new PMD is dirty, hence soft-dirty (pmd_mkdirty).
+    /// </summary>
+    private Errno Collapse(VmArea v, ulong start, ulong end)
+    {
+        if (v.File is not null || v.IsShared || v.IsHugetlb || (v.Flags & (VmaFlags.NoHugePage | VmaFlags.PfnMap | VmaFlags.Io)) != 0)
+            return Errno.EINVAL;
+        ulong hsz = _arch.HugePageSize;
+        int ps = _arch.PageSize;
+        var result = Errno.None;
+        for (ulong hb = (start + hsz - 1) & ~(hsz - 1); hb + hsz <= end; hb += hsz)
+        {
+            var pmd = Pt.EnsurePmdTable(hb);
+            int slot = Pt.PmdIndex(hb);
+            if (pmd.Huge[slot] != 0 && _mem.Kind(_arch.Pfn(pmd.Huge[slot])) != PhysicalMemory.FrameKind.Zero)
+                continue; // already a THP
+            var t = pmd.Pte[slot];
+            bool armed = v.Uffd is not null;
+            var refusal = Errno.None;
+            for (int i = 0; t is not null && i < _arch.PtrsPerTable && refusal == Errno.None; i++)
+            {
+                ulong e = t.E[i];
+                if (e != 0 && _arch.IsMarker(e))
+                    refusal = Errno.EINVAL;
+                else if (e != 0 && _arch.HasUffdWpState(e))
+                    refusal = Errno.EINVAL;
+                else if (armed && (e == 0 || (_arch.IsPresent(e) && _mem.Kind(_arch.Pfn(e)) == PhysicalMemory.FrameKind.Zero)))
+                    refusal = Errno.EBUSY;
+            }
+            if (t is null && armed)
+                refusal = Errno.EBUSY;
+            if (refusal != Errno.None)
+            {
+                result = refusal;
+                continue;
+            }
+            // Swapped-out entries are read back before the copy (__collapse_huge_page_swapin).
+            for (int i = 0; t is not null && i < _arch.PtrsPerTable; i++)
+                if (t.E[i] != 0 && !_arch.IsPresent(t.E[i]))
+                    HandleFault(hb + ((ulong)i << _arch.PageShift), write: false, force: true);
+            long head = _mem.AllocateHuge();
+            if (head < 0)
+                return Errno.ENOMEM;
+            if (pmd.Huge[slot] != 0)
+                pmd.Huge[slot] = 0; // the huge zero page is simply replaced
+            for (int i = 0; t is not null && i < _arch.PtrsPerTable; i++)
+            {
+                ulong e = t.E[i];
+                if (e == 0 || !_arch.IsPresent(e))
+                    continue;
+                long pfn = _arch.Pfn(e);
+                if (_mem.Kind(pfn) != PhysicalMemory.FrameKind.Zero)
+                    _mem.Page(pfn).CopyTo(_mem.PageMut(head + i));
+                ZapEntry(t, i, v, removeGuards: true);
+            }
+            _ = ps;
+            for (long p = head; p < head + _arch.PagesPerHuge; p++)
+                _mem.Map(p);
+            CountIn(head, v, _arch.PagesPerHuge);
+            if (v.AnonVmaId == 0)
+                v.AnonVmaId = _k.NextAnonVmaId();
+            pmd.SetTable(slot, null);
+            pmd.Huge[slot] = _arch.MakeHuge(head, v.CanWrite, dirty: true);
+        }
+        return result;
+    }
+
     private SysResult ForEachMapped(ulong start, ulong end, Func<VmArea, ulong, ulong, Errno> op)
     {
         bool hole = !RangeFullyMapped(start, end);

@@ -67,6 +67,10 @@ public sealed partial class MmStruct
     /// <summary>Set once the process pinned pages (FOLL_PIN); makes clear_refs skip maybe-pinned pages (C2).</summary>
     public bool HasPinned { get; internal set; }
     internal HashSet<long> PinnedPfns { get; } = [];
+    /// <summary>Set by a fault that must raise SIGBUS rather than SIGSEGV (hugetlb pool exhausted); read and cleared by the task.</summary>
+    internal bool PendingSigbus { get; set; }
+    /// <summary>The thread whose access is being served, so faults count to it as well as to the mm; null for ptrace-style access.</summary>
+    internal SimTask? Current;
 
     public ulong TotalVm => _vmas.Aggregate(0UL, (s, v) => s + v.Length) >> _arch.PageShift;
 
@@ -153,12 +157,16 @@ public sealed partial class MmStruct
 
     private bool CanMerge(VmArea a, VmArea b) =>
         a.End == b.Start
+        && (a.Flags & VmaSpecial) == 0
         && ((a.Flags ^ b.Flags) & ~VmaFlags.SoftDirty) == 0
         && ReferenceEquals(a.File, b.File)
         && (a.File is null || b.PgOff == a.PgOff + (long)(a.Length >> _arch.PageShift))
         && a.SpecialName is null && b.SpecialName is null
         && ReferenceEquals(a.Uffd, b.Uffd)
         && (a.AnonVmaId == 0 || b.AnonVmaId == 0 || a.AnonVmaId == b.AnonVmaId);
+
+    /// <summary>VM_SPECIAL (include/linux/mm.h): such VMAs never merge (hugetlb VMAs carry VM_DONTEXPAND).</summary>
+    private const VmaFlags VmaSpecial = VmaFlags.Io | VmaFlags.DontExpand | VmaFlags.PfnMap;
 
     /// <summary>How a VMA came to be merged: it decides whose flags survive on pre-6.19 kernels.</summary>
     internal enum MergeKind
@@ -291,6 +299,11 @@ public sealed partial class MmStruct
     /// <summary>Removes all entries in [start, end) of one VMA; huge pages partly covered are split first.</summary>
     internal void ZapRange(VmArea vma, ulong start, ulong end, bool removeGuards)
     {
+        if (vma.IsHugetlb)
+        {
+            ZapHugetlbRange(vma, start, end);
+            return;
+        }
         ulong hsz = _arch.HugePageSize;
         foreach (var (baseVa, pmd, slot) in Pt.Slots(start, end).ToList())
         {

@@ -12,6 +12,8 @@ public sealed partial class MmStruct
         ulong end = start + len;
         if (end > _arch.TaskSize || end < start || !RangeFullyMapped(start, end))
             return Errno.EINVAL;
+        if (HugetlbSplitRefused(start) || HugetlbSplitRefused(end))
+            return Errno.EINVAL;
         for (int i = FirstEndingAbove(start); i < _vmas.Count && _vmas[i].Start < end; i++)
         {
             var v = _vmas[i];
@@ -63,6 +65,9 @@ public sealed partial class MmStruct
         ulong end = start + len;
         if (!RangeFullyMapped(start, end))
             return Errno.ENOENT;
+        // mwriteprotect_range: a hugetlb range must cover whole huge pages.
+        if (HugetlbSplitRefused(start) || HugetlbSplitRefused(end))
+            return Errno.EINVAL;
         for (int i = FirstEndingAbove(start); i < _vmas.Count && _vmas[i].Start < end; i++)
             if (!ReferenceEquals(_vmas[i].Uffd, ctx) || (_vmas[i].Flags & VmaFlags.UffdWp) == 0)
                 return Errno.ENOENT;
@@ -79,6 +84,11 @@ public sealed partial class MmStruct
     {
         if (_arch.UffdWp == 0)
             return;
+        if (v.IsHugetlb)
+        {
+            SetUffdWpHugetlb(v, start, end, wp);
+            return;
+        }
         for (ulong va = start; va < end;)
         {
             var pmd = Pt.PmdTableFor(va);

@@ -15,7 +15,8 @@ namespace CriuSharp.SimKernel.Mm;
 /// </summary>
 public sealed unsafe partial class PhysicalMemory
 {
-    public enum FrameKind : byte { Free = 0, Anon = 1, PageCache = 2, Zero = 3, Reserved = 4 }
+    /// <summary>HugeTlb: a page of a hugetlb pool, owned by the pool (and a file or a private mapping), never freed by an unmap.</summary>
+    public enum FrameKind : byte { Free = 0, Anon = 1, PageCache = 2, Zero = 3, Reserved = 4, HugeTlb = 5 }
 
     private const int ChunkBytesShift = 26; // 64 MiB
     private readonly int _pageShift;

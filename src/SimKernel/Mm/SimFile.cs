@@ -18,9 +18,21 @@ public sealed partial class SimFile
     /// <summary>Shared anonymous memory: shown in maps as "/dev/zero (deleted)", dumped by CRIU as shmem.</summary>
     public bool IsShmem { get; }
     public long Size { get; internal set; }
-    /// <summary>Device numbers shown in maps (00:05 for shmem, 08:01 for the simulated disk).</summary>
-    public (int Major, int Minor) Device => IsShmem ? (0, 1) : (8, 1);
+    /// <summary>Device numbers shown in maps (00:01 for shmem, 08:01 for the simulated disk, a hugetlbfs mount per page size).</summary>
+    public (int Major, int Minor) Device => Hugetlb is { } h ? (0, h.DeviceMinor) : IsShmem ? (0, 1) : (8, 1);
     internal Dictionary<long, long> Pages { get; } = [];
+
+    /// <summary>The pool of a hugetlbfs file (MAP_HUGETLB's internal file, memfd MFD_HUGETLB, SHM_HUGETLB, a file under a hugetlbfs mount); null otherwise.</summary>
+    public HugetlbPool? Hugetlb { get; internal set; }
+    public bool IsHugetlb => Hugetlb is not null;
+    /// <summary>Unlinked (or never linked) while still open or mapped: maps shows the path with " (deleted)".</summary>
+    public bool Unlinked { get; internal set; }
+    /// <summary>Open file descriptions holding the file (a memfd until closed, a SysV segment until IPC_RMID).</summary>
+    internal int OpenHandles { get; set; }
+    /// <summary>Huge pages of a hugetlbfs file: huge-page index → head PFN.</summary>
+    internal Dictionary<long, long> HugePages { get; } = [];
+    /// <summary>Huge-page indexes reserved in the pool for this file by a shared mapping, not yet faulted.</summary>
+    internal HashSet<long> HugeReserved { get; } = [];
 }
 
 /// <summary>The simulated filesystem: a flat namespace of regular files.</summary>
@@ -55,6 +67,9 @@ public sealed partial class SimFs
         _files[path] = f;
         return f;
     }
+
+    /// <summary>An inode on a hugetlbfs mount (not linked into the namespace).</summary>
+    internal SimFile CreateHugetlbObject(string path, HugetlbPool pool) => new(path, _nextInode++, isShmem: false) { Hugetlb = pool };
 
     internal SimFile CreateShmem(long size) => new("/dev/zero", _nextInode++, isShmem: true) { Size = size };
 

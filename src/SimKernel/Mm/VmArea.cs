@@ -18,6 +18,10 @@ public sealed class VmArea
     internal ulong AnonVmaId { get; set; }
     /// <summary>The userfaultfd context registered on this VMA, if any.</summary>
     internal Userfaultfd? Uffd { get; set; }
+    /// <summary>The pool pages a private hugetlb mapping reserved at mmap (shared by the pieces of a split VMA).</summary>
+    internal HugetlbReservation? HugeResv { get; set; }
+    /// <summary>VM_HUGETLB: backed by a hugetlbfs file, mapped in whole huge pages from a pool.</summary>
+    public bool IsHugetlb => (Flags & VmaFlags.HugeTlb) != 0;
 
     public ulong Length => End - Start;
     public bool IsShared => (Flags & VmaFlags.Shared) != 0 || (Flags & VmaFlags.MayShare) != 0;
@@ -45,6 +49,7 @@ public sealed class VmArea
         SpecialName = SpecialName,
         AnonVmaId = AnonVmaId,
         Uffd = Uffd,
+        HugeResv = HugeResv,
     };
 
     public override string ToString() => $"{Start:x}-{End:x} {Flags}";

@@ -84,8 +84,10 @@ public static class ClearRefs
                 v.Flags &= ~VmaFlags.SoftDirty; // C1a
             if ((v.Flags & VmaFlags.PfnMap) != 0)
                 continue;
-            if ((v.Flags & VmaFlags.HugeTlb) != 0 && softDirty)
-                continue; // hugetlb: page tables untouched
+            // clear_refs_walk_ops has no hugetlb_entry: hugetlb entries are never walked, whatever the
+            // command (soft-dirty clears only VM_SOFTDIRTY above; the huge entries keep their bits).
+            if ((v.Flags & VmaFlags.HugeTlb) != 0)
+                continue;
             foreach (var (baseVa, pmd, slot) in mm.Pt.Slots(v.Start, v.End))
             {
                 if (pmd.Huge[slot] is var h && h != 0)

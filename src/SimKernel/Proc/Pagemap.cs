@@ -55,7 +55,9 @@ public static class Pagemap
                 var pmd = mm.Pt.PmdTableFor(va);
                 int slot = mm.Pt.PmdIndex(va);
                 var span = dst.Slice(k, count);
-                if (pmd is not null && pmd.Huge[slot] is var h && h != 0)
+                if (v.IsHugetlb)
+                    HugetlbEntries(mm, v, pmd?.Huge[slot] ?? 0, va, span, vmaSd | v1Shift, hole | vmaSd, modern, pfnMask);
+                else if (pmd is not null && pmd.Huge[slot] is var h && h != 0)
                 {
                     long head = arch.Pfn(h);
                     bool zero = mem.Kind(head) == PhysicalMemory.FrameKind.Zero;
@@ -91,6 +93,41 @@ public static class Pagemap
             }
             vi++;
         }
+    }
+
+    /// <summary>
+    /// pagemap_hugetlb_range: soft-dirty comes from VM_SOFTDIRTY only (the huge entry's own bit is
+    /// never reported here), PM_FILE for a page of the file, PM_MMAP_EXCLUSIVE when mapped once,
+    /// uffd-wp from the entry or a marker (which reads as uffd-wp only, not swapped).
+    /// </summary>
+    private static void HugetlbEntries(MmStruct mm, VmArea v, ulong h, ulong va, Span<ulong> span, ulong baseFlags,
+                                       ulong holeFlags, bool modern, ulong pfnMask)
+    {
+        if (h == 0 || (!modern && !mm.Kernel.Arch.IsPresent(h)))
+        {
+            span.Fill(holeFlags);
+            return;
+        }
+        var arch = mm.Kernel.Arch;
+        ulong flags = baseFlags;
+        long frame = 0;
+        if (h != 0 && arch.IsPresent(h))
+        {
+            long head = arch.Pfn(h);
+            ulong hb = va & ~(v.File!.Hugetlb!.Size - 1);
+            flags |= PagemapBits.Present;
+            if (mm.HugetlbIsFilePage(v, hb, head))
+                flags |= PagemapBits.File;
+            if (modern && mm.Kernel.Memory.MapCount(head) == 1)
+                flags |= PagemapBits.Exclusive;
+            if (modern && arch.UffdWp != 0 && (h & arch.UffdWp) != 0)
+                flags |= PagemapBits.UffdWp;
+            frame = head + (long)((va - hb) >> arch.PageShift);
+        }
+        else if (arch.IsMarker(h))
+            flags = holeFlags | PagemapBits.UffdWp;
+        for (int j = 0; j < span.Length; j++)
+            span[j] = flags | (frame == 0 ? 0 : ((ulong)(frame + j) & pfnMask));
     }
 
     private static ulong Entry(ArchProfile arch, PhysicalMemory mem, VmArea v, ulong x, ulong vmaSd,

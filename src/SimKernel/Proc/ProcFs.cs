@@ -33,6 +33,13 @@ public abstract class ProcFile
     }
 
     public virtual SysResult Ioctl(uint cmd, ref PmScanArg arg, Span<PageRegion> vec) => Errno.ENOTTY;
+
+    /// <summary>
+    /// ioctl(fd, cmd, uarg) as issued by <paramref name="caller"/>: <paramref name="uarg"/> is an
+    /// address in the caller's memory, read and written back as the kernel's copy_from_user and
+    /// copy_to_user would.
+    /// </summary>
+    public virtual SysResult Ioctl(SimTask caller, uint cmd, ulong uarg) => Errno.ENOTTY;
 }
 
 /// <summary>/proc/PID/{maps,smaps,status}: text generated when opened, read like a seq_file.</summary>
@@ -105,6 +112,15 @@ internal sealed class PagemapFile(SimTask task, MmStruct mm, PagemapLayout layou
         if (cmd != PageCategory.PagemapScanIoctl)
             return Errno.EINVAL;
         return PagemapScan.Scan(task, ref arg, vec);
+    }
+
+    public override SysResult Ioctl(SimTask caller, uint cmd, ulong uarg)
+    {
+        if (layout != PagemapLayout.Modern || !task.Kernel.Version.HasPagemapScan)
+            return Errno.ENOTTY;
+        if (cmd != PageCategory.PagemapScanIoctl)
+            return Errno.EINVAL;
+        return PagemapScan.ScanUser(task, caller, uarg);
     }
 }
 
@@ -212,6 +228,16 @@ public sealed class ProcFs
 
     /// <summary>Field 22 of /proc/PID/stat (start time), in nanoseconds since boot: the PID-reuse guard's input.</summary>
     public ulong StartTimeNs(int pid) => Task(pid).StartTimeNs;
+
+    /// <summary>/proc/PID/task: the thread ids of the thread group, leader first.</summary>
+    public IReadOnlyList<int> Threads(int pid) => _k.Threads(Task(pid).Tgid).Select(t => t.Pid).ToList();
+
+    /// <summary>/proc/PID/task/TID/stat fields minflt and majflt of one thread.</summary>
+    public (long MinFlt, long MajFlt) ThreadFaults(int tid)
+    {
+        var t = Task(tid);
+        return (t.MinFlt, t.MajFlt);
+    }
 
     /// <summary>The children of a task (/proc/PID/task/TID/children), in pid order.</summary>
     public IReadOnlyList<int> Children(int pid) => _k.Children(Task(pid).Pid).Select(t => t.Pid).ToList();

@@ -14,6 +14,7 @@ public static class ProcText
     {
         if (v.SpecialName is not null) return v.SpecialName;
         if (v.File is { IsShmem: true }) return "/dev/zero (deleted)";
+        if (v.File is { Unlinked: true }) return v.File.Path + " (deleted)";
         if (v.File is not null) return v.File.Path;
         if (v.Start <= mm.Brk && v.End >= mm.StartBrk && mm.Brk > mm.StartBrk) return "[heap]";
         if (v.Start <= mm.StartStack && v.End >= mm.StartStack) return "[stack]";
@@ -60,6 +61,9 @@ public static class ProcText
 
     public static VmaStats Stats(MmStruct mm, VmArea v)
     {
+        if (v.IsHugetlb)
+            return default; // hugetlb pages are not RSS: smaps shows them as Shared/Private_Hugetlb
+
         var arch = mm.Kernel.Arch;
         var mem = mm.Kernel.Memory;
         long ps = arch.PageSize;
@@ -125,8 +129,10 @@ public static class ProcText
             // Every value is right-aligned to end at column 24, as task_mmu.c's SEQ_PUT_DEC leaves it.
             void Kb(string key, long bytes) => Col24(sb, key, (bytes / 1024).ToString(Inv)).Append(" kB\n");
             Kb("Size", (long)v.Length);
-            Kb("KernelPageSize", kps * 1024);
-            Kb("MMUPageSize", kps * 1024);
+            long vps = v.IsHugetlb ? (long)v.File!.Hugetlb!.Size : kps * 1024;
+            Kb("KernelPageSize", vps);
+            Kb("MMUPageSize", vps);
+            var (sharedHuge, privateHuge) = HugetlbUsage(mm, v);
             Kb("Rss", st.Rss);
             Kb("Pss", st.Pss);
             Kb("Pss_Dirty", st.SharedDirty + st.PrivateDirty);
@@ -141,8 +147,8 @@ public static class ProcText
             Kb("AnonHugePages", st.AnonHuge);
             Kb("ShmemPmdMapped", 0);
             Kb("FilePmdMapped", 0);
-            Kb("Shared_Hugetlb", 0);
-            Kb("Private_Hugetlb", 0);
+            Kb("Shared_Hugetlb", sharedHuge);
+            Kb("Private_Hugetlb", privateHuge);
             Kb("Swap", st.Swap);
             Kb("SwapPss", st.Swap);
             Kb("Locked", (v.Flags & VmaFlags.Locked) != 0 ? st.Rss : 0);
@@ -152,6 +158,25 @@ public static class ProcText
             sb.Append("VmFlags: ").Append(VmaFlagNames.Format(v.Flags)).Append('\n');
         }
         return sb.ToString();
+    }
+
+    /// <summary>smaps_hugetlb_range: each mapped huge page counts as shared when mapped more than once, else private.</summary>
+    public static (long Shared, long Private) HugetlbUsage(MmStruct mm, VmArea v)
+    {
+        if (!v.IsHugetlb)
+            return (0, 0);
+        var arch = mm.Kernel.Arch;
+        ulong hsz = v.File!.Hugetlb!.Size;
+        long shared = 0, priv = 0;
+        for (ulong hb = v.Start; hb < v.End; hb += hsz)
+        {
+            var pmd = mm.Pt.PmdTableFor(hb);
+            ulong h = pmd?.Huge[mm.Pt.PmdIndex(hb)] ?? 0;
+            if (h == 0 || !arch.IsPresent(h))
+                continue;
+            if (mm.Kernel.Memory.MapCount(arch.Pfn(h)) > 1) shared += (long)hsz; else priv += (long)hsz;
+        }
+        return (shared, priv);
     }
 
     private static StringBuilder Col24(StringBuilder sb, string key, string value) =>
@@ -179,10 +204,10 @@ public static class ProcText
         var sb = new StringBuilder();
         sb.Append("Name:\t").Append(task.Comm).Append('\n');
         sb.Append("State:\t").Append(stateName).Append('\n');
-        sb.Append("Tgid:\t").Append(task.Pid).Append('\n');
+        sb.Append("Tgid:\t").Append(task.Tgid).Append('\n');
         sb.Append("Pid:\t").Append(task.Pid).Append('\n');
         sb.Append("PPid:\t").Append(task.Ppid).Append('\n');
-        sb.Append("Threads:\t1\n");
+        sb.Append("Threads:\t").Append(Math.Max(1, task.Kernel.Threads(task.Tgid).Count).ToString(Inv)).Append('\n');
         if (!mm.Dead)
         {
             void Kb(string key, long pages) => sb.Append(key).Append(":\t").Append((pages * kps).ToString(Inv).PadLeft(8)).Append(" kB\n");
@@ -194,6 +219,14 @@ public static class ProcText
             Kb("RssFile", mm.RssFile);
             Kb("RssShmem", mm.RssShmem);
             Kb("VmSwap", mm.SwapEntries);
+            long huge = 0;
+            foreach (var v in mm.Vmas)
+                if (v.IsHugetlb)
+                {
+                    var (sh, pr) = HugetlbUsage(mm, v);
+                    huge += sh + pr;
+                }
+            sb.Append("HugetlbPages:\t").Append((huge / 1024).ToString(Inv).PadLeft(8)).Append(" kB\n");
         }
         return sb.ToString();
     }

@@ -1,3 +1,4 @@
+using CriuSharp.SimKernel.Ipc;
 using CriuSharp.SimKernel.Mm;
 using CriuSharp.SimKernel.Proc;
 using CriuSharp.SimKernel.Uffd;
@@ -10,8 +11,8 @@ namespace CriuSharp.SimKernel.Selftests;
 /// (§4.1–§4.5): argument checks, region merging, vec_len / max_pages limits and walk_end, re-protection
 /// of exactly what was reported, several memory types, THP, mprotect, a transaction-style
 /// scan-and-reset loop, category masks and the huge zero page. Check IDs P1–P119 follow
-/// shared-notes/selftest-spec.md §4. Hugetlb is not modelled: those checks skip as the real binary
-/// skips when no huge pages can be reserved.
+/// shared-notes/selftest-spec.md §4. The hugetlb memory types (SysV SHM_HUGETLB, MAP_HUGETLB,
+/// memfd MFD_HUGETLB) run on a pool of four default-size pages, as hugetlb_setup_default sets up.
 /// </summary>
 public sealed class PagemapIoctlSelftest : ISelftest
 {
@@ -153,8 +154,10 @@ public sealed class PagemapIoctlSelftest : ISelftest
                 _t.SkipAll(Plan, why);
                 return _t.Report(name);
             }
-            // hugetlb_setup_default(4) would reserve huge pages here; the simulator has none, so the
-            // hugetlb memory types below skip themselves when their allocation fails.
+            // run_vmtests.sh fills the hugetlb pool before running the binary: here at least four
+            // pages of the default size (the three hugetlb memory types below take one each).
+            if (T.Kernel.Hugetlb.Default.Nr < 4)
+                T.Kernel.Hugetlb.Write("/proc/sys/vm/nr_hugepages", "4");
             _t.RunBody(() =>
             {
                 _ = _t.PagemapFd;
@@ -601,21 +604,54 @@ public sealed class PagemapIoctlSelftest : ISelftest
             else
                 BaseTests(48, "Huge page testing:", 0, memSize, "madvise(MADV_HUGEPAGE) failed");
 
-            // Hugetlb shmem (SysV): shmget(SHM_HUGETLB) fails without reserved huge pages.
-            BaseTests(54, "Hugetlb shmem testing:", 0, 0, "shmget(SHM_HUGETLB) fails: hugetlb is not modelled (no huge pages reserved)");
+            // Hugetlb shmem (SysV): shmget(2, 2 MiB, SHM_HUGETLB | IPC_CREAT | SHM_R | SHM_W) + shmat.
+            // The test never detaches: IPC_RMID leaves the segment alive while it is attached.
+            memSize = 2UL << 20;
+            var shmid = T.Kernel.Shm.Shmget(2, memSize, ShmFlags.ShmHugetlb | ShmFlags.IpcCreat | 0x100 | 0x80);
+            if (shmid.Ok)
+            {
+                var at = T.Self.Shmat((int)shmid.Value);
+                if (!at.Ok)
+                {
+                    T.Kernel.Shm.Shmctl((int)shmid.Value, ShmFlags.IpcRmid);
+                    Fatal("Shared memory attach failure");
+                }
+                mem = (ulong)at.Value;
+                WpInit(mem, memSize);
+                WpAddrRange(mem, memSize);
+                BaseTests(54, "Hugetlb shmem testing:", mem, memSize, null);
+                WpFree(mem, memSize);
+                T.Kernel.Shm.Shmctl((int)shmid.Value, ShmFlags.IpcRmid);
+            }
+            else
+                BaseTests(54, "Hugetlb shmem testing:", 0, 0, $"shmget(SHM_HUGETLB) failed: {shmid.Error}");
 
-            // Hugetlb mem: mmap(MAP_HUGETLB) fails with ENOMEM in the simulator, as with an empty pool.
-            ulong h = Mmap(_hps, Prot.Read | Prot.Write, MapFlags.Anonymous | MapFlags.HugeTlb | MapFlags.Private);
-            BaseTests(60, "Hugetlb mem testing:", 0, 0,
-                h == SelftestContext.MapFailed ? "mmap(MAP_HUGETLB) failed: hugetlb is not modelled" : "unexpected hugetlb mapping");
-            if (h != SelftestContext.MapFailed) Munmap(h, _hps);
+            // Hugetlb mem: mmap(MAP_ANONYMOUS | MAP_HUGETLB | MAP_PRIVATE), never unmapped by the test.
+            ulong h = Mmap(memSize, Prot.Read | Prot.Write, MapFlags.Anonymous | MapFlags.HugeTlb | MapFlags.Private);
+            if (h != SelftestContext.MapFailed)
+            {
+                WpInit(h, memSize);
+                WpAddrRange(h, memSize);
+                BaseTests(60, "Hugetlb mem testing:", h, memSize, null);
+                WpFree(h, memSize);
+            }
+            else
+                BaseTests(60, "Hugetlb mem testing:", 0, 0, "mmap(MAP_HUGETLB) failed");
 
-            // Hugetlb memfd: memfd_create(MFD_HUGETLB) succeeds (failing would be fatal), the mmap fails.
-            var hugeMemfd = T.CreateMemfd([]);
-            h = Mmap(_hps, Prot.Read | Prot.Write, MapFlags.Shared | MapFlags.HugeTlb, file: hugeMemfd);
-            BaseTests(66, "Hugetlb shmem testing:", 0, 0,
-                h == SelftestContext.MapFailed ? "mmap of a MFD_HUGETLB memfd failed: hugetlb is not modelled" : "unexpected hugetlb mapping");
-            if (h != SelftestContext.MapFailed) Munmap(h, _hps);
+            // File hugetlb: memfd_create("uffd-test", MFD_HUGETLB | MFD_NOEXEC_SEAL) mapped MAP_SHARED
+            // without ftruncate (hugetlbfs_file_mmap grows the file); the mapping stays, the fd is closed.
+            T.Kernel.MemfdCreate("uffd-test", Kernel.MfdHugetlb | Kernel.MfdNoexecSeal, out var hugeMemfd).OrThrow("memfd_create");
+            h = Mmap(memSize, Prot.Read | Prot.Write, MapFlags.Shared, file: hugeMemfd);
+            if (h != SelftestContext.MapFailed)
+            {
+                WpInit(h, memSize);
+                WpAddrRange(h, memSize);
+                BaseTests(66, "Hugetlb shmem testing:", h, memSize, null);
+                WpFree(h, memSize);
+            }
+            else
+                BaseTests(66, "Hugetlb shmem testing:", 0, 0, "mmap of a MFD_HUGETLB memfd failed");
+            T.Kernel.Close(hugeMemfd!);
 
             // File memory: a regular file of 40960 'c' bytes mapped private; WP-only registration of a
             // file VMA is allowed because WP_ASYNC is on; writes COW into anonymous pages.
@@ -858,9 +894,11 @@ public sealed class PagemapIoctlSelftest : ISelftest
         }
 
         /// <summary>
-        /// The multithreaded transact test, re-expressed deterministically. Six "workers" each own 32
-        /// pages and increment the first int of 8 of them per round while the main thread scans and
-        /// re-arms concurrently and once more after the round. A seeded RNG picks the interleaving.
+        /// The multithreaded transact test, re-expressed deterministically. Six worker threads
+        /// (clone with CLONE_VM | CLONE_THREAD, sharing the test's address space) each own 32 pages
+        /// and increment the first int of 8 of them per round while the main thread scans and
+        /// re-arms concurrently and once more after the round. A seeded RNG picks the interleaving;
+        /// each worker's fault count is its own thread's minflt, as the real test's per-thread count.
         /// A store is two steps — the write fault the kernel resolves (the PTE becomes writable), then
         /// the retried store — and the concurrent scan may fall between them: it then reports and
         /// re-protects the page, the store faults again, and the page is reported again after the
@@ -874,7 +912,6 @@ public sealed class PagemapIoctlSelftest : ISelftest
             int perRound = nthreads * accessPerThread;
             ulong memSize = (ulong)totalPages * _ps;
             var vec = new PageRegion[256];
-            var mm = T.Self.Mm;
             ulong mem = MmapOrDie(memSize);
             WpInit(mem, memSize);
             WpAddrRange(mem, memSize);
@@ -885,6 +922,9 @@ public sealed class PagemapIoctlSelftest : ISelftest
             count = GetDirtyPagesReset(mem, totalPages, vec, null);
             Check(99, $"transact_test count {count}", count == 0);
 
+            var workers = new SimTask[nthreads];
+            for (int k = 0; k < nthreads; k++)
+                workers[k] = T.Kernel.CloneThread(T.Self);
             var rng = new Random(0x7a5c);
             long extraPages = 0, extraThreadFaults = 0;
             var faults = new long[nthreads];
@@ -907,24 +947,25 @@ public sealed class PagemapIoctlSelftest : ISelftest
                     do k = rng.Next(nthreads); while (next[k] == accessPerThread * 2);
                     int store = next[k] >> 1;
                     ulong va = mem + (ulong)(k * pagesPerThread + store) * _ps;
-                    long before = mm.MinorFaults;
+                    var w = workers[k];
+                    long before = w.MinFlt;
                     if ((next[k] & 1) == 0)
                     {
                         // The write fault of the store: the kernel resolves it (uffd-wp async) and the
                         // store will be retried.
-                        if (mm.Translate(va, write: true, force: false).Result != FaultResult.Ok)
+                        if (w.FaultIn(va, write: true) != FaultResult.Ok)
                             SelftestContext.Fatal($"write fault at {va:x} not resolved");
                     }
                     else
                     {
                         // The retried store: an atomic increment of the int at offset 0.
                         var b = buf4;
-                        T.Self.Read(va, b).OrThrow("load");
+                        w.Read(va, b).OrThrow("load");
                         System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(b,
                             System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(b) + 1);
-                        T.Self.Write(va, b).OrThrow("store");
+                        w.Write(va, b).OrThrow("store");
                     }
-                    faults[k] += mm.MinorFaults - before;
+                    faults[k] += w.MinFlt - before;
                     next[k]++;
                 }
                 for (int k = 0; k < nthreads; k++)
@@ -987,6 +1028,8 @@ public sealed class PagemapIoctlSelftest : ISelftest
             double pct = 100.0 * extraPages / ((double)rounds * perRound);
             Check(100, $"transact_test Extra pages {extraPages} ({pct:F1}%), extra thread faults {extraThreadFaults}.",
                 failure is null, failure);
+            foreach (var w in workers)
+                T.Kernel.ExitThread(w); // pthread_join after "finish"
             WpFree(mem, memSize);
             Munmap(mem, memSize);
         }
