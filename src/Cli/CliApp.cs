@@ -55,6 +55,9 @@ public static class CliApp
         yield return MigrateCommand.Create();
         yield return CompareCommand.Create();
         yield return ReportCommand.Create();
+        // Real workloads: record a process, inspect images and traces.
+        yield return RecordCommand.Create();
+        yield return InspectImagesCommand.Create();
         // The kernel's interfaces.
         yield return InspectCommands.Maps();
         yield return InspectCommands.Smaps();
@@ -74,6 +77,8 @@ public static class CliApp
     {
         stdout ??= Console.Out;
         stderr ??= Console.Error;
+        // Trace workloads read their recordings (CRIU images) through this layer.
+        Traces.TraceFile.Register();
         var root = BuildRoot();
         var parse = root.Parse(CliLog.RewriteVerbosity(args));
         bool verbose = parse.GetValue(CommonOptions.StackTrace);
