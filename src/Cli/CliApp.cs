@@ -48,10 +48,16 @@ public static class CliApp
         yield return DedupCommand.Create();
         yield return PageServerCommand.Create();
         yield return CheckCommand.Create();
+        // CRIU's RPC service, as pycriu, libcriu and go-criu drive it.
+        yield return Rpc.RpcCommands.Swrk();
+        yield return Rpc.RpcCommands.Service();
         // Live migration between two simulated hosts.
         yield return MigrateCommand.Create();
         yield return CompareCommand.Create();
         yield return ReportCommand.Create();
+        // Real workloads: record a process, inspect images and traces.
+        yield return RecordCommand.Create();
+        yield return InspectImagesCommand.Create();
         // The kernel's interfaces.
         yield return InspectCommands.Maps();
         yield return InspectCommands.Smaps();
@@ -71,6 +77,8 @@ public static class CliApp
     {
         stdout ??= Console.Out;
         stderr ??= Console.Error;
+        // Trace workloads read their recordings (CRIU images) through this layer.
+        Traces.TraceFile.Register();
         var root = BuildRoot();
         var parse = root.Parse(CliLog.RewriteVerbosity(args));
         bool verbose = parse.GetValue(CommonOptions.StackTrace);

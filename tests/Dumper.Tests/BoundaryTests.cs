@@ -18,7 +18,7 @@ public partial class BoundaryTests
         return d?.FullName ?? throw new InvalidOperationException("repository root not found");
     }
 
-    private static readonly string[] SrcProjects = ["KernelApi", "SimKernel", "ImageFormat", "Dumper", "Migration", "Cli"];
+    private static readonly string[] SrcProjects = ["KernelApi", "SimKernel", "ImageFormat", "Dumper", "Migration", "Traces", "Cli"];
 
     /// <summary>Project name → names of the src projects it references, from its csproj.</summary>
     private static SortedSet<string> References(string project)
@@ -45,7 +45,7 @@ public partial class BoundaryTests
         Assert.DoesNotContain(typeof(IKernel).Assembly.GetReferencedAssemblies(), a => a.Name!.StartsWith("CriuSharp.", StringComparison.Ordinal));
     }
 
-    [GeneratedRegex(@"\bCriuSharp\.(KernelApi|SimKernel|ImageFormat|Dumper|Migration|Cli)\b")]
+    [GeneratedRegex(@"\bCriuSharp\.(KernelApi|SimKernel|ImageFormat|Dumper|Migration|Traces|Cli)\b")]
     private static partial Regex NamespaceUse();
 
     [Fact]

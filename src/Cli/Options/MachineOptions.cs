@@ -29,7 +29,7 @@ public sealed class MachineOptions
 
     /// <summary>
     /// --machine /proc names the real host this command runs on (a machine directory is never
-    /// called /proc): pre-dump, dump and check work on it, nothing else does.
+    /// called /proc): pre-dump, dump, check and record work on it, nothing else does.
     /// </summary>
     public bool IsRealHost(ParseResult p) => IsRealHostName(p.GetValue(Machine));
 

@@ -214,6 +214,15 @@ public sealed class PagemapImage
         return sum;
     }
 
+    /// <summary>Pages of a PE_PRESENT entry left out of the pages file because they are all zero.</summary>
+    public static int ZeroPageCount(pagemap_entry e)
+    {
+        int n = 0;
+        foreach (byte b in e.ZeroPages)
+            n += System.Numerics.BitOperations.PopCount(b);
+        return n;
+    }
+
     internal static bool IsZeroPage(pagemap_entry e, int page)
     {
         var z = e.ZeroPages;

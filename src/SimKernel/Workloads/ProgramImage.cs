@@ -6,7 +6,7 @@ using System.Text.Json.Serialization;
 namespace CriuSharp.SimKernel.Workloads;
 
 /// <summary>Behaviour kinds a workload program can run.</summary>
-public enum Behaviour { Uniform, HotCold, Sequential, KvStore, Churn, Fork, Swap, Thp, Idle, Script }
+public enum Behaviour { Uniform, HotCold, Sequential, KvStore, Churn, Fork, Swap, Thp, Idle, Script, Trace }
 
 /// <summary>
 /// One mapping of a program. Its address and current length live in registers
@@ -102,6 +102,15 @@ public sealed class ProgramImage
     public ulong PageoutPages { get; set; }
     public ulong SplitEvery { get; set; }
     public List<ScriptOp> Ops { get; set; } = [];
+    // Fields added after the first release are nullable and left out when unset, so programs
+    // (and with them the core images and every published image size) stay byte-identical.
+    /// <summary>trace: the recording's directory (absolute), the recorded pid replayed, time scale and looping.</summary>
+    public string? TracePath { get; set; }
+    public int? TracePid { get; set; }
+    public double? Speed { get; set; }
+    public bool? Loop { get; set; }
+    /// <summary>Contents of stamped pages: null (one stamp word per page), "zero-fill:N" or "trace:PATH" (absolute).</summary>
+    public string? Content { get; set; }
 
     private static readonly JsonSerializerOptions Options = new()
     {

@@ -48,9 +48,12 @@ internal static class Stamped
         public ulong Key;
         public int PageShift, WordBits;
         public ulong LedgerBase;
+        /// <summary>Whole-page contents (null: stamped pages, one word each).</summary>
+        public PageContent? Content;
 
         public Cpu(SimTask task, ProgramImage prog, bool countOwed)
         {
+            Content = PageContent.Of(prog, task.Kernel.Arch.PageSize);
             Task = task;
             R = task.Registers;
             Rng = Rng.Load(R);
@@ -88,7 +91,12 @@ internal static class Stamped
         public bool Write(ulong page, ulong pageVa)
         {
             ulong s = ++Stamp;
-            if (!Task.StoreU64(pageVa + Offset(page, WordBits), DataWord(Key, page, s)))
+            if (Content is { } c)
+            {
+                if (!Task.Write(pageVa, c.Expected(Key, page, s, WordBits)).Ok)
+                    return false;
+            }
+            else if (!Task.StoreU64(pageVa + Offset(page, WordBits), DataWord(Key, page, s)))
                 return false;
             return Ledger(page, s);
         }
@@ -148,6 +156,16 @@ internal static class Stamped
         long done = 0;
         switch (prog.Kind)
         {
+            case Behaviour.Uniform when cpu.Content is not null:
+                // Whole-page contents: one write per op (the batched stores below store one word).
+                for (; done < n; done++)
+                {
+                    ulong p = cpu.Rng.Below(pages);
+                    if (!cpu.Write(p, dataBase + (p << shift)))
+                        break;
+                    cpu.Retire();
+                }
+                break;
             case Behaviour.Uniform:
             {
                 // Batched as a CPU overlaps independent stores: a batch's pages are drawn first and
@@ -417,6 +435,8 @@ internal static class Stamped
 
         var page = check.Buffer;
         var words = MemoryMarshal.Cast<byte, ulong>(page.AsSpan());
+        var content = PageContent.Of(prog, (int)ps);
+        var zeroPage = new byte[ps];
         for (ulong p = 0; p < entries; p++)
         {
             bool shared = p >= pages;
@@ -429,6 +449,16 @@ internal static class Stamped
             check.Count++;
             if (!check.ReadPage(va, page))
                 continue;
+            if (content is not null)
+            {
+                var want = s == 0 ? zeroPage : content.Expected(key, p, s, wordBits);
+                if (!page.AsSpan().SequenceEqual(want))
+                {
+                    int diff = page.AsSpan().CommonPrefixLength(want);
+                    check.Bad(va, $"page {p}: byte {diff} is 0x{page[diff]:x2}, expected 0x{want[diff]:x2} ({prog.Content} contents of stamp {s})");
+                }
+                continue;
+            }
             int at = (int)(Offset(p, wordBits) >> 3);
             ulong expect = DataWord(key, p, s);
             if (words[at] != expect)
@@ -498,4 +528,62 @@ internal sealed class PageChecker(SimTask task)
     public VerifyReport Report(SimTask task, string behaviour) =>
         new(task.Pid, behaviour, FirstBad is null && task.Registers[Regs.Failure] == 0, Count, FirstBad,
             FirstBad is null ? null : $"0x{FirstBad:x}: {Detail}");
+}
+
+/// <summary>
+/// Whole-page contents for stamped behaviours (<c>"content"</c> in a workload file), so a synthetic
+/// write pattern can be studied with realistic compressibility. The page is a function of the
+/// page number and stamp, with the stamp word at its usual offset, so the self-check still knows
+/// every byte:
+///   zero-fill:N   the last N % of the page zero, the rest pseudo-random bytes from (page, stamp)
+///   trace:PATH    a real page of a recorded trace, chosen by a hash of (page, stamp)
+/// </summary>
+internal sealed class PageContent
+{
+    private readonly int _zeroPercent = -1;
+    private readonly IRecordedTrace? _trace;
+    private readonly long _tracePages;
+    private readonly byte[] _page;
+
+    private PageContent(string spec, int pageSize)
+    {
+        _page = new byte[pageSize];
+        if (spec.StartsWith("zero-fill:", StringComparison.Ordinal))
+            _zeroPercent = int.Parse(spec.AsSpan("zero-fill:".Length), System.Globalization.CultureInfo.InvariantCulture);
+        else if (spec.StartsWith("trace:", StringComparison.Ordinal))
+        {
+            _trace = TraceLibrary.Get(spec["trace:".Length..]);
+            _tracePages = _trace.ContentPages;
+        }
+        else
+            throw new InvalidDataException($"unknown page contents '{spec}'");
+    }
+
+    private static readonly ConditionalWeakTable<ProgramImage, PageContent> Cache = new();
+
+    /// <summary>The program's contents, or null for plain stamped pages.</summary>
+    public static PageContent? Of(ProgramImage prog, int pageSize) =>
+        prog.Content is null ? null : Cache.GetValue(prog, p => new PageContent(p.Content!, pageSize));
+
+    /// <summary>The page's bytes for <paramref name="stamp"/> (a buffer reused by the next call).</summary>
+    public byte[] Expected(ulong key, ulong page, ulong stamp, int wordBits)
+    {
+        var words = MemoryMarshal.Cast<byte, ulong>(_page.AsSpan());
+        ulong seed = Rng.Mix(key ^ (page * 0x9E3779B97F4A7C15UL) ^ (stamp * 0xD1B54A32D192ED03UL) ^ 0xC0FFEE);
+        if (_trace is not null)
+        {
+            const int TracePage = 4096;
+            for (int off = 0, j = 0; off < _page.Length; off += TracePage, j++)
+                _trace.ReadContentPage((long)((seed + (ulong)j) % (ulong)_tracePages), _page.AsSpan(off, TracePage));
+        }
+        else
+        {
+            int random = words.Length * (100 - _zeroPercent) / 100;
+            for (int i = 0; i < random; i++)
+                words[i] = Rng.Mix(seed + (ulong)i);
+            words[random..].Clear();
+        }
+        words[(int)(Stamped.Offset(page, wordBits) >> 3)] = Stamped.DataWord(key, page, stamp);
+        return _page;
+    }
 }

@@ -98,6 +98,9 @@ public static class WorkloadApi
             case Behaviour.Churn:
                 Churn.Init(task, prog);
                 break;
+            case Behaviour.Trace:
+                TraceReplay.Init(task, prog);
+                break;
         }
         if (prog.Prefill && Stamped.Uses(prog.Kind))
             Stamped.Prefill(task, prog);
@@ -128,6 +131,13 @@ public static class WorkloadApi
             return;
         var prog = Program(task);
         var r = task.Registers;
+        if (prog.Kind == Behaviour.Trace)
+        {
+            // A replay runs at its recorded times, not at a rate.
+            r[Regs.DueUntilNs] = Math.Max(r[Regs.DueUntilNs], toNs);
+            TraceReplay.Run(task, prog, toNs);
+            return;
+        }
         ulong from = Math.Max(fromNs, r[Regs.DueUntilNs]);
         if (toNs > from)
         {
@@ -154,6 +164,7 @@ public static class WorkloadApi
             Behaviour.KvStore => KvStore.Run(task, prog, n, countOwed),
             Behaviour.Churn => Churn.Run(task, prog, n, countOwed),
             Behaviour.Script => Script.Run(task, prog, n, countOwed),
+            Behaviour.Trace => TraceReplay.RunSteps(task, prog, n),
             _ => Stamped.Run(task, prog, n, countOwed),
         };
         // A task that died (SIGSEGV, OOM) owes nothing more.
@@ -180,6 +191,7 @@ public static class WorkloadApi
             Behaviour.KvStore => KvStore.Verify(task, prog),
             Behaviour.Churn => Churn.Verify(task, prog),
             Behaviour.Script => Script.Verify(task, prog),
+            Behaviour.Trace => TraceReplay.Verify(task, prog),
             _ => Stamped.Verify(task, prog, name),
         };
         // An in-flight check (a read that found garbage) failed earlier even if memory looks right now.

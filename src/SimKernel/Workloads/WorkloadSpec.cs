@@ -55,7 +55,7 @@ internal sealed class SpecReader(Kernel kernel, string file)
     private static readonly string[] TopFields = ["description", "seed", "processes", "comment"];
     private static readonly string[] ProcessFields = ["name", "mappings", "behaviour", "comment"];
     private static readonly string[] MappingFields = ["name", "size", "prot", "backing", "path", "shared", "huge", "address", "populate", "comment"];
-    private static readonly string[] CommonBehaviourFields = ["type", "mapping", "pages_per_second", "ops_per_second", "prefill", "comment"];
+    private static readonly string[] CommonBehaviourFields = ["type", "mapping", "pages_per_second", "ops_per_second", "prefill", "content", "comment"];
 
     private static readonly Dictionary<string, (Behaviour Kind, string[] Fields)> Behaviours = new()
     {
@@ -69,6 +69,7 @@ internal sealed class SpecReader(Kernel kernel, string file)
         ["thp"] = (Behaviour.Thp, ["split_every"]),
         ["idle"] = (Behaviour.Idle, []),
         ["script"] = (Behaviour.Script, ["ops"]),
+        ["trace"] = (Behaviour.Trace, ["path", "speed", "loop", "pid"]),
     };
 
     public WorkloadSpec Read(JsonNode root)
@@ -229,6 +230,12 @@ internal sealed class SpecReader(Kernel kernel, string file)
             return;
         }
 
+        if (def.Kind == Behaviour.Trace)
+        {
+            ReadTrace(prog, b);
+            return;
+        }
+
         if (prog.Regions.Count == 0)
             throw Fail(b, $"behaviour '{type}' needs a mapping to work on");
         var mapNode = b.Get("mapping");
@@ -346,6 +353,9 @@ internal sealed class SpecReader(Kernel kernel, string file)
                 break;
         }
 
+        if (b.Get("content") is { } contentNode)
+            prog.Content = ReadContent(contentNode, prog);
+
         if (Stamped.Uses(prog.Kind))
         {
             // The ledger: one word per data page (and per shared page for fork), kept in the
@@ -358,6 +368,70 @@ internal sealed class SpecReader(Kernel kernel, string file)
             ulong slots = data.Size / (prog.SlotPages * _ps);
             AddLedger(prog, data.Name + ".control", pages * 8 + slots * 8, b);
         }
+    }
+
+    /// <summary>"stamped" (null: the default), "zero-fill:N%" or "trace:PATH" (made absolute, relative to the workload file).</summary>
+    private string? ReadContent(JsonNode n, ProgramImage prog)
+    {
+        if (!Stamped.Uses(prog.Kind))
+            throw Fail(n, "only the stamped behaviours (uniform, hotcold, sequential, swap, thp, idle, fork) take 'content'");
+        string text = Str(n);
+        if (text == "stamped")
+            return null;
+        if (text.StartsWith("zero-fill:", StringComparison.Ordinal))
+        {
+            var pct = text["zero-fill:".Length..].TrimEnd('%');
+            if (!int.TryParse(pct, NumberStyles.None, CultureInfo.InvariantCulture, out int v) || v > 100)
+                throw Fail(n, $"'{text}': the zero share is a whole percentage from 0 to 100, as in zero-fill:60%");
+            return $"zero-fill:{v}";
+        }
+        if (text.StartsWith("trace:", StringComparison.Ordinal) && text.Length > "trace:".Length)
+        {
+            string baseDir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(file)) ?? ".";
+            string path = System.IO.Path.GetFullPath(System.IO.Path.Combine(baseDir, text["trace:".Length..]));
+            if (!System.IO.Directory.Exists(path))
+                throw Fail(n, $"no trace directory {path} (record one with 'criu-sharp record')");
+            if (!TraceLibrary.Registered)
+                throw Fail(n, "this program cannot read traces");
+            _ = TraceLibrary.Get(path).ContentPages; // refuses a damaged or empty trace now, not mid-run
+            return "trace:" + path;
+        }
+        throw Fail(n, $"'{text}' is not a content kind (expected stamped, zero-fill:N% or trace:TRACE)");
+    }
+
+    /// <summary>A replayed recording: the process brings its own VMAs, so it declares no mappings.</summary>
+    private void ReadTrace(ProgramImage prog, JsonNode b)
+    {
+        if (b.Get("mapping") is { } stray)
+            throw Fail(stray, "a trace replays the recorded process's own mappings");
+        if (prog.Regions.Count > 0)
+            throw Fail(b, "a trace replays the recorded process's own mappings; remove 'mappings'");
+        if ((b.Get("pages_per_second") ?? b.Get("ops_per_second") ?? b.Get("prefill")) is { } rate)
+            throw Fail(rate, "a trace runs at its recorded times (scale them with 'speed')");
+        var pathNode = b.Get("path") ?? throw Fail(b, "missing field 'path'");
+        string path = Str(pathNode);
+        if (path.Length == 0)
+            throw Fail(pathNode, "an empty path");
+        // Relative to the workload file, so a workload and its trace can move together.
+        string baseDir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(file)) ?? ".";
+        prog.TracePath = System.IO.Path.GetFullPath(System.IO.Path.Combine(baseDir, path));
+        if (!System.IO.Directory.Exists(prog.TracePath))
+            throw Fail(pathNode, $"no trace directory {prog.TracePath} (record one with 'criu-sharp record')");
+        if (_ps != 4096)
+            throw Fail(b, $"traces hold 4 KiB pages; this machine's architecture has {_ps}-byte pages");
+        prog.Speed = b.Get("speed") is { } sp ? Dbl(sp, 0.001, 1000) : 1.0;
+        prog.Loop = b.Get("loop") is { } lp && BoolOf(lp);
+        if (!TraceLibrary.Registered)
+            throw Fail(b, "this program cannot read traces");
+        var trace = TraceLibrary.Get(prog.TracePath);
+        if (b.Get("pid") is { } pidNode)
+        {
+            prog.TracePid = (int)UInt(pidNode, int.MaxValue);
+            if (!trace.Pids.Contains(prog.TracePid.Value))
+                throw Fail(pidNode, $"the trace has no process {prog.TracePid} (it has {string.Join(", ", trace.Pids)})");
+        }
+        else
+            prog.TracePid = trace.Pids[0];
     }
 
     private void AddLedger(ProgramImage prog, string name, ulong bytes, JsonNode at)
