@@ -8,8 +8,8 @@ using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Toolchains.InProcess.Emit;
 using CriuSharp.Dumper;
 using CriuSharp.HostKernel;
-using LinuxHost = CriuSharp.HostKernel.LinuxHost;
 using CriuSharp.ImageFormat;
+using LinuxHost = CriuSharp.HostKernel.LinuxHost;
 
 namespace CriuSharp.Bench;
 
@@ -28,7 +28,7 @@ namespace CriuSharp.Bench;
 [Config(typeof(Cfg))]
 [GroupBenchmarksBy(BenchmarkLogicalGroupRule.ByCategory)]
 [CategoriesColumn]
-public unsafe class HostBenchmarks
+public unsafe class HostBenchmarks : IDisposable
 {
     public sealed class Cfg : ManualConfig
     {
@@ -99,9 +99,20 @@ public unsafe class HostBenchmarks
         if (p.ExitCode != 0) throw new InvalidOperationException($"{exe} failed");
     }
 
+    private bool _cleaned;
+
+    public void Dispose()
+    {
+        Cleanup();
+        GC.SuppressFinalize(this);
+    }
+
     [GlobalCleanup]
     public void Cleanup()
     {
+        if (_cleaned)
+            return;
+        _cleaned = true;
         _in?.Dispose();
         Process.GetProcessById(_pid).Kill();
         _out?.Dispose();

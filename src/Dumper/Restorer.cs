@@ -388,7 +388,8 @@ internal sealed class Restorer
             catch (OperationCanceledException)
             {
             }
-        }) { IsBackground = true, Name = "criu-sharp restore reader" };
+        })
+        { IsBackground = true, Name = "criu-sharp restore reader" };
         producer.Start();
         try
         {

@@ -62,19 +62,19 @@ public struct PmScanArg
 
     public static PmScanArg Create(ulong start, ulong end, ulong vecLen, ulong categoryMask, ulong returnMask,
         ulong flags = 0, ulong maxPages = 0, ulong inverted = 0, ulong anyof = 0) => new()
-    {
-        Size = PageCategory.ArgSize,
-        Flags = flags,
-        Start = start,
-        End = end,
-        Vec = vecLen > 0 ? 1UL : 0,
-        VecLen = vecLen,
-        MaxPages = maxPages,
-        CategoryInverted = inverted,
-        CategoryMask = categoryMask,
-        CategoryAnyofMask = anyof,
-        ReturnMask = returnMask,
-    };
+        {
+            Size = PageCategory.ArgSize,
+            Flags = flags,
+            Start = start,
+            End = end,
+            Vec = vecLen > 0 ? 1UL : 0,
+            VecLen = vecLen,
+            MaxPages = maxPages,
+            CategoryInverted = inverted,
+            CategoryMask = categoryMask,
+            CategoryAnyofMask = anyof,
+            ReturnMask = returnMask,
+        };
 }
 
 /// <summary>struct page_region: [Start, End) and the (return-masked) categories of that run.</summary>

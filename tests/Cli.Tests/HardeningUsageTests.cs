@@ -8,7 +8,7 @@ namespace CriuSharp.Cli.Tests;
 /// numeric option given garbage, every verb taking a pid given an unknown one, every path that does
 /// not exist. Each must give its documented exit code, one error line (plus an optional hint), no stack.
 /// </summary>
-public class HardeningUsageTests : IDisposable
+public sealed class HardeningUsageTests : IDisposable
 {
     private readonly string _root = Path.Combine("/dev/shm", "criu-sharp-usage-" + Guid.NewGuid().ToString("N"));
     private readonly string _machine;

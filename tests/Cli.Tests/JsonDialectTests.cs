@@ -13,12 +13,14 @@ namespace CriuSharp.Cli.Tests;
 /// </summary>
 public class JsonDialectTests : IClassFixture<JsonDialectTests.Scene>
 {
+    private static readonly string[] CoreVerbs = ["spawn", "run", "ps", "verify", "pre-dump", "dump", "restore", "check", "pagemap", "x", "migrate", "compare", "selftest"];
+
     /// <summary>A machine with a running workload, a pre-dump and a dump on top of it.</summary>
     public sealed class Scene : IDisposable
     {
-        public readonly MigrateScratch Scratch = new();
-        public readonly TempMachine Machine = new();
-        public readonly string Pid;
+        public MigrateScratch Scratch { get; } = new();
+        public TempMachine Machine { get; } = new();
+        public string Pid { get; }
         public string Chain => Path.Combine(Scratch.Dir, "chain");
         public string FullDump => Path.Combine(Chain, "2");
         private int _fresh;
@@ -128,7 +130,7 @@ public class JsonDialectTests : IClassFixture<JsonDialectTests.Scene>
         }
         Assert.True(problems.Count == 0, string.Join('\n', problems));
         // The walk must have seen real output, not only errors.
-        var missing = new[] { "spawn", "run", "ps", "verify", "pre-dump", "dump", "restore", "check", "pagemap", "x", "migrate", "compare", "selftest" }.Except(succeeded).ToList();
+        var missing = CoreVerbs.Except(succeeded).ToList();
         Assert.True(missing.Count == 0, $"no JSON output walked for {string.Join(", ", missing)} (walked: {string.Join(", ", succeeded)})");
     }
 

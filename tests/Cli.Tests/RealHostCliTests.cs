@@ -1,6 +1,6 @@
-using Xunit;
 using System.Diagnostics;
 using System.Globalization;
+using Xunit;
 
 namespace CriuSharp.Cli.Tests;
 

@@ -15,11 +15,13 @@ public class ReportChromiumTests : IClassFixture<MigrateScratch>
     private readonly MigrateScratch _s;
     public ReportChromiumTests(MigrateScratch s) => _s = s;
 
+    private static readonly string[] ChromiumPaths = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"];
+
     private static string Chromium() =>
-        new[] { "/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome" }.FirstOrDefault(File.Exists)
+        ChromiumPaths.FirstOrDefault(File.Exists)
         ?? throw new Xunit.Sdk.XunitException("chromium is not installed: apt-get install chromium (./run-tests.sh installs it)");
 
-    private (int Code, string Out, string Err) Browse(string profile, params string[] args)
+    private static (int Code, string Out, string Err) Browse(string profile, params string[] args)
     {
         var psi = new ProcessStartInfo(Chromium()) { RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var a in new[] { "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -42,7 +44,7 @@ public class ReportChromiumTests : IClassFixture<MigrateScratch>
     {
         string text = File.ReadAllText(html);
         int tables = text.IndexOf("<h2>Iterations</h2>", StringComparison.Ordinal);
-        return Regex.Matches(text[tables..], "<tr><td>").Count;
+        return Regex.Count(text[tables..], "<tr><td>");
     }
 
     [Fact]
@@ -65,7 +67,7 @@ public class ReportChromiumTests : IClassFixture<MigrateScratch>
             Assert.True(m.Success, $"figure {id} with an inline svg");
             Assert.Equal("2", m.Groups[1].Value); // two runs
             Assert.Equal(points.ToString(System.Globalization.CultureInfo.InvariantCulture), m.Groups[2].Value);
-            Assert.True(Regex.Matches(m.Groups[3].Value, "<path").Count > 10, $"figure {id} draws something");
+            Assert.True(Regex.Count(m.Groups[3].Value, "<path") > 10, $"figure {id} draws something");
         }
         Assert.DoesNotContain("<?xml", File.ReadAllText(html));
 

@@ -101,7 +101,7 @@ public class ElisionDeltaTests
         for (int i = 0; i < a.Dirs.Count; i++)
             foreach (var f in Directory.GetFiles(a.Dirs[i]).Select(Path.GetFileName).Where(n => n!.StartsWith("pages-") || n.StartsWith("pagemap-")))
                 Assert.Equal(File.ReadAllBytes(Path.Combine(a.Dirs[i], f!)), File.ReadAllBytes(Path.Combine(b.Dirs[i], f!)));
-        Assert.False(Directory.GetFiles(b.Root, "deltas-*", SearchOption.AllDirectories).Any());
+        Assert.Empty(Directory.GetFiles(b.Root, "deltas-*", SearchOption.AllDirectories));
         Directory.Delete(a.Root, true);
         Directory.Delete(b.Root, true);
     }

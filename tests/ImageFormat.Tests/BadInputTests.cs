@@ -3,7 +3,7 @@ using CriuSharp.ImageFormat.Images;
 
 namespace CriuSharp.ImageFormat.Tests;
 
-public class BadInputTests : IDisposable
+public sealed class BadInputTests : IDisposable
 {
     private readonly TempDir _tmp = new();
     public void Dispose() => _tmp.Dispose();

@@ -10,7 +10,7 @@ namespace CriuSharp.ImageFormat.Tests;
 /// Interoperability with CRIU's own crit (Debian's criu package; run-tests.sh installs it). These
 /// tests fail, not skip, when crit is missing: a silent skip would hide the one check that matters.
 /// </summary>
-public class CritInteropTests : IDisposable
+public sealed class CritInteropTests : IDisposable
 {
     private readonly TempDir _tmp = new();
     public void Dispose() => _tmp.Dispose();

@@ -2,7 +2,7 @@ using System.Diagnostics;
 
 namespace CriuSharp.ImageFormat.Tests;
 
-public class DeltaTests : IDisposable
+public sealed class DeltaTests : IDisposable
 {
     private readonly TempDir _tmp = new();
     public void Dispose() => _tmp.Dispose();

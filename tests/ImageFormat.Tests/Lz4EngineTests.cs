@@ -3,15 +3,15 @@ using CriuSharp.ImageFormat;
 namespace CriuSharp.ImageFormat.Tests;
 
 /// <summary>The engine choice is process-wide, so these tests run alone.</summary>
-[CollectionDefinition(nameof(Lz4EngineCollection), DisableParallelization = true)]
-public sealed class Lz4EngineCollection;
+[CollectionDefinition(nameof(Lz4EngineGroup), DisableParallelization = true)]
+public sealed class Lz4EngineGroup;
 
 /// <summary>
 /// liblz4 and K4os.Compression.LZ4 write the same LZ4 block format: each decodes the other's
 /// blocks, and at acceleration 1 they produce the same bytes, so an image is the same whichever
 /// engine wrote it.
 /// </summary>
-[Collection(nameof(Lz4EngineCollection))]
+[Collection(nameof(Lz4EngineGroup))]
 public class Lz4EngineTests
 {
     private static T With<T>(Lz4Engine engine, Func<T> body)

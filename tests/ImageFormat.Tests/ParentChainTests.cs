@@ -1,6 +1,6 @@
 namespace CriuSharp.ImageFormat.Tests;
 
-public class ParentChainTests : IDisposable
+public sealed class ParentChainTests : IDisposable
 {
     private readonly TempDir _tmp = new();
     public void Dispose() => _tmp.Dispose();

@@ -1,11 +1,11 @@
 using CriuSharp.Dumper;
-using CriuSharp.Migration;
 using CriuSharp.ImageFormat;
+using CriuSharp.Migration;
 
 namespace CriuSharp.Migration.Tests;
 
 /// <summary>Whole migrations of a small hot/cold workload between two in-memory hosts.</summary>
-public class MigrationTests : IDisposable
+public sealed class MigrationTests : IDisposable
 {
     // 8 MiB, Zipf writes at 20 000 pages/s: a small hot set, so pre-copy converges quickly.
     private const string HotCold = """

@@ -1,9 +1,9 @@
 using CriuSharp.SimKernel.Machine;
+using CriuSharp.SimKernel.Mm;
+using CriuSharp.SimKernel.Proc;
 using FsCheck;
 using FsCheck.Fluent;
 using Microsoft.FSharp.Core;
-using CriuSharp.SimKernel.Mm;
-using CriuSharp.SimKernel.Proc;
 using Xunit;
 
 namespace CriuSharp.SimKernel.Tests;

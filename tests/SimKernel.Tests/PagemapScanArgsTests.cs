@@ -53,7 +53,7 @@ public class PagemapScanArgsTests
                 BinaryPrimitives.ReadUInt64LittleEndian(b.AsSpan(16)));
         }
 
-        public PmScanArg Arg0(ulong start, ulong end, ulong vec, ulong vecLen) =>
+        public static PmScanArg Arg0(ulong start, ulong end, ulong vec, ulong vecLen) =>
             new() { Size = 96, Start = start, End = end, Vec = vec, VecLen = vecLen, ReturnMask = PageCategory.Present };
     }
 
@@ -62,7 +62,7 @@ public class PagemapScanArgsTests
     {
         var c = new Caller();
         // Both wrong: the alignment check (EINVAL) is first.
-        Assert.Equal(Errno.EINVAL, c.Ioctl(c.Arg0(c.Mem + 1, c.Mem - c.S.PS, 0, 0)).Error);
+        Assert.Equal(Errno.EINVAL, c.Ioctl(Caller.Arg0(c.Mem + 1, c.Mem - c.S.PS, 0, 0)).Error);
     }
 
     [Fact]
@@ -70,15 +70,15 @@ public class PagemapScanArgsTests
     {
         var c = new Caller();
         // end < start makes access_ok's size wrap (EFAULT), checked before vec == 0 with vec_len (EINVAL).
-        Assert.Equal(Errno.EFAULT, c.Ioctl(c.Arg0(c.Mem, c.Mem - c.S.PS, 0, 10)).Error);
-        Assert.Equal(Errno.EINVAL, c.Ioctl(c.Arg0(c.Mem, c.Mem + c.S.PS, 0, 10)).Error);
+        Assert.Equal(Errno.EFAULT, c.Ioctl(Caller.Arg0(c.Mem, c.Mem - c.S.PS, 0, 10)).Error);
+        Assert.Equal(Errno.EINVAL, c.Ioctl(Caller.Arg0(c.Mem, c.Mem + c.S.PS, 0, 10)).Error);
     }
 
     [Fact]
     public void SizeAndFlags_ComeBefore_EverythingElse()
     {
         var c = new Caller();
-        var a = c.Arg0(c.Mem + 1, c.Mem - 1, 0, 10);
+        var a = Caller.Arg0(c.Mem + 1, c.Mem - 1, 0, 10);
         a.Size = 80;
         Assert.Equal(Errno.EINVAL, c.Ioctl(a).Error);
     }
@@ -88,9 +88,9 @@ public class PagemapScanArgsTests
     {
         var c = new Caller();
         ulong ts = c.S.K.Arch.TaskSize;
-        Assert.Equal(Errno.EFAULT, c.Ioctl(c.Arg0(c.Mem, c.Mem + 8 * c.S.PS, ts - 24, 10)).Error);
+        Assert.Equal(Errno.EFAULT, c.Ioctl(Caller.Arg0(c.Mem, c.Mem + 8 * c.S.PS, ts - 24, 10)).Error);
         // vec_len * 24 overflowing 64 bits is an access_ok failure too.
-        Assert.Equal(Errno.EFAULT, c.Ioctl(c.Arg0(c.Mem, c.Mem + 8 * c.S.PS, c.Vec, ulong.MaxValue / 8)).Error);
+        Assert.Equal(Errno.EFAULT, c.Ioctl(Caller.Arg0(c.Mem, c.Mem + 8 * c.S.PS, c.Vec, ulong.MaxValue / 8)).Error);
     }
 
     [Fact]
@@ -98,8 +98,8 @@ public class PagemapScanArgsTests
     {
         var c = new Caller();
         ulong ts = c.S.K.Arch.TaskSize;
-        Assert.Equal(0, c.Ioctl(c.Arg0(ts, ts, 0, 0)).Value);
-        Assert.Equal(Errno.EFAULT, c.Ioctl(c.Arg0(ts, ts + c.S.PS, 0, 0)).Error);
+        Assert.Equal(0, c.Ioctl(Caller.Arg0(ts, ts, 0, 0)).Value);
+        Assert.Equal(Errno.EFAULT, c.Ioctl(Caller.Arg0(ts, ts + c.S.PS, 0, 0)).Error);
     }
 
     [Fact]
@@ -116,7 +116,7 @@ public class PagemapScanArgsTests
         var c = new Caller();
         for (ulong i = 0; i < 8; i += 2) c.S.W(c.Mem + i * c.S.PS);
         ulong ro = c.S.Anon(1, Prot.Read);
-        Assert.Equal(Errno.EFAULT, c.Ioctl(c.Arg0(c.Mem, c.Mem + 8 * c.S.PS, ro, 10)).Error);
+        Assert.Equal(Errno.EFAULT, c.Ioctl(Caller.Arg0(c.Mem, c.Mem + 8 * c.S.PS, ro, 10)).Error);
         Assert.Equal(c.Mem + 8 * c.S.PS, c.WalkEnd());
     }
 
@@ -126,7 +126,7 @@ public class PagemapScanArgsTests
         var c = new Caller();
         c.S.W(c.Mem);
         c.S.W(c.Mem + c.S.PS);
-        var r = c.Ioctl(c.Arg0(c.Mem, c.Mem + 8 * c.S.PS, c.Vec, 4));
+        var r = c.Ioctl(Caller.Arg0(c.Mem, c.Mem + 8 * c.S.PS, c.Vec, 4));
         Assert.Equal(2, r.Value);
         Assert.Equal(new PageRegion(c.Mem, c.Mem + 2 * c.S.PS, PageCategory.Present), c.Region(0));
         Assert.Equal(new PageRegion(c.Mem + 2 * c.S.PS, c.Mem + 8 * c.S.PS, 0), c.Region(1));

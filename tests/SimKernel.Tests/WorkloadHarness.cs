@@ -1,6 +1,6 @@
-using CriuSharp.SimKernel.Machine;
 using System.Security.Cryptography;
 using CriuSharp.SimKernel;
+using CriuSharp.SimKernel.Machine;
 using CriuSharp.SimKernel.Mm;
 using CriuSharp.SimKernel.Proc;
 using CriuSharp.SimKernel.Workloads;

@@ -1,6 +1,6 @@
-using CriuSharp.SimKernel.Machine;
 using System.CommandLine;
 using System.Text.Json;
+using CriuSharp.SimKernel.Machine;
 
 namespace CriuSharp.Cli;
 

@@ -56,7 +56,7 @@ internal static class ExploreCommand
         return arr;
     }
 
-    private static string VmaLabel(vma_entry v, IReadOnlyDictionary<ulong, string> files)
+    private static string VmaLabel(vma_entry v, Dictionary<ulong, string> files)
     {
         const uint Stack = 0x2, Vsyscall = 0x4, Vdso = 0x8, Heap = 0x20, FilePrivate = 0x40, FileShared = 0x80, AnonShared = 0x100, SysVIpc = 0x400;
         if ((v.Status & SysVIpc) != 0) return "[sysv-shm]";

@@ -35,13 +35,15 @@ public static class FuzzImages
 
     public sealed class Report
     {
-        public int Variants, Restored, TypedErrors;
-        public long MaxAllocated;
-        public string MaxAllocatedBy = "";
-        public TimeSpan Elapsed;
-        public readonly List<string> Failures = [];
-        public readonly SortedDictionary<string, (int Restored, int Errors)> ByMutation = new(StringComparer.Ordinal);
-        public readonly SortedDictionary<string, int> ErrorKinds = new(StringComparer.Ordinal);
+        public int Variants { get; set; }
+        public int Restored { get; set; }
+        public int TypedErrors { get; set; }
+        public long MaxAllocated { get; set; }
+        public string MaxAllocatedBy { get; set; } = "";
+        public TimeSpan Elapsed { get; set; }
+        public List<string> Failures { get; } = [];
+        public SortedDictionary<string, (int Restored, int Errors)> ByMutation { get; } = new(StringComparer.Ordinal);
+        public SortedDictionary<string, int> ErrorKinds { get; } = new(StringComparer.Ordinal);
         public override string ToString() =>
             $"{Variants} variants: {Restored} restored identical, {TypedErrors} typed errors, {Failures.Count} failures; " +
             $"max {MaxAllocated >> 20} MiB allocated by one variant ({MaxAllocatedBy}); {Elapsed.TotalSeconds:0.0} s";
@@ -75,7 +77,7 @@ public static class FuzzImages
         /// <summary>Relative path → contents (files) for everything under A and B.</summary>
         public readonly Dictionary<string, byte[]> Files = new(StringComparer.Ordinal);
         /// <summary>Relative path → link target.</summary>
-        public readonly Dictionary<string, string> Links = new(StringComparer.Ordinal);
+        public Dictionary<string, string> Links { get; } = new(StringComparer.Ordinal);
         public string[] ASets = ["A/pre0", "A/pre1", "A/dump"];
 
         public string Abs(string rel) => Path.Combine(Root, rel);
@@ -170,7 +172,8 @@ public static class FuzzImages
                 crashed = ex;
             }
             Volatile.Write(ref current, long.MaxValue);
-        }, 16 << 20) { IsBackground = true, Name = "fuzz images" };
+        }, 16 << 20)
+        { IsBackground = true, Name = "fuzz images" };
         worker.Start();
         while (!worker.Join(50))
         {

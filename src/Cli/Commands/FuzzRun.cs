@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using CriuSharp.Dumper;
-using CriuSharp.Migration;
 using CriuSharp.ImageFormat;
+using CriuSharp.Migration;
 using CriuSharp.SimKernel;
 using CriuSharp.SimKernel.Machine;
 
@@ -30,9 +30,14 @@ public static class FuzzRun
 
     public sealed class Report
     {
-        public int Rounds, PreDumps, Dumps, Restores, Migrations, SelfChecks;
-        public TimeSpan Elapsed;
-        public string? Failure;
+        public int Rounds { get; set; }
+        public int PreDumps { get; set; }
+        public int Dumps { get; set; }
+        public int Restores { get; set; }
+        public int Migrations { get; set; }
+        public int SelfChecks { get; set; }
+        public TimeSpan Elapsed { get; set; }
+        public string? Failure { get; set; }
         public override string ToString() =>
             $"{Rounds} rounds: {PreDumps} pre-dumps, {Dumps} dumps, {Restores} restores identical, {Migrations} migrations, " +
             $"{SelfChecks} self-checks passed; {(Failure is null ? "no failure" : "FAILED: " + Failure)}; {Elapsed.TotalSeconds:0.0} s";

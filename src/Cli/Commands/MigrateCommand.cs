@@ -2,8 +2,8 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using CriuSharp.Dumper;
-using CriuSharp.Migration;
 using CriuSharp.ImageFormat;
+using CriuSharp.Migration;
 using Spectre.Console;
 
 namespace CriuSharp.Cli;
@@ -15,19 +15,19 @@ namespace CriuSharp.Cli;
 /// </summary>
 public sealed class MigrationArgs
 {
-    public readonly Option<string> Workload = new("--workload", "-w") { Description = "Workload file (JSON; see samples/README.md).", Required = true };
-    public readonly Option<string> Bandwidth = new("--bandwidth") { Description = "Link bandwidth: 128MiB/s (QEMU's default max-bandwidth), 1GB/s, 10Gbit/s.", DefaultValueFactory = _ => "128MiB/s" };
-    public readonly Option<string> DowntimeLimit = new("--downtime-limit") { Description = "Downtime budget of the qemu policy (QEMU's downtime-limit).", DefaultValueFactory = _ => "300ms" };
-    public readonly Option<string> Tracker = new Option<string>("--tracker") { Description = "Dirty-page tracker: auto, soft-dirty, pagemap-scan, uffd-wp, none.", DefaultValueFactory = _ => "auto" }
+    public Option<string> Workload { get; } = new("--workload", "-w") { Description = "Workload file (JSON; see samples/README.md).", Required = true };
+    public Option<string> Bandwidth { get; } = new("--bandwidth") { Description = "Link bandwidth: 128MiB/s (QEMU's default max-bandwidth), 1GB/s, 10Gbit/s.", DefaultValueFactory = _ => "128MiB/s" };
+    public Option<string> DowntimeLimit { get; } = new("--downtime-limit") { Description = "Downtime budget of the qemu policy (QEMU's downtime-limit).", DefaultValueFactory = _ => "300ms" };
+    public Option<string> Tracker { get; } = new Option<string>("--tracker") { Description = "Dirty-page tracker: auto, soft-dirty, pagemap-scan, uffd-wp, none.", DefaultValueFactory = _ => "auto" }
         .AcceptOnlyFromAmong("auto", "soft-dirty", "pagemap-scan", "uffd-wp", "none");
-    public readonly KernelOptions Kernel = new();
-    public readonly Option<string> Warmup = new("--warmup") { Description = "Virtual time the workload runs on the source before the first pre-dump.", DefaultValueFactory = _ => "200ms" };
-    public readonly Option<string> RunAfter = new("--run-after") { Description = "Virtual time the restored workload runs on the destination before it is checked again.", DefaultValueFactory = _ => "100ms" };
-    public readonly Option<string> CompressSpeed = new("--compress-speed") { Description = "Cost model: LZ4 compression per core (zstd is modelled at a third).", DefaultValueFactory = _ => Rate(MigrationCost.Default.CompressBytesPerSecond) };
-    public readonly Option<string> CopySpeed = new("--copy-speed") { Description = "Cost model: copying pages out of the task (memcpy).", DefaultValueFactory = _ => Rate(MigrationCost.Default.CopyBytesPerSecond) };
-    public readonly Option<bool> Preload = new("--preload") { Description = "Destination pre-loading: apply each pre-dump on the destination as it arrives, so the final restore applies only the final dump's pages." };
-    public readonly Option<string> FreezeCost = new("--freeze-cost") { Description = "Cost model: seizing and freezing one task.", DefaultValueFactory = _ => $"{MigrationCost.Default.FreezeNsPerTask / 1000}us" };
-    public readonly Option<string> DeltaCache = new("--delta-cache") { Description = "Source-side cache of last-sent pages that deltas are taken against (LRU; QEMU's default xbzrle-cache-size).", DefaultValueFactory = _ => "64MiB" };
+    public KernelOptions Kernel { get; } = new();
+    public Option<string> Warmup { get; } = new("--warmup") { Description = "Virtual time the workload runs on the source before the first pre-dump.", DefaultValueFactory = _ => "200ms" };
+    public Option<string> RunAfter { get; } = new("--run-after") { Description = "Virtual time the restored workload runs on the destination before it is checked again.", DefaultValueFactory = _ => "100ms" };
+    public Option<string> CompressSpeed { get; } = new("--compress-speed") { Description = "Cost model: LZ4 compression per core (zstd is modelled at a third).", DefaultValueFactory = _ => Rate(MigrationCost.Default.CompressBytesPerSecond) };
+    public Option<string> CopySpeed { get; } = new("--copy-speed") { Description = "Cost model: copying pages out of the task (memcpy).", DefaultValueFactory = _ => Rate(MigrationCost.Default.CopyBytesPerSecond) };
+    public Option<bool> Preload { get; } = new("--preload") { Description = "Destination pre-loading: apply each pre-dump on the destination as it arrives, so the final restore applies only the final dump's pages." };
+    public Option<string> FreezeCost { get; } = new("--freeze-cost") { Description = "Cost model: seizing and freezing one task.", DefaultValueFactory = _ => $"{MigrationCost.Default.FreezeNsPerTask / 1000}us" };
+    public Option<string> DeltaCache { get; } = new("--delta-cache") { Description = "Source-side cache of last-sent pages that deltas are taken against (LRU; QEMU's default xbzrle-cache-size).", DefaultValueFactory = _ => "64MiB" };
 
     private static string Rate(double bps) => string.Create(CultureInfo.InvariantCulture, $"{bps / 1e9:0.###}GB/s");
 
@@ -76,27 +76,27 @@ public sealed class MigrationArgs
 
     public MigrationOptions Options(ParseResult p, ConvergencePolicy policy, PageStoreOptions store, string? keep = null, Action<MigrationProgress>? progress = null,
         bool elide = true, bool delta = false) => new()
-    {
-        ElideUnchanged = elide,
-        DeltaCacheBytes = delta ? DeltaCacheBytes(p) : 0,
-        WorkloadPath = WorkloadPath(p),
-        Kernel = Kernel.Config(p),
-        Policy = policy,
-        PageStore = store,
-        Tracker = TrackerNames.Parse(p.GetValue(Tracker)!),
-        WarmupNs = Units.ParseDurationNs(p.GetValue(Warmup)!),
-        ContinueNs = Units.ParseDurationNs(p.GetValue(RunAfter)!),
-        ImagesRoot = keep,
-        Preload = p.GetValue(Preload),
-        Progress = progress,
-        Cost = MigrationCost.Default with
         {
-            LinkBytesPerSecond = BandwidthBytes(p),
-            CompressBytesPerSecond = ParseRate(p.GetValue(CompressSpeed)!, "--compress-speed"),
-            CopyBytesPerSecond = ParseRate(p.GetValue(CopySpeed)!, "--copy-speed"),
-            FreezeNsPerTask = Units.ParseDurationNs(p.GetValue(FreezeCost)!),
-        },
-    };
+            ElideUnchanged = elide,
+            DeltaCacheBytes = delta ? DeltaCacheBytes(p) : 0,
+            WorkloadPath = WorkloadPath(p),
+            Kernel = Kernel.Config(p),
+            Policy = policy,
+            PageStore = store,
+            Tracker = TrackerNames.Parse(p.GetValue(Tracker)!),
+            WarmupNs = Units.ParseDurationNs(p.GetValue(Warmup)!),
+            ContinueNs = Units.ParseDurationNs(p.GetValue(RunAfter)!),
+            ImagesRoot = keep,
+            Preload = p.GetValue(Preload),
+            Progress = progress,
+            Cost = MigrationCost.Default with
+            {
+                LinkBytesPerSecond = BandwidthBytes(p),
+                CompressBytesPerSecond = ParseRate(p.GetValue(CompressSpeed)!, "--compress-speed"),
+                CopyBytesPerSecond = ParseRate(p.GetValue(CopySpeed)!, "--copy-speed"),
+                FreezeNsPerTask = Units.ParseDurationNs(p.GetValue(FreezeCost)!),
+            },
+        };
 
     public long DeltaCacheBytes(ParseResult p)
     {

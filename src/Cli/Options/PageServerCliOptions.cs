@@ -11,20 +11,20 @@ namespace CriuSharp.Cli;
 /// </summary>
 public sealed class PageServerCliOptions
 {
-    public readonly Option<string?> Address = new("--address") { Description = "Page server address (the page-server verb listens on every address by default)." };
-    public readonly Option<int> Port = new("--port") { Description = "Page server TCP port (page-server: 0 picks a free one and prints it)." };
-    public readonly Option<string> Layout = new Option<string>("--ps-layout")
+    public Option<string?> Address { get; } = new("--address") { Description = "Page server address (the page-server verb listens on every address by default)." };
+    public Option<int> Port { get; } = new("--port") { Description = "Page server TCP port (page-server: 0 picks a free one and prints it)." };
+    public Option<string> Layout { get; } = new Option<string>("--ps-layout")
     {
         Description = "page_server_iov header layout: current (CRIU 4.2+, 32 bytes, 64-bit nr_pages) or pre-4.2 (24 bytes, as criu 3.17-4.1 speak). The protocol does not negotiate it: both sides must agree.",
         DefaultValueFactory = _ => "current",
     }.AcceptOnlyFromAmong("current", "pre-4.2");
-    public readonly Option<bool> Tls = new("--tls") { Description = "Use TLS (both sides present certificates signed by the CA)." };
-    public readonly Option<string> TlsCaCert = new("--tls-cacert") { Description = "CA certificate (PEM) that signs the peer's certificate.", DefaultValueFactory = _ => PageServerTls.DefaultCaCert };
-    public readonly Option<string> TlsCert = new("--tls-cert") { Description = "This side's certificate (PEM).", DefaultValueFactory = _ => PageServerTls.DefaultCert };
-    public readonly Option<string> TlsKey = new("--tls-key") { Description = "This side's private key (PEM).", DefaultValueFactory = _ => PageServerTls.DefaultKey };
-    public readonly Option<bool> TlsNoCnVerify = new("--tls-no-cn-verify") { Description = "Do not check the server certificate's name against --address." };
-    public readonly Option<bool> Compress = new("--ps-compress") { Description = "Send pages as compressed blocks (--compress codec, --block-size), a criu-sharp extension: only a criu-sharp page server understands it." };
-    public readonly Option<int> Timeout = new("--ps-timeout") { Description = "Seconds a page-server connection may stay silent before it is dropped.", DefaultValueFactory = _ => 60 };
+    public Option<bool> Tls { get; } = new("--tls") { Description = "Use TLS (both sides present certificates signed by the CA)." };
+    public Option<string> TlsCaCert { get; } = new("--tls-cacert") { Description = "CA certificate (PEM) that signs the peer's certificate.", DefaultValueFactory = _ => PageServerTls.DefaultCaCert };
+    public Option<string> TlsCert { get; } = new("--tls-cert") { Description = "This side's certificate (PEM).", DefaultValueFactory = _ => PageServerTls.DefaultCert };
+    public Option<string> TlsKey { get; } = new("--tls-key") { Description = "This side's private key (PEM).", DefaultValueFactory = _ => PageServerTls.DefaultKey };
+    public Option<bool> TlsNoCnVerify { get; } = new("--tls-no-cn-verify") { Description = "Do not check the server certificate's name against --address." };
+    public Option<bool> Compress { get; } = new("--ps-compress") { Description = "Send pages as compressed blocks (--compress codec, --block-size), a criu-sharp extension: only a criu-sharp page server understands it." };
+    public Option<int> Timeout { get; } = new("--ps-timeout") { Description = "Seconds a page-server connection may stay silent before it is dropped.", DefaultValueFactory = _ => 60 };
 
     public void AddTo(Command c)
     {

@@ -48,6 +48,7 @@ public static class RpcCommands
                 session.Run();
                 // A page server started here outlives the conversation, as CRIU's forked one does.
                 settings.PageServers.WaitAll();
+                settings.PageServers.Dispose();
                 return (int)session.ExitStatus;
             }
         });
@@ -184,6 +185,7 @@ public static class RpcCommands
             }
             settings.PageServers.Cancel();
             settings.PageServers.WaitAll();
+            settings.PageServers.Dispose();
             return 0;
         }
         finally

@@ -20,7 +20,7 @@ internal sealed record RpcSettings(string MachineDir, TimeSpan LockWait)
 /// process waits for them before it exits (<see cref="WaitAll"/>); stopping the service cancels
 /// the ones still waiting for a connection.
 /// </summary>
-internal sealed class RpcPageServers
+internal sealed class RpcPageServers : IDisposable
 {
     private readonly List<Thread> _threads = [];
     private readonly CancellationTokenSource _stop = new();
@@ -40,13 +40,16 @@ internal sealed class RpcPageServers
                     log($"{e.GetType().Name}: {CliApp.FirstLine(e.Message)}");
                 }
             }
-        }) { IsBackground = true, Name = "page server" };
+        })
+        { IsBackground = true, Name = "page server" };
         lock (_threads)
             _threads.Add(t);
         t.Start();
     }
 
     public void Cancel() => _stop.Cancel();
+
+    public void Dispose() => _stop.Dispose();
 
     public void WaitAll()
     {

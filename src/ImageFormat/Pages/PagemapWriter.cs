@@ -392,7 +392,7 @@ public sealed class PagemapWriter : IDisposable
     /// A run of consecutive blocks of one entry, compressed in order by one worker into one output
     /// buffer (so the blocks' bytes are already adjacent when the job commits).
     /// </summary>
-    private sealed class Job
+    private sealed class Job : IDisposable
     {
         public EntryState State = null!;
         public PageSource Src;
@@ -416,6 +416,8 @@ public sealed class PagemapWriter : IDisposable
         public bool Digest;
         public Exception? Error;
         public readonly ManualResetEventSlim Done = new(false);
+
+        public void Dispose() => Done.Dispose();
     }
 
     /// <summary>Cuts an entry's pages into jobs and hands them to the workers (or keeps them for inline compression).</summary>
@@ -468,7 +470,8 @@ public sealed class PagemapWriter : IDisposable
                 using (codec)
                     foreach (var job in work.GetConsumingEnumerable())
                         Run(job, codec, stage);
-            }) { IsBackground = true, Name = "criu-sharp compress" };
+            })
+            { IsBackground = true, Name = "criu-sharp compress" };
             _threads[i].Start();
         }
         return _work;
@@ -654,7 +657,12 @@ public sealed class PagemapWriter : IDisposable
             _work = null;
             _threads = null;
         }
+        foreach (var job in _pending)
+            job.Dispose();
         _pending.Clear();
+        foreach (var job in _spareJobs)
+            job.Dispose();
+        _spareJobs.Clear();
         if (!_finished)
             _onAbort?.Invoke(this);
         _codec?.Dispose();

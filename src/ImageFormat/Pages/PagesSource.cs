@@ -13,7 +13,13 @@ public abstract class PagesSource : IDisposable
     /// <summary>Fills <paramref name="destination"/> from <paramref name="offset"/>; the caller has checked the range against <see cref="Length"/>.</summary>
     public abstract void ReadAt(long offset, Span<byte> destination);
 
-    public virtual void Dispose() { }
+    public void Dispose()
+    {
+        Dispose(true);
+        GC.SuppressFinalize(this);
+    }
+
+    protected virtual void Dispose(bool disposing) { }
 
     public static PagesSource OpenFile(string path) => new FilePagesSource(path);
 
@@ -52,7 +58,12 @@ public abstract class PagesSource : IDisposable
             }
         }
 
-        public override void Dispose() => _handle.Dispose();
+        protected override void Dispose(bool disposing)
+        {
+            if (disposing)
+                _handle.Dispose();
+            base.Dispose(disposing);
+        }
     }
 
     private sealed class MemoryPagesSource(ReadOnlyMemory<byte> bytes, string name) : PagesSource

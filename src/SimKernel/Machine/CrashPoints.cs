@@ -7,7 +7,7 @@ namespace CriuSharp.SimKernel.Machine;
 /// </summary>
 public static class CrashPoints
 {
-    public static Action<string>? Probe;
+    public static Action<string>? Probe { get; set; }
 
     public static void Hit(string name) => Probe?.Invoke(name);
 }

@@ -45,7 +45,7 @@ public sealed partial class MmStruct
         return HandleFault(va, write, force);
     }
 
-    private bool AccessAllowed(VmArea v, bool write, bool force) =>
+    private static bool AccessAllowed(VmArea v, bool write, bool force) =>
         write ? v.CanWrite || (force && (v.Flags & VmaFlags.MayWrite) != 0)
               : v.CanRead || v.CanExec || (force && (v.Flags & VmaFlags.MayRead) != 0);
 

@@ -613,7 +613,7 @@ public sealed partial class MmStruct
                 ulong slotNo = _k.Swap.Store(_mem.Page(pfn));
                 if (slotNo == 0)
                     return; // swap full: the rest stays resident
-                ulong swp = _arch.EncodeSwap(_k.Swap.Type, slotNo) | _arch.SwpExclusive;
+                ulong swp = _arch.EncodeSwap(SwapDevice.Type, slotNo) | _arch.SwpExclusive;
                 if ((pte & _arch.SoftDirty) != 0 && _k.Version.SwapKeepsSoftDirty)
                     swp |= _arch.SwpSoftDirty;
                 if ((pte & _arch.UffdWp) != 0 && _arch.UffdWp != 0)

@@ -376,5 +376,5 @@ public sealed partial class MmStruct
             SplitHuge(pmd, Pt.PmdIndex(va));
     }
 
-    internal Userfaultfd? UffdFor(VmArea vma) => vma.UffdWpRegistered ? vma.Uffd : null;
+    internal static Userfaultfd? UffdFor(VmArea vma) => vma.UffdWpRegistered ? vma.Uffd : null;
 }

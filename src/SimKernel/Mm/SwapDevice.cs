@@ -20,7 +20,7 @@ public sealed partial class SwapDevice
         CapacitySlots = (ulong)(capacityBytes / pageSize);
     }
 
-    public int Type => 0;
+    public static int Type => 0;
     public ulong CapacitySlots { get; }
     public ulong UsedSlots { get; private set; }
     /// <summary>Set when a slot was written since the machine was loaded or saved.</summary>

@@ -51,14 +51,14 @@ public sealed partial class Userfaultfd : IUserfaultfd
     public IReadOnlyCollection<UffdMessage> PendingMessages => _messages;
 
     /// <summary>UFFDIO_API: returns the features the kernel supports; fails on an unsupported request.</summary>
-    public SysResult ApiHandshake(ulong api, ulong requested, out ulong supported)
+    public SysResult ApiHandshake(ulong api, ulong features, out ulong supported)
     {
         supported = UffdFeatures.Supported(_mm.Kernel);
         if (ApiDone || api != UffdConstants.Api)
             return Errno.EINVAL;
-        if ((requested & ~supported) != 0)
+        if ((features & ~supported) != 0)
             return Errno.EINVAL;
-        Features = requested;
+        Features = features;
         ApiDone = true;
         return SysResult.Success();
     }

@@ -526,7 +526,9 @@ internal sealed class SpecReader(Kernel kernel, string file)
                     s.Prot = o.Get("prot") is { } pr ? ProtOf(pr) : (int)(Prot.Read | Prot.Write);
                     s.Advice = o.Get("huge") is { } hg ? Str(hg) switch
                     {
-                        "default" => 0, "hugepage" => 1, "nohugepage" => 2,
+                        "default" => 0,
+                        "hugepage" => 1,
+                        "nohugepage" => 2,
                         var other => throw Fail(hg, $"unknown huge-page advice '{other}'"),
                     } : 0;
                     bool shared = o.Get("shared") is { } sh && BoolOf(sh);
