@@ -37,6 +37,11 @@ public sealed class RealChild : IDisposable
         Run("mkfifo", fifo);
         string cmd = $"{Quote(exe)} {string.Join(' ', args.Select(Quote))} <{Quote(fifo)} >{Quote(Path.Combine(dir, "out"))} 2>{Quote(Path.Combine(dir, "err"))} & echo $!";
         var psi = new ProcessStartInfo("/bin/sh", ["-c", cmd]) { RedirectStandardOutput = true };
+        // glibc (2.35+) registers each thread's struct rseq, and the kernel rewrites its cpu_id
+        // fields whenever the thread resumes on another CPU (kernel/rseq.c, rseq_update_cpu_node_id),
+        // so that word of the TCB changes after a thaw without the program writing it. The tests
+        // compare a chain with memory read afterwards, so the children run without rseq.
+        psi.Environment["GLIBC_TUNABLES"] = "glibc.pthread.rseq=0";
         using var sh = Process.Start(psi)!;
         string pidText = sh.StandardOutput.ReadLine() ?? throw new InvalidOperationException("no pid from sh");
         sh.WaitForExit();
