@@ -12,7 +12,7 @@ using CriuSharp.SimKernel.Mm;
 namespace CriuSharp.Bench;
 
 /// <summary>
-/// Dumper speed against liblz4 on the same bytes (issue 5 targets, anchors are the Baselines):
+/// Dumper speed against liblz4 on the same bytes (targets in the README's Measured table, anchors are the Baselines):
 ///   FullDump: dump of a task holding 1 GiB of the memory sample (LZ4, 2 threads) into a RAM-backed
 ///             directory vs LZ4_compress_default of the same bytes in 64 KiB blocks on 1 thread (also in
 ///             memory) — target ≥ 70 % × cores used. The same dump onto the disk is shown beside it.

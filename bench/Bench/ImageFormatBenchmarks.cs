@@ -13,7 +13,7 @@ namespace CriuSharp.Bench;
 ///   Write: PagemapWriter (LZ4, zero-page detection, raw fallback, XXH3 per block) vs LZ4_compress_default.
 ///   Read:  PageReader over the whole range vs LZ4_decompress_safe of the same 64 KiB blocks.
 /// Sizes (vs `lz4 -1` on the raw bytes) are printed once from GlobalSetup.
-/// Targets (issue 4): write and read ≥ 80 % of the anchor per core; size within 10 % of lz4 -1 for ≥ 64 KiB blocks.
+/// Targets: write and read ≥ 80 % of the anchor per core; size within 10 % of lz4 -1 for ≥ 64 KiB blocks.
 /// </summary>
 [Config(typeof(ImageFormatBenchmarks.InProcessShortConfig))]
 [GroupBenchmarksBy(BenchmarkLogicalGroupRule.ByCategory)]

@@ -10,7 +10,7 @@ namespace CriuSharp.Bench;
 /// <summary>
 /// The simulated kernel against the host kernel, per 4 KiB page, over 1 GiB (262,144 pages).
 /// Each category's baseline is the real kernel doing the same thing in this run; BenchmarkDotNet's
-/// Ratio column is the figure (issue 2 targets, with the real kernel's cost from §6 of the notes):
+/// Ratio column is the figure (targets in the README's Measured table, with the host kernel measured alongside):
 ///   pagemap      read 1 GiB of populated memory        target ≤ 15 ns/page (ratio ≤ ~1), aim 5
 ///   scan         PAGEMAP_SCAN, 1 % written, uffd-wp    target ≤ 2 ns per page of range
 ///   clear_refs   "4" over 1 GiB                        target ≤ 2 ns/page

@@ -9,7 +9,7 @@ namespace CriuSharp.Bench;
 
 /// <summary>
 /// The fixed cost of one command on a machine directory holding 1 GiB of written memory
-/// (issue 3 target: under 0.3 s). Anchor: the same executable doing nothing with a machine
+/// (target: under 0.3 s). Anchor: the same executable doing nothing with a machine
 /// (<c>criu-sharp --version</c>), so the ratio shows what the machine adds to a command.
 ///   open+save     load the state, map the frames file, save with nothing changed (in-process)
 ///   ps            a whole `criu-sharp ps` process on that machine

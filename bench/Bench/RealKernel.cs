@@ -30,7 +30,7 @@ internal static unsafe partial class RealKernel
     public static byte* AllocPopulated(long bytes)
     {
         var p = (byte*)NativeMemory.AlignedAlloc((nuint)bytes, 2 << 20);
-        madvise(p, (nuint)bytes, 15); // MADV_NOHUGEPAGE: measure 4 KiB entries, as §6 does
+        madvise(p, (nuint)bytes, 15); // MADV_NOHUGEPAGE: measure 4 KiB entries
         for (long i = 0; i < bytes; i += 4096)
             p[i] = 1;
         return p;

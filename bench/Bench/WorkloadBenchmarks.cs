@@ -5,7 +5,7 @@ using CriuSharp.SimKernel.Workloads;
 namespace CriuSharp.Bench;
 
 /// <summary>
-/// Page writes per second of the uniform workload over 1 GiB (issue 3 targets, on one core):
+/// Page writes per second of the uniform workload over 1 GiB (targets in the README's Measured table, on one core):
 ///   Armed    soft-dirty armed once (clear_refs 4), then steady state      ≥ 10 M writes/s
 ///   WpFault  clear_refs 4 before every batch, so each write faults       ≥  2 M writes/s
 /// Baseline: a plain C# loop writing the same pattern (one generator step, a ledger load, two

@@ -234,7 +234,7 @@ internal sealed partial class Checkpointer
                 MemdumpTime = RestoreStats.Us(memdumpNs),
                 MemwriteTime = RestoreStats.Us(memwriteNs),
                 PagesScanned = tasks.Aggregate(0UL, (s, x) => s + x.Scanned) * (ulong)_imgPerPage,
-                PagesSkippedParent = pageStats.PagesSkippedParent - 0,
+                PagesSkippedParent = pageStats.PagesSkippedParent,
                 PagesWritten = pageStats.PagesWritten + pageStats.PagesDelta - shWritten,
                 PagesLazy = pageStats.PagesLazy,
                 PagePipes = (ulong)tasks.Count,

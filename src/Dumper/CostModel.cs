@@ -5,7 +5,7 @@ namespace CriuSharp.Dumper;
 /// Stats (freezing_time, frozen_time, memdump_time, memwrite_time, restore_time) and the time the
 /// workloads get to run while a pre-dump writes its images come from here, never from the wall
 /// clock, so runs are deterministic. Defaults are rough figures of a 2020s x86 server with an NVMe
-/// disk; issue 6 tunes them. Wall-clock times of the real work are reported separately in
+/// disk; `migrate` takes measured ones as options. Wall-clock times of the real work are reported separately in
 /// <see cref="DumpStats.WallClock"/>.
 /// </summary>
 public sealed record CostModel

@@ -34,26 +34,7 @@ public static class AtomicFile
         }
     }
 
-    public static void Write(string path, ReadOnlySpan<byte> bytes)
-    {
-        var temp = TempNameFor(path);
-        try
-        {
-            using (var fs = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1))
-            {
-                fs.Write(bytes);
-                fs.Flush(flushToDisk: true);
-            }
-            CrashPoints.Hit("file.tmp");
-            File.Move(temp, path, overwrite: true);
-            CrashPoints.Hit("file.renamed");
-        }
-        catch
-        {
-            TryDelete(temp);
-            throw;
-        }
-    }
+    public static void Write(string path, ReadOnlyMemory<byte> bytes) => Write(path, s => s.Write(bytes.Span));
 
     internal static void TryDelete(string path)
     {

@@ -37,7 +37,8 @@ public readonly record struct PolicyDecision(bool Stop, string Reason)
 /// <summary>
 /// When to stop pre-copying. Consulted before the first pre-dump (a policy may choose
 /// stop-and-copy) and after every pre-dump; the rules and numbers of each implementation are
-/// quoted from the system it is named after (docs: /work/shared/reference/migration-anchors.md).
+/// taken from the system it is named after (p.haul phaul/iters.py, qemu migration/migration.c,
+/// xen tools/libxc/xc_domain_save.c).
 /// </summary>
 public abstract record ConvergencePolicy
 {

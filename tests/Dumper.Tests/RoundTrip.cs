@@ -12,7 +12,7 @@ public sealed record TaskSnapshot(int Pid, string Comm, ulong[] Registers, byte[
 /// <summary>
 /// The zdtm-style cycle for any tree on any host: snapshot, N pre-dumps (each pointing at the last,
 /// letting the host run between them), a final dump, restore into a fresh host, compare. The
-/// later workload matrix (issue 3) reuses this with its own hosts and roots.
+/// workload matrix (ZdtmMatrixTests) reuses this with its own hosts and roots.
 /// </summary>
 public static class RoundTrip
 {

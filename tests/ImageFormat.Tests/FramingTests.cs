@@ -8,7 +8,7 @@ public class FramingTests
     private static string Hex(byte[] bytes, int count) =>
         string.Join(' ', bytes.Take(count).Select(b => b.ToString("x2")));
 
-    // First 16 bytes of images made by crit encode, from the reference's §8 table.
+    // First 16 bytes of images made by crit encode, as Debian's crit 3.17.1 writes them.
     [Fact]
     public void Inventory_HasNoHeadMagic_AndMatchesCritBytes()
     {

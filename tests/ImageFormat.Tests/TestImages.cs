@@ -38,7 +38,7 @@ internal static class TestImages
     public static vma_entry Vma(ulong start, ulong end, uint status = 0x201, uint flags = 0x22, uint prot = 3) =>
         new() { Start = start, End = end, Pgoff = 0, Shmid = 0, Prot = prot, Flags = flags, Status = status, Fd = -1 };
 
-    /// <summary>Text, heap, stack, and a trailing page-less VMA (crit x rss needs one, see the reference).</summary>
+    /// <summary>Text, heap, stack, and a trailing page-less VMA (crit x rss reads the last VMA's end).</summary>
     public static mm_entry Mm() => new()
     {
         MmStartCode = 0x400000, MmEndCode = 0x401000, MmStartData = 0x600000, MmEndData = 0x601000,

@@ -3,7 +3,7 @@ using Xunit;
 
 namespace CriuSharp.SimKernel.Tests;
 
-/// <summary>clear_refs parsing and errors exactly as kernel-soft-dirty.md §2.2.</summary>
+/// <summary>clear_refs parsing and errors exactly as clear_refs_write() in fs/proc/task_mmu.c.</summary>
 public class ClearRefsTests
 {
     private static SysResult W(Sim s, byte[] data)

@@ -204,7 +204,7 @@ public sealed class KernelSelftestTests
         AssertNoFailures(sd);
         Assert.True(new HashSet<string> { "D4", "D5" }.SetEquals(Ids(sd, CheckOutcome.Skip)), Describe(sd.Checks));
 
-        // Spec §5 item 12: with use_zero_page = 1 but THP disabled only one small zero page is mapped,
+        // With use_zero_page = 1 but THP disabled only one small zero page is mapped,
         // so P117 fails rather than skips; everything else still passes on 4 KiB pages.
         var pi = Run("pagemap-ioctl", ArchProfile.X86_64, KernelVersion.Modern, ThpMode.Never);
         Assert.Equal(["P117"], Ids(pi, CheckOutcome.Fail));

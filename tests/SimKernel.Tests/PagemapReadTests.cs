@@ -4,7 +4,7 @@ using Xunit;
 
 namespace CriuSharp.SimKernel.Tests;
 
-/// <summary>The read rules of /proc/PID/pagemap (kernel-soft-dirty.md §3.3).</summary>
+/// <summary>The read rules of /proc/PID/pagemap (Documentation/admin-guide/mm/pagemap.rst, pagemap_read() in fs/proc/task_mmu.c).</summary>
 public class PagemapReadTests
 {
     private static ProcFile Open(Sim s, string name = "pagemap")

@@ -5,7 +5,7 @@ using Xunit;
 
 namespace CriuSharp.SimKernel.Tests;
 
-/// <summary>PAGEMAP_SCAN matching, limits, walk_end and errors (kernel-soft-dirty.md §4).</summary>
+/// <summary>PAGEMAP_SCAN matching, limits, walk_end and errors (Documentation/admin-guide/mm/pagemap.rst, fs/proc/task_mmu.c).</summary>
 public class PagemapScanTests
 {
     private static (Sim s, ulong m, Userfaultfd uffd) Armed(int pages = 16)

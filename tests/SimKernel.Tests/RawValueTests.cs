@@ -5,7 +5,7 @@ using Xunit;
 
 namespace CriuSharp.SimKernel.Tests;
 
-/// <summary>Raw pagemap values and PTE bits against kernel-soft-dirty.md §1.5, §3.1 and §5.</summary>
+/// <summary>Raw pagemap values and PTE bits against Documentation/admin-guide/mm/pagemap.rst and the architectures' pgtable headers.</summary>
 public class RawValueTests
 {
     [Fact]

@@ -5,7 +5,7 @@ using Xunit;
 
 namespace CriuSharp.SimKernel.Tests;
 
-/// <summary>One test per rule of kernel-soft-dirty.md §1 (rule IDs in the names).</summary>
+/// <summary>One test per soft-dirty rule of Documentation/admin-guide/mm/soft-dirty.rst and mm/ (rule IDs in the names).</summary>
 public class SoftDirtyRuleTests
 {
     [Fact]

@@ -142,24 +142,41 @@ public static class CompareCommand
         r.Verification.Ok ? "yes" : "NO",
     ];
 
-    internal static object Summary(MigrationResult r) => new
-    {
-        policy = r.Policy,
-        compression = r.Compression,
-        block_kib = r.BlockKiB,
-        pre_dumps = r.PreDumps,
-        stop_reason = r.StopReason,
-        total_bytes_sent = r.TotalBytesSent,
-        final_dump_bytes_sent = r.FinalBytesSent,
-        downtime_ns = r.Downtime.TotalNs,
-        downtime = new { frozen_ns = r.Downtime.FrozenNs, transfer_ns = r.Downtime.TransferNs, restore_ns = r.Downtime.RestoreNs },
-        expected_downtime_ns = r.ExpectedDowntimeNs,
-        total_time_ns = r.TotalTimeNs,
-        verified = r.Verification.Ok,
-        elide_unchanged = r.ElideUnchanged,
-        delta_cache_bytes = r.DeltaCacheBytes,
-        delta = r.DeltaTotals,
-        pages_written = r.Iterations.Select(i => i.PagesWritten),
-        bytes_sent = r.Iterations.Select(i => i.BytesSent),
-    };
+    internal static object Summary(MigrationResult r) => new CompareRun(r);
+}
+
+/// <summary>
+/// The figures of one migration run that migrate's <c>summary</c> and each of compare's
+/// <c>runs</c> print, defined once (JsonOut's snake_case names the keys).
+/// </summary>
+internal class MigrationSummaryJson(MigrationResult r)
+{
+    public int PreDumps { get; } = r.PreDumps;
+    public string StopReason { get; } = r.StopReason;
+    public ulong TotalBytesSent { get; } = r.TotalBytesSent;
+    public ulong FinalDumpBytesSent { get; } = r.FinalBytesSent;
+    public ulong DowntimeNs { get; } = r.Downtime.TotalNs;
+    public object Downtime { get; } = new { frozen_ns = r.Downtime.FrozenNs, transfer_ns = r.Downtime.TransferNs, restore_ns = r.Downtime.RestoreNs };
+    public ulong ExpectedDowntimeNs { get; } = r.ExpectedDowntimeNs;
+    public ulong TotalTimeNs { get; } = r.TotalTimeNs;
+    public bool Verified { get; } = r.Verification.Ok;
+    public bool ElideUnchanged { get; } = r.ElideUnchanged;
+    public long DeltaCacheBytes { get; } = r.DeltaCacheBytes;
+    public object Delta { get; } = r.DeltaTotals;
+}
+
+/// <summary>One row of compare's matrix: which cell it is, its summary, and its per-iteration series.</summary>
+internal sealed class CompareRun(MigrationResult r) : MigrationSummaryJson(r)
+{
+    public string Policy { get; } = r.Policy;
+    public string Compression { get; } = r.Compression;
+    public int BlockKib { get; } = r.BlockKiB;
+    public IEnumerable<ulong> PagesWritten { get; } = r.Iterations.Select(i => i.PagesWritten);
+    public IEnumerable<ulong> BytesSent { get; } = r.Iterations.Select(i => i.BytesSent);
+}
+
+/// <summary>migrate's summary: the common figures and the remaining dirty bytes at the last decision.</summary>
+internal sealed class MigrateSummary(MigrationResult r) : MigrationSummaryJson(r)
+{
+    public ulong RemainingBytesAtDecision { get; } = r.RemainingBytesAtDecision;
 }

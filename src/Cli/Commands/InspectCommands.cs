@@ -64,7 +64,7 @@ public static class InspectCommands
                 int dash = r.IndexOf('-');
                 if (dash <= 0)
                     throw new UserException(ExitCode.Usage, $"--range '{r}' is not START-END");
-                ulong a = Units.ParseAddress(r[..dash]) & ~(ps - 1), b = Units.ParseAddress(r[(dash + 1)..]);
+                ulong a = CommonOptions.ParseAddress(r[..dash]) & ~(ps - 1), b = CommonOptions.ParseAddress(r[(dash + 1)..]);
                 if (b <= a || b > k.Arch.TaskSize)
                     throw new UserException(ExitCode.Usage, $"--range '{r}' is empty or beyond the user address space");
                 ranges.Add((a, b));

@@ -27,7 +27,7 @@ public static class MachineCommands
             var f = p.GetValue(file)!;
             if (!f.Exists)
                 throw new UserException(ExitCode.BadInput, $"{f.FullName}: no such file");
-            var config = kernel.Config(p) with { MemoryBytes = (long)ParseSize(p.GetValue(memory)!) };
+            var config = kernel.Config(p) with { MemoryBytes = (long)CommonOptions.ParseSize(p.GetValue(memory)!) };
             using var lease = machine.OpenOrCreate(p, config, kernel);
             var m = lease.Machine;
             var tasks = TerminalProgress.Run(p.GetValue(json), "spawning", () => WorkloadApi.Spawn(m.Kernel, f.FullName));
@@ -41,16 +41,6 @@ public static class MachineCommands
             return 0;
         });
         return cmd;
-    }
-
-    public static ulong ParseSize(string text)
-    {
-        var t = text.Trim();
-        (string s, ulong m)[] units = [("KiB", 1UL << 10), ("MiB", 1UL << 20), ("GiB", 1UL << 30), ("TiB", 1UL << 40), ("K", 1UL << 10), ("M", 1UL << 20), ("G", 1UL << 30), ("k", 1UL << 10)];
-        foreach (var (s, mul) in units)
-            if (t.EndsWith(s, StringComparison.Ordinal) && ulong.TryParse(t[..^s.Length], out ulong v))
-                return v * mul;
-        return ulong.TryParse(t, out ulong b) ? b : throw new UserException(ExitCode.Usage, $"'{text}' is not a size (examples: 64MiB, 16GiB)");
     }
 
     public static Command Run()
@@ -82,7 +72,7 @@ public static class MachineCommands
             }
             else
             {
-                ulong ns = Units.ParseDurationNs(p.GetValue(forOpt)!);
+                ulong ns = CommonOptions.ParseDurationNs(p.GetValue(forOpt)!);
                 if (RunWithProgress(m, ns, p.GetValue(json)))
                     p.InvocationConfiguration.Error.WriteLine($"criu-sharp: interrupted after {(m.Kernel.UptimeNs - start) / 1e9:0.0##} s of {ns / 1e9:0.0##} s; the machine is saved as it is");
             }

@@ -47,7 +47,7 @@ public sealed class MigrationArgs
 
     public double BandwidthBytes(ParseResult p) => ParseRate(p.GetValue(Bandwidth)!, "--bandwidth");
 
-    public ulong DowntimeLimitNs(ParseResult p) => Units.ParseDurationNs(p.GetValue(DowntimeLimit)!);
+    public ulong DowntimeLimitNs(ParseResult p) => CommonOptions.ParseDurationNs(p.GetValue(DowntimeLimit)!);
 
     public ConvergencePolicy Policy(ParseResult p, string text)
     {
@@ -84,8 +84,8 @@ public sealed class MigrationArgs
             Policy = policy,
             PageStore = store,
             Tracker = TrackerNames.Parse(p.GetValue(Tracker)!),
-            WarmupNs = Units.ParseDurationNs(p.GetValue(Warmup)!),
-            ContinueNs = Units.ParseDurationNs(p.GetValue(RunAfter)!),
+            WarmupNs = CommonOptions.ParseDurationNs(p.GetValue(Warmup)!),
+            ContinueNs = CommonOptions.ParseDurationNs(p.GetValue(RunAfter)!),
             ImagesRoot = keep,
             Preload = p.GetValue(Preload),
             Progress = progress,
@@ -94,7 +94,7 @@ public sealed class MigrationArgs
                 LinkBytesPerSecond = BandwidthBytes(p),
                 CompressBytesPerSecond = ParseRate(p.GetValue(CompressSpeed)!, "--compress-speed"),
                 CopyBytesPerSecond = ParseRate(p.GetValue(CopySpeed)!, "--copy-speed"),
-                FreezeNsPerTask = Units.ParseDurationNs(p.GetValue(FreezeCost)!),
+                FreezeNsPerTask = CommonOptions.ParseDurationNs(p.GetValue(FreezeCost)!),
             },
         };
 
@@ -237,22 +237,7 @@ internal static class MigrateOutput
             decision = i.Decision,
             stats = JsonOut.Stats(i.Stats),
         }),
-        summary = new
-        {
-            pre_dumps = r.PreDumps,
-            stop_reason = r.StopReason,
-            total_bytes_sent = r.TotalBytesSent,
-            final_dump_bytes_sent = r.FinalBytesSent,
-            downtime_ns = r.Downtime.TotalNs,
-            downtime = new { frozen_ns = r.Downtime.FrozenNs, transfer_ns = r.Downtime.TransferNs, restore_ns = r.Downtime.RestoreNs },
-            expected_downtime_ns = r.ExpectedDowntimeNs,
-            remaining_bytes_at_decision = r.RemainingBytesAtDecision,
-            total_time_ns = r.TotalTimeNs,
-            verified = r.Verification.Ok,
-            elide_unchanged = r.ElideUnchanged,
-            delta_cache_bytes = r.DeltaCacheBytes,
-            delta = r.DeltaTotals,
-        },
+        summary = new MigrateSummary(r),
         verification = new
         {
             ok = r.Verification.Ok,

@@ -32,8 +32,8 @@ public static class RecordCommand
             {
                 Pid = p.GetValue(pid),
                 Output = Path.GetFullPath(p.GetValue(output)!),
-                IntervalNs = Units.ParseDurationNs(p.GetValue(interval)!),
-                ForNs = Units.ParseDurationNs(p.GetValue(forOpt)!),
+                IntervalNs = CommonOptions.ParseDurationNs(p.GetValue(interval)!),
+                ForNs = CommonOptions.ParseDurationNs(p.GetValue(forOpt)!),
                 Tracker = TrackerNames.Parse(p.GetValue(tracker)!),
                 PageStore = p.GetValue(compress) switch
                 {

@@ -58,4 +58,15 @@ public static class CommonOptions
         Description = "Kernel version profile: modern (6.18), linux-6.12 (no sticky VM_SOFTDIRTY merge), 2013 (the soft-dirty series as posted).",
         DefaultValueFactory = _ => "modern",
     }.AcceptOnlyFromAmong("modern", "linux-6.12", "2013");
+
+    /// <summary>A duration option's value in ns (SimKernel's <c>Units</c>), or a usage error.</summary>
+    public static ulong ParseDurationNs(string text) =>
+        SimKernel.Workloads.Units.TryParseDurationNs(text, out ulong ns) is { } error ? throw new UserException(ExitCode.Usage, error) : ns;
+
+    public static ulong ParseAddress(string text) =>
+        SimKernel.Workloads.Units.TryParseAddress(text, out ulong v) ? v : throw new UserException(ExitCode.Usage, $"'{text}' is not a hexadecimal address");
+
+    /// <summary>A size option's value in bytes ("64MiB", "16GiB", "4k"), overflow refused.</summary>
+    public static ulong ParseSize(string text) =>
+        SimKernel.Workloads.Units.TryParse(text, 4096, out ulong b) ? b : throw new UserException(ExitCode.Usage, $"'{text}' is not a size (examples: 64MiB, 16GiB)");
 }

@@ -264,7 +264,7 @@ public sealed class PagemapWriter : IDisposable
     }
 
     /// <summary>The bytes of deltas-N.img: every PE_DELTA page's delta in entry order (empty if none).</summary>
-    public ReadOnlySpan<byte> DeltaBytes => _deltas.WrittenSpan;
+    public ReadOnlyMemory<byte> DeltaBytes => _deltas.WrittenMemory;
 
     private readonly System.Buffers.ArrayBufferWriter<byte> _deltas = new();
 

@@ -75,7 +75,7 @@ public static class ClearRefs
         var arch = mm.Kernel.Arch;
         bool softDirty = type == ClearRefsType.SoftDirty;
         if (softDirty && !mm.Kernel.SoftDirtySupported)
-            return; // accepted and walked, but nothing changes (§5.2)
+            return; // accepted and walked, but nothing changes (without CONFIG_MEM_SOFT_DIRTY, clear_refs_write() accepts 4 and clears nothing)
         foreach (var v in mm.Vmas)
         {
             if (type == ClearRefsType.Anon && v.File is not null) continue;

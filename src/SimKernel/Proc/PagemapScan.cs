@@ -5,7 +5,7 @@ using CriuSharp.SimKernel.Mm;
 namespace CriuSharp.SimKernel.Proc;
 
 /// <summary>
-/// The PAGEMAP_SCAN ioctl (§4). Pages are categorised, filtered by the four masks, merged into
+/// The PAGEMAP_SCAN ioctl (Documentation/admin-guide/mm/pagemap.rst, fs/proc/task_mmu.c). Pages are categorised, filtered by the four masks, merged into
 /// runs of equal output categories, limited by vec_len and max_pages, and optionally
 /// write-protected for uffd-wp. Queries that can only match entries recorded in a page table's
 /// soft-dirty or uffd-wp bitmap walk those bitmaps, so their cost follows the written ranges.
@@ -346,7 +346,7 @@ public static class PagemapScan
         return c;
     }
 
-    /// <summary>Categories of one page-level entry (§4.2).</summary>
+    /// <summary>Categories of one page-level entry (pagemap_page_category() in fs/proc/task_mmu.c).</summary>
     internal static ulong EntryCategories(ArchProfile arch, PhysicalMemory mem, bool sdSupported, ulong e, ulong vmaWide)
     {
         if (e == 0)

@@ -7,11 +7,11 @@ namespace CriuSharp.SimKernel.Selftests;
 
 /// <summary>
 /// tools/testing/selftests/mm/pagemap_ioctl.c (plan 119), re-expressed against the simulator. It tests
-/// the uffd-wp-async "written" tracking that replaces soft-dirty (reference §4.6) through PAGEMAP_SCAN
-/// (§4.1–§4.5): argument checks, region merging, vec_len / max_pages limits and walk_end, re-protection
+/// the uffd-wp-async "written" tracking that replaces soft-dirty (UFFD_FEATURE_WP_ASYNC, Documentation/admin-guide/mm/userfaultfd.rst) through
+/// PAGEMAP_SCAN (Documentation/admin-guide/mm/pagemap.rst): argument checks, region merging, vec_len / max_pages limits and walk_end, re-protection
 /// of exactly what was reported, several memory types, THP, mprotect, a transaction-style
-/// scan-and-reset loop, category masks and the huge zero page. Check IDs P1–P119 follow
-/// shared-notes/selftest-spec.md §4. The hugetlb memory types (SysV SHM_HUGETLB, MAP_HUGETLB,
+/// scan-and-reset loop, category masks and the huge zero page. Check IDs P1–P119 number the
+/// ksft results of the C program in order. The hugetlb memory types (SysV SHM_HUGETLB, MAP_HUGETLB,
 /// memfd MFD_HUGETLB) run on a pool of four default-size pages, as hugetlb_setup_default sets up.
 /// </summary>
 public sealed class PagemapIoctlSelftest : ISelftest
@@ -227,7 +227,7 @@ public sealed class PagemapIoctlSelftest : ISelftest
                 SelftestContext.Fatal($"UFFDIO_UNREGISTER failed: {r.Error}");
         }
 
-        /// <summary>wp_addr_range(): the "arm" call — WP_MATCHING|CHECK_WPASYNC with no output buffer (§4.4.2).</summary>
+        /// <summary>wp_addr_range(): the "arm" call — WP_MATCHING|CHECK_WPASYNC with no output buffer.</summary>
         private void WpAddrRange(ulong addr, ulong len)
         {
             if (Ioc(addr, len, null, 0, Wpc, 0, W, 0, 0, W) < 0)
@@ -305,7 +305,7 @@ public sealed class PagemapIoctlSelftest : ISelftest
 
         private void Fatal(string what) => SelftestContext.Fatal($"{what}: {_lastErrno}");
 
-        // ---- §4.1 sanity_tests_sd: P1–P35 --------------------------------------------------------
+        // ---- sanity_tests_sd: P1–P35 -------------------------------------------------------------
 
         private void SanityTestsSd()
         {
@@ -317,7 +317,7 @@ public sealed class PagemapIoctlSelftest : ISelftest
             WpInit(mem, memSize);
             WpAddrRange(mem, memSize);
 
-            // Argument validation: only the sign of the result is checked (§4.5 errno order).
+            // Argument validation: only the sign of the result is checked (pagemap_scan_get_args() decides the errno).
             Check(1, Ioc(mem, 0, vec, vecSize, 0, 0, BitsAll, 0, 0, BitsAll) == 0);
             Check(2, Ioc(mem, memSize, null, vecSize, 0, 0, BitsAll, 0, 0, BitsAll) < 0);
             Check(3, Ioc(mem, memSize, vec, 0, 0, 0, BitsAll, 0, 0, BitsAll) == 0);
@@ -340,7 +340,7 @@ public sealed class PagemapIoctlSelftest : ISelftest
             if (ret < 0) Fatal("error");
             Check(13, ret == (long)(memSize / (_ps * 2)), $"ret {ret}");
 
-            // Re-protect only what was reported (§4.4.1): the max_pages stop leaves p996, p998 written.
+            // Re-protect only what was reported (PM_SCAN_WP_MATCHING): the max_pages stop leaves p996, p998 written.
             ret = Ioc(mem, memSize, vec, vecSize, Wpc, memSize / (_ps * 2) - 2, W, 0, 0, W);
             if (ret < 0) Fatal("error");
             long ret2 = Ioc(mem, memSize, vec, 2, 0, 0, W, 0, 0, W);
@@ -473,7 +473,7 @@ public sealed class PagemapIoctlSelftest : ISelftest
             Munmap(mem, memSize);
         }
 
-        /// <summary>P20–P35: walk_end after contiguous and sparse written pages (§4.3.5, §4.3.7).</summary>
+        /// <summary>P20–P35: walk_end after contiguous and sparse written pages.</summary>
         private void WalkEnd()
         {
             ulong memSize = 1000 * _ps;
@@ -520,7 +520,7 @@ public sealed class PagemapIoctlSelftest : ISelftest
             Munmap(mem, memSize);
         }
 
-        // ---- §4.2–§4.9 base_tests: P36–P83 -------------------------------------------------------
+        // ---- base_tests: P36–P83 ------------------------------------------------------------------
 
         private void BaseTests(int first, string prefix, ulong mem, ulong memSize, string? skip)
         {
@@ -590,7 +590,7 @@ public sealed class PagemapIoctlSelftest : ISelftest
             Munmap(mem, memSize);
 
             // Huge page testing: one THP (if granted), armed as a whole PMD; the first async write
-            // splits it (§4.6), which these checks cannot tell from a kept THP.
+            // splits it (make_uffd_wp_pmd() in fs/proc/task_mmu.c), which these checks cannot tell from a kept THP.
             memSize = _hps;
             mem = GetHugePage(memSize);
             if (mem != 0)
@@ -676,7 +676,7 @@ public sealed class PagemapIoctlSelftest : ISelftest
             Munmap(mem, fsize);
         }
 
-        // ---- §4.10 hpage_unit_tests: P84–P92 ------------------------------------------------------
+        // ---- hpage_unit_tests: P84–P92 ------------------------------------------------------------
 
         private void HpageUnitTests()
         {
@@ -792,7 +792,7 @@ public sealed class PagemapIoctlSelftest : ISelftest
             }
         }
 
-        // ---- §4.11 test_simple: P93 --------------------------------------------------------------
+        // ---- test_simple: P93 --------------------------------------------------------------------
 
         private void TestSimple()
         {
@@ -827,7 +827,7 @@ public sealed class PagemapIoctlSelftest : ISelftest
             Check(93, i == iterations, detail);
         }
 
-        // ---- §4.12 mprotect_tests: P94–P97 --------------------------------------------------------
+        // ---- mprotect_tests: P94–P97 --------------------------------------------------------------
 
         private void MprotectTests()
         {
@@ -873,7 +873,7 @@ public sealed class PagemapIoctlSelftest : ISelftest
             Munmap(mem, len);
         }
 
-        // ---- §4.13 transact_test: P98–P100 --------------------------------------------------------
+        // ---- transact_test: P98–P100 --------------------------------------------------------------
 
         /// <summary>get_dirty_pages_reset(): scan-and-re-arm of the whole area; fatal on any other category.</summary>
         private long GetDirtyPagesReset(ulong mem, int pages, PageRegion[] vec, HashSet<int>? seen)
@@ -1034,7 +1034,7 @@ public sealed class PagemapIoctlSelftest : ISelftest
             Munmap(mem, memSize);
         }
 
-        // ---- §4.14 sanity_tests: P101–P113 ---------------------------------------------------------
+        // ---- sanity_tests: P101–P113 ---------------------------------------------------------------
 
         private void SanityTests()
         {
@@ -1065,7 +1065,7 @@ public sealed class PagemapIoctlSelftest : ISelftest
             ret = Ioc(mem, memSize, vec, vecSize, 0, 0, 0, BitsAll, 0, BitsAll);
             Check(106, WholeWp(ret), $"ret {ret} vec[0] {vec[0]}");
             // No page has all seven categories: the kernel returns 0 and leaves vec untouched, so this
-            // passes only on P106's region still sitting in vec[0] (§4.3.6).
+            // passes only on P106's region still sitting in vec[0] (the kernel leaves vec untouched past what it returns).
             ret = Ioc(mem, memSize, vec, vecSize, 0, 0, BitsAll, 0, 0, BitsAll);
             Check(107, WholeWp(ret), $"ret {ret} vec[0] {vec[0]}");
             ret = Ioc(mem, memSize, vec, vecSize, 0, 0, W, PageCategory.Present, 0, BitsAll);
@@ -1116,7 +1116,7 @@ public sealed class PagemapIoctlSelftest : ISelftest
             Munmap(fmem, bufSize);
         }
 
-        // ---- §4.15–§4.18 ----------------------------------------------------------------------
+        // ---- the remaining checks ----------------------------------------------------------------------
 
         private void UnmappedRegionTests()
         {
@@ -1211,10 +1211,9 @@ public sealed class PagemapIoctlSelftest : ISelftest
             ulong fast = Pages(rf);
             long rs = Ioc(mem, size, vec, 16, 0, 0, 0, W, 0, W);
             ulong slow = Pages(rs);
-            // Spec §5.7 vs reference §4.2/§4.4.5: the spec reads the July-2026 patches as saying the
-            // generic path called an empty PTE "not written" until then; the reference observed 6.18
-            // reporting empty PTEs (and PMD holes in uffd-wp VMAs) as written on both paths. The
-            // simulator follows the reference for its 6.18 profile, so this expects npages from both.
+            // A 6.18 kernel reports empty PTEs (and PMD holes in uffd-wp VMAs) as written on both the
+            // fast and the generic path, as observed on the host; the simulator's 6.18 profile does
+            // the same, so this expects npages from both.
             Check(id, rf >= 0 && rs >= 0 && fast == npages && slow == npages,
                 $"fast path {fast} pages (ret {rf}), generic path {slow} pages (ret {rs}), want {npages}");
             WpFree(mem, size);

@@ -143,7 +143,7 @@ public sealed partial class SelftestContext
 /// The selftest posted with the 2013 series (patch 6/5): three anonymous pages; page 0 read and
 /// page 2 written; clear_refs 4; then page 0 and 1 written and page 2 read. On the 2013 kernel it
 /// reads /proc/self/pagemap2; on later kernels the same checks run on /proc/self/pagemap, where the
-/// VM_SOFTDIRTY flag of the fresh VMA makes page 0 and 1 read dirty before the clear (§1.5).
+/// VM_SOFTDIRTY flag of the fresh VMA makes page 0 and 1 read dirty before the clear (pagemap_pte_range() reports VM_SOFTDIRTY VMAs as soft-dirty).
 /// </summary>
 public sealed class SoftDirty2013 : ISelftest
 {

@@ -151,7 +151,7 @@ public sealed partial class SelftestContext
     // ---- soft-dirty helpers -----------------------------------------------------------------
 
     /// <summary>
-    /// pagemap_is_softdirty() with the PAGEMAP_SCAN cross-check of vm_util.c (§2.2): bit 55 from
+    /// pagemap_is_softdirty() with the PAGEMAP_SCAN cross-check of vm_util.c: bit 55 from
     /// pagemap, and — when the kernel has PAGEMAP_SCAN — PAGE_IS_SOFT_DIRTY for the same page through
     /// the generic (anyof) path. A disagreement ends the binary (R1 must equal R2).
     /// </summary>

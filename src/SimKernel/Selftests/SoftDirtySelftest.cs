@@ -4,9 +4,9 @@ namespace CriuSharp.SimKernel.Selftests;
 
 /// <summary>
 /// tools/testing/selftests/mm/soft-dirty.c (plan 19, with the 2025 "skip without sd" probe and the
-/// sticky-merge test), re-expressed against the simulator. Check IDs D1–D19 follow
-/// shared-notes/selftest-spec.md §3; the bracketed rule IDs in comments refer to the soft-dirty
-/// reference (S*, K*, C*, R*). Every soft-dirty read goes through vm_util's pagemap/PAGEMAP_SCAN
+/// sticky-merge test), re-expressed against the simulator. Check IDs D1–D19 number the
+/// ksft results of the C program in order; the bracketed rule IDs in comments are the rule IDs
+/// the SoftDirtyRuleTests name their tests after (S*, K*, C*, R*). Every soft-dirty read goes through vm_util's pagemap/PAGEMAP_SCAN
 /// cross-check, so a disagreement between R1 and R2 aborts the run as it aborts the real binary.
 /// </summary>
 public sealed class SoftDirtySelftest : ISelftest
@@ -48,7 +48,7 @@ public sealed class SoftDirtySelftest : ISelftest
         var t = new SelftestContext(config, "soft-dirty");
         // main(): no "sd" in the VmFlags of a fresh anonymous mapping means the kernel cannot track
         // soft-dirty (arm64, or CONFIG_MEM_SOFT_DIRTY off, or a kernel without VM_SOFTDIRTY) → the
-        // whole file is skipped before any result [R3, §5.2].
+        // whole file is skipped before any result [R3]: a kernel without CONFIG_MEM_SOFT_DIRTY never sets bit 55.
         bool supported = false;
         t.RunBody(() => supported = t.SoftdirtySupported());
         if (t.Checks.Count > 0)

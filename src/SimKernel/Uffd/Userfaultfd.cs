@@ -24,7 +24,7 @@ public readonly record struct UffdMessage(ulong Address, bool WriteProtect);
 
 /// <summary>
 /// A userfaultfd context limited to what tracking needs: write-protect registration, arming and
-/// disarming, and the async mode in which the kernel resolves write faults itself (§4.6).
+/// disarming, and the async mode in which the kernel resolves write faults itself (UFFD_FEATURE_WP_ASYNC, Documentation/admin-guide/mm/userfaultfd.rst).
 /// Without WP_ASYNC a fault is queued as a message and the write proceeds, as if a handler had
 /// answered at once.
 /// </summary>

@@ -808,9 +808,49 @@ internal sealed class SpecReader(Kernel kernel, string file)
     }
 }
 
-/// <summary>Byte sizes with binary units, as workload files write them.</summary>
+/// <summary>
+/// Sizes ("64MiB", "4k", "3 pages"), durations ("2s", "500ms", "1.5s") and addresses as workload
+/// files and command lines write them: the one parser of each, with overflow checked.
+/// </summary>
 public static class Units
 {
+    /// <summary>
+    /// The longest duration accepted: one day of virtual time. Simulated time runs no faster than
+    /// the host executes the workloads, so a longer run is a typing mistake, and beyond 2^64 ns the
+    /// uptime counter would wrap.
+    /// </summary>
+    public const ulong MaxDurationNs = 86_400UL * 1_000_000_000;
+
+    /// <summary>Parses a duration; returns null, or why <paramref name="text"/> is not one.</summary>
+    public static string? TryParseDurationNs(string text, out ulong ns)
+    {
+        ns = 0;
+        var t = text.Trim().ToLowerInvariant();
+        (string suffix, double scale)[] units = [("ns", 1), ("us", 1e3), ("µs", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9)];
+        foreach (var (suffix, scale) in units.OrderByDescending(u => u.suffix.Length))
+            if (t.EndsWith(suffix, StringComparison.Ordinal)
+                && double.TryParse(t[..^suffix.Length], NumberStyles.Float, CultureInfo.InvariantCulture, out double v))
+            {
+                if (v < 0)
+                    return $"'{text}': a duration must not be negative";
+                // Compared as doubles: a cast of an out-of-range double to ulong saturates or wraps.
+                if (!double.IsFinite(v) || v * scale > MaxDurationNs)
+                    return $"'{text}' is out of range: durations go up to 24h (86400s)";
+                ns = (ulong)Math.Round(v * scale);
+                return null;
+            }
+        return $"'{text}' is not a duration (examples: 2s, 500ms, 1.5s, 100us)";
+    }
+
+    /// <summary>Parses a hexadecimal address, with or without 0x.</summary>
+    public static bool TryParseAddress(string text, out ulong address)
+    {
+        var t = text.Trim();
+        if (t.StartsWith("0x", StringComparison.OrdinalIgnoreCase))
+            t = t[2..];
+        return ulong.TryParse(t, NumberStyles.HexNumber, CultureInfo.InvariantCulture, out address);
+    }
+
     /// <summary>Parses "4096", "64KiB", "256 MiB", "1GiB", "2M", "3 pages" (page = <paramref name="pageSize"/>).</summary>
     public static bool TryParse(string text, ulong pageSize, out ulong bytes)
     {
