@@ -146,6 +146,79 @@ public class RpcClientTests
         Assert.Contains("migrated: ", output);
     }
 
+    /// <summary>pycriu against a real process of this host, the service's machine being /proc.</summary>
+    private const string RealHostSession = """
+        import os, sys
+        import pycriu
+        from pycriu import rpc_pb2 as rpc
+        binary, work, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+        c = pycriu.criu()
+        c.use_binary(binary)
+        os.environ['CRIU_SHARP_MACHINE'] = '/proc'
+        c.check()
+        print('check ok')
+        req = rpc.criu_req(); req.type = rpc.FEATURE_CHECK; req.features.mem_track = True
+        r = c._send_req_and_recv_resp(req)
+        print('features', r.success, r.features.mem_track)
+
+        def opts(d, parent=None):
+            o = rpc.criu_opts()
+            o.images_dir_fd = os.open(d, os.O_DIRECTORY)
+            o.pid = pid
+            if parent: o.parent_img = parent
+            return o
+
+        for i in (1, 2):
+            d = work + '/img/%d' % i; os.makedirs(d)
+            c.opts = opts(d, '../1' if i == 2 else None)
+            c.pre_dump()
+            st = pycriu.images.load(open(d + '/stats-dump', 'rb'))['entries'][0]['dump']
+            print('pre-dump', i, st['pages_written'], st['pages_skipped_parent'])
+        d = work + '/img/3'; os.makedirs(d)
+        c.opts = opts(d, '../2')
+        print('dump restored', c.dump().restored)
+        c.opts = opts(d)
+        try:
+            c.restore()
+            print('restore into /proc succeeded')
+        except Exception as e:
+            print('restore refused', e.errno)
+        """;
+
+    [Fact]
+    public void Pycriu_OnTheRealHost_PreDumpsAndDumpsARunningProcess_AndNeverRestoresIntoIt()
+    {
+        using var work = new TempMachine();
+        Directory.CreateDirectory(Path.Combine(work.Dir, "img"));
+        using var sleeper = Process.Start(new ProcessStartInfo("sleep", "120"))!;
+        try
+        {
+            string script = Path.Combine(work.Dir, "real.py");
+            File.WriteAllText(script, RealHostSession);
+            var (code, output) = RunPython(work.Dir, script, Apphost(), work.Dir, sleeper.Id.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            Assert.True(code == 0, output);
+            var lines = output.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            Assert.Contains("check ok", lines);
+            Assert.Contains("features True True", lines); // the content tracker works on every kernel
+            var pre = lines.Where(l => l.StartsWith("pre-dump ", StringComparison.Ordinal)).Select(l => l.Split(' ')).ToList();
+            Assert.Equal(2, pre.Count);
+            Assert.True(long.Parse(pre[0][2], System.Globalization.CultureInfo.InvariantCulture) > 0, output);
+            // sleep changes almost nothing between two pre-dumps: most of it is left in the parent.
+            Assert.True(long.Parse(pre[1][3], System.Globalization.CultureInfo.InvariantCulture) > long.Parse(pre[1][2], System.Globalization.CultureInfo.InvariantCulture), output);
+            Assert.Contains("dump restored False", lines);
+            Assert.Contains("restore refused 95", lines); // EOPNOTSUPP
+            Assert.True(File.Exists(Path.Combine(work.Dir, "img", "3", $"pagemap-{sleeper.Id}.img")), output);
+            Assert.False(File.Exists(Path.Combine(work.Dir, "img", "3", ImageFormat.ImageNames.IncompleteMarker)));
+            // The real process was never killed.
+            Assert.False(sleeper.HasExited, output);
+        }
+        finally
+        {
+            sleeper.Kill();
+            sleeper.WaitForExit();
+        }
+    }
+
     /// <summary>The criu-sharp apphost next to the tests: directly executable, as pycriu needs.</summary>
     internal static string Apphost()
     {

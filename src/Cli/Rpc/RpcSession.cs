@@ -184,7 +184,12 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
     private string MachineDir(criu_opts? o) =>
         o is { HasSimMachine: true, SimMachine.Length: > 0 } ? Path.GetFullPath(o.SimMachine) : _s.MachineDir;
 
-    private SimMachine OpenMachine(criu_opts? o) => SimMachine.Open(MachineDir(o), _s.LockWait);
+    private SimMachine OpenMachine(criu_opts? o) => RealHost(o)
+        ? throw new RpcException(RpcErrno.EOPNOTSUPP, ExitCode.Unsupported, "this request needs a simulated machine: /proc is the real host, where only DUMP, PRE_DUMP, SINGLE_PRE_DUMP, CHECK and FEATURE_CHECK work")
+        : SimMachine.Open(MachineDir(o), _s.LockWait);
+
+    /// <summary>CRIU_SHARP_MACHINE=/proc (or sim_machine "/proc"): the Linux host the service runs on.</summary>
+    private bool RealHost(criu_opts? o) => MachineOptions.IsRealHostName(MachineDir(o));
 
     /// <summary>
     /// The images directory: images_dir_fd is a descriptor in the client's process, opened through
@@ -270,6 +275,8 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
         // same directory, would otherwise make the dump refuse the directory as not empty.
         if (o.HasLogFile && !o.HasWorkDirFd && o.LogFile.Length > 0)
             File.Delete(Path.Combine(images, o.LogFile));
+        if (RealHost(o))
+            return DumpRealHost(req, o, options, preDump, notify);
         using var m = OpenMachine(o);
         if (m.Kernel.FindTask(o.Pid) is not { Alive: true })
             throw new RpcException(RpcErrno.ESRCH, ExitCode.BadInput, $"no process {o.Pid} on the machine {m.Directory}");
@@ -296,12 +303,40 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
         return resp;
     }
 
+    /// <summary>
+    /// A process tree of this host, as the CLI's --machine /proc: its memory is read, never written,
+    /// and it keeps running whatever leave_running says (a real process is never killed).
+    /// </summary>
+    private criu_resp DumpRealHost(criu_req req, criu_opts o, DumpOptions options, bool preDump, bool notify)
+    {
+        using var host = new HostKernel.LinuxHost();
+        if (host.FindTask(o.Pid) is null)
+            throw new RpcException(RpcErrno.ESRCH, ExitCode.ProcessGone, $"no process {o.Pid} on this host");
+        options = options with { LeaveRunning = true, AutoFallback = TrackerKind.Content, StrictTracker = true };
+        var result = preDump ? Criu.PreDump(host, options) : Criu.Dump(host, options);
+        _log.Add($"froze the tree with {(host.LastFreezeMethod == HostKernel.FreezeMethod.CgroupFreezer ? "the cgroup v1 freezer" : "SIGSTOP/SIGCONT")}");
+        foreach (var w in result.Warnings)
+            _log.Add($"Warn: {w.Message}");
+        if (!preDump && !o.LeaveRunning)
+            _log.Add("a real process is never killed: the dump left it running (as leave_running)");
+        if (notify && !Notify("post-dump"))
+            throw new RpcException(RpcErrno.ECANCELED, ExitCode.CheckFailed,
+                "the client failed the post-dump notification; the images are complete and the tree keeps running");
+        LogDumpStats(result.Stats, o.DisplayStats);
+        var resp = new criu_resp { Type = req.Type, Success = true };
+        if (!preDump)
+            resp.Dump = new criu_dump_resp { Restored = false };
+        return resp;
+    }
+
     private criu_resp Restore(criu_req req)
     {
         var o = Opts(req);
         RefuseMissing(o, "RESTORE");
         string images = ImagesDir(o);
         string dir = MachineDir(o);
+        if (RealHost(o))
+            throw new RpcException(RpcErrno.EOPNOTSUPP, ExitCode.Unsupported, "RESTORE needs a simulated machine: /proc is the real host, which criu-sharp never writes to");
         _log.Add($"RESTORE from {images} into machine {dir}");
         if (o.NotifyScripts && !Notify("pre-restore"))
             throw new RpcException(RpcErrno.ECANCELED, ExitCode.CheckFailed, "the client failed the pre-restore notification; nothing was restored");
@@ -379,10 +414,17 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
         return m.Kernel;
     }
 
+    private CheckResult CheckKernel(criu_opts? o)
+    {
+        if (!RealHost(o))
+            return Criu.Check(new SimKernelAdapter(CheckedKernel(o)));
+        using var host = new HostKernel.LinuxHost();
+        return Criu.Check(host, TrackerKind.Content);
+    }
+
     private criu_resp Check(criu_req req)
     {
-        var k = CheckedKernel(req.Opts);
-        var c = Criu.Check(new SimKernelAdapter(k));
+        var c = CheckKernel(req.Opts);
         _log.Add($"CHECK {c.Arch}, kernel {c.KernelVersion}: pre-dumps track writes with {TrackerNames.Name(c.BestTracker)}");
         foreach (var w in c.Warnings)
             _log.Add($"Warn: {w.Message}");
@@ -397,8 +439,7 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
     private criu_resp FeatureCheck(criu_req req)
     {
         var asked = req.Features ?? new criu_features();
-        var k = CheckedKernel(req.Opts);
-        var c = Criu.Check(new SimKernelAdapter(k));
+        var c = CheckKernel(req.Opts);
         var f = new criu_features
         {
             MemTrack = asked.MemTrack && c.BestTracker != TrackerKind.None,
