@@ -13,6 +13,8 @@ namespace CriuSharp.Cli.Tests;
 /// </summary>
 public class JsonDialectTests : IClassFixture<JsonDialectTests.Scene>
 {
+    private static readonly HashSet<string> Servers = ["page-server", "service", "swrk", "lazy-pages"];
+
     private static readonly string[] CoreVerbs = ["spawn", "run", "ps", "verify", "pre-dump", "dump", "restore", "check", "pagemap", "x", "migrate", "compare", "selftest"];
 
     /// <summary>A machine with a running workload, a pre-dump and a dump on top of it.</summary>
@@ -114,15 +116,20 @@ public class JsonDialectTests : IClassFixture<JsonDialectTests.Scene>
         foreach (var (path, command) in verbs)
         {
             string verb = string.Join(' ', path);
-            var args = ArgsFor(path, command);
-            var r = CliRunner.Run([.. args, "--json"]);
-            if (r.Code == 0)
+            // Servers answer until they are stopped: only their refusals are walked here (their
+            // own tests drive them with a client).
+            if (!Servers.Contains(verb))
             {
-                succeeded.Add(verb);
-                Check(verb, r.Out, problems);
+                var args = ArgsFor(path, command);
+                var r = CliRunner.Run([.. args, "--json"]);
+                if (r.Code == 0)
+                {
+                    succeeded.Add(verb);
+                    Check(verb, r.Out, problems);
+                }
+                else
+                    CheckError(verb, r, problems);
             }
-            else
-                CheckError(verb, r, problems);
 
             // A failure of the same verb, under --json, is a JSON object on stderr as well.
             var bad = CliRunner.Run([.. path, "--no-such-option", "--json"]);
