@@ -233,5 +233,18 @@ public sealed class Freezer : IDisposable
         }
     }
 
+    /// <summary>
+    /// Queues SIGSTOP for every process of the tree while it is still frozen (or ptrace-stopped),
+    /// so each one enters a group stop as soon as the freeze ends and stays there until SIGCONT.
+    /// Call before the tracer detaches and before <see cref="Thaw"/>, which then sends no SIGCONT.
+    /// </summary>
+    public void QueueStop()
+    {
+        foreach (int pid in Pids)
+            if (Interop.Libc.Kill(pid, Interop.Libc.SIGSTOP) != 0 && Marshal.GetLastPInvokeError() != Interop.Libc.ESRCH)
+                throw HostKernelException.FromErrno(Marshal.GetLastPInvokeError(), "cannot stop the task", pid);
+        _stopped.Clear();
+    }
+
     public void Dispose() => Thaw();
 }

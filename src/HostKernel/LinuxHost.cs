@@ -318,6 +318,22 @@ public sealed class LinuxHost : IKernel, IDisposable
             if (ReferenceEquals(host._frozen, this))
                 host._frozen = null;
         }
+
+        /// <summary>
+        /// SIGSTOP is queued while the tasks cannot act on it (frozen, ptrace-stopped); once the
+        /// tracer detaches and the freezer thaws, each dequeues it untraced and group-stops.
+        /// </summary>
+        protected override void ThawTreeStopped()
+        {
+            try
+            {
+                freezer.QueueStop();
+            }
+            finally
+            {
+                ThawTree();
+            }
+        }
     }
 
     public TaskRegisters GetRegisters(int pid)
