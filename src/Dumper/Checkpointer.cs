@@ -74,10 +74,14 @@ internal sealed partial class Checkpointer
         using var pageServer = ConnectPageServer();
 
         // ---- freeze ---------------------------------------------------------------------------
+        var freezeWatch = Stopwatch.StartNew();
         var frozen = _k.Freeze(_o.Pid);
+        var freezeWall = freezeWatch.Elapsed;
         var tasks = new List<TaskState>();
         ulong freezeNs = 0, memdumpNs = 0, memwriteNs = 0;
         ulong compressNs = 0;
+        // Read mode: the page copy done after the thaw (memdump time, not frozen time).
+        ulong readNs = 0;
         var collectWatch = Stopwatch.StartNew();
         TimeSpan writeWall = TimeSpan.Zero;
         var pageStats = new PageWriteStats();
@@ -106,6 +110,9 @@ internal sealed partial class Checkpointer
                 tasks.Add(new TaskState { Task = t, Vmas = vmas });
             }
             freezeNs = _cost.FreezeNsPerTask * (ulong)tasks.Count;
+            CheckTimeout(freezeNs, freezeWall);
+            bool readMode = _pre && _o.PreDumpMode == PreDumpMode.Read;
+            bool parentRead = ParentWasReadMode(parentSet);
             ulong uptimeUs = _k.UptimeNs / 1000;
 
             bool useScan = tracker is TrackerKind.PagemapScan or TrackerKind.UffdWp
@@ -151,7 +158,11 @@ internal sealed partial class Checkpointer
                 }
                 else
                     ts.Pipe = new PagePipe();
-                var collector = new PageCollector(_k, frozen, t.Pid, walker, ts.Pipe, ts.ParentPagemap, _pre, _o.RecordChecksums && !_pre, _imgPerPage);
+                var collector = new PageCollector(_k, frozen, t.Pid, walker, ts.Pipe, ts.ParentPagemap, _pre, _o.RecordChecksums && !_pre, _imgPerPage)
+                {
+                    ReadMode = readMode,
+                    ParentSkippedUnreadable = parentRead,
+                };
                 if (tracker == TrackerKind.Content)
                     collector.TrackContent(parentDigests);
                 foreach (var v in ts.Vmas)
@@ -165,7 +176,7 @@ internal sealed partial class Checkpointer
                 ts.Scanned = collector.Scanned;
                 ts.Checksums = collector.Checksums;
                 ts.Digests = collector.Digests;
-                memdumpNs += (ulong)(collector.Scanned * _cost.ScanNsPerPage) + CostModel.Ns(collector.CollectedBytes, _cost.CopyBytesPerSecond);
+                memdumpNs += (ulong)(collector.Scanned * _cost.ScanNsPerPage) + CostModel.Ns(collector.CollectedBytes - collector.DeferredBytes, _cost.CopyBytesPerSecond);
             }
             memdumpNs += _cost.ProcParseNsPerTask * (ulong)tasks.Count;
             var collectWall = collectWatch.Elapsed - writeWall;
@@ -185,6 +196,8 @@ internal sealed partial class Checkpointer
                 frozen.Thaw();
                 foreach (var ts in tasks)
                 {
+                    if (readMode)
+                        readNs += ReadDeferred(ts.Task.Pid, ts.Pipe);
                     using var xfer = new PageXfer(OpenSink(dir, pageServer, ts.Task.Pid));
                     using var sieve = history is null ? null : new PageSieve(history, ts.Task.Pid, ts.ParentPagemap, _o.PageStore);
                     xfer.Write(ts.Pipe, sieve);
@@ -199,7 +212,8 @@ internal sealed partial class Checkpointer
                     pageStats.Add(st);
                     if (_o.AutoDedup) PageXfer.Dedup(parentSet, ImageNames.Pagemap(ts.Task.Pid), xfer.WrittenRanges);
                 }
-                dir.WriteInventory(new inventory_entry { ImgVersion = 0, DumpUptime = uptimeUs, PreDumpMode = 1 });
+                dir.WriteInventory(new inventory_entry { ImgVersion = 0, DumpUptime = uptimeUs, PreDumpMode = (uint)_o.PreDumpMode });
+                memdumpNs += readNs;
             }
             else
             {
@@ -226,7 +240,7 @@ internal sealed partial class Checkpointer
                   / (ulong)Math.Max(1, _o.PageStore.Parallelism);
             memwriteNs = compressNs + CostModel.Ns(stored + pageStats.BytesDelta, _cost.DiskBytesPerSecond);
 
-            ulong frozenNs = freezeNs + memdumpNs + (_pre ? 0 : memwriteNs);
+            ulong frozenNs = freezeNs + memdumpNs - readNs + (_pre ? 0 : memwriteNs);
             var stats = new DumpStats
             {
                 FreezingTime = RestoreStats.Us(freezeNs),
@@ -259,7 +273,13 @@ internal sealed partial class Checkpointer
             history?.Commit(_o.ImagesDir, deltaCounters);
 
             if (_pre)
-                _k.LetTimePass(memwriteNs);
+                _k.LetTimePass(readNs + memwriteNs);
+            else if (_o.LeaveStopped)
+            {
+                // criu/cr-dump.c: with --leave-stopped the tree is switched to TASK_STOPPED, not killed.
+                _k.LetTimePass(frozenNs);
+                frozen.ThawStopped();
+            }
             else if (_o.LeaveRunning)
             {
                 _k.LetTimePass(frozenNs);

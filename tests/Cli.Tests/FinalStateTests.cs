@@ -146,6 +146,51 @@ public sealed class FinalStateTests
     }
 
     [Fact]
+    public void PreDumpMode_ReadWritesWhatSpliceWrites_FrozenShorter()
+    {
+        using var s = new MigrateScratch();
+        using var m1 = new TempMachine();
+        using var m2 = new TempMachine();
+        string pid = Spawn(m1, s);
+        Assert.Equal(pid, Spawn(m2, s));
+        JsonElement PreDump(TempMachine m, string dir, string mode)
+        {
+            var r = CliRunner.Run("pre-dump", "-t", pid, "-D", Path.Combine(s.Dir, dir), "--pre-dump-mode", mode, "--machine", m.Dir, "--json");
+            Assert.True(r.Code == 0, r.Err);
+            return JsonDocument.Parse(r.Out).RootElement.GetProperty("stats");
+        }
+        var splice = PreDump(m1, "splice", "splice");
+        var read = PreDump(m2, "read", "read");
+        Assert.Equal(splice.GetProperty("pages_written").GetInt64(), read.GetProperty("pages_written").GetInt64());
+        Assert.True(read.GetProperty("frozen_time_ns").GetInt64() < splice.GetProperty("frozen_time_ns").GetInt64(), $"{read} vs {splice}");
+        Assert.Equal(File.ReadAllBytes(Path.Combine(s.Dir, "splice", $"pagemap-{pid}.img")), File.ReadAllBytes(Path.Combine(s.Dir, "read", $"pagemap-{pid}.img")));
+
+        var bad = CliRunner.Run("pre-dump", "-t", pid, "-D", Path.Combine(s.Dir, "x"), "--pre-dump-mode", "copy", "--machine", m1.Dir);
+        Assert.Equal((int)ExitCode.Usage, bad.Code);
+    }
+
+    [Fact]
+    public void Timeout_ADumpThatFreezesTooLong_Exits11_TreeRunning_ImagesIncomplete()
+    {
+        using var s = new MigrateScratch();
+        using var m = new TempMachine();
+        string pid = Spawn(m, s);
+        string d = Path.Combine(s.Dir, "d");
+        var r = CliRunner.Run("dump", "-t", pid, "-D", d, "--freeze-cost", "2s", "--timeout", "1", "--machine", m.Dir);
+        Assert.Equal((int)ExitCode.Timeout, r.Code);
+        Assert.StartsWith("criu-sharp: timeout reached", r.ErrLines[0]);
+        Assert.Equal(2, r.ErrLines.Length); // the message and the hint
+        Assert.Equal("running", State(m, pid));
+        Assert.True(File.Exists(Path.Combine(d, ".criu-sharp-incomplete")));
+        var refused = CliRunner.Run("restore", "-D", d, "--machine", Path.Combine(s.Dir, "dest"));
+        Assert.NotEqual(0, refused.Code);
+
+        // Within the limit (or with none) the same dump succeeds.
+        Assert.Equal(0, CliRunner.Run("dump", "-t", pid, "-D", d, "--freeze-cost", "2s", "--timeout", "0", "-R", "--machine", m.Dir).Code);
+        Assert.Equal((int)ExitCode.Usage, CliRunner.Run("dump", "-t", pid, "-D", d, "--timeout", "-1", "--machine", m.Dir).Code);
+    }
+
+    [Fact]
     public void Dump_LeaveRunningAndLeaveStopped_Together_IsAUsageError()
     {
         using var s = new MigrateScratch();
@@ -209,6 +254,17 @@ public sealed class RealHostLeaveStoppedTests : IDisposable
         Assert.Contains("TracerPid:\t0", File.ReadAllText($"/proc/{_pid}/status"));
         using (var kill = Process.Start("/bin/kill", ["-CONT", pid]))
             kill.WaitForExit();
+        Assert.Equal('S', StateOtherThan('T'));
+    }
+
+    [Fact]
+    public void PreDump_ReadMode_WorksOnTheHost_AndLeavesTheProcessRunning()
+    {
+        string pid = _pid.ToString(CultureInfo.InvariantCulture);
+        var r = CliRunner.Run("pre-dump", "-t", pid, "--machine", "/proc", "-D", Path.Combine(_dir, "p"), "--pre-dump-mode", "read", "--json");
+        Assert.True(r.Code == 0, r.Err);
+        Assert.True(JsonDocument.Parse(r.Out).RootElement.GetProperty("stats").GetProperty("pages_written").GetInt64() > 0);
+        Assert.Equal(2u, CriuSharp.ImageFormat.ImageSet.Open(Path.Combine(_dir, "p")).ReadInventory().PreDumpMode);
         Assert.Equal('S', StateOtherThan('T'));
     }
 }

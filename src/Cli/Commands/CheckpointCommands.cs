@@ -31,10 +31,15 @@ public static class CheckpointCommands
             Description = "Seconds that collecting and freezing the tree may take (CRIU's --timeout, default 10; 0: no limit); a dump that takes longer fails and the tree is thawed.",
             DefaultValueFactory = _ => (int)DumpOptions.DefaultTimeoutSeconds,
         };
+        public readonly Option<string> FreezeCost = new("--freeze-cost")
+        {
+            Description = "Cost model: seizing and freezing one task, in the machine's virtual time (as migrate's --freeze-cost).",
+            DefaultValueFactory = _ => $"{CostModel.Default.FreezeNsPerTask / 1000}us",
+        };
 
         public void AddTo(Command c)
         {
-            foreach (var o in new Option[] { Pid, Dir, Prev, TrackMem, AutoDedup, Tracker, Compress, BlockKiB, DisplayStats, Json, PageServer, Timeout })
+            foreach (var o in new Option[] { Pid, Dir, Prev, TrackMem, AutoDedup, Tracker, Compress, BlockKiB, DisplayStats, Json, PageServer, Timeout, FreezeCost })
                 c.Options.Add(o);
             Net.AddClientTo(c);
             Machine.AddTo(c);
@@ -62,6 +67,7 @@ public static class CheckpointCommands
                 TrackMem = p.GetValue(TrackMem),
                 AutoDedup = p.GetValue(AutoDedup),
                 TimeoutSeconds = (uint)timeout,
+                Cost = CostModel.Default with { FreezeNsPerTask = CommonOptions.ParseDurationNs(p.GetValue(FreezeCost)!) },
                 Tracker = TrackerNames.Parse(p.GetValue(Tracker)!),
                 PageStore = store,
                 PageServer = p.GetValue(PageServer)
