@@ -23,6 +23,9 @@ public sealed class LinuxHost : IKernel, IDisposable
     private readonly Lock _lock = new();
     private HostFreezeLease? _frozen;
 
+    /// <summary>How long the cgroup freezer may take to freeze a tree (CRIU's --timeout).</summary>
+    public TimeSpan FreezeTimeout { get; init; } = Freezer.DefaultTimeout;
+
     public LinuxHost(bool readRegisters = true)
     {
         ReadRegisters = readRegisters;
@@ -240,7 +243,7 @@ public sealed class LinuxHost : IKernel, IDisposable
         Freezer fz;
         try
         {
-            fz = Freezer.Freeze(rootPid);
+            fz = Freezer.Freeze(rootPid, timeout: FreezeTimeout);
         }
         catch (HostKernelException e)
         {

@@ -146,7 +146,11 @@ public static class CheckpointCommands
         bool wasLeaveRunning = options.LeaveRunning;
         // A real process is never killed: a dump leaves it running, or stopped if asked.
         options = options with { LeaveRunning = !options.LeaveStopped, AutoFallback = TrackerKind.Content, StrictTracker = true };
-        using var host = new HostKernel.LinuxHost();
+        // CRIU's --timeout bounds the freezer's wait too; 0 still gives it 10 s (criu/seize.c).
+        using var host = new HostKernel.LinuxHost
+        {
+            FreezeTimeout = options.TimeoutSeconds == 0 ? HostKernel.Freezer.DefaultTimeout : TimeSpan.FromSeconds(options.TimeoutSeconds),
+        };
         if (host.FindTask(options.Pid) is null)
             throw new UserException(ExitCode.ProcessGone, $"no process {options.Pid} on this machine");
         DumpResult result;
@@ -201,6 +205,7 @@ public static class CheckpointCommands
                 {
                     Errno.ESRCH or Errno.ENOENT => ExitCode.ProcessGone,
                     Errno.EPERM or Errno.EACCES => ExitCode.PermissionDenied,
+                    Errno.ETIMEDOUT => ExitCode.Timeout,
                     _ => null,
                 };
         return null;

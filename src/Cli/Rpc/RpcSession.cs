@@ -315,7 +315,10 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
     /// </summary>
     private criu_resp DumpRealHost(criu_req req, criu_opts o, DumpOptions options, bool preDump, bool notify)
     {
-        using var host = new HostKernel.LinuxHost();
+        using var host = new HostKernel.LinuxHost
+        {
+            FreezeTimeout = options.TimeoutSeconds == 0 ? HostKernel.Freezer.DefaultTimeout : TimeSpan.FromSeconds(options.TimeoutSeconds),
+        };
         if (host.FindTask(o.Pid) is null)
             throw new RpcException(RpcErrno.ESRCH, ExitCode.ProcessGone, $"no process {o.Pid} on this host");
         // Never killed: left running, or stopped (SIGSTOP) when leave_stopped asks.
