@@ -38,6 +38,7 @@ internal sealed class PageCollector
     private PageDigestMap? _parentDigests;
     private byte[]? _scratch;
     private nint[]? _frames;
+    private nint[]? _spliced;
 
     public PageCollector(IKernel k, FreezeLease? frozen, int pid, PageWalker walker, PagePipe pipe, PagemapImage? parent, bool preDump, bool hash, int imgPerPage)
     {
@@ -136,19 +137,29 @@ internal sealed class PageCollector
     /// <summary>
     /// The content tracker's path: reads the pages (frozen, so what is digested is what is
     /// written), then, per run of kernel pages, leaves unchanged ones to the parent and puts
-    /// changed ones into the pipe from the bytes already read.
+    /// changed ones into the pipe from what was already read. A streamed pipe (dump) takes its
+    /// pages by splice, and the digests are taken from the spliced pages themselves, so every
+    /// page is read once and digested once: the collector's digests also make up the VMA
+    /// checksums (<see cref="ChecksumsIncludeWrittenPages"/>), and the page store need not digest.
     /// </summary>
-    private void CollectByContent(ulong va, ulong nr, bool allowParent, ref VmaHash h)
+    private unsafe void CollectByContent(ulong va, ulong nr, bool allowParent, ref VmaHash h)
     {
         int ps = 1 << _shift;
+        bool splice = _pipe.Streamed;
         _scratch ??= GC.AllocateUninitializedArray<byte>(1 << 20);
         int chunk = Math.Max(1, _scratch.Length / ps);
+        int imgChunk = chunk * _imgPerPage;
+        if (splice)
+            _spliced ??= new nint[imgChunk];
         for (ulong done = 0; done < nr;)
         {
             int n = (int)Math.Min(nr - done, (ulong)chunk);
             ulong a = va + (done << _shift);
             var bytes = _scratch.AsSpan(0, n * ps);
-            Read(a, bytes);
+            if (splice)
+                Splice(a, _spliced.AsSpan(0, n * _imgPerPage), n);
+            else
+                Read(a, bytes);
             int runStart = 0;
             bool runSame = false;
             ulong runSum = 0, sum = 0;
@@ -161,9 +172,12 @@ internal sealed class PageCollector
                     sum = 0;
                     for (int k = 0; k < _imgPerPage; k++)
                     {
-                        int off = i * ps + (k << PageGeometry.PageShift);
-                        ulong pva = a + (ulong)off;
-                        ulong d = PageDigest.Of(pva, bytes.Slice(off, PageGeometry.PageSize));
+                        int img = i * _imgPerPage + k;
+                        ulong pva = a + ((ulong)img << PageGeometry.PageShift);
+                        var page = splice
+                            ? new ReadOnlySpan<byte>((void*)_spliced![img], PageGeometry.PageSize)
+                            : bytes.Slice(img << PageGeometry.PageShift, PageGeometry.PageSize);
+                        ulong d = PageDigest.Of(pva, page);
                         Digests!.Add(pva, d);
                         sum += d;
                         if (same && (!_parentDigests!.TryGet(pva, out ulong pd) || pd != d))
@@ -180,8 +194,11 @@ internal sealed class PageCollector
                         if (_hash)
                             h.Value += runSum;
                     }
-                    else if (_pipe.Streamed)
-                        Emit(ra, (ulong)rn, dump: true, ref h);
+                    else if (splice)
+                    {
+                        MoveRefsIntoPipe(ra, _spliced.AsSpan(runStart * _imgPerPage, rn * _imgPerPage));
+                        h.Value += runSum;
+                    }
                     else
                         CopyIntoPipe(ra, bytes.Slice(runStart * ps, rn * ps), ref h);
                     runStart = i;
@@ -192,6 +209,30 @@ internal sealed class PageCollector
                 runSum += sum;
             }
             done += (ulong)n;
+        }
+    }
+
+    /// <summary>
+    /// True when the checksums already hold the digests of the pages put into the pipe (the
+    /// content tracker of a streamed dump digests them); the page store then need not digest.
+    /// </summary>
+    public static bool ChecksumsIncludeWrittenPages(bool content, bool streamed) => content && streamed;
+
+    private static unsafe void AddSplicedDigests(ulong va, ReadOnlySpan<nint> refs, ref VmaHash h)
+    {
+        for (int i = 0; i < refs.Length; i++)
+            h.Value += PageDigest.Of(va + ((ulong)i << PageGeometry.PageShift), new ReadOnlySpan<byte>((void*)refs[i], PageGeometry.PageSize));
+    }
+
+    private void MoveRefsIntoPipe(ulong va, ReadOnlySpan<nint> refs)
+    {
+        int per = PagePipe.MaxReserve >> PageGeometry.PageShift;
+        for (int off = 0; off < refs.Length;)
+        {
+            int n = Math.Min(refs.Length - off, per);
+            refs.Slice(off, n).CopyTo(_pipe.ReserveRefs(va + ((ulong)off << PageGeometry.PageShift), n << PageGeometry.PageShift));
+            CollectedBytes += (long)n << PageGeometry.PageShift;
+            off += n;
         }
     }
 
@@ -264,6 +305,10 @@ internal sealed class PageCollector
                 // digests the dumped pages for the VMA checksum as it compresses them.
                 var refs = _pipe.ReserveRefs(a, n * ps);
                 Splice(a, refs, n);
+                // With the content tracker the page store does not digest (it would repeat the
+                // collector's work); pages spliced outside the content path ([vdso]) are digested here.
+                if (_content && _hash)
+                    AddSplicedDigests(a, refs, ref h);
             }
             else
             {
