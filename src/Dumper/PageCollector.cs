@@ -141,11 +141,15 @@ internal sealed class PageCollector
     /// pages by splice, and the digests are taken from the spliced pages themselves, so every
     /// page is read once and digested once: the collector's digests also make up the VMA
     /// checksums (<see cref="ChecksumsIncludeWrittenPages"/>), and the page store need not digest.
+    /// Where the kernel's splice copies (the real host) and a parent may hold most pages, the
+    /// pages are read into a scratch buffer instead and only the changed runs are staged, so the
+    /// freeze does not hold a copy of pages the parent already has.
     /// </summary>
     private unsafe void CollectByContent(ulong va, ulong nr, bool allowParent, ref VmaHash h)
     {
         int ps = 1 << _shift;
-        bool splice = _pipe.Streamed;
+        bool stage = _pipe.Streamed && _k.Capabilities.SpliceCopies && allowParent && _parentDigests is not null;
+        bool splice = _pipe.Streamed && !stage;
         _scratch ??= GC.AllocateUninitializedArray<byte>(1 << 20);
         int chunk = Math.Max(1, _scratch.Length / ps);
         int imgChunk = chunk * _imgPerPage;
@@ -199,6 +203,11 @@ internal sealed class PageCollector
                         MoveRefsIntoPipe(ra, _spliced.AsSpan(runStart * _imgPerPage, rn * _imgPerPage));
                         h.Value += runSum;
                     }
+                    else if (stage)
+                    {
+                        StageIntoPipe(ra, bytes.Slice(runStart * ps, rn * ps));
+                        h.Value += runSum;
+                    }
                     else
                         CopyIntoPipe(ra, bytes.Slice(runStart * ps, rn * ps), ref h);
                     runStart = i;
@@ -222,6 +231,17 @@ internal sealed class PageCollector
     {
         for (int i = 0; i < refs.Length; i++)
             h.Value += PageDigest.Of(va + ((ulong)i << PageGeometry.PageShift), new ReadOnlySpan<byte>((void*)refs[i], PageGeometry.PageSize));
+    }
+
+    private void StageIntoPipe(ulong va, ReadOnlySpan<byte> src)
+    {
+        for (int off = 0; off < src.Length;)
+        {
+            int n = Math.Min(src.Length - off, PagePipe.MaxReserve);
+            _frozen!.StageCopy(src.Slice(off, n), _pipe.ReserveRefs(va + (ulong)off, n));
+            CollectedBytes += n;
+            off += n;
+        }
     }
 
     private void MoveRefsIntoPipe(ulong va, ReadOnlySpan<nint> refs)
