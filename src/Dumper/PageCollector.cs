@@ -37,6 +37,7 @@ internal sealed class PageCollector
     private bool _content;
     private PageDigestMap? _parentDigests;
     private byte[]? _scratch;
+    private byte[]? _scratch2;
     private nint[]? _frames;
     private nint[]? _spliced;
 
@@ -155,69 +156,97 @@ internal sealed class PageCollector
         int imgChunk = chunk * _imgPerPage;
         if (splice)
             _spliced ??= new nint[imgChunk];
-        for (ulong done = 0; done < nr;)
+        // Reading and digesting overlap: while this thread digests one chunk, the next is read
+        // (process_vm_readv on the real host) into the other buffer. Only the reader calls the
+        // kernel while a read is in flight.
+        bool prefetch = !splice && nr > (ulong)chunk;
+        if (prefetch)
+            _scratch2 ??= GC.AllocateUninitializedArray<byte>(_scratch.Length);
+        byte[] cur = _scratch, other = _scratch2 ?? _scratch;
+        Task? pending = null;
+        try
         {
-            int n = (int)Math.Min(nr - done, (ulong)chunk);
-            ulong a = va + (done << _shift);
-            var bytes = _scratch.AsSpan(0, n * ps);
-            if (splice)
-                Splice(a, _spliced.AsSpan(0, n * _imgPerPage), n);
-            else
-                Read(a, bytes);
-            int runStart = 0;
-            bool runSame = false;
-            ulong runSum = 0, sum = 0;
-            for (int i = 0; i <= n; i++)
+            for (ulong done = 0; done < nr;)
             {
-                bool same = false;
-                if (i < n)
+                int n = (int)Math.Min(nr - done, (ulong)chunk);
+                ulong a = va + (done << _shift);
+                var bytes = cur.AsSpan(0, n * ps);
+                if (splice)
+                    Splice(a, _spliced.AsSpan(0, n * _imgPerPage), n);
+                else if (pending is not null)
+                    pending.GetAwaiter().GetResult();
+                else
+                    Read(a, bytes);
+                pending = null;
+                if (prefetch && done + (ulong)n < nr)
                 {
-                    same = allowParent && _parentDigests is not null;
-                    sum = 0;
-                    for (int k = 0; k < _imgPerPage; k++)
-                    {
-                        int img = i * _imgPerPage + k;
-                        ulong pva = a + ((ulong)img << PageGeometry.PageShift);
-                        var page = splice
-                            ? new ReadOnlySpan<byte>((void*)_spliced![img], PageGeometry.PageSize)
-                            : bytes.Slice(img << PageGeometry.PageShift, PageGeometry.PageSize);
-                        ulong d = PageDigest.Of(pva, page);
-                        Digests!.Add(pva, d);
-                        sum += d;
-                        if (same && (!_parentDigests!.TryGet(pva, out ulong pd) || pd != d))
-                            same = false;
-                    }
+                    int n2 = (int)Math.Min(nr - done - (ulong)n, (ulong)chunk);
+                    ulong a2 = a + ((ulong)n << _shift);
+                    var buf = other;
+                    pending = Task.Run(() => Read(a2, buf.AsSpan(0, n2 * ps)));
                 }
-                if (i > runStart && (i == n || same != runSame))
+                int runStart = 0;
+                bool runSame = false;
+                ulong runSum = 0, sum = 0;
+                for (int i = 0; i <= n; i++)
                 {
-                    ulong ra = a + ((ulong)runStart << _shift);
-                    int rn = i - runStart;
-                    if (runSame && ParentCovers(ra, (ulong)rn))
+                    bool same = false;
+                    if (i < n)
                     {
-                        _pipe.AddHole(ra, (ulong)rn * (ulong)_imgPerPage);
-                        if (_hash)
+                        same = allowParent && _parentDigests is not null;
+                        sum = 0;
+                        for (int k = 0; k < _imgPerPage; k++)
+                        {
+                            int img = i * _imgPerPage + k;
+                            ulong pva = a + ((ulong)img << PageGeometry.PageShift);
+                            var page = splice
+                                ? new ReadOnlySpan<byte>((void*)_spliced![img], PageGeometry.PageSize)
+                                : bytes.Slice(img << PageGeometry.PageShift, PageGeometry.PageSize);
+                            ulong d = PageDigest.Of(pva, page);
+                            Digests!.Add(pva, d);
+                            sum += d;
+                            if (same && (!_parentDigests!.TryGet(pva, out ulong pd) || pd != d))
+                                same = false;
+                        }
+                    }
+                    if (i > runStart && (i == n || same != runSame))
+                    {
+                        ulong ra = a + ((ulong)runStart << _shift);
+                        int rn = i - runStart;
+                        if (runSame && ParentCovers(ra, (ulong)rn))
+                        {
+                            _pipe.AddHole(ra, (ulong)rn * (ulong)_imgPerPage);
+                            if (_hash)
+                                h.Value += runSum;
+                        }
+                        else if (splice)
+                        {
+                            MoveRefsIntoPipe(ra, _spliced.AsSpan(runStart * _imgPerPage, rn * _imgPerPage));
                             h.Value += runSum;
+                        }
+                        else if (stage)
+                        {
+                            StageIntoPipe(ra, bytes.Slice(runStart * ps, rn * ps));
+                            h.Value += runSum;
+                        }
+                        else
+                            CopyIntoPipe(ra, bytes.Slice(runStart * ps, rn * ps), ref h);
+                        runStart = i;
+                        runSum = 0;
                     }
-                    else if (splice)
-                    {
-                        MoveRefsIntoPipe(ra, _spliced.AsSpan(runStart * _imgPerPage, rn * _imgPerPage));
-                        h.Value += runSum;
-                    }
-                    else if (stage)
-                    {
-                        StageIntoPipe(ra, bytes.Slice(runStart * ps, rn * ps));
-                        h.Value += runSum;
-                    }
-                    else
-                        CopyIntoPipe(ra, bytes.Slice(runStart * ps, rn * ps), ref h);
-                    runStart = i;
-                    runSum = 0;
+                    if (i == runStart)
+                        runSame = same;
+                    runSum += sum;
                 }
-                if (i == runStart)
-                    runSame = same;
-                runSum += sum;
+                done += (ulong)n;
+                (cur, other) = (other, cur);
             }
-            done += (ulong)n;
+        }
+        finally
+        {
+            // A failed chunk leaves no read running into a buffer the next span reuses.
+            try { pending?.Wait(); }
+            catch (AggregateException) { }
         }
     }
 
