@@ -90,7 +90,10 @@ public abstract class FreezeLease : IDisposable
     public void ThawStopped()
     {
         if (Interlocked.Exchange(ref _active, 0) != 0)
+        {
+            FreeStaging();
             ThawTreeStopped();
+        }
     }
 
     /// <summary>The kernel's thaw of the tree.</summary>
