@@ -67,8 +67,9 @@ internal sealed class Restorer
         foreach (var pe in pstree)
         {
             int pid = (int)pe.Pid;
-            if (_k.FindTask(pid) is { } existing && existing.State != TaskRunState.Dead)
-                throw new DumperException("pid is already in use on the destination", pid, _o.ImagesDir);
+            foreach (int id in pe.Threads.Select(t => (int)t).Append(pid))
+                if (_k.FindTask(id) is { } existing && existing.State != TaskRunState.Dead)
+                    throw new DumperException(id == pid ? "pid is already in use on the destination" : $"thread id {id} is already in use on the destination", pid, _o.ImagesDir);
             var core = set.ReadCore(pid);
             if ((int)core.Mtype != _k.Capabilities.CriuMtype)
                 throw new DumperException($"images are for {core.Mtype}, the destination kernel is {_k.Capabilities.ArchName}", pid, _o.ImagesDir);
@@ -91,10 +92,19 @@ internal sealed class Restorer
             FillPrivate(set, task, mm, inherited);
             FillShmem(set, task, mm);
             RestoreMmFields(task, mm);
-            if (core.HasSimTaskState)
+            SetRegisters(pid, core);
+            // The other threads, as CRIU's restorer clones them (CLONE_THREAD with set_tid) once
+            // the address space is in place, each with the registers of its own core image.
+            foreach (int tid in pe.Threads.Select(t => (int)t))
             {
-                var (regs, extra) = SimState.DecodeTaskState(core.SimTaskState.Span);
-                _k.SetRegisters(pid, new TaskRegisters(regs, extra));
+                if (tid == pid)
+                    continue;
+                if (!set.Has(ImageNames.Core(tid)))
+                    throw new DumperException($"pstree names thread {tid}, which has no {ImageNames.Core(tid)}", pid, _o.ImagesDir);
+                var tcore = set.ReadCore(tid);
+                _k.CloneThread(pid, tid);
+                forkNs += _o.Cost.ForkNsPerTask;
+                SetRegisters(tid, tcore);
             }
             if (_o.Verify)
                 vmasVerified += Verify(set, task, mm);
@@ -123,6 +133,14 @@ internal sealed class Restorer
         using (_k.Freeze(root))
             _k.LetTimePass(forkNs + mmapNs + fillNs + decompressNs);
         return new RestoreResult(stats, pids, _warnings);
+    }
+
+    private void SetRegisters(int tid, core_entry core)
+    {
+        if (!core.HasSimTaskState)
+            return;
+        var (regs, extra) = SimState.DecodeTaskState(core.SimTaskState.Span);
+        _k.SetRegisters(tid, new TaskRegisters(regs, extra));
     }
 
     private static bool Same(VmaInfo cur, vma_entry e, Dictionary<uint, string> files, Dictionary<ulong, ulong> shmInode)
