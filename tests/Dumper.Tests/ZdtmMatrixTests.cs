@@ -15,7 +15,7 @@ namespace CriuSharp.Dumper.Tests;
 public class ZdtmMatrixTests
 {
     private static readonly string[] Samples =
-        ["uniform", "hotcold", "sequential", "kvstore", "churn", "fork", "swap", "thp", "idle"];
+        ["uniform", "hotcold", "sequential", "kvstore", "churn", "fork", "swap", "thp", "idle", "threads"];
 
     public static TheoryData<string, int, string, string> Matrix()
     {

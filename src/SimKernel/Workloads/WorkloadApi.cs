@@ -102,8 +102,12 @@ public static class WorkloadApi
                 TraceReplay.Init(task, prog);
                 break;
         }
+        var tasks = new List<SimTask> { task };
+        if (prog.Kind == Behaviour.Threads)
+            tasks.AddRange(Stamped.CloneThreads(task, prog));
         if (prog.Prefill && Stamped.Uses(prog.Kind))
-            Stamped.Prefill(task, prog);
+            foreach (var t in tasks)
+                Stamped.Prefill(t, prog);
         if (!task.Alive)
             throw new WorkloadException(spec.File, ps.Line, ps.Name, $"the process died while setting up its memory (signal {task.TermSignal}); the machine is out of memory?");
     }

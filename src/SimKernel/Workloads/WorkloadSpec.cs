@@ -70,6 +70,7 @@ internal sealed class SpecReader(Kernel kernel, string file)
         ["idle"] = (Behaviour.Idle, []),
         ["script"] = (Behaviour.Script, ["ops"]),
         ["trace"] = (Behaviour.Trace, ["path", "speed", "loop", "pid"]),
+        ["threads"] = (Behaviour.Threads, ["threads"]),
     };
 
     public WorkloadSpec Read(JsonNode root)
@@ -334,6 +335,20 @@ internal sealed class SpecReader(Kernel kernel, string file)
                     throw Fail(at, "the forked data mapping must be private (copy-on-write)");
                 break;
             }
+            case Behaviour.Threads:
+            {
+                // Threads share the address space; each stamps its own slice, so a write lost by
+                // a dump shows as a bad page in the slice of the thread that made it.
+                var tn = b.Get("threads");
+                prog.Threads = tn is not null ? (int)UInt(tn, 15) : 3;
+                if (prog.Threads == 0)
+                    throw Fail(tn!, "at least one thread besides the leader");
+                if (pages < (ulong)prog.Threads + 1)
+                    throw Fail(at, $"mapping '{data.Name}' needs a page per thread at least ({prog.Threads + 1} pages)");
+                if (data.Path is not null)
+                    throw Fail(at, "the threads behaviour works on anonymous memory");
+                break;
+            }
             case Behaviour.Swap:
                 if (data.Path is not null || data.Shared)
                     throw Fail(at, "swap works on private anonymous memory");
@@ -374,7 +389,7 @@ internal sealed class SpecReader(Kernel kernel, string file)
     private string? ReadContent(JsonNode n, ProgramImage prog)
     {
         if (!Stamped.Uses(prog.Kind))
-            throw Fail(n, "only the stamped behaviours (uniform, hotcold, sequential, swap, thp, idle, fork) take 'content'");
+            throw Fail(n, "only the stamped behaviours (uniform, hotcold, sequential, swap, thp, idle, fork, threads) take 'content'");
         string text = Str(n);
         if (text == "stamped")
             return null;
