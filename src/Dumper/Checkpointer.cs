@@ -542,7 +542,7 @@ internal sealed partial class Checkpointer
         var objects = new SortedDictionary<ulong, List<(int Pid, VmaInfo Vma)>>();
         foreach (var ts in tasks)
             foreach (var v in ts.Vmas)
-                if (v.IsShmem)
+                if (v.IsAnonShared)
                 {
                     if (!objects.TryGetValue(v.Inode, out var l)) objects[v.Inode] = l = [];
                     l.Add((ts.Task.Pid, v));
@@ -636,10 +636,10 @@ internal sealed partial class Checkpointer
             mm.ExeFileId = exe is null ? 0 : FileId(exe.Name!);
             foreach (var v in ts.Vmas)
             {
-                ulong shmid = v.IsShmem ? v.Inode : v.IsFile ? FileId(v.Name!) : 0;
+                ulong shmid = v.IsAnonShared ? v.Inode : v.IsFile ? FileId(v.Name!) : 0;
                 var e = new vma_entry
                 {
-                    Start = v.Start, End = v.End, Pgoff = v.IsFile || v.IsShmem ? v.PgOff : 0, Shmid = shmid,
+                    Start = v.Start, End = v.End, Pgoff = v.IsFile || v.IsAnonShared ? v.PgOff : 0, Shmid = shmid,
                     Prot = v.Prot, Flags = v.MapFlags, Status = (uint)v.Status, Fd = -1,
                 };
                 if (v.Madv != 0) e.Madv = v.Madv;

@@ -147,6 +147,10 @@ internal sealed class Restorer
     {
         if (cur.Start != e.Start || cur.End != e.End || cur.Prot != e.Prot)
             return false;
+        // hugetlb mappings are never inherited from the fork parent (criu/mem.c vma_can_be_shared
+        // refuses them): a child's copy has no reservation, so each is mapped afresh.
+        if (cur.IsHugetlb || (e.Flags & VmaMapFlags.HugeTlb) != 0)
+            return false;
         var st = (VmaStatus)e.Status;
         bool shared = (e.Flags & VmaMapFlags.Shared) != 0;
         if (cur.Shared != shared)
@@ -197,6 +201,8 @@ internal sealed class Restorer
             if ((e.Flags & VmaMapFlags.GrowsDown) != 0) flags |= MapFlags.GrowsDown;
             if ((e.Flags & VmaMapFlags.Locked) != 0) flags |= MapFlags.Locked;
             if ((e.Flags & VmaMapFlags.NoReserve) != 0) flags |= MapFlags.NoReserve;
+            // MAP_HUGETLB with the size the image names, as the restorer maps hugetlb VMAs.
+            if ((e.Flags & VmaMapFlags.HugeTlb) != 0) flags |= MapFlags.HugeTlb | (MapFlags)(e.Flags & VmaMapFlags.HugetlbSizeMask);
             SysResult r;
             if ((st & VmaStatus.AnonShared) != 0)
             {
@@ -215,6 +221,8 @@ internal sealed class Restorer
             }
             else
                 r = task.Mmap(e.Start, len, prot, flags | MapFlags.Anonymous, MapSource.Anonymous);
+            if (!r.Ok && r.Error == Errno.ENOMEM && (e.Flags & VmaMapFlags.HugeTlb) != 0)
+                throw new DumperException($"mmap of a hugetlb mapping of {VmaMapFlags.HugetlbSize(e.Flags) >> 10} kB pages failed (ENOMEM): the destination's hugetlb pool (nr_hugepages) cannot hold it", pid, _o.ImagesDir, e.Start, e.End);
             if (!r.Ok)
                 throw new DumperException($"mmap failed ({r.Error})", pid, _o.ImagesDir, e.Start, e.End);
             if (e.HasMadv)
@@ -230,11 +238,17 @@ internal sealed class Restorer
     {
         if (_shm.TryGetValue(e.Shmid, out var at) && _k.OpenMapFiles(at.Pid, at.Va, out var f).Ok && f is not null)
             return f;
-        // A fresh MAP_SHARED|MAP_ANONYMOUS mapping large enough for this window creates the object.
+        // A fresh MAP_SHARED|MAP_ANONYMOUS mapping large enough for this window creates the object;
+        // for hugetlb with MAP_HUGETLB and the image's size (criu/shmem.c open_shmem without memfd).
         ulong size = e.Pgoff + (e.End - e.Start);
-        var r = task.Mmap(0, size, Prot.Read | Prot.Write, MapFlags.Shared | MapFlags.Anonymous, MapSource.Anonymous);
+        var flags = MapFlags.Shared | MapFlags.Anonymous;
+        if ((e.Flags & VmaMapFlags.HugeTlb) != 0)
+            flags |= MapFlags.HugeTlb | (MapFlags)(e.Flags & VmaMapFlags.HugetlbSizeMask);
+        var r = task.Mmap(0, size, Prot.Read | Prot.Write, flags, MapSource.Anonymous);
         if (!r.Ok)
-            throw new DumperException($"cannot create shared memory ({r.Error})", task.Pid, _o.ImagesDir, e.Start, e.End);
+            throw new DumperException((e.Flags & VmaMapFlags.HugeTlb) != 0 && r.Error == Errno.ENOMEM
+                ? "cannot create hugetlb shared memory (ENOMEM): the destination's hugetlb pool (nr_hugepages) cannot hold it"
+                : $"cannot create shared memory ({r.Error})", task.Pid, _o.ImagesDir, e.Start, e.End);
         _k.OpenMapFiles(task.Pid, (ulong)r.Value, out var obj);
         task.Munmap((ulong)r.Value, size);
         _shmInode[e.Shmid] = obj!.Inode;
