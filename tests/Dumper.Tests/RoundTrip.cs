@@ -27,8 +27,8 @@ public static class RoundTrip
         return d;
     }
 
-    public static Kernel NewKernel(string arch = "x86_64", string version = "modern") =>
-        new(new KernelConfig { Arch = SimKernel.Arch.ArchProfile.Parse(arch), Version = KernelVersion.Parse(version), MemoryBytes = 1L << 30, SwapBytes = 256L << 20 });
+    public static Kernel NewKernel(string arch = "x86_64", string version = "modern", long hugePages = 0) =>
+        new(new KernelConfig { Arch = SimKernel.Arch.ArchProfile.Parse(arch), Version = KernelVersion.Parse(version), MemoryBytes = 1L << 30, SwapBytes = 256L << 20, HugePages = hugePages });
 
     /// <summary>Every task of the tree: all mapped bytes except [vvar] and [vsyscall] (reads fault pages in; take it before swapping out).</summary>
     public static List<TaskSnapshot> Snapshot(Kernel k, int root)

@@ -164,8 +164,18 @@ internal sealed class SpecReader(Kernel kernel, string file)
                 "default" => 0,
                 "hugepage" => 1,
                 "nohugepage" => 2,
-                var other => throw Fail(hg, $"unknown huge-page advice '{other}' (expected default, hugepage or nohugepage)"),
+                "hugetlb" => 3,
+                var other => throw Fail(hg, $"unknown huge-page advice '{other}' (expected default, hugepage, nohugepage or hugetlb)"),
             };
+            if (r.Huge == 3)
+            {
+                // MAP_HUGETLB: anonymous memory from the machine's hugetlb pool, in whole huge pages.
+                if (r.Path is not null)
+                    throw Fail(hg, "hugetlb mappings are anonymous here (no 'path')");
+                ulong hsz = kernel.Arch.HugePageSize;
+                if (r.Size % hsz != 0)
+                    throw Fail(m.Get("size") ?? hg, $"a hugetlb mapping is a whole number of {hsz >> 20} MiB huge pages");
+            }
         }
         if (m.Get("address") is { } ad)
         {
@@ -243,6 +253,10 @@ internal sealed class SpecReader(Kernel kernel, string file)
         prog.Data = mapNode is null ? 0 : RegionIndex(prog, mapNode);
         var data = prog.Regions[prog.Data];
         var at = mapNode ?? b;
+        // hugetlb pages cannot be paged out, split, zapped in part or remapped (mm/hugetlb.c), and a
+        // forked child's copy-on-write needs pool pages the parent reserved for itself.
+        if (data.Huge == 3 && def.Kind is not (Behaviour.Uniform or Behaviour.HotCold or Behaviour.Sequential or Behaviour.Idle or Behaviour.Threads))
+            throw Fail(at, $"behaviour '{type}' cannot work on a hugetlb mapping (uniform, hotcold, sequential, idle and threads can)");
         ulong pages = data.Size / _ps;
         bool writable = (data.Prot & (int)Prot.Write) != 0;
         if (!writable && def.Kind != Behaviour.Idle)
