@@ -87,6 +87,46 @@ public class MachineCliTests
     }
 
     [Fact]
+    public void HugetlbWorkload_NeedsAPool_AndMovesAcrossCommands()
+    {
+        using var src = new TempMachine();
+        using var dest = new TempMachine();
+        string img = src.Dir + "-img";
+        try
+        {
+            // A new machine boots with no hugetlb pool: the sample's 32 MiB cannot be mapped.
+            var none = CliRunner.Run("spawn", Sample("hugetlb.json"), "--machine", src.Dir);
+            Assert.NotEqual(0, none.Code);
+            Assert.Contains("hugetlb pool", none.Err);
+            Assert.False(Directory.Exists(src.Dir), "a failed spawn leaves no machine behind");
+
+            var spawn = CliRunner.Run("spawn", Sample("hugetlb.json"), "--hugepages", "20", "--machine", src.Dir, "--json");
+            Assert.True(spawn.Code == 0, spawn.Err);
+            int pid = JsonDocument.Parse(spawn.Out).RootElement.GetProperty("pids")[0].GetInt32();
+            string t = pid.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            Assert.Equal(0, CliRunner.Run("run", "--for", "5ms", "--machine", src.Dir).Code);
+            var dump = CliRunner.Run("dump", "-t", t, "-D", img, "--machine", src.Dir);
+            Assert.True(dump.Code == 0, dump.Err);
+
+            // The destination needs a pool of its own; without one restore says so.
+            var noPool = CliRunner.Run("restore", "-D", img, "--machine", dest.Dir);
+            Assert.NotEqual(0, noPool.Code);
+            Assert.Contains("hugetlb pool", noPool.Err);
+            var restore = CliRunner.Run("restore", "-D", img, "--machine", dest.Dir, "--hugepages", "16");
+            Assert.True(restore.Code == 0, restore.Err);
+            var verify = CliRunner.Run("verify", "-t", t, "--machine", dest.Dir);
+            Assert.True(verify.Code == 0, verify.Out + verify.Err);
+            // The restored data is still hugetlb memory: smaps shows 2 MiB kernel pages.
+            Assert.Matches(@"KernelPageSize:\s+2048 kB", CliRunner.Run("smaps", "-t", t, "--machine", dest.Dir).Out);
+        }
+        finally
+        {
+            if (Directory.Exists(img))
+                Directory.Delete(img, true);
+        }
+    }
+
+    [Fact]
     public void BadInputs_GiveOneLineAndTheDocumentedCode()
     {
         using var m = new TempMachine();
