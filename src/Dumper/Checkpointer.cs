@@ -214,7 +214,9 @@ internal sealed partial class Checkpointer
             var parentDigests = OpenTaskParent(run, ts, serverParents);
             if (!_pre)
             {
-                ts.Xfer = new PageXfer(OpenSink(run.Dir, run.PageServer, ts.Task.Pid), digests: _o.RecordChecksums);
+                // The content tracker digests the spliced pages itself; the page store need not.
+                bool storeDigests = _o.RecordChecksums && !PageCollector.ChecksumsIncludeWrittenPages(tracker == TrackerKind.Content, streamed: true);
+                ts.Xfer = new PageXfer(OpenSink(run.Dir, run.PageServer, ts.Task.Pid), digests: storeDigests);
                 ts.Pipe = new PagePipe(run.Stream!, ts.Xfer, run.Frozen!);
             }
             else
