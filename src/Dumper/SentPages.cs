@@ -98,17 +98,20 @@ public sealed class SentPages
         Head = Path.GetFullPath(imagesDir);
         Totals = Totals.Add(counters);
         // Deltas switch themselves off for a few iterations after one where fewer than one cache
-        // hit in eight became a delta: sizing pages up for deltas costs a compression pass, which
+        // hit in eight (of at least 64) became a delta: sizing pages up for deltas costs a compression pass, which
         // lengthens the iteration (and so the next one's dirty set) for nothing. They are tried
         // again afterwards, since a workload's pages change differently over time.
         if (_deltaPause > 0)
             _deltaPause--;
-        else if (counters.CacheHits > 0 && counters.PagesDelta * DeltaPayRatio < counters.CacheHits)
+        else if (counters.CacheHits >= DeltaPauseMinHits && counters.PagesDelta * DeltaPayRatio < counters.CacheHits)
             _deltaPause = DeltaPauseIterations;
     }
 
     /// <summary>An iteration pays when at least one cache hit in this many became a delta.</summary>
     internal const int DeltaPayRatio = 8;
+
+    /// <summary>Fewer cache hits than this in an iteration say nothing about whether deltas pay.</summary>
+    internal const int DeltaPauseMinHits = 64;
 
     /// <summary>Iterations without delta attempts after one where they did not pay.</summary>
     internal const int DeltaPauseIterations = 3;
