@@ -91,7 +91,7 @@ internal sealed partial class Checkpointer
         public readonly PageWriteStats PageStats = new();
         public ulong ShScanned, ShWritten;
         public DeltaCounters DeltaCounters = new();
-        /// <summary>Bytes of pages the sieve compressed alone to size a delta against.</summary>
+        /// <summary>Bytes the sieve compressed (in blocks) to size deltas against.</summary>
         public ulong EstimatedBytes;
 
         public ulong FrozenNs(bool preDump) => FreezeNs + MemdumpNs - ReadNs + (preDump ? 0 : MemwriteNs);
@@ -358,7 +358,7 @@ internal sealed partial class Checkpointer
     {
         var ps = run.PageStats;
         ulong stored = ps.BytesStored, raw = ps.BytesRaw;
-        // Pages considered for deltas were also compressed alone to size them up.
+        // Pages considered for deltas were also compressed once more to size them up.
         run.CompressNs = _o.PageStore.Compression == PageCompression.None ? 0
             : CostModel.Ns(raw + run.EstimatedBytes, _o.PageStore.Compression == PageCompression.Zstd ? _cost.CompressBytesPerSecond / 3 : _cost.CompressBytesPerSecond)
               / (ulong)Math.Max(1, _o.PageStore.Parallelism);
