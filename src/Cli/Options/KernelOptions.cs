@@ -24,14 +24,7 @@ public sealed class KernelOptions
         c.Options.Add(Arch);
         c.Options.Add(Kernel);
         if (pool)
-        {
             c.Options.Add(HugePages);
-            c.Validators.Add(r =>
-            {
-                if (r.GetValue(HugePages) is < 0)
-                    r.AddError("--hugepages must be 0 or more");
-            });
-        }
     }
 
     /// <summary>
@@ -41,7 +34,7 @@ public sealed class KernelOptions
     /// </summary>
     public void ApplyPool(ParseResult p, SimKernel.Machine.SimMachine m, TextWriter err)
     {
-        if (p.GetValue(HugePages) is not long want)
+        if (PoolPages(p) is not long want)
             return;
         var pool = m.Kernel.Hugetlb.Default;
         if (pool.Nr != want)
@@ -67,6 +60,12 @@ public sealed class KernelOptions
     {
         Arch = ArchProfile.Parse(p.GetValue(Arch)!),
         Version = KernelVersion.Parse(p.GetValue(Kernel)!),
-        HugePages = p.GetResult(HugePages) is null ? 0 : p.GetValue(HugePages) ?? 0,
+        HugePages = PoolPages(p) ?? 0,
     };
+
+    /// <summary>--hugepages when given (a negative count is a usage error, as sysctl's EINVAL).</summary>
+    private long? PoolPages(ParseResult p) =>
+        p.GetResult(HugePages) is null ? null
+        : p.GetValue(HugePages) is long n and < 0 ? throw new UserException(ExitCode.Usage, $"--hugepages {n}: the pool size must be 0 or more")
+        : p.GetValue(HugePages);
 }
