@@ -133,7 +133,7 @@ public sealed class SimKernelAdapter : IKernel
     public ulong Brk(int pid, ulong newBrk) => Task(pid).Brk(newBrk);
 
     public IUserfaultfd? InstalledUserfaultfd(int pid) =>
-        _k.FindTask(pid) is { } t && Installed.TryGetValue(t, out var u) && u.ApiDone ? u : null;
+        _k.FindTask(pid) is { } t && Installed.TryGetValue(t, out var u) && u.ApiDone && !u.Released ? u : null;
 
     public SysResult OpenUserfaultfd(int pid, out IUserfaultfd? uffd)
     {

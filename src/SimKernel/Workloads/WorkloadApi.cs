@@ -127,7 +127,7 @@ public static class WorkloadApi
     /// </remarks>
     public static void Run(SimTask task, ulong fromNs, ulong toNs)
     {
-        if (task.State != TaskState.Running || !HasProgram(task))
+        if (task.State != TaskState.Running || task.UserfaultWait is not null || !HasProgram(task))
             return;
         var prog = Program(task);
         var r = task.Registers;
@@ -152,7 +152,7 @@ public static class WorkloadApi
     /// <summary>Runs exactly <paramref name="steps"/> operations; returns how many ran (fewer if the task died).</summary>
     public static long RunSteps(SimTask task, long steps)
     {
-        if (task.State != TaskState.Running || !HasProgram(task) || steps <= 0)
+        if (task.State != TaskState.Running || task.UserfaultWait is not null || !HasProgram(task) || steps <= 0)
             return 0;
         return Execute(task, Program(task), steps, countOwed: false);
     }
