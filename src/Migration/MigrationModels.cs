@@ -140,7 +140,9 @@ public sealed record MigrationResult
     public required IReadOnlyList<IterationRecord> Iterations { get; init; }
     public required string StopReason { get; init; }
     public int PreDumps => Iterations.Count(i => i.Kind == "pre-dump");
-    public ulong TotalBytesSent => Iterations.Aggregate(0UL, (s, i) => s + i.BytesSent);
+    /// <summary>Every image directory's files, plus the lazy pages fetched after resume (post-copy, raw 4 KiB pages as GET answers carry them).</summary>
+    public ulong TotalBytesSent => Iterations.Aggregate(0UL, (s, i) => s + i.BytesSent)
+        + (PostCopy is { } pc ? (ulong)(pc.Stats.PagesByFault + pc.Stats.PagesByDrain) * 4096 : 0);
     public ulong FinalBytesSent => Iterations.Count == 0 ? 0 : Iterations[^1].BytesSent;
     public required Downtime Downtime { get; init; }
     /// <summary>QEMU's expected downtime at the last decision: remaining dirty bytes ÷ bandwidth.</summary>

@@ -87,6 +87,20 @@ public class MigrateCliTests : IClassFixture<MigrateScratch>
     }
 
     [Fact]
+    public void Compare_Modes_AddAModeAndALastPageColumn()
+    {
+        var r = CliRunner.Run(["compare", .. _s.Args("--policies", "phaul", "--modes", "precopy,postcopy,hybrid", "--json")]);
+        Assert.True(r.Code == 0, r.Err + r.Out);
+        var runs = JsonDocument.Parse(r.Out).RootElement.GetProperty("runs").EnumerateArray().ToList();
+        Assert.Equal(["precopy", "postcopy", "hybrid"], runs.Select(x => x.GetProperty("mode").GetString()));
+        Assert.Equal(JsonValueKind.Null, runs[0].GetProperty("post_copy").ValueKind);
+        Assert.True(runs[1].GetProperty("post_copy").GetProperty("last_page_ns").GetUInt64() > 0);
+        var text = CliRunner.Run(["compare", .. _s.Args("--policies", "phaul", "--modes", "precopy,hybrid")]);
+        Assert.True(text.Code == 0, text.Err + text.Out);
+        Assert.Matches(@"^mode +policy .* last page$", text.Out.Split('\n')[1]);
+    }
+
+    [Fact]
     public void Migrate_UnknownMode_IsAUsageError()
     {
         var r = CliRunner.Run(["migrate", .. _s.Args("--mode", "lazy")]);
