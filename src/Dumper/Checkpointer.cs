@@ -43,6 +43,7 @@ internal sealed partial class Checkpointer
         _imgPerPage = _k.Capabilities.PageSize / PageGeometry.PageSize;
     }
 
+    /// <summary>What one dump knows about one task of the tree, from its VMAs to its written digests.</summary>
     private sealed class TaskState
     {
         public required TaskInfo Task;
@@ -52,238 +53,348 @@ internal sealed partial class Checkpointer
         public PageXfer? Xfer;
         public ulong Scanned;
         public List<(ulong Start, ulong End, ulong Hash)> Checksums = [];
-        public Dictionary<ulong, int> Shmids = [];
         /// <summary>The content tracker's digests of every page this dump's pagemap holds.</summary>
         public PageDigestMap? Digests;
     }
 
+    /// <summary>
+    /// One run of pre-dump or dump: what the steps of <see cref="Run"/> hand each other. Every step
+    /// reads and extends it; nothing of a run lives in the checkpointer's fields.
+    /// </summary>
+    private sealed class DumpRun : IDisposable
+    {
+        public required TrackerKind Tracker;
+        /// <summary>Whether this run leaves the tracker armed for a next pre-dump (always for a pre-dump).</summary>
+        public required bool Track;
+        public required ImageSet? ParentSet;
+        public required ulong? ParentUptimeUs;
+        public required ImageDirectory Dir;
+        public required PageServer.PageServerClient? PageServer;
+        /// <summary>A dump writes while frozen: pages stream to the images as they are collected.</summary>
+        public required PageXferQueue? Stream;
+        /// <summary>Elision and deltas (pre-dumps only): the history describing this dump's parent.</summary>
+        public required SentPages? History;
+        public readonly Stopwatch Wall = Stopwatch.StartNew();
+        public FreezeLease? Frozen;
+        public readonly List<TaskState> Tasks = [];
+        public ulong UptimeUs;
+
+        // Virtual time the cost model charges, per CRIU's dump stats.
+        public ulong FreezeNs, MemdumpNs, MemwriteNs, CompressNs;
+        // Host time, for the wall-clock stats.
+        public TimeSpan CollectWall, WriteWall;
+
+        public readonly PageWriteStats PageStats = new();
+        public ulong ShScanned, ShWritten;
+        public DeltaCounters DeltaCounters = new();
+        /// <summary>Bytes of pages the sieve compressed alone to size a delta against.</summary>
+        public ulong EstimatedBytes;
+
+        public ulong FrozenNs(bool preDump) => FreezeNs + MemdumpNs + (preDump ? 0 : MemwriteNs);
+
+        /// <summary>
+        /// A run that ends, failed or not: the transfer thread and the page stores' workers may
+        /// still be reading the frozen tasks' frames, so they stop (in that order: the transfer
+        /// thread feeds the workers) before the tree runs again.
+        /// </summary>
+        public void Dispose()
+        {
+            Stream?.Dispose();
+            foreach (var ts in Tasks)
+                ts.Xfer?.Dispose();
+            Frozen?.Thaw();
+            PageServer?.Dispose();
+            Dir.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// The steps of criu/cr-dump.c in order: freeze the tree and read each task's VMAs, collect the
+    /// pagemaps (a dump drains pages to the images while frozen), reset the tracker, then either
+    /// thaw and write the pages (pre-dump, cr_pre_dump_finish) or write the remaining images
+    /// while still frozen (dump), commit the images, and release the tree.
+    /// </summary>
     public DumpResult Run()
     {
-        var wall = Stopwatch.StartNew();
+        using var run = Begin();
+        FreezeTree(run);
+        CollectPagemaps(run);
+        ResetTracking(run);
+        var writeWatch = Stopwatch.StartNew();
+        if (_pre)
+            ThawAndWritePages(run);
+        else
+            WriteFrozenImages(run);
+        run.WriteWall += writeWatch.Elapsed;
+        var stats = CommitImages(run);
+        ReleaseTree(run);
+        return new DumpResult(stats with { WallClock = new WallClock(run.CollectWall, run.WriteWall, run.Wall.Elapsed) },
+            run.Tasks.Select(x => x.Task.Pid).ToList(), run.Tracker, _warnings);
+    }
+
+    /// <summary>Resolves the tracker, checks the root, opens the parent, the images directory and the page server.</summary>
+    private DumpRun Begin()
+    {
         var tracker = Criu.ResolveTracker(_k, _o.Tracker, _warnings, _o.AutoFallback, _o.StrictTracker);
-        bool track = _pre || _o.TrackMem;
         var root = _k.FindTask(_o.Pid);
         if (root is null || !root.Alive)
             throw new DumperException("no such process to dump", _o.Pid);
 
         var (parentSet, parentUptimeUs) = OpenParent();
         PrepareImagesDir(_o.ImagesDir, parentSet);
-        using var dir = ImageDirectory.Create(_o.ImagesDir);
-        if (_o.PrevImagesDir is not null)
-            dir.LinkParent(_o.PrevImagesDir);
-        using var pageServer = ConnectPageServer();
-
-        // ---- freeze ---------------------------------------------------------------------------
-        var frozen = _k.Freeze(_o.Pid);
-        var tasks = new List<TaskState>();
-        ulong freezeNs = 0, memdumpNs = 0, memwriteNs = 0;
-        ulong compressNs = 0;
-        var collectWatch = Stopwatch.StartNew();
-        TimeSpan writeWall = TimeSpan.Zero;
-        var pageStats = new PageWriteStats();
-        ulong shScanned = 0, shWritten = 0;
-        // A dump writes while frozen: pages stream to the images as they are collected.
-        using var stream = _pre ? null : new PageXferQueue(StreamBudgetBytes);
-        // Elision and deltas (pre-dumps only): the history must describe this dump's parent.
-        var history = _pre ? _o.History : null;
-        history?.Begin(parentSet?.Path, _o.ImagesDir);
-        var deltaCounters = new DeltaCounters();
-        ulong estimatedBytes = 0;
+        var dir = ImageDirectory.Create(_o.ImagesDir);
+        PageServer.PageServerClient? pageServer = null;
         try
         {
-            foreach (var t in _k.Tree(_o.Pid))
+            if (_o.PrevImagesDir is not null)
+                dir.LinkParent(_o.PrevImagesDir);
+            pageServer = ConnectPageServer();
+            var history = _pre ? _o.History : null;
+            history?.Begin(parentSet?.Path, _o.ImagesDir);
+            return new DumpRun
             {
-                if (!t.Alive)
-                {
-                    _warnings.Add(new DumperWarning("zombie", $"task {t.Pid} is a zombie and is not dumped"));
-                    continue;
-                }
-                // smaps carries VmFlags; [vsyscall] (gate area) only shows in maps, and CRIU keeps it in mm.
-                var vmas = SmapsParser.Parse(_k.Smaps(t.Pid));
-                // (Linux's smaps lists it too since 4.x; then it is there once.)
-                if (!vmas.Any(v => v.IsVsyscall))
-                    vmas.AddRange(SmapsParser.ParseMaps(_k.Maps(t.Pid)).Where(v => v.IsVsyscall));
-                tasks.Add(new TaskState { Task = t, Vmas = vmas });
-            }
-            freezeNs = _cost.FreezeNsPerTask * (ulong)tasks.Count;
-            ulong uptimeUs = _k.UptimeNs / 1000;
-
-            bool useScan = tracker is TrackerKind.PagemapScan or TrackerKind.UffdWp
-                           || (tracker is TrackerKind.None or TrackerKind.Content && _k.Capabilities.PagemapScan);
-            var dirty = tracker switch
-            {
-                TrackerKind.SoftDirty or TrackerKind.PagemapScan => DirtySource.SoftDirty,
-                TrackerKind.UffdWp => DirtySource.Written,
-                _ => DirtySource.Always,
+                Tracker = tracker, Track = _pre || _o.TrackMem,
+                ParentSet = parentSet, ParentUptimeUs = parentUptimeUs,
+                Dir = dir, PageServer = pageServer,
+                Stream = _pre ? null : new PageXferQueue(StreamBudgetBytes),
+                History = history,
             };
-            using var walker = new PageWalker(_k, useScan, dirty);
-            var spans = new List<PageSpan>(256);
-            var serverParents = AskPageServerParents(pageServer, parentSet, tasks);
-            foreach (var ts in tasks)
-            {
-                var t = ts.Task;
-                bool parentOk = parentSet is not null && tracker != TrackerKind.None
-                    && (serverParents?.Contains(t.Pid) ?? parentSet.HasPagemap(t.Pid));
-                // With a page server the parent's pagemaps are on the server, which answered for them.
-                if (serverParents is null && parentSet is not null && tracker != TrackerKind.None && !parentOk)
-                {
-                    // Images of other processes (a --prev-images-dir naming the wrong dump) cannot
-                    // serve as this task's parent: say so rather than silently dumping everything.
-                    var held = parentSet.PagemapPids();
-                    _warnings.Add(new DumperWarning("parent-ignored", held.Count == 0
-                        ? $"task {t.Pid}: the parent images in {parentSet.Path} hold no process's pages, so they are ignored and every page is dumped"
-                        : $"task {t.Pid}: the parent images in {parentSet.Path} hold no pages of it (they are of pid {string.Join(", ", held)}), so they are ignored and every page of it is dumped"));
-                }
-                if (parentOk && parentUptimeUs is ulong pu && t.StartTimeNs / 1000 > pu)
-                {
-                    parentOk = false;
-                    _warnings.Add(new DumperWarning("pid-reuse", $"task {t.Pid} started after the parent dump: its parent images are ignored (PID reuse)"));
-                }
-                if (parentOk && tracker == TrackerKind.UffdWp && _k.InstalledUserfaultfd(t.Pid) is null)
-                    parentOk = false; // no write-protect history for this task: everything counts as written
-                if (parentOk)
-                    ts.ParentPagemap = serverParents is null ? parentSet!.ReadPagemap(t.Pid) : PagemapImage.AllInParent("parent on the page server");
-                PageDigestMap? parentDigests = parentOk && tracker == TrackerKind.Content ? parentSet!.ReadPageDigests(t.Pid) : null;
-                if (!_pre)
-                {
-                    ts.Xfer = new PageXfer(OpenSink(dir, pageServer, t.Pid), digests: _o.RecordChecksums);
-                    ts.Pipe = new PagePipe(stream!, ts.Xfer, frozen);
-                }
-                else
-                    ts.Pipe = new PagePipe();
-                var collector = new PageCollector(_k, frozen, t.Pid, walker, ts.Pipe, ts.ParentPagemap, _pre, _o.RecordChecksums && !_pre, _imgPerPage);
-                if (tracker == TrackerKind.Content)
-                    collector.TrackContent(parentDigests);
-                foreach (var v in ts.Vmas)
-                {
-                    collector.CollectVma(v, spans);
-                    if (!_pre && ts.Pipe.BufferedBytes >= ChunkBytes)
-                        ts.Pipe.Drain();
-                }
-                if (!_pre)
-                    ts.Pipe.Drain();
-                ts.Scanned = collector.Scanned;
-                ts.Checksums = collector.Checksums;
-                ts.Digests = collector.Digests;
-                memdumpNs += (ulong)(collector.Scanned * _cost.ScanNsPerPage) + CostModel.Ns(collector.CollectedBytes, _cost.CopyBytesPerSecond);
-            }
-            memdumpNs += _cost.ProcParseNsPerTask * (ulong)tasks.Count;
-            var collectWall = collectWatch.Elapsed - writeWall;
-
-            // ---- reset the tracker (pages were collected), still frozen ------------------------
-            ulong resetPages = 0;
-            if (track)
-                foreach (var ts in tasks)
-                    resetPages += ResetTracker(tracker, ts);
-            memdumpNs += (ulong)(resetPages * _cost.ResetNsPerPage);
-
-            var writeWatch = Stopwatch.StartNew();
-            if (_pre)
-            {
-                // frozen_time stops before the pages are written (cr_pre_dump_finish).
-                _k.LetTimePass(freezeNs + memdumpNs);
-                frozen.Thaw();
-                foreach (var ts in tasks)
-                {
-                    using var xfer = new PageXfer(OpenSink(dir, pageServer, ts.Task.Pid));
-                    using var sieve = history is null ? null : new PageSieve(history, ts.Task.Pid, ts.ParentPagemap, _o.PageStore);
-                    xfer.Write(ts.Pipe, sieve);
-                    if (sieve is not null)
-                    {
-                        deltaCounters = deltaCounters.Add(sieve.Counters);
-                        estimatedBytes += sieve.EstimatedBytes;
-                    }
-                    if (ts.Digests is not null)
-                        dir.WritePageDigests(ts.Task.Pid, ts.Digests);
-                    var st = xfer.Finish();
-                    pageStats.Add(st);
-                    if (_o.AutoDedup) PageXfer.Dedup(parentSet, ImageNames.Pagemap(ts.Task.Pid), xfer.WrittenRanges);
-                }
-                dir.WriteInventory(new inventory_entry { ImgVersion = 0, DumpUptime = uptimeUs, PreDumpMode = 1 });
-            }
-            else
-            {
-                stream!.Flush();
-                foreach (var ts in tasks)
-                {
-                    pageStats.Add(ts.Xfer!.Finish());
-                    if (ts.Digests is not null)
-                        dir.WritePageDigests(ts.Task.Pid, ts.Digests);
-                    AddDigests(ts.Checksums, ts.Xfer.Digests);
-                    if (_o.AutoDedup) PageXfer.Dedup(parentSet, ImageNames.Pagemap(ts.Task.Pid), ts.Xfer.WrittenRanges);
-                    ts.Xfer.Dispose();
-                    ts.Xfer = null;
-                }
-                (shScanned, shWritten) = DumpShmem(dir, pageServer, tasks, pageStats);
-                WriteTaskImages(dir, tasks, track ? uptimeUs : null);
-            }
-            writeWall += writeWatch.Elapsed;
-
-            ulong stored = pageStats.BytesStored, raw = pageStats.BytesRaw;
-            // Pages considered for deltas were also compressed alone to size them up.
-            compressNs = _o.PageStore.Compression == PageCompression.None ? 0
-                : CostModel.Ns(raw + estimatedBytes, _o.PageStore.Compression == PageCompression.Zstd ? _cost.CompressBytesPerSecond / 3 : _cost.CompressBytesPerSecond)
-                  / (ulong)Math.Max(1, _o.PageStore.Parallelism);
-            memwriteNs = compressNs + CostModel.Ns(stored + pageStats.BytesDelta, _cost.DiskBytesPerSecond);
-
-            ulong frozenNs = freezeNs + memdumpNs + (_pre ? 0 : memwriteNs);
-            var stats = new DumpStats
-            {
-                FreezingTime = RestoreStats.Us(freezeNs),
-                FrozenTime = RestoreStats.Us(frozenNs),
-                MemdumpTime = RestoreStats.Us(memdumpNs),
-                MemwriteTime = RestoreStats.Us(memwriteNs),
-                PagesScanned = tasks.Aggregate(0UL, (s, x) => s + x.Scanned) * (ulong)_imgPerPage,
-                PagesSkippedParent = pageStats.PagesSkippedParent,
-                PagesWritten = pageStats.PagesWritten + pageStats.PagesDelta - shWritten,
-                PagesLazy = pageStats.PagesLazy,
-                PagePipes = (ulong)tasks.Count,
-                PagePipeBufs = (ulong)tasks.Sum(x => x.Pipe.BufferCount),
-                ShpagesScanned = shScanned,
-                ShpagesSkippedParent = 0,
-                ShpagesWritten = shWritten,
-                BytesRaw = raw + (pageStats.PagesDelta << PageGeometry.PageShift),
-                BytesCompressed = stored,
-                ZeroPagesSkipped = pageStats.ZeroPagesSkipped,
-                PagesStoredRaw = pageStats.PagesStoredRaw,
-                Tracker = TrackerNames.Name(tracker),
-                Compression = _o.PageStore.Compression switch { PageCompression.Lz4 => "lz4", PageCompression.Zstd => "zstd", _ => "none" },
-                CompressTime = RestoreStats.Us(compressNs),
-                Delta = history is null ? null : deltaCounters,
-                WallClock = new WallClock(collectWall, writeWall, wall.Elapsed),
-            };
-            // The server has every page once it answers CLOSE; only then is the dump complete.
-            pageServer?.Close();
-            dir.WriteDumpStats(stats.ToProto());
-            dir.Commit();
-            history?.Commit(_o.ImagesDir, deltaCounters);
-
-            if (_pre)
-                _k.LetTimePass(memwriteNs);
-            else if (_o.LeaveRunning)
-            {
-                _k.LetTimePass(frozenNs);
-                frozen.Thaw();
-            }
-            else
-            {
-                _k.LetTimePass(frozenNs);
-                KillTree(tasks);
-                frozen.Thaw(); // nothing is left to thaw; the lease ends
-            }
-            return new DumpResult(stats with { WallClock = new WallClock(collectWall, writeWall, wall.Elapsed) },
-                tasks.Select(x => x.Task.Pid).ToList(), tracker, _warnings);
         }
-        finally
+        catch
         {
-            // A dump that failed part-way: the transfer thread and the page stores' workers may
-            // still be reading the frozen tasks' frames, so they are stopped (in that order: the
-            // transfer thread feeds the workers) before the tree runs again.
-            stream?.Dispose();
-            foreach (var ts in tasks)
-                ts.Xfer?.Dispose();
-            frozen.Thaw();
+            pageServer?.Dispose();
+            dir.Dispose();
+            throw;
         }
+    }
+
+    /// <summary>Freezes the tree and reads each live task's VMAs (smaps, plus [vsyscall] from maps).</summary>
+    private void FreezeTree(DumpRun run)
+    {
+        run.Frozen = _k.Freeze(_o.Pid);
+        foreach (var t in _k.Tree(_o.Pid))
+        {
+            if (!t.Alive)
+            {
+                _warnings.Add(new DumperWarning("zombie", $"task {t.Pid} is a zombie and is not dumped"));
+                continue;
+            }
+            // smaps carries VmFlags; [vsyscall] (the gate area) shows only in maps on older
+            // kernels (Linux's smaps lists it too since 4.x; then it is there once), and CRIU keeps it in mm.
+            var vmas = SmapsParser.Parse(_k.Smaps(t.Pid));
+            if (!vmas.Any(v => v.IsVsyscall))
+                vmas.AddRange(SmapsParser.ParseMaps(_k.Maps(t.Pid)).Where(v => v.IsVsyscall));
+            run.Tasks.Add(new TaskState { Task = t, Vmas = vmas });
+        }
+        run.FreezeNs = _cost.FreezeNsPerTask * (ulong)run.Tasks.Count;
+        run.UptimeUs = _k.UptimeNs / 1000;
+    }
+
+    /// <summary>
+    /// Walks every task's VMAs with the tracker against its parent pagemap and queues the pages in
+    /// its page pipe; a dump drains the pipes to the images as they fill, still frozen.
+    /// </summary>
+    private void CollectPagemaps(DumpRun run)
+    {
+        var collectWatch = Stopwatch.StartNew();
+        var tracker = run.Tracker;
+        bool useScan = tracker is TrackerKind.PagemapScan or TrackerKind.UffdWp
+                       || (tracker is TrackerKind.None or TrackerKind.Content && _k.Capabilities.PagemapScan);
+        var dirty = tracker switch
+        {
+            TrackerKind.SoftDirty or TrackerKind.PagemapScan => DirtySource.SoftDirty,
+            TrackerKind.UffdWp => DirtySource.Written,
+            _ => DirtySource.Always,
+        };
+        using var walker = new PageWalker(_k, useScan, dirty);
+        var spans = new List<PageSpan>(256);
+        var serverParents = AskPageServerParents(run.PageServer, run.ParentSet, run.Tasks);
+        foreach (var ts in run.Tasks)
+        {
+            var parentDigests = OpenTaskParent(run, ts, serverParents);
+            if (!_pre)
+            {
+                // The content tracker digests the spliced pages itself; the page store need not.
+                bool storeDigests = _o.RecordChecksums && !PageCollector.ChecksumsIncludeWrittenPages(tracker == TrackerKind.Content, streamed: true);
+                ts.Xfer = new PageXfer(OpenSink(run.Dir, run.PageServer, ts.Task.Pid), digests: storeDigests);
+                ts.Pipe = new PagePipe(run.Stream!, ts.Xfer, run.Frozen!);
+            }
+            else
+                ts.Pipe = new PagePipe();
+            var collector = new PageCollector(_k, run.Frozen!, ts.Task.Pid, walker, ts.Pipe, ts.ParentPagemap, _pre, _o.RecordChecksums && !_pre, _imgPerPage);
+            if (tracker == TrackerKind.Content)
+                collector.TrackContent(parentDigests);
+            foreach (var v in ts.Vmas)
+            {
+                collector.CollectVma(v, spans);
+                if (!_pre && ts.Pipe.BufferedBytes >= ChunkBytes)
+                    ts.Pipe.Drain();
+            }
+            if (!_pre)
+                ts.Pipe.Drain();
+            ts.Scanned = collector.Scanned;
+            ts.Checksums = collector.Checksums;
+            ts.Digests = collector.Digests;
+            run.MemdumpNs += (ulong)(collector.Scanned * _cost.ScanNsPerPage) + CostModel.Ns(collector.CollectedBytes, _cost.CopyBytesPerSecond);
+        }
+        run.MemdumpNs += _cost.ProcParseNsPerTask * (ulong)run.Tasks.Count;
+        run.CollectWall = collectWatch.Elapsed;
+    }
+
+    /// <summary>
+    /// Decides whether the parent images can serve as this task's parent, sets its parent pagemap,
+    /// and returns the parent's page digests when the content tracker needs them.
+    /// </summary>
+    private PageDigestMap? OpenTaskParent(DumpRun run, TaskState ts, HashSet<int>? serverParents)
+    {
+        var t = ts.Task;
+        var parentSet = run.ParentSet;
+        var tracker = run.Tracker;
+        bool parentOk = parentSet is not null && tracker != TrackerKind.None
+            && (serverParents?.Contains(t.Pid) ?? parentSet.HasPagemap(t.Pid));
+        // With a page server the parent's pagemaps are on the server, which answered for them.
+        if (serverParents is null && parentSet is not null && tracker != TrackerKind.None && !parentOk)
+        {
+            // Images of other processes (a --prev-images-dir naming the wrong dump) cannot
+            // serve as this task's parent: say so rather than silently dumping everything.
+            var held = parentSet.PagemapPids();
+            _warnings.Add(new DumperWarning("parent-ignored", held.Count == 0
+                ? $"task {t.Pid}: the parent images in {parentSet.Path} hold no process's pages, so they are ignored and every page is dumped"
+                : $"task {t.Pid}: the parent images in {parentSet.Path} hold no pages of it (they are of pid {string.Join(", ", held)}), so they are ignored and every page of it is dumped"));
+        }
+        if (parentOk && run.ParentUptimeUs is ulong pu && t.StartTimeNs / 1000 > pu)
+        {
+            parentOk = false;
+            _warnings.Add(new DumperWarning("pid-reuse", $"task {t.Pid} started after the parent dump: its parent images are ignored (PID reuse)"));
+        }
+        if (parentOk && tracker == TrackerKind.UffdWp && _k.InstalledUserfaultfd(t.Pid) is null)
+            parentOk = false; // no write-protect history for this task: everything counts as written
+        if (!parentOk)
+            return null;
+        ts.ParentPagemap = serverParents is null ? parentSet!.ReadPagemap(t.Pid) : PagemapImage.AllInParent("parent on the page server");
+        return tracker == TrackerKind.Content ? parentSet!.ReadPageDigests(t.Pid) : null;
+    }
+
+    /// <summary>Re-arms the tracker (the pages are collected), still frozen, so the next dump sees only new writes.</summary>
+    private void ResetTracking(DumpRun run)
+    {
+        if (!run.Track)
+            return;
+        ulong resetPages = 0;
+        foreach (var ts in run.Tasks)
+            resetPages += ResetTracker(run.Tracker, ts);
+        run.MemdumpNs += (ulong)(resetPages * _cost.ResetNsPerPage);
+    }
+
+    /// <summary>
+    /// A pre-dump's second half (cr_pre_dump_finish): the frozen time ends before the pages are
+    /// written, the tree runs on, and the collected pages go to the images (or the page server),
+    /// through the elision and delta sieve when a history is kept.
+    /// </summary>
+    private void ThawAndWritePages(DumpRun run)
+    {
+        _k.LetTimePass(run.FreezeNs + run.MemdumpNs);
+        run.Frozen!.Thaw();
+        foreach (var ts in run.Tasks)
+        {
+            using var xfer = new PageXfer(OpenSink(run.Dir, run.PageServer, ts.Task.Pid));
+            using var sieve = run.History is null ? null : new PageSieve(run.History, ts.Task.Pid, ts.ParentPagemap, _o.PageStore);
+            xfer.Write(ts.Pipe, sieve);
+            if (sieve is not null)
+            {
+                run.DeltaCounters = run.DeltaCounters.Add(sieve.Counters);
+                run.EstimatedBytes += sieve.EstimatedBytes;
+            }
+            if (ts.Digests is not null)
+                run.Dir.WritePageDigests(ts.Task.Pid, ts.Digests);
+            run.PageStats.Add(xfer.Finish());
+            if (_o.AutoDedup) PageXfer.Dedup(run.ParentSet, ImageNames.Pagemap(ts.Task.Pid), xfer.WrittenRanges);
+        }
+        run.Dir.WriteInventory(new inventory_entry { ImgVersion = 0, DumpUptime = run.UptimeUs, PreDumpMode = 1 });
+    }
+
+    /// <summary>
+    /// A dump's second half, still frozen: the streamed pages are flushed and finished, shared
+    /// anonymous memory is dumped once per object, then pstree, core, ids, mm and files.
+    /// </summary>
+    private void WriteFrozenImages(DumpRun run)
+    {
+        run.Stream!.Flush();
+        foreach (var ts in run.Tasks)
+        {
+            run.PageStats.Add(ts.Xfer!.Finish());
+            if (ts.Digests is not null)
+                run.Dir.WritePageDigests(ts.Task.Pid, ts.Digests);
+            AddDigests(ts.Checksums, ts.Xfer.Digests);
+            if (_o.AutoDedup) PageXfer.Dedup(run.ParentSet, ImageNames.Pagemap(ts.Task.Pid), ts.Xfer.WrittenRanges);
+            ts.Xfer.Dispose();
+            ts.Xfer = null;
+        }
+        (run.ShScanned, run.ShWritten) = DumpShmem(run.Dir, run.PageServer, run.Tasks, run.PageStats);
+        WriteTaskImages(run.Dir, run.Tasks, run.Track ? run.UptimeUs : null);
+    }
+
+    /// <summary>
+    /// Charges the write to the cost model, writes stats-dump, and commits the images directory
+    /// (after the page server has acknowledged every page: a dump is complete only then).
+    /// </summary>
+    private DumpStats CommitImages(DumpRun run)
+    {
+        var ps = run.PageStats;
+        ulong stored = ps.BytesStored, raw = ps.BytesRaw;
+        // Pages considered for deltas were also compressed alone to size them up.
+        run.CompressNs = _o.PageStore.Compression == PageCompression.None ? 0
+            : CostModel.Ns(raw + run.EstimatedBytes, _o.PageStore.Compression == PageCompression.Zstd ? _cost.CompressBytesPerSecond / 3 : _cost.CompressBytesPerSecond)
+              / (ulong)Math.Max(1, _o.PageStore.Parallelism);
+        run.MemwriteNs = run.CompressNs + CostModel.Ns(stored + ps.BytesDelta, _cost.DiskBytesPerSecond);
+
+        var stats = new DumpStats
+        {
+            FreezingTime = RestoreStats.Us(run.FreezeNs),
+            FrozenTime = RestoreStats.Us(run.FrozenNs(_pre)),
+            MemdumpTime = RestoreStats.Us(run.MemdumpNs),
+            MemwriteTime = RestoreStats.Us(run.MemwriteNs),
+            PagesScanned = run.Tasks.Aggregate(0UL, (s, x) => s + x.Scanned) * (ulong)_imgPerPage,
+            PagesSkippedParent = ps.PagesSkippedParent,
+            PagesWritten = ps.PagesWritten + ps.PagesDelta - run.ShWritten,
+            PagesLazy = ps.PagesLazy,
+            PagePipes = (ulong)run.Tasks.Count,
+            PagePipeBufs = (ulong)run.Tasks.Sum(x => x.Pipe.BufferCount),
+            ShpagesScanned = run.ShScanned,
+            ShpagesSkippedParent = 0,
+            ShpagesWritten = run.ShWritten,
+            BytesRaw = raw + (ps.PagesDelta << PageGeometry.PageShift),
+            BytesCompressed = stored,
+            ZeroPagesSkipped = ps.ZeroPagesSkipped,
+            PagesStoredRaw = ps.PagesStoredRaw,
+            Tracker = TrackerNames.Name(run.Tracker),
+            Compression = _o.PageStore.Compression switch { PageCompression.Lz4 => "lz4", PageCompression.Zstd => "zstd", _ => "none" },
+            CompressTime = RestoreStats.Us(run.CompressNs),
+            Delta = run.History is null ? null : run.DeltaCounters,
+            WallClock = new WallClock(run.CollectWall, run.WriteWall, run.Wall.Elapsed),
+        };
+        run.PageServer?.Close();
+        run.Dir.WriteDumpStats(stats.ToProto());
+        run.Dir.Commit();
+        run.History?.Commit(_o.ImagesDir, run.DeltaCounters);
+        return stats;
+    }
+
+    /// <summary>
+    /// The tree after its images are complete: a pre-dump's tree already runs (the write time
+    /// passes); a dump's tree resumes with --leave-running, otherwise it is killed (CRIU's default).
+    /// </summary>
+    private void ReleaseTree(DumpRun run)
+    {
+        if (_pre)
+        {
+            _k.LetTimePass(run.MemwriteNs);
+            return;
+        }
+        _k.LetTimePass(run.FrozenNs(_pre));
+        if (!_o.LeaveRunning)
+            KillTree(run.Tasks);
+        run.Frozen!.Thaw(); // after a kill nothing is left to thaw; the lease ends
     }
 
     private (ImageSet? Set, ulong? UptimeUs) OpenParent()

@@ -37,7 +37,9 @@ internal sealed class PageCollector
     private bool _content;
     private PageDigestMap? _parentDigests;
     private byte[]? _scratch;
+    private byte[]? _scratch2;
     private nint[]? _frames;
+    private nint[]? _spliced;
 
     public PageCollector(IKernel k, FreezeLease? frozen, int pid, PageWalker walker, PagePipe pipe, PagemapImage? parent, bool preDump, bool hash, int imgPerPage)
     {
@@ -136,62 +138,150 @@ internal sealed class PageCollector
     /// <summary>
     /// The content tracker's path: reads the pages (frozen, so what is digested is what is
     /// written), then, per run of kernel pages, leaves unchanged ones to the parent and puts
-    /// changed ones into the pipe from the bytes already read.
+    /// changed ones into the pipe from what was already read. A streamed pipe (dump) takes its
+    /// pages by splice, and the digests are taken from the spliced pages themselves, so every
+    /// page is read once and digested once: the collector's digests also make up the VMA
+    /// checksums (<see cref="ChecksumsIncludeWrittenPages"/>), and the page store need not digest.
+    /// Where the kernel's splice copies (the real host) and a parent may hold most pages, the
+    /// pages are read into a scratch buffer instead and only the changed runs are staged, so the
+    /// freeze does not hold a copy of pages the parent already has.
     /// </summary>
-    private void CollectByContent(ulong va, ulong nr, bool allowParent, ref VmaHash h)
+    private unsafe void CollectByContent(ulong va, ulong nr, bool allowParent, ref VmaHash h)
     {
         int ps = 1 << _shift;
+        bool stage = _pipe.Streamed && _k.Capabilities.SpliceCopies && allowParent && _parentDigests is not null;
+        bool splice = _pipe.Streamed && !stage;
         _scratch ??= GC.AllocateUninitializedArray<byte>(1 << 20);
         int chunk = Math.Max(1, _scratch.Length / ps);
-        for (ulong done = 0; done < nr;)
+        int imgChunk = chunk * _imgPerPage;
+        if (splice)
+            _spliced ??= new nint[imgChunk];
+        // Reading and digesting overlap: while this thread digests one chunk, the next is read
+        // (process_vm_readv on the real host) into the other buffer. Only the reader calls the
+        // kernel while a read is in flight.
+        bool prefetch = !splice && nr > (ulong)chunk;
+        if (prefetch)
+            _scratch2 ??= GC.AllocateUninitializedArray<byte>(_scratch.Length);
+        byte[] cur = _scratch, other = _scratch2 ?? _scratch;
+        Task? pending = null;
+        try
         {
-            int n = (int)Math.Min(nr - done, (ulong)chunk);
-            ulong a = va + (done << _shift);
-            var bytes = _scratch.AsSpan(0, n * ps);
-            Read(a, bytes);
-            int runStart = 0;
-            bool runSame = false;
-            ulong runSum = 0, sum = 0;
-            for (int i = 0; i <= n; i++)
+            for (ulong done = 0; done < nr;)
             {
-                bool same = false;
-                if (i < n)
+                int n = (int)Math.Min(nr - done, (ulong)chunk);
+                ulong a = va + (done << _shift);
+                var bytes = cur.AsSpan(0, n * ps);
+                if (splice)
+                    Splice(a, _spliced.AsSpan(0, n * _imgPerPage), n);
+                else if (pending is not null)
+                    pending.GetAwaiter().GetResult();
+                else
+                    Read(a, bytes);
+                pending = null;
+                if (prefetch && done + (ulong)n < nr)
                 {
-                    same = allowParent && _parentDigests is not null;
-                    sum = 0;
-                    for (int k = 0; k < _imgPerPage; k++)
-                    {
-                        int off = i * ps + (k << PageGeometry.PageShift);
-                        ulong pva = a + (ulong)off;
-                        ulong d = PageDigest.Of(pva, bytes.Slice(off, PageGeometry.PageSize));
-                        Digests!.Add(pva, d);
-                        sum += d;
-                        if (same && (!_parentDigests!.TryGet(pva, out ulong pd) || pd != d))
-                            same = false;
-                    }
+                    int n2 = (int)Math.Min(nr - done - (ulong)n, (ulong)chunk);
+                    ulong a2 = a + ((ulong)n << _shift);
+                    var buf = other;
+                    pending = Task.Run(() => Read(a2, buf.AsSpan(0, n2 * ps)));
                 }
-                if (i > runStart && (i == n || same != runSame))
+                int runStart = 0;
+                bool runSame = false;
+                ulong runSum = 0, sum = 0;
+                for (int i = 0; i <= n; i++)
                 {
-                    ulong ra = a + ((ulong)runStart << _shift);
-                    int rn = i - runStart;
-                    if (runSame && ParentCovers(ra, (ulong)rn))
+                    bool same = false;
+                    if (i < n)
                     {
-                        _pipe.AddHole(ra, (ulong)rn * (ulong)_imgPerPage);
-                        if (_hash)
+                        same = allowParent && _parentDigests is not null;
+                        sum = 0;
+                        for (int k = 0; k < _imgPerPage; k++)
+                        {
+                            int img = i * _imgPerPage + k;
+                            ulong pva = a + ((ulong)img << PageGeometry.PageShift);
+                            var page = splice
+                                ? new ReadOnlySpan<byte>((void*)_spliced![img], PageGeometry.PageSize)
+                                : bytes.Slice(img << PageGeometry.PageShift, PageGeometry.PageSize);
+                            ulong d = PageDigest.Of(pva, page);
+                            Digests!.Add(pva, d);
+                            sum += d;
+                            if (same && (!_parentDigests!.TryGet(pva, out ulong pd) || pd != d))
+                                same = false;
+                        }
+                    }
+                    if (i > runStart && (i == n || same != runSame))
+                    {
+                        ulong ra = a + ((ulong)runStart << _shift);
+                        int rn = i - runStart;
+                        if (runSame && ParentCovers(ra, (ulong)rn))
+                        {
+                            _pipe.AddHole(ra, (ulong)rn * (ulong)_imgPerPage);
+                            if (_hash)
+                                h.Value += runSum;
+                        }
+                        else if (splice)
+                        {
+                            MoveRefsIntoPipe(ra, _spliced.AsSpan(runStart * _imgPerPage, rn * _imgPerPage));
                             h.Value += runSum;
+                        }
+                        else if (stage)
+                        {
+                            StageIntoPipe(ra, bytes.Slice(runStart * ps, rn * ps));
+                            h.Value += runSum;
+                        }
+                        else
+                            CopyIntoPipe(ra, bytes.Slice(runStart * ps, rn * ps), ref h);
+                        runStart = i;
+                        runSum = 0;
                     }
-                    else if (_pipe.Streamed)
-                        Emit(ra, (ulong)rn, dump: true, ref h);
-                    else
-                        CopyIntoPipe(ra, bytes.Slice(runStart * ps, rn * ps), ref h);
-                    runStart = i;
-                    runSum = 0;
+                    if (i == runStart)
+                        runSame = same;
+                    runSum += sum;
                 }
-                if (i == runStart)
-                    runSame = same;
-                runSum += sum;
+                done += (ulong)n;
+                (cur, other) = (other, cur);
             }
-            done += (ulong)n;
+        }
+        finally
+        {
+            // A failed chunk leaves no read running into a buffer the next span reuses.
+            try { pending?.Wait(); }
+            catch (AggregateException) { }
+        }
+    }
+
+    /// <summary>
+    /// True when the checksums already hold the digests of the pages put into the pipe (the
+    /// content tracker of a streamed dump digests them); the page store then need not digest.
+    /// </summary>
+    public static bool ChecksumsIncludeWrittenPages(bool content, bool streamed) => content && streamed;
+
+    private static unsafe void AddSplicedDigests(ulong va, ReadOnlySpan<nint> refs, ref VmaHash h)
+    {
+        for (int i = 0; i < refs.Length; i++)
+            h.Value += PageDigest.Of(va + ((ulong)i << PageGeometry.PageShift), new ReadOnlySpan<byte>((void*)refs[i], PageGeometry.PageSize));
+    }
+
+    private void StageIntoPipe(ulong va, ReadOnlySpan<byte> src)
+    {
+        for (int off = 0; off < src.Length;)
+        {
+            int n = Math.Min(src.Length - off, PagePipe.MaxReserve);
+            _frozen!.StageCopy(src.Slice(off, n), _pipe.ReserveRefs(va + (ulong)off, n));
+            CollectedBytes += n;
+            off += n;
+        }
+    }
+
+    private void MoveRefsIntoPipe(ulong va, ReadOnlySpan<nint> refs)
+    {
+        int per = PagePipe.MaxReserve >> PageGeometry.PageShift;
+        for (int off = 0; off < refs.Length;)
+        {
+            int n = Math.Min(refs.Length - off, per);
+            refs.Slice(off, n).CopyTo(_pipe.ReserveRefs(va + ((ulong)off << PageGeometry.PageShift), n << PageGeometry.PageShift));
+            CollectedBytes += (long)n << PageGeometry.PageShift;
+            off += n;
         }
     }
 
@@ -264,6 +354,10 @@ internal sealed class PageCollector
                 // digests the dumped pages for the VMA checksum as it compresses them.
                 var refs = _pipe.ReserveRefs(a, n * ps);
                 Splice(a, refs, n);
+                // With the content tracker the page store does not digest (it would repeat the
+                // collector's work); pages spliced outside the content path ([vdso]) are digested here.
+                if (_content && _hash)
+                    AddSplicedDigests(a, refs, ref h);
             }
             else
             {

@@ -53,6 +53,7 @@ public sealed class LinuxHost : IKernel, IDisposable
             UffdWp = false,
             UffdWpAsync = false,
             CanSplice = true,
+            SpliceCopies = true,
             CanReadRegisters = readRegisters,
             CanRestore = false,
         };
@@ -275,41 +276,13 @@ public sealed class LinuxHost : IKernel, IDisposable
 
     private sealed unsafe class HostFreezeLease(int root, Freezer freezer, Ptrace? ptrace, LinuxHost host) : FreezeLease(root)
     {
-        private const long ChunkBytes = 64L << 20;
-        private readonly List<nint> _chunks = [];
-        private byte* _cur;
-        private long _left;
-
         public Ptrace? Ptrace { get; } = ptrace;
 
-        /// <summary>Staging memory for <see cref="SplicePages"/>: bump-allocated in 64 MiB chunks, freed on thaw.</summary>
-        public byte* Stage(long bytes)
-        {
-            lock (_chunks)
-            {
-                if (_left < bytes)
-                {
-                    long size = Math.Max(bytes, ChunkBytes);
-                    _cur = (byte*)NativeMemory.AlignedAlloc((nuint)size, 4096);
-                    _chunks.Add((nint)_cur);
-                    _left = size;
-                }
-                byte* p = _cur;
-                _cur += bytes;
-                _left -= bytes;
-                return p;
-            }
-        }
+        /// <summary>Staging memory for <see cref="SplicePages"/>, freed on thaw.</summary>
+        public new byte* Stage(long bytes) => base.Stage(bytes);
 
         protected override void ThawTree()
         {
-            lock (_chunks)
-            {
-                foreach (var c in _chunks)
-                    NativeMemory.AlignedFree((void*)c);
-                _chunks.Clear();
-                _left = 0;
-            }
             // Detach first: a seized thread resumes (or, after SIGSTOP, returns to its group stop),
             // then the freezer puts every task back where it was.
             Ptrace?.Dispose();

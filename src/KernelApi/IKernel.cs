@@ -165,6 +165,12 @@ public sealed record KernelCapabilities
     public bool PagemapScanSoftDirty { get; init; }
     /// <summary><see cref="IKernel.SplicePages"/> works.</summary>
     public bool CanSplice { get; init; }
+    /// <summary>
+    /// <see cref="IKernel.SplicePages"/> copies the pages rather than referencing them (an outside
+    /// observer has no vmsplice): a caller already holding the bytes should stage them with
+    /// <see cref="FreezeLease.StageCopy"/> instead of splicing them again.
+    /// </summary>
+    public bool SpliceCopies { get; init; }
     /// <summary>Registers can be read (<see cref="IKernel.GetRegisters"/>).</summary>
     public bool CanReadRegisters { get; init; }
     /// <summary>Tasks can be created and shaped for a restore (spawn, fork, mmap, ...).</summary>

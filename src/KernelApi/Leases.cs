@@ -1,3 +1,5 @@
+using System.Runtime.InteropServices;
+
 namespace CriuSharp.KernelApi;
 
 /// <summary>
@@ -8,9 +10,62 @@ namespace CriuSharp.KernelApi;
 /// </summary>
 public abstract class FreezeLease : IDisposable
 {
+    private const long StageChunkBytes = 64L << 20;
     private int _active = 1;
+    private readonly List<nint> _stageChunks = [];
+    private nint _stageCur;
+    private long _stageLeft;
 
     protected FreezeLease(int rootPid) => RootPid = rootPid;
+
+    /// <summary>
+    /// Copies <paramref name="pages"/> (whole 4 KiB pages) into memory that belongs to this freeze
+    /// and fills <paramref name="refs"/> with one address per page, as a splice of them would: for
+    /// a kernel whose splice copies anyway (<see cref="KernelCapabilities.SpliceCopies"/>), a
+    /// caller that already read the bytes stages them instead of reading them again. The memory
+    /// is freed by the thaw, which also ends every <see cref="PageLease"/> of it.
+    /// </summary>
+    public unsafe void StageCopy(ReadOnlySpan<byte> pages, Span<nint> refs)
+    {
+        if ((pages.Length & 4095) != 0 || refs.Length != pages.Length >> 12)
+            throw new ArgumentException("whole 4 KiB pages, one reference each");
+        byte* dst = Stage(pages.Length);
+        pages.CopyTo(new Span<byte>(dst, pages.Length));
+        for (int i = 0; i < refs.Length; i++)
+            refs[i] = (nint)(dst + ((long)i << 12));
+    }
+
+    /// <summary>Bump-allocates <paramref name="bytes"/> (page-aligned) of staging memory, freed by the thaw.</summary>
+    protected unsafe byte* Stage(long bytes)
+    {
+        lock (_stageChunks)
+        {
+            if (!Active)
+                throw new InvalidOperationException("staging after the tree was thawed");
+            if (_stageLeft < bytes)
+            {
+                long size = Math.Max(bytes, StageChunkBytes);
+                _stageCur = (nint)NativeMemory.AlignedAlloc((nuint)size, 4096);
+                _stageChunks.Add(_stageCur);
+                _stageLeft = size;
+            }
+            byte* p = (byte*)_stageCur;
+            _stageCur += (nint)bytes;
+            _stageLeft -= bytes;
+            return p;
+        }
+    }
+
+    private unsafe void FreeStaging()
+    {
+        lock (_stageChunks)
+        {
+            foreach (var c in _stageChunks)
+                NativeMemory.AlignedFree((void*)c);
+            _stageChunks.Clear();
+            _stageLeft = 0;
+        }
+    }
 
     public int RootPid { get; }
 
@@ -21,7 +76,10 @@ public abstract class FreezeLease : IDisposable
     public void Thaw()
     {
         if (Interlocked.Exchange(ref _active, 0) != 0)
+        {
+            FreeStaging();
             ThawTree();
+        }
     }
 
     /// <summary>The kernel's thaw of the tree.</summary>

@@ -62,6 +62,32 @@ public class ContentTrackerTests
     }
 
     [Fact]
+    public void ContentTracker_SpansOfSeveralReadChunks_FindExactlyTheChangedPages()
+    {
+        // 600 pages in one VMA: the collector reads 1 MiB (256 pages) at a time and reads the next
+        // chunk while digesting the current one; changes on both sides of each chunk boundary
+        // must be found, and nothing else.
+        var k = RoundTrip.NewKernel();
+        var t = Procs.Rich(k, 450);
+        ulong a = Procs.Map(t, 600);
+        Procs.Fill(t, a, 600, 11);
+        var host = new ClockOnlyHost(k);
+        string dir = RoundTrip.NewDir("content-chunks");
+        Criu.PreDump(host.AsKernelApi(), new DumpOptions { Pid = 450, ImagesDir = Path.Combine(dir, "1"), Tracker = TrackerKind.Content });
+        ulong[] changed = [0, 255, 256, 257, 511, 512, 599];
+        foreach (var p in changed)
+            Procs.Touch(t, a + p * 4096 + 8, 0xFEED0000 + p);
+        Criu.PreDump(host.AsKernelApi(), new DumpOptions { Pid = 450, ImagesDir = Path.Combine(dir, "2"), PrevImagesDir = "../1", Tracker = TrackerKind.Content });
+        var present = new List<ulong>();
+        foreach (var e in ImageSet.Open(Path.Combine(dir, "2")).ReadPagemap(450).Entries)
+            if ((PagemapImage.FlagsOf(e) & PagemapFlags.Present) != 0)
+                for (ulong i = 0; i < PagemapImage.NrPages(e); i++)
+                    if (e.Vaddr + (i << 12) >= a && e.Vaddr + (i << 12) < a + 600 * 4096)
+                        present.Add((e.Vaddr + (i << 12) - a) >> 12);
+        Assert.Equal(changed, present.Order());
+    }
+
+    [Fact]
     public void ContentTracker_ChainRestoresByteIdentical()
     {
         var (k, t, a) = Build(430);

@@ -98,6 +98,25 @@ public class ByReferenceTests
         Assert.NotEqual(PageDigest.Of(Base, page), PageDigest.Of(Base + 4096, page));
     }
 
+    [Fact]
+    public void Digest_OnePass_AgreesWithTheZeroScanDefinition()
+    {
+        // Of hashes first and scans for zeros only when the hash is the zero page's; it must give
+        // exactly the definition's value: 0 for zeros, OfNonZero otherwise, for every length.
+        var rng = new Random(7);
+        foreach (int len in new[] { 4096, 64, 8192 })
+        {
+            var page = new byte[len];
+            Assert.Equal(0UL, PageDigest.Of(Base, page));
+            for (int i = 0; i < 50; i++)
+            {
+                Array.Clear(page);
+                page[rng.Next(len)] = (byte)rng.Next(1, 256);
+                Assert.Equal(PageDigest.OfNonZero(Base, page), PageDigest.Of(Base, page));
+            }
+        }
+    }
+
     private static (byte[] File, List<Images.pagemap_entry> Entries, List<(ulong, ulong)> Digests) Write(PageStoreOptions o, Action<PagemapWriter> add)
     {
         var ms = new MemoryStream();

@@ -12,13 +12,28 @@ namespace CriuSharp.ImageFormat;
 /// </summary>
 public static class PageDigest
 {
-    public static ulong Of(ulong va, ReadOnlySpan<byte> page) =>
-        page.IndexOfAnyExcept((byte)0) < 0 ? 0 : OfNonZero(va, page);
+    /// <summary>XXH3 of a 4 KiB page of zeros: the only hash for which a page must be scanned for zeros.</summary>
+    private static readonly ulong ZeroPageHash = BlockCodec.Checksum(new byte[PageGeometry.PageSize]);
+
+    /// <summary>
+    /// One pass over the page: it is hashed, and only a page whose hash is that of the zero page
+    /// is then scanned to tell a zero page from a (practically impossible) collision.
+    /// </summary>
+    public static ulong Of(ulong va, ReadOnlySpan<byte> page)
+    {
+        ulong h = BlockCodec.Checksum(page);
+        if (page.Length == PageGeometry.PageSize ? h == ZeroPageHash : page.IndexOfAnyExcept((byte)0) < 0)
+            if (page.IndexOfAnyExcept((byte)0) < 0)
+                return 0;
+        return Mix(h, va);
+    }
 
     /// <summary>The digest of a page already known to hold a non-zero byte.</summary>
-    public static ulong OfNonZero(ulong va, ReadOnlySpan<byte> page)
+    public static ulong OfNonZero(ulong va, ReadOnlySpan<byte> page) => Mix(BlockCodec.Checksum(page), va);
+
+    private static ulong Mix(ulong hash, ulong va)
     {
-        ulong z = BlockCodec.Checksum(page) ^ (va * 0x9E3779B97F4A7C15UL);
+        ulong z = hash ^ (va * 0x9E3779B97F4A7C15UL);
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
         z ^= z >> 31;
