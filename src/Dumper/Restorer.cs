@@ -131,6 +131,37 @@ internal sealed class Restorer
     }
 
     /// <summary>
+    /// A lazy restore's tasks found again later (the lazy-pages verb runs after restore --lazy-pages):
+    /// each process of the images with PE_LAZY entries, its userfaultfd still installed, and the
+    /// part of each lazy VMA's checksum its memory makes up now.
+    /// </summary>
+    internal List<LazyTask> Reattach()
+    {
+        var set = ImageSet.Open(_o.ImagesDir);
+        var found = new List<LazyTask>();
+        foreach (var pe in set.ReadPstree())
+        {
+            int pid = (int)pe.Pid;
+            if (!set.HasPagemap(pid))
+                continue;
+            var lazy = set.ReadPagemap(pid).Entries.Where(e => PagemapImage.FlagsOf(e) == PagemapFlags.Lazy)
+                .Select(e => (e.Vaddr, PagemapImage.NrPages(e))).ToList();
+            if (lazy.Count == 0)
+                continue;
+            if (_k.FindTask(pid) is not { Alive: true })
+                throw new DumperException("no such restored process: restore the images with --lazy-pages first", pid, _o.ImagesDir);
+            var uffd = _k.InstalledUserfaultfd(pid)
+                ?? throw new DumperException("the process has no userfaultfd: it was not restored with --lazy-pages, or its lazy pages already arrived", pid, _o.ImagesDir);
+            var checks = new List<LazyVmaCheck>();
+            Verify(set, new RTask(_k, pid), set.ReadMm(pid), lazy, checks, onlyLazy: true);
+            found.Add(new LazyTask(pid, uffd, lazy) { Checks = checks });
+        }
+        if (found.Count == 0)
+            throw new DumperException("the images hold no lazy pages (not a dump --lazy-pages)", null, _o.ImagesDir);
+        return found;
+    }
+
+    /// <summary>
     /// The restorer's part of a lazy restore (criu/uffd.c setup_uffd, prepare_lazy_pages): a
     /// userfaultfd in the task, and every VMA holding lazy pages registered in missing mode. Pages
     /// restored from the images are already present there, so only the lazy ones will fault.
@@ -519,7 +550,7 @@ internal sealed class Restorer
     }
 
     /// <summary>Recomputes each dumped VMA's hash from the restored task and compares.</summary>
-    private int Verify(ImageSet set, RTask task, mm_entry mm, List<(ulong Va, ulong Pages)> lazy, List<LazyVmaCheck> lazyChecks)
+    private int Verify(ImageSet set, RTask task, mm_entry mm, List<(ulong Va, ulong Pages)> lazy, List<LazyVmaCheck> lazyChecks, bool onlyLazy = false)
     {
         var sim = set.ReadSimState(task.Pid).FirstOrDefault(s => s.Key == SimState.VmaChecksumsKey);
         if (sim is null)
@@ -536,6 +567,8 @@ internal sealed class Restorer
             // A VMA whose lazy pages have not arrived yet: only the pages present count now, the
             // lazy-pages daemon adds the digests of the pages it places.
             bool partial = lazy.Any(l => l.Va < e.End && l.Va + (l.Pages << PageGeometry.PageShift) > e.Start);
+            if (onlyLazy && !partial)
+                continue;
             var st = (VmaStatus)e.Status;
             var h = new VmaHash();
             var v = new VmaInfo(e.Start, e.End, e.Prot, false, e.Pgoff, 0, 0, 0,

@@ -9,7 +9,7 @@ namespace CriuSharp.Cli;
 /// <summary>pre-dump, dump and restore with CRIU's names and meanings.</summary>
 public static class CheckpointCommands
 {
-    private sealed class DumpArgs
+    internal sealed class DumpArgs
     {
         public readonly Option<int> Pid = PidOption.Create();
         public readonly Option<string> Dir = new("--images-dir", "-D") { Description = "Directory for the image files (default: the current directory, as CRIU's).", DefaultValueFactory = _ => "." };
@@ -72,13 +72,23 @@ public static class CheckpointCommands
     {
         var a = new DumpArgs();
         var leaveRunning = new Option<bool>("--leave-running", "-R") { Description = "Leave the tasks running after the dump." };
+        var lazyPages = new Option<bool>("--lazy-pages") { Description = "Keep private anonymous pages on the source (PE_LAZY in the pagemap, no bytes) and serve them with PS_IOV_GET on --address/--port to one 'criu-sharp lazy-pages' daemon until it has them all (prints 'listening on ADDRESS:PORT' after the dump)." };
         var cmd = new Command(name, description);
         a.AddTo(cmd);
         if (!preDump)
+        {
             cmd.Options.Add(leaveRunning);
+            cmd.Options.Add(lazyPages);
+        }
         cmd.SetAction(p =>
         {
             var options = a.Options(p) with { LeaveRunning = !preDump && p.GetValue(leaveRunning) };
+            if (!preDump && p.GetValue(lazyPages))
+            {
+                if (a.Machine.IsRealHost(p))
+                    throw new UserException(ExitCode.Unsupported, "--lazy-pages with --machine /proc: a real process's pages cannot be kept for later (it is never killed)");
+                return LazyPagesCommand.DumpAndServe(p, a, options);
+            }
             if (a.Machine.IsRealHost(p))
                 return DumpRealHost(p, a, options, preDump);
             var log = CliLog.Current;
@@ -170,7 +180,7 @@ public static class CheckpointCommands
         return null;
     }
 
-    private static void Report(TextWriter o, TextWriter err, DumpResult r, string dir, bool json, bool display)
+    internal static void Report(TextWriter o, TextWriter err, DumpResult r, string dir, bool json, bool display)
     {
         var s = r.Stats;
         if (json)
@@ -215,6 +225,7 @@ public static class CheckpointCommands
         var displayStats = new Option<bool>("--display-stats") { Description = "Print the restore statistics (always saved in stats-restore)." };
         var noVerify = new Option<bool>("--no-verify") { Description = "Skip comparing each restored VMA with the checksum recorded at dump time." };
         var pidfile = new Option<string?>("--pidfile") { Description = "Write the restored root task's pid to FILE, as CRIU's --pidfile." };
+        var lazyPages = new Option<bool>("--lazy-pages") { Description = "Restore a dump --lazy-pages: the lazy pages stay missing, registered with userfaultfd in missing mode, until 'criu-sharp lazy-pages' fetches them (the tasks must not run before)." };
         var json = CommonOptions.Json();
         var cmd = new Command("restore", "Rebuild a dumped process tree (same pids, memory, registers) in a machine — the default one, or --machine DEST standing for another host.");
         cmd.Options.Add(dir);
@@ -223,6 +234,7 @@ public static class CheckpointCommands
         cmd.Options.Add(displayStats);
         cmd.Options.Add(noVerify);
         cmd.Options.Add(pidfile);
+        cmd.Options.Add(lazyPages);
         cmd.Options.Add(json);
         cmd.SetAction(p =>
         {
@@ -235,7 +247,7 @@ public static class CheckpointCommands
             ImportHostFiles(m, images, p.InvocationConfiguration.Error);
             log.Write(CliLog.Info, $"Restoring from {images} into {m.Directory}");
             var result = TerminalProgress.Run(p.GetValue(json), "restoring",
-                () => Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify) }));
+                () => Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify), LazyPages = p.GetValue(lazyPages) }));
             m.Save();
             lease.Keep();
             foreach (var w in result.Warnings)
@@ -259,6 +271,8 @@ public static class CheckpointCommands
                 DisplayStats(o, s);
             else
                 o.WriteLine($"restored {string.Join(' ', result.Pids)} into {m.Directory} ({s.PagesRestored} pages, {s.VmasVerified} VMAs verified)");
+            if (result.Lazy.Count > 0 && !p.GetValue(json))
+                o.WriteLine($"{result.Lazy.Aggregate(0UL, (acc, l) => acc + l.Ranges.Aggregate(0UL, (x, r) => x + r.Pages))} lazy pages wait for: criu-sharp lazy-pages -D {images} --page-server --address ADDRESS --port PORT");
             return 0;
         });
         return cmd;
