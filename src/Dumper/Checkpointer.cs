@@ -48,6 +48,8 @@ internal sealed partial class Checkpointer
     {
         public required TaskInfo Task;
         public required List<VmaInfo> Vmas;
+        /// <summary>/proc/PID/task at freeze time: the leader, then the other threads (pstree's threads list).</summary>
+        public required IReadOnlyList<int> Threads;
         public PagemapImage? ParentPagemap;
         public PagePipe Pipe = null!;
         public PageXfer? Xfer;
@@ -184,9 +186,10 @@ internal sealed partial class Checkpointer
             var vmas = SmapsParser.Parse(_k.Smaps(t.Pid));
             if (!vmas.Any(v => v.IsVsyscall))
                 vmas.AddRange(SmapsParser.ParseMaps(_k.Maps(t.Pid)).Where(v => v.IsVsyscall));
-            run.Tasks.Add(new TaskState { Task = t, Vmas = vmas });
+            run.Tasks.Add(new TaskState { Task = t, Vmas = vmas, Threads = _k.Threads(t.Pid) });
         }
-        run.FreezeNs = _cost.FreezeNsPerTask * (ulong)run.Tasks.Count;
+        // Every thread is a task the freezer stops (and CRIU seizes one by one).
+        run.FreezeNs = _cost.FreezeNsPerTask * (ulong)run.Tasks.Sum(ts => ts.Threads.Count);
         run.UptimeUs = _k.UptimeNs / 1000;
     }
 
@@ -541,7 +544,7 @@ internal sealed partial class Checkpointer
         var objects = new SortedDictionary<ulong, List<(int Pid, VmaInfo Vma)>>();
         foreach (var ts in tasks)
             foreach (var v in ts.Vmas)
-                if (v.IsShmem)
+                if (v.IsAnonShared)
                 {
                     if (!objects.TryGetValue(v.Inode, out var l)) objects[v.Inode] = l = [];
                     l.Add((ts.Task.Pid, v));
@@ -594,6 +597,9 @@ internal sealed partial class Checkpointer
 
     // ---- pstree, core, mm, files, inventory -------------------------------------------------------
 
+    /// <summary>SS_DISABLE (include/uapi/linux/signal.h): no alternate signal stack.</summary>
+    private const uint SsDisable = 2;
+
     private void WriteTaskImages(ImageDirectory dir, List<TaskState> tasks, ulong? uptimeUs)
     {
         var files = new Dictionary<string, uint>();
@@ -609,8 +615,13 @@ internal sealed partial class Checkpointer
         {
             var t = ts.Task;
             int ppid = pids.Contains(t.Ppid) && t.Pid != _o.Pid ? t.Ppid : 0;
-            pstree.Add(new pstree_entry { Pid = (uint)t.Pid, Ppid = (uint)ppid, Pgid = (uint)t.Pgid, Sid = (uint)t.Sid, Threads = { (uint)t.Pid } });
-            dir.WriteCore(t.Pid, BuildCore(t));
+            var entry = new pstree_entry { Pid = (uint)t.Pid, Ppid = (uint)ppid, Pgid = (uint)t.Pgid, Sid = (uint)t.Sid };
+            entry.Threads.AddRange(ts.Threads.Select(tid => (uint)tid));
+            pstree.Add(entry);
+            // One core per thread, as dump_task_core_all (the leader: task_core, thread_core and
+            // registers) and dump_task_thread (the others: thread_core and registers) write them.
+            foreach (int tid in ts.Threads)
+                dir.WriteCore(tid, BuildCore(t, tid));
             dir.WriteIds(t.Pid, new task_kobj_ids_entry { VmId = (uint)t.Pid, FilesId = (uint)t.Pid, FsId = (uint)t.Pid, SighandId = (uint)t.Pid });
 
             var stat = _k.Stat(t.Pid).TrimEnd('\n');
@@ -627,10 +638,10 @@ internal sealed partial class Checkpointer
             mm.ExeFileId = exe is null ? 0 : FileId(exe.Name!);
             foreach (var v in ts.Vmas)
             {
-                ulong shmid = v.IsShmem ? v.Inode : v.IsFile ? FileId(v.Name!) : 0;
+                ulong shmid = v.IsAnonShared ? v.Inode : v.IsFile ? FileId(v.Name!) : 0;
                 var e = new vma_entry
                 {
-                    Start = v.Start, End = v.End, Pgoff = v.IsFile || v.IsShmem ? v.PgOff : 0, Shmid = shmid,
+                    Start = v.Start, End = v.End, Pgoff = v.IsFile || v.IsAnonShared ? v.PgOff : 0, Shmid = shmid,
                     Prot = v.Prot, Flags = v.MapFlags, Status = (uint)v.Status, Fd = -1,
                 };
                 if (v.Madv != 0) e.Madv = v.Madv;
@@ -664,30 +675,44 @@ internal sealed partial class Checkpointer
         dir.WriteInventory(inv);
     }
 
-    private core_entry BuildCore(TaskInfo t)
+    /// <summary>The core image of thread <paramref name="tid"/> of process <paramref name="t"/>.</summary>
+    private core_entry BuildCore(TaskInfo t, int tid)
     {
         TaskRegisters? regs = null;
         if (_k.Capabilities.CanReadRegisters)
         {
             try
             {
-                regs = _k.GetRegisters(t.Pid);
+                regs = _k.GetRegisters(tid);
             }
             catch (KernelException e)
             {
                 // CRIU cannot dump without registers; a memory checkpoint of a process we may not
                 // ptrace still can, so the core says so by leaving thread_info out.
-                _warnings.Add(new DumperWarning("registers-omitted", $"registers of task {t.Pid} omitted: {e.Message}"));
+                _warnings.Add(new DumperWarning("registers-omitted", $"registers of task {tid} omitted: {e.Message}"));
             }
         }
         else
-            _warnings.Add(new DumperWarning("registers-omitted", $"registers of task {t.Pid} omitted: the kernel does not offer them"));
+            _warnings.Add(new DumperWarning("registers-omitted", $"registers of task {tid} omitted: the kernel does not offer them"));
+        bool leader = tid == t.Pid;
+        // A thread's own name (/proc/PID/task/TID/comm, prctl PR_SET_NAME) rides in thread_core.
+        string comm = leader ? t.Comm : _k.FindTask(tid)?.Comm ?? t.Comm;
         var core = new core_entry
         {
             Mtype = (core_entry.Types.march)_k.Capabilities.CriuMtype,
-            Tc = new task_core_entry { TaskState = 1, ExitCode = 0, Personality = 0, Flags = 0, BlkSigset = 0, Comm = t.Comm },
-            ThreadCore = new thread_core_entry { FutexRla = 0, FutexRlaLen = 0 },
+            // thread_core as dump_thread_core fills it: robust futex list, scheduling, the blocked
+            // signal mask, the alternate signal stack (none: SS_DISABLE) and the thread's comm.
+            ThreadCore = new thread_core_entry
+            {
+                FutexRla = 0, FutexRlaLen = 0,
+                SchedNice = 0, SchedPolicy = 0, SchedPrio = 0,
+                BlkSigset = 0,
+                Sas = new thread_sas_entry { SsSp = 0, SsSize = 0, SsFlags = SsDisable },
+                Comm = comm,
+            },
         };
+        if (leader)
+            core.Tc = new task_core_entry { TaskState = 1, ExitCode = 0, Personality = 0, Flags = 0, BlkSigset = 0, Comm = t.Comm };
         if (regs is not null)
             core.SimTaskState = ByteString.CopyFrom(SimState.EncodeTaskState(regs.General, regs.Extra));
         if (regs is not null && _k.Capabilities.Arch == ArchFamily.X86_64)

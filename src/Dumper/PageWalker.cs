@@ -85,7 +85,8 @@ internal sealed class PageWalker : IDisposable
 
     private void WalkPagemap(int pid, VmaInfo vma, List<PageSpan> spans)
     {
-        bool anon = !vma.IsFile && !vma.IsShmem;
+        // hugetlb has no zero page: a "file" page there is a hugetlbfs page, dumped as content.
+        bool anon = !vma.IsFile && !vma.IsShmem && !vma.IsHugetlb;
         bool modern = _layout == PagemapLayout.Modern;
         ulong ps = 1UL << _shift;
         for (ulong va = vma.Start; va < vma.End;)
@@ -128,7 +129,8 @@ internal sealed class PageWalker : IDisposable
         const ulong ret = PageCategory.Present | PageCategory.Swapped | PageCategory.PfnZero | PageCategory.File
                           | PageCategory.SoftDirty | PageCategory.Written | PageCategory.Guard;
         ulong start = vma.Start;
-        bool anon = !vma.IsFile && !vma.IsShmem;
+        // hugetlb has no zero page: a "file" page there is a hugetlbfs page, dumped as content.
+        bool anon = !vma.IsFile && !vma.IsShmem && !vma.IsHugetlb;
         while (start < vma.End)
         {
             var arg = PmScanArg.Create(start, vma.End, ScanVec, 0, ret, anyof: PageCategory.Present | PageCategory.Swapped);

@@ -68,8 +68,9 @@ internal sealed class Restorer
         foreach (var pe in pstree)
         {
             int pid = (int)pe.Pid;
-            if (_k.FindTask(pid) is { } existing && existing.State != TaskRunState.Dead)
-                throw new DumperException("pid is already in use on the destination", pid, _o.ImagesDir);
+            foreach (int id in pe.Threads.Select(t => (int)t).Append(pid))
+                if (_k.FindTask(id) is { } existing && existing.State != TaskRunState.Dead)
+                    throw new DumperException(id == pid ? "pid is already in use on the destination" : $"thread id {id} is already in use on the destination", pid, _o.ImagesDir);
             var core = set.ReadCore(pid);
             if ((int)core.Mtype != _k.Capabilities.CriuMtype)
                 throw new DumperException($"images are for {core.Mtype}, the destination kernel is {_k.Capabilities.ArchName}", pid, _o.ImagesDir);
@@ -93,10 +94,19 @@ internal sealed class Restorer
             FillPrivate(set, task, mm, inherited, lazy);
             FillShmem(set, task, mm);
             RestoreMmFields(task, mm);
-            if (core.HasSimTaskState)
+            SetRegisters(pid, core);
+            // The other threads, as CRIU's restorer clones them (CLONE_THREAD with set_tid) once
+            // the address space is in place, each with the registers of its own core image.
+            foreach (int tid in pe.Threads.Select(t => (int)t))
             {
-                var (regs, extra) = SimState.DecodeTaskState(core.SimTaskState.Span);
-                _k.SetRegisters(pid, new TaskRegisters(regs, extra));
+                if (tid == pid)
+                    continue;
+                if (!set.Has(ImageNames.Core(tid)))
+                    throw new DumperException($"pstree names thread {tid}, which has no {ImageNames.Core(tid)}", pid, _o.ImagesDir);
+                var tcore = set.ReadCore(tid);
+                _k.CloneThread(pid, tid);
+                forkNs += _o.Cost.ForkNsPerTask;
+                SetRegisters(tid, tcore);
             }
             var checks = new List<LazyVmaCheck>();
             if (_o.Verify)
@@ -185,11 +195,21 @@ internal sealed class Restorer
         return new LazyTask(task.Pid, uffd, lazy);
     }
 
-
+    private void SetRegisters(int tid, core_entry core)
+    {
+        if (!core.HasSimTaskState)
+            return;
+        var (regs, extra) = SimState.DecodeTaskState(core.SimTaskState.Span);
+        _k.SetRegisters(tid, new TaskRegisters(regs, extra));
+    }
 
     private static bool Same(VmaInfo cur, vma_entry e, Dictionary<uint, string> files, Dictionary<ulong, ulong> shmInode)
     {
         if (cur.Start != e.Start || cur.End != e.End || cur.Prot != e.Prot)
+            return false;
+        // hugetlb mappings are never inherited from the fork parent (criu/mem.c vma_can_be_shared
+        // refuses them): a child's copy has no reservation, so each is mapped afresh.
+        if (cur.IsHugetlb || (e.Flags & VmaMapFlags.HugeTlb) != 0)
             return false;
         var st = (VmaStatus)e.Status;
         bool shared = (e.Flags & VmaMapFlags.Shared) != 0;
@@ -241,6 +261,8 @@ internal sealed class Restorer
             if ((e.Flags & VmaMapFlags.GrowsDown) != 0) flags |= MapFlags.GrowsDown;
             if ((e.Flags & VmaMapFlags.Locked) != 0) flags |= MapFlags.Locked;
             if ((e.Flags & VmaMapFlags.NoReserve) != 0) flags |= MapFlags.NoReserve;
+            // MAP_HUGETLB with the size the image names, as the restorer maps hugetlb VMAs.
+            if ((e.Flags & VmaMapFlags.HugeTlb) != 0) flags |= MapFlags.HugeTlb | (MapFlags)(e.Flags & VmaMapFlags.HugetlbSizeMask);
             SysResult r;
             if ((st & VmaStatus.AnonShared) != 0)
             {
@@ -259,6 +281,8 @@ internal sealed class Restorer
             }
             else
                 r = task.Mmap(e.Start, len, prot, flags | MapFlags.Anonymous, MapSource.Anonymous);
+            if (!r.Ok && r.Error == Errno.ENOMEM && (e.Flags & VmaMapFlags.HugeTlb) != 0)
+                throw new DumperException($"mmap of a hugetlb mapping of {VmaMapFlags.HugetlbSize(e.Flags) >> 10} kB pages failed (ENOMEM): the destination's hugetlb pool (nr_hugepages) cannot hold it", pid, _o.ImagesDir, e.Start, e.End);
             if (!r.Ok)
                 throw new DumperException($"mmap failed ({r.Error})", pid, _o.ImagesDir, e.Start, e.End);
             if (e.HasMadv)
@@ -274,11 +298,17 @@ internal sealed class Restorer
     {
         if (_shm.TryGetValue(e.Shmid, out var at) && _k.OpenMapFiles(at.Pid, at.Va, out var f).Ok && f is not null)
             return f;
-        // A fresh MAP_SHARED|MAP_ANONYMOUS mapping large enough for this window creates the object.
+        // A fresh MAP_SHARED|MAP_ANONYMOUS mapping large enough for this window creates the object;
+        // for hugetlb with MAP_HUGETLB and the image's size (criu/shmem.c open_shmem without memfd).
         ulong size = e.Pgoff + (e.End - e.Start);
-        var r = task.Mmap(0, size, Prot.Read | Prot.Write, MapFlags.Shared | MapFlags.Anonymous, MapSource.Anonymous);
+        var flags = MapFlags.Shared | MapFlags.Anonymous;
+        if ((e.Flags & VmaMapFlags.HugeTlb) != 0)
+            flags |= MapFlags.HugeTlb | (MapFlags)(e.Flags & VmaMapFlags.HugetlbSizeMask);
+        var r = task.Mmap(0, size, Prot.Read | Prot.Write, flags, MapSource.Anonymous);
         if (!r.Ok)
-            throw new DumperException($"cannot create shared memory ({r.Error})", task.Pid, _o.ImagesDir, e.Start, e.End);
+            throw new DumperException((e.Flags & VmaMapFlags.HugeTlb) != 0 && r.Error == Errno.ENOMEM
+                ? "cannot create hugetlb shared memory (ENOMEM): the destination's hugetlb pool (nr_hugepages) cannot hold it"
+                : $"cannot create shared memory ({r.Error})", task.Pid, _o.ImagesDir, e.Start, e.End);
         _k.OpenMapFiles(task.Pid, (ulong)r.Value, out var obj);
         task.Munmap((ulong)r.Value, size);
         _shmInode[e.Shmid] = obj!.Inode;

@@ -120,6 +120,16 @@ public sealed class LinuxHost : IKernel, IDisposable
         return list;
     }
 
+    public IReadOnlyList<int> Threads(int pid)
+    {
+        var tids = ProcFs.Threads(pid);
+        if (tids.Count == 0)
+            throw new KernelException(Errno.ESRCH, $"no process {pid}");
+        // /proc/PID/task lists in the kernel's order; CRIU's pstree and restore want the leader first.
+        tids.Sort((a, b) => a == pid ? -1 : b == pid ? 1 : a.CompareTo(b));
+        return tids;
+    }
+
     // ---- /proc text ------------------------------------------------------------------------------
 
     public string Maps(int pid) => Wrap(() => ProcFs.Read(pid, "maps"));
@@ -366,6 +376,7 @@ public sealed class LinuxHost : IKernel, IDisposable
 
     public int Spawn(string comm, int? pid = null, int ppid = 0) => throw NoRestore("creating a task");
     public int Fork(int parentPid, int? childPid = null) => throw NoRestore("fork");
+    public int CloneThread(int pid, int? tid = null) => throw NoRestore("creating a thread");
     public void Exit(int pid, int exitCode, int signal = 0) => throw NoRestore("ending a task");
     public SysResult Mmap(int pid, ulong addr, ulong len, Prot prot, MapFlags flags, MapSource source, long offset = 0) => throw NoRestore("mmap");
     public SysResult Munmap(int pid, ulong addr, ulong len) => throw NoRestore("munmap");

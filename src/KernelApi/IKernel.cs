@@ -37,6 +37,12 @@ public interface IKernel
     /// </summary>
     IReadOnlyList<TaskInfo> Tree(int rootPid);
 
+    /// <summary>
+    /// /proc/PID/task: the thread ids of <paramref name="pid"/>'s thread group, the leader first,
+    /// then ascending (CRIU's parse_threads). A process without threads answers its own pid.
+    /// </summary>
+    IReadOnlyList<int> Threads(int pid);
+
     // ---- /proc text ----------------------------------------------------------------------------
 
     string Maps(int pid);
@@ -120,6 +126,13 @@ public interface IKernel
 
     /// <summary>fork(2) of <paramref name="parentPid"/> into <paramref name="childPid"/>: memory shared copy-on-write.</summary>
     int Fork(int parentPid, int? childPid = null);
+
+    /// <summary>
+    /// clone(CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD) in
+    /// <paramref name="pid"/> with set_tid <paramref name="tid"/>: a new thread sharing its
+    /// address space, as CRIU's restorer creates a restored process's threads.
+    /// </summary>
+    int CloneThread(int pid, int? tid = null);
 
     /// <summary>The task exits (killed when <paramref name="signal"/> is non-zero) and its parent reaps it.</summary>
     void Exit(int pid, int exitCode, int signal = 0);

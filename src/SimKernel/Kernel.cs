@@ -34,7 +34,15 @@ public sealed partial class Kernel
     private long _hugeZero = -2;
     private ulong _anonVmaIds;
 
-    public Kernel(KernelConfig? config = null)
+    public Kernel(KernelConfig? config = null) : this(config, boot: true)
+    {
+    }
+
+    /// <summary>
+    /// <paramref name="boot"/> false: the kernel of a saved machine, whose hugetlb pools are read
+    /// from the state rather than filled from physical memory as at boot.
+    /// </summary>
+    private Kernel(KernelConfig? config, bool boot)
     {
         Config = config ?? new KernelConfig();
         Arch = Config.Arch;
@@ -44,7 +52,7 @@ public sealed partial class Kernel
         Swap = new SwapDevice(Arch.PageSize, Config.SwapBytes);
         Fs = new SimFs(Memory) { Kernel = this };
         Proc = new ProcFs(this);
-        Hugetlb = new HugetlbState(this, Config.HugePages);
+        Hugetlb = new HugetlbState(this, boot ? Config.HugePages : 0);
         Shm = new Ipc.SysvShm(this);
     }
 

@@ -49,6 +49,84 @@ public class MachineCliTests
     }
 
     [Fact]
+    public void ThreadedWorkload_AcrossCommands_PreDumpDumpRestoreVerify()
+    {
+        using var src = new TempMachine();
+        using var dest = new TempMachine();
+        string img = src.Dir + "-img";
+        try
+        {
+            var spawn = CliRunner.Run("spawn", Sample("threads.json"), "--machine", src.Dir, "--json");
+            Assert.True(spawn.Code == 0, spawn.Err);
+            int pid = JsonDocument.Parse(spawn.Out).RootElement.GetProperty("pids")[0].GetInt32();
+            string t = pid.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            // Every command loads the machine the previous one saved: the threads must survive each.
+            Assert.Equal(0, CliRunner.Run("run", "--for", "5ms", "--machine", src.Dir).Code);
+            var ps = JsonDocument.Parse(CliRunner.Run("ps", "--machine", src.Dir, "--json").Out).RootElement.GetProperty("processes");
+            Assert.Equal(4, ps.EnumerateArray().Count(p => p.GetProperty("tgid").GetInt32() == pid));
+            var pre = CliRunner.Run("pre-dump", "-t", t, "-D", Path.Combine(img, "1"), "--machine", src.Dir);
+            Assert.True(pre.Code == 0, pre.Err);
+            Assert.Equal(0, CliRunner.Run("run", "--for", "5ms", "--machine", src.Dir).Code);
+            var dump = CliRunner.Run("dump", "-t", t, "-D", Path.Combine(img, "2"), "--prev-images-dir", "../1", "--machine", src.Dir);
+            Assert.True(dump.Code == 0, dump.Err);
+            var x = CliRunner.Run("x", Path.Combine(img, "2"), "ps");
+            Assert.Contains("threads " + string.Join(' ', Enumerable.Range(1, 3).Select(i => pid + i)), x.Out);
+            var restore = CliRunner.Run("restore", "-D", Path.Combine(img, "2"), "--machine", dest.Dir);
+            Assert.True(restore.Code == 0, restore.Err);
+            var verify = CliRunner.Run("verify", "--machine", dest.Dir);
+            Assert.True(verify.Code == 0, verify.Out + verify.Err);
+            Assert.Equal(4, verify.Out.Split('\n', StringSplitOptions.RemoveEmptyEntries).Count(l => l.Contains("threads: ok", StringComparison.Ordinal)));
+            Assert.Equal(0, CliRunner.Run("run", "--for", "5ms", "--machine", dest.Dir).Code);
+            Assert.Equal(0, CliRunner.Run("verify", "--machine", dest.Dir).Code);
+        }
+        finally
+        {
+            if (Directory.Exists(img))
+                Directory.Delete(img, true);
+        }
+    }
+
+    [Fact]
+    public void HugetlbWorkload_NeedsAPool_AndMovesAcrossCommands()
+    {
+        using var src = new TempMachine();
+        using var dest = new TempMachine();
+        string img = src.Dir + "-img";
+        try
+        {
+            // A new machine boots with no hugetlb pool: the sample's 32 MiB cannot be mapped.
+            var none = CliRunner.Run("spawn", Sample("hugetlb.json"), "--machine", src.Dir);
+            Assert.NotEqual(0, none.Code);
+            Assert.Contains("hugetlb pool", none.Err);
+            Assert.False(Directory.Exists(src.Dir), "a failed spawn leaves no machine behind");
+
+            var spawn = CliRunner.Run("spawn", Sample("hugetlb.json"), "--hugepages", "20", "--machine", src.Dir, "--json");
+            Assert.True(spawn.Code == 0, spawn.Err);
+            int pid = JsonDocument.Parse(spawn.Out).RootElement.GetProperty("pids")[0].GetInt32();
+            string t = pid.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            Assert.Equal(0, CliRunner.Run("run", "--for", "5ms", "--machine", src.Dir).Code);
+            var dump = CliRunner.Run("dump", "-t", t, "-D", img, "--machine", src.Dir);
+            Assert.True(dump.Code == 0, dump.Err);
+
+            // The destination needs a pool of its own; without one restore says so.
+            var noPool = CliRunner.Run("restore", "-D", img, "--machine", dest.Dir);
+            Assert.NotEqual(0, noPool.Code);
+            Assert.Contains("hugetlb pool", noPool.Err);
+            var restore = CliRunner.Run("restore", "-D", img, "--machine", dest.Dir, "--hugepages", "16");
+            Assert.True(restore.Code == 0, restore.Err);
+            var verify = CliRunner.Run("verify", "-t", t, "--machine", dest.Dir);
+            Assert.True(verify.Code == 0, verify.Out + verify.Err);
+            // The restored data is still hugetlb memory: smaps shows 2 MiB kernel pages.
+            Assert.Matches(@"KernelPageSize:\s+2048 kB", CliRunner.Run("smaps", "-t", t, "--machine", dest.Dir).Out);
+        }
+        finally
+        {
+            if (Directory.Exists(img))
+                Directory.Delete(img, true);
+        }
+    }
+
+    [Fact]
     public void BadInputs_GiveOneLineAndTheDocumentedCode()
     {
         using var m = new TempMachine();

@@ -7,7 +7,11 @@ using CriuSharp.SimKernel.Machine;
 namespace CriuSharp.Dumper.Tests;
 
 /// <summary>Memory and registers of one task, read through /proc as a test oracle.</summary>
-public sealed record TaskSnapshot(int Pid, string Comm, ulong[] Registers, byte[] Extra, List<(ulong Start, ulong End, string Perms, byte[] Bytes)> Vmas);
+public sealed record TaskSnapshot(int Pid, string Comm, ulong[] Registers, byte[] Extra, List<(ulong Start, ulong End, string Perms, byte[] Bytes)> Vmas)
+{
+    /// <summary>The threads other than the leader: tid and registers.</summary>
+    public List<(int Tid, ulong[] Registers)> Threads { get; init; } = [];
+}
 
 /// <summary>
 /// The zdtm-style cycle for any tree on any host: snapshot, N pre-dumps (each pointing at the last,
@@ -23,8 +27,8 @@ public static class RoundTrip
         return d;
     }
 
-    public static Kernel NewKernel(string arch = "x86_64", string version = "modern") =>
-        new(new KernelConfig { Arch = SimKernel.Arch.ArchProfile.Parse(arch), Version = KernelVersion.Parse(version), MemoryBytes = 1L << 30, SwapBytes = 256L << 20 });
+    public static Kernel NewKernel(string arch = "x86_64", string version = "modern", long hugePages = 0) =>
+        new(new KernelConfig { Arch = SimKernel.Arch.ArchProfile.Parse(arch), Version = KernelVersion.Parse(version), MemoryBytes = 1L << 30, SwapBytes = 256L << 20, HugePages = hugePages });
 
     /// <summary>Every task of the tree: all mapped bytes except [vvar] and [vsyscall] (reads fault pages in; take it before swapping out).</summary>
     public static List<TaskSnapshot> Snapshot(Kernel k, int root)
@@ -41,7 +45,8 @@ public static class RoundTrip
                 Assert.True(r.Ok, $"read {t.Pid} 0x{v.Start:x}: {r}");
                 vmas.Add((v.Start, v.End, $"{v.Prot}{(v.Shared ? 's' : 'p')}", bytes));
             }
-            list.Add(new TaskSnapshot(t.Pid, t.Comm, (ulong[])t.Registers.Clone(), t.ExtraState.ToArray(), vmas));
+            var threads = k.Threads(t.Pid).Where(th => th.IsThread).Select(th => (th.Pid, (ulong[])th.Registers.Clone())).ToList();
+            list.Add(new TaskSnapshot(t.Pid, t.Comm, (ulong[])t.Registers.Clone(), t.ExtraState.ToArray(), vmas) { Threads = threads });
         }
         return list;
     }
@@ -55,6 +60,13 @@ public static class RoundTrip
             Assert.Equal(e.Comm, t!.Comm);
             Assert.Equal(e.Registers, t.Registers);
             Assert.Equal(e.Extra, t.ExtraState);
+            Assert.Equal([e.Pid, .. e.Threads.Select(x => x.Tid)], dest.Proc.Threads(e.Pid));
+            foreach (var (tid, regs) in e.Threads)
+            {
+                var th = dest.FindTask(tid)!;
+                Assert.Equal(e.Pid, th.Tgid);
+                Assert.Equal(regs, th.Registers);
+            }
             foreach (var (s, end, perms, bytes) in e.Vmas)
             {
                 var got = new byte[end - s];

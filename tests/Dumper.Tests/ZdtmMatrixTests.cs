@@ -15,7 +15,7 @@ namespace CriuSharp.Dumper.Tests;
 public class ZdtmMatrixTests
 {
     private static readonly string[] Samples =
-        ["uniform", "hotcold", "sequential", "kvstore", "churn", "fork", "swap", "thp", "idle"];
+        ["uniform", "hotcold", "sequential", "kvstore", "churn", "fork", "swap", "thp", "idle", "threads", "hugetlb"];
 
     public static TheoryData<string, int, string, string> Matrix()
     {
@@ -50,7 +50,8 @@ public class ZdtmMatrixTests
     [MemberData(nameof(Matrix))]
     public void DumpRestoreVerify(string sample, int preDumps, string compression, string arch)
     {
-        var source = new LiveHost(RoundTrip.NewKernel(arch));
+        // The hugetlb sample needs a pool on both hosts (nr_hugepages at boot; the destination copies the config).
+        var source = new LiveHost(RoundTrip.NewKernel(arch, hugePages: sample == "hugetlb" ? 4 : 0));
         var spec = WorkloadSpec.Parse(source.Kernel, sample + ".json", Scaled(sample));
         var tasks = WorkloadApi.Spawn(source.Kernel, spec);
         int root = tasks[0].Pid;

@@ -155,6 +155,17 @@ public static class Programs
     });
 
     public static string MemTouch => MemTouchExe.Value;
+
+    private static readonly Lazy<string> ThreadsExe = new(() =>
+    {
+        string dir = Directory.CreateTempSubdirectory("criu-sharp-prog-").FullName;
+        string exe = Path.Combine(dir, "threads");
+        RealChild.Run("cc", "-O2", "-pthread", "-o", exe, Path.Combine(AppContext.BaseDirectory, "Programs", "threads.c"));
+        return exe;
+    });
+
+    /// <summary>A pthread program: N named worker threads, each owning a page (Programs/threads.c).</summary>
+    public static string Threads => ThreadsExe.Value;
     public static string MemTouchPy => Path.Combine(AppContext.BaseDirectory, "Programs", "memtouch.py");
 
     /// <summary>Python 3 at /usr/bin (the one the system ships).</summary>

@@ -80,8 +80,16 @@ internal static class WorkloadHarness
         int ps = src.Arch.PageSize;
         var shm = new Dictionary<SimFile, (int Pid, ulong Va, long PgOff)>();
         var buf = new byte[ps];
-        foreach (var t in src.Tasks.Where(t => t.Alive).OrderBy(t => t.Pid).ToList())
+        // Leaders first: a thread is cloned into its restored leader, sharing its memory.
+        foreach (var t in src.Tasks.Where(t => t.Alive).OrderBy(t => t.IsThread ? 1 : 0).ThenBy(t => t.Pid).ToList())
         {
+            if (t.IsThread)
+            {
+                var th = dst.CloneThread(dst.GetTask(t.Tgid), t.Pid);
+                t.Registers.CopyTo(th.Registers, 0);
+                th.ExtraState = t.ExtraState.ToArray();
+                continue;
+            }
             var nt = dst.Spawn(t.Comm, t.Pid, t.Ppid);
             foreach (var v in nt.Mm.Vmas.Where(v => v.SpecialName is null).ToList())
                 nt.Munmap(v.Start, v.Length).OrThrow("munmap exec layout");

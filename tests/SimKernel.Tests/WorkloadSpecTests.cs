@@ -152,6 +152,23 @@ public class WorkloadSpecTests
     }
 
     [Fact]
+    public void Hugetlb_mappings_need_whole_huge_pages_a_fitting_behaviour_and_a_pool()
+    {
+        const string odd = """{ "name": "h", "size": "3MiB", "huge": "hugetlb" }""";
+        Assert.Contains("whole number of 2 MiB huge pages", Bad(One(odd, """{ "type": "uniform" }""")).Message);
+        const string two = """{ "name": "h", "size": "4MiB", "huge": "hugetlb" }""";
+        Assert.Contains("cannot work on a hugetlb mapping", Bad(One(two, """{ "type": "swap" }""")).Message);
+        // A machine without a pool: the mapping's ENOMEM names the pool.
+        var k = NewKernel();
+        var spec = WorkloadSpec.Parse(k, "h.json", System.Text.Encoding.UTF8.GetBytes(One(two, """{ "type": "uniform" }""")));
+        var e = Assert.Throws<WorkloadException>(() => WorkloadApi.Spawn(k, spec));
+        Assert.Contains("hugetlb pool cannot hold 4 MiB", e.Message);
+        k.Hugetlb.Write("/proc/sys/vm/nr_hugepages", "2").OrThrow("pool");
+        var t = WorkloadApi.Spawn(k, spec)[0];
+        Assert.Contains(" ht ", k.Proc.Smaps(t.Pid).Split('\n').First(l => l.StartsWith("VmFlags:", StringComparison.Ordinal) && l.Contains(" ht", StringComparison.Ordinal)) + " ");
+    }
+
+    [Fact]
     public void Missing_file()
     {
         var e = Assert.Throws<WorkloadException>(() => WorkloadApi.Spawn(NewKernel(), "/nonexistent/w.json"));

@@ -11,7 +11,7 @@ public class WorkloadTests
     public static readonly TheoryData<string> Samples = new()
     {
         "uniform.json", "hotcold.json", "sequential.json", "kvstore.json", "churn.json",
-        "fork.json", "swap.json", "thp.json", "idle.json",
+        "fork.json", "swap.json", "thp.json", "idle.json", "threads.json",
     };
 
     // 40 ms of virtual time: a few thousand operations per sample at the sample rates.
@@ -119,7 +119,7 @@ public class WorkloadTests
     public static readonly TheoryData<string> CheckedSamples = new()
     {
         "uniform.json", "hotcold.json", "sequential.json", "kvstore.json", "churn.json",
-        "fork.json", "swap.json", "thp.json", "idle.json",
+        "fork.json", "swap.json", "thp.json", "idle.json", "threads.json",
     };
 
     [Theory]
@@ -154,6 +154,14 @@ public class WorkloadTests
                         if (q < role * slice || q >= (role + 1) * slice)
                             continue;
                     }
+                    if (prog.Kind == Behaviour.Threads && t.IsThread && name == prog.Regions[prog.Data].Name)
+                    {
+                        // A thread checks its own slice; the leader checks them all.
+                        var (lo, hi) = Stamped.ThreadSlice(prog, len / ps, t.Registers[Regs.Role]);
+                        ulong q = (va - b) / ps;
+                        if (q < lo || q >= hi)
+                            continue;
+                    }
                     pages.Add(va);
                 }
             }
@@ -172,6 +180,31 @@ public class WorkloadTests
                 Assert.True(WorkloadApi.Verify(t).Ok);
             }
         }
+    }
+
+    [Fact]
+    public void Threads_write_concurrently_and_a_stale_or_missing_thread_is_caught()
+    {
+        var k = NewKernel();
+        var leader = WorkloadApi.Spawn(k, Sample("threads.json"))[0];
+        var threads = k.Threads(leader.Pid);
+        Assert.Equal(4, threads.Count);
+        RunTime(k, 5_000_000, Quantum);
+        // Every thread ran its own due operations in the same 5 ms of virtual time.
+        ulong due = WorkloadApi.DueBy(WorkloadApi.Program(leader).Rate, 5_000_000);
+        Assert.All(threads, t => Assert.Equal(due, t.Registers[Regs.Pc]));
+        Assert.True(WorkloadApi.Verify(leader).Ok);
+        var second = threads[2];
+        second.Registers[Regs.Digest]--;
+        var r = WorkloadApi.Verify(leader);
+        Assert.False(r.Ok);
+        Assert.Contains($"thread {second.Pid} (thread 2)", r.Detail);
+        Assert.False(WorkloadApi.Verify(second).Ok);
+        second.Registers[Regs.Digest]++;
+        k.ExitThread(threads[3]);
+        r = WorkloadApi.Verify(leader);
+        Assert.False(r.Ok);
+        Assert.Contains("thread 3 of the program is missing", r.Detail);
     }
 
     [Fact]

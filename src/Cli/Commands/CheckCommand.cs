@@ -30,7 +30,7 @@ public static class CheckCommand
         cmd.Options.Add(all);
         cmd.Options.Add(extra);
         cmd.Options.Add(json);
-        kernel.AddTo(cmd);
+        kernel.AddTo(cmd, pool: false);
         machine.AddTo(cmd);
         cmd.SetAction(p =>
         {

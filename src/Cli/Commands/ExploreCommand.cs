@@ -232,7 +232,10 @@ internal static class ExploreCommand
                         if ((uint)p!["ppid"]! != ppid)
                             continue;
                         uint pid = (uint)p["pid"]!;
-                        o.WriteLine($"{new string(' ', depth * 2) + pid,-8}{(uint)p["pgid"]!,-8}{(uint)p["sid"]!,-8}{(string?)p["comm"]}");
+                        // crit's ps lists processes only; the other threads of one follow its comm.
+                        var others = p["threads"]!.AsArray().Select(t => (uint)t!).Where(t => t != pid).ToList();
+                        string threads = others.Count == 0 ? "" : $"  threads {string.Join(' ', others)}";
+                        o.WriteLine($"{new string(' ', depth * 2) + pid,-8}{(uint)p["pgid"]!,-8}{(uint)p["sid"]!,-8}{(string?)p["comm"]}{threads}");
                         if (pid != ppid)
                             Print(pid, depth + 1);
                     }

@@ -141,6 +141,7 @@ public static class MachineCommands
             var rows = m.Kernel.Tasks.Select(t => new
             {
                 pid = t.Pid,
+                tgid = t.Tgid,
                 ppid = t.Ppid,
                 state = t.State.ToString().ToLowerInvariant(),
                 comm = t.Comm,
@@ -156,7 +157,7 @@ public static class MachineCommands
             }
             o.WriteLine($"{"PID",7} {"PPID",7} {"STATE",-8} {"RSS kB",10} {"SWAP kB",9}  COMM");
             foreach (var r in rows)
-                o.WriteLine($"{r.pid,7} {r.ppid,7} {r.state,-8} {r.rss_kb,10} {r.swap_kb,9}  {r.comm}{(r.term_signal != 0 ? $" (killed by signal {r.term_signal})" : "")}");
+                o.WriteLine($"{r.pid,7} {r.ppid,7} {r.state,-8} {r.rss_kb,10} {r.swap_kb,9}  {r.comm}{(r.tgid != r.pid ? $" (thread of {r.tgid})" : "")}{(r.term_signal != 0 ? $" (killed by signal {r.term_signal})" : "")}");
             return 0;
         });
         return cmd;

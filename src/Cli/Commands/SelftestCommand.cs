@@ -24,7 +24,7 @@ public static class SelftestCommand
         cmd.Arguments.Add(names);
         cmd.Options.Add(list);
         cmd.Options.Add(json);
-        kernel.AddTo(cmd);
+        kernel.AddTo(cmd, pool: false);
         cmd.SetAction(p =>
         {
             var output = p.InvocationConfiguration.Output;

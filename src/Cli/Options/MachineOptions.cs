@@ -70,6 +70,7 @@ public sealed class MachineOptions
             try
             {
                 chosen?.CheckMatches(p, m);
+                chosen?.ApplyPool(p, m, p.InvocationConfiguration.Error);
             }
             catch
             {

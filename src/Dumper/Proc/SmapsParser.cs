@@ -31,6 +31,8 @@ public static class SmapsParser
                 continue;
             if (line.StartsWith("VmFlags:"))
                 cur = cur with { VmFlags = ParseFlags(raw[8..]) };
+            else if (line.StartsWith("KernelPageSize:"))
+                cur = cur with { KernelPageBytes = ulong.Parse(raw[15..].Replace("kB", "").Trim(), CultureInfo.InvariantCulture) * 1024 };
             else if (line.StartsWith("AnonHugePages:"))
                 cur = cur with { AnonHugeBytes = ulong.Parse(raw[14..].Replace("kB", "").Trim(), CultureInfo.InvariantCulture) * 1024 };
         }

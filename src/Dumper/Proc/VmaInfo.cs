@@ -37,8 +37,17 @@ public sealed record VmaInfo(
     public const uint ProtRead = 1, ProtWrite = 2, ProtExec = 4;
 
     public ulong Length => End - Start;
+    /// <summary>smaps KernelPageSize: the huge page size of a hugetlb VMA (0 when smaps was not read).</summary>
+    public ulong KernelPageBytes { get; init; }
     public bool IsShmem => Shared && Name == "/dev/zero (deleted)";
-    public bool IsFile => Name is not null && Name.StartsWith('/') && !IsShmem;
+    /// <summary>
+    /// Dumped through the shmem images, once per object: shared anonymous memory, and every shared
+    /// hugetlb mapping (MAP_HUGETLB|MAP_SHARED, memfd MFD_HUGETLB, SysV SHM_HUGETLB), which
+    /// criu/proc_parse.c classifies VMA_ANON_SHARED with the hugetlbfs inode as shmid.
+    /// </summary>
+    public bool IsAnonShared => IsShmem || (IsHugetlb && Shared);
+    /// <summary>A file CRIU reopens by path: never a hugetlbfs inode, which proc_parse.c turns into anonymous memory.</summary>
+    public bool IsFile => Name is not null && Name.StartsWith('/') && !IsShmem && !IsHugetlb;
     /// <summary>The kernel's data pages for the vDSO: [vvar], and [vvar_vclock] (Linux 6.13 split the clock pages out).</summary>
     public bool IsVvar => Name is "[vvar]" or "[vvar_vclock]" || (VmFlags & SmapsFlags.PfnMap) != 0 || (VmFlags & SmapsFlags.Io) != 0;
     public bool IsVdso => Name == "[vdso]";
@@ -56,7 +65,9 @@ public sealed record VmaInfo(
             if (IsVdso) s |= VmaStatus.Vdso;
             if (Name == "[heap]") s |= VmaStatus.Heap;
             if (Name == "[stack]") s |= VmaStatus.Stack;
-            if (IsShmem) s |= VmaStatus.AnonShared;
+            if (IsHugetlb && Shared && Name is not null && Name.StartsWith("/SYSV", StringComparison.Ordinal))
+                s |= VmaStatus.SysVIpc | VmaStatus.AnonShared;
+            else if (IsAnonShared) s |= VmaStatus.AnonShared;
             else if (IsFile) s |= Shared ? VmaStatus.FileShared : VmaStatus.FilePrivate;
             else s |= Shared ? VmaStatus.AnonShared : VmaStatus.AnonPrivate;
             return s;
@@ -72,7 +83,9 @@ public sealed record VmaInfo(
             if ((VmFlags & SmapsFlags.GrowsDown) != 0) f |= VmaMapFlags.GrowsDown;
             if ((VmFlags & SmapsFlags.Locked) != 0) f |= VmaMapFlags.Locked;
             if ((VmFlags & SmapsFlags.NoReserve) != 0) f |= VmaMapFlags.NoReserve;
-            if ((VmFlags & SmapsFlags.HugeTlb) != 0) f |= VmaMapFlags.HugeTlb;
+            // The hugetlb size rides in the MAP_HUGE_SHIFT bits (criu/include/hugetlb.h), as
+            // is_hugetlb_dev reports it for the VMA's hugetlbfs device.
+            if ((VmFlags & SmapsFlags.HugeTlb) != 0) f |= VmaMapFlags.HugeTlb | VmaMapFlags.HugetlbSizeFlag(KernelPageBytes);
             return f;
         }
     }

@@ -44,7 +44,7 @@ public sealed class ShmSegment
 /// bits 26-31, whose pages are reserved at shmget (hugetlb_file_setup) — ENOMEM when the pool
 /// cannot promise them.
 /// </summary>
-public sealed class SysvShm
+public sealed partial class SysvShm
 {
     private readonly Kernel _k;
     private readonly Dictionary<int, ShmSegment> _segs = [];

@@ -6,8 +6,11 @@ using CriuSharp.SimKernel.Uffd;
 namespace CriuSharp.SimKernel.Machine
 {
     /// <summary>Identity tables for objects shared between tasks (files, shmem, userfaultfd contexts).</summary>
-    internal sealed class PersistContext
+    internal sealed class PersistContext(HugetlbState hugetlb)
     {
+        public HugetlbState Hugetlb { get; } = hugetlb;
+        public readonly Dictionary<HugetlbReservation, int> ResvIds = new(ReferenceEqualityComparer.Instance);
+        public readonly List<HugetlbReservation> Resvs = [];
         public readonly Dictionary<SimFile, int> FileIds = new(ReferenceEqualityComparer.Instance);
         public readonly List<SimFile> Files = [];
         public readonly Dictionary<Userfaultfd, int> UffdIds = new(ReferenceEqualityComparer.Instance);
@@ -24,6 +27,35 @@ namespace CriuSharp.SimKernel.Machine
             }
             return id;
         }
+
+        /// <summary>The reservation of a private hugetlb mapping is shared by the pieces of a split VMA: saved once.</summary>
+        public int IdOf(HugetlbReservation? resv)
+        {
+            if (resv is null) return -1;
+            if (!ResvIds.TryGetValue(resv, out int id))
+            {
+                id = Resvs.Count;
+                ResvIds[resv] = id;
+                Resvs.Add(resv);
+            }
+            return id;
+        }
+
+        public int PoolIndex(HugetlbPool? pool)
+        {
+            if (pool is null) return -1;
+            for (int i = 0; i < Hugetlb.Pools.Count; i++)
+                if (ReferenceEquals(Hugetlb.Pools[i], pool)) return i;
+            throw new InvalidOperationException("a hugetlb pool of another kernel");
+        }
+
+        public HugetlbPool? Pool(int index) =>
+            index < 0 ? null
+            : index < Hugetlb.Pools.Count ? Hugetlb.Pools[index]
+            : throw new InvalidDataException($"hugetlb pool {index} out of range");
+
+        public SimFile File(int id) =>
+            id < 0 ? throw new InvalidDataException("missing file") : id < Files.Count ? Files[id] : throw new InvalidDataException($"file {id} out of range");
 
         public int IdOf(Userfaultfd? u)
         {
@@ -204,7 +236,7 @@ namespace CriuSharp.SimKernel.Mm
             _files.Clear();
             for (int i = 0; i < n; i++)
             {
-                var f = ctx.Files[r.ReadInt32()];
+                var f = ctx.File(r.ReadInt32());
                 _files[f.Path] = f;
             }
         }
@@ -212,27 +244,117 @@ namespace CriuSharp.SimKernel.Mm
 
     public sealed partial class SimFile
     {
-        internal void Save(BinaryWriter w)
+        internal void Save(BinaryWriter w, PersistContext ctx)
         {
             w.Write(Path);
             w.Write(Inode);
             w.Write(IsShmem);
             w.Write(Size);
+            w.Write(ctx.PoolIndex(Hugetlb));
+            w.Write(Unlinked);
+            w.Write(OpenHandles);
+            w.Write(PagesWrittenBack);
             w.Write(Pages.Count);
             foreach (var (idx, pfn) in Pages.OrderBy(kv => kv.Key))
             {
                 w.Write(idx);
                 w.Write(pfn);
             }
+            w.Write(HugePages.Count);
+            foreach (var (idx, head) in HugePages.OrderBy(kv => kv.Key))
+            {
+                w.Write(idx);
+                w.Write(head);
+            }
+            w.WriteArray<long>(HugeReserved.Order().ToArray());
+            w.WriteArray<long>(DirtyPages.Order().ToArray());
         }
 
-        internal static SimFile Load(BinaryReader r)
+        internal static SimFile Load(BinaryReader r, PersistContext ctx)
         {
             var f = new SimFile(r.ReadString(), r.ReadUInt64(), r.ReadBoolean()) { Size = r.ReadInt64() };
+            f.Hugetlb = ctx.Pool(r.ReadInt32());
+            f.Unlinked = r.ReadBoolean();
+            f.OpenHandles = r.ReadInt32();
+            f.PagesWrittenBack = r.ReadInt64();
             int n = r.ReadInt32();
             for (int i = 0; i < n; i++)
                 f.Pages[r.ReadInt64()] = r.ReadInt64();
+            n = r.ReadInt32();
+            for (int i = 0; i < n; i++)
+                f.HugePages[r.ReadInt64()] = r.ReadInt64();
+            f.HugeReserved.UnionWith(r.ReadArray<long>());
+            f.DirtyPages.UnionWith(r.ReadArray<long>());
             return f;
+        }
+    }
+
+    public sealed partial class HugetlbPool
+    {
+        internal void Save(BinaryWriter w)
+        {
+            w.Write(Nr);
+            w.Write(Resv);
+            w.Write(Surplus);
+            w.Write(Overcommit);
+            // Bottom of the stack first, so the loaded pool hands out pages in the same order.
+            w.WriteArray<long>(_free.Reverse().ToArray());
+            w.WriteArray<long>(_surplusHeads.Order().ToArray());
+        }
+
+        internal void Load(BinaryReader r)
+        {
+            Nr = r.ReadInt64();
+            Resv = r.ReadInt64();
+            Surplus = r.ReadInt64();
+            Overcommit = r.ReadInt64();
+            _free.Clear();
+            foreach (long head in r.ReadArray<long>())
+                _free.Push(head);
+            _surplusHeads.Clear();
+            _surplusHeads.UnionWith(r.ReadArray<long>());
+        }
+    }
+
+    public sealed partial class HugetlbState
+    {
+        internal void Save(BinaryWriter w)
+        {
+            w.Write(_pools.Count);
+            foreach (var p in _pools)
+            {
+                w.Write(p.Size);
+                p.Save(w);
+            }
+        }
+
+        internal void Load(BinaryReader r)
+        {
+            int n = r.ReadInt32();
+            if (n != _pools.Count)
+                throw new InvalidDataException($"{n} hugetlb pools saved, this architecture has {_pools.Count}");
+            foreach (var p in _pools)
+            {
+                if (r.ReadUInt64() != p.Size)
+                    throw new InvalidDataException("hugetlb pool sizes differ from the architecture's");
+                p.Load(r);
+            }
+        }
+    }
+
+    internal sealed partial class HugetlbReservation
+    {
+        internal void Save(BinaryWriter w, PersistContext ctx)
+        {
+            w.Write(ctx.PoolIndex(Pool));
+            w.WriteArray<long>(Indexes.Order().ToArray());
+        }
+
+        internal static HugetlbReservation Load(BinaryReader r, PersistContext ctx)
+        {
+            var resv = new HugetlbReservation(ctx.Pool(r.ReadInt32()) ?? throw new InvalidDataException("reservation without a pool"));
+            resv.Indexes.UnionWith(r.ReadArray<long>());
+            return resv;
         }
     }
 
@@ -304,6 +426,7 @@ namespace CriuSharp.SimKernel.Mm
                 w.Write(ctx.IdOf(v.File)); w.Write(v.PgOff);
                 w.Write(v.SpecialName ?? ""); w.Write(v.AnonVmaId);
                 w.Write(ctx.IdOf(v.Uffd));
+                w.Write(ctx.IdOf(v.HugeResv));
             }
             Pt.Save(w);
         }
@@ -314,7 +437,7 @@ namespace CriuSharp.SimKernel.Mm
             StartBrk = r.ReadUInt64(); Brk = r.ReadUInt64(); StartStack = r.ReadUInt64();
             ArgStart = r.ReadUInt64(); ArgEnd = r.ReadUInt64(); EnvStart = r.ReadUInt64(); EnvEnd = r.ReadUInt64();
             int exe = r.ReadInt32();
-            ExeFile = exe < 0 ? null : ctx.Files[exe];
+            ExeFile = exe < 0 ? null : ctx.File(exe);
             RssAnon = r.ReadInt64(); RssFile = r.ReadInt64(); RssShmem = r.ReadInt64(); HiwaterRss = r.ReadInt64();
             SwapEntries = r.ReadInt64(); MinorFaults = r.ReadInt64(); MajorFaults = r.ReadInt64(); WpFaults = r.ReadInt64();
             Dead = r.ReadBoolean();
@@ -328,16 +451,54 @@ namespace CriuSharp.SimKernel.Mm
                     Start = r.ReadUInt64(), End = r.ReadUInt64(), Flags = (VmaFlags)r.ReadUInt64(),
                 };
                 int f = r.ReadInt32();
-                v.File = f < 0 ? null : ctx.Files[f];
+                v.File = f < 0 ? null : ctx.File(f);
                 v.PgOff = r.ReadInt64();
                 string name = r.ReadString();
                 v.SpecialName = name.Length == 0 ? null : name;
                 v.AnonVmaId = r.ReadUInt64();
                 int u = r.ReadInt32();
                 v.Uffd = u < 0 ? null : ctx.Uffds[u];
+                int resv = r.ReadInt32();
+                v.HugeResv = resv < 0 ? null : resv < ctx.Resvs.Count ? ctx.Resvs[resv] : throw new InvalidDataException($"reservation {resv} out of range");
                 _vmas.Add(v);
             }
             Pt.Load(r);
+        }
+    }
+}
+
+namespace CriuSharp.SimKernel.Ipc
+{
+    using CriuSharp.SimKernel.Machine;
+
+    public sealed partial class SysvShm
+    {
+        internal void Save(BinaryWriter w, PersistContext ctx)
+        {
+            w.Write(_nextId);
+            w.Write(_segs.Count);
+            foreach (var seg in _segs.Values.OrderBy(s => s.Id))
+            {
+                w.Write(seg.Id);
+                w.Write(seg.Key);
+                w.Write(seg.Size);
+                w.Write(ctx.IdOf(seg.File));
+                w.Write(seg.Removed);
+            }
+        }
+
+        internal void Load(BinaryReader r, PersistContext ctx)
+        {
+            _nextId = r.ReadInt32();
+            int n = r.ReadInt32();
+            _segs.Clear();
+            for (int i = 0; i < n; i++)
+            {
+                int id = r.ReadInt32(), key = r.ReadInt32();
+                ulong size = r.ReadUInt64();
+                var seg = new ShmSegment(id, key, size, ctx.File(r.ReadInt32())) { Removed = r.ReadBoolean() };
+                _segs[id] = seg;
+            }
         }
     }
 }

@@ -77,6 +77,8 @@ public sealed class SimKernelAdapter : IKernel
 
     public IReadOnlyList<TaskInfo> Tree(int rootPid) => _k.Tree(rootPid).Select(Info).ToList();
 
+    public IReadOnlyList<int> Threads(int pid) => _k.Proc.Threads(pid);
+
     public string Maps(int pid) => _k.Proc.Maps(pid);
     public string Smaps(int pid) => _k.Proc.Smaps(pid);
     public string Status(int pid) => _k.Proc.Status(pid);
@@ -187,6 +189,8 @@ public sealed class SimKernelAdapter : IKernel
     public int Spawn(string comm, int? pid = null, int ppid = 0) => _k.Spawn(comm, pid, ppid).Pid;
 
     public int Fork(int parentPid, int? childPid = null) => _k.Fork(Task(parentPid), childPid).Pid;
+
+    public int CloneThread(int pid, int? tid = null) => _k.CloneThread(Task(pid), tid).Pid;
 
     public void Exit(int pid, int exitCode, int signal = 0)
     {

@@ -30,7 +30,8 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
     public const string StateFileName = "machine.state";
     public const string FramesFileName = "frames.dat";
     public const string LockFileName = "machine.lock";
-    private const ulong Magic = 0x3230484341_4D5343UL; // "CSMACH02": CRC-32 (IEEE) over the body
+    private const ulong Magic = 0x3330484341_4D5343UL; // "CSMACH03": CRC-32 (IEEE) over the body; threads, hugetlb pools, SysV segments
+    private const ulong MagicV2 = 0x3230484341_4D5343UL; // "CSMACH02": no threads or hugetlb state, no longer written
     private const ulong MagicV1 = 0x3130484341_4D5343UL; // "CSMACH01": CRC-32C, no longer written
     /// <summary>Frames between two crash points while a journal is written or replayed.</summary>
     private const int CrashBatchFrames = 256;
@@ -286,8 +287,8 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
         {
             throw new MachineStateException($"cannot read {statePath}: {e.Message}", e);
         }
-        if (all.Length >= 24 && BitConverter.ToUInt64(all, 0) == MagicV1)
-            throw new MachineStateException($"{statePath} was written by an older criu-sharp (state v1); recreate the machine with spawn");
+        if (all.Length >= 24 && BitConverter.ToUInt64(all, 0) is var old && (old == MagicV1 || old == MagicV2))
+            throw new MachineStateException($"{statePath} was written by an older criu-sharp (state v{(old == MagicV1 ? 1 : 2)}); recreate the machine with spawn");
         if (all.Length < 24 || BitConverter.ToUInt64(all, 0) != Magic)
             throw new MachineStateException($"{statePath} is not a criu-sharp machine state");
         long len = BitConverter.ToInt64(all, 8);

@@ -13,7 +13,7 @@ namespace CriuSharp.SimKernel.Mm;
 ///   nr_hugepages = free + in use          free = reserved-for-later + available
 ///   surplus: pages above nr_hugepages, allowed up to nr_overcommit_hugepages, freed when released
 /// </summary>
-public sealed class HugetlbPool
+public sealed partial class HugetlbPool
 {
     private readonly PhysicalMemory _mem;
     private readonly Stack<long> _free = new();
@@ -139,7 +139,7 @@ public sealed class HugetlbPool
 }
 
 /// <summary>The reservation of a private hugetlb mapping: huge-page indexes (file offsets) promised at mmap and not yet faulted.</summary>
-internal sealed class HugetlbReservation(HugetlbPool pool)
+internal sealed partial class HugetlbReservation(HugetlbPool pool)
 {
     public HugetlbPool Pool { get; } = pool;
     public HashSet<long> Indexes { get; } = [];
@@ -160,7 +160,7 @@ internal sealed class HugetlbReservation(HugetlbPool pool)
 /// The kernel's hstates (mm/hugetlb.c): one pool per supported size — the PMD size on every
 /// architecture, plus 1 GiB (PUD) on x86_64 — and the /proc and /sys files that show and size them.
 /// </summary>
-public sealed class HugetlbState
+public sealed partial class HugetlbState
 {
     private readonly Kernel _k;
     private readonly List<HugetlbPool> _pools = [];

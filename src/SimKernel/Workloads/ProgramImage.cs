@@ -6,7 +6,7 @@ using System.Text.Json.Serialization;
 namespace CriuSharp.SimKernel.Workloads;
 
 /// <summary>Behaviour kinds a workload program can run.</summary>
-public enum Behaviour { Uniform, HotCold, Sequential, KvStore, Churn, Fork, Swap, Thp, Idle, Script, Trace }
+public enum Behaviour { Uniform, HotCold, Sequential, KvStore, Churn, Fork, Swap, Thp, Idle, Script, Trace, Threads }
 
 /// <summary>
 /// One mapping of a program. Its address and current length live in registers
@@ -111,6 +111,8 @@ public sealed class ProgramImage
     public bool? Loop { get; set; }
     /// <summary>Contents of stamped pages: null (one stamp word per page), "zero-fill:N" or "trace:PATH" (absolute).</summary>
     public string? Content { get; set; }
+    /// <summary>threads: threads besides the leader (clone CLONE_THREAD at spawn); each stamps its own slice of the data.</summary>
+    public int? Threads { get; set; }
 
     private static readonly JsonSerializerOptions Options = new()
     {
@@ -159,7 +161,7 @@ public static class Regs
     public const int Pc = 0;
     /// <summary>xoshiro256** state, four words.</summary>
     public const int Rng = 1;
-    /// <summary>0 for the spawned process, i for the i-th forked child.</summary>
+    /// <summary>0 for the spawned process, i for the i-th forked child or the i-th thread.</summary>
     public const int Role = 5;
     /// <summary>Operations made due by virtual time but not yet executed (a child inherits its parent's remainder).</summary>
     public const int Owed = 6;

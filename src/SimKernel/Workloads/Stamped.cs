@@ -19,7 +19,7 @@ namespace CriuSharp.SimKernel.Workloads;
 internal static class Stamped
 {
     public static bool Uses(Behaviour b) => b is Behaviour.Uniform or Behaviour.HotCold or Behaviour.Sequential
-        or Behaviour.Swap or Behaviour.Thp or Behaviour.Idle or Behaviour.Fork;
+        or Behaviour.Swap or Behaviour.Thp or Behaviour.Idle or Behaviour.Fork or Behaviour.Threads;
 
     public const ulong StampMask = (1UL << 40) - 1;
 
@@ -312,6 +312,20 @@ internal static class Stamped
             case Behaviour.Fork:
                 done = RunFork(ref cpu, prog, n, dataBase, pages);
                 break;
+            case Behaviour.Threads:
+            {
+                // This thread's slice only: the threads of the group write concurrently (each
+                // runs its own due operations every quantum) but never the same page.
+                var (lo, hi) = ThreadSlice(prog, pages, r[Regs.Role]);
+                for (; done < n; done++)
+                {
+                    ulong p = lo + cpu.Rng.Below(hi - lo);
+                    if (!cpu.Write(p, dataBase + (p << shift)))
+                        break;
+                    cpu.Retire();
+                }
+                break;
+            }
         }
         cpu.Flush();
         return done;
@@ -367,13 +381,42 @@ internal static class Stamped
         return done;
     }
 
-    /// <summary>Spawn-time fill: every data page stamped once, in order (not counted as operations).</summary>
+    /// <summary>Pages [lo, hi) of the data that thread <paramref name="role"/> (0: the leader) stamps.</summary>
+    public static (ulong Lo, ulong Hi) ThreadSlice(ProgramImage prog, ulong pages, ulong role)
+    {
+        ulong n = (ulong)(prog.Threads ?? 0) + 1;
+        return (role * pages / n, (role + 1) * pages / n);
+    }
+
+    /// <summary>
+    /// The threads of a threads program, cloned at spawn (clone with CLONE_THREAD, as
+    /// pthread_create does): each runs the same program with its own role, random stream,
+    /// stamp counter and digest, in the registers a dump saves per thread.
+    /// </summary>
+    public static List<SimTask> CloneThreads(SimTask leader, ProgramImage prog)
+    {
+        var list = new List<SimTask>();
+        for (int i = 1; i <= (prog.Threads ?? 0); i++)
+        {
+            var th = leader.Kernel.CloneThread(leader);
+            th.ExtraState = leader.ExtraState;
+            th.Registers[Regs.Role] = (ulong)i;
+            Rng.Seed(th.Registers, prog.Seed ^ Rng.Mix((ulong)i * 0x2545F4914F6CDD1DUL));
+            list.Add(th);
+        }
+        return list;
+    }
+
+    /// <summary>Spawn-time fill: every data page stamped once, in order (not counted as operations); a thread fills its own slice.</summary>
     public static void Prefill(SimTask task, ProgramImage prog)
     {
         var cpu = new Cpu(task, prog, countOwed: false);
         ulong dataBase = cpu.R[Regs.RegionBase + prog.Data];
         ulong pages = prog.Regions[prog.Data].Size >> cpu.PageShift;
-        for (ulong p = 0; p < pages; p++)
+        ulong first = 0;
+        if (prog.Kind == Behaviour.Threads)
+            (first, pages) = ThreadSlice(prog, pages, cpu.R[Regs.Role]);
+        for (ulong p = first; p < pages; p++)
             if (!cpu.Write(p, dataBase + (p << cpu.PageShift)))
                 break;
         cpu.Flush();
@@ -416,10 +459,20 @@ internal static class Stamped
         }
         ulong entries = pages + sharedPages;
         ulong digest = 0;
+        // threads: each thread's digest register sums the ledger words of its own slice; the
+        // leader checks every page and every thread, a thread its own slice.
+        bool threads = prog.Kind == Behaviour.Threads;
+        ulong roles = (ulong)(prog.Threads ?? 0) + 1;
+        var sliceSums = new ulong[threads ? roles : 0];
+        ulong checkLo = 0, checkHi = entries;
+        if (threads && task.IsThread)
+            (checkLo, checkHi) = ThreadSlice(prog, pages, r[Regs.Role]);
         for (ulong i = 0; i < (ulong)ledger.Length; i++)
         {
             ulong lw = ledger[(int)i];
             digest += lw;
+            if (threads && i < pages)
+                sliceSums[RoleOf(prog, pages, i)] += lw;
             bool ownShared = i >= pages && i - pages >= sliceLo && i - pages < sliceHi;
             bool valid = i >= entries ? lw == 0
                 : i >= pages && !ownShared ? lw == 0
@@ -437,7 +490,7 @@ internal static class Stamped
         var words = MemoryMarshal.Cast<byte, ulong>(page.AsSpan());
         var content = PageContent.Of(prog, (int)ps);
         var zeroPage = new byte[ps];
-        for (ulong p = 0; p < entries; p++)
+        for (ulong p = checkLo; p < checkHi; p++)
         {
             bool shared = p >= pages;
             if (shared && (p - pages < sliceLo || p - pages >= sliceHi))
@@ -470,9 +523,53 @@ internal static class Stamped
             if (page.AsSpan().IndexOfAnyExcept((byte)0) is var nz && nz >= 0)
                 check.Bad(va, $"page {p}: byte {nz} is 0x{page[nz]:x2}, expected 0");
         }
-        if (digest != r[Regs.Digest] && check.FirstBad is null)
+        if (threads)
+            CheckThreadDigests(task, prog, pages, sliceSums, check, ledgerBase);
+        else if (digest != r[Regs.Digest] && check.FirstBad is null)
             check.Bad(ledgerBase, $"ledger sum 0x{digest:x16} differs from the register's 0x{r[Regs.Digest]:x16}: the ledger and its data are from another point in time");
         return check.Report(task, behaviour);
+    }
+
+    /// <summary>The slice (thread role) page <paramref name="page"/> belongs to.</summary>
+    private static ulong RoleOf(ProgramImage prog, ulong pages, ulong page)
+    {
+        ulong roles = (ulong)(prog.Threads ?? 0) + 1;
+        ulong role = page * roles / pages;
+        // Slices are [role·pages/roles, (role+1)·pages/roles): the estimate can be one too high.
+        while (role > 0 && ThreadSlice(prog, pages, role).Lo > page)
+            role--;
+        while (ThreadSlice(prog, pages, role).Hi <= page)
+            role++;
+        return role;
+    }
+
+    /// <summary>
+    /// Each thread's digest register against its slice's ledger sum: a thread restored with an
+    /// older register file, or not restored at all, fails here even when every page is consistent.
+    /// </summary>
+    private static void CheckThreadDigests(SimTask task, ProgramImage prog, ulong pages, ulong[] sliceSums, PageChecker check, ulong ledgerBase)
+    {
+        if (check.FirstBad is not null)
+            return;
+        var byRole = new Dictionary<ulong, SimTask>();
+        foreach (var t in task.IsThread ? [task] : task.Kernel.Threads(task.Tgid))
+            if (WorkloadApi.HasProgram(t))
+                byRole.TryAdd(t.Registers[Regs.Role], t);
+        ulong first = task.IsThread ? task.Registers[Regs.Role] : 0, last = task.IsThread ? first : (ulong)sliceSums.Length - 1;
+        for (ulong role = first; role <= last; role++)
+        {
+            ulong lo = ThreadSlice(prog, pages, role).Lo;
+            if (!byRole.TryGetValue(role, out var t))
+            {
+                check.Bad(ledgerBase + (lo << 3), $"thread {role} of the program is missing (the process has {byRole.Count} of its {sliceSums.Length} threads)");
+                return;
+            }
+            if (t.Registers[Regs.Digest] != sliceSums[role])
+            {
+                check.Bad(ledgerBase + (lo << 3), $"thread {t.Pid} (thread {role}): ledger sum of its slice 0x{sliceSums[role]:x16} differs from its register's 0x{t.Registers[Regs.Digest]:x16}: its registers and its pages are from different points in time");
+                return;
+            }
+        }
     }
 }
 

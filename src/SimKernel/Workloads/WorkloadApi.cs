@@ -69,6 +69,7 @@ public static class WorkloadApi
                 }
                 var flags = (region.Shared ? MapFlags.Shared : MapFlags.Private)
                             | (file is null ? MapFlags.Anonymous : 0)
+                            | (region.Huge == 3 ? MapFlags.HugeTlb : 0)
                             | (region.Address != 0 ? MapFlags.FixedNoReplace : 0)
                             | (region.Populate ? MapFlags.Populate : 0);
                 res = task.Mmap(region.Address, region.Size, (Prot)region.Prot, flags, file);
@@ -78,6 +79,7 @@ public static class WorkloadApi
                 string why = res.Error switch
                 {
                     Errno.EEXIST => $"0x{region.Address:x} overlaps a mapping the process already has (its executable, heap, stack or vdso)",
+                    Errno.ENOMEM when region.Huge == 3 => $"the machine's hugetlb pool cannot hold {region.Size >> 20} MiB (ENOMEM; /proc/sys/vm/nr_hugepages is {kernel.Hugetlb.Default.Nr}, {kernel.Hugetlb.Default.Available} available)",
                     Errno.ENOMEM => "the kernel has no room for it (ENOMEM)",
                     var e => $"mmap failed with {e}",
                 };
@@ -85,7 +87,7 @@ public static class WorkloadApi
             }
             r[Regs.RegionBase + i] = (ulong)res.Value;
             r[Regs.RegionLength + i] = region.Size;
-            if (region.Huge != 0)
+            if (region.Huge is 1 or 2)
                 task.Madvise((ulong)res.Value, region.Size, region.Huge == 1 ? Madvise.HugePage : Madvise.NoHugePage);
         }
         task.ExtraState = prog.Encode();
@@ -102,8 +104,12 @@ public static class WorkloadApi
                 TraceReplay.Init(task, prog);
                 break;
         }
+        var tasks = new List<SimTask> { task };
+        if (prog.Kind == Behaviour.Threads)
+            tasks.AddRange(Stamped.CloneThreads(task, prog));
         if (prog.Prefill && Stamped.Uses(prog.Kind))
-            Stamped.Prefill(task, prog);
+            foreach (var t in tasks)
+                Stamped.Prefill(t, prog);
         if (!task.Alive)
             throw new WorkloadException(spec.File, ps.Line, ps.Name, $"the process died while setting up its memory (signal {task.TermSignal}); the machine is out of memory?");
     }

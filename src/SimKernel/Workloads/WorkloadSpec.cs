@@ -70,6 +70,7 @@ internal sealed class SpecReader(Kernel kernel, string file)
         ["idle"] = (Behaviour.Idle, []),
         ["script"] = (Behaviour.Script, ["ops"]),
         ["trace"] = (Behaviour.Trace, ["path", "speed", "loop", "pid"]),
+        ["threads"] = (Behaviour.Threads, ["threads"]),
     };
 
     public WorkloadSpec Read(JsonNode root)
@@ -163,8 +164,18 @@ internal sealed class SpecReader(Kernel kernel, string file)
                 "default" => 0,
                 "hugepage" => 1,
                 "nohugepage" => 2,
-                var other => throw Fail(hg, $"unknown huge-page advice '{other}' (expected default, hugepage or nohugepage)"),
+                "hugetlb" => 3,
+                var other => throw Fail(hg, $"unknown huge-page advice '{other}' (expected default, hugepage, nohugepage or hugetlb)"),
             };
+            if (r.Huge == 3)
+            {
+                // MAP_HUGETLB: anonymous memory from the machine's hugetlb pool, in whole huge pages.
+                if (r.Path is not null)
+                    throw Fail(hg, "hugetlb mappings are anonymous here (no 'path')");
+                ulong hsz = kernel.Arch.HugePageSize;
+                if (r.Size % hsz != 0)
+                    throw Fail(m.Get("size") ?? hg, $"a hugetlb mapping is a whole number of {hsz >> 20} MiB huge pages");
+            }
         }
         if (m.Get("address") is { } ad)
         {
@@ -242,6 +253,10 @@ internal sealed class SpecReader(Kernel kernel, string file)
         prog.Data = mapNode is null ? 0 : RegionIndex(prog, mapNode);
         var data = prog.Regions[prog.Data];
         var at = mapNode ?? b;
+        // hugetlb pages cannot be paged out, split, zapped in part or remapped (mm/hugetlb.c), and a
+        // forked child's copy-on-write needs pool pages the parent reserved for itself.
+        if (data.Huge == 3 && def.Kind is not (Behaviour.Uniform or Behaviour.HotCold or Behaviour.Sequential or Behaviour.Idle or Behaviour.Threads))
+            throw Fail(at, $"behaviour '{type}' cannot work on a hugetlb mapping (uniform, hotcold, sequential, idle and threads can)");
         ulong pages = data.Size / _ps;
         bool writable = (data.Prot & (int)Prot.Write) != 0;
         if (!writable && def.Kind != Behaviour.Idle)
@@ -334,6 +349,20 @@ internal sealed class SpecReader(Kernel kernel, string file)
                     throw Fail(at, "the forked data mapping must be private (copy-on-write)");
                 break;
             }
+            case Behaviour.Threads:
+            {
+                // Threads share the address space; each stamps its own slice, so a write lost by
+                // a dump shows as a bad page in the slice of the thread that made it.
+                var tn = b.Get("threads");
+                prog.Threads = tn is not null ? (int)UInt(tn, 15) : 3;
+                if (prog.Threads == 0)
+                    throw Fail(tn!, "at least one thread besides the leader");
+                if (pages < (ulong)prog.Threads + 1)
+                    throw Fail(at, $"mapping '{data.Name}' needs a page per thread at least ({prog.Threads + 1} pages)");
+                if (data.Path is not null)
+                    throw Fail(at, "the threads behaviour works on anonymous memory");
+                break;
+            }
             case Behaviour.Swap:
                 if (data.Path is not null || data.Shared)
                     throw Fail(at, "swap works on private anonymous memory");
@@ -374,7 +403,7 @@ internal sealed class SpecReader(Kernel kernel, string file)
     private string? ReadContent(JsonNode n, ProgramImage prog)
     {
         if (!Stamped.Uses(prog.Kind))
-            throw Fail(n, "only the stamped behaviours (uniform, hotcold, sequential, swap, thp, idle, fork) take 'content'");
+            throw Fail(n, "only the stamped behaviours (uniform, hotcold, sequential, swap, thp, idle, fork, threads) take 'content'");
         string text = Str(n);
         if (text == "stamped")
             return null;
