@@ -98,7 +98,7 @@ public sealed record RestoreOptions
     /// <summary>
     /// <c>restore --lazy-pages</c>: PE_LAZY ranges are left missing and their VMAs registered with
     /// userfaultfd in missing mode (<see cref="RestoreResult.Lazy"/>); the VMA checksums of those
-    /// VMAs are checked after the lazy pages arrived (<see cref="Criu.VerifyRestored"/>).
+    /// VMAs are completed by the lazy-pages daemon once their pages arrived (<see cref="LazyTask.Checks"/>).
     /// </summary>
     public bool LazyPages { get; init; }
 }
