@@ -47,6 +47,7 @@ public static class CliApp
         yield return CheckpointCommands.Restore();
         yield return DedupCommand.Create();
         yield return PageServerCommand.Create();
+        yield return LazyPagesCommand.Create();
         yield return CheckCommand.Create();
         // CRIU's RPC service, as pycriu, libcriu and go-criu drive it.
         yield return Rpc.RpcCommands.Swrk();

@@ -36,10 +36,19 @@ internal sealed partial class Checkpointer
         return have;
     }
 
-    private IPageSink OpenSink(ImageDirectory dir, PageServerClient? client, int pid) =>
-        client is null
-            ? new LocalPageSink(dir.BeginPagemap(pid, _o.PageStore))
-            : new PageServerSink(client, PageServerImageType.Pid, (ulong)pid);
+    private IPageSink OpenSink(ImageDirectory dir, PageServerClient? client, int pid)
+    {
+        if (client is not null)
+            return _o.LazyPages is null || _pre
+                ? new PageServerSink(client, PageServerImageType.Pid, (ulong)pid)
+                : throw new DumperException("--lazy-pages cannot be used with --page-server: the lazy pages stay on the source, which serves them itself");
+        var local = new LocalPageSink(dir.BeginPagemap(pid, _o.PageStore));
+        // A lazy dump's private anonymous pages stay on the source (the tree is frozen, so its
+        // smaps is the one the collector walks).
+        return _o.LazyPages is { } store && !_pre
+            ? new LazyPageSink(local, pid, Proc.SmapsParser.Parse(_k.Smaps(pid)), store)
+            : local;
+    }
 
     private IPageSink OpenShmemSink(ImageDirectory dir, PageServerClient? client, ulong shmid) =>
         client is null

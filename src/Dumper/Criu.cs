@@ -26,6 +26,13 @@ public static class Criu
             ? new Restorer(kernel, options).Run()
             : throw new KernelNotSupportedException("restoring into this kernel (the real host)");
 
+    /// <summary>
+    /// The processes a <c>restore --lazy-pages</c> left waiting for their lazy pages, found again in
+    /// <paramref name="kernel"/> by the images they were restored from (for a lazy-pages daemon).
+    /// </summary>
+    public static IReadOnlyList<LazyTask> LazyTasks(IKernel kernel, string imagesDir) =>
+        new Restorer(kernel, new RestoreOptions { ImagesDir = imagesDir, LazyPages = true }).Reattach();
+
     /// <summary>criu check: what tracking the kernel offers and which tracker a dump would use.</summary>
     public static CheckResult Check(IKernel kernel, TrackerKind autoFallback = TrackerKind.None)
     {

@@ -109,6 +109,12 @@ public sealed record DumpOptions
     public SentPages? History { get; init; }
     /// <summary>Send pagemaps and pages to this page server (<c>--page-server --address --port</c>) instead of the images directory.</summary>
     public PageServer.PageServerEndpoint? PageServer { get; init; }
+    /// <summary>
+    /// <c>dump --lazy-pages</c>: private anonymous pages go into this store (to be served to the
+    /// destination on demand) and into the pagemap as PE_LAZY entries without bytes. Ignored by
+    /// pre-dumps.
+    /// </summary>
+    public LazyPageStore? LazyPages { get; init; }
 }
 
 /// <summary>Options of <c>restore</c>: <c>-D</c> <see cref="ImagesDir"/>.</summary>
@@ -122,13 +128,40 @@ public sealed record RestoreOptions
     public PreloadedPages? Preloaded { get; init; }
     /// <summary>CRIU's --leave-stopped: the restored tree is left stopped (SIGSTOP), not resumed.</summary>
     public bool LeaveStopped { get; init; }
+    /// <summary>
+    /// <c>restore --lazy-pages</c>: PE_LAZY ranges are left missing and their VMAs registered with
+    /// userfaultfd in missing mode (<see cref="RestoreResult.Lazy"/>); the VMA checksums of those
+    /// VMAs are completed by the lazy-pages daemon once their pages arrived (<see cref="LazyTask.Checks"/>).
+    /// </summary>
+    public bool LazyPages { get; init; }
 }
 
 /// <summary>What a pre-dump or dump did.</summary>
 public sealed record DumpResult(DumpStats Stats, IReadOnlyList<int> Pids, TrackerKind Tracker, IReadOnlyList<DumperWarning> Warnings);
 
 /// <summary>What a restore did.</summary>
-public sealed record RestoreResult(RestoreStats Stats, IReadOnlyList<int> Pids, IReadOnlyList<DumperWarning> Warnings);
+public sealed record RestoreResult(RestoreStats Stats, IReadOnlyList<int> Pids, IReadOnlyList<DumperWarning> Warnings)
+{
+    /// <summary>A lazy restore's processes whose memory waits for the lazy-pages daemon (empty otherwise).</summary>
+    public IReadOnlyList<LazyTask> Lazy { get; init; } = [];
+}
+
+/// <summary>
+/// One restored process of a lazy restore: its userfaultfd (API done, VMAs registered in missing
+/// mode) and the PE_LAZY ranges of its pagemap as (address, 4 KiB pages), ascending.
+/// </summary>
+public sealed record LazyTask(int Pid, IUserfaultfd Uffd, IReadOnlyList<(ulong Va, ulong Pages)> Ranges)
+{
+    /// <summary>
+    /// The checksum of each VMA with lazy pages, split: what the dump recorded, and the part the
+    /// pages restored from the images already make up. The lazy pages the daemon places must make
+    /// up the rest (VMA checksums are sums of page digests, so the parts add).
+    /// </summary>
+    public IReadOnlyList<LazyVmaCheck> Checks { get; init; } = [];
+}
+
+/// <summary>A VMA's expected checksum and the part of it already present after a lazy restore.</summary>
+public sealed record LazyVmaCheck(ulong Start, ulong End, ulong Expected, ulong Present);
 
 /// <summary>The answer of <c>check</c>: kernel features and the tracker a dump would choose.</summary>
 public sealed record CheckResult(

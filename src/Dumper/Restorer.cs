@@ -61,6 +61,7 @@ internal sealed class Restorer
         var pstree = set.ReadPstree();
         var files = set.ReadFiles().Where(f => f.Reg is not null).ToDictionary(f => f.Id, f => f.Reg.Name);
         var pids = new List<int>();
+        var lazyTasks = new List<LazyTask>();
         int vmasVerified = 0;
         ulong forkNs = 0, mmapNs = 0;
 
@@ -89,7 +90,8 @@ internal sealed class Restorer
 
             var inherited = PrepareLayout(task, mm, files, forked);
             mmapNs += _o.Cost.MmapNsPerVma * (ulong)mm.Vmas.Count;
-            FillPrivate(set, task, mm, inherited);
+            var lazy = new List<(ulong Va, ulong Pages)>();
+            FillPrivate(set, task, mm, inherited, lazy);
             FillShmem(set, task, mm);
             RestoreMmFields(task, mm);
             SetRegisters(pid, core);
@@ -106,8 +108,11 @@ internal sealed class Restorer
                 forkNs += _o.Cost.ForkNsPerTask;
                 SetRegisters(tid, tcore);
             }
+            var checks = new List<LazyVmaCheck>();
             if (_o.Verify)
-                vmasVerified += Verify(set, task, mm);
+                vmasVerified += Verify(set, task, mm, lazy, checks);
+            if (lazy.Count > 0)
+                lazyTasks.Add(RegisterLazy(task, mm, lazy) with { Checks = checks });
         }
 
         ulong fillNs = CostModel.Ns(_fillBytes, _o.Cost.FillBytesPerSecond) + CostModel.Ns(_bytesRead, _o.Cost.DiskBytesPerSecond);
@@ -137,7 +142,62 @@ internal sealed class Restorer
             if (_o.LeaveStopped)
                 frozen.ThawStopped();
         }
-        return new RestoreResult(stats, pids, _warnings);
+        return new RestoreResult(stats, pids, _warnings) { Lazy = lazyTasks };
+    }
+
+    /// <summary>
+    /// A lazy restore's tasks found again later (the lazy-pages verb runs after restore --lazy-pages):
+    /// each process of the images with PE_LAZY entries, its userfaultfd still installed, and the
+    /// part of each lazy VMA's checksum its memory makes up now.
+    /// </summary>
+    internal List<LazyTask> Reattach()
+    {
+        var set = ImageSet.Open(_o.ImagesDir);
+        var found = new List<LazyTask>();
+        foreach (var pe in set.ReadPstree())
+        {
+            int pid = (int)pe.Pid;
+            if (!set.HasPagemap(pid))
+                continue;
+            var lazy = set.ReadPagemap(pid).Entries.Where(e => PagemapImage.FlagsOf(e) == PagemapFlags.Lazy)
+                .Select(e => (e.Vaddr, PagemapImage.NrPages(e))).ToList();
+            if (lazy.Count == 0)
+                continue;
+            if (_k.FindTask(pid) is not { Alive: true })
+                throw new DumperException("no such restored process: restore the images with --lazy-pages first", pid, _o.ImagesDir);
+            var uffd = _k.InstalledUserfaultfd(pid)
+                ?? throw new DumperException("the process has no userfaultfd: it was not restored with --lazy-pages, or its lazy pages already arrived", pid, _o.ImagesDir);
+            var checks = new List<LazyVmaCheck>();
+            Verify(set, new RTask(_k, pid), set.ReadMm(pid), lazy, checks, onlyLazy: true);
+            found.Add(new LazyTask(pid, uffd, lazy) { Checks = checks });
+        }
+        if (found.Count == 0)
+            throw new DumperException("the images hold no lazy pages (not a dump --lazy-pages)", null, _o.ImagesDir);
+        return found;
+    }
+
+    /// <summary>
+    /// The restorer's part of a lazy restore (criu/uffd.c setup_uffd, prepare_lazy_pages): a
+    /// userfaultfd in the task, and every VMA holding lazy pages registered in missing mode. Pages
+    /// restored from the images are already present there, so only the lazy ones will fault.
+    /// </summary>
+    private LazyTask RegisterLazy(RTask task, mm_entry mm, List<(ulong Va, ulong Pages)> lazy)
+    {
+        var r = _k.OpenUserfaultfd(task.Pid, out var uffd);
+        if (!r.Ok || uffd is null)
+            throw new DumperException($"lazy restore needs userfaultfd ({r.Error})", task.Pid, _o.ImagesDir, kind: DumperErrorKind.Unsupported);
+        r = uffd.ApiHandshake(KernelApi.UffdConstants.Api, 0, out _);
+        if (!r.Ok)
+            throw new DumperException($"lazy restore: UFFDIO_API failed ({r.Error})", task.Pid, _o.ImagesDir, kind: DumperErrorKind.Unsupported);
+        foreach (var v in mm.Vmas)
+        {
+            if (!lazy.Any(l => l.Va < v.End && l.Va + (l.Pages << PageGeometry.PageShift) > v.Start))
+                continue;
+            r = uffd.Register(v.Start, v.End - v.Start, KernelApi.UffdConstants.RegisterModeMissing);
+            if (!r.Ok)
+                throw new DumperException($"lazy restore: UFFDIO_REGISTER of a VMA failed ({r.Error})", task.Pid, _o.ImagesDir, v.Start, v.End);
+        }
+        return new LazyTask(task.Pid, uffd, lazy);
     }
 
     private void SetRegisters(int tid, core_entry core)
@@ -267,7 +327,7 @@ internal sealed class Restorer
     /// <summary>Restores with at least this many bytes decompress on a second thread while the first writes.</summary>
     private const long PipelineBytes = 8L << 20;
 
-    private void FillPrivate(ImageSet set, RTask task, mm_entry mm, HashSet<ulong> inherited)
+    private void FillPrivate(ImageSet set, RTask task, mm_entry mm, HashSet<ulong> inherited, List<(ulong Va, ulong Pages)> lazy)
     {
         int pid = task.Pid;
         if (!set.HasPagemap(pid))
@@ -282,7 +342,15 @@ internal sealed class Restorer
         {
             var flags = PagemapImage.FlagsOf(e);
             if ((flags & (PagemapFlags.Present | PagemapFlags.Parent | PagemapFlags.Delta)) == 0)
-                throw new DumperException("lazy pages are not supported by this restore", pid, _o.ImagesDir, e.Vaddr, e.Vaddr + (PagemapImage.NrPages(e) << 12));
+            {
+                if ((flags & PagemapFlags.Lazy) == 0 || !_o.LazyPages)
+                    throw new DumperException((flags & PagemapFlags.Lazy) != 0
+                        ? "the images hold lazy pages (a dump --lazy-pages): restore them with --lazy-pages and a lazy-pages daemon"
+                        : "a pagemap entry is neither present, in the parent nor lazy", pid, _o.ImagesDir, e.Vaddr, e.Vaddr + (PagemapImage.NrPages(e) << 12));
+                // Left missing: the lazy-pages daemon fills them through userfaultfd.
+                lazy.Add((e.Vaddr, PagemapImage.NrPages(e)));
+                continue;
+            }
             ulong end = e.Vaddr + (PagemapImage.NrPages(e) << PageGeometry.PageShift);
             for (ulong va = e.Vaddr; va < end;)
             {
@@ -295,6 +363,11 @@ internal sealed class Restorer
                 va = stop;
             }
         }
+        // Lazy VMAs are filled page by page with UFFDIO_COPY, which never overrides a huge page:
+        // keep THPs out of them (CRIU's restorer advises MADV_NOHUGEPAGE on lazy VMAs too).
+        foreach (var v in vmas)
+            if (lazy.Any(l => l.Va < v.End && l.Va + (l.Pages << PageGeometry.PageShift) > v.Start))
+                task.Madvise(v.Start, v.End - v.Start, Madvise.NoHugePage);
         if (total >= PipelineBytes)
             FillPipelined(pid, reader, items);
         else
@@ -512,7 +585,7 @@ internal sealed class Restorer
     }
 
     /// <summary>Recomputes each dumped VMA's hash from the restored task and compares.</summary>
-    private int Verify(ImageSet set, RTask task, mm_entry mm)
+    private int Verify(ImageSet set, RTask task, mm_entry mm, List<(ulong Va, ulong Pages)> lazy, List<LazyVmaCheck> lazyChecks, bool onlyLazy = false)
     {
         var sim = set.ReadSimState(task.Pid).FirstOrDefault(s => s.Key == SimState.VmaChecksumsKey);
         if (sim is null)
@@ -525,6 +598,11 @@ internal sealed class Restorer
         foreach (var e in mm.Vmas)
         {
             if (!expected.TryGetValue(e.Start, out var want))
+                continue;
+            // A VMA whose lazy pages have not arrived yet: only the pages present count now, the
+            // lazy-pages daemon adds the digests of the pages it places.
+            bool partial = lazy.Any(l => l.Va < e.End && l.Va + (l.Pages << PageGeometry.PageShift) > e.Start);
+            if (onlyLazy && !partial)
                 continue;
             var st = (VmaStatus)e.Status;
             var h = new VmaHash();
@@ -550,6 +628,11 @@ internal sealed class Restorer
                     h.AddPages(a, span);
                     done += (ulong)cnt;
                 }
+            }
+            if (partial)
+            {
+                lazyChecks.Add(new LazyVmaCheck(e.Start, e.End, want.Hash, h.Value));
+                continue;
             }
             if (h.Value != want.Hash)
                 throw new DumperException("restored memory differs from the dump (VMA checksum mismatch)", task.Pid, _o.ImagesDir, e.Start, e.End,

@@ -240,14 +240,63 @@ public abstract class OpenFile
     public abstract long Size { get; }
 }
 
-/// <summary>A userfaultfd context in a task: the calls write-protect tracking needs (linux/userfaultfd.h).</summary>
+/// <summary>
+/// A userfaultfd context in a task (linux/userfaultfd.h, fs/userfaultfd.c): the calls write-protect
+/// tracking needs, and those a lazy-pages monitor needs to serve missing-page faults (as CRIU's
+/// criu/uffd.c does): read the fault messages, fill pages with UFFDIO_COPY or UFFDIO_ZEROPAGE, wake
+/// the faulting threads. The descriptor is non-blocking (O_NONBLOCK, as CRIU opens it).
+/// </summary>
 public interface IUserfaultfd
 {
-    /// <summary>UFFDIO_API: asks for <paramref name="features"/>; fails with EINVAL when some are missing, reporting what is.</summary>
+    /// <summary>
+    /// UFFDIO_API: asks for <paramref name="features"/>. On success <paramref name="supported"/> is every
+    /// feature the kernel has; on failure (EINVAL: wrong api, an unknown feature, a second call) the
+    /// kernel zeroes the whole struct, so it is 0.
+    /// </summary>
     SysResult ApiHandshake(ulong api, ulong features, out ulong supported);
 
     /// <summary>UFFDIO_REGISTER of [start, start+len) in <paramref name="mode"/> (<see cref="UffdConstants"/>).</summary>
     SysResult Register(ulong start, ulong len, ulong mode);
+
+    /// <summary>UFFDIO_UNREGISTER: threads waiting on missing pages of the range are woken (they retry the fault).</summary>
+    SysResult Unregister(ulong start, ulong len);
+
+    /// <summary>
+    /// read(2): as many whole <see cref="UffdMsg"/> as fit in <paramref name="buffer"/>, oldest first;
+    /// a message is returned once (the thread keeps waiting until woken). EAGAIN when none is pending,
+    /// EINVAL for a buffer shorter than one message or before UFFDIO_API.
+    /// </summary>
+    SysResult Read(Span<byte> buffer);
+
+    /// <summary>
+    /// UFFDIO_COPY of <c>src.Length</c> bytes to <paramref name="dst"/>. <paramref name="copy"/> is the
+    /// uffdio_copy.copy field: bytes copied, or -errno when nothing was (0 when the kernel rejected
+    /// the arguments before writing it). Returns EAGAIN when only part was copied, EEXIST when the
+    /// first page is already present. Wakes the threads waiting in the copied range unless
+    /// <see cref="UffdConstants.CopyModeDontWake"/>.
+    /// </summary>
+    SysResult Copy(ulong dst, ReadOnlySpan<byte> src, ulong mode, out long copy);
+
+    /// <summary>UFFDIO_ZEROPAGE of [start, start+len): maps the zero page; <paramref name="zeropage"/> as <c>copy</c> above.</summary>
+    SysResult ZeroPage(ulong start, ulong len, ulong mode, out long zeropage);
+
+    /// <summary>UFFDIO_WAKE: wakes the threads waiting on an address in [start, start+len) (after DONTWAKE copies).</summary>
+    SysResult Wake(ulong start, ulong len);
+
+    /// <summary>
+    /// How a monitor waiting in poll(2) on this descriptor runs while a faulting thread sleeps. A
+    /// simulated machine runs one thread at a time: when a thread blocks in handle_userfault, the
+    /// kernel calls <paramref name="onReadable"/> (its wake_up_poll of the descriptor) before the
+    /// thread retries the fault, and the monitor reads, copies and wakes from there. The monitor must
+    /// not let the machine's time pass. A kernel with real threads never calls it. Null detaches.
+    /// </summary>
+    void SetMonitor(Action<IUserfaultfd>? onReadable);
+
+    /// <summary>
+    /// close(2) of the last descriptor (userfaultfd_release): every range is unregistered and every
+    /// waiting thread woken; their retried faults are ordinary faults (anonymous memory reads zero).
+    /// </summary>
+    void Close();
 }
 
 /// <summary>Thrown when a kernel cannot do something at all (not an errno of one call): a real host asked to spawn a restored task.</summary>

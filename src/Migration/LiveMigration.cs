@@ -104,7 +104,10 @@ public sealed class LiveMigration
 
         // ---- pre-dump iterations under the policy ------------------------------------------------
         var preloaded = _o.Preload ? new PreloadedPages() : null;
-        while (true)
+        bool lazy = _o.Mode != MigrationMode.Precopy;
+        stopReason = "post-copy: no pre-dumps";
+        remaining = 0;
+        while (_o.Mode != MigrationMode.Postcopy)
         {
             remaining = samples.Count == 0 ? ResidentBytes(source.Kernel, pid) : samples[^1].BytesSent;
             var decision = _o.Policy.Decide(new PolicyInput { Done = samples, BandwidthBytesPerSecond = bandwidth, RemainingBytes = remaining });
@@ -144,7 +147,10 @@ public sealed class LiveMigration
         int finalIndex = iterations.Count + 1;
         string finalDir = Path.Combine(root, finalIndex.ToString(CultureInfo.InvariantCulture));
         ulong finalFreezeAt = source.Kernel.UptimeNs;
-        var dump = Criu.Dump(source.AsKernelApi(), DumpOptionsFor(pid, finalDir, finalIndex) with { TrackMem = true });
+        // Post-copy and hybrid: a lazy dump (CRIU's dump --lazy-pages) keeps the private pages on
+        // the source, whose page server answers the destination's requests for them.
+        var lazyStore = lazy ? new LazyPageStore() : null;
+        var dump = Criu.Dump(source.AsKernelApi(), DumpOptionsFor(pid, finalDir, finalIndex) with { TrackMem = true, LazyPages = lazyStore });
         Collect(warnings, dump);
         ulong finalSent = DirectoryBytes(finalDir);
         ulong finalTransferNs = _o.Cost.TransferNs(finalSent);
@@ -163,13 +169,15 @@ public sealed class LiveMigration
         if (arrival > dest.Kernel.UptimeNs)
             dest.Kernel.AdvanceClock(arrival - dest.Kernel.UptimeNs);
         RestoreStats restoreStats = new();
+        IReadOnlyList<LazyTask> lazyTasks = [];
         string? restoreError = null;
         IReadOnlyList<int> restored = [];
         try
         {
-            var rr = Criu.Restore(dest.AsKernelApi(), new RestoreOptions { ImagesDir = finalDir, Verify = true, Cost = _dumperCost, Preloaded = preloaded });
+            var rr = Criu.Restore(dest.AsKernelApi(), new RestoreOptions { ImagesDir = finalDir, Verify = true, Cost = _dumperCost, Preloaded = preloaded, LazyPages = lazy });
             restoreStats = rr.Stats;
             restored = rr.Pids;
+            lazyTasks = rr.Lazy;
             warnings.AddRange(rr.Warnings.Select(w => w.Message));
         }
         catch (DumperException e)
@@ -181,18 +189,32 @@ public sealed class LiveMigration
         ulong restoreNs = (ulong)restoreStats.RestoreTime * 1000;
         Report("restore", iterations.Count + 1, maxSteps);
 
-        var afterRestore = restored.Select(p => WorkloadApi.Verify(dest.Kernel.GetTask(p))).ToList();
+        // ---- post-copy: the tree runs while its lazy pages arrive --------------------------------
+        PostCopyResult? postCopy = null;
+        int vmasVerified = restoreStats.VmasVerified;
+        if (lazy && restoreError is null)
+        {
+            (postCopy, restoreError, int lazyVerified) = RunPostCopy(dest, lazyStore!, lazyTasks);
+            vmasVerified += lazyVerified;
+        }
+
+        // A lazy restore whose source was lost stopped (and reaped) the tree.
+        VerifyReport Check(int p) => dest.Kernel.FindTask(p) is { } t ? WorkloadApi.Verify(t)
+            : new VerifyReport(p, "none", false, 0, null, "the task is gone: it was stopped because its lazy pages never arrived");
+        var afterRestore = restored.Select(Check).ToList();
         IReadOnlyList<VerifyReport> afterContinue = [];
         if (restoreError is null)
         {
             dest.Advance(_o.ContinueNs);
-            afterContinue = restored.Select(p => WorkloadApi.Verify(dest.Kernel.GetTask(p))).ToList();
+            afterContinue = restored.Select(Check).ToList();
         }
         Report("verify", iterations.Count + 2, maxSteps);
 
         var downtime = new Downtime(frozenNs, finalTransferNs, restoreNs);
         return new MigrationResult
         {
+            Mode = _o.Mode,
+            PostCopy = postCopy,
             Workload = _o.WorkloadPath,
             Policy = _o.Policy.Spec,
             Compression = dump.Stats.Compression,
@@ -211,7 +233,7 @@ public sealed class LiveMigration
             Verification = new Verification
             {
                 ChecksumsOk = restoreError is null,
-                VmasVerified = restoreStats.VmasVerified,
+                VmasVerified = vmasVerified,
                 Error = restoreError,
                 AfterRestore = afterRestore,
                 AfterContinue = afterContinue,
@@ -241,6 +263,44 @@ public sealed class LiveMigration
             source.Fs.Read(f, 0, contents);
             dest.Fs.Create(f.Path, contents);
         }
+    }
+
+    /// <summary>Virtual time between the drain's turns: the restored tree runs this long, then the link's spare capacity drains pages.</summary>
+    private const ulong PostCopyPeriodNs = 1_000_000;
+
+    /// <summary>
+    /// The post-copy phase: the restored tree runs in periods of virtual time; its faults fetch pages
+    /// from the source at once (the daemon's monitor), and what the link can still carry in each
+    /// period drains the remaining pages in address order, until none is left or the source is lost.
+    /// </summary>
+    private (PostCopyResult, string?, int) RunPostCopy(LiveHost dest, LazyPageStore store, IReadOnlyList<LazyTask> tasks)
+    {
+        var link = _o.Cost.LazyLink();
+        long lazyPages = store.Pages;
+        using var daemon = new LazyPagesDaemon(dest.AsKernelApi(), new StoreLazyPageSource(store), tasks, link);
+        ulong perPeriod = (ulong)Math.Max(PageGeometry.PageSize, link.BytesPerSecond * PostCopyPeriodNs / 1e9);
+        ulong elapsed = 0;
+        // Bounded: the drain moves at least a page per period, so this many periods always suffice.
+        long maxPeriods = daemon.PagesRemaining + 10;
+        for (long n = 0; !daemon.Complete && !daemon.Failed && n < maxPeriods; n++)
+        {
+            if (_o.SourceLostAfterNs is ulong lostAt && elapsed >= lostAt)
+                store.Lose();
+            daemon.BeginPeriod();
+            ulong start = dest.Kernel.UptimeNs;
+            dest.Advance(PostCopyPeriodNs);
+            elapsed += PostCopyPeriodNs;
+            // A thread asleep in a fault does not run: the time it waited is taken from its schedule.
+            foreach (var t in tasks)
+                if (dest.Kernel.FindTask(t.Pid) is { } task)
+                    WorkloadApi.Stall(task, start, daemon.TakeStall(t.Pid));
+            ulong used = daemon.FaultBytesThisPeriod;
+            daemon.Drain(used >= perPeriod ? (ulong)PageGeometry.PageSize : perPeriod - used);
+        }
+        var result = new PostCopyResult { Stats = daemon.Stats, LazyPages = lazyPages, LastPageNs = elapsed, Error = daemon.Error };
+        if (!daemon.Complete && daemon.Error is null)
+            return (result, "post-copy did not finish: lazy pages remain", 0);
+        return (result, daemon.Error ?? daemon.VerifyError, daemon.VmasVerified);
     }
 
     private DumpOptions DumpOptionsFor(int pid, string dir, int index) => new()

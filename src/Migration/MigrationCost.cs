@@ -34,7 +34,16 @@ public sealed record MigrationCost
     /// </summary>
     public ulong FreezeNsPerTask { get; init; } = 150_000;
 
+    /// <summary>
+    /// Round trip of one lazy-page request (post-copy): 100 µs, an assumption (a LAN round trip plus
+    /// the two daemons' wake-ups), not a measurement; <c>migrate --rtt</c> sets it.
+    /// </summary>
+    public ulong RoundTripNs { get; init; } = 100_000;
+
     public static MigrationCost Default { get; } = new();
+
+    /// <summary>The lazy-pages daemon's link model.</summary>
+    public LazyLinkModel LazyLink() => new(RoundTripNs, LinkBytesPerSecond);
 
     /// <summary>The Dumper's cost model with this model's figures in place of its defaults.</summary>
     public CostModel ToDumperCost() => CostModel.Default with

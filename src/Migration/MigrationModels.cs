@@ -5,9 +5,25 @@ using CriuSharp.SimKernel.Workloads;
 
 namespace CriuSharp.Migration;
 
+/// <summary>
+/// How memory moves: pre-copy (pre-dumps while the tree runs, then a final dump with every
+/// remaining page while frozen: P.Haul), post-copy (no pre-dumps; a lazy final dump with no
+/// private pages, the destination resumes at once and fetches pages on fault and in the
+/// background: CRIU's <c>--lazy-pages</c>), hybrid (pre-copy iterations under the policy, then a
+/// lazy final dump of what is still dirty).
+/// </summary>
+public enum MigrationMode { Precopy, Postcopy, Hybrid }
+
 /// <summary>What to migrate and how.</summary>
 public sealed record MigrationOptions
 {
+    /// <summary>Pre-copy, post-copy or hybrid (see <see cref="MigrationMode"/>).</summary>
+    public MigrationMode Mode { get; init; } = MigrationMode.Precopy;
+    /// <summary>
+    /// Tests of a lazy restore whose source dies: the source's page server stops this long after
+    /// the destination resumed (null: never).
+    /// </summary>
+    public ulong? SourceLostAfterNs { get; init; }
     /// <summary>Workload file (samples/*.json); spawned on the source host.</summary>
     public required string WorkloadPath { get; init; }
     /// <summary>Kernel of both hosts (arch, version profile, memory).</summary>
@@ -95,9 +111,24 @@ public sealed record Verification
     public IReadOnlyList<VerifyReport> AfterContinue { get; init; } = [];
 }
 
+/// <summary>The post-copy phase of a post-copy or hybrid migration: the lazy-pages daemon's work.</summary>
+public sealed record PostCopyResult
+{
+    public required LazyPagesStats Stats { get; init; }
+    /// <summary>Lazy pages the final dump left on the source.</summary>
+    public required long LazyPages { get; init; }
+    /// <summary>Virtual time from the restored tree resuming until the last lazy page arrived (the degraded period).</summary>
+    public required ulong LastPageNs { get; init; }
+    /// <summary>Set when the source was lost before every page arrived (the tree was stopped).</summary>
+    public string? Error { get; init; }
+}
+
 /// <summary>Everything a migration did and measured.</summary>
 public sealed record MigrationResult
 {
+    public MigrationMode Mode { get; init; }
+    /// <summary>The post-copy phase (null for pre-copy).</summary>
+    public PostCopyResult? PostCopy { get; init; }
     public required string Workload { get; init; }
     public required string Policy { get; init; }
     public required string Compression { get; init; }
@@ -109,7 +140,9 @@ public sealed record MigrationResult
     public required IReadOnlyList<IterationRecord> Iterations { get; init; }
     public required string StopReason { get; init; }
     public int PreDumps => Iterations.Count(i => i.Kind == "pre-dump");
-    public ulong TotalBytesSent => Iterations.Aggregate(0UL, (s, i) => s + i.BytesSent);
+    /// <summary>Every image directory's files, plus the lazy pages fetched after resume (post-copy, raw 4 KiB pages as GET answers carry them).</summary>
+    public ulong TotalBytesSent => Iterations.Aggregate(0UL, (s, i) => s + i.BytesSent)
+        + (PostCopy is { } pc ? (ulong)(pc.Stats.PagesByFault + pc.Stats.PagesByDrain) * 4096 : 0);
     public ulong FinalBytesSent => Iterations.Count == 0 ? 0 : Iterations[^1].BytesSent;
     public required Downtime Downtime { get; init; }
     /// <summary>QEMU's expected downtime at the last decision: remaining dirty bytes ÷ bandwidth.</summary>

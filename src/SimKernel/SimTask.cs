@@ -73,15 +73,26 @@ public sealed partial class SimTask
 
     public bool Alive => State is TaskState.Running or TaskState.Frozen or TaskState.Stopped;
 
+    /// <summary>
+    /// The wait of a thread asleep in handle_userfault on a missing page nobody has filled yet; null
+    /// when the task is not waiting. A waiting task does not run until a userfaultfd wake clears it.
+    /// </summary>
+    public Uffd.UffdWaiter? UserfaultWait { get; internal set; }
+
     private void EnsureRunnable()
     {
         if (State != TaskState.Running)
             throw new InvalidOperationException($"task {Pid} is {State.ToString().ToLowerInvariant()} and cannot run");
+        if (UserfaultWait is not null)
+            throw new InvalidOperationException($"task {Pid} sleeps on a userfaultfd (missing page 0x{UserfaultWait.Msg.Address:x}) and cannot run");
     }
 
     private SysResult Deliver(SysResult r, ulong addr)
     {
-        if (r.Ok)
+        if (r.Ok || !Alive)
+            return r;
+        // Asleep on a userfaultfd: no signal, the access simply has not completed.
+        if (r.Error == Errno.EAGAIN && UserfaultWait is not null)
             return r;
         if (r.Error == Errno.ENOMEM)
             Kernel.Exit(this, 0, SIGKILL); // the OOM killer
@@ -124,7 +135,7 @@ public sealed partial class SimTask
         Mm.Current = null;
         if (ok)
             return true;
-        Deliver(f == FaultResult.Oom ? Errno.ENOMEM : Errno.EFAULT, va);
+        Deliver(MmStruct.ToErrno(f), va);
         return false;
     }
 
@@ -137,7 +148,7 @@ public sealed partial class SimTask
         Mm.Current = null;
         if (ok)
             return true;
-        Deliver(f == FaultResult.Oom ? Errno.ENOMEM : Errno.EFAULT, va);
+        Deliver(MmStruct.ToErrno(f), va);
         return false;
     }
 
@@ -149,7 +160,7 @@ public sealed partial class SimTask
         Mm.Current = null;
         if (ok)
             return true;
-        Deliver(f == FaultResult.Oom ? Errno.ENOMEM : Errno.EFAULT, va);
+        Deliver(MmStruct.ToErrno(f), va);
         return false;
     }
 

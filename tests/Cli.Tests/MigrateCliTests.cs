@@ -64,6 +64,50 @@ public class MigrateCliTests : IClassFixture<MigrateScratch>
         Assert.True(root.GetProperty("verification").GetProperty("after_run")[0].GetProperty("ok").GetBoolean());
     }
 
+    [Theory]
+    [InlineData("postcopy")]
+    [InlineData("hybrid")]
+    public void Migrate_LazyModes_ReportFaultsDrainAndLatency(string mode)
+    {
+        var r = CliRunner.Run(["migrate", .. _s.Args("--mode", mode, "--json")]);
+        Assert.True(r.Code == 0, r.Err + r.Out);
+        var root = JsonDocument.Parse(r.Out).RootElement;
+        Assert.Equal(mode, root.GetProperty("mode").GetString());
+        var pc = root.GetProperty("post_copy");
+        long lazy = pc.GetProperty("lazy_pages").GetInt64();
+        Assert.True(lazy > 0);
+        Assert.Equal(lazy, pc.GetProperty("pages_by_fault").GetInt64() + pc.GetProperty("pages_by_drain").GetInt64());
+        foreach (var name in new[] { "faults", "zero_pages", "fault_latency_mean_ns", "fault_latency_p50_ns", "fault_latency_p99_ns", "fault_latency_max_ns", "stall_ns", "last_page_ns", "pages_lost" })
+            Assert.True(pc.TryGetProperty(name, out _), name);
+        Assert.True(root.GetProperty("summary").GetProperty("verified").GetBoolean());
+        var text = CliRunner.Run(["migrate", .. _s.Args("--mode", mode)]);
+        Assert.True(text.Code == 0, text.Err + text.Out);
+        Assert.Contains(text.Out.Split('\n'), l => l.StartsWith("post-copy ") && l.Contains("by the drain"));
+        Assert.Contains(text.Out.Split('\n'), l => l.StartsWith("fault latency ") && l.Contains("p99"));
+    }
+
+    [Fact]
+    public void Compare_Modes_AddAModeAndALastPageColumn()
+    {
+        var r = CliRunner.Run(["compare", .. _s.Args("--policies", "phaul", "--modes", "precopy,postcopy,hybrid", "--json")]);
+        Assert.True(r.Code == 0, r.Err + r.Out);
+        var runs = JsonDocument.Parse(r.Out).RootElement.GetProperty("runs").EnumerateArray().ToList();
+        Assert.Equal(["precopy", "postcopy", "hybrid"], runs.Select(x => x.GetProperty("mode").GetString()));
+        Assert.Equal(JsonValueKind.Null, runs[0].GetProperty("post_copy").ValueKind);
+        Assert.True(runs[1].GetProperty("post_copy").GetProperty("last_page_ns").GetUInt64() > 0);
+        var text = CliRunner.Run(["compare", .. _s.Args("--policies", "phaul", "--modes", "precopy,hybrid")]);
+        Assert.True(text.Code == 0, text.Err + text.Out);
+        Assert.Matches(@"^mode +policy .* last page$", text.Out.Split('\n')[1]);
+    }
+
+    [Fact]
+    public void Migrate_UnknownMode_IsAUsageError()
+    {
+        var r = CliRunner.Run(["migrate", .. _s.Args("--mode", "lazy")]);
+        Assert.Equal(2, r.Code);
+        Assert.Contains("'lazy'", r.Err);
+    }
+
     [Fact]
     public void Migrate_Text_IsATableThenTheSummary()
     {

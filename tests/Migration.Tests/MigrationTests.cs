@@ -26,8 +26,10 @@ public sealed class MigrationTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, true);
 
-    private MigrationResult Migrate(string policy, PageStoreOptions? store = null, string? keep = null) => LiveMigration.Run(new MigrationOptions
+    private MigrationResult Migrate(string policy, PageStoreOptions? store = null, string? keep = null, MigrationMode mode = MigrationMode.Precopy, ulong? lostAfter = null) => LiveMigration.Run(new MigrationOptions
     {
+        Mode = mode,
+        SourceLostAfterNs = lostAfter,
         WorkloadPath = _workload,
         Policy = ConvergencePolicy.Parse(policy),
         PageStore = store ?? PageStoreOptions.Lz4(),
@@ -95,6 +97,35 @@ public sealed class MigrationTests : IDisposable
         Assert.True(phaul.FinalBytesSent < none.FinalBytesSent);
         Assert.True(phaul.TotalBytesSent >= none.FinalBytesSent / 2, "pre-copy sends memory at least once");
         Assert.True(phaul.Iterations[^1].PagesSkippedParent > 0);
+    }
+
+    [Theory]
+    [InlineData(MigrationMode.Postcopy)]
+    [InlineData(MigrationMode.Hybrid)]
+    public void LazyModes_VerifyByteExact_AndCutDowntimeBelowStopAndCopy(MigrationMode mode)
+    {
+        var none = Migrate("none");
+        var r = Migrate("phaul", mode: mode);
+        Assert.True(r.Verification.Ok, r.Verification.Error ?? string.Join("; ", r.Verification.AfterRestore.Concat(r.Verification.AfterContinue).Select(v => v.Detail)));
+        var pc = Assert.IsType<PostCopyResult>(r.PostCopy);
+        Assert.Null(pc.Error);
+        Assert.True(pc.LazyPages > 0);
+        Assert.Equal(pc.LazyPages, pc.Stats.PagesByFault + pc.Stats.PagesByDrain);
+        Assert.True(pc.LastPageNs > 0);
+        Assert.True(r.Verification.VmasVerified > 0);
+        Assert.True(r.Downtime.TotalNs < none.Downtime.TotalNs / 2, $"{mode} {r.Downtime.TotalNs} ns vs stop-and-copy {none.Downtime.TotalNs} ns");
+        if (mode == MigrationMode.Postcopy) Assert.Equal(0, r.PreDumps);
+        else Assert.True(r.PreDumps >= 1);
+        Assert.True(r.Iterations[^1].Stats.PagesLazy > 0);
+    }
+
+    [Fact]
+    public void PostCopy_SourceLostMidDrain_FailsVerificationWithTheLostPages()
+    {
+        var r = Migrate("none", mode: MigrationMode.Postcopy, lostAfter: 2_000_000);
+        Assert.False(r.Verification.Ok);
+        Assert.Contains("never arrived", r.Verification.Error);
+        Assert.True(r.PostCopy!.Stats.PagesLost > 0);
     }
 
     [Fact]

@@ -9,7 +9,7 @@ namespace CriuSharp.Cli;
 /// <summary>pre-dump, dump and restore with CRIU's names and meanings.</summary>
 public static class CheckpointCommands
 {
-    private sealed class DumpArgs
+    internal sealed class DumpArgs
     {
         public readonly Option<int> Pid = PidOption.Create();
         public readonly Option<string> Dir = new("--images-dir", "-D") { Description = "Directory for the image files (default: the current directory, as CRIU's).", DefaultValueFactory = _ => "." };
@@ -93,12 +93,14 @@ public static class CheckpointCommands
             Description = "splice (default, as CRIU): pages are collected while the tree is frozen; read: only the pagemap while frozen, the pages are copied (process_vm_readv) after the thaw — shorter frozen time, unreadable (PROT_NONE) VMAs skipped.",
             DefaultValueFactory = _ => "splice",
         }.AcceptOnlyFromAmong("splice", "read");
+        var lazyPages = new Option<bool>("--lazy-pages") { Description = "Keep private anonymous pages on the source (PE_LAZY in the pagemap, no bytes) and serve them with PS_IOV_GET on --address/--port to one 'criu-sharp lazy-pages' daemon until it has them all (prints 'listening on ADDRESS:PORT' after the dump)." };
         var cmd = new Command(name, description);
         a.AddTo(cmd);
         if (!preDump)
         {
             cmd.Options.Add(leaveRunning);
             cmd.Options.Add(leaveStopped);
+            cmd.Options.Add(lazyPages);
         }
         else
             cmd.Options.Add(preDumpMode);
@@ -112,6 +114,12 @@ public static class CheckpointCommands
                 LeaveStopped = !preDump && p.GetValue(leaveStopped),
                 PreDumpMode = preDump && p.GetValue(preDumpMode) == "read" ? PreDumpMode.Read : PreDumpMode.Splice,
             };
+            if (!preDump && p.GetValue(lazyPages))
+            {
+                if (a.Machine.IsRealHost(p))
+                    throw new UserException(ExitCode.Unsupported, "--lazy-pages with --machine /proc: a real process's pages cannot be kept for later (it is never killed)");
+                return LazyPagesCommand.DumpAndServe(p, a, options);
+            }
             if (a.Machine.IsRealHost(p))
                 return DumpRealHost(p, a, options, preDump);
             var log = CliLog.Current;
@@ -211,7 +219,7 @@ public static class CheckpointCommands
         return null;
     }
 
-    private static void Report(TextWriter o, TextWriter err, DumpResult r, string dir, bool json, bool display)
+    internal static void Report(TextWriter o, TextWriter err, DumpResult r, string dir, bool json, bool display)
     {
         var s = r.Stats;
         if (json)
@@ -261,6 +269,7 @@ public static class CheckpointCommands
         {
             Description = "Return once the tree is restored, leaving it to run in the machine (CRIU's -d). A simulated machine's tasks run only under 'run', so restore always returns so; see the README.",
         };
+        var lazyPages = new Option<bool>("--lazy-pages") { Description = "Restore a dump --lazy-pages: the lazy pages stay missing, registered with userfaultfd in missing mode, until 'criu-sharp lazy-pages' fetches them (the tasks must not run before)." };
         var json = CommonOptions.Json();
         var cmd = new Command("restore", "Rebuild a dumped process tree (same pids, memory, registers) in a machine — the default one, or --machine DEST standing for another host.");
         cmd.Options.Add(dir);
@@ -271,6 +280,7 @@ public static class CheckpointCommands
         cmd.Options.Add(pidfile);
         cmd.Options.Add(leaveStopped);
         cmd.Options.Add(detached);
+        cmd.Options.Add(lazyPages);
         cmd.Options.Add(json);
         cmd.SetAction(p =>
         {
@@ -283,7 +293,7 @@ public static class CheckpointCommands
             ImportHostFiles(m, images, p.InvocationConfiguration.Error);
             log.Write(CliLog.Info, $"Restoring from {images} into {m.Directory}");
             var result = TerminalProgress.Run(p.GetValue(json), "restoring",
-                () => Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify), LeaveStopped = p.GetValue(leaveStopped) }));
+                () => Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify), LeaveStopped = p.GetValue(leaveStopped), LazyPages = p.GetValue(lazyPages) }));
             m.Save();
             lease.Keep();
             foreach (var w in result.Warnings)
@@ -308,6 +318,8 @@ public static class CheckpointCommands
                 DisplayStats(o, s);
             else
                 o.WriteLine($"restored {string.Join(' ', result.Pids)} into {m.Directory} ({s.PagesRestored} pages, {s.VmasVerified} VMAs verified){(p.GetValue(leaveStopped) ? ", left stopped" : "")}");
+            if (result.Lazy.Count > 0 && !p.GetValue(json))
+                o.WriteLine($"{result.Lazy.Aggregate(0UL, (acc, l) => acc + l.Ranges.Aggregate(0UL, (x, r) => x + r.Pages))} lazy pages wait for: criu-sharp lazy-pages -D {images} --page-server --address ADDRESS --port PORT");
             return 0;
         });
         return cmd;

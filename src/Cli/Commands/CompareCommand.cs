@@ -14,6 +14,7 @@ internal sealed class MatrixArgs
     public readonly Option<string> BlockSizes = new("--block-size") { Description = "Comma-separated compression block sizes in KiB.", DefaultValueFactory = _ => "64" };
     public readonly Option<string> Elide = new("--elide") { Description = "Unchanged-page elision in pre-dumps: on (default), off, or off,on to compare.", DefaultValueFactory = _ => "on" };
     public readonly Option<string> Delta = new("--delta") { Description = "Delta encoding of re-dirtied pages in pre-dumps: off, on, or off,on to compare.", DefaultValueFactory = _ => "off" };
+    public readonly Option<string> Modes = new("--modes") { Description = "Comma-separated migration modes (precopy, postcopy, hybrid); postcopy runs once, with the first policy (it takes no pre-dumps).", DefaultValueFactory = _ => "precopy" };
 
     public MatrixArgs(string defaultPolicies, string defaultCompress)
     {
@@ -29,6 +30,7 @@ internal sealed class MatrixArgs
         c.Options.Add(BlockSizes);
         c.Options.Add(Elide);
         c.Options.Add(Delta);
+        c.Options.Add(Modes);
     }
 
     private static List<bool> OnOff(string text, string option)
@@ -69,22 +71,27 @@ internal sealed class MatrixArgs
             throw new UserException(ExitCode.Usage, "--policies, --compress and --block-size need at least one value each");
         var elides = OnOff(p.GetValue(Elide)!, "--elide");
         var deltas = OnOff(p.GetValue(Delta)!, "--delta");
-        var cells = (from pol in policies
+        var modes = SplitList(p.GetValue(Modes)!).Select(MigrationArgs.ParseMode).Distinct().ToList();
+        if (modes.Count == 0)
+            throw new UserException(ExitCode.Usage, "--modes needs at least one value");
+        var cells = (from mode in modes
+                     from pol in mode == MigrationMode.Postcopy ? policies.Take(1) : policies
                      from c in compress
                      from k in c.Equals("none", StringComparison.OrdinalIgnoreCase) ? blocks.Take(1) : blocks
                      from el in elides
                      from de in deltas
-                     select (pol, store: MigrationArgs.Store(c, k), el, de)).ToList();
+                     select (pol, store: MigrationArgs.Store(c, k), el, de, mode)).ToList();
         int maxSteps = cells.Sum(x => x.pol.MaxPreDumps + 3);
         return MigrationArgs.WithProgress(json, "comparing", maxSteps, progress =>
         {
             var results = new List<MigrationResult>();
             int before = 0;
-            foreach (var (pol, store, el, de) in cells)
+            foreach (var (pol, store, el, de, mode) in cells)
             {
                 int offset = before;
                 var r = LiveMigration.Run(Common.Options(p, pol, store, progress: progress is null ? null
-                    : pr => progress(pr with { Step = $"{pol.Spec}: {pr.Step}", Done = offset + pr.Done, MaxSteps = maxSteps }), elide: el, delta: de));
+                    : pr => progress(pr with { Step = $"{pol.Spec}: {pr.Step}", Done = offset + pr.Done, MaxSteps = maxSteps }), elide: el, delta: de) with
+                { Mode = mode });
                 results.Add(r);
                 before += pol.MaxPreDumps + 3;
                 progress?.Invoke(new MigrationProgress($"{pol.Spec} done", before, maxSteps));
@@ -115,7 +122,7 @@ public static class CompareCommand
             {
                 o.WriteLine($"compare {results[0].Workload}: tracker {results[0].Tracker}, {results[0].Arch}/{results[0].Kernel}, link {results[0].BandwidthBytesPerSecond / 1048576.0:0.#} MiB/s{(results.All(r => r.ElideUnchanged) ? ", unchanged pages elided" : "")}");
                 var (header, rows) = Table(results);
-                MigrateOutput.Table(o, header, rows, rightAligned: [2, 3, 4, 5, 6, 7, 8]);
+                MigrateOutput.Table(o, header, rows, rightAligned: CompareCommand.NumericColumns(header));
             }
             return results.All(r => r.Verification.Ok) ? 0 : (int)ExitCode.CheckFailed;
         });
@@ -125,12 +132,27 @@ public static class CompareCommand
     /// <summary>The summary table; the elide and delta columns appear only when the runs differ in elision or one sends deltas.</summary>
     internal static (string[] Header, List<string[]> Rows) Table(IReadOnlyList<MigrationResult> results)
     {
+        var (header, rows) = ElisionTable(results);
+        if (results.All(r => r.Mode == MigrationMode.Precopy))
+            return (header, rows);
+        // A mode column first, and the post-copy phase's end (time until the last lazy page arrived) last.
+        return (["mode", .. header, "last page"],
+            rows.Select((c, i) => (string[])[MigrationArgs.ModeName(results[i].Mode), .. c,
+                results[i].PostCopy is { } pc ? MigrateOutput.Ms(pc.LastPageNs) : "-"]).ToList());
+    }
+
+    private static (string[] Header, List<string[]> Rows) ElisionTable(IReadOnlyList<MigrationResult> results)
+    {
         bool axes = results.Select(r => r.ElideUnchanged).Distinct().Count() > 1 || results.Any(r => r.DeltaCacheBytes > 0);
         if (!axes)
             return (Header, results.Select(Row).ToList());
         return ([.. Header[..3], "elide", "delta", .. Header[3..]],
             results.Select(r => { var c = Row(r); return (string[])[.. c[..3], r.ElideUnchanged ? "on" : "off", r.DeltaCacheBytes > 0 ? "on" : "off", .. c[3..]]; }).ToList());
     }
+
+    /// <summary>The columns holding figures (right-aligned), wherever the optional columns put them.</summary>
+    internal static int[] NumericColumns(string[] header) =>
+        header.Select((h, i) => (h, i)).Where(x => x.h is "block KiB" or "pre-dumps" or "total sent" or "final dump" or "downtime" or "expected" or "total time" or "last page").Select(x => x.i).ToArray();
 
     internal static readonly string[] Header = ["policy", "compress", "block KiB", "pre-dumps", "total sent", "final dump", "downtime", "expected", "total time", "verified"];
 
@@ -163,6 +185,18 @@ internal class MigrationSummaryJson(MigrationResult r)
     public bool ElideUnchanged { get; } = r.ElideUnchanged;
     public long DeltaCacheBytes { get; } = r.DeltaCacheBytes;
     public object Delta { get; } = r.DeltaTotals;
+    public string Mode { get; } = MigrationArgs.ModeName(r.Mode);
+    /// <summary>Post-copy and hybrid: time from resume to the last lazy page, the faults and their latency; null for pre-copy.</summary>
+    public object? PostCopy { get; } = r.PostCopy is not { } pc ? null : new
+    {
+        last_page_ns = pc.LastPageNs,
+        lazy_pages = pc.LazyPages,
+        faults = pc.Stats.Faults,
+        pages_by_fault = pc.Stats.PagesByFault,
+        pages_by_drain = pc.Stats.PagesByDrain,
+        fault_latency_mean_ns = pc.Stats.FaultLatencyMeanNs,
+        fault_latency_max_ns = pc.Stats.FaultLatencyMaxNs,
+    };
 }
 
 /// <summary>One row of compare's matrix: which cell it is, its summary, and its per-iteration series.</summary>

@@ -27,6 +27,7 @@ public sealed class MigrationArgs
     public Option<string> CopySpeed { get; } = new("--copy-speed") { Description = "Cost model: copying pages out of the task (memcpy).", DefaultValueFactory = _ => Rate(MigrationCost.Default.CopyBytesPerSecond) };
     public Option<bool> Preload { get; } = new("--preload") { Description = "Destination pre-loading: apply each pre-dump on the destination as it arrives, so the final restore applies only the final dump's pages." };
     public Option<string> FreezeCost { get; } = new("--freeze-cost") { Description = "Cost model: seizing and freezing one task.", DefaultValueFactory = _ => $"{MigrationCost.Default.FreezeNsPerTask / 1000}us" };
+    public Option<string> Rtt { get; } = new("--rtt") { Description = "Cost model: round trip of one lazy-page request in post-copy (assumed, not measured).", DefaultValueFactory = _ => $"{MigrationCost.Default.RoundTripNs / 1000}us" };
     public Option<string> DeltaCache { get; } = new("--delta-cache") { Description = "Source-side cache of last-sent pages that deltas are taken against (LRU; QEMU's default xbzrle-cache-size).", DefaultValueFactory = _ => "64MiB" };
 
     private static string Rate(double bps) => string.Create(CultureInfo.InvariantCulture, $"{bps / 1e9:0.###}GB/s");
@@ -34,7 +35,7 @@ public sealed class MigrationArgs
     public void AddTo(Command c)
     {
         c.Options.Add(Workload);
-        foreach (var o in new Option[] { Bandwidth, DowntimeLimit, Tracker, Warmup, RunAfter, CompressSpeed, CopySpeed, FreezeCost, Preload, DeltaCache })
+        foreach (var o in new Option[] { Bandwidth, DowntimeLimit, Tracker, Warmup, RunAfter, CompressSpeed, CopySpeed, FreezeCost, Rtt, Preload, DeltaCache })
             c.Options.Add(o);
         Kernel.AddTo(c);
     }
@@ -95,8 +96,20 @@ public sealed class MigrationArgs
                 CompressBytesPerSecond = ParseRate(p.GetValue(CompressSpeed)!, "--compress-speed"),
                 CopyBytesPerSecond = ParseRate(p.GetValue(CopySpeed)!, "--copy-speed"),
                 FreezeNsPerTask = CommonOptions.ParseDurationNs(p.GetValue(FreezeCost)!),
+                RoundTripNs = CommonOptions.ParseDurationNs(p.GetValue(Rtt)!),
             },
         };
+
+    /// <summary>--mode as the migration takes it.</summary>
+    public static MigrationMode ParseMode(string text) => text switch
+    {
+        "precopy" => MigrationMode.Precopy,
+        "postcopy" => MigrationMode.Postcopy,
+        "hybrid" => MigrationMode.Hybrid,
+        _ => throw new UserException(ExitCode.Usage, $"--mode {text}: expected precopy, postcopy or hybrid"),
+    };
+
+    public static string ModeName(MigrationMode m) => m.ToString().ToLowerInvariant();
 
     public long DeltaCacheBytes(ParseResult p)
     {
@@ -168,6 +181,8 @@ public static class MigrateCommand
         var dir = new Option<string?>("--images-dir", "-D") { Description = "Keep the image directories here (DIR/1, DIR/2, ..., final dump last) for show, x and crit." };
         var elide = new Option<bool>("--elide-unchanged") { Description = "Pre-dumps record pages written with unchanged contents as in-parent (PE_PARENT) instead of sending them (default on; --elide-unchanged false to send them).", DefaultValueFactory = _ => true };
         var delta = new Option<bool>("--delta") { Description = "Pre-dumps send re-dirtied pages as XBZRLE-style deltas when smaller (an image extension: criu-sharp restores such images, CRIU does not)." };
+        var mode = new Option<string>("--mode") { Description = "precopy: pre-dumps, then a final dump with every dirty page (default); postcopy: a lazy final dump at once, pages fetched on fault and drained in the background (dump --lazy-pages); hybrid: pre-dumps under the policy, then a lazy final dump.", DefaultValueFactory = _ => "precopy" }
+            .AcceptOnlyFromAmong("precopy", "postcopy", "hybrid");
         var json = CommonOptions.Json();
         var cmd = new Command("migrate", "Live-migrate a workload between two simulated hosts: pre-dumps under a convergence policy while it runs, final dump, transfer, restore, verification.");
         a.AddTo(cmd);
@@ -177,10 +192,12 @@ public static class MigrateCommand
         cmd.Options.Add(dir);
         cmd.Options.Add(elide);
         cmd.Options.Add(delta);
+        cmd.Options.Add(mode);
         cmd.Options.Add(json);
         cmd.SetAction(p =>
         {
             var pol = a.Policy(p, p.GetValue(policy)!);
+            var m = MigrationArgs.ParseMode(p.GetValue(mode)!);
             var store = MigrationArgs.Store(p.GetValue(compress)!, p.GetValue(block));
             string? keep = p.GetValue(dir) is string d ? Path.GetFullPath(d) : null;
             bool asJson = p.GetValue(json);
@@ -190,7 +207,7 @@ public static class MigrateCommand
             MigrateOutput.RowStream? rows = asJson || MigrationArgs.Fancy(o) ? null
                 : new MigrateOutput.RowStream(o, MigrateOutput.Title(a.WorkloadPath(p), pol.Spec, p.GetValue(block), a.Kernel.Config(p), a.BandwidthBytes(p)));
             var result = MigrationArgs.WithProgress(asJson, "migrating", pol.MaxPreDumps + 3,
-                progress => LiveMigration.Run(a.Options(p, pol, store, keep, progress, p.GetValue(elide), p.GetValue(delta)) with { IterationDone = rows is null ? null : rows.Add }));
+                progress => LiveMigration.Run(a.Options(p, pol, store, keep, progress, p.GetValue(elide), p.GetValue(delta)) with { IterationDone = rows is null ? null : rows.Add, Mode = m }));
             foreach (var w in result.Warnings)
                 p.InvocationConfiguration.Error.WriteLine($"criu-sharp: warning: {w}");
             if (keep is not null)
@@ -211,6 +228,7 @@ internal static class MigrateOutput
     public static object JsonShape(MigrationResult r) => new
     {
         workload = r.Workload,
+        mode = MigrationArgs.ModeName(r.Mode),
         policy = r.Policy,
         compression = r.Compression,
         block_kib = r.BlockKiB,
@@ -248,6 +266,22 @@ internal static class MigrateOutput
             after_run = r.Verification.AfterContinue,
         },
         restore_stats = JsonOut.Stats(r.Restore with { WallClock = null }),
+        post_copy = r.PostCopy is not { } pc ? null : new
+        {
+            lazy_pages = pc.LazyPages,
+            faults = pc.Stats.Faults,
+            pages_by_fault = pc.Stats.PagesByFault,
+            pages_by_drain = pc.Stats.PagesByDrain,
+            zero_pages = pc.Stats.ZeroPages,
+            fault_latency_mean_ns = pc.Stats.FaultLatencyMeanNs,
+            fault_latency_p50_ns = pc.Stats.FaultLatencyP50Ns,
+            fault_latency_p99_ns = pc.Stats.FaultLatencyP99Ns,
+            fault_latency_max_ns = pc.Stats.FaultLatencyMaxNs,
+            stall_ns = pc.Stats.StallNs,
+            last_page_ns = pc.LastPageNs,
+            pages_lost = pc.Stats.PagesLost,
+            error = pc.Error,
+        },
         warnings = r.Warnings,
     };
 
@@ -327,6 +361,15 @@ internal static class MigrateOutput
                 ? $"ok: {v.VmasVerified} VMA checksums, workload self-check ok after restore and after running on ({string.Join(", ", v.AfterContinue.Select(x => $"pid {x.Pid}: {x.PagesChecked} pages"))})"
                 : $"FAILED: {v.Error ?? string.Join("; ", v.AfterRestore.Concat(v.AfterContinue).Where(x => !x.Ok).Select(x => $"pid {x.Pid}: {x.Detail}"))}"),
         };
+        if (r.PostCopy is { } pc)
+        {
+            var st = pc.Stats;
+            lines.Insert(0, ("mode", $"{MigrationArgs.ModeName(r.Mode)}: the final dump left private pages on the source (dump --lazy-pages)"));
+            lines.Insert(4, ("post-copy", $"{pc.LazyPages} lazy pages: {st.PagesByFault} by {st.Faults} faults, {st.PagesByDrain} by the drain, {st.ZeroPages} zero-filled; last page {Ms(pc.LastPageNs)} after resume"));
+            lines.Insert(5, ("fault latency", $"mean {Ms(st.FaultLatencyMeanNs)}, p50 {Ms(st.FaultLatencyP50Ns)}, p99 {Ms(st.FaultLatencyP99Ns)}, max {Ms(st.FaultLatencyMaxNs)}; threads stalled {Ms(st.StallNs)} in all"));
+            if (pc.Error is not null)
+                lines.Insert(6, ("post-copy error", pc.Error));
+        }
         if (r.ElideUnchanged || r.DeltaCacheBytes > 0)
         {
             var t = r.DeltaTotals;

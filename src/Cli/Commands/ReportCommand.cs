@@ -25,7 +25,7 @@ public static class ReportCommand
             ImageFormat.AtomicFile.Write(path, Encoding.UTF8.GetBytes(ReportHtml.Build(results)));
             var o = p.InvocationConfiguration.Output;
             var (header, rows) = CompareCommand.Table(results);
-            MigrateOutput.Table(o, header, rows, rightAligned: [2, 3, 4, 5, 6, 7, 8]);
+            MigrateOutput.Table(o, header, rows, rightAligned: CompareCommand.NumericColumns(header));
             o.WriteLine($"wrote {path}");
             return results.All(r => r.Verification.Ok) ? 0 : (int)ExitCode.CheckFailed;
         });

@@ -140,8 +140,22 @@ public sealed class SimKernelAdapter : IKernel
 
     public ulong Brk(int pid, ulong newBrk) => Task(pid).Brk(newBrk);
 
-    public IUserfaultfd? InstalledUserfaultfd(int pid) =>
-        _k.FindTask(pid) is { } t && Installed.TryGetValue(t, out var u) && u.ApiDone ? u : null;
+    public IUserfaultfd? InstalledUserfaultfd(int pid)
+    {
+        if (_k.FindTask(pid) is not { } t)
+            return null;
+        if (Installed.TryGetValue(t, out var u) && u.ApiDone && !u.Released)
+            return u;
+        // A machine loaded from its state file: the descriptor is still in the task (its VMAs
+        // are registered with it), only this process's table of them is new.
+        foreach (var v in t.Mm.Vmas)
+            if (v.Uffd is { ApiDone: true, Released: false } reg)
+            {
+                Installed.AddOrUpdate(t, reg);
+                return reg;
+            }
+        return null;
+    }
 
     public SysResult OpenUserfaultfd(int pid, out IUserfaultfd? uffd)
     {

@@ -3,8 +3,12 @@ using System.Runtime.CompilerServices;
 
 namespace CriuSharp.SimKernel.Mm;
 
-/// <summary>How a fault ended. Sigbus: a hugetlb page could not be had (pool exhausted, no reservation).</summary>
-public enum FaultResult { Ok, Segv, Oom, Sigbus }
+/// <summary>
+/// How a fault ended. Sigbus: a hugetlb page could not be had (pool exhausted, no reservation), or a
+/// missing page under UFFD_FEATURE_SIGBUS. Blocked: the thread sleeps on a userfaultfd that nobody
+/// woke (the access does not complete). Retry: internal, the fault is run again (VM_FAULT_RETRY).
+/// </summary>
+public enum FaultResult { Ok, Segv, Oom, Sigbus, Blocked, Retry }
 
 /// <summary>
 /// Page faults and memory accesses. A CPU access that the entry allows only sets the hardware
@@ -49,8 +53,44 @@ public sealed partial class MmStruct
         write ? v.CanWrite || (force && (v.Flags & VmaFlags.MayWrite) != 0)
               : v.CanRead || v.CanExec || (force && (v.Flags & VmaFlags.MayRead) != 0);
 
-    /// <summary>handle_mm_fault: returns the frame the access should use.</summary>
+    /// <summary>
+    /// Bound on wakes that do not resolve a missing page (a monitor answering with UFFDIO_WAKE alone):
+    /// the kernel would retry forever, the simulator reports the thread as still asleep instead.
+    /// </summary>
+    private const int MaxUserfaultRetries = 64;
+
+    /// <summary>handle_mm_fault: returns the frame the access should use, retrying after a userfaultfd wake.</summary>
     internal (FaultResult, long) HandleFault(ulong va, bool write, bool force)
+    {
+        for (int tries = 0; ; tries++)
+        {
+            var r = HandleFaultOnce(va, write, force);
+            if (r.Item1 != FaultResult.Retry)
+                return r;
+            if (tries == MaxUserfaultRetries)
+                return (FaultResult.Blocked, -1);
+        }
+    }
+
+    /// <summary>
+    /// handle_userfault(VM_UFFD_MISSING): the thread sleeps with a message queued; the monitor runs.
+    /// Woken: the fault is retried. UFFD_FEATURE_SIGBUS: SIGBUS instead of a message.
+    /// </summary>
+    private (FaultResult, long) MissingUserfault(Uffd.Userfaultfd ctx, ulong va, bool write)
+    {
+        if ((ctx.Features & UffdConstants.FeatureSigbus) != 0)
+        {
+            PendingSigbus = true;
+            return (FaultResult.Sigbus, -1);
+        }
+        var task = Current;
+        Current = null; // the monitor's own accesses are not the sleeping thread's
+        var w = ctx.Wait(va & _arch.PageMask, va, write, task);
+        Current = task;
+        return w.Woken ? (FaultResult.Retry, -1) : (FaultResult.Blocked, -1);
+    }
+
+    private (FaultResult, long) HandleFaultOnce(ulong va, bool write, bool force)
     {
         if (Dead)
             return (FaultResult.Segv, -1);
@@ -62,6 +102,10 @@ public sealed partial class MmStruct
             return (FaultResult.Segv, -1);
         if ((vma.Flags & VmaFlags.PfnMap) != 0)
             return write ? (FaultResult.Segv, -1) : (FaultResult.Ok, _mem.ZeroPfn);
+        // do_anonymous_page / shmem_get_folio_gfp: a missing page of a VMA registered for missing
+        // faults goes to the userfaultfd monitor instead of being filled by the kernel.
+        if ((vma.Flags & VmaFlags.UffdMissing) != 0 && vma.Uffd is { } missingCtx && !vma.IsHugetlb && UffdPageMissing(vma, va))
+            return MissingUserfault(missingCtx, va, write);
         MinorFaults++;
         if (Current is { } cur)
             cur.MinFlt++;
@@ -377,6 +421,24 @@ public sealed partial class MmStruct
     // ---- accesses ------------------------------------------------------------------------
 
     /// <summary>
+    /// The errno an access reports for a fault: ENOMEM (the OOM killer), EAGAIN (the thread sleeps on
+    /// a userfaultfd; a real reader would wait for the monitor), else EFAULT.
+    /// </summary>
+    internal static Errno ToErrno(FaultResult r) => r switch
+    {
+        FaultResult.Oom => Errno.ENOMEM,
+        FaultResult.Blocked => Errno.EAGAIN,
+        _ => Errno.EFAULT,
+    };
+
+    internal static FaultResult FromErrno(Errno e) => e switch
+    {
+        Errno.ENOMEM => FaultResult.Oom,
+        Errno.EAGAIN => FaultResult.Blocked,
+        _ => FaultResult.Segv,
+    };
+
+    /// <summary>
     /// Copies between a task's memory and <paramref name="buf"/> as the task itself (force = false) or
     /// as a ptrace-capable reader/writer such as /proc/PID/mem (force = true: private read-only
     /// mappings can be written by copy-on-write). Returns the bytes moved, or EFAULT at the first
@@ -394,7 +456,7 @@ public sealed partial class MmStruct
             if (r != FaultResult.Ok)
             {
                 faultAddress = at;
-                return done > 0 ? SysResult.Success(done) : (r == FaultResult.Oom ? Errno.ENOMEM : Errno.EFAULT);
+                return done > 0 ? SysResult.Success(done) : ToErrno(r);
             }
             int off = (int)(at & (ulong)(ps - 1));
             int n = Math.Min(ps - off, buf.Length - done);
@@ -625,7 +687,7 @@ public sealed partial class MmStruct
         Span<byte> b = stackalloc byte[8];
         BinaryPrimitives.WriteUInt64LittleEndian(b, value);
         var a = Access(va, b, write: true, force: false, out _);
-        fault = a.Ok ? FaultResult.Ok : a.Error == Errno.ENOMEM ? FaultResult.Oom : FaultResult.Segv;
+        fault = a.Ok ? FaultResult.Ok : FromErrno(a.Error);
         return a.Ok;
     }
 
@@ -651,7 +713,7 @@ public sealed partial class MmStruct
         Span<byte> b = stackalloc byte[8];
         var r = Access(va, b, write: false, force: false, out _);
         value = r.Ok ? BinaryPrimitives.ReadUInt64LittleEndian(b) : 0;
-        fault = r.Ok ? FaultResult.Ok : r.Error == Errno.ENOMEM ? FaultResult.Oom : FaultResult.Segv;
+        fault = r.Ok ? FaultResult.Ok : FromErrno(r.Error);
         return r.Ok;
     }
 }

@@ -23,15 +23,55 @@ public static class UffdFeatures
 public readonly record struct UffdMessage(ulong Address, bool WriteProtect);
 
 /// <summary>
-/// A userfaultfd context limited to what tracking needs: write-protect registration, arming and
-/// disarming, and the async mode in which the kernel resolves write faults itself (UFFD_FEATURE_WP_ASYNC, Documentation/admin-guide/mm/userfaultfd.rst).
+/// A thread asleep in handle_userfault on a missing page (fs/userfaultfd.c's userfaultfd_wait_queue):
+/// its message, whether a read(2) has returned it yet, and whether a wake has reached it.
+/// </summary>
+public sealed class UffdWaiter
+{
+    internal UffdWaiter(UffdMsg msg, SimTask? task)
+    {
+        Msg = msg;
+        Task = task;
+    }
+
+    public UffdMsg Msg { get; }
+    /// <summary>The sleeping thread; null for an access made on no task's behalf (a /proc/PID/mem reader).</summary>
+    public SimTask? Task { get; }
+    /// <summary>Read by the monitor: refiled from the pending queue to the waiting one (not returned again).</summary>
+    public bool Read { get; internal set; }
+    public bool Woken { get; internal set; }
+}
+
+/// <summary>
+/// A userfaultfd context (fs/userfaultfd.c, mm/userfaultfd.c).
+/// <para>
+/// Write-protect: registration, arming and disarming, and the async mode in which the kernel
+/// resolves write faults itself (UFFD_FEATURE_WP_ASYNC, Documentation/admin-guide/mm/userfaultfd.rst).
 /// Without WP_ASYNC a fault is queued as a message and the write proceeds, as if a handler had
 /// answered at once.
+/// </para>
+/// <para>
+/// Missing pages: a thread that touches a page missing from a VMA registered with
+/// UFFDIO_REGISTER_MODE_MISSING sleeps with a UFFD_EVENT_PAGEFAULT message queued, until UFFDIO_COPY,
+/// UFFDIO_ZEROPAGE, UFFDIO_WAKE, UFFDIO_UNREGISTER or close wakes it; it then retries the fault.
+/// The simulated machine runs one thread at a time, so the monitor (<see cref="SetMonitor"/>) runs
+/// while the thread sleeps. A thread nobody wakes stays asleep (<see cref="SimTask.UserfaultWait"/>):
+/// its access returns EAGAIN to the caller of the simulator and the task does not run again until
+/// it is woken.
+/// </para>
+/// <code>
+///   fault on missing page ──► waiter{msg} ──► pending ──read(2)──► waiting ──COPY/ZEROPAGE/WAKE──► woken ─► retry
+///                                     └──────────────── WAKE, UNREGISTER, close ──────────────────┘
+/// </code>
 /// </summary>
 public sealed partial class Userfaultfd : IUserfaultfd
 {
     private readonly MmStruct _mm;
     private readonly Queue<UffdMessage> _messages = new();
+    /// <summary>Sleeping threads in the order they faulted (find_userfault reads FIFO).</summary>
+    private readonly List<UffdWaiter> _waiters = [];
+    private Action<IUserfaultfd>? _monitor;
+    private bool _inMonitor;
 
     internal Userfaultfd(MmStruct mm) => _mm = mm;
 
@@ -48,25 +88,33 @@ public sealed partial class Userfaultfd : IUserfaultfd
     public bool Async => (Features & UffdConstants.FeatureWpAsync) != 0;
     public bool WpUnpopulated => (Features & UffdConstants.FeatureWpUnpopulated) != 0;
     public long WriteFaults { get; private set; }
+    /// <summary>Missing-page faults that queued a message (each retry after a wake without a page counts again).</summary>
+    public long MissingFaults { get; private set; }
+    /// <summary>close(2) ran: nothing is registered any more and no thread can wait here.</summary>
+    public bool Released { get; private set; }
     public IReadOnlyCollection<UffdMessage> PendingMessages => _messages;
+    /// <summary>Threads asleep on a missing page, read or not.</summary>
+    public IReadOnlyList<UffdWaiter> Waiters => _waiters;
 
     /// <summary>UFFDIO_API: returns the features the kernel supports; fails on an unsupported request.</summary>
     public SysResult ApiHandshake(ulong api, ulong features, out ulong supported)
     {
-        supported = UffdFeatures.Supported(_mm.Kernel);
-        if (ApiDone || api != UffdConstants.Api)
-            return Errno.EINVAL;
-        if ((features & ~supported) != 0)
+        supported = 0;
+        // userfaultfd_api: a wrong api, an unknown feature bit or a second call is EINVAL, and the
+        // err_out path zeroes the whole uffdio_api the caller gets back.
+        ulong all = UffdFeatures.Supported(_mm.Kernel);
+        if (ApiDone || api != UffdConstants.Api || (features & ~all) != 0)
             return Errno.EINVAL;
         Features = features;
         ApiDone = true;
+        supported = all;
         return SysResult.Success();
     }
 
-    /// <summary>UFFDIO_REGISTER with MODE_WP over whole mapped VMAs of the range.</summary>
+    /// <summary>UFFDIO_REGISTER over whole mapped VMAs of the range.</summary>
     public SysResult Register(ulong start, ulong len, ulong mode)
     {
-        if (!ApiDone)
+        if (!ApiDone || Released)
             return Errno.EINVAL;
         if (mode == 0 || (mode & ~(UffdConstants.RegisterModeMissing | UffdConstants.RegisterModeWp | UffdConstants.RegisterModeMinor)) != 0)
             return Errno.EINVAL;
@@ -87,13 +135,18 @@ public sealed partial class Userfaultfd : IUserfaultfd
         if (r.Ok)
         {
             ioctls = 0x1FCUL; // bits 2..8: _UFFDIO_WAKE .. _UFFDIO_POISON
-            if ((mode & UffdConstants.RegisterModeWp) == 0) ioctls &= ~(1UL << 6);
-            if ((mode & UffdConstants.RegisterModeMinor) == 0) ioctls &= ~(1UL << 7);
+            if ((mode & UffdConstants.RegisterModeWp) == 0) ioctls &= ~(1UL << UffdConstants.IoctlWriteProtect);
+            if ((mode & UffdConstants.RegisterModeMinor) == 0) ioctls &= ~(1UL << UffdConstants.IoctlContinue);
         }
         return r;
     }
 
-    public SysResult Unregister(ulong start, ulong len) => _mm.UffdUnregister(this, start, len);
+    public SysResult Unregister(ulong start, ulong len)
+    {
+        if (!ApiDone)
+            return Errno.EINVAL;
+        return _mm.UffdUnregister(this, start, len);
+    }
 
     /// <summary>UFFDIO_WRITEPROTECT: arm (wp = true) or disarm a registered range.</summary>
     public SysResult WriteProtect(ulong start, ulong len, bool wp) => _mm.UffdWriteProtect(this, start, len, wp);
@@ -106,4 +159,148 @@ public sealed partial class Userfaultfd : IUserfaultfd
         if (!Async)
             _messages.Enqueue(new UffdMessage(va, WriteProtect: true));
     }
+
+    // ---- missing pages -----------------------------------------------------------------------
+
+    public SysResult Read(Span<byte> buffer)
+    {
+        if (!ApiDone)
+            return Errno.EINVAL;
+        DropDead();
+        int n = 0;
+        while (buffer.Length - n >= UffdMsg.Size)
+        {
+            var w = _waiters.Find(static x => !x.Read);
+            if (w is not null)
+            {
+                w.Read = true;
+                w.Msg.WriteTo(buffer[n..]);
+            }
+            else if (_messages.TryDequeue(out var wp))
+            {
+                // A write-protect fault of a synchronous context: the write already went on.
+                new UffdMsg(UffdConstants.EventPagefault, UffdConstants.PagefaultFlagWrite | UffdConstants.PagefaultFlagWp, wp.Address, 0)
+                    .WriteTo(buffer[n..]);
+            }
+            else
+                break;
+            n += UffdMsg.Size;
+        }
+        if (n > 0)
+            return SysResult.Success(n);
+        return buffer.Length < UffdMsg.Size ? Errno.EINVAL : Errno.EAGAIN;
+    }
+
+    public SysResult Copy(ulong dst, ReadOnlySpan<byte> src, ulong mode, out long copy) =>
+        Fill(dst, (ulong)src.Length, src, zero: false, mode, out copy);
+
+    public SysResult ZeroPage(ulong start, ulong len, ulong mode, out long zeropage) =>
+        Fill(start, len, default, zero: true, mode, out zeropage);
+
+    /// <summary>userfaultfd_copy and userfaultfd_zeropage: argument checks, mfill_atomic, then the wake.</summary>
+    private SysResult Fill(ulong dst, ulong len, ReadOnlySpan<byte> src, bool zero, ulong mode, out long result)
+    {
+        result = 0;
+        if (!ApiDone)
+            return Errno.EINVAL;
+        if (ValidateRange(dst, len) is { } bad)
+            return bad;
+        ulong allowed = zero ? UffdConstants.ZeropageModeDontWake : UffdConstants.CopyModeDontWake | UffdConstants.CopyModeWp;
+        if ((mode & ~allowed) != 0)
+            return Errno.EINVAL;
+        if (_mm.Dead)
+            return Errno.ESRCH;
+        bool wp = !zero && (mode & UffdConstants.CopyModeWp) != 0;
+        long r = _mm.MfillAtomic(dst, len, src, zero, wp);
+        result = r;
+        if (r < 0)
+            return (Errno)(int)-r;
+        ulong dontWake = zero ? UffdConstants.ZeropageModeDontWake : UffdConstants.CopyModeDontWake;
+        if ((mode & dontWake) == 0)
+            WakeRange(dst, (ulong)r);
+        return (ulong)r == len ? SysResult.Success() : Errno.EAGAIN;
+    }
+
+    public SysResult Wake(ulong start, ulong len)
+    {
+        if (!ApiDone)
+            return Errno.EINVAL;
+        if (ValidateRange(start, len) is { } bad)
+            return bad;
+        WakeRange(start, len);
+        return SysResult.Success();
+    }
+
+    public void SetMonitor(Action<IUserfaultfd>? onReadable) => _monitor = onReadable;
+
+    public void Close()
+    {
+        if (Released)
+            return;
+        Released = true;
+        _mm.UffdRelease(this);
+        WakeRange(0, 0);
+        _monitor = null;
+    }
+
+    /// <summary>validate_range: page-aligned, non-empty, within the task size (and above mmap_min_addr, 64 KiB).</summary>
+    private Errno? ValidateRange(ulong start, ulong len)
+    {
+        ulong mask = (ulong)_mm.Kernel.Arch.PageSize - 1;
+        ulong taskSize = _mm.Kernel.Arch.TaskSize;
+        if ((start & mask) != 0 || (len & mask) != 0 || len == 0 || start < MmapMinAddr || start >= taskSize || len > taskSize - start)
+            return Errno.EINVAL;
+        return null;
+    }
+
+    /// <summary>vm.mmap_min_addr's default (65536).</summary>
+    private const ulong MmapMinAddr = 0x10000;
+
+    /// <summary>userfaultfd_wake_function over both queues: len 0 wakes every waiter.</summary>
+    internal void WakeRange(ulong start, ulong len)
+    {
+        for (int i = 0; i < _waiters.Count; i++)
+        {
+            var w = _waiters[i];
+            ulong a = w.Msg.Address;
+            if (len != 0 && (start > a || start + len <= a))
+                continue;
+            w.Woken = true;
+            if (w.Task is { } t && ReferenceEquals(t.UserfaultWait, w))
+                t.UserfaultWait = null;
+            _waiters.RemoveAt(i--);
+        }
+    }
+
+    /// <summary>
+    /// handle_userfault for a missing page: queues the message, lets the monitor run (the thread's
+    /// schedule()), and says whether the thread was woken (retry the fault) or still sleeps.
+    /// </summary>
+    internal UffdWaiter Wait(ulong address, ulong realAddress, bool write, SimTask? task)
+    {
+        MissingFaults++;
+        ulong flags = write ? UffdConstants.PagefaultFlagWrite : 0;
+        ulong reported = (Features & UffdConstants.FeatureExactAddress) != 0 ? realAddress : address;
+        uint ptid = (Features & UffdConstants.FeatureThreadId) != 0 && task is not null ? (uint)task.Pid : 0;
+        var w = new UffdWaiter(new UffdMsg(UffdConstants.EventPagefault, flags, reported, ptid), task);
+        _waiters.Add(w);
+        if (task is not null)
+            task.UserfaultWait = w;
+        if (_monitor is { } m && !_inMonitor)
+        {
+            _inMonitor = true;
+            try
+            {
+                m(this);
+            }
+            finally
+            {
+                _inMonitor = false;
+            }
+        }
+        return w;
+    }
+
+    /// <summary>A thread that died while asleep took its wait-queue entry with it.</summary>
+    private void DropDead() => _waiters.RemoveAll(static w => w.Task is { Alive: false });
 }

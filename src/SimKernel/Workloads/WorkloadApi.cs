@@ -133,7 +133,7 @@ public static class WorkloadApi
     /// </remarks>
     public static void Run(SimTask task, ulong fromNs, ulong toNs)
     {
-        if (task.State != TaskState.Running || !HasProgram(task))
+        if (task.State != TaskState.Running || task.UserfaultWait is not null || !HasProgram(task))
             return;
         var prog = Program(task);
         var r = task.Registers;
@@ -155,10 +155,23 @@ public static class WorkloadApi
             Execute(task, prog, (long)Math.Min(owed, long.MaxValue), countOwed: true);
     }
 
+    /// <summary>
+    /// The task was blocked for <paramref name="ns"/> after virtual time <paramref name="nowNs"/> (a
+    /// thread asleep in a page fault until a userfaultfd monitor answered): that much of its
+    /// schedule is lost, as time spent frozen is, so its next operations start that much later.
+    /// </summary>
+    public static void Stall(SimTask task, ulong nowNs, ulong ns)
+    {
+        if (!HasProgram(task) || ns == 0)
+            return;
+        var r = task.Registers;
+        r[Regs.DueUntilNs] = Math.Max(r[Regs.DueUntilNs], nowNs) + ns;
+    }
+
     /// <summary>Runs exactly <paramref name="steps"/> operations; returns how many ran (fewer if the task died).</summary>
     public static long RunSteps(SimTask task, long steps)
     {
-        if (task.State != TaskState.Running || !HasProgram(task) || steps <= 0)
+        if (task.State != TaskState.Running || task.UserfaultWait is not null || !HasProgram(task) || steps <= 0)
             return 0;
         return Execute(task, Program(task), steps, countOwed: false);
     }

@@ -1,0 +1,162 @@
+using System.CommandLine;
+using System.Text.Json;
+using CriuSharp.Dumper;
+using CriuSharp.Dumper.PageServer;
+using CriuSharp.ImageFormat;
+using CriuSharp.Migration;
+using CriuSharp.SimKernel.Machine;
+
+namespace CriuSharp.Cli;
+
+/// <summary>
+/// Lazy (post-copy) restore across commands, as CRIU does it with three processes:
+/// <code>
+///  source:      dump --lazy-pages -D img --address A --port N   dumps, then serves PS_IOV_GET until CLOSE
+///  destination: restore --lazy-pages -D img                     lazy VMAs left missing, registered with userfaultfd
+///               lazy-pages -D img --page-server --address A --port N
+///                                                               runs the machine, serving its faults and draining
+/// </code>
+/// CRIU's restore hands the userfaultfds to its lazy-pages daemon over a unix socket while the
+/// tasks run. A simulated machine runs only inside a command, so here the daemon is the command
+/// that runs the destination machine: it finds the descriptors again in the restored tasks, runs
+/// the machine in 1 ms periods of virtual time (faults are served at once; what the modelled link
+/// can still carry in a period drains pages in address order) until every page has arrived, then
+/// closes the session with PS_IOV_CLOSE and saves the machine. The restored tasks must not run in
+/// between (a fault with no daemon leaves the thread asleep).
+/// </summary>
+public static class LazyPagesCommand
+{
+    private const ulong PeriodNs = 1_000_000;
+
+    /// <summary>dump --lazy-pages: the dump, then one lazy-pages session served from the pages it kept.</summary>
+    internal static int DumpAndServe(ParseResult p, CheckpointCommands.DumpArgs a, DumpOptions options)
+    {
+        if (options.PageServer is not null)
+            throw new UserException(ExitCode.Usage, "--lazy-pages and --page-server: the source serves its lazy pages itself (give --address/--port without --page-server)");
+        var store = new LazyPageStore();
+        options = options with { LazyPages = store };
+        var o = p.InvocationConfiguration.Output;
+        var err = p.InvocationConfiguration.Error;
+        bool json = p.GetValue(a.Json);
+        DumpResult result;
+        using (var m = a.Machine.Open(p))
+        {
+            PidOption.Resolve(m.Kernel, options.Pid);
+            result = TerminalProgress.Run(json, "dumping", () => Criu.Dump(m.AsKernelApi(), options));
+            m.Save();
+        }
+        foreach (var w in result.Warnings)
+            err.WriteLine($"criu-sharp: warning: {w.Message}");
+        if (!json)
+            CheckpointCommands.Report(o, err, result, options.ImagesDir, false, p.GetValue(a.DisplayStats));
+        // The machine is saved and unlocked: the destination may be the same machine directory.
+        string address = p.GetValue(a.Net.Address) is { Length: > 0 } ad ? ad : "0.0.0.0";
+        using var server = LazyPageServer.Start(store, address, a.Net.ParsedPort(p, allowZero: true), a.Net.ParsedLayout(p));
+        o.WriteLine($"listening on {server.Address}:{server.Port}");
+        o.Flush();
+        bool closed = server.ServeOne(a.Net.ParsedTimeout(p), out string? why);
+        if (json)
+            o.WriteLine(JsonSerializer.Serialize(new
+            {
+                images_dir = options.ImagesDir,
+                pids = result.Pids,
+                stats = JsonOut.Stats(result.Stats),
+                lazy_pages = store.Pages,
+                pages_served = server.PagesServed,
+                closed,
+                error = why,
+                warnings = result.Warnings.Select(w => w.Message),
+            }, JsonOut.Options));
+        else
+            o.WriteLine($"served {server.PagesServed} of {store.Pages} lazy pages{(closed ? "; the daemon closed the session" : "")}");
+        if (!closed)
+            throw new UserException(ExitCode.Environment, $"lazy-pages session ended before CLOSE: {why}", "The destination's lazy restore stops its tree and names the pages it lost.");
+        return 0;
+    }
+
+    public static Command Create()
+    {
+        var dir = new Option<string>("--images-dir", "-D") { Description = "The images a restore --lazy-pages restored (the PE_LAZY entries say which pages to fetch).", DefaultValueFactory = _ => "." };
+        var pageServer = new Option<bool>("--page-server") { Description = "Fetch the pages from the source's page server (dump --lazy-pages) at --address/--port: the only source this build has.", Required = true };
+        var bandwidth = new Option<string>("--bandwidth") { Description = "Modelled link in virtual time: what the drain may fetch per period besides the faults.", DefaultValueFactory = _ => "128MiB/s" };
+        var rtt = new Option<string>("--rtt") { Description = "Modelled round trip of one page request (fault latency figures).", DefaultValueFactory = _ => $"{MigrationCost.Default.RoundTripNs / 1000}us" };
+        var machine = new MachineOptions();
+        var net = new PageServerCliOptions();
+        var json = CommonOptions.Json();
+        var cmd = new Command("lazy-pages",
+            "CRIU's lazy-pages daemon for a restore --lazy-pages: runs the destination machine while it fetches each faulting page from the source's page server (PS_IOV_GET) " +
+            "and drains the rest in address order, until every page has arrived. If the source is lost first, the restored tree is stopped (SIGKILL), " +
+            "the pages that never arrived are listed on stderr and the exit code is 7.");
+        foreach (var o in new Option[] { dir, pageServer, bandwidth, rtt, json })
+            cmd.Options.Add(o);
+        machine.AddTo(cmd);
+        net.AddTo(cmd);
+        cmd.SetAction(p =>
+        {
+            string images = Path.GetFullPath(p.GetValue(dir)!);
+            if (!Directory.Exists(images))
+                throw new UserException(ExitCode.BadInput, $"{images}: no such directory");
+            string address = p.GetValue(net.Address) is { Length: > 0 } ad ? ad : throw new UserException(ExitCode.Usage, "--address is required (the source's page server)");
+            int port = net.ParsedPort(p, allowZero: false);
+            var link = new LazyLinkModel(CommonOptions.ParseDurationNs(p.GetValue(rtt)!), MigrationArgs.ParseRate(p.GetValue(bandwidth)!, "--bandwidth"));
+            var o = p.InvocationConfiguration.Output;
+            var err = p.InvocationConfiguration.Error;
+            using var m = machine.Open(p);
+            var api = m.AsKernelApi();
+            var tasks = Criu.LazyTasks(api, images);
+            using var source = new PageServerLazySource(address, port, net.ParsedTimeout(p), net.ParsedLayout(p));
+            using var daemon = new LazyPagesDaemon(api, source, tasks, link);
+            ulong perPeriod = (ulong)Math.Max(PageGeometry.PageSize, link.BytesPerSecond * PeriodNs / 1e9);
+            ulong elapsed = 0;
+            long maxPeriods = daemon.PagesRemaining + 10;
+            for (long n = 0; !daemon.Complete && !daemon.Failed && n < maxPeriods; n++)
+            {
+                daemon.BeginPeriod();
+                ulong start = m.Kernel.UptimeNs;
+                m.Advance(PeriodNs);
+                elapsed += PeriodNs;
+                foreach (var t in tasks)
+                    if (m.Kernel.FindTask(t.Pid) is { } task)
+                        SimKernel.Workloads.WorkloadApi.Stall(task, start, daemon.TakeStall(t.Pid));
+                ulong used = daemon.FaultBytesThisPeriod;
+                daemon.Drain(used >= perPeriod ? (ulong)PageGeometry.PageSize : perPeriod - used);
+            }
+            if (daemon.Complete)
+                source.Close();
+            m.Save();
+            var st = daemon.Stats;
+            if (daemon.Failed)
+            {
+                foreach (var (pid, va, pages) in daemon.LostRanges.Take(20))
+                    err.WriteLine($"criu-sharp: lost: process {pid} 0x{va:x}-0x{va + (pages << PageGeometry.PageShift):x} ({pages} pages)");
+                if (daemon.LostRanges.Count > 20)
+                    err.WriteLine($"criu-sharp: lost: ... {daemon.LostRanges.Count - 20} more ranges");
+                throw new UserException(ExitCode.Environment, (source.ConnectError is { } ce ? ce + "; " : "") + daemon.Error,
+                    "The source's page server (dump --lazy-pages) must keep running until the daemon has every page.");
+            }
+            if (!daemon.Complete)
+                throw new UserException(ExitCode.Internal, "the lazy-pages daemon stopped with pages remaining");
+            if (p.GetValue(json))
+                o.WriteLine(JsonSerializer.Serialize(new
+                {
+                    images_dir = images,
+                    machine = m.Directory,
+                    pids = tasks.Select(t => t.Pid),
+                    faults = st.Faults,
+                    pages_by_fault = st.PagesByFault,
+                    pages_by_drain = st.PagesByDrain,
+                    zero_pages = st.ZeroPages,
+                    fault_latency_mean_ns = st.FaultLatencyMeanNs,
+                    fault_latency_p99_ns = st.FaultLatencyP99Ns,
+                    fault_latency_max_ns = st.FaultLatencyMaxNs,
+                    last_page_ns = elapsed,
+                    vmas_verified = daemon.VmasVerified,
+                    verify_error = daemon.VerifyError,
+                }, JsonOut.Options));
+            else
+                o.WriteLine($"lazy pages: {st.PagesByFault} by {st.Faults} faults, {st.PagesByDrain} by the drain, {st.ZeroPages} zero-filled; last page {elapsed / 1e6:0.##} ms after start; {daemon.VmasVerified} VMA checksums {(daemon.VerifyError is null ? "ok" : "FAILED: " + daemon.VerifyError)}");
+            return daemon.VerifyError is null ? 0 : (int)ExitCode.CheckFailed;
+        });
+        return cmd;
+    }
+}

@@ -1,0 +1,342 @@
+using CriuSharp.ImageFormat;
+
+namespace CriuSharp.Dumper;
+
+/// <summary>Where a lazy-pages daemon fetches pages: the source's page server (PS_IOV_GET).</summary>
+public interface ILazyPageSource
+{
+    /// <summary>Fetches [va, va + dest.Length) of <paramref name="pid"/>; false when the source cannot answer (gone, or the pages are not there).</summary>
+    bool TryGet(int pid, ulong va, Span<byte> dest);
+}
+
+/// <summary>An in-process source: the dump's own store.</summary>
+public sealed class StoreLazyPageSource(LazyPageStore store) : ILazyPageSource
+{
+    public bool TryGet(int pid, ulong va, Span<byte> dest) => store.TryGet(pid, va, dest);
+}
+
+/// <summary>
+/// The time model of fetching lazy pages over the link: a request costs a round trip and the
+/// page's transfer time, and while the drain runs it also waits for the rest of the drain chunk in
+/// flight. Modelled, not measured; the figures are options of migrate.
+/// </summary>
+public sealed record LazyLinkModel(ulong RoundTripNs, double BytesPerSecond, int DrainChunkBytes = 64 << 10)
+{
+    public ulong TransferNs(ulong bytes) => BytesPerSecond <= 0 ? 0 : (ulong)(bytes / BytesPerSecond * 1e9);
+}
+
+/// <summary>What a lazy restore's daemon did (QEMU reports the like as postcopy blocktime).</summary>
+public sealed record LazyPagesStats
+{
+    /// <summary>UFFD_EVENT_PAGEFAULT messages served.</summary>
+    public long Faults { get; init; }
+    /// <summary>Pages (4 KiB) fetched from the source because a thread faulted on them.</summary>
+    public long PagesByFault { get; init; }
+    /// <summary>Pages fetched by the background drain, in address order.</summary>
+    public long PagesByDrain { get; init; }
+    /// <summary>Faults on pages the dump never had (answered with UFFDIO_ZEROPAGE).</summary>
+    public long ZeroPages { get; init; }
+    public ulong FaultLatencyMeanNs { get; init; }
+    public ulong FaultLatencyP50Ns { get; init; }
+    public ulong FaultLatencyP99Ns { get; init; }
+    public ulong FaultLatencyMaxNs { get; init; }
+    /// <summary>Sum of the modelled waits of faulting threads.</summary>
+    public ulong StallNs { get; init; }
+    /// <summary>Lazy pages that never arrived (the source was lost); non-zero means the tree was stopped.</summary>
+    public long PagesLost { get; init; }
+}
+
+/// <summary>
+/// CRIU's lazy-pages daemon (criu/uffd.c) for one restored tree: it serves the userfaultfd faults
+/// of the restored processes by fetching the page from the source (PS_IOV_GET) and placing it with
+/// UFFDIO_COPY, answers faults on pages the dump never had with UFFDIO_ZEROPAGE, and drains the
+/// remaining lazy pages in address order in the background (handle_remaining_pages). When every
+/// page is in, it closes the userfaultfds (the VMAs become ordinary memory).
+/// <code>
+///  thread faults ─▶ uffd msg ─▶ OnFault: GET page ─▶ UFFDIO_COPY (wakes) ─┐
+///  Drain(budget) ─▶ lowest remaining run ─▶ GET chunk ─▶ UFFDIO_COPY ─────┴─▶ remaining[] shrinks ─▶ empty: close
+/// </code>
+/// When the source cannot answer, the daemon stops the restored tree (SIGKILL: it must never run
+/// on with pages missing) and reports the pages lost.
+/// </summary>
+public sealed class LazyPagesDaemon : IDisposable
+{
+    private readonly IKernel _k;
+    private readonly ILazyPageSource _source;
+    private readonly LazyLinkModel _link;
+    private readonly int _ps;
+    private readonly List<Lazy> _tasks = [];
+    private readonly List<ulong> _latencies = [];
+    private long _faults, _byFault, _byDrain, _zero;
+    private ulong _stall;
+    private ulong _faultBytesThisPeriod;
+    private readonly Dictionary<int, ulong> _stallByPid = [];
+    private bool _closed;
+
+    private sealed class Lazy(LazyTask t)
+    {
+        public LazyTask Task { get; } = t;
+        /// <summary>Kernel pages still to fetch, ascending.</summary>
+        public SortedSet<ulong> Remaining { get; } = [];
+        /// <summary>Per lazy VMA: the digest sum of the pages present at restore plus those placed since.</summary>
+        public ulong[] Sums { get; } = t.Checks.Select(c => c.Present).ToArray();
+
+        public void Placed(ulong va, ReadOnlySpan<byte> bytes)
+        {
+            var checks = Task.Checks;
+            for (int off = 0; off < bytes.Length; off += PageGeometry.PageSize)
+            {
+                ulong at = va + (ulong)off;
+                for (int i = 0; i < checks.Count; i++)
+                    if (checks[i].Start <= at && at < checks[i].End)
+                    {
+                        Sums[i] += PageDigest.Of(at, bytes.Slice(off, PageGeometry.PageSize));
+                        break;
+                    }
+            }
+        }
+    }
+
+    public LazyPagesDaemon(IKernel destination, ILazyPageSource source, IReadOnlyList<LazyTask> tasks, LazyLinkModel link)
+    {
+        _k = destination;
+        _source = source;
+        _link = link;
+        _ps = destination.Capabilities.PageSize;
+        foreach (var t in tasks)
+        {
+            var l = new Lazy(t);
+            ulong mask = ~((ulong)_ps - 1);
+            foreach (var (va, pages) in t.Ranges)
+                for (ulong a = va & mask; a < va + (pages << PageGeometry.PageShift); a += (ulong)_ps)
+                    l.Remaining.Add(a);
+            _tasks.Add(l);
+            var me = l;
+            t.Uffd.SetMonitor(fd => OnFault(me, fd));
+        }
+    }
+
+    /// <summary>Every lazy page has arrived.</summary>
+    public bool Complete => !Failed && _tasks.All(t => t.Remaining.Count == 0);
+
+    /// <summary>The source was lost before every page arrived; the tree was stopped.</summary>
+    public bool Failed { get; private set; }
+
+    /// <summary>Why the daemon failed: one line naming the pages lost.</summary>
+    public string? Error { get; private set; }
+
+    /// <summary>Lost lazy ranges per process after a failure, as (pid, first page, pages).</summary>
+    public IReadOnlyList<(int Pid, ulong Va, ulong Pages)> LostRanges { get; private set; } = [];
+
+    public long PagesRemaining => _tasks.Sum(t => (long)t.Remaining.Count) * (_ps / PageGeometry.PageSize);
+
+    /// <summary>Starts a new period of the link model (faults in one period queue behind each other).</summary>
+    public void BeginPeriod() => _faultBytesThisPeriod = 0;
+
+    /// <summary>The modelled time <paramref name="pid"/>'s threads waited on faults since the last call.</summary>
+    public ulong TakeStall(int pid)
+    {
+        _stallByPid.Remove(pid, out ulong ns);
+        return ns;
+    }
+
+    /// <summary>Link bytes the faults of the current period used (the drain gets the rest).</summary>
+    public ulong FaultBytesThisPeriod => _faultBytesThisPeriod;
+
+    private void OnFault(Lazy l, IUserfaultfd fd)
+    {
+        var buf = new byte[UffdMsg.Size * 16];
+        var page = new byte[_ps];
+        while (!Failed)
+        {
+            var r = fd.Read(buf);
+            if (!r.Ok)
+                return;
+            for (int off = 0; off < r.Value && !Failed; off += UffdMsg.Size)
+            {
+                var msg = UffdMsg.Read(buf.AsSpan(off));
+                if (!msg.IsMissing)
+                    continue;
+                ulong at = msg.Address & ~((ulong)_ps - 1);
+                _faults++;
+                if (l.Remaining.Contains(at))
+                {
+                    if (!_source.TryGet(l.Task.Pid, at, page))
+                    {
+                        SourceLost($"the source did not answer for page 0x{at:x} of process {l.Task.Pid}");
+                        return;
+                    }
+                    if (Place(fd, at, page))
+                        l.Placed(at, page);
+                    l.Remaining.Remove(at);
+                    _byFault += _ps / PageGeometry.PageSize;
+                    _faultBytesThisPeriod += (ulong)_ps;
+                    // A request waits for the round trip, its page's transfer and, while the drain
+                    // still runs, the rest of the drain chunk in flight (half a chunk on average).
+                    ulong wait = _link.RoundTripNs + _link.TransferNs((ulong)_ps)
+                                 + (PagesRemaining > 0 ? _link.TransferNs((ulong)_link.DrainChunkBytes / 2) : 0);
+                    _latencies.Add(wait);
+                    _stall += wait;
+                    _stallByPid[l.Task.Pid] = _stallByPid.GetValueOrDefault(l.Task.Pid) + wait;
+                }
+                else
+                {
+                    // Not a lazy page of the dump (never written on the source): zero it, as uffd.c
+                    // does for addresses no pagemap entry covers. EEXIST: it arrived meanwhile.
+                    var z = fd.ZeroPage(at, (ulong)_ps, 0, out _);
+                    if (z.Ok)
+                        _zero++;
+                    else
+                        fd.Wake(at, (ulong)_ps);
+                }
+            }
+        }
+    }
+
+    /// <summary>UFFDIO_COPY, treating EEXIST (the page is there already) as done, as uffd.c does; true when this copy placed it.</summary>
+    private static bool Place(IUserfaultfd fd, ulong at, ReadOnlySpan<byte> bytes)
+    {
+        var c = fd.Copy(at, bytes, 0, out _);
+        if (!c.Ok)
+            fd.Wake(at, (ulong)bytes.Length);
+        return c.Ok;
+    }
+
+    /// <summary>
+    /// handle_remaining_pages: fetches up to <paramref name="budgetBytes"/> of the remaining lazy
+    /// pages, lowest address first, in chunks of contiguous pages. Returns the bytes fetched.
+    /// </summary>
+    public ulong Drain(ulong budgetBytes)
+    {
+        ulong done = 0;
+        var chunk = new byte[Math.Max(_link.DrainChunkBytes, _ps)];
+        foreach (var l in _tasks)
+        {
+            while (!Failed && l.Remaining.Count > 0 && done + (ulong)_ps <= budgetBytes)
+            {
+                if (_k.FindTask(l.Task.Pid) is not { Alive: true })
+                {
+                    l.Remaining.Clear();
+                    break;
+                }
+                ulong first = l.Remaining.Min;
+                int n = 1;
+                int max = (int)Math.Min((ulong)chunk.Length, budgetBytes - done) / _ps;
+                while (n < max && l.Remaining.Contains(first + (ulong)(n * _ps)))
+                    n++;
+                var span = chunk.AsSpan(0, n * _ps);
+                if (!_source.TryGet(l.Task.Pid, first, span))
+                {
+                    SourceLost($"the source did not answer for pages 0x{first:x}-0x{first + (ulong)span.Length:x} of process {l.Task.Pid}");
+                    return done;
+                }
+                // One copy per run; a page a fault brought in meanwhile stops the run at EEXIST,
+                // so the rest is copied page by page.
+                var c = l.Task.Uffd.Copy(first, span, 0, out long copied);
+                int placed = c.Ok ? n : (int)Math.Max(0, copied) / _ps;
+                l.Placed(first, span[..(placed * _ps)]);
+                if (!c.Ok)
+                    for (int i = placed; i < n; i++)
+                        if (Place(l.Task.Uffd, first + (ulong)(i * _ps), span.Slice(i * _ps, _ps)))
+                            l.Placed(first + (ulong)(i * _ps), span.Slice(i * _ps, _ps));
+                for (int i = 0; i < n; i++)
+                    l.Remaining.Remove(first + (ulong)(i * _ps));
+                _byDrain += n * (_ps / PageGeometry.PageSize);
+                done += (ulong)span.Length;
+            }
+        }
+        if (Complete)
+        {
+            Close();
+            CheckVmas();
+        }
+        return done;
+    }
+
+    /// <summary>VMAs whose checksums the lazy pages completed (after <see cref="Complete"/>).</summary>
+    public int VmasVerified { get; private set; }
+
+    /// <summary>Set when a completed VMA's checksum differs from the dump's (a page arrived wrong).</summary>
+    public string? VerifyError { get; private set; }
+
+    private void CheckVmas()
+    {
+        foreach (var l in _tasks)
+            for (int i = 0; i < l.Task.Checks.Count; i++)
+            {
+                var c = l.Task.Checks[i];
+                if (l.Sums[i] == c.Expected)
+                    VmasVerified++;
+                else
+                    VerifyError ??= $"restored memory differs from the dump (VMA checksum mismatch) (pid {l.Task.Pid}, range 0x{c.Start:x}-0x{c.End:x}, after the lazy pages arrived)";
+            }
+    }
+
+    private void SourceLost(string why)
+    {
+        Failed = true;
+        var lost = new List<(int, ulong, ulong)>();
+        long pages = 0;
+        foreach (var l in _tasks)
+        {
+            ulong runStart = 0, runPages = 0;
+            foreach (var a in l.Remaining)
+            {
+                ulong imgPages = (ulong)(_ps / PageGeometry.PageSize);
+                if (runPages > 0 && runStart + (runPages << PageGeometry.PageShift) == a)
+                    runPages += imgPages;
+                else
+                {
+                    if (runPages > 0) lost.Add((l.Task.Pid, runStart, runPages));
+                    runStart = a;
+                    runPages = imgPages;
+                }
+                pages += (long)imgPages;
+            }
+            if (runPages > 0) lost.Add((l.Task.Pid, runStart, runPages));
+        }
+        LostRanges = lost;
+        Error = $"lazy restore failed: {why}; {pages} pages in {lost.Count} ranges never arrived, the restored tree was stopped (SIGKILL)";
+        // Never let the tree run on with missing memory.
+        foreach (var l in _tasks)
+            if (_k.FindTask(l.Task.Pid) is { Alive: true })
+                _k.Exit(l.Task.Pid, 0, 9);
+        Close();
+    }
+
+    public LazyPagesStats Stats
+    {
+        get
+        {
+            var sorted = _latencies.OrderBy(x => x).ToList();
+            ulong Pct(double p) => sorted.Count == 0 ? 0 : sorted[Math.Min(sorted.Count - 1, (int)Math.Ceiling(p * sorted.Count) - 1)];
+            return new LazyPagesStats
+            {
+                Faults = _faults,
+                PagesByFault = _byFault,
+                PagesByDrain = _byDrain,
+                ZeroPages = _zero,
+                FaultLatencyMeanNs = sorted.Count == 0 ? 0 : (ulong)sorted.Average(x => (double)x),
+                FaultLatencyP50Ns = Pct(0.5),
+                FaultLatencyP99Ns = Pct(0.99),
+                FaultLatencyMaxNs = sorted.Count == 0 ? 0 : sorted[^1],
+                StallNs = _stall,
+                PagesLost = LostRanges.Sum(r => (long)r.Pages),
+            };
+        }
+    }
+
+    private void Close()
+    {
+        if (_closed)
+            return;
+        _closed = true;
+        foreach (var l in _tasks)
+        {
+            l.Task.Uffd.SetMonitor(null);
+            l.Task.Uffd.Close();
+        }
+    }
+
+    public void Dispose() => Close();
+}
