@@ -226,6 +226,7 @@ public static class CliApp
         // pages, contents that fail the VMA checksum) is a bad image, as the README promises.
         Dumper.DumperException { InnerException: ImageFormat.ImageFormatException } d => (ExitCode.BadImage, d.Message, null),
         Dumper.DumperException { Kind: Dumper.DumperErrorKind.Unsupported } d => (ExitCode.Unsupported, d.Message, null),
+        Dumper.DumperException { Kind: Dumper.DumperErrorKind.Timeout } d => (ExitCode.Timeout, d.Message, "Raise --timeout (seconds; 0: no limit), or dump a smaller tree."),
         Dumper.DumperException d => (ExitCode.BadInput, d.Message, null),
         CriuSharp.KernelApi.KernelNotSupportedException n => (ExitCode.Unsupported, n.Message, null),
         Dumper.PageServer.PageServerException ps => (ExitCode.Environment, ps.Message, "Check that the page server runs, listens on --address/--port, and speaks the same --ps-layout and TLS options."),

@@ -28,6 +28,11 @@ public enum ExitCode
     ProcessGone = 9,
     /// <summary>The real host refused access to the process (another user's process, ptrace or memory reads not permitted).</summary>
     PermissionDenied = 10,
+    /// <summary>
+    /// Collecting and freezing the tree took longer than --timeout: the dump stopped, the tree was
+    /// thawed and the images directory is left marked incomplete.
+    /// </summary>
+    Timeout = 11,
     /// <summary>A bug: an unexpected exception. Run again with --verbose for the stack.</summary>
     Internal = 70,
 }

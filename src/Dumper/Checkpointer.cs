@@ -83,16 +83,18 @@ internal sealed partial class Checkpointer
 
         // Virtual time the cost model charges, per CRIU's dump stats.
         public ulong FreezeNs, MemdumpNs, MemwriteNs, CompressNs;
+        /// <summary>--pre-dump-mode read: the page copy after the thaw, in memdump time but not frozen time.</summary>
+        public ulong ReadNs;
         // Host time, for the wall-clock stats.
         public TimeSpan CollectWall, WriteWall;
 
         public readonly PageWriteStats PageStats = new();
         public ulong ShScanned, ShWritten;
         public DeltaCounters DeltaCounters = new();
-        /// <summary>Bytes of pages the sieve compressed alone to size a delta against.</summary>
+        /// <summary>Bytes the sieve compressed (in blocks) to size deltas against.</summary>
         public ulong EstimatedBytes;
 
-        public ulong FrozenNs(bool preDump) => FreezeNs + MemdumpNs + (preDump ? 0 : MemwriteNs);
+        public ulong FrozenNs(bool preDump) => FreezeNs + MemdumpNs - ReadNs + (preDump ? 0 : MemwriteNs);
 
         /// <summary>
         /// A run that ends, failed or not: the transfer thread and the page stores' workers may
@@ -173,7 +175,9 @@ internal sealed partial class Checkpointer
     /// <summary>Freezes the tree and reads each live task's VMAs (smaps, plus [vsyscall] from maps).</summary>
     private void FreezeTree(DumpRun run)
     {
+        var freezeWatch = Stopwatch.StartNew();
         run.Frozen = _k.Freeze(_o.Pid);
+        var freezeWall = freezeWatch.Elapsed;
         foreach (var t in _k.Tree(_o.Pid))
         {
             if (!t.Alive)
@@ -190,6 +194,7 @@ internal sealed partial class Checkpointer
         }
         // Every thread is a task the freezer stops (and CRIU seizes one by one).
         run.FreezeNs = _cost.FreezeNsPerTask * (ulong)run.Tasks.Sum(ts => ts.Threads.Count);
+        CheckTimeout(run.FreezeNs, freezeWall);
         run.UptimeUs = _k.UptimeNs / 1000;
     }
 
@@ -212,6 +217,7 @@ internal sealed partial class Checkpointer
         using var walker = new PageWalker(_k, useScan, dirty);
         var spans = new List<PageSpan>(256);
         var serverParents = AskPageServerParents(run.PageServer, run.ParentSet, run.Tasks);
+        bool parentRead = ParentWasReadMode(run.ParentSet);
         foreach (var ts in run.Tasks)
         {
             var parentDigests = OpenTaskParent(run, ts, serverParents);
@@ -224,7 +230,11 @@ internal sealed partial class Checkpointer
             }
             else
                 ts.Pipe = new PagePipe();
-            var collector = new PageCollector(_k, run.Frozen!, ts.Task.Pid, walker, ts.Pipe, ts.ParentPagemap, _pre, _o.RecordChecksums && !_pre, _imgPerPage);
+            var collector = new PageCollector(_k, run.Frozen!, ts.Task.Pid, walker, ts.Pipe, ts.ParentPagemap, _pre, _o.RecordChecksums && !_pre, _imgPerPage)
+            {
+                ReadMode = _pre && _o.PreDumpMode == PreDumpMode.Read,
+                ParentSkippedUnreadable = parentRead,
+            };
             if (tracker == TrackerKind.Content)
                 collector.TrackContent(parentDigests);
             foreach (var v in ts.Vmas)
@@ -238,7 +248,7 @@ internal sealed partial class Checkpointer
             ts.Scanned = collector.Scanned;
             ts.Checksums = collector.Checksums;
             ts.Digests = collector.Digests;
-            run.MemdumpNs += (ulong)(collector.Scanned * _cost.ScanNsPerPage) + CostModel.Ns(collector.CollectedBytes, _cost.CopyBytesPerSecond);
+            run.MemdumpNs += (ulong)(collector.Scanned * _cost.ScanNsPerPage) + CostModel.Ns(collector.CollectedBytes - collector.DeferredBytes, _cost.CopyBytesPerSecond);
         }
         run.MemdumpNs += _cost.ProcParseNsPerTask * (ulong)run.Tasks.Count;
         run.CollectWall = collectWatch.Elapsed;
@@ -300,6 +310,8 @@ internal sealed partial class Checkpointer
         run.Frozen!.Thaw();
         foreach (var ts in run.Tasks)
         {
+            if (_o.PreDumpMode == PreDumpMode.Read)
+                run.ReadNs += ReadDeferred(ts.Task.Pid, ts.Pipe);
             using var xfer = new PageXfer(OpenSink(run.Dir, run.PageServer, ts.Task.Pid));
             using var sieve = run.History is null ? null : new PageSieve(run.History, ts.Task.Pid, ts.ParentPagemap, _o.PageStore);
             xfer.Write(ts.Pipe, sieve);
@@ -313,7 +325,8 @@ internal sealed partial class Checkpointer
             run.PageStats.Add(xfer.Finish());
             if (_o.AutoDedup) PageXfer.Dedup(run.ParentSet, ImageNames.Pagemap(ts.Task.Pid), xfer.WrittenRanges);
         }
-        run.Dir.WriteInventory(new inventory_entry { ImgVersion = 0, DumpUptime = run.UptimeUs, PreDumpMode = 1 });
+        run.Dir.WriteInventory(new inventory_entry { ImgVersion = 0, DumpUptime = run.UptimeUs, PreDumpMode = (uint)_o.PreDumpMode });
+        run.MemdumpNs += run.ReadNs;
     }
 
     /// <summary>
@@ -345,7 +358,7 @@ internal sealed partial class Checkpointer
     {
         var ps = run.PageStats;
         ulong stored = ps.BytesStored, raw = ps.BytesRaw;
-        // Pages considered for deltas were also compressed alone to size them up.
+        // Pages considered for deltas were also compressed once more to size them up.
         run.CompressNs = _o.PageStore.Compression == PageCompression.None ? 0
             : CostModel.Ns(raw + run.EstimatedBytes, _o.PageStore.Compression == PageCompression.Zstd ? _cost.CompressBytesPerSecond / 3 : _cost.CompressBytesPerSecond)
               / (ulong)Math.Max(1, _o.PageStore.Parallelism);
@@ -384,17 +397,24 @@ internal sealed partial class Checkpointer
     }
 
     /// <summary>
-    /// The tree after its images are complete: a pre-dump's tree already runs (the write time
-    /// passes); a dump's tree resumes with --leave-running, otherwise it is killed (CRIU's default).
+    /// The tree after its images are complete: a pre-dump's tree already runs (the copy of read
+    /// mode and the write time pass); a dump's tree resumes with --leave-running, is left in a
+    /// group stop with --leave-stopped (criu/cr-dump.c switches it to TASK_STOPPED), otherwise it
+    /// is killed (CRIU's default).
     /// </summary>
     private void ReleaseTree(DumpRun run)
     {
         if (_pre)
         {
-            _k.LetTimePass(run.MemwriteNs);
+            _k.LetTimePass(run.ReadNs + run.MemwriteNs);
             return;
         }
         _k.LetTimePass(run.FrozenNs(_pre));
+        if (_o.LeaveStopped)
+        {
+            run.Frozen!.ThawStopped();
+            return;
+        }
         if (!_o.LeaveRunning)
             KillTree(run.Tasks);
         run.Frozen!.Thaw(); // after a kill nothing is left to thaw; the lease ends

@@ -42,6 +42,8 @@ public enum DumperErrorKind
     BadInput,
     /// <summary>The kernel lacks what was explicitly asked for (a tracker).</summary>
     Unsupported,
+    /// <summary>Collecting and freezing the tree took longer than --timeout (CRIU's "Timeout reached").</summary>
+    Timeout,
 }
 
 /// <summary>A condition the user should know about that does not stop the command (one line each).</summary>

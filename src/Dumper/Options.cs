@@ -47,6 +47,22 @@ public static class TrackerNames
 }
 
 /// <summary>
+/// How a pre-dump takes the pages (CRIU's --pre-dump-mode; the numbers are CRIU's PRE_DUMP_SPLICE
+/// and PRE_DUMP_READ of criu/include/cr_options.h, which the inventory's pre_dump_mode records).
+/// </summary>
+public enum PreDumpMode
+{
+    /// <summary>The pages are collected into page pipes while the tree is frozen (CRIU's parasite vmsplice), written after the thaw. CRIU's default.</summary>
+    Splice = 1,
+    /// <summary>
+    /// Only the pagemap is built while frozen; the pages are copied with process_vm_readv after the
+    /// thaw, while the tree runs: shorter frozen time, and VMAs without PROT_READ are skipped (the
+    /// syscall cannot read them; criu/mem.c).
+    /// </summary>
+    Read = 2,
+}
+
+/// <summary>
 /// Options of <c>pre-dump</c> and <c>dump</c>, with CRIU's names: <c>-t</c> <see cref="Pid"/>,
 /// <c>-D</c> <see cref="ImagesDir"/>, <c>--prev-images-dir</c> (relative to the images dir, as in
 /// CRIU), <c>--track-mem</c>, <c>--leave-running</c> (dump only; a pre-dump always leaves the tree
@@ -65,6 +81,21 @@ public sealed record DumpOptions
     /// <summary>Reset the tracker after collecting and record dump_uptime. Implied by pre-dump.</summary>
     public bool TrackMem { get; init; }
     public bool LeaveRunning { get; init; }
+    /// <summary>
+    /// CRIU's --leave-stopped (dump only): the tree is neither killed nor resumed but left stopped
+    /// as SIGSTOP stops it, to be continued with SIGCONT (or killed) by whoever decides.
+    /// </summary>
+    public bool LeaveStopped { get; init; }
+    /// <summary>--pre-dump-mode (pre-dump only).</summary>
+    public PreDumpMode PreDumpMode { get; init; } = PreDumpMode.Splice;
+    /// <summary>
+    /// CRIU's --timeout (seconds, default 10): collecting and freezing the tree that takes longer
+    /// fails the dump, and the tree is thawed. 0 sets no limit (criu/seize.c then still gives the
+    /// freezer 10 s).
+    /// </summary>
+    public uint TimeoutSeconds { get; init; } = DefaultTimeoutSeconds;
+    /// <summary>CRIU's DEFAULT_TIMEOUT.</summary>
+    public const uint DefaultTimeoutSeconds = 10;
     public bool AutoDedup { get; init; }
     public TrackerKind Tracker { get; init; } = TrackerKind.Auto;
     /// <summary>What <see cref="TrackerKind.Auto"/> falls back to where the kernel tracks nothing (the real host: <see cref="TrackerKind.Content"/>).</summary>
@@ -94,6 +125,8 @@ public sealed record RestoreOptions
     public CostModel Cost { get; init; } = CostModel.Default;
     /// <summary>Pages already applied on the destination from the pre-dumps: PE_PARENT ranges come from here, not the chain.</summary>
     public PreloadedPages? Preloaded { get; init; }
+    /// <summary>CRIU's --leave-stopped: the restored tree is left stopped (SIGSTOP), not resumed.</summary>
+    public bool LeaveStopped { get; init; }
 }
 
 /// <summary>What a pre-dump or dump did.</summary>

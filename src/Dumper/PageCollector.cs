@@ -62,6 +62,22 @@ internal sealed class PageCollector
     /// <summary>With the content tracker: the digest of every page the pagemap holds (written or left to the parent).</summary>
     public PageDigestMap? Digests { get; private set; }
 
+    /// <summary>
+    /// A pre-dump in CRIU's read mode (--pre-dump-mode read): the pipe gets the iovecs only, and
+    /// the pages are copied after the thaw (<see cref="PagePipe.FillDeferred"/>); VMAs without
+    /// PROT_READ are skipped, as process_vm_readv cannot read them (criu/mem.c).
+    /// </summary>
+    public bool ReadMode { get; init; }
+
+    /// <summary>
+    /// The parent was a read-mode pre-dump, which skipped VMAs without PROT_READ: such a VMA has
+    /// no parent here and is dumped whole (criu/mem.c generate_vma_iovs).
+    /// </summary>
+    public bool ParentSkippedUnreadable { get; init; }
+
+    /// <summary>Bytes reserved in the pipe but left for <see cref="PagePipe.FillDeferred"/> (read mode).</summary>
+    public long DeferredBytes { get; private set; }
+
     /// <summary>Decide dirtiness by content against <paramref name="parentDigests"/> (null: no usable parent, all pages are dumped).</summary>
     public void TrackContent(PageDigestMap? parentDigests)
     {
@@ -79,6 +95,9 @@ internal sealed class PageCollector
             return;
         if (_pre && v.IsHugetlb)
             return;
+        bool unreadable = (v.Prot & VmaInfo.ProtRead) == 0;
+        if (_pre && ReadMode && unreadable)
+            return;
         Scanned += v.Length >> _shift;
         var h = new VmaHash();
         if (v.IsVdso)
@@ -89,7 +108,7 @@ internal sealed class PageCollector
         {
             spans.Clear();
             _walker.Walk(_pid, v, spans);
-            bool allowParent = _parent is not null && !v.IsHugetlb;
+            bool allowParent = _parent is not null && !v.IsHugetlb && !(ParentSkippedUnreadable && unreadable);
             foreach (var s in spans)
             {
                 if (v.IsFile && (s.Bits & PageBits.File) != 0 && (s.Bits & PageBits.Swapped) == 0)
@@ -362,10 +381,16 @@ internal sealed class PageCollector
             else
             {
                 // A kept pipe (pre-dump) copies: the tree runs on before these bytes are written.
+                // In read mode the copy waits for the thaw.
                 var span = _pipe.Reserve(a, n * ps);
-                Read(a, span);
-                if (_hash)
-                    h.AddPages(a, span);
+                if (ReadMode && !_hash)
+                    DeferredBytes += n * ps;
+                else
+                {
+                    Read(a, span);
+                    if (_hash)
+                        h.AddPages(a, span);
+                }
             }
             CollectedBytes += (long)n * ps;
             off += (ulong)n;

@@ -204,6 +204,52 @@ internal sealed class PagePipe
         Reset();
     }
 
+    /// <summary>
+    /// Read mode (a kept pipe whose pages were reserved, not copied, while the tree was frozen):
+    /// copies each iovec's pages with <paramref name="read"/> (process_vm_readv) now that the tree
+    /// runs. A range that can no longer be read (unmapped, or made unreadable, since the freeze)
+    /// is read page by page, and the pages that fail leave the pagemap, as CRIU's
+    /// page_xfer_predump_pages keeps only what process_vm_readv returned: they are dirty for the
+    /// next dump anyway. Returns the bytes copied.
+    /// </summary>
+    public long FillDeferred(Func<ulong, Span<byte>, SysResult> read)
+    {
+        if (_stream is not null)
+            throw new InvalidOperationException("a streamed pipe holds page references");
+        long copied = 0;
+        var kept = new List<Iov>(_iovs.Count);
+        foreach (var iov in _iovs)
+        {
+            if (iov.Hole || read(iov.Va, Buffer(iov.Buf, iov.Off, iov.Bytes)).Ok)
+            {
+                kept.Add(iov);
+                copied += iov.Hole ? 0 : iov.Bytes;
+                continue;
+            }
+            const int Page = 4096;
+            for (int off = 0; off < iov.Bytes; off += Page)
+            {
+                var r = read(iov.Va + (ulong)off, Buffer(iov.Buf, iov.Off + off, Page));
+                if (r.Error == Errno.ESRCH)
+                    throw new KernelException(Errno.ESRCH, "process_vm_readv: the task exited");
+                if (!r.Ok)
+                    continue;
+                copied += Page;
+                if (kept.Count > 0 && kept[^1] is { Hole: false } last && last.Buf == iov.Buf && last.Off + last.Bytes == iov.Off + off
+                    && last.Va + (ulong)last.Bytes == iov.Va + (ulong)off)
+                {
+                    last.Bytes += Page;
+                    kept[^1] = last;
+                }
+                else
+                    kept.Add(new Iov { Va = iov.Va + (ulong)off, Bytes = Page, Buf = iov.Buf, Off = iov.Off + off });
+            }
+        }
+        _iovs.Clear();
+        _iovs.AddRange(kept);
+        return copied;
+    }
+
     /// <summary>Forgets the iovecs and keeps the buffers for the next chunk.</summary>
     public void Reset()
     {

@@ -148,8 +148,13 @@ internal sealed class Restorer
         // The restored tree resumes only when the restore is complete: while its modelled time
         // passes, the tasks stay frozen, as CRIU's restored tasks wait for the final resume.
         int root = pids[0];
-        using (_k.Freeze(root))
+        using (var frozen = _k.Freeze(root))
+        {
             _k.LetTimePass(forkNs + mmapNs + fillNs + decompressNs);
+            // --leave-stopped: the tree is not resumed but left in a group stop, for SIGCONT.
+            if (_o.LeaveStopped)
+                frozen.ThawStopped();
+        }
         return new RestoreResult(stats, pids, _warnings);
     }
 

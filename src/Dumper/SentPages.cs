@@ -12,13 +12,13 @@ public sealed record DeltaCounters
     public ulong CacheHits { get; init; }
     /// <summary>Written pages that could have been deltas but were not in the cache (QEMU: cache-miss).</summary>
     public ulong CacheMisses { get; init; }
-    /// <summary>Cache hits whose delta was not smaller than the page's compressed form (QEMU: overflow); sent whole.</summary>
+    /// <summary>Cache hits whose delta was not smaller than the page's share of its compressed block, or whose iovec's deltas together did not pay (QEMU: overflow); sent whole.</summary>
     public ulong Overflows { get; init; }
     /// <summary>Pages sent as deltas.</summary>
     public ulong PagesDelta { get; init; }
     /// <summary>Bytes of those deltas.</summary>
     public ulong DeltaBytes { get; init; }
-    /// <summary>Σ (page compressed alone − delta) over the delta pages, plus the compressed size of elided pages.</summary>
+    /// <summary>Σ (page's share of its compressed block − delta) over the delta pages, plus the shares of elided pages.</summary>
     public ulong BytesSaved { get; init; }
 
     public DeltaCounters Add(DeltaCounters o) => new()
@@ -97,13 +97,36 @@ public sealed class SentPages
     {
         Head = Path.GetFullPath(imagesDir);
         Totals = Totals.Add(counters);
+        // Deltas switch themselves off for a few iterations after one where fewer than one cache
+        // hit in eight (of at least 64) became a delta: sizing pages up for deltas costs a compression pass, which
+        // lengthens the iteration (and so the next one's dirty set) for nothing. They are tried
+        // again afterwards, since a workload's pages change differently over time.
+        if (_deltaPause > 0)
+            _deltaPause--;
+        else if (counters.CacheHits >= DeltaPauseMinHits && counters.PagesDelta * DeltaPayRatio < counters.CacheHits)
+            _deltaPause = DeltaPauseIterations;
     }
+
+    /// <summary>An iteration pays when at least one cache hit in this many became a delta.</summary>
+    internal const int DeltaPayRatio = 8;
+
+    /// <summary>Fewer cache hits than this in an iteration say nothing about whether deltas pay.</summary>
+    internal const int DeltaPauseMinHits = 64;
+
+    /// <summary>Iterations without delta attempts after one where they did not pay.</summary>
+    internal const int DeltaPauseIterations = 3;
+
+    private int _deltaPause;
+
+    /// <summary>This iteration tries deltas: they are on and did not just fail to pay.</summary>
+    internal bool DeltaActive => Delta && _deltaPause == 0;
 
     private static bool SamePath(string a, string b) =>
         string.Equals(Path.GetFullPath(a).TrimEnd('/'), Path.GetFullPath(b).TrimEnd('/'), StringComparison.Ordinal);
 
     private void Clear()
     {
+        _deltaPause = 0;
         _digests.Clear();
         _slotOf.Clear();
         _used = 0;

@@ -25,6 +25,10 @@ public sealed class Freezer : IDisposable
     private readonly Dictionary<int, string> _origin = [];
     private readonly List<int> _stopped = [];
     private bool _thawed;
+    private TimeSpan _timeout = DefaultTimeout;
+
+    /// <summary>How long the freezer cgroup may take to reach FROZEN: CRIU's default --timeout.</summary>
+    public static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(10);
 
     public FreezeMethod Method { get; }
     public IReadOnlyList<int> Pids => [.. _origin.Keys.Concat(_stopped)];
@@ -53,8 +57,12 @@ public sealed class Freezer : IDisposable
         return null;
     }
 
-    /// <summary>Freezes the tree of <paramref name="root"/> (rescanned after freezing, until stable).</summary>
-    public static Freezer Freeze(int root, bool preferCgroup = true)
+    /// <summary>
+    /// Freezes the tree of <paramref name="root"/> (rescanned after freezing, until stable). The
+    /// freezer cgroup gets <paramref name="timeout"/> (CRIU's --timeout; 10 s by default) to reach
+    /// FROZEN, as criu/seize.c freeze_processes polls it.
+    /// </summary>
+    public static Freezer Freeze(int root, bool preferCgroup = true, TimeSpan? timeout = null)
     {
         if (!ProcFs.Exists(root))
             throw new HostKernelException(HostErrorKind.NoSuchProcess, "no such process", root, Interop.Libc.ESRCH);
@@ -72,7 +80,7 @@ public sealed class Freezer : IDisposable
             }
             if (fr is not null)
             {
-                var fz = new Freezer(FreezeMethod.CgroupFreezer, dir);
+                var fz = new Freezer(FreezeMethod.CgroupFreezer, dir) { _timeout = timeout ?? DefaultTimeout };
                 try
                 {
                     fz.FreezeCgroup(root, fr);
@@ -133,13 +141,24 @@ public sealed class Freezer : IDisposable
     private void WaitFrozen()
     {
         string state = Path.Combine(_cgroup!, "freezer.state");
-        for (int i = 0; i < 10_000; i++)
+        WaitFor(() => File.ReadAllText(state).Trim() == "FROZEN", _timeout);
+    }
+
+    /// <summary>
+    /// Polls <paramref name="frozen"/> until it holds or <paramref name="timeout"/> has passed;
+    /// then fails with ETIMEDOUT (CRIU: "Unable to freeze cgroup ... timeout"), and the caller's
+    /// thaw runs.
+    /// </summary>
+    internal static void WaitFor(Func<bool> frozen, TimeSpan timeout)
+    {
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        while (!frozen())
         {
-            if (File.ReadAllText(state).Trim() == "FROZEN")
-                return;
+            if (watch.Elapsed >= timeout)
+                throw new HostKernelException(HostErrorKind.Io,
+                    $"timeout reached: the freezer cgroup did not reach FROZEN within {timeout.TotalSeconds:0.###} s (--timeout)", errno: Interop.Libc.ETIMEDOUT);
             Thread.Sleep(1);
         }
-        throw new HostKernelException(HostErrorKind.Io, "the freezer cgroup did not reach FROZEN within 10 s");
     }
 
     private static string? FreezerCgroupOf(int pid)
@@ -231,6 +250,19 @@ public sealed class Freezer : IDisposable
             foreach (int pid in _stopped)
                 Interop.Libc.Kill(pid, Interop.Libc.SIGCONT);
         }
+    }
+
+    /// <summary>
+    /// Queues SIGSTOP for every process of the tree while it is still frozen (or ptrace-stopped),
+    /// so each one enters a group stop as soon as the freeze ends and stays there until SIGCONT.
+    /// Call before the tracer detaches and before <see cref="Thaw"/>, which then sends no SIGCONT.
+    /// </summary>
+    public void QueueStop()
+    {
+        foreach (int pid in Pids)
+            if (Interop.Libc.Kill(pid, Interop.Libc.SIGSTOP) != 0 && Marshal.GetLastPInvokeError() != Interop.Libc.ESRCH)
+                throw HostKernelException.FromErrno(Marshal.GetLastPInvokeError(), "cannot stop the task", pid);
+        _stopped.Clear();
     }
 
     public void Dispose() => Thaw();

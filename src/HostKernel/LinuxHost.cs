@@ -23,6 +23,9 @@ public sealed class LinuxHost : IKernel, IDisposable
     private readonly Lock _lock = new();
     private HostFreezeLease? _frozen;
 
+    /// <summary>How long the cgroup freezer may take to freeze a tree (CRIU's --timeout).</summary>
+    public TimeSpan FreezeTimeout { get; init; } = Freezer.DefaultTimeout;
+
     public LinuxHost(bool readRegisters = true)
     {
         ReadRegisters = readRegisters;
@@ -251,7 +254,7 @@ public sealed class LinuxHost : IKernel, IDisposable
         Freezer fz;
         try
         {
-            fz = Freezer.Freeze(rootPid);
+            fz = Freezer.Freeze(rootPid, timeout: FreezeTimeout);
         }
         catch (HostKernelException e)
         {
@@ -300,6 +303,22 @@ public sealed class LinuxHost : IKernel, IDisposable
             host.ClosePagemaps();
             if (ReferenceEquals(host._frozen, this))
                 host._frozen = null;
+        }
+
+        /// <summary>
+        /// SIGSTOP is queued while the tasks cannot act on it (frozen, ptrace-stopped); once the
+        /// tracer detaches and the freezer thaws, each dequeues it untraced and group-stops.
+        /// </summary>
+        protected override void ThawTreeStopped()
+        {
+            try
+            {
+                freezer.QueueStop();
+            }
+            finally
+            {
+                ThawTree();
+            }
         }
     }
 

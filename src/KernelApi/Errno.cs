@@ -24,6 +24,7 @@ public enum Errno
     ENOSYS = 38,
     EOVERFLOW = 75,
     EOPNOTSUPP = 95,
+    ETIMEDOUT = 110,
 }
 
 public static class ErrnoText
@@ -51,6 +52,7 @@ public static class ErrnoText
         Errno.ENOSYS => "Function not implemented",
         Errno.EOVERFLOW => "Value too large for defined data type",
         Errno.EOPNOTSUPP => "Operation not supported",
+        Errno.ETIMEDOUT => "Connection timed out",
         _ => "Unknown error",
     };
 }

@@ -82,8 +82,25 @@ public abstract class FreezeLease : IDisposable
         }
     }
 
+    /// <summary>
+    /// Ends the freeze leaving every task of the tree stopped as SIGSTOP stops it, to run again
+    /// only on SIGCONT (CRIU's --leave-stopped: criu/seize.c switches the tree to TASK_STOPPED
+    /// before detaching). Does nothing once the tree has been thawed.
+    /// </summary>
+    public void ThawStopped()
+    {
+        if (Interlocked.Exchange(ref _active, 0) != 0)
+        {
+            FreeStaging();
+            ThawTreeStopped();
+        }
+    }
+
     /// <summary>The kernel's thaw of the tree.</summary>
     protected abstract void ThawTree();
+
+    /// <summary>The kernel's thaw of the tree into a group stop (see <see cref="ThawStopped"/>).</summary>
+    protected abstract void ThawTreeStopped();
 
     public void Dispose()
     {

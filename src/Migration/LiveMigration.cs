@@ -158,6 +158,7 @@ public sealed class LiveMigration
         // hosts): the restored programs' schedule is absolute time, so they resume where the
         // source left them once the images have arrived.
         var dest = new LiveHost(new Kernel(_o.Kernel));
+        ShareStorage(source.Kernel, dest.Kernel);
         ulong arrival = finalFreezeAt + frozenNs + finalTransferNs;
         if (arrival > dest.Kernel.UptimeNs)
             dest.Kernel.AdvanceClock(arrival - dest.Kernel.UptimeNs);
@@ -220,6 +221,26 @@ public sealed class LiveMigration
             ElideUnchanged = _o.ElideUnchanged,
             DeltaCacheBytes = _o.DeltaCacheBytes,
         };
+    }
+
+    /// <summary>
+    /// The two hosts share their storage, as P.Haul assumes for a process tree (p.haul
+    /// phaul/p_haul_pid.py migrates no filesystem: its fs driver is fs_haul_shared) and as CRIU's
+    /// restore expects: files.img names a mapped file by path and size, it holds none of its
+    /// contents, and the pages of a MAP_SHARED file mapping are not dumped (they are the file's).
+    /// With the tree frozen after the final dump, the destination sees every regular file as the
+    /// source's page cache holds it.
+    /// </summary>
+    private static void ShareStorage(Kernel source, Kernel dest)
+    {
+        foreach (var f in source.Fs.Files.ToList())
+        {
+            if (f.IsShmem || f.IsHugetlb || f.Unlinked || dest.Fs.Lookup(f.Path) is not null)
+                continue;
+            var contents = new byte[f.Size];
+            source.Fs.Read(f, 0, contents);
+            dest.Fs.Create(f.Path, contents);
+        }
     }
 
     private DumpOptions DumpOptionsFor(int pid, string dir, int index) => new()

@@ -351,6 +351,26 @@ public sealed partial class Kernel
     }
 
     /// <summary>
+    /// SIGSTOP to every process of the tree (or to the one process): running and frozen tasks enter a group stop and run no
+    /// code until <see cref="Continue"/> (SIGCONT), whatever thaws the freezer (signal(7)).
+    /// </summary>
+    public void Stop(int rootPid, bool wholeTree = true)
+    {
+        foreach (var p in wholeTree ? Tree(rootPid) : [GetTask(rootPid)])
+            foreach (var t in Threads(p.Pid))
+                if (t.State is TaskState.Running or TaskState.Frozen)
+                    t.State = TaskState.Stopped;
+    }
+
+    /// <summary>SIGCONT to one process: its stopped threads run again (a frozen one stays frozen).</summary>
+    public void Continue(int pid)
+    {
+        foreach (var t in Threads(pid))
+            if (t.State == TaskState.Stopped)
+                t.State = TaskState.Running;
+    }
+
+    /// <summary>
     /// iput of a hugetlbfs inode: an unlinked file that no VMA maps and nobody holds open gives its
     /// pages and reservations back to the pool.
     /// </summary>

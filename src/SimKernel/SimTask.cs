@@ -4,7 +4,13 @@ using CriuSharp.SimKernel.Uffd;
 
 namespace CriuSharp.SimKernel;
 
-public enum TaskState { Running, Frozen, Zombie, Dead }
+/// <summary>
+/// A task's run state. <see cref="Frozen"/> is the cgroup freezer's (a dump's freeze, thawed by the
+/// dump); <see cref="Stopped"/> is SIGSTOP's group stop ("T (stopped)" in /proc/PID/status), which
+/// only SIGCONT ends: CRIU's --leave-stopped leaves a tree so. Appended last: the machine state
+/// file stores the number.
+/// </summary>
+public enum TaskState { Running, Frozen, Zombie, Dead, Stopped }
 
 /// <summary>
 /// A process (one thread). Its own loads and stores go through the methods here, which refuse to
@@ -65,7 +71,7 @@ public sealed partial class SimTask
     /// <summary>Opaque extra core state of the simulated program (saved and restored by dumps).</summary>
     public byte[] ExtraState { get; set; } = [];
 
-    public bool Alive => State is TaskState.Running or TaskState.Frozen;
+    public bool Alive => State is TaskState.Running or TaskState.Frozen or TaskState.Stopped;
 
     private void EnsureRunnable()
     {

@@ -234,6 +234,39 @@ public class RpcServiceTests
         Assert.Contains("1000 hotcold: ok", CliRunner.RunProcess(work.Dir, "verify", "--machine", dest).Out);
     }
 
+    [Fact]
+    public void Service_LeaveStopped_PreDumpModeRead_AndTimeout()
+    {
+        using var work = new TempMachine();
+        Directory.CreateDirectory(work.Dir);
+        string source = Path.Combine(work.Dir, "source"), dest = Path.Combine(work.Dir, "dest");
+        string wl = Path.Combine(work.Dir, "w.json");
+        File.WriteAllText(wl, Workload);
+        Assert.Equal(0, CliRunner.RunProcess(work.Dir, "spawn", wl, "--machine", source).Code);
+        string address = Path.Combine(work.Dir, "s.socket");
+        using var service = Service.Start(address, source);
+        criu_resp Ask(criu_req req)
+        {
+            using var c = service.Connect();
+            c.Send(req);
+            return c.Receive()!;
+        }
+        string State(string machine) => CliRunner.Run("ps", "--machine", machine).Out.Split('\n')[1].Split(' ', StringSplitOptions.RemoveEmptyEntries)[2];
+
+        var pre = Ask(new criu_req { Type = criu_req_type.PreDump, Opts = new criu_opts { ImagesDir = Dir(work.Dir, "1"), Pid = 1000, PreDumpMode = criu_pre_dump_mode.VmRead } });
+        Assert.True(pre.Success, pre.CrErrmsg);
+        Assert.Equal(2u, CriuSharp.ImageFormat.ImageSet.Open(Path.Combine(work.Dir, "1")).ReadInventory().PreDumpMode);
+
+        var dump = Ask(new criu_req { Type = criu_req_type.Dump, Opts = new criu_opts { ImagesDir = Dir(work.Dir, "2"), Pid = 1000, ParentImg = "../1", LeaveStopped = true, Timeout = 30 } });
+        Assert.True(dump.Success, dump.CrErrmsg);
+        Assert.Equal("stopped", State(source));
+
+        var restore = Ask(new criu_req { Type = criu_req_type.Restore, Opts = new criu_opts { ImagesDir = Path.Combine(work.Dir, "2"), SimMachine = dest, LeaveStopped = true } });
+        Assert.True(restore.Success, restore.CrErrmsg);
+        Assert.Equal("stopped", State(dest));
+        Assert.Equal(0, service.Stop());
+    }
+
     private static string Dir(string root, string name)
     {
         string d = Path.Combine(root, name);

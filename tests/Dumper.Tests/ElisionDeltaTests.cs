@@ -94,6 +94,45 @@ public class ElisionDeltaTests
     }
 
     [Fact]
+    public void Deltas_AreNotTaken_WhereTheBlockStoresThePagesForLess()
+    {
+        // Sixteen copies of one random page: alone each compresses to nothing (4 KiB), in one
+        // 64 KiB block they cost about one page together. 100 changed bytes per page make a delta
+        // far smaller than the page alone, but sixteen of them cost more than the block.
+        long Bytes(SentPages history)
+        {
+            var k = RoundTrip.NewKernel("x86_64");
+            var host = new ClockOnlyHost(k);
+            var t = k.Spawn("blocks", Pid);
+            const int ps = 4096;
+            ulong heap = Procs.Map(t, 16);
+            var page = new byte[ps];
+            new Random(5).NextBytes(page);
+            for (int p = 0; p < 16; p++)
+                Assert.True(t.Write(heap + (ulong)(p * ps), page).Ok);
+            string root = RoundTrip.NewDir("blocks");
+            DumpOptions At(int i) => new()
+            {
+                Pid = Pid, ImagesDir = Path.Combine(root, $"{i}"), PrevImagesDir = i > 1 ? $"../{i - 1}" : null,
+                PageStore = PageStoreOptions.Lz4(), History = history,
+            };
+            Criu.PreDump(host.AsKernelApi(), At(1));
+            for (int b = 0; b < 100; b++)
+                page[b * 40] ^= 0x5a;
+            for (int p = 0; p < 16; p++)
+                Assert.True(t.Write(heap + (ulong)(p * ps), page).Ok);
+            Criu.PreDump(host.AsKernelApi(), At(2));
+            // The page-carrying images (stats differ by their delta counters, not by pages).
+            return new DirectoryInfo(Path.Combine(root, "2")).EnumerateFiles()
+                .Where(f => f.Name.Contains("pagemap", StringComparison.Ordinal) || f.Name.StartsWith("pages-", StringComparison.Ordinal) || f.Name.StartsWith("deltas-", StringComparison.Ordinal))
+                .Sum(f => f.Length);
+        }
+        long without = Bytes(new SentPages(elide: true, cacheBytes: 0));
+        long with = Bytes(new SentPages(elide: true, cacheBytes: 64 << 20));
+        Assert.True(with <= without, $"with deltas {with} B, without {without} B");
+    }
+
+    [Fact]
     public void WithBothOff_TheImagesAreTheSameAsWithoutHistory()
     {
         var a = Run("x86_64", null);

@@ -61,6 +61,30 @@ public sealed class MigrationTests : IDisposable
         Assert.All(r.Iterations.Skip(1), i => Assert.NotNull(i.DirtyRatePagesPerSecond));
     }
 
+    [Theory]
+    [InlineData("none")]
+    [InlineData("phaul")]
+    public void SharedFileMapping_IsOnTheDestinationsStorage(string policy)
+    {
+        // A log writer sweeping a MAP_SHARED file mapping: its pages are the file's, not in the
+        // images; the restore maps the file by path, as CRIU does, from storage both hosts share.
+        string workload = Path.Combine(_dir, "log.json");
+        File.WriteAllText(workload, """
+            { "seed": 3, "processes": [ { "name": "logger",
+                "mappings": [ { "name": "log", "size": "1MiB", "backing": "file", "path": "/var/lib/logger/log.dat", "shared": true } ],
+                "behaviour": { "type": "sequential", "mapping": "log", "pages_per_second": 5000 } } ] }
+            """);
+        var r = LiveMigration.Run(new MigrationOptions
+        {
+            WorkloadPath = workload,
+            Policy = ConvergencePolicy.Parse(policy),
+            WarmupNs = 50_000_000,
+            ContinueNs = 20_000_000,
+        });
+        Assert.True(r.Verification.Ok, r.Verification.Error ?? string.Join("; ", r.Verification.AfterRestore.Concat(r.Verification.AfterContinue).Select(v => v.Detail)));
+        Assert.NotEmpty(r.Verification.AfterContinue);
+    }
+
     [Fact]
     public void PreCopy_LowersDowntime_AgainstStopAndCopy()
     {

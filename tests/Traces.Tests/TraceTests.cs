@@ -103,6 +103,62 @@ public sealed class TraceTests : IDisposable
     }
 
     [Fact]
+    public void Replay_GivesANewlyMappedRangeThePagesTheRecordingHoldsThere()
+    {
+        // On a real host /proc/PID/maps is read just before the freeze: a range mapped in between
+        // (brk growth) has pages in sample 0's pagemap but no VMA until sample 1, where its pages
+        // are in-parent unless written again. Recorded here from an idle process whose 64 KiB are
+        // written once, with the index edited as such a recording reads: the second half of the
+        // mapping appears in sample 1's VMA changes.
+        const string idle = """
+            { "processes": [ { "name": "grows", "mappings": [ { "name": "heap", "size": "64KiB", "address": "0x10000000" } ],
+              "behaviour": { "type": "idle", "prefill": true } } ] }
+            """;
+        var (trace, _) = RecordChurn(samples: 3, workload: idle);
+        var f = TraceFile.Open(trace);
+        int pid = f.Pids[0];
+        var written = new HashSet<ulong>();
+        f.Writes(0, pid, (va, _) => written.Add(va));
+        const ulong Base = 0x10000000;
+        Assert.All(Enumerable.Range(0, 16), i => Assert.Contains(Base + (ulong)i * 4096, written));
+        var heap = f.Vmas(0, pid).Single(v => v.Start <= Base && Base < v.End);
+        ulong cut = Base + 8 * 4096;
+        Assert.Equal(0, CountStored(f, 1, pid, cut, heap.End));
+
+        string indexFile = Path.Combine(trace, TraceIndex.FileName);
+        var index = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(indexFile))!;
+        string Hex(ulong a) => $"0x{a:x}";
+        foreach (var v in index["samples"]![0]!["processes"]![0]!["vmas"]!.AsArray())
+            if (v!["start"]!.GetValue<string>() == Hex(heap.Start))
+                v["end"] = Hex(cut);
+        index["samples"]![1]!["processes"]![0]!["vma_changes"]!.AsArray().Add(new System.Text.Json.Nodes.JsonObject
+        {
+            ["op"] = "map",
+            ["start"] = Hex(cut),
+            ["end"] = Hex(heap.End),
+            ["prot"] = "rw-p",
+        });
+        File.WriteAllText(indexFile, index.ToJsonString());
+        TraceLibrary.Forget(trace);
+
+        var (_, host, t) = Replay(trace);
+        for (int i = 1; i < 3; i++)
+        {
+            host.Advance(10_000_000);
+            Assert.Equal((ulong)i + 1, t.Registers[Regs.Aux0]);
+            var report = WorkloadApi.Verify(t);
+            Assert.True(report.Ok, $"sample {i}: {report.Detail}");
+        }
+    }
+
+    private static int CountStored(TraceFile f, int sample, int pid, ulong start, ulong end)
+    {
+        int n = 0;
+        f.Writes(sample, pid, (va, _) => n += va >= start && va < end ? 1 : 0);
+        return n;
+    }
+
+    [Fact]
     public void Verify_CatchesOneChangedByte()
     {
         var (trace, _) = RecordChurn(samples: 3);

@@ -26,10 +26,20 @@ public static class CheckpointCommands
         public readonly MachineOptions Machine = new();
         public readonly Option<bool> PageServer = new("--page-server") { Description = "Send pagemaps and pages to a page server (--address, --port); the other images stay in -D." };
         public readonly PageServerCliOptions Net = new();
+        public readonly Option<int> Timeout = new("--timeout")
+        {
+            Description = "Seconds that collecting and freezing the tree may take (CRIU's --timeout, default 10; 0: no limit); a dump that takes longer fails and the tree is thawed.",
+            DefaultValueFactory = _ => (int)DumpOptions.DefaultTimeoutSeconds,
+        };
+        public readonly Option<string> FreezeCost = new("--freeze-cost")
+        {
+            Description = "Cost model: seizing and freezing one task, in the machine's virtual time (as migrate's --freeze-cost).",
+            DefaultValueFactory = _ => $"{CostModel.Default.FreezeNsPerTask / 1000}us",
+        };
 
         public void AddTo(Command c)
         {
-            foreach (var o in new Option[] { Pid, Dir, Prev, TrackMem, AutoDedup, Tracker, Compress, BlockKiB, DisplayStats, Json, PageServer })
+            foreach (var o in new Option[] { Pid, Dir, Prev, TrackMem, AutoDedup, Tracker, Compress, BlockKiB, DisplayStats, Json, PageServer, Timeout, FreezeCost })
                 c.Options.Add(o);
             Net.AddClientTo(c);
             Machine.AddTo(c);
@@ -46,6 +56,9 @@ public static class CheckpointCommands
                 "zstd" => PageStoreOptions.Zstd(kib / 4),
                 _ => PageStoreOptions.Lz4(kib / 4),
             };
+            int timeout = p.GetValue(Timeout);
+            if (timeout < 0)
+                throw new UserException(ExitCode.Usage, $"--timeout {timeout}: must be a number of seconds, 0 or more (0: no limit)");
             return new DumpOptions
             {
                 Pid = p.GetValue(Pid),
@@ -53,6 +66,8 @@ public static class CheckpointCommands
                 PrevImagesDir = p.GetValue(Prev),
                 TrackMem = p.GetValue(TrackMem),
                 AutoDedup = p.GetValue(AutoDedup),
+                TimeoutSeconds = (uint)timeout,
+                Cost = CostModel.Default with { FreezeNsPerTask = CommonOptions.ParseDurationNs(p.GetValue(FreezeCost)!) },
                 Tracker = TrackerNames.Parse(p.GetValue(Tracker)!),
                 PageStore = store,
                 PageServer = p.GetValue(PageServer)
@@ -72,13 +87,31 @@ public static class CheckpointCommands
     {
         var a = new DumpArgs();
         var leaveRunning = new Option<bool>("--leave-running", "-R") { Description = "Leave the tasks running after the dump." };
+        var leaveStopped = new Option<bool>("--leave-stopped", "-s") { Description = "Leave the tasks stopped (SIGSTOP) after the dump instead of killing them; 'kill -s CONT' resumes them." };
+        var preDumpMode = new Option<string>("--pre-dump-mode")
+        {
+            Description = "splice (default, as CRIU): pages are collected while the tree is frozen; read: only the pagemap while frozen, the pages are copied (process_vm_readv) after the thaw — shorter frozen time, unreadable (PROT_NONE) VMAs skipped.",
+            DefaultValueFactory = _ => "splice",
+        }.AcceptOnlyFromAmong("splice", "read");
         var cmd = new Command(name, description);
         a.AddTo(cmd);
         if (!preDump)
+        {
             cmd.Options.Add(leaveRunning);
+            cmd.Options.Add(leaveStopped);
+        }
+        else
+            cmd.Options.Add(preDumpMode);
         cmd.SetAction(p =>
         {
-            var options = a.Options(p) with { LeaveRunning = !preDump && p.GetValue(leaveRunning) };
+            if (!preDump && p.GetValue(leaveRunning) && p.GetValue(leaveStopped))
+                throw new UserException(ExitCode.Usage, "--leave-running and --leave-stopped exclude each other: the tree is left either running or stopped", $"Try 'criu-sharp {name} --help'.");
+            var options = a.Options(p) with
+            {
+                LeaveRunning = !preDump && p.GetValue(leaveRunning),
+                LeaveStopped = !preDump && p.GetValue(leaveStopped),
+                PreDumpMode = preDump && p.GetValue(preDumpMode) == "read" ? PreDumpMode.Read : PreDumpMode.Splice,
+            };
             if (a.Machine.IsRealHost(p))
                 return DumpRealHost(p, a, options, preDump);
             var log = CliLog.Current;
@@ -111,8 +144,13 @@ public static class CheckpointCommands
     {
         var err = p.InvocationConfiguration.Error;
         bool wasLeaveRunning = options.LeaveRunning;
-        options = options with { LeaveRunning = true, AutoFallback = TrackerKind.Content, StrictTracker = true };
-        using var host = new HostKernel.LinuxHost();
+        // A real process is never killed: a dump leaves it running, or stopped if asked.
+        options = options with { LeaveRunning = !options.LeaveStopped, AutoFallback = TrackerKind.Content, StrictTracker = true };
+        // CRIU's --timeout bounds the freezer's wait too; 0 still gives it 10 s (criu/seize.c).
+        using var host = new HostKernel.LinuxHost
+        {
+            FreezeTimeout = options.TimeoutSeconds == 0 ? HostKernel.Freezer.DefaultTimeout : TimeSpan.FromSeconds(options.TimeoutSeconds),
+        };
         if (host.FindTask(options.Pid) is null)
             throw new UserException(ExitCode.ProcessGone, $"no process {options.Pid} on this machine");
         DumpResult result;
@@ -127,7 +165,9 @@ public static class CheckpointCommands
             throw new UserException(code, (code == ExitCode.ProcessGone ? $"process {options.Pid} exited during the {(preDump ? "pre-dump" : "dump")}" : e.Message) + incomplete,
                 code == ExitCode.PermissionDenied ? "Run as the process's owner or as root (ptrace access mode PTRACE_MODE_ATTACH_REALCREDS)." : null, e);
         }
-        if (!preDump && !wasLeaveRunning)
+        if (!preDump && options.LeaveStopped)
+            err.WriteLine($"criu-sharp: the dump left the tree of {options.Pid} stopped (SIGSTOP); 'kill -CONT {options.Pid}' resumes it");
+        else if (!preDump && !wasLeaveRunning)
             err.WriteLine("criu-sharp: note: a real process is never killed: the dump left it running (as --leave-running)");
         err.WriteLine($"criu-sharp: froze the tree with {(host.LastFreezeMethod == HostKernel.FreezeMethod.CgroupFreezer ? "the cgroup v1 freezer" : "SIGSTOP/SIGCONT")}"
             + (host.RegistersUnavailable is null ? ", registers read with ptrace" : ""));
@@ -165,6 +205,7 @@ public static class CheckpointCommands
                 {
                     Errno.ESRCH or Errno.ENOENT => ExitCode.ProcessGone,
                     Errno.EPERM or Errno.EACCES => ExitCode.PermissionDenied,
+                    Errno.ETIMEDOUT => ExitCode.Timeout,
                     _ => null,
                 };
         return null;
@@ -215,6 +256,11 @@ public static class CheckpointCommands
         var displayStats = new Option<bool>("--display-stats") { Description = "Print the restore statistics (always saved in stats-restore)." };
         var noVerify = new Option<bool>("--no-verify") { Description = "Skip comparing each restored VMA with the checksum recorded at dump time." };
         var pidfile = new Option<string?>("--pidfile") { Description = "Write the restored root task's pid to FILE, as CRIU's --pidfile." };
+        var leaveStopped = new Option<bool>("--leave-stopped", "-s") { Description = "Leave the restored tasks stopped (SIGSTOP) instead of resuming them; 'kill -s CONT' resumes them." };
+        var detached = new Option<bool>("--restore-detached", "-d")
+        {
+            Description = "Return once the tree is restored, leaving it to run in the machine (CRIU's -d). A simulated machine's tasks run only under 'run', so restore always returns so; see the README.",
+        };
         var json = CommonOptions.Json();
         var cmd = new Command("restore", "Rebuild a dumped process tree (same pids, memory, registers) in a machine — the default one, or --machine DEST standing for another host.");
         cmd.Options.Add(dir);
@@ -223,6 +269,8 @@ public static class CheckpointCommands
         cmd.Options.Add(displayStats);
         cmd.Options.Add(noVerify);
         cmd.Options.Add(pidfile);
+        cmd.Options.Add(leaveStopped);
+        cmd.Options.Add(detached);
         cmd.Options.Add(json);
         cmd.SetAction(p =>
         {
@@ -235,7 +283,7 @@ public static class CheckpointCommands
             ImportHostFiles(m, images, p.InvocationConfiguration.Error);
             log.Write(CliLog.Info, $"Restoring from {images} into {m.Directory}");
             var result = TerminalProgress.Run(p.GetValue(json), "restoring",
-                () => Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify) }));
+                () => Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify), LeaveStopped = p.GetValue(leaveStopped) }));
             m.Save();
             lease.Keep();
             foreach (var w in result.Warnings)
@@ -249,16 +297,17 @@ public static class CheckpointCommands
             log.Write(CliLog.Info, "Restore finished successfully");
             var o = p.InvocationConfiguration.Output;
             var s = result.Stats;
+            string stateName = p.GetValue(leaveStopped) ? "stopped" : "running";
             if (p.GetValue(json))
             {
-                o.WriteLine(JsonSerializer.Serialize(new { machine = m.Directory, images_dir = images, pids = result.Pids, stats = JsonOut.Stats(s), warnings = result.Warnings.Select(w => w.Message) }, JsonOut.Options));
+                o.WriteLine(JsonSerializer.Serialize(new { machine = m.Directory, images_dir = images, pids = result.Pids, state = stateName, stats = JsonOut.Stats(s), warnings = result.Warnings.Select(w => w.Message) }, JsonOut.Options));
                 if (p.GetValue(displayStats))
                     DisplayStats(p.InvocationConfiguration.Error, s);
             }
             else if (p.GetValue(displayStats))
                 DisplayStats(o, s);
             else
-                o.WriteLine($"restored {string.Join(' ', result.Pids)} into {m.Directory} ({s.PagesRestored} pages, {s.VmasVerified} VMAs verified)");
+                o.WriteLine($"restored {string.Join(' ', result.Pids)} into {m.Directory} ({s.PagesRestored} pages, {s.VmasVerified} VMAs verified){(p.GetValue(leaveStopped) ? ", left stopped" : "")}");
             return 0;
         });
         return cmd;

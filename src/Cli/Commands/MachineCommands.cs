@@ -167,19 +167,54 @@ public static class MachineCommands
     {
         var pid = PidOption.Create();
         var machine = new MachineOptions();
-        var cmd = new Command("kill", "Kill a process with SIGKILL; its memory is released.");
+        var signal = new Option<string>("--signal", "-s")
+        {
+            Description = "Signal, as kill(1): KILL (default; the memory is released), STOP (the process stops, as dump/restore --leave-stopped leave it) or CONT (a stopped process runs again).",
+            DefaultValueFactory = _ => "KILL",
+        };
+        var cmd = new Command("kill", "Send a signal to a process: SIGKILL by default, or SIGSTOP / SIGCONT (-s).");
         cmd.Options.Add(pid);
+        cmd.Options.Add(signal);
         machine.AddTo(cmd);
         cmd.SetAction(p =>
         {
+            int sig = SignalNumber(p.GetValue(signal)!);
             using var m = machine.Open(p);
             var t = PidOption.Resolve(m.Kernel, p.GetValue(pid));
-            m.Kernel.Exit(t, 0, SimTask.SIGKILL);
-            m.Kernel.Reap(t);
+            switch (sig)
+            {
+                case SimTask.SIGKILL:
+                    m.Kernel.Exit(t, 0, SimTask.SIGKILL);
+                    m.Kernel.Reap(t);
+                    break;
+                case SigStop:
+                    m.Kernel.Stop(t.Pid, wholeTree: false);
+                    break;
+                default:
+                    m.Kernel.Continue(t.Pid);
+                    break;
+            }
             m.Save();
             return 0;
         });
         return cmd;
+    }
+
+    private const int SigCont = 18, SigStop = 19;
+
+    /// <summary>kill(1)'s spellings of the signals the simulated processes take: KILL, SIGKILL, 9 (x86 numbering, signal(7)).</summary>
+    internal static int SignalNumber(string text)
+    {
+        string s = text.Trim().ToUpperInvariant();
+        if (s.StartsWith("SIG", StringComparison.Ordinal))
+            s = s[3..];
+        return s switch
+        {
+            "KILL" or "9" => SimTask.SIGKILL,
+            "STOP" or "19" => SigStop,
+            "CONT" or "18" => SigCont,
+            _ => throw new UserException(ExitCode.Usage, $"--signal '{text}': not a signal a simulated process takes (KILL, STOP or CONT)", "Try 'criu-sharp kill --help'."),
+        };
     }
 
     public static Command Verify()

@@ -42,17 +42,25 @@ public sealed class MachineOptions
 
     private TimeSpan WaitTime(ParseResult p) => TimeSpan.FromSeconds(p.GetValue(Wait));
 
-    /// <summary>One line on stderr when another command holds the machine, so a wait is never silent.</summary>
-    private Action<TimeSpan> Waiting(ParseResult p)
+    /// <summary>
+    /// Takes the machine's lock through <paramref name="open"/>, telling the user on stderr when
+    /// another command holds it, so a wait is never silent (live on a terminal).
+    /// </summary>
+    private static SimMachine Locked(ParseResult p, string dir, Func<Action<TimeSpan>, SimMachine> open)
     {
         var err = p.InvocationConfiguration.Error;
-        string dir = Directory(p);
-        return w => err.WriteLine($"criu-sharp: machine {dir} is in use by another command; waiting up to {w.TotalSeconds:0.#} s for its lock (--wait)");
+        bool json = p.Tokens.Any(t => t.Value == "--json");
+        using var indicator = new LockWaitIndicator(err, dir, LockWaitIndicator.IsTerminal(err, json));
+        return open(indicator.Begin);
     }
 
-    public SimMachine Open(ParseResult p) => IsRealHost(p)
-        ? throw SimulatorOnly(p.CommandResult.Command.Name)
-        : SimMachine.Open(Directory(p), WaitTime(p), Waiting(p));
+    public SimMachine Open(ParseResult p)
+    {
+        if (IsRealHost(p))
+            throw SimulatorOnly(p.CommandResult.Command.Name);
+        string dir = Directory(p);
+        return Locked(p, dir, waiting => SimMachine.Open(dir, WaitTime(p), waiting));
+    }
 
     /// <summary>
     /// Opens the machine, or creates it when there is none. A machine this call created is removed
@@ -66,7 +74,7 @@ public sealed class MachineOptions
         string dir = Directory(p);
         if (SimMachine.Exists(dir))
         {
-            var m = SimMachine.Open(dir, WaitTime(p), Waiting(p));
+            var m = Locked(p, dir, waiting => SimMachine.Open(dir, WaitTime(p), waiting));
             try
             {
                 chosen?.CheckMatches(p, m);
@@ -83,7 +91,7 @@ public sealed class MachineOptions
         string? created = null;
         for (var d = new DirectoryInfo(dir); d is not null && !d.Exists; d = d.Parent)
             created = d.FullName;
-        return new MachineLease(SimMachine.Create(dir, config, WaitTime(p), Waiting(p)), created, true);
+        return new MachineLease(Locked(p, dir, waiting => SimMachine.Create(dir, config, WaitTime(p), waiting)), created, true);
     }
 }
 

@@ -20,6 +20,7 @@ internal static class RpcErrno
     public const int ENOSPC = 28;
     public const int EROFS = 30;
     public const int EBADRQC = 56;
+    public const int ETIMEDOUT = 110;
     public const int EPROTO = 71;
     public const int EBADMSG = 74;
     public const int ELIBACC = 79;
@@ -76,6 +77,7 @@ internal static class RpcErrors
         ExitCode.Environment => RpcErrno.EIO,
         ExitCode.Unsupported => RpcErrno.EOPNOTSUPP,
         ExitCode.CheckFailed => RpcErrno.ECANCELED,
+        ExitCode.Timeout => RpcErrno.ETIMEDOUT,
         _ => RpcErrno.ENOTRECOVERABLE,
     };
 }

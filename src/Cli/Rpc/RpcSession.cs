@@ -237,8 +237,6 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
         if (o.Ps is not null && what == "RESTORE")
             throw new RpcException(RpcErrno.EOPNOTSUPP, ExitCode.Unsupported,
                 "RESTORE with ps: restoring from a page server needs lazy restore, which this build lacks");
-        if (o.LeaveStopped)
-            throw new RpcException(RpcErrno.EOPNOTSUPP, ExitCode.Unsupported, $"{what} with leave_stopped: not supported (use leave_running)");
         if (o.HasLogFile && (o.LogFile.Contains('/') || o.LogFile is "" or "." or ".."))
             throw new RpcException(RpcErrno.EBADRQC, ExitCode.Usage, $"log_file '{o.LogFile}' must be a bare file name (no '/'); it is written in the work directory");
     }
@@ -265,6 +263,9 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
             // With notifications the tree is killed only after the client has accepted post-dump
             // (criu/cr-dump.c cr_dump_finish: a failed post-dump script leaves the tree running).
             LeaveRunning = !preDump && (o.LeaveRunning || notify),
+            LeaveStopped = !preDump && o.LeaveStopped && !notify,
+            PreDumpMode = o.HasPreDumpMode && o.PreDumpMode == criu_pre_dump_mode.VmRead ? PreDumpMode.Read : PreDumpMode.Splice,
+            TimeoutSeconds = o.HasTimeout ? o.Timeout : DumpOptions.DefaultTimeoutSeconds,
             // As CRIU: with ps set, pagemaps and pages go to that page server; the rest stays local.
             PageServer = o.Ps is { } ps ? new PageServerEndpoint { Address = ps.HasAddress ? ps.Address : "127.0.0.1", Port = ps.Port, Tls = Tls(o) } : null,
         };
@@ -290,7 +291,12 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
             if (!Notify("post-dump"))
                 throw new RpcException(RpcErrno.ECANCELED, ExitCode.CheckFailed,
                     "the client failed the post-dump notification; the images are complete and the tree keeps running");
-            if (!o.LeaveRunning)
+            if (o.LeaveStopped)
+            {
+                m.Kernel.Stop(o.Pid);
+                m.Save();
+            }
+            else if (!o.LeaveRunning)
             {
                 KillTree(m.Kernel, o.Pid);
                 m.Save();
@@ -309,15 +315,21 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
     /// </summary>
     private criu_resp DumpRealHost(criu_req req, criu_opts o, DumpOptions options, bool preDump, bool notify)
     {
-        using var host = new HostKernel.LinuxHost();
+        using var host = new HostKernel.LinuxHost
+        {
+            FreezeTimeout = options.TimeoutSeconds == 0 ? HostKernel.Freezer.DefaultTimeout : TimeSpan.FromSeconds(options.TimeoutSeconds),
+        };
         if (host.FindTask(o.Pid) is null)
             throw new RpcException(RpcErrno.ESRCH, ExitCode.ProcessGone, $"no process {o.Pid} on this host");
-        options = options with { LeaveRunning = true, AutoFallback = TrackerKind.Content, StrictTracker = true };
+        // Never killed: left running, or stopped (SIGSTOP) when leave_stopped asks.
+        options = options with { LeaveRunning = !(!preDump && o.LeaveStopped), LeaveStopped = !preDump && o.LeaveStopped, AutoFallback = TrackerKind.Content, StrictTracker = true };
         var result = preDump ? Criu.PreDump(host, options) : Criu.Dump(host, options);
         _log.Add($"froze the tree with {(host.LastFreezeMethod == HostKernel.FreezeMethod.CgroupFreezer ? "the cgroup v1 freezer" : "SIGSTOP/SIGCONT")}");
         foreach (var w in result.Warnings)
             _log.Add($"Warn: {w.Message}");
-        if (!preDump && !o.LeaveRunning)
+        if (!preDump && o.LeaveStopped)
+            _log.Add("the dump left the tree stopped (leave_stopped)");
+        else if (!preDump && !o.LeaveRunning)
             _log.Add("a real process is never killed: the dump left it running (as leave_running)");
         if (notify && !Notify("post-dump"))
             throw new RpcException(RpcErrno.ECANCELED, ExitCode.CheckFailed,
@@ -342,7 +354,7 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
             throw new RpcException(RpcErrno.ECANCELED, ExitCode.CheckFailed, "the client failed the pre-restore notification; nothing was restored");
         // A destination that does not exist yet is a freshly booted host with the default profile.
         using var m = SimMachine.Exists(dir) ? SimMachine.Open(dir, _s.LockWait) : SimMachine.Create(dir, new KernelConfig(), _s.LockWait);
-        var result = Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = images });
+        var result = Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = images, LeaveStopped = o.LeaveStopped });
         m.Save();
         int root = result.Pids[0];
         foreach (var w in result.Warnings)

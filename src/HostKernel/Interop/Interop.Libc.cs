@@ -15,7 +15,7 @@ internal static unsafe partial class Interop
 
         internal const int O_RDONLY = 0, O_RDWR = 2, O_CLOEXEC = 0x80000;
         internal const int SIGKILL = 9, SIGCONT = 18, SIGSTOP = 19;
-        internal const int EPERM = 1, ESRCH = 3, ENOSYS = 38, EFAULT = 14, EIO = 5, ENOTTY = 25, EINVAL = 22, EACCES = 13;
+        internal const int EPERM = 1, ESRCH = 3, ENOSYS = 38, EFAULT = 14, EIO = 5, ENOTTY = 25, EINVAL = 22, EACCES = 13, ETIMEDOUT = 110;
 
         [StructLayout(LayoutKind.Sequential)]
         internal struct IoVec

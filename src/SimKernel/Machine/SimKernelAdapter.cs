@@ -68,7 +68,7 @@ public sealed class SimKernelAdapter : IKernel
     private static TaskInfo Info(SimTask t) => new(t.Pid, t.Ppid, t.Pgid, t.Sid, t.Comm, t.State switch
     {
         TaskState.Running => TaskRunState.Running,
-        TaskState.Frozen => TaskRunState.Frozen,
+        TaskState.Frozen or TaskState.Stopped => TaskRunState.Frozen,
         TaskState.Zombie => TaskRunState.Zombie,
         _ => TaskRunState.Dead,
     }, t.StartTimeNs);
@@ -116,6 +116,12 @@ public sealed class SimKernelAdapter : IKernel
             // The root may have been killed by a dump meanwhile: nothing is left to thaw.
             if (Kernel.FindTask(RootPid) is not null)
                 Kernel.Thaw(RootPid);
+        }
+
+        protected override void ThawTreeStopped()
+        {
+            if (Kernel.FindTask(RootPid) is not null)
+                Kernel.Stop(RootPid);
         }
     }
 

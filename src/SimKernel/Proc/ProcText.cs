@@ -190,6 +190,7 @@ public static class ProcText
         {
             TaskState.Running => 'R',
             TaskState.Frozen => 'S',
+            TaskState.Stopped => 'T',
             TaskState.Zombie => 'Z',
             _ => 'X',
         };
@@ -197,6 +198,7 @@ public static class ProcText
         {
             TaskState.Running => "R (running)",
             TaskState.Frozen => "S (sleeping)",
+            TaskState.Stopped => "T (stopped)",
             TaskState.Zombie => "Z (zombie)",
             _ => "X (dead)",
         };
@@ -240,7 +242,7 @@ public static class ProcText
     {
         var mm = task.Mm;
         bool live = !mm.Dead;
-        char state = task.State switch { TaskState.Running => 'R', TaskState.Frozen => 'S', TaskState.Zombie => 'Z', _ => 'X' };
+        char state = task.State switch { TaskState.Running => 'R', TaskState.Frozen => 'S', TaskState.Stopped => 'T', TaskState.Zombie => 'Z', _ => 'X' };
         ulong ticks = task.StartTimeNs / 10_000_000UL;
         ulong vsize = live ? mm.TotalVm << mm.Kernel.Arch.PageShift : 0;
         long rss = live ? mm.Rss : 0;

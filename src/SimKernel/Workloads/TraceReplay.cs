@@ -93,6 +93,9 @@ internal static class TraceReplay
 {
     private const string SpecialPrefix = "[v"; // [vvar], [vdso], [vsyscall]: the kernel's, never the process's
 
+    /// <summary>Recorded pages are CRIU image pages: 4 KiB.</summary>
+    private const int RecordedPageSize = 4096;
+
     public static IRecordedTrace Open(ProgramImage prog) => TraceLibrary.Get(prog.TracePath!);
 
     private static int Pid(ProgramImage prog) => prog.TracePid ?? 0;
@@ -197,7 +200,8 @@ internal static class TraceReplay
         var after = trace.Vmas(sample, pid);
         foreach (var (start, end) in Subtract(before, after))
             Sys(task, task.Munmap(start, end - start));
-        foreach (var (start, end) in Subtract(after, before))
+        var mapped = Subtract(after, before);
+        foreach (var (start, end) in mapped)
             Sys(task, task.Mmap(start, end - start, Prot.Read | Prot.Write, MapFlags.Private | MapFlags.Anonymous | MapFlags.Fixed));
         // Pages are stored with the VMA writable (a replay writes what the process wrote, whatever
         // protection it has at the sample instant); protections are set afterwards.
@@ -207,7 +211,8 @@ internal static class TraceReplay
         foreach (var (start, end) in trace.Dropped(sample, pid))
             if (Covered(after, start, end))
                 Sys(task, task.Madvise(start, end - start, Madvise.DontNeed));
-        WritePages(task, trace, pid, sample);
+        var written = WritePages(task, trace, pid, sample, mapped);
+        FillMapped(task, trace, pid, sample, mapped, written);
         foreach (var v in after)
             if (!v.Name.StartsWith(SpecialPrefix, StringComparison.Ordinal) && v.Prot != (Prot.Read | Prot.Write))
                 Sys(task, task.Mprotect(v.Start, v.End - v.Start, v.Prot));
@@ -215,9 +220,14 @@ internal static class TraceReplay
         r[Regs.Pc]++;
     }
 
-    private static void WritePages(SimTask task, IRecordedTrace trace, int pid, int sample)
+    /// <summary>
+    /// Writes the sample's stored pages that lie in its VMAs; returns the addresses written inside
+    /// <paramref name="track"/> (the ranges this sample newly mapped), for <see cref="FillMapped"/>.
+    /// </summary>
+    private static HashSet<ulong>? WritePages(SimTask task, IRecordedTrace trace, int pid, int sample, List<(ulong Start, ulong End)>? track = null)
     {
         ulong written = 0;
+        var inTrack = track is { Count: > 0 } ? new HashSet<ulong>() : null;
         // Only pages inside the sample's VMAs are written. CRIU dumps the vDSO's pages too, but the
         // replaying process has its own vDSO, left alone; and on a real host the maps are read just
         // before the freeze, so a mapping made in between has pages but no VMA until the next sample.
@@ -232,9 +242,47 @@ internal static class TraceReplay
             if (at == vmas.Length || va < vmas[at].Start)
                 return;
             if (task.Write(va, page).Ok)
+            {
                 written++;
+                if (inTrack is not null && InRanges(track!, va))
+                    inTrack.Add(va);
+            }
         });
         task.Registers[Regs.Stamp] += written;
+        return inTrack;
+    }
+
+    /// <summary>
+    /// Gives the ranges a sample newly mapped the contents the recording holds there at that
+    /// sample. On a real host /proc/PID/maps is read just before the freeze, so a mapping made in
+    /// between (brk growth, most often) has pages in sample k-1's pagemap but no VMA until sample
+    /// k; <see cref="WritePages"/> skipped them at k-1, and at k they are in-parent (PE_PARENT)
+    /// unless written again, so they are not among sample k's stored pages either. Without this
+    /// the replay would hold zeros where the recording has contents.
+    /// </summary>
+    private static void FillMapped(SimTask task, IRecordedTrace trace, int pid, int sample, List<(ulong Start, ulong End)> mapped, HashSet<ulong>? written)
+    {
+        if (mapped.Count == 0)
+            return;
+        ulong count = 0;
+        var page = new byte[RecordedPageSize];
+        foreach (var (start, end) in mapped)
+            for (ulong va = start; va < end && task.State == TaskState.Running; va += (ulong)page.Length)
+            {
+                if (written is not null && written.Contains(va))
+                    continue;
+                if (trace.ReadPage(sample, pid, va, page) && task.Write(va, page).Ok)
+                    count++;
+            }
+        task.Registers[Regs.Stamp] += count;
+    }
+
+    private static bool InRanges(List<(ulong Start, ulong End)> ranges, ulong va)
+    {
+        foreach (var (start, end) in ranges)
+            if (start <= va && va < end)
+                return true;
+        return false;
     }
 
     private static void Sys(SimTask task, SysResult r)
