@@ -622,11 +622,18 @@ internal sealed partial class Checkpointer
 
     private void WriteTaskImages(ImageDirectory dir, List<TaskState> tasks, ulong? uptimeUs)
     {
+        // One reg file per path; an unlinked file ("(deleted)" in maps) per path and inode, since
+        // two files unlinked under the same name are different files.
         var files = new Dictionary<string, uint>();
-        uint FileId(string path)
+        var mappedAt = new Dictionary<uint, (int Pid, VmaInfo Vma)>();
+        uint FileId(int pid, VmaInfo v)
         {
-            if (!files.TryGetValue(path, out var id))
-                files[path] = id = (uint)files.Count + 1;
+            string key = v.Name!.EndsWith(DeletedSuffix, StringComparison.Ordinal) ? $"{v.Name}\0{v.Inode}" : v.Name!;
+            if (!files.TryGetValue(key, out var id))
+            {
+                files[key] = id = (uint)files.Count + 1;
+                mappedAt[id] = (pid, v);
+            }
             return id;
         }
         var pstree = new List<pstree_entry>();
@@ -655,10 +662,10 @@ internal sealed partial class Checkpointer
                 MmArgStart = F(48), MmArgEnd = F(49), MmEnvStart = F(50), MmEnvEnd = F(51),
             };
             var exe = ts.Vmas.FirstOrDefault(v => v.IsFile && v.Start <= mm.MmStartCode && mm.MmStartCode < v.End);
-            mm.ExeFileId = exe is null ? 0 : FileId(exe.Name!);
+            mm.ExeFileId = exe is null ? 0 : FileId(t.Pid, exe);
             foreach (var v in ts.Vmas)
             {
-                ulong shmid = v.IsAnonShared ? v.Inode : v.IsFile ? FileId(v.Name!) : 0;
+                ulong shmid = v.IsAnonShared ? v.Inode : v.IsFile ? FileId(t.Pid, v) : 0;
                 var e = new vma_entry
                 {
                     Start = v.Start, End = v.End, Pgoff = v.IsFile || v.IsAnonShared ? v.PgOff : 0, Shmid = shmid,
@@ -679,12 +686,26 @@ internal sealed partial class Checkpointer
                 sim.Add(SimState.RealHostOrigin());
             dir.WriteSimState(t.Pid, sim);
         }
-        dir.WriteFiles(files.OrderBy(f => f.Value).Select(f =>
+        var remaps = new List<remap_file_path_entry>();
+        var regs = new List<file_entry>();
+        foreach (var (id, (pid, v)) in mappedAt.OrderBy(f => f.Key))
         {
-            var reg = new reg_file_entry { Id = f.Value, Flags = 0, Pos = 0, Name = f.Key, Fown = new fown_entry() };
-            if (_k.FileSize(f.Key) is long size) reg.Size = (ulong)size;
-            return new file_entry { Type = fd_types.Reg, Id = f.Value, Reg = reg };
-        }));
+            var reg = new reg_file_entry { Id = id, Flags = 0, Pos = 0, Name = v.Name!, Fown = new fown_entry() };
+            if (v.Name!.EndsWith(DeletedSuffix, StringComparison.Ordinal))
+            {
+                reg.Name = v.Name[..^DeletedSuffix.Length];
+                var st = DumpGhostFile(dir, pid, v, reg.Name, (uint)remaps.Count + 1);
+                reg.Size = (ulong)st.Size;
+                reg.Mode = st.Mode;
+                remaps.Add(new remap_file_path_entry { OrigId = id, RemapId = (uint)remaps.Count + 1, RemapType = remap_type.Ghost });
+            }
+            else if (_k.FileSize(reg.Name) is long size)
+                reg.Size = (ulong)size;
+            regs.Add(new file_entry { Type = fd_types.Reg, Id = id, Reg = reg });
+        }
+        dir.WriteFiles(regs);
+        if (remaps.Count > 0)
+            dir.WriteRemapFpath(remaps);
         dir.WritePstree(pstree);
         var inv = new inventory_entry
         {
@@ -693,6 +714,45 @@ internal sealed partial class Checkpointer
         };
         if (uptimeUs is ulong u) inv.DumpUptime = u;
         dir.WriteInventory(inv);
+    }
+
+    /// <summary>What maps appends to the name of a file whose last link is gone (fs/d_path.c).</summary>
+    private const string DeletedSuffix = " (deleted)";
+
+    /// <summary>
+    /// A mapped file that has no name left (criu/files-reg.c dump_ghost_file): its bytes, read
+    /// through /proc/PID/map_files while the tree is frozen, go into ghost-file-ID.img with its
+    /// owner, mode and times, as CRIU carries a file that only the task can still reach. Larger
+    /// than <see cref="DumpOptions.GhostLimit"/> is refused, as CRIU's --ghost-limit does.
+    /// </summary>
+    private FileStat DumpGhostFile(ImageDirectory dir, int pid, VmaInfo v, string path, uint ghostId)
+    {
+        var r = _k.StatMapFiles(pid, v.Start, out var st);
+        if (!r.Ok)
+            throw new DumperException($"cannot stat the unlinked file {path} through map_files ({r.Error})", pid, _o.ImagesDir, v.Start, v.End);
+        if (st.Nlink != 0)
+            throw new DumperException($"{path} was unlinked but the file still has {st.Nlink} other name(s): link remaps are not supported", pid, _o.ImagesDir, v.Start, v.End);
+        if (!st.IsRegular)
+            throw new DumperException($"the unlinked file {path} is not a regular file (mode 0{Convert.ToString(st.Mode, 8)})", pid, _o.ImagesDir, v.Start, v.End);
+        if (st.Size > _o.GhostLimit)
+            throw new DumperException($"cannot dump the unlinked file {path} of {st.Size} bytes: larger than the ghost file limit ({_o.GhostLimit} bytes)", pid, _o.ImagesDir, v.Start, v.End);
+        var contents = new byte[st.Size];
+        for (long at = 0; at < contents.LongLength;)
+        {
+            var n = _k.ReadMapFiles(pid, v.Start, at, contents.AsSpan((int)at));
+            if (!n.Ok)
+                throw new DumperException($"cannot read the unlinked file {path} through map_files ({n.Error})", pid, _o.ImagesDir, v.Start, v.End);
+            if (n.Value == 0)
+                throw new DumperException($"the unlinked file {path} shrank to {at} bytes while being read", pid, _o.ImagesDir, v.Start, v.End);
+            at += n.Value;
+        }
+        static timeval Tv(long ns) => new() { TvSec = (ulong)(ns / 1_000_000_000), TvUsec = (ulong)(ns % 1_000_000_000 / 1000) };
+        dir.WriteGhostFile(ghostId, new ghost_file_entry
+        {
+            Uid = st.Uid, Gid = st.Gid, Mode = st.Mode, Dev = st.Dev, Ino = st.Inode,
+            Atim = Tv(st.AtimeNs), Mtim = Tv(st.MtimeNs),
+        }, contents);
+        return st;
     }
 
     /// <summary>The core image of thread <paramref name="tid"/> of process <paramref name="t"/>.</summary>

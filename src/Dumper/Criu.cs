@@ -92,6 +92,8 @@ public static class Criu
             && ImageFormat.SimState.IsFromRealHost(set.ReadSimState((int)pe.Pid)));
         if (!fromHost || !set.Has(ImageFormat.ImageNames.Files))
             return [];
-        return set.ReadFiles().Where(f => f.Reg is not null).Select(f => (f.Reg.Name, f.Reg.Size)).Distinct().ToList();
+        // Ghost files (unlinked while mapped) travel in the images; restore recreates them.
+        var ghosts = set.ReadRemapFpath().Select(r => r.OrigId).ToHashSet();
+        return set.ReadFiles().Where(f => f.Reg is not null && !ghosts.Contains(f.Id)).Select(f => (f.Reg.Name, f.Reg.Size)).Distinct().ToList();
     }
 }

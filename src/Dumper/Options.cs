@@ -73,6 +73,11 @@ public sealed record DumpOptions
     public required int Pid { get; init; }
     public required string ImagesDir { get; init; }
     public string? PrevImagesDir { get; init; }
+    /// <summary>
+    /// CRIU's --ghost-limit: the largest unlinked-but-mapped file whose bytes a dump carries in a
+    /// ghost-file image (default 1 MiB, CRIU's DEFAULT_GHOST_LIMIT).
+    /// </summary>
+    public long GhostLimit { get; init; } = 1 << 20;
     /// <summary>Reset the tracker after collecting and record dump_uptime. Implied by pre-dump.</summary>
     public bool TrackMem { get; init; }
     public bool LeaveRunning { get; init; }

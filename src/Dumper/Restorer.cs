@@ -28,6 +28,8 @@ internal sealed class Restorer
     /// <summary>shmid → inode of the restored object (to recognise an inherited mapping).</summary>
     private readonly Dictionary<ulong, ulong> _shmInode = [];
     private readonly HashSet<ulong> _shmFilled = [];
+    /// <summary>reg file id → the ghost file recreated for it on the destination (its temporary name).</summary>
+    private readonly Dictionary<uint, string> _ghosts = [];
     private ulong _compared, _skippedCow, _restored, _bytesRead, _zeroFilled, _fromParent, _fillBytes;
     private byte[]? _cmp;
     private bool _fillingPreloaded;
@@ -42,6 +44,21 @@ internal sealed class Restorer
     }
 
     public RestoreResult Run()
+    {
+        try
+        {
+            return RunRestore();
+        }
+        finally
+        {
+            // CRIU removes the ghost files' temporary names once every task has its mappings (and
+            // on a failed restore): the restored mappings keep the files, unlinked, as at dump time.
+            foreach (var ghost in _ghosts.Values)
+                _k.Unlink(ghost);
+        }
+    }
+
+    private RestoreResult RunRestore()
     {
         var wall = Stopwatch.StartNew();
         ImageSet set;
@@ -64,6 +81,7 @@ internal sealed class Restorer
         var lazyTasks = new List<LazyTask>();
         int vmasVerified = 0;
         ulong forkNs = 0, mmapNs = 0;
+        CreateGhostFiles(set, files);
 
         foreach (var pe in pstree)
         {
@@ -200,6 +218,58 @@ internal sealed class Restorer
         return new LazyTask(task.Pid, uffd, lazy);
     }
 
+    /// <summary>REMAP_GHOST: how CRIU before remap_type marked a ghost's remap_id (criu/include/files-reg.h).</summary>
+    private const uint RemapGhostBit = 0x80000000;
+
+    /// <summary>
+    /// Recreates every ghost file of remap-fpath.img under CRIU's temporary name
+    /// (criu/files-reg.c create_ghost: "PATH.cr.ID.ghost", O_CREAT|O_EXCL, the dumped mode).
+    /// </summary>
+    private void CreateGhostFiles(ImageSet set, Dictionary<uint, string> files)
+    {
+        foreach (var rpe in set.ReadRemapFpath())
+        {
+            bool ghost = rpe.HasRemapType ? rpe.RemapType == remap_type.Ghost : (rpe.RemapId & RemapGhostBit) != 0;
+            uint ghostId = rpe.HasRemapType ? rpe.RemapId : rpe.RemapId & ~RemapGhostBit;
+            if (!ghost)
+                throw new DumperException($"remap-fpath.img has a {(rpe.HasRemapType ? rpe.RemapType : remap_type.Linked)} remap of file {rpe.OrigId}: only ghost files are supported", null, _o.ImagesDir);
+            if (!files.TryGetValue(rpe.OrigId, out var path))
+                throw new DumperException($"remap-fpath.img names file {rpe.OrigId}, which files.img does not have", null, _o.ImagesDir);
+            if (_ghosts.ContainsKey(rpe.OrigId))
+                continue;
+            var (gfe, contents) = set.ReadGhostFile(ghostId);
+            if ((gfe.Mode & FileStat.IfMt) != FileStat.IfReg)
+                throw new DumperException($"ghost file {ImageNames.GhostFile(ghostId)} of {path} is not a regular file (mode 0{Convert.ToString(gfe.Mode, 8)})", null, _o.ImagesDir);
+            string temp = $"{path}.cr.{ghostId:x}.ghost";
+            var r = _k.CreateFile(temp, gfe.Mode & 0xFFF, contents);
+            if (!r.Ok)
+                throw new DumperException($"cannot create the ghost file {temp} on the destination ({r.Error})", null, _o.ImagesDir);
+            _ghosts[rpe.OrigId] = temp;
+        }
+    }
+
+    /// <summary>
+    /// Maps a ghost file by its original name, as CRIU's open_path opens a remapped file: link the
+    /// temporary name to the original path, map that, unlink it again, so the mapping shows
+    /// "PATH (deleted)" as it did when dumped.
+    /// </summary>
+    private SysResult MmapGhost(RTask task, vma_entry e, string ghost, string path, Prot prot, MapFlags flags)
+    {
+        var l = _k.Link(ghost, path);
+        if (!l.Ok)
+            throw new DumperException(l.Error == Errno.EEXIST
+                ? $"cannot map the unlinked file {path}: a file of that name exists on the destination"
+                : $"cannot link the ghost file {ghost} to {path} ({l.Error})", task.Pid, _o.ImagesDir, e.Start, e.End);
+        try
+        {
+            return task.Mmap(e.Start, e.End - e.Start, prot, flags, MapSource.File(path), (long)e.Pgoff);
+        }
+        finally
+        {
+            _k.Unlink(path);
+        }
+    }
+
     private void SetRegisters(int tid, core_entry core)
     {
         if (!core.HasSimTaskState)
@@ -208,7 +278,7 @@ internal sealed class Restorer
         _k.SetRegisters(tid, new TaskRegisters(regs, extra));
     }
 
-    private static bool Same(VmaInfo cur, vma_entry e, Dictionary<uint, string> files, Dictionary<ulong, ulong> shmInode)
+    private bool Same(VmaInfo cur, vma_entry e, Dictionary<uint, string> files, Dictionary<ulong, ulong> shmInode)
     {
         if (cur.Start != e.Start || cur.End != e.End || cur.Prot != e.Prot)
             return false;
@@ -223,7 +293,8 @@ internal sealed class Restorer
         if ((st & VmaStatus.AnonShared) != 0)
             return cur.IsShmem && shmInode.TryGetValue(e.Shmid, out var ino) && ino == cur.Inode && cur.PgOff == e.Pgoff;
         if ((st & (VmaStatus.FilePrivate | VmaStatus.FileShared)) != 0)
-            return cur.IsFile && files.TryGetValue((uint)e.Shmid, out var path) && path == cur.Name && cur.PgOff == e.Pgoff;
+            return cur.IsFile && files.TryGetValue((uint)e.Shmid, out var path) && cur.PgOff == e.Pgoff
+                && (_ghosts.ContainsKey((uint)e.Shmid) ? cur.Name == path + " (deleted)" : path == cur.Name);
         return cur.IsAnonPrivate && (st & VmaStatus.AnonPrivate) != 0;
     }
 
@@ -280,9 +351,12 @@ internal sealed class Restorer
             {
                 if (!files.TryGetValue((uint)e.Shmid, out var path))
                     throw new DumperException($"files.img has no file with id {e.Shmid}", pid, _o.ImagesDir, e.Start, e.End);
-                if (_k.FileSize(path) is null)
+                if (_ghosts.TryGetValue((uint)e.Shmid, out var ghost))
+                    r = MmapGhost(task, e, ghost, path, prot, flags);
+                else if (_k.FileSize(path) is null)
                     throw new DumperException($"file {path} does not exist on the destination", pid, _o.ImagesDir, e.Start, e.End);
-                r = task.Mmap(e.Start, len, prot, flags, MapSource.File(path), (long)e.Pgoff);
+                else
+                    r = task.Mmap(e.Start, len, prot, flags, MapSource.File(path), (long)e.Pgoff);
             }
             else
                 r = task.Mmap(e.Start, len, prot, flags | MapFlags.Anonymous, MapSource.Anonymous);

@@ -389,6 +389,64 @@ public sealed class LinuxHost : IKernel, IDisposable
         return Errno.EOPNOTSUPP;
     }
 
+    /// <summary>/proc/PID/map_files/START-END of the mapping that holds <paramref name="va"/>, or null.</summary>
+    private string? MapFilesPath(int pid, ulong va)
+    {
+        foreach (var line in Maps(pid).Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        {
+            int dash = line.IndexOf('-'), sp = line.IndexOf(' ');
+            if (dash < 0 || sp < dash)
+                continue;
+            var start = ulong.Parse(line.AsSpan(0, dash), NumberStyles.HexNumber, CultureInfo.InvariantCulture);
+            var end = ulong.Parse(line.AsSpan(dash + 1, sp - dash - 1), NumberStyles.HexNumber, CultureInfo.InvariantCulture);
+            if (start <= va && va < end)
+                return $"/proc/{pid}/map_files/{line[..sp]}";
+        }
+        return null;
+    }
+
+    /// <summary>statx(2) of the map_files link, which follows it to the mapped file (also when unlinked).</summary>
+    public unsafe SysResult StatMapFiles(int pid, ulong va, out FileStat stat)
+    {
+        stat = default;
+        if (MapFilesPath(pid, va) is not { } path)
+            return Errno.ENOENT;
+        var buf = stackalloc byte[256];
+        if (Interop.Libc.Statx(Interop.Libc.AT_FDCWD, path, 0, Interop.Libc.STATX_BASIC_STATS, buf) != 0)
+            return (Errno)Marshal.GetLastPInvokeError();
+        // struct statx offsets: nlink 16, uid 20, gid 24, mode 28 (u16), ino 32, size 40,
+        // atime 64, mtime 112 (s64 seconds, u32 nanoseconds), dev_major 136, dev_minor 140.
+        static long Ns(byte* t) => *(long*)t * 1_000_000_000 + *(uint*)(t + 8);
+        uint dev = (*(uint*)(buf + 136) << 20) | *(uint*)(buf + 140);
+        stat = new FileStat(*(ulong*)(buf + 32), dev, *(ushort*)(buf + 28), *(uint*)(buf + 16), *(uint*)(buf + 20), *(uint*)(buf + 24),
+            *(long*)(buf + 40), Ns(buf + 64), Ns(buf + 112));
+        return SysResult.Success();
+    }
+
+    /// <summary>pread(2) of the map_files link (open needs CAP_SYS_ADMIN, as for CRIU); only reads.</summary>
+    public SysResult ReadMapFiles(int pid, ulong va, long offset, Span<byte> dst)
+    {
+        if (MapFilesPath(pid, va) is not { } path)
+            return Errno.ENOENT;
+        try
+        {
+            using var h = File.OpenHandle(path, FileMode.Open, FileAccess.Read);
+            return SysResult.Success(RandomAccess.Read(h, dst, offset));
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return Errno.EPERM;
+        }
+        catch (IOException)
+        {
+            return Errno.EIO;
+        }
+    }
+
+    public SysResult CreateFile(string path, uint mode, ReadOnlySpan<byte> contents) => throw NoRestore("creating a ghost file");
+    public SysResult Link(string oldPath, string newPath) => throw NoRestore("link");
+    public SysResult Unlink(string path) => throw NoRestore("unlink");
+
     // ---- restore: only a simulated machine can ------------------------------------------------
 
     private static KernelNotSupportedException NoRestore(string what) => new($"{what} on the real host (restore into a simulated machine instead)");

@@ -77,6 +77,13 @@ public sealed class ImageDirectory : IDisposable
     public void WriteIds(int pid, task_kobj_ids_entry ids) => WriteImage(ImageNames.Ids(pid), ImageKind.Ids, [ids]);
     public void WriteMm(int pid, mm_entry mm) => WriteImage(ImageNames.Mm(pid), ImageKind.Mm, [mm]);
     public void WriteFiles(IEnumerable<file_entry> files) => WriteImage(ImageNames.Files, ImageKind.Files, files);
+    public void WriteRemapFpath(IEnumerable<remap_file_path_entry> remaps) => WriteImage(ImageNames.RemapFpath, ImageKind.RemapFpath, remaps);
+
+    public void WriteGhostFile(uint ghostId, ghost_file_entry entry, ReadOnlyMemory<byte> contents)
+    {
+        EnsureOpen();
+        ImageFormat.GhostFile.WriteAtomic(PathOf(ImageNames.GhostFile(ghostId)), entry, contents);
+    }
     /// <summary>Our own sidecar (magic SIM_STATE) for simulator state no CRIU message carries.</summary>
     public void WriteSimState(int pid, IEnumerable<sim_state_entry> entries) => WriteImage(ImageNames.SimState(pid), ImageKind.SimState, entries);
     public void WritePageDigests(int pid, PageDigestMap digests) => WriteImage(ImageNames.PageDigests(pid), ImageKind.PageDigests, digests.ToEntries());

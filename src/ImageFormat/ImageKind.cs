@@ -49,6 +49,13 @@ public sealed class ImageKind
     public static readonly ImageKind Pagemap = new("PAGEMAP", Magic.Pagemap, Magic.ImgCommon, pagemap_entry.Descriptor, pagemap_head.Descriptor);
     public static readonly ImageKind Files = new("FILES", Magic.Files, Magic.ImgCommon, file_entry.Descriptor);
     public static readonly ImageKind RegFiles = new("REG_FILES", Magic.RegFiles, Magic.ImgCommon, reg_file_entry.Descriptor);
+    public static readonly ImageKind RemapFpath = new("REMAP_FPATH", Magic.RemapFpath, Magic.ImgCommon, remap_file_path_entry.Descriptor);
+    /// <summary>
+    /// ghost-file-ID.img: one ghost_file_entry followed by the file's bytes (or by chunk entries,
+    /// each followed by its bytes), so it is read and written by <see cref="ImageFormat.GhostFile"/>,
+    /// not as a list of entries, and is not in <see cref="All"/>.
+    /// </summary>
+    public static readonly ImageKind GhostFile = new("GHOST_FILE", Magic.GhostFile, Magic.ImgCommon, ghost_file_entry.Descriptor);
     public static readonly ImageKind Fdinfo = new("FDINFO", Magic.Fdinfo, Magic.ImgCommon, fdinfo_entry.Descriptor);
     public static readonly ImageKind Creds = new("CREDS", Magic.Creds, Magic.ImgCommon, creds_entry.Descriptor);
     public static readonly ImageKind Stats = new("STATS", Magic.Stats, Magic.ImgService, stats_entry.Descriptor);
@@ -57,7 +64,7 @@ public sealed class ImageKind
     public static readonly ImageKind PageDigests = new("PAGE_DIGESTS", Magic.PageDigests, Magic.ImgCommon, page_digests_entry.Descriptor);
 
     public static IReadOnlyList<ImageKind> All { get; } =
-        [Inventory, Pstree, Core, Ids, Mm, Pagemap, Files, RegFiles, Fdinfo, Creds, Stats, SimState, ExtFields, PageDigests];
+        [Inventory, Pstree, Core, Ids, Mm, Pagemap, Files, RegFiles, RemapFpath, Fdinfo, Creds, Stats, SimState, ExtFields, PageDigests];
 
     public static bool TryFromTypeMagic(uint magic, [NotNullWhen(true)] out ImageKind? kind)
     {
@@ -96,6 +103,7 @@ public sealed class ImageKind
         if (name == ImageNames.Pstree) return Pstree;
         if (name == ImageNames.Files) return Files;
         if (name == ImageNames.RegFiles) return RegFiles;
+        if (name == ImageNames.RemapFpath) return RemapFpath;
         if (name is ImageNames.StatsDump or ImageNames.StatsRestore) return Stats;
         if (name.StartsWith("core-", StringComparison.Ordinal)) return Core;
         if (name.StartsWith("ids-", StringComparison.Ordinal)) return Ids;
@@ -118,6 +126,7 @@ public static class ImageNames
     public const string Pstree = "pstree.img";
     public const string Files = "files.img";
     public const string RegFiles = "reg-files.img";
+    public const string RemapFpath = "remap-fpath.img";
     public const string StatsDump = "stats-dump";
     public const string StatsRestore = "stats-restore";
     public const string ParentLink = "parent";
@@ -133,6 +142,8 @@ public static class ImageNames
     public static string Pages(uint pagesId) => $"pages-{pagesId}.img";
     /// <summary>criu-sharp: the PE_DELTA pages of pagemap_head.pages_id, back to back (no framing).</summary>
     public static string Deltas(uint pagesId) => $"deltas-{pagesId}.img";
+    /// <summary>ghost-file-ID.img, the id in hex as CRIU's "ghost-file-%x".</summary>
+    public static string GhostFile(uint ghostId) => $"ghost-file-{ghostId:x}.img";
     public static string Fdinfo(uint filesId) => $"fdinfo-{filesId}.img";
     public static string SimState(int pid) => $"sim-{pid}.img";
     public static string PageDigests(int pid) => $"page-digests-{pid}.img";

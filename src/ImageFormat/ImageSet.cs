@@ -142,6 +142,14 @@ public sealed class ImageSet
     public IReadOnlyList<file_entry> ReadFiles() =>
         ImageFile.Read(PathOf(ImageNames.Files), ImageKind.Files).Entries.Cast<file_entry>().ToList();
 
+    /// <summary>remap-fpath.img's entries; none when the set has no such image.</summary>
+    public IReadOnlyList<remap_file_path_entry> ReadRemapFpath() =>
+        Has(ImageNames.RemapFpath)
+            ? ImageFile.Read(PathOf(ImageNames.RemapFpath), ImageKind.RemapFpath).Entries.Cast<remap_file_path_entry>().ToList()
+            : [];
+
+    public (ghost_file_entry Entry, byte[] Contents) ReadGhostFile(uint ghostId) => GhostFile.Read(PathOf(ImageNames.GhostFile(ghostId)));
+
     /// <summary>The content tracker's digests of the task's pages, or null when this set has none.</summary>
     public PageDigestMap? ReadPageDigests(int pid) =>
         Has(ImageNames.PageDigests(pid))

@@ -21,6 +21,8 @@ public static class Magic
     public const uint Fdinfo = 0x56213732;
     public const uint Creds = 0x54023547;
     public const uint Stats = 0x57093306;
+    public const uint RemapFpath = 0x59133954;
+    public const uint GhostFile = 0x52583605;
 
     /// <summary>
     /// criu-sharp's own sidecar images (simulator state that CRIU has no message for). Chosen not

@@ -119,6 +119,30 @@ public interface IKernel
     /// </summary>
     SysResult OpenMapFiles(int pid, ulong va, out OpenFile? file);
 
+    /// <summary>
+    /// fstat(2) of /proc/PID/map_files/START-END of the mapping at <paramref name="va"/>: what
+    /// CRIU's dump_one_reg_file learns of a mapped file (st_nlink 0 = unlinked, a ghost file).
+    /// </summary>
+    SysResult StatMapFiles(int pid, ulong va, out FileStat stat);
+
+    /// <summary>
+    /// pread(2) at <paramref name="offset"/> of /proc/PID/map_files/START-END: the file's bytes as
+    /// the page cache holds them (not the task's private copies). Returns the bytes read (0 at EOF).
+    /// </summary>
+    SysResult ReadMapFiles(int pid, ulong va, long offset, Span<byte> dst);
+
+    /// <summary>
+    /// open(path, O_CREAT|O_EXCL|O_WRONLY, mode) and write(2) of <paramref name="contents"/>: how
+    /// CRIU's create_ghost recreates a ghost file on restore (EEXIST when the path exists).
+    /// </summary>
+    SysResult CreateFile(string path, uint mode, ReadOnlySpan<byte> contents);
+
+    /// <summary>link(2): a second name for a file.</summary>
+    SysResult Link(string oldPath, string newPath);
+
+    /// <summary>unlink(2): a mapping of the file keeps it (maps shows " (deleted)" once no name is left).</summary>
+    SysResult Unlink(string path);
+
     // ---- what restore needs (a real host may throw KernelNotSupportedException) ------------------
 
     /// <summary>A new task with that comm, as fork+exec leaves one, with the given pid (clone3 set_tid) and parent.</summary>
@@ -228,6 +252,18 @@ public abstract record MapSource
     public sealed record OpenedSource(OpenFile Handle) : MapSource;
     public sealed record FileSource(string Path) : MapSource;
     public sealed record MapFilesSource(int Pid, ulong Va) : MapSource;
+}
+
+/// <summary>
+/// fstat(2) of a file, the fields CRIU's ghost_file_entry keeps. <see cref="Dev"/> is the device in
+/// the kernel's internal encoding (major &lt;&lt; 20 | minor, MKKDEV in CRIU), as CRIU's images store it.
+/// </summary>
+public readonly record struct FileStat(ulong Inode, uint Dev, uint Mode, uint Nlink, uint Uid, uint Gid, long Size, long AtimeNs, long MtimeNs)
+{
+    /// <summary>S_IFMT and S_IFREG (include/uapi/linux/stat.h).</summary>
+    public const uint IfMt = 0xF000, IfReg = 0x8000;
+
+    public bool IsRegular => (Mode & IfMt) == IfReg;
 }
 
 /// <summary>An open file description of one kernel (what an fd refers to); only that kernel can map it.</summary>

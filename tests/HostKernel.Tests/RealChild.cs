@@ -166,6 +166,16 @@ public static class Programs
 
     /// <summary>A pthread program: N named worker threads, each owning a page (Programs/threads.c).</summary>
     public static string Threads => ThreadsExe.Value;
+    private static readonly Lazy<string> GhostExe = new(() =>
+    {
+        string dir = Directory.CreateTempSubdirectory("criu-sharp-prog-").FullName;
+        string exe = Path.Combine(dir, "ghost");
+        RealChild.Run("cc", "-O2", "-o", exe, Path.Combine(AppContext.BaseDirectory, "Programs", "ghost.c"));
+        return exe;
+    });
+
+    /// <summary>Maps a file shared and private, then unlinks it (Programs/ghost.c).</summary>
+    public static string Ghost => GhostExe.Value;
     public static string MemTouchPy => Path.Combine(AppContext.BaseDirectory, "Programs", "memtouch.py");
 
     /// <summary>Python 3 at /usr/bin (the one the system ships).</summary>

@@ -31,6 +31,17 @@ internal static unsafe partial class Interop
         [LibraryImport(Name, EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
         internal static partial int Open(string path, int flags);
 
+        internal const int AT_FDCWD = -100;
+        /// <summary>STATX_BASIC_STATS (include/uapi/linux/stat.h).</summary>
+        internal const uint STATX_BASIC_STATS = 0x7ff;
+
+        /// <summary>
+        /// statx(2) into a 256-byte struct statx, whose layout is the same on every architecture
+        /// (include/uapi/linux/stat.h); <see cref="LinuxHost"/> reads its fields by offset.
+        /// </summary>
+        [LibraryImport(Name, EntryPoint = "statx", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+        internal static partial int Statx(int dirfd, string path, int flags, uint mask, byte* statxbuf);
+
         [LibraryImport(Name, EntryPoint = "close", SetLastError = true)]
         internal static partial int Close(int fd);
 

@@ -184,6 +184,50 @@ public sealed class SimKernelAdapter : IKernel
         return r;
     }
 
+    public SysResult StatMapFiles(int pid, ulong va, out FileStat stat)
+    {
+        stat = default;
+        if (_k.FindTask(pid) is not { } t)
+            return Errno.ESRCH;
+        var r = t.OpenMapFile(va, out var f);
+        if (!r.Ok || f is null)
+            return r;
+        // The simulated filesystem keeps no owners, permissions or times: every file is root's,
+        // rw-r--r--, with zero times. The device is shown in the kernel's internal encoding.
+        var (major, minor) = f.Device;
+        stat = new FileStat(f.Inode, (uint)(major << 20 | minor), FileStat.IfReg | 0x1A4 /* 0644 */, (uint)_k.Fs.Links(f), 0, 0, f.Size, 0, 0);
+        return SysResult.Success();
+    }
+
+    public SysResult ReadMapFiles(int pid, ulong va, long offset, Span<byte> dst)
+    {
+        if (_k.FindTask(pid) is not { } t)
+            return Errno.ESRCH;
+        var r = t.OpenMapFile(va, out var f);
+        if (!r.Ok || f is null)
+            return r;
+        if (offset < 0)
+            return Errno.EINVAL;
+        long n = Math.Max(0, Math.Min(dst.Length, f.Size - offset));
+        if (n > 0)
+            _k.Fs.Read(f, offset, dst[..(int)n]);
+        return SysResult.Success(n);
+    }
+
+    /// <summary>The simulated filesystem keeps no permissions: <paramref name="mode"/> is not stored.</summary>
+    public SysResult CreateFile(string path, uint mode, ReadOnlySpan<byte> contents)
+    {
+        var r = _k.Fs.Open(path, OpenFlags.Create | OpenFlags.Excl | OpenFlags.WriteOnly, out var of);
+        if (!r.Ok || of is null)
+            return r;
+        var w = _k.Fs.Write(of, contents);
+        return w.Ok ? SysResult.Success() : w;
+    }
+
+    public SysResult Link(string oldPath, string newPath) => _k.Fs.Link(oldPath, newPath);
+
+    public SysResult Unlink(string path) => _k.Fs.Unlink(path);
+
     private sealed class SimOpenFile(Kernel kernel, SimFile file) : OpenFile
     {
         public Kernel Kernel { get; } = kernel;

@@ -169,14 +169,33 @@ public sealed partial class SimFs
         f.Size = length;
     }
 
-    /// <summary>unlink(2): the name goes; open descriptions and mappings keep the file ("(deleted)" in maps).</summary>
+    /// <summary>
+    /// unlink(2): the name goes; open descriptions and mappings keep the file, which is "(deleted)"
+    /// in maps once its last name is gone.
+    /// </summary>
     public SysResult Unlink(string path)
     {
         if (!_files.Remove(path, out var f))
             return Errno.ENOENT;
-        f.Unlinked = true;
+        if (Links(f) == 0)
+            f.Unlinked = true;
         return SysResult.Success();
     }
+
+    /// <summary>link(2): <paramref name="newPath"/> becomes another name of the file at <paramref name="oldPath"/>.</summary>
+    public SysResult Link(string oldPath, string newPath)
+    {
+        if (Lookup(oldPath) is not { } f)
+            return Errno.ENOENT;
+        if (_files.ContainsKey(newPath))
+            return Errno.EEXIST;
+        _files[newPath] = f;
+        f.Path = newPath;
+        return SysResult.Success();
+    }
+
+    /// <summary>st_nlink: how many names the file has.</summary>
+    public int Links(SimFile f) => _files.Values.Count(x => ReferenceEquals(x, f));
 
     /// <summary>fsync(2): writes back every dirty page of the file.</summary>
     public SysResult Fsync(FileDescription of)

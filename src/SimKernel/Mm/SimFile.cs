@@ -13,7 +13,12 @@ public sealed partial class SimFile
         IsShmem = isShmem;
     }
 
-    public string Path { get; }
+    /// <summary>
+    /// The name maps shows: the path the file was created under, or the last name link(2) gave it.
+    /// (Linux shows the name each mapping was opened by; the two differ only for a file with
+    /// several names, which restore's ghost files have for a moment.)
+    /// </summary>
+    public string Path { get; internal set; }
     public ulong Inode { get; }
     /// <summary>Shared anonymous memory: shown in maps as "/dev/zero (deleted)", dumped by CRIU as shmem.</summary>
     public bool IsShmem { get; }
