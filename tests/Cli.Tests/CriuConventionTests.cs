@@ -62,6 +62,19 @@ public class CriuConventionTests
     }
 
     [Fact]
+    public void GhostLimit_TakesCriusSizes()
+    {
+        using var s = new MigrateScratch();
+        using var m = new TempMachine();
+        string pid = Spawn(m, s);
+        var bad = CliRunner.Run("dump", "-t", pid, "-R", "-D", Path.Combine(s.Dir, "bad"), "--ghost-limit", "lots", "--machine", m.Dir);
+        Assert.Equal((int)ExitCode.Usage, bad.Code);
+        Assert.Contains("'lots' is not a size", bad.Err);
+        var ok = CliRunner.Run("dump", "-t", pid, "-R", "-D", Path.Combine(s.Dir, "ok"), "--ghost-limit", "2M", "--machine", m.Dir);
+        Assert.True(ok.Code == 0, ok.Err);
+    }
+
+    [Fact]
     public void ImagesDir_DefaultsToTheCurrentDirectory_AndShowTakesThePath()
     {
         using var s = new MigrateScratch();

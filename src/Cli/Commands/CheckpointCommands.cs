@@ -37,9 +37,15 @@ public static class CheckpointCommands
             DefaultValueFactory = _ => $"{CostModel.Default.FreezeNsPerTask / 1000}us",
         };
 
+        public readonly Option<string> GhostLimit = new("--ghost-limit")
+        {
+            Description = "Largest file unlinked while mapped whose contents the dump keeps in a ghost-file image (CRIU's --ghost-limit, default 1MiB); a larger one fails the dump.",
+            DefaultValueFactory = _ => "1MiB",
+        };
+
         public void AddTo(Command c)
         {
-            foreach (var o in new Option[] { Pid, Dir, Prev, TrackMem, AutoDedup, Tracker, Compress, BlockKiB, DisplayStats, Json, PageServer, Timeout, FreezeCost })
+            foreach (var o in new Option[] { Pid, Dir, Prev, TrackMem, AutoDedup, Tracker, Compress, BlockKiB, DisplayStats, Json, PageServer, Timeout, FreezeCost, GhostLimit })
                 c.Options.Add(o);
             Net.AddClientTo(c);
             Machine.AddTo(c);
@@ -67,6 +73,7 @@ public static class CheckpointCommands
                 TrackMem = p.GetValue(TrackMem),
                 AutoDedup = p.GetValue(AutoDedup),
                 TimeoutSeconds = (uint)timeout,
+                GhostLimit = checked((long)CommonOptions.ParseSize(p.GetValue(GhostLimit)!)),
                 Cost = CostModel.Default with { FreezeNsPerTask = CommonOptions.ParseDurationNs(p.GetValue(FreezeCost)!) },
                 Tracker = TrackerNames.Parse(p.GetValue(Tracker)!),
                 PageStore = store,
