@@ -294,6 +294,22 @@ public sealed class LinuxHost : IKernel, IDisposable
         /// <summary>Staging memory for <see cref="SplicePages"/>, freed on thaw.</summary>
         public new byte* Stage(long bytes) => base.Stage(bytes);
 
+        /// <summary>
+        /// Staging is fresh anonymous memory that a dump fills once: asked for as transparent huge
+        /// pages (MADV_HUGEPAGE, which THP's default "madvise" mode honours), it takes one fault
+        /// per 2 MiB instead of one per 4 KiB page. Without THP it is ordinary memory.
+        /// </summary>
+        protected override void* AllocateStaging(nuint size)
+        {
+            void* p = Interop.Libc.Mmap(null, size, Interop.Libc.PROT_READ | Interop.Libc.PROT_WRITE, Interop.Libc.MAP_PRIVATE | Interop.Libc.MAP_ANONYMOUS, -1, 0);
+            if (p == (void*)-1)
+                throw new KernelException(Errno.ENOMEM, $"staging memory of {size} bytes: mmap failed (errno {Marshal.GetLastPInvokeError()})");
+            Interop.Libc.Madvise(p, size, Interop.Libc.MADV_HUGEPAGE); // advice only: EINVAL without THP is fine
+            return p;
+        }
+
+        protected override void FreeStaging(void* chunk, nuint size) => Interop.Libc.Munmap(chunk, size);
+
         protected override void ThawTree()
         {
             // Detach first: a seized thread resumes (or, after SIGSTOP, returns to its group stop),

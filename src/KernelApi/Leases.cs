@@ -12,7 +12,7 @@ public abstract class FreezeLease : IDisposable
 {
     private const long StageChunkBytes = 64L << 20;
     private int _active = 1;
-    private readonly List<nint> _stageChunks = [];
+    private readonly List<(nint Chunk, nuint Size)> _stageChunks = [];
     private nint _stageCur;
     private long _stageLeft;
 
@@ -45,8 +45,8 @@ public abstract class FreezeLease : IDisposable
             if (_stageLeft < bytes)
             {
                 long size = Math.Max(bytes, StageChunkBytes);
-                _stageCur = (nint)NativeMemory.AlignedAlloc((nuint)size, 4096);
-                _stageChunks.Add(_stageCur);
+                _stageCur = (nint)AllocateStaging((nuint)size);
+                _stageChunks.Add((_stageCur, (nuint)size));
                 _stageLeft = size;
             }
             byte* p = (byte*)_stageCur;
@@ -56,12 +56,18 @@ public abstract class FreezeLease : IDisposable
         }
     }
 
+    /// <summary>One chunk of staging memory (page-aligned, <paramref name="size"/> bytes); a kernel may back it differently.</summary>
+    protected virtual unsafe void* AllocateStaging(nuint size) => NativeMemory.AlignedAlloc(size, 4096);
+
+    /// <summary>Frees a chunk of <see cref="AllocateStaging"/>.</summary>
+    protected virtual unsafe void FreeStaging(void* chunk, nuint size) => NativeMemory.AlignedFree(chunk);
+
     private unsafe void FreeStaging()
     {
         lock (_stageChunks)
         {
-            foreach (var c in _stageChunks)
-                NativeMemory.AlignedFree((void*)c);
+            foreach (var (c, size) in _stageChunks)
+                FreeStaging((void*)c, size);
             _stageChunks.Clear();
             _stageLeft = 0;
         }

@@ -42,6 +42,17 @@ internal static unsafe partial class Interop
         [LibraryImport(Name, EntryPoint = "statx", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
         internal static partial int Statx(int dirfd, string path, int flags, uint mask, byte* statxbuf);
 
+        internal const int PROT_READ = 1, PROT_WRITE = 2, MAP_PRIVATE = 2, MAP_ANONYMOUS = 0x20, MADV_HUGEPAGE = 14;
+
+        [LibraryImport(Name, EntryPoint = "mmap", SetLastError = true)]
+        internal static partial void* Mmap(void* addr, nuint length, int prot, int flags, int fd, long offset);
+
+        [LibraryImport(Name, EntryPoint = "munmap", SetLastError = true)]
+        internal static partial int Munmap(void* addr, nuint length);
+
+        [LibraryImport(Name, EntryPoint = "madvise", SetLastError = true)]
+        internal static partial int Madvise(void* addr, nuint length, int advice);
+
         [LibraryImport(Name, EntryPoint = "close", SetLastError = true)]
         internal static partial int Close(int fd);
 
