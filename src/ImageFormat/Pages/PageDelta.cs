@@ -166,6 +166,9 @@ public sealed class PageSizeEstimator : IDisposable
         _out = new byte[BlockCodec.MaxCompressedSize(options.Compression, _blockPages * PageGeometry.PageSize)];
     }
 
+    /// <summary>Bytes <paramref name="pages"/> take stored as one run: compressed in the image's blocks, all-zero pages left out.</summary>
+    public int RunSize(ReadOnlySpan<byte> pages) => BlockShares(pages, []);
+
     /// <summary>
     /// Each page's share of the stored bytes when <paramref name="pages"/> are compressed in the
     /// image's blocks (block after block from the first page): a block's compressed size split
@@ -174,25 +177,8 @@ public sealed class PageSizeEstimator : IDisposable
     /// (text-like pages compress 10× alone and 100× in 64 KiB blocks), so comparing with it would
     /// send deltas that cost more than the block bytes they replace.
     /// </summary>
-    /// <summary>Bytes <paramref name="pages"/> take stored as one run: compressed in the image's blocks, all-zero pages left out.</summary>
-    public int RunSize(ReadOnlySpan<byte> pages)
-    {
-        const int ps = PageGeometry.PageSize;
-        int n = pages.Length / ps, total = 0;
-        for (int first = 0; first < n; first += _blockPages)
-        {
-            int count = Math.Min(_blockPages, n - first);
-            var block = pages.Slice(first * ps, count * ps);
-            int nonZero = 0;
-            for (int i = 0; i < count; i++)
-                if (block.Slice(i * ps, ps).IndexOfAnyExcept((byte)0) >= 0)
-                    nonZero++;
-            if (nonZero > 0)
-                total += _codec is null ? nonZero * ps : Math.Min(nonZero * ps, _codec.Compress(block, _out));
-        }
-        return total;
-    }
-
+    /// <param name="pages">Whole pages.</param>
+    /// <param name="shares">One share per page, or empty when only the total is wanted.</param>
     /// <returns>The bytes of all the blocks: <see cref="RunSize"/> of <paramref name="pages"/>.</returns>
     public int BlockShares(ReadOnlySpan<byte> pages, Span<int> shares)
     {
@@ -207,8 +193,10 @@ public sealed class PageSizeEstimator : IDisposable
                 if (block.Slice(i * ps, ps).IndexOfAnyExcept((byte)0) >= 0)
                     nonZero++;
             int stored = nonZero == 0 ? 0 : _codec is null ? nonZero * ps : Math.Min(nonZero * ps, _codec.Compress(block, _out));
-            int share = nonZero == 0 ? 0 : (stored + nonZero - 1) / nonZero;
             total += stored;
+            if (shares.IsEmpty)
+                continue;
+            int share = nonZero == 0 ? 0 : (stored + nonZero - 1) / nonZero;
             for (int i = 0; i < count; i++)
                 shares[first + i] = block.Slice(i * ps, ps).IndexOfAnyExcept((byte)0) >= 0 ? share : 0;
         }
