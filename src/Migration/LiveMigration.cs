@@ -265,9 +265,6 @@ public sealed class LiveMigration
         }
     }
 
-    /// <summary>Virtual time between the drain's turns: the restored tree runs this long, then the link's spare capacity drains pages.</summary>
-    private const ulong PostCopyPeriodNs = 1_000_000;
-
     /// <summary>
     /// The post-copy phase: the restored tree runs in periods of virtual time; its faults fetch pages
     /// from the source at once (the daemon's monitor), and what the link can still carry in each
@@ -278,25 +275,11 @@ public sealed class LiveMigration
         var link = _o.Cost.LazyLink();
         long lazyPages = store.Pages;
         using var daemon = new LazyPagesDaemon(dest.AsKernelApi(), new StoreLazyPageSource(store), tasks, link);
-        ulong perPeriod = (ulong)Math.Max(PageGeometry.PageSize, link.BytesPerSecond * PostCopyPeriodNs / 1e9);
-        ulong elapsed = 0;
-        // Bounded: the drain moves at least a page per period, so this many periods always suffice.
-        long maxPeriods = daemon.PagesRemaining + 10;
-        for (long n = 0; !daemon.Complete && !daemon.Failed && n < maxPeriods; n++)
+        ulong elapsed = PostCopyPeriods.Run(daemon, dest.Kernel, dest.Advance, tasks, link, beforePeriod: at =>
         {
-            if (_o.SourceLostAfterNs is ulong lostAt && elapsed >= lostAt)
+            if (_o.SourceLostAfterNs is ulong lostAt && at >= lostAt)
                 store.Lose();
-            daemon.BeginPeriod();
-            ulong start = dest.Kernel.UptimeNs;
-            dest.Advance(PostCopyPeriodNs);
-            elapsed += PostCopyPeriodNs;
-            // A thread asleep in a fault does not run: the time it waited is taken from its schedule.
-            foreach (var t in tasks)
-                if (dest.Kernel.FindTask(t.Pid) is { } task)
-                    WorkloadApi.Stall(task, start, daemon.TakeStall(t.Pid));
-            ulong used = daemon.FaultBytesThisPeriod;
-            daemon.Drain(used >= perPeriod ? (ulong)PageGeometry.PageSize : perPeriod - used);
-        }
+        });
         var result = new PostCopyResult { Stats = daemon.Stats, LazyPages = lazyPages, LastPageNs = elapsed, Error = daemon.Error };
         if (!daemon.Complete && daemon.Error is null)
             return (result, "post-copy did not finish: lazy pages remain", 0);

@@ -26,8 +26,6 @@ namespace CriuSharp.Cli;
 /// </summary>
 public static class LazyPagesCommand
 {
-    private const ulong PeriodNs = 1_000_000;
-
     /// <summary>dump --lazy-pages: the dump, then one lazy-pages session served from the pages it kept.</summary>
     internal static int DumpAndServe(ParseResult p, CheckpointCommands.DumpArgs a, DumpOptions options)
     {
@@ -106,21 +104,7 @@ public static class LazyPagesCommand
             var tasks = Criu.LazyTasks(api, images);
             using var source = new PageServerLazySource(address, port, net.ParsedTimeout(p), net.ParsedLayout(p));
             using var daemon = new LazyPagesDaemon(api, source, tasks, link);
-            ulong perPeriod = (ulong)Math.Max(PageGeometry.PageSize, link.BytesPerSecond * PeriodNs / 1e9);
-            ulong elapsed = 0;
-            long maxPeriods = daemon.PagesRemaining + 10;
-            for (long n = 0; !daemon.Complete && !daemon.Failed && n < maxPeriods; n++)
-            {
-                daemon.BeginPeriod();
-                ulong start = m.Kernel.UptimeNs;
-                m.Advance(PeriodNs);
-                elapsed += PeriodNs;
-                foreach (var t in tasks)
-                    if (m.Kernel.FindTask(t.Pid) is { } task)
-                        SimKernel.Workloads.WorkloadApi.Stall(task, start, daemon.TakeStall(t.Pid));
-                ulong used = daemon.FaultBytesThisPeriod;
-                daemon.Drain(used >= perPeriod ? (ulong)PageGeometry.PageSize : perPeriod - used);
-            }
+            ulong elapsed = PostCopyPeriods.Run(daemon, m.Kernel, m.Advance, tasks, link);
             if (daemon.Complete)
                 source.Close();
             m.Save();
