@@ -178,11 +178,18 @@ public class WorkloadSpecTests
     [Fact]
     public void Every_sample_has_a_one_sentence_description()
     {
-        foreach (var f in Directory.GetFiles(SamplesDir, "*.json", SearchOption.AllDirectories))
+        // samples/traces holds recordings, not workloads; a workload that replays one (or takes its
+        // page contents from one) needs the trace reader of src/Traces, which these tests do not
+        // load, so its description is read from the file (Traces.Tests and the CLI tests run it).
+        string traces = Path.Combine(SamplesDir, "traces") + Path.DirectorySeparatorChar;
+        foreach (var f in Directory.GetFiles(SamplesDir, "*.json", SearchOption.AllDirectories).Where(f => !f.StartsWith(traces, StringComparison.Ordinal)))
         {
-            var spec = WorkloadSpec.Load(NewKernel(), f);
-            Assert.False(string.IsNullOrWhiteSpace(spec.Description), f);
-            Assert.EndsWith(".", spec.Description!.TrimEnd());
+            string text = File.ReadAllText(f);
+            string? description = text.Contains("\"trace", StringComparison.Ordinal)
+                ? System.Text.Json.JsonDocument.Parse(text).RootElement.GetProperty("description").GetString()
+                : WorkloadSpec.Load(NewKernel(), f).Description;
+            Assert.False(string.IsNullOrWhiteSpace(description), f);
+            Assert.EndsWith(".", description!.TrimEnd());
         }
     }
 
