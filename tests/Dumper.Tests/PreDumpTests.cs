@@ -206,8 +206,13 @@ public class PreDumpTests
     [InlineData("arm64")]
     public void RandomWriteSchedules_NeverLoseAWrite(string arch)
     {
-        var gen = from seed in Gen.Choose(0, int.MaxValue) select seed;
-        Prop.ForAll(Arb.From(gen), seed => RunSchedule(arch, seed)).Check(Config.QuickThrowOnFailure.WithMaxTest(6));
+        // Six schedules from a fixed seed per architecture, so every run checks the same ones.
+        var seeds = new Random(arch == "x86_64" ? 20131 : 20132);
+        for (int i = 0; i < 6; i++)
+        {
+            int seed = seeds.Next();
+            Assert.True(RunSchedule(arch, seed), $"schedule {seed} lost a write");
+        }
     }
 
     private static bool RunSchedule(string arch, int seed)
