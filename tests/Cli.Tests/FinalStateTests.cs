@@ -207,25 +207,17 @@ public sealed class FinalStateTests
 public sealed class RealHostLeaveStoppedTests : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("criu-sharp-leave-stopped-").FullName;
-    private readonly int _pid;
-
-    public RealHostLeaveStoppedTests()
-    {
-        var psi = new ProcessStartInfo("/bin/sh", ["-c", "sleep 120 </dev/null >/dev/null 2>&1 & echo $!"]) { RedirectStandardOutput = true };
-        using var sh = Process.Start(psi)!;
-        _pid = int.Parse(sh.StandardOutput.ReadLine()!.Trim(), CultureInfo.InvariantCulture);
-        sh.WaitForExit();
-    }
+    private readonly SleepChild _child = new();
 
     public void Dispose()
     {
-        try { Process.GetProcessById(_pid).Kill(); } catch (ArgumentException) { }
+        _child.Dispose();
         Directory.Delete(_dir, true);
     }
 
     private char State()
     {
-        var s = File.ReadAllText($"/proc/{_pid}/stat");
+        var s = File.ReadAllText($"/proc/{_child.Pid}/stat");
         return s[s.LastIndexOf(')') + 2];
     }
 
@@ -244,13 +236,13 @@ public sealed class RealHostLeaveStoppedTests : IDisposable
     [Fact]
     public void Dump_LeaveStopped_LeavesTheProcessStopped_AndSigcontResumesIt()
     {
-        string pid = _pid.ToString(CultureInfo.InvariantCulture);
+        string pid = _child.Pid.ToString(CultureInfo.InvariantCulture);
         var r = CliRunner.Run("dump", "-t", pid, "--machine", "/proc", "-D", Path.Combine(_dir, "d"), "--leave-stopped");
         Assert.True(r.Code == 0, r.Err);
         Assert.Contains("left the tree", r.Err);
         Assert.Equal('T', StateOtherThan('S'));
         // Not traced, not frozen any more: only a group stop, which SIGCONT ends.
-        Assert.Contains("TracerPid:\t0", File.ReadAllText($"/proc/{_pid}/status"));
+        Assert.Contains("TracerPid:\t0", File.ReadAllText($"/proc/{_child.Pid}/status"));
         using (var kill = Process.Start("/bin/kill", ["-CONT", pid]))
             kill.WaitForExit();
         Assert.Equal('S', StateOtherThan('T'));
@@ -259,7 +251,7 @@ public sealed class RealHostLeaveStoppedTests : IDisposable
     [Fact]
     public void PreDump_ReadMode_WorksOnTheHost_AndLeavesTheProcessRunning()
     {
-        string pid = _pid.ToString(CultureInfo.InvariantCulture);
+        string pid = _child.Pid.ToString(CultureInfo.InvariantCulture);
         var r = CliRunner.Run("pre-dump", "-t", pid, "--machine", "/proc", "-D", Path.Combine(_dir, "p"), "--pre-dump-mode", "read", "--json");
         Assert.True(r.Code == 0, r.Err);
         Assert.True(JsonDocument.Parse(r.Out).RootElement.GetProperty("stats").GetProperty("pages_written").GetInt64() > 0);

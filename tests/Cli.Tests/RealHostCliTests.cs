@@ -12,19 +12,11 @@ namespace CriuSharp.Cli.Tests;
 public sealed class RealHostCliTests : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("criu-sharp-realhost-cli-").FullName;
-    private readonly int _pid;
-
-    public RealHostCliTests()
-    {
-        var psi = new ProcessStartInfo("/bin/sh", ["-c", "sleep 120 </dev/null >/dev/null 2>&1 & echo $!"]) { RedirectStandardOutput = true };
-        using var sh = Process.Start(psi)!;
-        _pid = int.Parse(sh.StandardOutput.ReadLine()!.Trim(), CultureInfo.InvariantCulture);
-        sh.WaitForExit();
-    }
+    private readonly SleepChild _child = new();
 
     public void Dispose()
     {
-        try { Process.GetProcessById(_pid).Kill(); } catch (ArgumentException) { }
+        _child.Dispose();
         Directory.Delete(_dir, true);
     }
 
@@ -50,7 +42,7 @@ public sealed class RealHostCliTests : IDisposable
     public void TrackerTheHostLacks_Exits8()
     {
         // uffd-wp needs a userfaultfd inside the task, which an observer never has.
-        var r = CliRunner.Run("pre-dump", "-t", _pid.ToString(CultureInfo.InvariantCulture), "--machine", "/proc", "-D", Path.Combine(_dir, "t"), "--tracker", "uffd-wp");
+        var r = CliRunner.Run("pre-dump", "-t", _child.Pid.ToString(CultureInfo.InvariantCulture), "--machine", "/proc", "-D", Path.Combine(_dir, "t"), "--tracker", "uffd-wp");
         Assert.Equal(8, r.Code);
         Assert.Contains("uffd-wp is not available", r.Err);
         Assert.Contains(RealState(), "SR");
@@ -71,10 +63,10 @@ public sealed class RealHostCliTests : IDisposable
     [Fact]
     public void PreDumpThenDump_LeaveTheProcessRunning()
     {
-        var r1 = CliRunner.Run("pre-dump", "-t", _pid.ToString(CultureInfo.InvariantCulture), "--machine", "/proc", "-D", Path.Combine(_dir, "1"), "--json");
+        var r1 = CliRunner.Run("pre-dump", "-t", _child.Pid.ToString(CultureInfo.InvariantCulture), "--machine", "/proc", "-D", Path.Combine(_dir, "1"), "--json");
         Assert.Equal(0, r1.Code);
         Assert.Contains("\"tracker\"", r1.Out);
-        var r2 = CliRunner.Run("dump", "-t", _pid.ToString(CultureInfo.InvariantCulture), "--machine", "/proc", "-D", Path.Combine(_dir, "2"), "--prev-images-dir", "../1");
+        var r2 = CliRunner.Run("dump", "-t", _child.Pid.ToString(CultureInfo.InvariantCulture), "--machine", "/proc", "-D", Path.Combine(_dir, "2"), "--prev-images-dir", "../1");
         Assert.Equal(0, r2.Code);
         Assert.Contains("froze the tree with", r2.Err);
         Assert.Contains(RealState(), "SR");
@@ -88,7 +80,7 @@ public sealed class RealHostCliTests : IDisposable
             return;
         string dll = Path.Combine(AppContext.BaseDirectory, "criu-sharp.dll");
         var psi = new ProcessStartInfo("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "dotnet", dll,
-            "dump", "-t", _pid.ToString(CultureInfo.InvariantCulture), "--machine", "/proc", "-D", Path.Combine(Path.GetTempPath(), $"criu-sharp-nobody-{Guid.NewGuid():N}")])
+            "dump", "-t", _child.Pid.ToString(CultureInfo.InvariantCulture), "--machine", "/proc", "-D", Path.Combine(Path.GetTempPath(), $"criu-sharp-nobody-{Guid.NewGuid():N}")])
         { RedirectStandardError = true, RedirectStandardOutput = true };
         psi.Environment["HOME"] = "/tmp";
         psi.Environment["DOTNET_CLI_HOME"] = "/tmp";
@@ -104,7 +96,7 @@ public sealed class RealHostCliTests : IDisposable
 
     private char RealState()
     {
-        var s = File.ReadAllText($"/proc/{_pid}/stat");
+        var s = File.ReadAllText($"/proc/{_child.Pid}/stat");
         return s[s.LastIndexOf(')') + 2];
     }
 }
