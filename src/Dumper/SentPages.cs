@@ -18,8 +18,12 @@ public sealed record DeltaCounters
     public ulong PagesDelta { get; init; }
     /// <summary>Bytes of those deltas.</summary>
     public ulong DeltaBytes { get; init; }
-    /// <summary>Σ (page's share of its compressed block − delta) over the delta pages, plus the shares of elided pages.</summary>
+    /// <summary>Σ (page's share of its compressed block − delta) over the delta pages, plus the shares of elided pages (as last sent).</summary>
     public ulong BytesSaved { get; init; }
+    /// <summary>Virtual time deltas cost: sizing pages up (compressing them once more) and encoding them.</summary>
+    public ulong DeltaCostNs { get; init; }
+    /// <summary>Virtual time deltas saved: link time of the bytes they did not send plus the compression of the pages they replaced.</summary>
+    public ulong DeltaGainNs { get; init; }
 
     public DeltaCounters Add(DeltaCounters o) => new()
     {
@@ -30,6 +34,8 @@ public sealed record DeltaCounters
         PagesDelta = PagesDelta + o.PagesDelta,
         DeltaBytes = DeltaBytes + o.DeltaBytes,
         BytesSaved = BytesSaved + o.BytesSaved,
+        DeltaCostNs = DeltaCostNs + o.DeltaCostNs,
+        DeltaGainNs = DeltaGainNs + o.DeltaGainNs,
     };
 }
 
@@ -51,6 +57,7 @@ public sealed class SentPages
     private readonly Dictionary<(int Pid, ulong Va), int> _slotOf = [];
     private readonly byte[] _slots;
     private readonly (int Pid, ulong Va)[] _keyOf;
+    private readonly ushort[] _shares;
     private readonly int[] _prev;
     private readonly int[] _next;
     private readonly int _capacity;
@@ -68,6 +75,7 @@ public sealed class SentPages
         _capacity = (int)Math.Min(int.MaxValue / PageGeometry.PageSize, cacheBytes / PageGeometry.PageSize);
         _slots = _capacity > 0 ? GC.AllocateUninitializedArray<byte>(_capacity * PageGeometry.PageSize) : [];
         _keyOf = new (int, ulong)[_capacity];
+        _shares = new ushort[_capacity];
         _prev = new int[_capacity];
         _next = new int[_capacity];
     }
@@ -90,6 +98,8 @@ public sealed class SentPages
         if (parentDir is null || Head is null || !SamePath(parentDir, Head))
             Clear();
         Head = null;
+        _iterationCostNs = _iterationGainNs = 0;
+        _iterationOff = false;
         _ = imagesDir;
     }
 
@@ -97,29 +107,69 @@ public sealed class SentPages
     {
         Head = Path.GetFullPath(imagesDir);
         Totals = Totals.Add(counters);
-        // Deltas switch themselves off for a few iterations after one where fewer than one cache
-        // hit in eight (of at least 64) became a delta: sizing pages up for deltas costs a compression pass, which
-        // lengthens the iteration (and so the next one's dirty set) for nothing. They are tried
-        // again afterwards, since a workload's pages change differently over time.
+        // Deltas switch themselves off for a few iterations after one where they cost more time
+        // than they saved: sizing pages up compresses them once more and encoding reads them, and
+        // that lengthens the iteration, so the next one finds more dirty pages. What they saved is
+        // the link time of the bytes they did not send (plus the compression of the pages they
+        // replaced). They are tried again afterwards, since a workload's pages change differently
+        // over time.
         if (_deltaPause > 0)
             _deltaPause--;
-        else if (counters.CacheHits >= DeltaPauseMinHits && counters.PagesDelta * DeltaPayRatio < counters.CacheHits)
+        else if (counters.DeltaCostNs > counters.DeltaGainNs)
             _deltaPause = DeltaPauseIterations;
+        _iterationCostNs = _iterationGainNs = 0;
+        _iterationOff = false;
+        // The penalty follows the workload: older iterations count half as much each time.
+        _cutBytes /= 2;
+        _cutPages /= 2;
     }
 
-    /// <summary>An iteration pays when at least one cache hit in this many became a delta.</summary>
-    internal const int DeltaPayRatio = 8;
+    private long _cutBytes;
+    private long _cutPages;
 
-    /// <summary>Fewer cache hits than this in an iteration say nothing about whether deltas pay.</summary>
-    internal const int DeltaPauseMinHits = 64;
+    /// <summary>
+    /// Bytes a delta page has cost, on average, in the present runs it cut (they compress worse in
+    /// pieces than whole: the pages around a delta lose its matches); learnt from what the writer
+    /// stored, older iterations weighing less. A delta has to beat its page's share by this much more.
+    /// </summary>
+    internal int CutPenalty => _cutPages <= 0 ? 0 : (int)Math.Clamp(_cutBytes / _cutPages, 0, PageGeometry.PageSize);
+
+    /// <summary>An iovec with <paramref name="deltaPages"/> deltas stored <paramref name="growthBytes"/> more in its present pages than their previous shares.</summary>
+    internal void NoteCuts(long growthBytes, int deltaPages)
+    {
+        _cutBytes += growthBytes;
+        _cutPages += deltaPages;
+    }
 
     /// <summary>Iterations without delta attempts after one where they did not pay.</summary>
     internal const int DeltaPauseIterations = 3;
 
-    private int _deltaPause;
+    /// <summary>
+    /// Time deltas may cost within one iteration beyond what they have saved so far before they
+    /// stop for the rest of it: the link time of about 27 KB at 128 MiB/s, or the encoding of 340
+    /// pages at 7 GB/s — a probe that tells whether this iteration's re-dirtied pages pay.
+    /// </summary>
+    internal const ulong DeltaProbeNs = 200_000;
 
-    /// <summary>This iteration tries deltas: they are on and did not just fail to pay.</summary>
-    internal bool DeltaActive => Delta && _deltaPause == 0;
+    private int _deltaPause;
+    private ulong _iterationCostNs, _iterationGainNs;
+    private bool _iterationOff;
+
+    /// <summary>This iteration tries deltas: they are on, did not just fail to pay, and have not cost more than they saved so far.</summary>
+    internal bool DeltaActive => Delta && _deltaPause == 0 && !_iterationOff;
+
+    /// <summary>
+    /// Adds what deltas cost and saved (virtual ns) while the iteration goes on; once the cost
+    /// exceeds the gain by more than <see cref="DeltaProbeNs"/>, no further page of the iteration is
+    /// tried as a delta.
+    /// </summary>
+    internal void Account(ulong costNs, ulong gainNs)
+    {
+        _iterationCostNs += costNs;
+        _iterationGainNs += gainNs;
+        if (_iterationCostNs > _iterationGainNs + DeltaProbeNs)
+            _iterationOff = true;
+    }
 
     private static bool SamePath(string a, string b) =>
         string.Equals(Path.GetFullPath(a).TrimEnd('/'), Path.GetFullPath(b).TrimEnd('/'), StringComparison.Ordinal);
@@ -127,6 +177,9 @@ public sealed class SentPages
     private void Clear()
     {
         _deltaPause = 0;
+        _cutBytes = _cutPages = 0;
+        _iterationCostNs = _iterationGainNs = 0;
+        _iterationOff = false;
         _digests.Clear();
         _slotOf.Clear();
         _used = 0;
@@ -135,17 +188,30 @@ public sealed class SentPages
 
     internal bool TryGetDigest(int pid, ulong va, out ulong digest) => _digests.TryGetValue((pid, va), out digest);
 
-    /// <summary>The cached last-sent version, made most recent; empty if not cached.</summary>
-    internal ReadOnlySpan<byte> Lookup(int pid, ulong va)
+    /// <summary>
+    /// The cached last-sent version, made most recent; empty if not cached. <paramref name="share"/>
+    /// is what that version cost when it was sent: its share of its compressed block (or, sent as
+    /// a delta, the share it replaced) — a page changes its compressibility slowly, so this tells
+    /// cheaply whether a delta can pay before the page is sized up again.
+    /// </summary>
+    internal ReadOnlySpan<byte> Lookup(int pid, ulong va, out int share)
     {
+        share = 0;
         if (!_slotOf.TryGetValue((pid, va), out int s))
             return [];
         Touch(s);
+        share = _shares[s];
         return _slots.AsSpan(s * PageGeometry.PageSize, PageGeometry.PageSize);
     }
 
-    /// <summary>Records what the chain now holds for (pid, va): its digest and, with deltas on, its bytes (evicting the least recent).</summary>
-    internal void Sent(int pid, ulong va, ulong digest, ReadOnlySpan<byte> page)
+    /// <summary>The cached version's share (see <see cref="Lookup"/>) without making it recent; -1 if not cached.</summary>
+    internal int ShareOf(int pid, ulong va) => _slotOf.TryGetValue((pid, va), out int s) ? _shares[s] : -1;
+
+    /// <summary>
+    /// Records what the chain now holds for (pid, va): its digest and, with deltas on, its bytes
+    /// (evicting the least recent) and what it cost to send (<paramref name="share"/>, see <see cref="Lookup"/>).
+    /// </summary>
+    internal void Sent(int pid, ulong va, ulong digest, ReadOnlySpan<byte> page, int share)
     {
         var key = (pid, va);
         _digests[key] = digest;
@@ -171,6 +237,7 @@ public sealed class SentPages
         else
             Touch(slot);
         page.CopyTo(_slots.AsSpan(slot * PageGeometry.PageSize, PageGeometry.PageSize));
+        _shares[slot] = (ushort)Math.Clamp(share, 0, ushort.MaxValue);
     }
 
     private void Touch(int s)

@@ -152,16 +152,16 @@ public class ElisionDeltaTests
         var page = new byte[4096];
         page[7] = 7;
         h.Begin(null, "/imgs/1");
-        h.Sent(1, 0x1000, 42, page);
+        h.Sent(1, 0x1000, 42, page, 100);
         h.Commit("/imgs/1", new DeltaCounters());
         h.Begin("/imgs/1", "/imgs/2");                       // on top of its head: kept
         Assert.True(h.TryGetDigest(1, 0x1000, out ulong d) && d == 42);
-        Assert.Equal(page, h.Lookup(1, 0x1000).ToArray());
+        Assert.Equal(page, h.Lookup(1, 0x1000, out _).ToArray());
         // /imgs/2 never committed (a failed pre-dump): nothing is trusted on top of /imgs/1 again.
         h.Begin("/imgs/1", "/imgs/3");
         Assert.False(h.TryGetDigest(1, 0x1000, out _));
-        Assert.True(h.Lookup(1, 0x1000).IsEmpty);
-        h.Sent(1, 0x2000, 43, page);
+        Assert.True(h.Lookup(1, 0x1000, out _).IsEmpty);
+        h.Sent(1, 0x2000, 43, page, 100);
         h.Commit("/imgs/3", new DeltaCounters());
         h.Begin("/other/1", "/other/2");                    // another chain
         Assert.False(h.TryGetDigest(1, 0x2000, out _));
