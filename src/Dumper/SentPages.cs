@@ -44,7 +44,8 @@ public sealed record DeltaCounters
 /// next (the source side of a migration, as QEMU keeps its XBZRLE cache on the source):
 /// <code>
 ///  digests:  (pid, va) → PageDigest of the version the chain holds       every page sent, 16 B each
-///  cache:    (pid, va) → the 4 KiB last sent, LRU, at most CacheBytes     the bases of deltas
+///  cache:    (pid, va) → the 4 KiB last sent, LRU with bimodal insertion,   the bases of deltas
+///            at most CacheBytes
 ///           slots ─ [page][page][page]…   _prev/_next: LRU list, head = most recent
 /// </code>
 /// It describes exactly one chain: <see cref="Head"/> is the image directory it was last brought
@@ -178,6 +179,7 @@ public sealed class SentPages
     {
         _deltaPause = 0;
         _cutBytes = _cutPages = 0;
+        _insertions = 0;
         _iterationCostNs = _iterationGainNs = 0;
         _iterationOff = false;
         _digests.Clear();
@@ -220,6 +222,7 @@ public sealed class SentPages
         ref int slot = ref CollectionsMarshal.GetValueRefOrAddDefault(_slotOf, key, out bool exists);
         if (!exists)
         {
+            bool front = true;
             if (_used < _capacity)
                 slot = _used++;
             else
@@ -230,9 +233,18 @@ public sealed class SentPages
                 // The dictionary may have moved the entry: look it up again.
                 slot = ref CollectionsMarshal.GetValueRefOrAddDefault(_slotOf, key, out _);
                 slot = victim;
+                // A full cache takes a new page in at the least recent end, and only one in
+                // BimodalInsert at the most recent: a pre-dump walks memory in address order, so
+                // with plain LRU a dirty set larger than the cache evicts every page just before
+                // it is re-dirtied and no page ever hits. This way pages that hit stay, and a
+                // changing working set still gets in (bimodal insertion, Qureshi et al., ISCA 2007).
+                front = ++_insertions % BimodalInsert == 0;
             }
             _keyOf[slot] = key;
-            PushFront(slot);
+            if (front)
+                PushFront(slot);
+            else
+                PushBack(slot);
         }
         else
             Touch(slot);
@@ -253,6 +265,20 @@ public sealed class SentPages
         int p = _prev[s], n = _next[s];
         if (p >= 0) _next[p] = n; else _head = n;
         if (n >= 0) _prev[n] = p; else _tail = p;
+    }
+
+    /// <summary>One new page in this many enters a full cache as most recent (see <see cref="Sent"/>).</summary>
+    internal const int BimodalInsert = 32;
+
+    private ulong _insertions;
+
+    private void PushBack(int s)
+    {
+        _next[s] = -1;
+        _prev[s] = _tail;
+        if (_tail >= 0) _next[_tail] = s;
+        _tail = s;
+        if (_head < 0) _head = s;
     }
 
     private void PushFront(int s)
