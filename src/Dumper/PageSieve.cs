@@ -24,9 +24,10 @@ namespace CriuSharp.Dumper;
 /// save (the link time of the bytes not sent, less what the present runs they cut stored beyond
 /// their pages' previous shares, plus the compression of the pages they replace) is accounted in
 /// virtual time; what cut runs stored beyond their shares, per delta, is learnt as a penalty each
-/// later delta has to beat (<see cref="SentPages.CutPenalty"/>). An iteration stops trying deltas once they cost more than they saved plus a
-/// small probe, and after an iteration where they did not pay they are not tried for a few
-/// iterations (<see cref="SentPages.DeltaActive"/>).
+/// later delta has to beat (<see cref="SentPages.CutPenalty"/>). Within an iteration, once deltas
+/// cost more than they saved by a small probe, the next windows of pages go whole (1, 2, 4, …
+/// windows, then deltas are probed again); after an iteration where they did not pay they are
+/// not tried for a few iterations (<see cref="SentPages.DeltaActive"/>).
 /// </para>
 /// </summary>
 internal sealed class PageSieve
@@ -95,19 +96,10 @@ internal sealed class PageSieve
         if (_deltaBuf.Length < n * ps)
             _deltaBuf = new byte[Math.Max(n * ps, _deltaBuf.Length * 2)];
         _deltaAt[0] = 0;
-        for (int i = 0; i < n; i++)
-        {
-            ulong a = va + ((ulong)i << PageGeometry.PageShift);
-            _digests[i] = PageDigest.Of(a, bytes.Slice(i * ps, ps));
-            _before[i] = -1;
-            _encoded[i] = _sampled[i] = false;
-            _kinds[i] = Decide(a, bytes.Slice(i * ps, ps), i, _digests[i], _deltaBuf.AsSpan(_deltaAt[i]), out int deltaLen);
-            _deltaAt[i + 1] = _deltaAt[i] + deltaLen;
-        }
 
-        // Written window by window: what the deltas of a window saved, once the runs they cut are
-        // stored, decides whether the next windows keep theirs (the cut penalty learnt, the
-        // iteration's balance). A window holds whole blocks, so a run is cut at its edge only
+        // Decided and written window by window: what the deltas of a window saved, once the runs
+        // they cut are stored, decides how the next windows are treated (the cut penalty learnt,
+        // the iteration's balance). A window holds whole blocks, so a run is cut at its edge only
         // after a window that had deltas.
         int window = WindowBlocks * Math.Max(1, writer.Options.BlockPages);
         int runStart = 0;
@@ -119,18 +111,17 @@ internal sealed class PageSieve
             int windowDeltas = 0, encoded = 0, sampled = 0;
             for (int i = w0; i < w1; i++)
             {
+                ulong a = va + ((ulong)i << PageGeometry.PageShift);
+                _digests[i] = PageDigest.Of(a, bytes.Slice(i * ps, ps));
+                _before[i] = -1;
+                _encoded[i] = _sampled[i] = false;
+                _kinds[i] = Decide(a, bytes.Slice(i * ps, ps), i, _digests[i], _deltaBuf.AsSpan(_deltaAt[i]), out int deltaLen);
+                _deltaAt[i + 1] = _deltaAt[i] + deltaLen;
                 if (_encoded[i])
                     encoded++;
                 if (_sampled[i])
                     sampled++;
-                if (_kinds[i] != Kind.Delta)
-                    continue;
-                if (!_history.DeltaActive || _deltaAt[i + 1] - _deltaAt[i] >= _before[i] - DeltaEntryCost - _history.CutPenalty)
-                {
-                    _kinds[i] = Kind.Present;
-                    _overflows++;
-                }
-                else
+                if (_kinds[i] == Kind.Delta)
                     windowDeltas++;
             }
             int measureFrom = Math.Min(runStart, w0);
@@ -174,6 +165,8 @@ internal sealed class PageSieve
                 saved -= growth;
                 _history.NoteCuts(growth, windowDeltas);
             }
+            if (_history.Delta)
+                _history.WindowDone();
             if (sampled == 0 && windowDeltas == 0)
                 continue;
             ulong cost = (ulong)((encoded * ps + sampled * SampleWords * 2 * 64) * _rates.EncodeNsPerByte + (saved < 0 ? -saved * _rates.LinkNsPerByte : 0));

@@ -99,8 +99,7 @@ public sealed class SentPages
         if (parentDir is null || Head is null || !SamePath(parentDir, Head))
             Clear();
         Head = null;
-        _iterationCostNs = _iterationGainNs = 0;
-        _iterationOff = false;
+        ResetIteration();
         _ = imagesDir;
     }
 
@@ -118,8 +117,7 @@ public sealed class SentPages
             _deltaPause--;
         else if (counters.DeltaCostNs > counters.DeltaGainNs)
             _deltaPause = DeltaPauseIterations;
-        _iterationCostNs = _iterationGainNs = 0;
-        _iterationOff = false;
+        ResetIteration();
         // The penalty follows the workload: older iterations count half as much each time.
         _cutBytes /= 2;
         _cutPages /= 2;
@@ -146,30 +144,55 @@ public sealed class SentPages
     internal const int DeltaPauseIterations = 3;
 
     /// <summary>
-    /// Time deltas may cost within one iteration beyond what they have saved so far before they
-    /// stop for the rest of it: the link time of about 27 KB at 128 MiB/s, or the encoding of 340
-    /// pages at 7 GB/s — a probe that tells whether this iteration's re-dirtied pages pay.
+    /// Time deltas may cost within one iteration beyond what they have saved since the last probe
+    /// began before they stop for a while: the link time of about 27 KB at 128 MiB/s, or the
+    /// encoding of 340 pages at 7 GB/s — a probe that tells whether the pages at hand pay.
     /// </summary>
     internal const ulong DeltaProbeNs = 200_000;
 
+    /// <summary>The longest back-off within an iteration, in windows of pages sent whole (see <see cref="Account"/>).</summary>
+    internal const int MaxBackoffWindows = 64;
+
     private int _deltaPause;
     private ulong _iterationCostNs, _iterationGainNs;
-    private bool _iterationOff;
+    private int _skipWindows, _backoff = 1;
 
-    /// <summary>This iteration tries deltas: they are on, did not just fail to pay, and have not cost more than they saved so far.</summary>
-    internal bool DeltaActive => Delta && _deltaPause == 0 && !_iterationOff;
+    /// <summary>Pages are tried as deltas now: deltas are on, did not just fail to pay for an iteration, and are not backing off within this one.</summary>
+    internal bool DeltaActive => Delta && _deltaPause == 0 && _skipWindows == 0;
 
     /// <summary>
-    /// Adds what deltas cost and saved (virtual ns) while the iteration goes on; once the cost
-    /// exceeds the gain by more than <see cref="DeltaProbeNs"/>, no further page of the iteration is
-    /// tried as a delta.
+    /// Adds what deltas cost and saved (virtual ns) in one window of pages. Once the cost since
+    /// the probe began exceeds the gain by more than <see cref="DeltaProbeNs"/>, the next windows
+    /// (1, then 2, 4, … up to <see cref="MaxBackoffWindows"/>) go whole and a new probe begins
+    /// after them: a region of memory where deltas do not pay costs little, and a later region
+    /// where they do still gets them. A window that pays resets the back-off.
     /// </summary>
     internal void Account(ulong costNs, ulong gainNs)
     {
         _iterationCostNs += costNs;
         _iterationGainNs += gainNs;
+        if (gainNs > costNs)
+            _backoff = 1;
         if (_iterationCostNs > _iterationGainNs + DeltaProbeNs)
-            _iterationOff = true;
+        {
+            _skipWindows = _backoff;
+            _backoff = Math.Min(_backoff * 2, MaxBackoffWindows);
+            _iterationCostNs = _iterationGainNs = 0;
+        }
+    }
+
+    /// <summary>One window of pages was sent (the back-off counts windows).</summary>
+    internal void WindowDone()
+    {
+        if (_skipWindows > 0)
+            _skipWindows--;
+    }
+
+    private void ResetIteration()
+    {
+        _iterationCostNs = _iterationGainNs = 0;
+        _skipWindows = 0;
+        _backoff = 1;
     }
 
     private static bool SamePath(string a, string b) =>
@@ -180,8 +203,7 @@ public sealed class SentPages
         _deltaPause = 0;
         _cutBytes = _cutPages = 0;
         _insertions = 0;
-        _iterationCostNs = _iterationGainNs = 0;
-        _iterationOff = false;
+        ResetIteration();
         _digests.Clear();
         _slotOf.Clear();
         _used = 0;

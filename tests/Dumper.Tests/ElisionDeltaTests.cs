@@ -187,11 +187,25 @@ public class ElisionDeltaTests
         h.Begin("/imgs/5", "/imgs/6");
         Assert.True(h.DeltaActive);
         // Within an iteration: once the cost runs past the gain by more than the probe, the
-        // rest of the iteration sends pages whole; the next iteration tries again.
+        // next window of pages goes whole, then two, four, …; a paying window resets that.
         h.Account(SentPages.DeltaProbeNs, 0);
         Assert.True(h.DeltaActive);
         h.Account(1, 0);
         Assert.False(h.DeltaActive);
+        h.WindowDone();
+        Assert.True(h.DeltaActive);
+        h.Account(SentPages.DeltaProbeNs + 1, 0);
+        h.WindowDone();
+        Assert.False(h.DeltaActive);
+        h.WindowDone();
+        Assert.True(h.DeltaActive);
+        h.Account(10, 20);                                   // pays: the back-off starts at one window again
+        h.Account(SentPages.DeltaProbeNs + 11, 0);
+        h.WindowDone();
+        Assert.True(h.DeltaActive);
+        h.Account(SentPages.DeltaProbeNs + 1, 0);
+        Assert.False(h.DeltaActive);
+        // The next iteration starts afresh.
         h.Commit("/imgs/6", new DeltaCounters { DeltaCostNs = 1_000, DeltaGainNs = 9_000 });
         h.Begin("/imgs/6", "/imgs/7");
         Assert.True(h.DeltaActive);
