@@ -290,7 +290,7 @@ public sealed class SentPages
     }
 
     /// <summary>One new page in this many enters a full cache as most recent (see <see cref="Sent"/>).</summary>
-    internal const int BimodalInsert = 32;
+    internal const int BimodalInsert = 4;
 
     private ulong _insertions;
 
