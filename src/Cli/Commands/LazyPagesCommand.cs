@@ -57,6 +57,8 @@ public static class LazyPagesCommand
         if (!json)
             CheckpointCommands.Report(o, err, result, options.ImagesDir, false, p.GetValue(a.DisplayStats));
         using var server = LazyPageServer.Start(store, address, port, a.Net.ParsedLayout(p), a.Net.ParsedTls(p));
+        if (CrashHook.Installed)
+            err.WriteLine($"criu-sharp: crash points before serving: {CrashHook.Hits}");
         o.WriteLine($"listening on {server.Address}:{server.Port}");
         o.Flush();
         bool closed = server.Serve(timeout, out string? why,
