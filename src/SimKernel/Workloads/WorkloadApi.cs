@@ -164,7 +164,7 @@ public static class WorkloadApi
     internal static ulong OperationTimeNs(SimTask task)
     {
         ulong now = task.Kernel.UptimeNs;
-        if (!HasProgram(task))
+        if (!ProgramImage.Holds(task.ExtraState))
             return now;
         var prog = Program(task);
         if (prog.Kind == Behaviour.Trace || prog.Rate == 0)
