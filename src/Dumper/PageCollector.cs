@@ -226,50 +226,55 @@ internal sealed class PageCollector
             }
             return;
         }
-        // Reading and digesting run ahead on up to one chunk per core (process_vm_readv on the
-        // real host reads with every core; a simulated kernel is read by this thread only),
-        // while this thread takes the finished chunks in address order.
-        int window = _k.Capabilities.ConcurrentReads && nr > (ulong)chunk ? Math.Max(2, Environment.ProcessorCount) : 1;
+        // Reading and digesting run on every core (process_vm_readv on the real host): this
+        // thread and one helper per other core each fill a chunk, then this thread takes the
+        // chunks in address order. A simulated kernel is read by this thread only.
+        int lanes = _k.Capabilities.ConcurrentReads && nr > (ulong)chunk ? Math.Max(1, Environment.ProcessorCount) : 1;
+        if (lanes > 1)
+        {
+            chunk = ParallelChunkBytes / ps;
+            imgChunk = chunk * _imgPerPage;
+        }
         _chunks ??= [];
-        while (_chunks.Count < window)
-            _chunks.Add(new Chunk(ChunkBytes, imgChunk));
-        var inFlight = new Queue<Chunk>(window);
-        ulong next = 0;
+        if (_chunks.Count > 0 && _chunks[0].Digests.Length < imgChunk)
+            _chunks.Clear();
+        while (_chunks.Count < lanes)
+            _chunks.Add(new Chunk(Math.Max(imgChunk << PageGeometry.PageShift, ChunkBytes), Math.Max(imgChunk, ChunkBytes >> PageGeometry.PageShift)));
         try
         {
-            while (next < nr && inFlight.Count < window)
-                inFlight.Enqueue(Start(_chunks[inFlight.Count], ref next));
-            while (inFlight.Count > 0)
+            for (ulong next = 0; next < nr;)
             {
-                var c = inFlight.Dequeue();
-                c.Wait();
-                ConsumeChunk(c.Va, c.Pages, c.Bytes.AsSpan(0, c.Pages * ps), c.Digests, compare, splice: false, stage, ref h);
-                if (next < nr)
-                    inFlight.Enqueue(Start(c, ref next));
+                int m = 0;
+                for (; m < lanes && next < nr; m++)
+                {
+                    var c = _chunks[m];
+                    c.Pages = (int)Math.Min(nr - next, (ulong)chunk);
+                    c.Va = va + (next << _shift);
+                    next += (ulong)c.Pages;
+                    if (m > 0)
+                        c.Pending = Task.Run(() => FillChunk(c));
+                }
+                FillChunk(_chunks[0]);
+                for (int j = 1; j < m; j++)
+                    _chunks[j].Wait();
+                for (int j = 0; j < m; j++)
+                {
+                    var c = _chunks[j];
+                    ConsumeChunk(c.Va, c.Pages, c.Bytes.AsSpan(0, c.Pages * ps), c.Digests, compare, splice: false, stage, ref h);
+                }
             }
         }
         finally
         {
             // A failed chunk leaves no read running into a buffer the next span reuses.
-            foreach (var c in inFlight)
+            foreach (var c in _chunks)
                 c.WaitQuietly();
-        }
-
-        Chunk Start(Chunk c, ref ulong next)
-        {
-            int n = (int)Math.Min(nr - next, (ulong)chunk);
-            c.Va = va + (next << _shift);
-            c.Pages = n;
-            next += (ulong)n;
-            if (window == 1)
-                FillChunk(c);
-            else
-                c.Pending = Task.Run(() => FillChunk(c));
-            return c;
         }
     }
 
     private const int ChunkBytes = 1 << 20;
+    /// <summary>Chunks read on several cores are larger, so the threads meet less often.</summary>
+    private const int ParallelChunkBytes = 4 << 20;
     /// <summary>Reads and digests this much at a time, so the digest finds the pages still in cache.</summary>
     private const int PieceBytes = 128 << 10;
 
