@@ -147,19 +147,8 @@ public unsafe class HostBenchmarks : IDisposable
     {
         string d = Path.Combine(RamRoot, $"dump{_n++}");
         var r = Criu.Dump(_host, new DumpOptions { Pid = _pid, ImagesDir = d, LeaveRunning = true, Tracker = TrackerKind.Content, PageStore = PageStoreOptions.Lz4() with { Parallelism = 2 } });
-        _written = d;
+        Directory.Delete(d, true);
         return r.Stats.PagesWritten;
-    }
-
-    private string? _written;
-
-    /// <summary>The images of the last iteration are removed outside the timed dump (freeing them is not part of dumping).</summary>
-    [IterationCleanup(Targets = [nameof(RealDump), nameof(ContentPreDump)])]
-    public void RemoveImages()
-    {
-        if (_written is not null && Directory.Exists(_written))
-            Directory.Delete(_written, true);
-        _written = null;
     }
 
     [BenchmarkCategory("Digest"), Benchmark(Baseline = true, Description = "read the 1 GiB once (process_vm_readv, 1 MiB chunks)")]
@@ -197,9 +186,9 @@ public unsafe class HostBenchmarks : IDisposable
     {
         string d = Path.Combine(RamRoot, $"pre{_n++}");
         var r = Criu.PreDump(_host, new DumpOptions { Pid = _pid, ImagesDir = d, PrevImagesDir = "../parent", Tracker = TrackerKind.Content });
-        _written = d;
         if (r.Stats.PagesWritten > OneGiBPages / 50)
             throw new InvalidOperationException($"content tracker wrote {r.Stats.PagesWritten} pages for 1 % changed");
+        Directory.Delete(d, true);
         return r.Stats.PagesWritten;
     }
 }

@@ -223,12 +223,12 @@ internal sealed partial class Checkpointer
         foreach (var ts in run.Tasks)
         {
             var parentDigests = OpenTaskParent(run, ts, serverParents);
+            bool fetch = !_pre && PageCollector.FetchesPages(_k.Capabilities, _o.PageStore, run.PageServer is not null);
             if (!_pre)
             {
                 // The content tracker digests the spliced pages itself; the page store need not.
                 // Pages the store fetches are digested by the store, for the checksums and for
                 // the content tracker's digests of them.
-                bool fetch = PageCollector.FetchesPages(_k.Capabilities, streamed: true);
                 bool storeDigests = fetch
                     ? _o.RecordChecksums || tracker == TrackerKind.Content
                     : _o.RecordChecksums && !PageCollector.ChecksumsIncludeWrittenPages(tracker == TrackerKind.Content, streamed: true);
@@ -245,6 +245,7 @@ internal sealed partial class Checkpointer
             {
                 ReadMode = _pre && _o.PreDumpMode == PreDumpMode.Read,
                 ParentSkippedUnreadable = parentRead,
+                FetchPages = fetch,
             };
             if (tracker == TrackerKind.Content)
                 collector.TrackContent(parentDigests);

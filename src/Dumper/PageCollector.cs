@@ -36,7 +36,7 @@ internal sealed class PageCollector
     private int _parentCursor;
     private bool _content;
     private PageDigestMap? _parentDigests;
-    private readonly bool _fetch;
+    private bool _fetch;
     private byte[]? _scratch;
     private nint[]? _frames;
     private nint[]? _spliced;
@@ -55,7 +55,18 @@ internal sealed class PageCollector
         _hash = hash;
         _imgPerPage = imgPerPage;
         _shift = k.Capabilities.PageShift;
-        _fetch = FetchesPages(k.Capabilities, pipe.Streamed);
+    }
+
+    /// <summary>
+    /// The page store fetches the written pages itself (<see cref="FetchesPages"/>): set when the
+    /// store has compression workers to read with, so reading, digesting and compressing run on
+    /// every worker. With a single writing thread the collector reads (splice) instead, so that
+    /// reading and compressing still overlap on two threads.
+    /// </summary>
+    public bool FetchPages
+    {
+        get => _fetch;
+        init => _fetch = value && FetchesPages(_k.Capabilities, _pipe.Streamed);
     }
 
     /// <summary>
@@ -66,6 +77,10 @@ internal sealed class PageCollector
     /// pages come from the store (<see cref="PageXfer.Digests"/>).
     /// </summary>
     public static bool FetchesPages(KernelCapabilities caps, bool streamed) => streamed && caps.SpliceCopies && caps.ConcurrentReads;
+
+    /// <summary>Whether a dump with these page-store options lets the store fetch its pages (see <see cref="FetchPages"/>).</summary>
+    public static bool FetchesPages(KernelCapabilities caps, PageStoreOptions store, bool pageServer) =>
+        FetchesPages(caps, streamed: true) && store.Compression != PageCompression.None && store.Parallelism > 1 && !pageServer;
 
     /// <summary>
     /// Some digests in <see cref="Digests"/> are placeholders for pages the page store fetched:
