@@ -57,6 +57,8 @@ internal sealed partial class Checkpointer
         public List<(ulong Start, ulong End, ulong Hash)> Checksums = [];
         /// <summary>The content tracker's digests of every page this dump's pagemap holds.</summary>
         public PageDigestMap? Digests;
+        /// <summary><see cref="Digests"/> holds placeholders for pages the page store fetched and digested.</summary>
+        public bool DigestsPending;
     }
 
     /// <summary>
@@ -221,11 +223,20 @@ internal sealed partial class Checkpointer
         foreach (var ts in run.Tasks)
         {
             var parentDigests = OpenTaskParent(run, ts, serverParents);
+            bool fetch = !_pre && PageCollector.FetchesPages(_k.Capabilities, _o.PageStore, run.PageServer is not null);
             if (!_pre)
             {
                 // The content tracker digests the spliced pages itself; the page store need not.
-                bool storeDigests = _o.RecordChecksums && !PageCollector.ChecksumsIncludeWrittenPages(tracker == TrackerKind.Content, streamed: true);
-                ts.Xfer = new PageXfer(OpenSink(run.Dir, run.PageServer, ts.Task.Pid), digests: storeDigests);
+                // Pages the store fetches are digested by the store, for the checksums and for
+                // the content tracker's digests of them.
+                bool storeDigests = fetch
+                    ? _o.RecordChecksums || tracker == TrackerKind.Content
+                    : _o.RecordChecksums && !PageCollector.ChecksumsIncludeWrittenPages(tracker == TrackerKind.Content, streamed: true);
+                int pid = ts.Task.Pid;
+                ts.Xfer = new PageXfer(OpenSink(run.Dir, run.PageServer, pid), digests: storeDigests)
+                {
+                    Fetch = fetch ? (va, dst) => ReadFrozen(pid, va, dst) : null,
+                };
                 ts.Pipe = new PagePipe(run.Stream!, ts.Xfer, run.Frozen!);
             }
             else
@@ -234,6 +245,7 @@ internal sealed partial class Checkpointer
             {
                 ReadMode = _pre && _o.PreDumpMode == PreDumpMode.Read,
                 ParentSkippedUnreadable = parentRead,
+                FetchPages = fetch,
             };
             if (tracker == TrackerKind.Content)
                 collector.TrackContent(parentDigests);
@@ -248,6 +260,7 @@ internal sealed partial class Checkpointer
             ts.Scanned = collector.Scanned;
             ts.Checksums = collector.Checksums;
             ts.Digests = collector.Digests;
+            ts.DigestsPending = collector.FetchedDigestsPending;
             run.MemdumpNs += (ulong)(collector.Scanned * _cost.ScanNsPerPage) + CostModel.Ns(collector.CollectedBytes - collector.DeferredBytes, _cost.CopyBytesPerSecond);
         }
         run.MemdumpNs += _cost.ProcParseNsPerTask * (ulong)run.Tasks.Count;
@@ -339,6 +352,8 @@ internal sealed partial class Checkpointer
         foreach (var ts in run.Tasks)
         {
             run.PageStats.Add(ts.Xfer!.Finish());
+            if (ts.Digests is not null && ts.DigestsPending)
+                PageCollector.FillFetchedDigests(ts.Digests, ts.Xfer.Digests);
             if (ts.Digests is not null)
                 run.Dir.WritePageDigests(ts.Task.Pid, ts.Digests);
             AddDigests(ts.Checksums, ts.Xfer.Digests);
@@ -554,6 +569,15 @@ internal sealed partial class Checkpointer
     /// Completes each VMA checksum (so far the digests of its PE_PARENT pages, taken by the
     /// collector) with the digests the page store took of the pages it wrote. Both lists ascend.
     /// </summary>
+    /// <summary>A read of a frozen task's memory for the page store's workers (any thread).</summary>
+    private void ReadFrozen(int pid, ulong va, Span<byte> dst)
+    {
+        var r = _k.ReadMemory(pid, va, dst);
+        if (!r.Ok)
+            throw new DumperException($"cannot read task memory ({r.Error})", pid, null, va, va + (ulong)dst.Length,
+                inner: new KernelException(r.Error, "process_vm_readv"));
+    }
+
     private static void AddDigests(List<(ulong Start, ulong End, ulong Hash)> checksums, IReadOnlyList<(ulong Va, ulong Digest)> digests)
     {
         int d = 0;
