@@ -63,10 +63,25 @@ public sealed class MigrationService : IDisposable
     public static MigrationService Start(MigrationServiceOptions o)
     {
         string root = Path.GetFullPath(o.ImagesDir);
+        string machine = Path.GetFullPath(o.MachineDir);
         if (Directory.Exists(root) && Directory.EnumerateFileSystemEntries(root).Any())
-            throw new DumperException("the destination images directory is not empty", null, root);
-        if (SimMachine.Exists(o.MachineDir))
-            throw new DumperException($"a machine already exists in {o.MachineDir}; the destination restores into a new one");
+        {
+            // What an interrupted service left (its marker, numbered directories, and the machine
+            // its failed restore may have created) is cleared, so a rerun succeeds; anything else
+            // is the user's.
+            bool ours = File.Exists(Path.Combine(root, ImageNames.IncompleteMarker))
+                        && Directory.EnumerateFileSystemEntries(root).All(e => Path.GetFileName(e) == ImageNames.IncompleteMarker
+                            || (Directory.Exists(e) && int.TryParse(Path.GetFileName(e), NumberStyles.None, CultureInfo.InvariantCulture, out _)));
+            if (!ours)
+                throw new DumperException("the destination images directory is not empty and is not an interrupted migrate-service's", null, root);
+            foreach (var e in Directory.EnumerateFileSystemEntries(root).ToList())
+                if (Directory.Exists(e)) Directory.Delete(e, true);
+            if (SimMachine.Exists(machine))
+                Directory.Delete(machine, true);
+            File.Delete(Path.Combine(root, ImageNames.IncompleteMarker));
+        }
+        if (SimMachine.Exists(machine))
+            throw new DumperException($"a machine already exists in {machine}; the destination restores into a new one");
         if (!IPAddress.TryParse(o.Address, out var ip))
             throw new DumperException($"--address {o.Address}: not an IP address");
         var l = new TcpListener(ip, o.Port);
@@ -78,7 +93,7 @@ public sealed class MigrationService : IDisposable
         {
             throw new PageServerException($"migrate-service cannot listen on {o.Address}:{o.Port}: {e.Message}", e);
         }
-        return new MigrationService(l, o with { ImagesDir = root, MachineDir = Path.GetFullPath(o.MachineDir) });
+        return new MigrationService(l, o with { ImagesDir = root, MachineDir = machine });
     }
 
     /// <summary>Serves one source from its hello to its close (or until the connection breaks).</summary>

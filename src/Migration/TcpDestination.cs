@@ -73,6 +73,7 @@ internal sealed class TcpDestination : IDisposable
             throw new MigrationTransportException("no command to start the destination with");
         string? temp = null;
         string dir = t.DestinationDir ?? (temp = Path.Combine(Path.GetTempPath(), "criu-sharp-destination-" + Guid.NewGuid().ToString("N")));
+        ClearPreviousDestination(dir);
         var psi = new ProcessStartInfo(t.DestinationCommand[0]) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in t.DestinationCommand.Skip(1))
             psi.ArgumentList.Add(a);
@@ -113,6 +114,21 @@ internal sealed class TcpDestination : IDisposable
                 TryDelete(temp);
             throw;
         }
+    }
+
+    /// <summary>
+    /// A --dest-dir that holds a previous migration's destination (images/ and machine/ only) is
+    /// cleared, as -D of migrate replaces a previous migrate's output; anything else is refused.
+    /// </summary>
+    private static void ClearPreviousDestination(string dir)
+    {
+        if (!Directory.Exists(dir) || !Directory.EnumerateFileSystemEntries(dir).Any())
+            return;
+        var entries = Directory.EnumerateFileSystemEntries(dir).ToList();
+        if (!entries.All(e => Directory.Exists(e) && Path.GetFileName(e) is "images" or "machine"))
+            throw new Dumper.DumperException("--dest-dir is not empty and is not a previous migration's destination (images/ and machine/)", null, dir);
+        foreach (var e in entries)
+            Directory.Delete(e, true);
     }
 
     private static TcpClient Connect(string address, int port, TimeSpan timeout)

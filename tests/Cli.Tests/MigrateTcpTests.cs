@@ -127,6 +127,37 @@ public class MigrateTcpTests : IClassFixture<MigrateScratch>
                 svc.Kill(true);
             svc.Dispose();
         }
+        // A rerun on the same directories succeeds: the service clears what the killed one left.
+        var (again, port2) = StartService(images, images + "-machine", crashAt: null);
+        try
+        {
+            var r = CliRunner.Run(["migrate", .. _s.Args("--transport", "tcp", "--address", "127.0.0.1", "--port", port2.ToString(CultureInfo.InvariantCulture), "--policy", "fixed:2")]);
+            Assert.True(r.Code == 0, r.Err);
+            Assert.True(again.WaitForExit(30_000));
+            Assert.Equal(0, again.ExitCode);
+            Assert.False(File.Exists(Path.Combine(images, ".criu-sharp-incomplete")));
+        }
+        finally
+        {
+            if (!again.HasExited)
+                again.Kill(true);
+            again.Dispose();
+        }
+    }
+
+    [Fact]
+    public void SameDestDirTwice_TheSecondRunReplacesTheFirst()
+    {
+        string dest = Path.Combine(_s.Dir, "dest-twice-" + Guid.NewGuid().ToString("N"));
+        for (int i = 0; i < 2; i++)
+        {
+            var r = CliRunner.Run(["migrate", .. _s.Args("--transport", "tcp", "--policy", "fixed:1", "--dest-dir", dest)]);
+            Assert.True(r.Code == 0, r.Err);
+        }
+        Directory.CreateDirectory(Path.Combine(dest, "mine"));
+        var refused = CliRunner.Run(["migrate", .. _s.Args("--transport", "tcp", "--policy", "fixed:1", "--dest-dir", dest)]);
+        Assert.Equal(3, refused.Code);
+        Assert.True(Directory.Exists(Path.Combine(dest, "images", "2")), "a directory that is not ours is left alone");
     }
 
     [Fact]
