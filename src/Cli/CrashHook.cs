@@ -10,6 +10,9 @@ namespace CriuSharp.Cli;
 internal static class CrashHook
 {
     public const string EnvironmentVariable = "CRIU_SHARP_CRASH_AT";
+    /// <summary>Also set: each point passed is named on stderr ("crash point N: NAME"), so a test can aim at one.</summary>
+    public const string NamesVariable = "CRIU_SHARP_CRASH_NAMES";
+    private static bool _names;
     private static long _target;
     private static long _hits;
 
@@ -19,14 +22,22 @@ internal static class CrashHook
             return false;
         SimKernel.Machine.CrashPoints.Probe = Hit;
         ImageFormat.CrashPoints.Probe = Hit;
+        Installed = true;
+        _names = Environment.GetEnvironmentVariable(NamesVariable) is { Length: > 0 };
         return true;
     }
 
     public static long Hits => Interlocked.Read(ref _hits);
 
+    /// <summary>This run counts crash points (a crash test started it).</summary>
+    public static bool Installed { get; private set; }
+
     private static void Hit(string name)
     {
-        if (Interlocked.Increment(ref _hits) == _target)
+        long n = Interlocked.Increment(ref _hits);
+        if (_names)
+            Console.Error.WriteLine($"criu-sharp: crash point {n}: {name}");
+        if (n == _target)
         {
             // SIGKILL, like the OOM killer or a power cut: no finally blocks, no flushing.
             System.Diagnostics.Process.GetCurrentProcess().Kill();

@@ -30,8 +30,11 @@ public static class Criu
     /// The processes a <c>restore --lazy-pages</c> left waiting for their lazy pages, found again in
     /// <paramref name="kernel"/> by the images they were restored from (for a lazy-pages daemon).
     /// </summary>
-    public static IReadOnlyList<LazyTask> LazyTasks(IKernel kernel, string imagesDir) =>
-        new Restorer(kernel, new RestoreOptions { ImagesDir = imagesDir, LazyPages = true }).Reattach();
+    public static IReadOnlyList<LazyTask> LazyTasks(IKernel kernel, string imagesDir) => LazyTasks(kernel, imagesDir, out _);
+
+    /// <summary>As <see cref="LazyTasks(IKernel, string)"/>; <paramref name="arrived"/> counts restored processes whose lazy pages all arrived already (an empty list then means nothing is left to fetch).</summary>
+    public static IReadOnlyList<LazyTask> LazyTasks(IKernel kernel, string imagesDir, out int arrived) =>
+        new Restorer(kernel, new RestoreOptions { ImagesDir = imagesDir, LazyPages = true }).Reattach(out arrived);
 
     /// <summary>criu check: what tracking the kernel offers and which tracker a dump would use.</summary>
     public static CheckResult Check(IKernel kernel, TrackerKind autoFallback = TrackerKind.None)

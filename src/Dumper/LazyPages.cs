@@ -82,21 +82,34 @@ public sealed class LazyPageStore
 }
 
 /// <summary>
-/// The page sink of a lazy dump: pages of VMAs that can be restored lazily (private anonymous,
-/// not [vdso]/[vvar]/[vsyscall], as CRIU's vma_entry_can_be_lazy says) go into a
-/// <see cref="LazyPageStore"/> and into the pagemap as PE_LAZY entries without bytes (CRIU's
-/// ppb_xfer_flags: PE_LAZY alone when lazy pages are not transferred); every other page is
+/// The page sink of a lazy dump: pages of VMAs that can be restored lazily (<see cref="CanBeLazy"/>)
+/// go into a <see cref="LazyPageStore"/> and into the pagemap as PE_LAZY entries without bytes
+/// (CRIU's ppb_xfer_flags: PE_LAZY alone when lazy pages are not transferred); every other page is
 /// written as usual. Digests are still reported, so the VMA checksums cover the lazy pages.
 /// </summary>
 internal sealed class LazyPageSink(LocalPageSink inner, int pid, IReadOnlyList<VmaInfo> vmas, LazyPageStore store) : IPageSink
 {
     public Action<ulong, ulong>? OnPageDigest { get; set; }
 
+    /// <summary>
+    /// CRIU's vma_entry_can_be_lazy (criu/include/vma.h): MAP_ANONYMOUS and MAP_PRIVATE, not
+    /// MAP_LOCKED, not the vDSO or vsyscall area — so MAP_SHARED anonymous memory (shmem, SysV)
+    /// and file mappings are never lazy, in CRIU as here. Two more exclusions, neither of which
+    /// changes what CRIU would make lazy in practice: [vvar] (never dumped: its pages are the
+    /// kernel's) and hugetlb (a missing-mode UFFDIO_COPY into a hugetlb VMA must cover whole huge
+    /// pages, and both criu/uffd.c and our daemon place base pages, so such a restore could not
+    /// finish). CRIU also keeps each thread's current stack page eager (is_stack in criu/mem.c); a
+    /// simulated thread's registers hold its workload program's state, not a stack pointer into its
+    /// memory, so that rule has no page to keep.
+    /// </summary>
+    public static bool CanBeLazy(VmaInfo v) =>
+        v.IsAnonPrivate && (v.MapFlags & VmaMapFlags.Locked) == 0 && !v.IsVdso && !v.IsVsyscall && !v.IsVvar && !v.IsHugetlb;
+
     private bool Lazy(ulong va)
     {
         foreach (var v in vmas)
             if (v.Start <= va && va < v.End)
-                return v.IsAnonPrivate && !v.IsVdso && !v.IsVvar && !v.IsVsyscall && !v.IsHugetlb;
+                return CanBeLazy(v);
         return false;
     }
 

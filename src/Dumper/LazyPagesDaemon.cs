@@ -16,9 +16,12 @@ public sealed class StoreLazyPageSource(LazyPageStore store) : ILazyPageSource
 }
 
 /// <summary>
-/// The time model of fetching lazy pages over the link: a request costs a round trip and the
-/// page's transfer time, and while the drain runs it also waits for the rest of the drain chunk in
-/// flight. Modelled, not measured; the figures are options of migrate.
+/// The time model of fetching lazy pages over the link (one connection, as criu/uffd.c keeps one
+/// to the page server): a fault's request takes half a round trip to the source; its page goes on
+/// the wire as soon as what is already on it has gone — a drain chunk in flight is never
+/// interrupted, but a fault's page goes before drain chunks not yet started (uffd.c serves faults
+/// before handle_remaining_pages asks for more) — and arrives half a round trip after its transfer.
+/// Modelled, not measured; the figures are options of migrate.
 /// </summary>
 public sealed record LazyLinkModel(ulong RoundTripNs, double BytesPerSecond, int DrainChunkBytes = 64 << 10)
 {
@@ -71,6 +74,12 @@ public sealed class LazyPagesDaemon : IDisposable
     private ulong _stall;
     private ulong _faultBytesThisPeriod;
     private readonly Dictionary<int, ulong> _stallByPid = [];
+    /// <summary>Virtual time at which everything already on the connection has been sent.</summary>
+    private ulong _wireFreeNs;
+    /// <summary>Transfer times of the drain chunks requested but not yet on the wire, in order.</summary>
+    private readonly Queue<ulong> _chunksWaiting = new();
+    /// <summary>Per process: when its last fault was answered (a thread asleep in a fault issues no other).</summary>
+    private readonly Dictionary<int, ulong> _readyAt = [];
     private bool _closed;
 
     private sealed class Lazy(LazyTask t)
@@ -171,10 +180,7 @@ public sealed class LazyPagesDaemon : IDisposable
                     l.Remaining.Remove(at);
                     _byFault += _ps / PageGeometry.PageSize;
                     _faultBytesThisPeriod += (ulong)_ps;
-                    // A request waits for the round trip, its page's transfer and, while the drain
-                    // still runs, the rest of the drain chunk in flight (half a chunk on average).
-                    ulong wait = _link.RoundTripNs + _link.TransferNs((ulong)_ps)
-                                 + (PagesRemaining > 0 ? _link.TransferNs((ulong)_link.DrainChunkBytes / 2) : 0);
+                    ulong wait = FaultWait(l.Task.Pid);
                     _latencies.Add(wait);
                     _stall += wait;
                     _stallByPid[l.Task.Pid] = _stallByPid.GetValueOrDefault(l.Task.Pid) + wait;
@@ -193,6 +199,26 @@ public sealed class LazyPagesDaemon : IDisposable
         }
     }
 
+    /// <summary>
+    /// The wait of a fault raised now (the kernel's clock is the faulting operation's time) by
+    /// <paramref name="pid"/>, on the connection as <see cref="LazyLinkModel"/> describes it; the
+    /// page's transfer then occupies the wire, so drain chunks not yet started go after it.
+    /// </summary>
+    private ulong FaultWait(int pid)
+    {
+        ulong sent = Math.Max(_k.UptimeNs, _readyAt.GetValueOrDefault(pid));
+        ulong half = _link.RoundTripNs / 2;
+        ulong atSource = sent + half;
+        // Chunks that went on the wire before the request reached the source go first.
+        while (_chunksWaiting.Count > 0 && _wireFreeNs <= atSource)
+            _wireFreeNs += _chunksWaiting.Dequeue();
+        ulong end = Math.Max(atSource, _wireFreeNs) + _link.TransferNs((ulong)_ps);
+        _wireFreeNs = end;
+        ulong wait = end + (_link.RoundTripNs - half) - sent;
+        _readyAt[pid] = sent + wait;
+        return wait;
+    }
+
     /// <summary>UFFDIO_COPY, treating EEXIST (the page is there already) as done, as uffd.c does; true when this copy placed it.</summary>
     private static bool Place(IUserfaultfd fd, ulong at, ReadOnlySpan<byte> bytes)
     {
@@ -209,6 +235,21 @@ public sealed class LazyPagesDaemon : IDisposable
     public ulong Drain(ulong budgetBytes)
     {
         ulong done = 0;
+        // Chunks asked for earlier that the wire has reached by now are gone; the rest wait their
+        // turn, and this turn's go after them. The drain asks only for what the link can carry in
+        // the period after what it already owes (faults take their share first), so the wire
+        // never falls behind the pages placed by more than a period.
+        ulong now = _k.UptimeNs;
+        while (_chunksWaiting.Count > 0 && _wireFreeNs <= now)
+            _wireFreeNs += _chunksWaiting.Dequeue();
+        if (_chunksWaiting.Count == 0)
+            _wireFreeNs = Math.Max(_wireFreeNs, now);
+        ulong owedNs = _wireFreeNs - now;
+        foreach (ulong c in _chunksWaiting)
+            owedNs += c;
+        ulong periodBytes = budgetBytes + _faultBytesThisPeriod;
+        ulong owedBytes = (ulong)(owedNs / 1e9 * _link.BytesPerSecond);
+        budgetBytes = Math.Min(budgetBytes, Math.Max((ulong)_ps, periodBytes > owedBytes ? periodBytes - owedBytes : 0));
         var chunk = new byte[Math.Max(_link.DrainChunkBytes, _ps)];
         foreach (var l in _tasks)
         {
@@ -243,6 +284,7 @@ public sealed class LazyPagesDaemon : IDisposable
                     l.Remaining.Remove(first + (ulong)(i * _ps));
                 _byDrain += n * (_ps / PageGeometry.PageSize);
                 done += (ulong)span.Length;
+                _chunksWaiting.Enqueue(_link.TransferNs((ulong)span.Length));
             }
         }
         if (Complete)

@@ -168,8 +168,9 @@ internal sealed class Restorer
     /// each process of the images with PE_LAZY entries, its userfaultfd still installed, and the
     /// part of each lazy VMA's checksum its memory makes up now.
     /// </summary>
-    internal List<LazyTask> Reattach()
+    internal List<LazyTask> Reattach(out int arrived)
     {
+        arrived = 0;
         var set = ImageSet.Open(_o.ImagesDir);
         var found = new List<LazyTask>();
         foreach (var pe in set.ReadPstree())
@@ -183,13 +184,18 @@ internal sealed class Restorer
                 continue;
             if (_k.FindTask(pid) is not { Alive: true })
                 throw new DumperException("no such restored process: restore the images with --lazy-pages first", pid, _o.ImagesDir);
-            var uffd = _k.InstalledUserfaultfd(pid)
-                ?? throw new DumperException("the process has no userfaultfd: it was not restored with --lazy-pages, or its lazy pages already arrived", pid, _o.ImagesDir);
+            // A restore of lazy images without --lazy-pages is refused, so a restored process
+            // without its userfaultfd is one whose lazy pages all arrived (the daemon closed it).
+            if (_k.InstalledUserfaultfd(pid) is not { } uffd)
+            {
+                arrived++;
+                continue;
+            }
             var checks = new List<LazyVmaCheck>();
             Verify(set, new RTask(_k, pid), set.ReadMm(pid), lazy, checks, onlyLazy: true);
             found.Add(new LazyTask(pid, uffd, lazy) { Checks = checks });
         }
-        if (found.Count == 0)
+        if (found.Count == 0 && arrived == 0)
             throw new DumperException("the images hold no lazy pages (not a dump --lazy-pages)", null, _o.ImagesDir);
         return found;
     }

@@ -118,6 +118,16 @@ public sealed partial class Kernel
 
     public void AdvanceClock(ulong ns) => UptimeNs += ns;
 
+    /// <summary>
+    /// While a userfaultfd monitor runs for a faulting thread: the virtual time of the operation
+    /// that faulted (a quantum's operations are spread over it at the program's rate, while
+    /// <see cref="UptimeNs"/> stays at the quantum's start). Zero otherwise.
+    /// </summary>
+    internal ulong FaultingOperationNs { get; set; }
+
+    /// <summary>The clock as a monitor answering a fault reads it: <see cref="UptimeNs"/>, or the faulting operation's time.</summary>
+    public ulong NowNs => Math.Max(UptimeNs, FaultingOperationNs);
+
     /// <summary>Soft-dirty exists only where both the architecture and the kernel build have it.</summary>
     public bool SoftDirtySupported => Arch.HasSoftDirty && Version.SoftDirtyConfigured;
 

@@ -19,14 +19,14 @@ public sealed class LazyPagesCliTests : IDisposable
     private string P(string name) => Path.Combine(_root, name);
 
     /// <summary>A source machine with one hotcold process that ran 50 ms, dumped lazily by a child process; returns it and its port.</summary>
-    private (Process Dump, string Port) StartLazyDump()
+    private (Process Dump, string Port) StartLazyDump(params string[] extra)
     {
         File.WriteAllText(P("w.json"), MigrateScratch.HotCold);
         Assert.Equal(0, CliRunner.Run("spawn", "-m", P("src"), P("w.json")).Code);
         Assert.Equal(0, CliRunner.Run("run", "-m", P("src"), "--for", "50ms").Code);
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "criu-sharp.dll"));
-        foreach (var a in new[] { "dump", "-m", P("src"), "-t", "1000", "-D", P("img"), "--lazy-pages", "--address", "127.0.0.1", "--port", "0", "--ps-timeout", "60" })
+        foreach (var a in new[] { "dump", "-m", P("src"), "-t", "1000", "-D", P("img"), "--lazy-pages", "--address", "127.0.0.1", "--port", "0", "--ps-timeout", "60" }.Concat(extra))
             psi.ArgumentList.Add(a);
         psi.Environment.Remove("CRIU_SHARP_MACHINE");
         var p = Process.Start(psi)!;
@@ -99,5 +99,39 @@ public sealed class LazyPagesCliTests : IDisposable
         var l = CliRunner.Run("lazy-pages", "-m", P("dst"), "-D", P("img"), "--page-server", "--address", "127.0.0.1", "--port", "1");
         Assert.Equal(3, l.Code);
         Assert.Contains("no lazy pages", l.Err);
+    }
+
+    [Fact]
+    public void LazySessionOverTls_RefusesADaemonWithoutTheRightCertificate_AndServesOneWithIt()
+    {
+        using var certs = new TestCerts(P("pki"), "criu-sharp test CA");
+        using var rogue = new TestCerts(P("rogue-pki"), "someone else");
+        var (sc, sk) = certs.Leaf("localhost");
+        var (cc, ck) = certs.Leaf("daemon");
+        var (rc, rk) = rogue.Leaf("daemon");
+        string[] Tls(string cert, string key) => ["--tls", "--tls-cacert", certs.CaPath, "--tls-cert", cert, "--tls-key", key];
+        var (dump, port) = StartLazyDump(Tls(sc, sk));
+        using (dump)
+        {
+            string[] Daemon(string m) => ["lazy-pages", "-m", P(m), "-D", P("img"), "--page-server", "--address", "127.0.0.1", "--port", port, "--ps-timeout", "20"];
+            // Without TLS, and with a certificate another CA signed: refused; those restored trees
+            // are stopped, never run on with pages missing.
+            foreach (var (m, extra) in new[] { ("plain", Array.Empty<string>()), ("rogue", Tls(rc, rk)) })
+            {
+                Assert.Equal(0, CliRunner.Run("restore", "-m", P(m), "-D", P("img"), "--lazy-pages").Code);
+                var refused = CliRunner.Run([.. Daemon(m), .. extra]);
+                Assert.True(refused.Code == 7, $"{m}: {refused.Code} {refused.Out}{refused.Err}");
+                Assert.Contains("never arrived", refused.Err);
+            }
+            // The source still serves: a daemon with the right certificate gets every page.
+            Assert.Equal(0, CliRunner.Run("restore", "-m", P("dst"), "-D", P("img"), "--lazy-pages").Code);
+            var l = CliRunner.Run([.. Daemon("dst"), .. Tls(cc, ck)]);
+            Assert.True(l.Code == 0, l.Err + l.Out);
+            Assert.True(dump.WaitForExit(60_000), "the source kept serving after CLOSE");
+            Assert.Equal(0, dump.ExitCode);
+            string err = dump.StandardError.ReadToEnd();
+            Assert.Equal(2, err.Split('\n').Count(x => x.Contains("connection was dropped", StringComparison.Ordinal)));
+            Assert.Equal(0, CliRunner.Run("verify", "-m", P("dst")).Code);
+        }
     }
 }

@@ -267,6 +267,64 @@ public class RpcServiceTests
         Assert.Equal(0, service.Stop());
     }
 
+    [Fact]
+    public async Task Service_RestoresLazily_ForTheLazyPagesDaemon_AndRefusesALazyDump()
+    {
+        using var work = new TempMachine();
+        Directory.CreateDirectory(work.Dir);
+        string source = Path.Combine(work.Dir, "source"), dest = Path.Combine(work.Dir, "dest"), img = Path.Combine(work.Dir, "img");
+        string wl = Path.Combine(work.Dir, "w.json");
+        File.WriteAllText(wl, Workload);
+        Assert.Equal(0, CliRunner.RunProcess(work.Dir, "spawn", wl, "--machine", source).Code);
+        string address = Path.Combine(work.Dir, "s.socket");
+        using var service = Service.Start(address, source);
+        criu_resp Ask(criu_req req)
+        {
+            using var c = service.Connect();
+            c.Send(req);
+            return c.Receive()!;
+        }
+        // criu_opts.lazy_pages on DUMP: refused (the lazy dump serves its pages from the CLI).
+        var lazyDump = Ask(new criu_req { Type = criu_req_type.Dump, Opts = new criu_opts { ImagesDir = Dir(work.Dir, "refused"), Pid = 1000, LazyPages = true } });
+        Assert.False(lazyDump.Success);
+        Assert.Equal(EOPNOTSUPP, lazyDump.CrErrno);
+        Assert.Contains("dump --lazy-pages", lazyDump.CrErrmsg);
+
+        // The source: dump --lazy-pages serving on loopback.
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "criu-sharp.dll"));
+        foreach (var a in new[] { "dump", "-m", source, "-t", "1000", "-D", img, "--lazy-pages", "--address", "127.0.0.1", "--port", "0", "--ps-timeout", "60" })
+            psi.ArgumentList.Add(a);
+        psi.Environment.Remove("CRIU_SHARP_MACHINE");
+        using var dump = Process.Start(psi)!;
+        var err = dump.StandardError.ReadToEndAsync();
+        string? port = null;
+        while (port is null && dump.StandardOutput.ReadLine() is { } line)
+            if (line.StartsWith("listening on ", StringComparison.Ordinal))
+                port = line[(line.LastIndexOf(':') + 1)..];
+        Assert.True(port is not null, "dump --lazy-pages did not listen");
+
+        // RESTORE without lazy_pages is refused with the reason; with it, the tree is restored
+        // with its lazy pages missing and the machine marked until the daemon has them.
+        var plain = Ask(new criu_req { Type = criu_req_type.Restore, Opts = new criu_opts { ImagesDir = img, SimMachine = Path.Combine(work.Dir, "plain") } });
+        Assert.False(plain.Success);
+        Assert.Contains("lazy", plain.CrErrmsg);
+        var restore = Ask(new criu_req { Type = criu_req_type.Restore, Opts = new criu_opts { ImagesDir = img, SimMachine = dest, LazyPages = true } });
+        Assert.True(restore.Success, restore.CrErrmsg);
+        Assert.Equal(1000, restore.Restore.Pid);
+        Assert.True(File.Exists(Path.Combine(dest, SimMachine.LazyRestoreMarkerName)));
+        Assert.Equal((int)ExitCode.BadImage, CliRunner.Run("verify", "--machine", dest).Code);
+
+        var daemon = CliRunner.Run("lazy-pages", "--machine", dest, "-D", img, "--page-server", "--address", "127.0.0.1", "--port", port!);
+        Assert.True(daemon.Code == 0, daemon.Out + daemon.Err);
+        Assert.True(dump.WaitForExit(60_000), "the source kept serving after CLOSE");
+        Assert.True(dump.ExitCode == 0, await err);
+        Assert.False(File.Exists(Path.Combine(dest, SimMachine.LazyRestoreMarkerName)));
+        var v = CliRunner.Run("verify", "--machine", dest);
+        Assert.True(v.Code == 0, v.Out + v.Err);
+        Assert.Equal(0, service.Stop());
+    }
+
     private static string Dir(string root, string name)
     {
         string d = Path.Combine(root, name);

@@ -107,4 +107,36 @@ public class LazyPagesTests
         Assert.Contains("never arrived", daemon.Error);
         Directory.Delete(dir, true);
     }
+
+    [Fact]
+    public void OnlyPrivateAnonymousUnlockedMemory_IsLazy_AsCriusVmaEntryCanBeLazy()
+    {
+        // criu/include/vma.h vma_entry_can_be_lazy: MAP_ANONYMOUS && MAP_PRIVATE && !MAP_LOCKED,
+        // not the vDSO or vsyscall area. Shared anonymous memory (shmem) and mlocked memory stay eager.
+        var k = RoundTrip.NewKernel();
+        var host = new ClockOnlyHost(k);
+        var t = k.Spawn("lazy-rule", 100);
+        int ps = k.Arch.PageSize;
+        ulong anon = Procs.Map(t, 8);
+        Procs.Fill(t, anon, 8, 1);
+        ulong locked = Procs.Map(t, 8, KernelApi.MapFlags.Locked);
+        Procs.Fill(t, locked, 8, 2);
+        var sr = t.Mmap(0, 8 * (ulong)ps, KernelApi.Prot.Read | KernelApi.Prot.Write, KernelApi.MapFlags.Shared | KernelApi.MapFlags.Anonymous);
+        Assert.True(sr.Ok);
+        ulong shared = (ulong)sr.Value;
+        Procs.Fill(t, shared, 8, 3);
+        string dir = RoundTrip.NewDir("lazy-rule");
+        var store = new LazyPageStore();
+        Criu.Dump(host.AsKernelApi(), new DumpOptions { Pid = 100, ImagesDir = dir, LazyPages = store });
+        var pm = ImageSet.Open(dir).ReadPagemap(100);
+        bool LazyIn(ulong start) => pm.Entries.Any(e => PagemapImage.FlagsOf(e) == PagemapFlags.Lazy
+            && e.Vaddr < start + 8 * (ulong)ps && e.Vaddr + PagemapImage.NrPages(e) * (ulong)PageGeometry.PageSize > start);
+        Assert.True(LazyIn(anon), "private anonymous memory is lazy");
+        Assert.False(LazyIn(locked), "MAP_LOCKED memory is not lazy");
+        Assert.False(LazyIn(shared), "shared anonymous memory is not lazy");
+        var held = store.Addresses(100);
+        Assert.Equal(8 * ps / PageGeometry.PageSize, held.Count(a => a >= anon && a < anon + 8 * (ulong)ps));
+        Assert.DoesNotContain(held, a => (a >= locked && a < locked + 8 * (ulong)ps) || (a >= shared && a < shared + 8 * (ulong)ps));
+        Directory.Delete(dir, true);
+    }
 }

@@ -86,4 +86,55 @@ public class PageServerTlsTests
         }
         Directory.Delete(dir, recursive: true);
     }
+
+    [Fact]
+    public async Task TlsLazyPageServer_RefusesADaemonWithoutTheRightCertificate_AndServesOneWithIt()
+    {
+        string dir = RoundTrip.NewDir("lazy-tls");
+        using var ca = NewCa("criu-sharp test CA", out var caKey);
+        using var rogueCa = NewCa("someone else", out var rogueKey);
+        try
+        {
+            string caPath = Path.Combine(dir, "ca.pem");
+            File.WriteAllText(caPath, ca.ExportCertificatePem());
+            var serverTls = Leaf(Path.Combine(dir, "server"), ca, caKey, caPath, "localhost");
+            var clientTls = Leaf(Path.Combine(dir, "client"), ca, caKey, caPath, "client");
+            var rogueTls = Leaf(Path.Combine(dir, "rogue"), rogueCa, rogueKey, caPath, "client");
+
+            var store = new LazyPageStore();
+            var pages = new byte[2 * 4096];
+            for (int i = 0; i < pages.Length; i++)
+                pages[i] = (byte)(i * 7 + 3);
+            store.Add(1000, 0x7f0000010000, pages);
+            using var server = LazyPageServer.Start(store, "127.0.0.1", 0, tls: serverTls);
+            var dropped = new List<string>();
+            string? error = null;
+            var serving = Task.Run(() => server.Serve(Io, out error, dropped.Add));
+            var got = new byte[pages.Length];
+            // A daemon whose certificate another CA signed, and one without TLS: refused, and the
+            // source keeps waiting for a daemon it can serve.
+            using (var rogue = new PageServerLazySource("127.0.0.1", server.Port, Io, tls: rogueTls))
+                Assert.False(rogue.TryGet(1000, 0x7f0000010000, got));
+            using (var plain = new PageServerLazySource("127.0.0.1", server.Port, Io))
+                Assert.False(plain.TryGet(1000, 0x7f0000010000, got));
+            Assert.Equal(0, server.PagesServed);
+            using (var good = new PageServerLazySource("127.0.0.1", server.Port, Io, tls: clientTls))
+            {
+                Assert.Null(good.ConnectError);
+                Assert.True(good.TryGet(1000, 0x7f0000010000, got));
+                Assert.Equal(pages, got);
+                good.Close();
+            }
+            Assert.True(await serving.WaitAsync(Io), error);
+            Assert.Equal(2, dropped.Count);
+            Assert.All(dropped, d => Assert.Contains("TLS", d));
+            Assert.Equal(2, server.PagesServed);
+        }
+        finally
+        {
+            caKey.Dispose();
+            rogueKey.Dispose();
+            Directory.Delete(dir, recursive: true);
+        }
+    }
 }

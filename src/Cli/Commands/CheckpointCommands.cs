@@ -301,6 +301,9 @@ public static class CheckpointCommands
             log.Write(CliLog.Info, $"Restoring from {images} into {m.Directory}");
             var result = TerminalProgress.Run(p.GetValue(json), "restoring",
                 () => Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = images, Verify = !p.GetValue(noVerify), LeaveStopped = p.GetValue(leaveStopped), LazyPages = p.GetValue(lazyPages) }));
+            // Pages are missing until lazy-pages brings them: the mark goes down before the tree does.
+            if (result.Lazy.Count > 0)
+                m.MarkLazyRestore(images, result.Lazy.Select(l => l.Pid));
             m.Save();
             lease.Keep();
             foreach (var w in result.Warnings)

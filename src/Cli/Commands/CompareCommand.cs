@@ -195,6 +195,8 @@ internal class MigrationSummaryJson(MigrationResult r)
         pages_by_fault = pc.Stats.PagesByFault,
         pages_by_drain = pc.Stats.PagesByDrain,
         fault_latency_mean_ns = pc.Stats.FaultLatencyMeanNs,
+        fault_latency_p50_ns = pc.Stats.FaultLatencyP50Ns,
+        fault_latency_p99_ns = pc.Stats.FaultLatencyP99Ns,
         fault_latency_max_ns = pc.Stats.FaultLatencyMaxNs,
     };
 }

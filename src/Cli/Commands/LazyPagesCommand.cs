@@ -26,33 +26,55 @@ namespace CriuSharp.Cli;
 /// </summary>
 public static class LazyPagesCommand
 {
-    /// <summary>dump --lazy-pages: the dump, then one lazy-pages session served from the pages it kept.</summary>
+    /// <summary>
+    /// dump --lazy-pages: the dump, then lazy-pages sessions served from the pages it kept. As
+    /// CRIU's cr_lazy_mem_dump does, the tree stays as it was (seized, not killed) until a daemon
+    /// has every page: only then is it killed and the machine saved. If the session fails, or this
+    /// command is killed, the machine is left as it was before the dump and the tree runs on there
+    /// (CRIU's cr_dump_finish resumes the tasks when the lazy transfer fails; ptrace-seized tasks
+    /// run on when criu dies). The machine stays locked meanwhile.
+    /// </summary>
     internal static int DumpAndServe(ParseResult p, CheckpointCommands.DumpArgs a, DumpOptions options)
     {
         if (options.PageServer is not null)
             throw new UserException(ExitCode.Usage, "--lazy-pages and --page-server: the source serves its lazy pages itself (give --address/--port without --page-server)");
+        if (options.LeaveStopped)
+            throw new UserException(ExitCode.Usage, "--lazy-pages and --leave-stopped: the tree is killed once the daemon has every page (or left running with --leave-running)");
         var store = new LazyPageStore();
-        options = options with { LazyPages = store };
+        bool leaveRunning = options.LeaveRunning;
+        options = options with { LazyPages = store, LeaveRunning = true };
         var o = p.InvocationConfiguration.Output;
         var err = p.InvocationConfiguration.Error;
         bool json = p.GetValue(a.Json);
-        DumpResult result;
-        using (var m = a.Machine.Open(p))
-        {
-            PidOption.Resolve(m.Kernel, options.Pid);
-            result = TerminalProgress.Run(json, "dumping", () => Criu.Dump(m.AsKernelApi(), options));
-            m.Save();
-        }
+        string address = p.GetValue(a.Net.Address) is { Length: > 0 } ad ? ad : "0.0.0.0";
+        int port = a.Net.ParsedPort(p, allowZero: true);
+        var timeout = a.Net.ParsedTimeout(p);
+        using var m = a.Machine.Open(p);
+        PidOption.Resolve(m.Kernel, options.Pid);
+        var result = TerminalProgress.Run(json, "dumping", () => Criu.Dump(m.AsKernelApi(), options));
         foreach (var w in result.Warnings)
             err.WriteLine($"criu-sharp: warning: {w.Message}");
         if (!json)
             CheckpointCommands.Report(o, err, result, options.ImagesDir, false, p.GetValue(a.DisplayStats));
-        // The machine is saved and unlocked: the destination may be the same machine directory.
-        string address = p.GetValue(a.Net.Address) is { Length: > 0 } ad ? ad : "0.0.0.0";
-        using var server = LazyPageServer.Start(store, address, a.Net.ParsedPort(p, allowZero: true), a.Net.ParsedLayout(p));
+        using var server = LazyPageServer.Start(store, address, port, a.Net.ParsedLayout(p), a.Net.ParsedTls(p));
+        if (CrashHook.Installed)
+            err.WriteLine($"criu-sharp: crash points before serving: {CrashHook.Hits}");
         o.WriteLine($"listening on {server.Address}:{server.Port}");
         o.Flush();
-        bool closed = server.ServeOne(a.Net.ParsedTimeout(p), out string? why);
+        bool closed = server.Serve(timeout, out string? why,
+            dropped => err.WriteLine($"criu-sharp: lazy-pages: a daemon's connection was dropped ({dropped}); waiting {timeout.TotalSeconds:0.#} s for the next"));
+        if (closed)
+        {
+            // Every page has arrived on the destination: the tree goes now (CRIU's final state).
+            if (!leaveRunning)
+            {
+                var api = m.AsKernelApi();
+                foreach (int pid in result.Pids.Reverse())
+                    if (api.FindTask(pid) is { Alive: true })
+                        api.Exit(pid, 0, KernelApi.Signals.SIGKILL);
+            }
+            m.Save();
+        }
         if (json)
             o.WriteLine(JsonSerializer.Serialize(new
             {
@@ -68,8 +90,21 @@ public static class LazyPagesCommand
         else
             o.WriteLine($"served {server.PagesServed} of {store.Pages} lazy pages{(closed ? "; the daemon closed the session" : "")}");
         if (!closed)
-            throw new UserException(ExitCode.Environment, $"lazy-pages session ended before CLOSE: {why}", "The destination's lazy restore stops its tree and names the pages it lost.");
+            throw new UserException(ExitCode.Environment, $"lazy-pages session ended before CLOSE: {why}; the tree was left running on the source, unchanged",
+                "The destination's lazy restore stops its tree and names the pages it lost; dump again to retry.");
         return 0;
+    }
+
+    /// <summary>
+    /// run and verify on a machine whose lazy restore has not finished: its tree lacks pages that
+    /// only the source can give, so it must not run (or be checked) before lazy-pages brought them.
+    /// </summary>
+    internal static void RefuseWhileIncomplete(SimMachine m)
+    {
+        if (m.LazyRestoreBlocksRunning && m.PendingLazyRestore is { } pending)
+            throw new UserException(ExitCode.BadImage,
+                $"machine {m.Directory}: the lazy restore of {pending.ImagesDir} is incomplete (process {string.Join(' ', pending.Pids)} still lacks lazy pages)",
+                $"Run 'criu-sharp lazy-pages -m {m.Directory} -D {pending.ImagesDir} --page-server --address ADDRESS --port PORT' against the source's dump --lazy-pages.");
     }
 
     public static Command Create()
@@ -101,13 +136,26 @@ public static class LazyPagesCommand
             var err = p.InvocationConfiguration.Error;
             using var m = machine.Open(p);
             var api = m.AsKernelApi();
-            var tasks = Criu.LazyTasks(api, images);
-            using var source = new PageServerLazySource(address, port, net.ParsedTimeout(p), net.ParsedLayout(p));
+            var tasks = Criu.LazyTasks(api, images, out int arrived);
+            using var source = new PageServerLazySource(address, port, net.ParsedTimeout(p), net.ParsedLayout(p), net.ParsedTls(p));
+            if (tasks.Count == 0)
+            {
+                // An earlier daemon brought every page and saved the machine, then stopped before
+                // it told the source: finish its work (the source may wait for CLOSE).
+                m.ClearLazyRestore();
+                source.Close();
+                o.WriteLine($"every lazy page of {arrived} process(es) had already arrived{(source.ConnectError is null ? "; closed the source's session" : "")}");
+                return 0;
+            }
             using var daemon = new LazyPagesDaemon(api, source, tasks, link);
             ulong elapsed = PostCopyPeriods.Run(daemon, m.Kernel, m.Advance, tasks, link);
+            // The machine holding every page is saved before the mark goes and before the source
+            // may drop its copies (CLOSE): a kill anywhere here leaves a rerun something to finish.
+            m.Save();
+            if (daemon.Complete && daemon.VerifyError is null)
+                m.ClearLazyRestore();
             if (daemon.Complete)
                 source.Close();
-            m.Save();
             var st = daemon.Stats;
             if (daemon.Failed)
             {
@@ -131,6 +179,7 @@ public static class LazyPagesCommand
                     pages_by_drain = st.PagesByDrain,
                     zero_pages = st.ZeroPages,
                     fault_latency_mean_ns = st.FaultLatencyMeanNs,
+                    fault_latency_p50_ns = st.FaultLatencyP50Ns,
                     fault_latency_p99_ns = st.FaultLatencyP99Ns,
                     fault_latency_max_ns = st.FaultLatencyMaxNs,
                     last_page_ns = elapsed,
@@ -138,7 +187,7 @@ public static class LazyPagesCommand
                     verify_error = daemon.VerifyError,
                 }, JsonOut.Options));
             else
-                o.WriteLine($"lazy pages: {st.PagesByFault} by {st.Faults} faults, {st.PagesByDrain} by the drain, {st.ZeroPages} zero-filled; last page {elapsed / 1e6:0.##} ms after start; {daemon.VmasVerified} VMA checksums {(daemon.VerifyError is null ? "ok" : "FAILED: " + daemon.VerifyError)}");
+                o.WriteLine($"lazy pages: {st.PagesByFault} by {st.Faults} faults, {st.PagesByDrain} by the drain, {st.ZeroPages} zero-filled; fault wait median {st.FaultLatencyP50Ns / 1e6:0.###} ms, p99 {st.FaultLatencyP99Ns / 1e6:0.###} ms; last page {elapsed / 1e6:0.##} ms after start; {daemon.VmasVerified} VMA checksums {(daemon.VerifyError is null ? "ok" : "FAILED: " + daemon.VerifyError)}");
             return daemon.VerifyError is null ? 0 : (int)ExitCode.CheckFailed;
         });
         return cmd;

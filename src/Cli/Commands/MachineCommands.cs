@@ -63,6 +63,7 @@ public static class MachineCommands
         cmd.SetAction(p =>
         {
             using var m = machine.Open(p);
+            LazyPagesCommand.RefuseWhileIncomplete(m);
             ulong start = m.Kernel.UptimeNs;
             if (p.GetValue(steps) is long n)
             {
@@ -229,6 +230,7 @@ public static class MachineCommands
         cmd.SetAction(p =>
         {
             using var m = machine.Open(p);
+            LazyPagesCommand.RefuseWhileIncomplete(m);
             var tasks = p.GetResult(pid) is null
                 ? m.Kernel.Tasks.Where(t => t.Alive && WorkloadApi.HasProgram(t)).ToList()
                 : [PidOption.Resolve(m.Kernel, p.GetValue(pid))];

@@ -231,9 +231,12 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
     /// <summary>Options CRIU has that need parts criu-sharp lacks; accepting them silently would change the result.</summary>
     private static void RefuseMissing(criu_opts o, string what)
     {
-        if (o.LazyPages)
+        // A lazy restore works as CRIU's does (the lazy-pages daemon is a separate command, as
+        // 'criu lazy-pages' is); a lazy dump serves its pages from the command that dumped, which a
+        // request cannot hold open here: 'criu-sharp dump --lazy-pages' does it.
+        if (o.LazyPages && what != "RESTORE")
             throw new RpcException(RpcErrno.EOPNOTSUPP, ExitCode.Unsupported,
-                $"{what} with lazy_pages: lazy (post-copy) migration needs a page server and userfaultfd restore, which this build lacks");
+                $"{what} with lazy_pages: a lazy dump serves its pages until the daemon has them all; use 'criu-sharp dump --lazy-pages --address A --port N'");
         if (o.Ps is not null && what == "RESTORE")
             throw new RpcException(RpcErrno.EOPNOTSUPP, ExitCode.Unsupported,
                 "RESTORE with ps: restoring from a page server needs lazy restore, which this build lacks");
@@ -354,7 +357,11 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
             throw new RpcException(RpcErrno.ECANCELED, ExitCode.CheckFailed, "the client failed the pre-restore notification; nothing was restored");
         // A destination that does not exist yet is a freshly booted host with the default profile.
         using var m = SimMachine.Exists(dir) ? SimMachine.Open(dir, _s.LockWait) : SimMachine.Create(dir, new KernelConfig(), _s.LockWait);
-        var result = Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = images, LeaveStopped = o.LeaveStopped });
+        var result = Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = images, LeaveStopped = o.LeaveStopped, LazyPages = o.LazyPages });
+        // lazy_pages: the lazy pages stay missing until 'criu-sharp lazy-pages' brings them; the
+        // machine is marked until then, as restore --lazy-pages marks it.
+        if (result.Lazy.Count > 0)
+            m.MarkLazyRestore(images, result.Lazy.Select(l => l.Pid));
         m.Save();
         int root = result.Pids[0];
         foreach (var w in result.Warnings)
@@ -446,7 +453,8 @@ internal sealed class RpcSession(RpcConnection connection, RpcSettings settings,
     /// <summary>
     /// CRIU answers success with every feature present and false unless it was asked for and is
     /// there. mem_track is true when pre-dumps can track writes at all (soft-dirty, PAGEMAP_SCAN or
-    /// userfaultfd write-protect); lazy_pages and pidfd_store are not offered.
+    /// userfaultfd write-protect); lazy_pages stays false (RESTORE accepts it, but DUMP with
+    /// lazy_pages is refused, and CRIU's flag promises both); pidfd_store is not offered.
     /// </summary>
     private criu_resp FeatureCheck(criu_req req)
     {

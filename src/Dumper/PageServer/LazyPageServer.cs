@@ -13,8 +13,13 @@ namespace CriuSharp.Dumper.PageServer;
 ///         ◀── PS_IOV_ADD_F | PE_PRESENT &lt;&lt; 16 {same nr_pages, vaddr, dst_id} + nr_pages × 4 KiB
 ///  daemon ── PS_IOV_CLOSE ──▶  ◀── u32 status 0, end of session
 /// </code>
-/// A GET for pages the source does not hold ends the session, as CRIU's page_server_get_pages
+/// A GET for pages the source does not hold ends the connection, as CRIU's page_server_get_pages
 /// fails when page_pipe_read finds nothing; anything but GET and CLOSE is a protocol error.
+/// Unlike CRIU, whose lazy page server ends with its one connection, a connection that breaks
+/// before CLOSE (a daemon killed, a bad request) is dropped and the next daemon is served, so a
+/// rerun of the daemon can still fetch every page; the pages go only when a daemon says CLOSE or
+/// no daemon connects within the idle time. With TLS (criu/tls.c) both sides present a
+/// certificate the CA signed; a daemon without one is refused and the next is awaited.
 /// </summary>
 public sealed class LazyPageServer : IDisposable
 {
@@ -24,17 +29,21 @@ public sealed class LazyPageServer : IDisposable
     private readonly TcpListener _listener;
     private readonly LazyPageStore _store;
     private readonly PageServerLayout _layout;
+    private readonly PageServerTls? _tls;
 
-    private LazyPageServer(TcpListener listener, LazyPageStore store, PageServerLayout layout)
+    private LazyPageServer(TcpListener listener, LazyPageStore store, PageServerLayout layout, PageServerTls? tls)
     {
         _listener = listener;
         _store = store;
         _layout = layout;
+        _tls = tls;
     }
 
-    public static LazyPageServer Start(LazyPageStore store, string address, int port, PageServerLayout layout = PageServerLayout.Current)
+    public static LazyPageServer Start(LazyPageStore store, string address, int port, PageServerLayout layout = PageServerLayout.Current, PageServerTls? tls = null)
     {
         var ip = IPAddress.TryParse(address, out var a) ? a : throw new DumperException($"--address {address}: not an IP address");
+        if (tls is not null)
+            PageServerTlsSetup.Check(tls);
         var l = new TcpListener(ip, port);
         try
         {
@@ -44,7 +53,7 @@ public sealed class LazyPageServer : IDisposable
         {
             throw new PageServerException($"cannot listen on {address}:{port}: {e.Message}", e);
         }
-        return new LazyPageServer(l, store, layout);
+        return new LazyPageServer(l, store, layout, tls);
     }
 
     public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
@@ -54,23 +63,63 @@ public sealed class LazyPageServer : IDisposable
     public long PagesServed { get; private set; }
 
     /// <summary>
-    /// Serves one daemon until it sends CLOSE (true) or the connection ends or breaks the protocol
-    /// (false, with <paramref name="error"/> saying why). <paramref name="idle"/> bounds each wait.
+    /// Serves daemons until one sends CLOSE (true). A connection that ends or breaks the protocol
+    /// before CLOSE is reported through <paramref name="dropped"/> and the next daemon is awaited;
+    /// when none connects within <paramref name="idle"/> (which also bounds each wait for a
+    /// request), the session ends (false, with <paramref name="error"/> saying why).
     /// </summary>
-    public bool ServeOne(TimeSpan idle, out string? error)
+    public bool Serve(TimeSpan idle, out string? error, Action<string>? dropped = null)
     {
         error = null;
-        using var client = _listener.AcceptTcpClient();
+        while (true)
+        {
+            TcpClient client;
+            using (var cts = new CancellationTokenSource(idle))
+            {
+                try
+                {
+                    client = _listener.AcceptTcpClientAsync(cts.Token).AsTask().GetAwaiter().GetResult();
+                }
+                catch (OperationCanceledException)
+                {
+                    error = (error is null ? "" : error + "; then ") + $"no lazy-pages daemon connected within {idle.TotalSeconds:0.#} s";
+                    return false;
+                }
+            }
+            if (ServeConnection(client, idle, out string? why))
+                return true;
+            error = why;
+            dropped?.Invoke(why!);
+        }
+    }
+
+    private bool ServeConnection(TcpClient tcp, TimeSpan idle, out string? error)
+    {
+        error = null;
+        using var client = tcp;
         client.NoDelay = true;
         client.ReceiveTimeout = client.SendTimeout = (int)idle.TotalMilliseconds;
-        using var s = client.GetStream();
+        Stream s = client.GetStream();
+        if (_tls is { } tls)
+        {
+            try
+            {
+                s = PageServerTlsSetup.AuthenticateServer(s, tls, idle);
+            }
+            catch (Exception e) when (e is System.Security.Authentication.AuthenticationException or IOException or OperationCanceledException or DumperException)
+            {
+                error = $"TLS handshake with a lazy-pages daemon failed: {(e.InnerException ?? e).Message}";
+                return false;
+            }
+        }
+        using var stream = s;
         int hs = PageServerIov.SizeOf(_layout);
         var head = new byte[hs];
         try
         {
             while (true)
             {
-                s.ReadExactly(head);
+                stream.ReadExactly(head);
                 var iov = PageServerIov.Read(head, _layout);
                 switch (iov.Command)
                 {
@@ -87,12 +136,14 @@ public sealed class LazyPageServer : IDisposable
                             return false;
                         }
                         new PageServerIov(PageServerIov.EncodeCmd(PageServerCommand.AddF, PagemapFlags.Present), iov.NrPages, iov.Vaddr, iov.DstId).Write(head, _layout);
-                        s.Write(head);
-                        s.Write(pages);
+                        stream.Write(head);
+                        stream.Write(pages);
                         PagesServed += (long)iov.NrPages;
+                        CrashPoints.Hit("lazy.served");
                         break;
                     case PageServerCommand.Close or PageServerCommand.ForceClose:
-                        s.Write(BitConverter.GetBytes(0));
+                        CrashPoints.Hit("lazy.close-received");
+                        stream.Write(BitConverter.GetBytes(0));
                         return true;
                     default:
                         error = $"unexpected {iov.Command} on a lazy-pages connection";
@@ -118,22 +169,28 @@ public sealed class LazyPageServer : IDisposable
 public sealed class PageServerLazySource : ILazyPageSource, IDisposable
 {
     private readonly TcpClient? _tcp;
-    private readonly NetworkStream? _s;
+    private readonly Stream? _s;
     private readonly PageServerLayout _layout;
     private bool _lost;
 
-    public PageServerLazySource(string address, int port, TimeSpan timeout, PageServerLayout layout = PageServerLayout.Current)
+    public PageServerLazySource(string address, int port, TimeSpan timeout, PageServerLayout layout = PageServerLayout.Current, PageServerTls? tls = null)
     {
         _layout = layout;
         try
         {
             _tcp = new TcpClient { NoDelay = true, ReceiveTimeout = (int)timeout.TotalMilliseconds, SendTimeout = (int)timeout.TotalMilliseconds };
             _tcp.Connect(address, port);
-            _s = _tcp.GetStream();
+            Stream s = _tcp.GetStream();
+            _s = tls is null ? s : PageServerTlsSetup.AuthenticateClient(s, address, tls);
         }
         catch (SocketException e)
         {
             ConnectError = $"cannot reach the source's page server at {address}:{port}: {e.Message}";
+            _lost = true;
+        }
+        catch (PageServerException e)
+        {
+            ConnectError = e.Message;
             _lost = true;
         }
     }
@@ -151,6 +208,7 @@ public sealed class PageServerLazySource : ILazyPageSource, IDisposable
         ulong dst = PageServerIov.EncodeDst(PageServerImageType.Pid, (ulong)pid);
         try
         {
+            CrashPoints.Hit("lazy.get");
             new PageServerIov(PageServerIov.EncodeCmd(PageServerCommand.Get), nr, va, dst).Write(head, _layout);
             _s.Write(head[..hs]);
             _s.ReadExactly(head[..hs]);
@@ -177,6 +235,7 @@ public sealed class PageServerLazySource : ILazyPageSource, IDisposable
             return;
         try
         {
+            CrashPoints.Hit("lazy.close");
             Span<byte> head = stackalloc byte[PageServerIov.CurrentSize];
             new PageServerIov(PageServerIov.EncodeCmd(PageServerCommand.Close), 0, 0, 0).Write(head, _layout);
             _s.Write(head[..PageServerIov.SizeOf(_layout)]);

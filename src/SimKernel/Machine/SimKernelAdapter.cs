@@ -61,7 +61,7 @@ public sealed class SimKernelAdapter : IKernel
 
     public string BootId => BootIds.GetValue(_k, _ => Guid.NewGuid().ToString());
 
-    public ulong UptimeNs => _k.Proc.UptimeNs;
+    public ulong UptimeNs => _k.NowNs;
 
     private SimTask Task(int pid) => _k.FindTask(pid) ?? throw new KernelException(Errno.ESRCH, $"pid {pid}");
 

@@ -19,6 +19,8 @@ public sealed class MachineStateException(string message, Exception? inner = nul
 ///   DIR/frames.dat            page contents at (pfn - FirstPfn) * PAGE_SIZE, sparse
 ///   DIR/frames.journal.G      frames modified by generation G, applied after G's state is in place
 ///   DIR/swap.G.dat            contents of the swap slots in use, when generation G wrote swap
+///   DIR/lazy-restore.incomplete  a lazy restore whose pages have not all arrived: the images
+///                             directory, then the restored pids (see MarkLazyRestore)
 ///
 /// Loading maps frames.dat copy-on-write, so no page is read until it is used; saving writes only
 /// the frames that changed. A command killed at any point leaves a usable state: before the rename
@@ -147,6 +149,57 @@ public sealed unsafe class SimMachine : ISimHost, IDisposable
     /// IOException whose HResult is that errno.
     /// </summary>
     private static bool IsLockHeld(IOException e) => e.HResult == Ewouldblock || e.Message.Contains("being used by another process", StringComparison.Ordinal);
+
+    // ---- lazy restore -------------------------------------------------------------------
+
+    /// <summary>Marks a lazy restore whose pages have not all arrived (removed when they have).</summary>
+    public const string LazyRestoreMarkerName = "lazy-restore.incomplete";
+
+    /// <summary>
+    /// The machine's restored tree is waiting for lazy pages from <paramref name="imagesDir"/>:
+    /// written before the restore is saved and removed only after the machine holding every page is
+    /// saved, so a command killed at any point leaves the mark on a machine that may lack pages.
+    /// </summary>
+    public void MarkLazyRestore(string imagesDir, IEnumerable<int> pids)
+    {
+        string path = Path.Combine(Directory, LazyRestoreMarkerName);
+        string tmp = path + ".tmp";
+        File.WriteAllText(tmp, imagesDir + "\n" + string.Join(' ', pids) + "\n");
+        using (var fs = new FileStream(tmp, FileMode.Open, FileAccess.ReadWrite))
+            fs.Flush(flushToDisk: true);
+        File.Move(tmp, path, overwrite: true);
+        CrashPoints.Hit("lazy.marked");
+    }
+
+    /// <summary>Every lazy page has arrived (and the machine holding them is saved).</summary>
+    public void ClearLazyRestore()
+    {
+        File.Delete(Path.Combine(Directory, LazyRestoreMarkerName));
+        CrashPoints.Hit("lazy.unmarked");
+    }
+
+    /// <summary>The unfinished lazy restore, if any: its images directory and restored pids.</summary>
+    public (string ImagesDir, IReadOnlyList<int> Pids)? PendingLazyRestore
+    {
+        get
+        {
+            string path = Path.Combine(Directory, LazyRestoreMarkerName);
+            if (!File.Exists(path))
+                return null;
+            var lines = File.ReadAllLines(path);
+            var pids = lines.Length > 1
+                ? lines[1].Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(x => int.TryParse(x, out int v) ? v : 0).Where(v => v > 0).ToList()
+                : [];
+            return (lines.Length > 0 ? lines[0] : "", pids);
+        }
+    }
+
+    /// <summary>
+    /// A restored process of an unfinished lazy restore is still alive: it must not run (its
+    /// missing pages would fault with no daemon to answer) until lazy-pages brought them in.
+    /// </summary>
+    public bool LazyRestoreBlocksRunning =>
+        PendingLazyRestore is { } pending && pending.Pids.Any(pid => Kernel.FindTask(pid) is { Alive: true });
 
     // ---- running ------------------------------------------------------------------------
 

@@ -289,6 +289,8 @@ public sealed partial class Userfaultfd : IUserfaultfd
         if (_monitor is { } m && !_inMonitor)
         {
             _inMonitor = true;
+            if (task is not null)
+                task.Kernel.FaultingOperationNs = Workloads.WorkloadApi.OperationTimeNs(task);
             try
             {
                 m(this);
@@ -296,6 +298,8 @@ public sealed partial class Userfaultfd : IUserfaultfd
             finally
             {
                 _inMonitor = false;
+                if (task is not null)
+                    task.Kernel.FaultingOperationNs = 0;
             }
         }
         return w;

@@ -134,6 +134,9 @@ public sealed class ProgramImage
     // is cached per ExtraState array. A restored task brings a new array and decodes once.
     private static readonly ConditionalWeakTable<byte[], ProgramImage> Cache = new();
 
+    /// <summary>Does <paramref name="state"/> hold a workload program (a task may carry other extra state)?</summary>
+    public static bool Holds(byte[] state) => state.Length >= Magic.Length && state.AsSpan(0, Magic.Length).SequenceEqual(Magic);
+
     public static ProgramImage Decode(byte[] state)
     {
         if (Cache.TryGetValue(state, out var p))

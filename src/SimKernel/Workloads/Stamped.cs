@@ -82,8 +82,9 @@ internal static class Stamped
         public void Retire()
         {
             Pc++;
+            // Written through, so a fault in the next operation can tell when that operation is due.
             if (CountOwed)
-                Owed--;
+                R[Regs.Owed] = --Owed;
         }
 
         /// <summary>Stamps page <paramref name="page"/> (ledger index) whose base address is <paramref name="pageVa"/>.</summary>

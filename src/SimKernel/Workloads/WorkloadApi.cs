@@ -156,6 +156,26 @@ public static class WorkloadApi
     }
 
     /// <summary>
+    /// The virtual time of the operation <paramref name="task"/> is executing: the operations owed
+    /// in a quantum are due evenly up to <see cref="Regs.DueUntilNs"/> at the program's rate, so the
+    /// one with <c>Owed</c> operations still to go was due <c>Owed / Rate</c> before that. A replay
+    /// (no rate) is at the kernel's clock.
+    /// </summary>
+    internal static ulong OperationTimeNs(SimTask task)
+    {
+        ulong now = task.Kernel.UptimeNs;
+        if (!ProgramImage.Holds(task.ExtraState))
+            return now;
+        var prog = Program(task);
+        if (prog.Kind == Behaviour.Trace || prog.Rate == 0)
+            return now;
+        var r = task.Registers;
+        ulong back = (ulong)((UInt128)r[Regs.Owed] * 1_000_000_000UL / prog.Rate);
+        ulong due = r[Regs.DueUntilNs];
+        return Math.Max(now, due > back ? due - back : 0);
+    }
+
+    /// <summary>
     /// The task was blocked for <paramref name="ns"/> after virtual time <paramref name="nowNs"/> (a
     /// thread asleep in a page fault until a userfaultfd monitor answered): that much of its
     /// schedule is lost, as time spent frozen is, so its next operations start that much later.
