@@ -250,7 +250,7 @@ public sealed partial class LiveMigration
             {
                 try
                 {
-                    bool closed = s.ServeOne(_o.Tcp!.IoTimeout, out string? why);
+                    bool closed = s.Serve(_o.Tcp!.IoTimeout, out string? why);
                     return (closed, why);
                 }
                 catch (Exception e) when (e is SocketException or ObjectDisposedException or InvalidOperationException)
