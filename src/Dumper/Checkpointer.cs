@@ -91,8 +91,8 @@ internal sealed partial class Checkpointer
         public readonly PageWriteStats PageStats = new();
         public ulong ShScanned, ShWritten;
         public DeltaCounters DeltaCounters = new();
-        /// <summary>Bytes the sieve compressed (in blocks) to size deltas against.</summary>
-        public ulong EstimatedBytes;
+        /// <summary>Bytes of pages the sieve encoded as deltas (attempts included) or read to pre-check them.</summary>
+        public ulong EncodedBytes;
 
         public ulong FrozenNs(bool preDump) => FreezeNs + MemdumpNs - ReadNs + (preDump ? 0 : MemwriteNs);
 
@@ -313,12 +313,12 @@ internal sealed partial class Checkpointer
             if (_o.PreDumpMode == PreDumpMode.Read)
                 run.ReadNs += ReadDeferred(ts.Task.Pid, ts.Pipe);
             using var xfer = new PageXfer(OpenSink(run.Dir, run.PageServer, ts.Task.Pid));
-            using var sieve = run.History is null ? null : new PageSieve(run.History, ts.Task.Pid, ts.ParentPagemap, _o.PageStore);
+            var sieve = run.History is null ? null : new PageSieve(run.History, ts.Task.Pid, ts.ParentPagemap, DeltaRates());
             xfer.Write(ts.Pipe, sieve);
             if (sieve is not null)
             {
                 run.DeltaCounters = run.DeltaCounters.Add(sieve.Counters);
-                run.EstimatedBytes += sieve.EstimatedBytes;
+                run.EncodedBytes += sieve.EncodedBytes + sieve.SampledBytes;
             }
             if (ts.Digests is not null)
                 run.Dir.WritePageDigests(ts.Task.Pid, ts.Digests);
@@ -350,6 +350,16 @@ internal sealed partial class Checkpointer
         WriteTaskImages(run.Dir, run.Tasks, run.Track ? run.UptimeUs : null);
     }
 
+    /// <summary>The compression rate the cost model charges for this dump's page store (zstd: a third of LZ4's).</summary>
+    private double CompressBytesPerSecond() =>
+        _o.PageStore.Compression == PageCompression.Zstd ? _cost.CompressBytesPerSecond / 3 : _cost.CompressBytesPerSecond;
+
+    /// <summary>What deltas cost and save per byte, as <see cref="CommitImages"/> charges it (SizeNsPerByte: compressing a byte, which a delta page is spared).</summary>
+    private DeltaCostRates DeltaRates() => new(
+        SizeNsPerByte: _o.PageStore.Compression == PageCompression.None ? 0 : 1e9 / CompressBytesPerSecond() / Math.Max(1, _o.PageStore.Parallelism),
+        EncodeNsPerByte: _cost.DeltaEncodeBytesPerSecond <= 0 ? 0 : 1e9 / _cost.DeltaEncodeBytesPerSecond,
+        LinkNsPerByte: _cost.LinkBytesPerSecond <= 0 ? 0 : 1e9 / _cost.LinkBytesPerSecond);
+
     /// <summary>
     /// Charges the write to the cost model, writes stats-dump, and commits the images directory
     /// (after the page server has acknowledged every page: a dump is complete only then).
@@ -358,10 +368,10 @@ internal sealed partial class Checkpointer
     {
         var ps = run.PageStats;
         ulong stored = ps.BytesStored, raw = ps.BytesRaw;
-        // Pages considered for deltas were also compressed once more to size them up.
-        run.CompressNs = _o.PageStore.Compression == PageCompression.None ? 0
-            : CostModel.Ns(raw + run.EstimatedBytes, _o.PageStore.Compression == PageCompression.Zstd ? _cost.CompressBytesPerSecond / 3 : _cost.CompressBytesPerSecond)
-              / (ulong)Math.Max(1, _o.PageStore.Parallelism);
+        // Pages considered for deltas were also encoded against their cached versions.
+        run.CompressNs = (_o.PageStore.Compression == PageCompression.None ? 0
+            : CostModel.Ns(raw, CompressBytesPerSecond()) / (ulong)Math.Max(1, _o.PageStore.Parallelism))
+            + CostModel.Ns(run.EncodedBytes, _cost.DeltaEncodeBytesPerSecond);
         run.MemwriteNs = run.CompressNs + CostModel.Ns(stored + ps.BytesDelta, _cost.DiskBytesPerSecond);
 
         var stats = new DumpStats

@@ -18,8 +18,12 @@ public sealed record DeltaCounters
     public ulong PagesDelta { get; init; }
     /// <summary>Bytes of those deltas.</summary>
     public ulong DeltaBytes { get; init; }
-    /// <summary>Σ (page's share of its compressed block − delta) over the delta pages, plus the shares of elided pages.</summary>
+    /// <summary>Σ (page's share of its compressed block − delta) over the delta pages, plus the shares of elided pages (as last sent).</summary>
     public ulong BytesSaved { get; init; }
+    /// <summary>Virtual time deltas cost: sizing pages up (compressing them once more) and encoding them.</summary>
+    public ulong DeltaCostNs { get; init; }
+    /// <summary>Virtual time deltas saved: link time of the bytes they did not send plus the compression of the pages they replaced.</summary>
+    public ulong DeltaGainNs { get; init; }
 
     public DeltaCounters Add(DeltaCounters o) => new()
     {
@@ -30,6 +34,8 @@ public sealed record DeltaCounters
         PagesDelta = PagesDelta + o.PagesDelta,
         DeltaBytes = DeltaBytes + o.DeltaBytes,
         BytesSaved = BytesSaved + o.BytesSaved,
+        DeltaCostNs = DeltaCostNs + o.DeltaCostNs,
+        DeltaGainNs = DeltaGainNs + o.DeltaGainNs,
     };
 }
 
@@ -38,7 +44,8 @@ public sealed record DeltaCounters
 /// next (the source side of a migration, as QEMU keeps its XBZRLE cache on the source):
 /// <code>
 ///  digests:  (pid, va) → PageDigest of the version the chain holds       every page sent, 16 B each
-///  cache:    (pid, va) → the 4 KiB last sent, LRU, at most CacheBytes     the bases of deltas
+///  cache:    (pid, va) → the 4 KiB last sent, LRU with bimodal insertion,   the bases of deltas
+///            at most CacheBytes
 ///           slots ─ [page][page][page]…   _prev/_next: LRU list, head = most recent
 /// </code>
 /// It describes exactly one chain: <see cref="Head"/> is the image directory it was last brought
@@ -51,6 +58,7 @@ public sealed class SentPages
     private readonly Dictionary<(int Pid, ulong Va), int> _slotOf = [];
     private readonly byte[] _slots;
     private readonly (int Pid, ulong Va)[] _keyOf;
+    private readonly ushort[] _shares;
     private readonly int[] _prev;
     private readonly int[] _next;
     private readonly int _capacity;
@@ -68,6 +76,7 @@ public sealed class SentPages
         _capacity = (int)Math.Min(int.MaxValue / PageGeometry.PageSize, cacheBytes / PageGeometry.PageSize);
         _slots = _capacity > 0 ? GC.AllocateUninitializedArray<byte>(_capacity * PageGeometry.PageSize) : [];
         _keyOf = new (int, ulong)[_capacity];
+        _shares = new ushort[_capacity];
         _prev = new int[_capacity];
         _next = new int[_capacity];
     }
@@ -90,6 +99,7 @@ public sealed class SentPages
         if (parentDir is null || Head is null || !SamePath(parentDir, Head))
             Clear();
         Head = null;
+        ResetIteration();
         _ = imagesDir;
     }
 
@@ -97,29 +107,93 @@ public sealed class SentPages
     {
         Head = Path.GetFullPath(imagesDir);
         Totals = Totals.Add(counters);
-        // Deltas switch themselves off for a few iterations after one where fewer than one cache
-        // hit in eight (of at least 64) became a delta: sizing pages up for deltas costs a compression pass, which
-        // lengthens the iteration (and so the next one's dirty set) for nothing. They are tried
-        // again afterwards, since a workload's pages change differently over time.
+        // Deltas switch themselves off for a few iterations after one where they cost more time
+        // than they saved: sizing pages up compresses them once more and encoding reads them, and
+        // that lengthens the iteration, so the next one finds more dirty pages. What they saved is
+        // the link time of the bytes they did not send (plus the compression of the pages they
+        // replaced). They are tried again afterwards, since a workload's pages change differently
+        // over time.
         if (_deltaPause > 0)
             _deltaPause--;
-        else if (counters.CacheHits >= DeltaPauseMinHits && counters.PagesDelta * DeltaPayRatio < counters.CacheHits)
+        else if (counters.DeltaCostNs > counters.DeltaGainNs)
             _deltaPause = DeltaPauseIterations;
+        ResetIteration();
+        // The penalty follows the workload: older iterations count half as much each time.
+        _cutBytes /= 2;
+        _cutPages /= 2;
     }
 
-    /// <summary>An iteration pays when at least one cache hit in this many became a delta.</summary>
-    internal const int DeltaPayRatio = 8;
+    private long _cutBytes;
+    private long _cutPages;
 
-    /// <summary>Fewer cache hits than this in an iteration say nothing about whether deltas pay.</summary>
-    internal const int DeltaPauseMinHits = 64;
+    /// <summary>
+    /// Bytes a delta page has cost, on average, in the present runs it cut (they compress worse in
+    /// pieces than whole: the pages around a delta lose its matches); learnt from what the writer
+    /// stored, older iterations weighing less. A delta has to beat its page's share by this much more.
+    /// </summary>
+    internal int CutPenalty => _cutPages <= 0 ? 0 : (int)Math.Clamp(_cutBytes / _cutPages, 0, PageGeometry.PageSize);
+
+    /// <summary>An iovec with <paramref name="deltaPages"/> deltas stored <paramref name="growthBytes"/> more in its present pages than their previous shares.</summary>
+    internal void NoteCuts(long growthBytes, int deltaPages)
+    {
+        _cutBytes += growthBytes;
+        _cutPages += deltaPages;
+    }
 
     /// <summary>Iterations without delta attempts after one where they did not pay.</summary>
     internal const int DeltaPauseIterations = 3;
 
-    private int _deltaPause;
+    /// <summary>
+    /// Time deltas may cost within one iteration beyond what they have saved since the last probe
+    /// began before they stop for a while: the link time of about 27 KB at 128 MiB/s, or the
+    /// encoding of 340 pages at 7 GB/s — a probe that tells whether the pages at hand pay.
+    /// </summary>
+    internal const ulong DeltaProbeNs = 200_000;
 
-    /// <summary>This iteration tries deltas: they are on and did not just fail to pay.</summary>
-    internal bool DeltaActive => Delta && _deltaPause == 0;
+    /// <summary>The longest back-off within an iteration, in windows of pages sent whole (see <see cref="Account"/>).</summary>
+    internal const int MaxBackoffWindows = 64;
+
+    private int _deltaPause;
+    private ulong _iterationCostNs, _iterationGainNs;
+    private int _skipWindows, _backoff = 1;
+
+    /// <summary>Pages are tried as deltas now: deltas are on, did not just fail to pay for an iteration, and are not backing off within this one.</summary>
+    internal bool DeltaActive => Delta && _deltaPause == 0 && _skipWindows == 0;
+
+    /// <summary>
+    /// Adds what deltas cost and saved (virtual ns) in one window of pages. Once the cost since
+    /// the probe began exceeds the gain by more than <see cref="DeltaProbeNs"/>, the next windows
+    /// (1, then 2, 4, … up to <see cref="MaxBackoffWindows"/>) go whole and a new probe begins
+    /// after them: a region of memory where deltas do not pay costs little, and a later region
+    /// where they do still gets them. A window that pays resets the back-off.
+    /// </summary>
+    internal void Account(ulong costNs, ulong gainNs)
+    {
+        _iterationCostNs += costNs;
+        _iterationGainNs += gainNs;
+        if (gainNs > costNs)
+            _backoff = 1;
+        if (_iterationCostNs > _iterationGainNs + DeltaProbeNs)
+        {
+            _skipWindows = _backoff;
+            _backoff = Math.Min(_backoff * 2, MaxBackoffWindows);
+            _iterationCostNs = _iterationGainNs = 0;
+        }
+    }
+
+    /// <summary>One window of pages was sent (the back-off counts windows).</summary>
+    internal void WindowDone()
+    {
+        if (_skipWindows > 0)
+            _skipWindows--;
+    }
+
+    private void ResetIteration()
+    {
+        _iterationCostNs = _iterationGainNs = 0;
+        _skipWindows = 0;
+        _backoff = 1;
+    }
 
     private static bool SamePath(string a, string b) =>
         string.Equals(Path.GetFullPath(a).TrimEnd('/'), Path.GetFullPath(b).TrimEnd('/'), StringComparison.Ordinal);
@@ -127,6 +201,9 @@ public sealed class SentPages
     private void Clear()
     {
         _deltaPause = 0;
+        _cutBytes = _cutPages = 0;
+        _insertions = 0;
+        ResetIteration();
         _digests.Clear();
         _slotOf.Clear();
         _used = 0;
@@ -135,17 +212,30 @@ public sealed class SentPages
 
     internal bool TryGetDigest(int pid, ulong va, out ulong digest) => _digests.TryGetValue((pid, va), out digest);
 
-    /// <summary>The cached last-sent version, made most recent; empty if not cached.</summary>
-    internal ReadOnlySpan<byte> Lookup(int pid, ulong va)
+    /// <summary>
+    /// The cached last-sent version, made most recent; empty if not cached. <paramref name="share"/>
+    /// is what that version cost when it was sent: its share of its compressed block (or, sent as
+    /// a delta, the share it replaced) — a page changes its compressibility slowly, so this tells
+    /// cheaply whether a delta can pay before the page is sized up again.
+    /// </summary>
+    internal ReadOnlySpan<byte> Lookup(int pid, ulong va, out int share)
     {
+        share = 0;
         if (!_slotOf.TryGetValue((pid, va), out int s))
             return [];
         Touch(s);
+        share = _shares[s];
         return _slots.AsSpan(s * PageGeometry.PageSize, PageGeometry.PageSize);
     }
 
-    /// <summary>Records what the chain now holds for (pid, va): its digest and, with deltas on, its bytes (evicting the least recent).</summary>
-    internal void Sent(int pid, ulong va, ulong digest, ReadOnlySpan<byte> page)
+    /// <summary>The cached version's share (see <see cref="Lookup"/>) without making it recent; -1 if not cached.</summary>
+    internal int ShareOf(int pid, ulong va) => _slotOf.TryGetValue((pid, va), out int s) ? _shares[s] : -1;
+
+    /// <summary>
+    /// Records what the chain now holds for (pid, va): its digest and, with deltas on, its bytes
+    /// (evicting the least recent) and what it cost to send (<paramref name="share"/>, see <see cref="Lookup"/>).
+    /// </summary>
+    internal void Sent(int pid, ulong va, ulong digest, ReadOnlySpan<byte> page, int share)
     {
         var key = (pid, va);
         _digests[key] = digest;
@@ -154,6 +244,7 @@ public sealed class SentPages
         ref int slot = ref CollectionsMarshal.GetValueRefOrAddDefault(_slotOf, key, out bool exists);
         if (!exists)
         {
+            bool front = true;
             if (_used < _capacity)
                 slot = _used++;
             else
@@ -164,13 +255,23 @@ public sealed class SentPages
                 // The dictionary may have moved the entry: look it up again.
                 slot = ref CollectionsMarshal.GetValueRefOrAddDefault(_slotOf, key, out _);
                 slot = victim;
+                // A full cache takes a new page in at the least recent end, and only one in
+                // BimodalInsert at the most recent: a pre-dump walks memory in address order, so
+                // with plain LRU a dirty set larger than the cache evicts every page just before
+                // it is re-dirtied and no page ever hits. This way pages that hit stay, and a
+                // changing working set still gets in (bimodal insertion, Qureshi et al., ISCA 2007).
+                front = ++_insertions % BimodalInsert == 0;
             }
             _keyOf[slot] = key;
-            PushFront(slot);
+            if (front)
+                PushFront(slot);
+            else
+                PushBack(slot);
         }
         else
             Touch(slot);
         page.CopyTo(_slots.AsSpan(slot * PageGeometry.PageSize, PageGeometry.PageSize));
+        _shares[slot] = (ushort)Math.Clamp(share, 0, ushort.MaxValue);
     }
 
     private void Touch(int s)
@@ -186,6 +287,20 @@ public sealed class SentPages
         int p = _prev[s], n = _next[s];
         if (p >= 0) _next[p] = n; else _head = n;
         if (n >= 0) _prev[n] = p; else _tail = p;
+    }
+
+    /// <summary>One new page in this many enters a full cache as most recent (see <see cref="Sent"/>).</summary>
+    internal const int BimodalInsert = 4;
+
+    private ulong _insertions;
+
+    private void PushBack(int s)
+    {
+        _next[s] = -1;
+        _prev[s] = _tail;
+        if (_tail >= 0) _next[_tail] = s;
+        _tail = s;
+        if (_head < 0) _head = s;
     }
 
     private void PushFront(int s)

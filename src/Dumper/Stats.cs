@@ -31,22 +31,26 @@ public sealed record DumpStats
     public string Tracker { get; init; } = "none";
     public string Compression { get; init; } = "none";
     public uint CompressTime { get; init; }
-    /// <summary>Elision and delta counters; null when neither was on (nothing is written to stats-dump then).</summary>
+    /// <summary>Elision and delta counters; null when neither was on (nothing is written to stats-dump then, nor when nothing was elided or sent as a delta; zero counters never are).</summary>
     public DeltaCounters? Delta { get; init; }
     public WallClock? WallClock { get; init; }
 
     public dump_stats_entry ToProto()
     {
         var p = ToProtoBase();
-        if (Delta is { } d)
+        // Only when a technique changed what was sent, and only the counters that are not zero:
+        // stats-dump travels with the images, and an iteration that sent the same pages as
+        // without elision and deltas should not cost bytes for saying so (the counters are in
+        // the dump's result either way).
+        if (Delta is { } d && (d.PagesElided != 0 || d.PagesDelta != 0))
         {
-            p.PagesElided = d.PagesElided;
-            p.PagesDelta = d.PagesDelta;
-            p.DeltaBytes = d.DeltaBytes;
-            p.DeltaCacheHits = d.CacheHits;
-            p.DeltaCacheMisses = d.CacheMisses;
-            p.DeltaOverflows = d.Overflows;
-            p.DeltaBytesSaved = d.BytesSaved;
+            if (d.PagesElided != 0) p.PagesElided = d.PagesElided;
+            if (d.PagesDelta != 0) p.PagesDelta = d.PagesDelta;
+            if (d.DeltaBytes != 0) p.DeltaBytes = d.DeltaBytes;
+            if (d.CacheHits != 0) p.DeltaCacheHits = d.CacheHits;
+            if (d.CacheMisses != 0) p.DeltaCacheMisses = d.CacheMisses;
+            if (d.Overflows != 0) p.DeltaOverflows = d.Overflows;
+            if (d.BytesSaved != 0) p.DeltaBytesSaved = d.BytesSaved;
         }
         return p;
     }

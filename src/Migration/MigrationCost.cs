@@ -52,6 +52,7 @@ public sealed record MigrationCost
         DecompressBytesPerSecond = DecompressBytesPerSecond,
         CopyBytesPerSecond = CopyBytesPerSecond,
         FreezeNsPerTask = FreezeNsPerTask,
+        LinkBytesPerSecond = LinkBytesPerSecond,
     };
 
     /// <summary>Time to send <paramref name="bytes"/> over the link.</summary>

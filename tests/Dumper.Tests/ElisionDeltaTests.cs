@@ -152,32 +152,131 @@ public class ElisionDeltaTests
         var page = new byte[4096];
         page[7] = 7;
         h.Begin(null, "/imgs/1");
-        h.Sent(1, 0x1000, 42, page);
+        h.Sent(1, 0x1000, 42, page, 100);
         h.Commit("/imgs/1", new DeltaCounters());
         h.Begin("/imgs/1", "/imgs/2");                       // on top of its head: kept
         Assert.True(h.TryGetDigest(1, 0x1000, out ulong d) && d == 42);
-        Assert.Equal(page, h.Lookup(1, 0x1000).ToArray());
+        Assert.Equal(page, h.Lookup(1, 0x1000, out _).ToArray());
         // /imgs/2 never committed (a failed pre-dump): nothing is trusted on top of /imgs/1 again.
         h.Begin("/imgs/1", "/imgs/3");
         Assert.False(h.TryGetDigest(1, 0x1000, out _));
-        Assert.True(h.Lookup(1, 0x1000).IsEmpty);
-        h.Sent(1, 0x2000, 43, page);
+        Assert.True(h.Lookup(1, 0x1000, out _).IsEmpty);
+        h.Sent(1, 0x2000, 43, page, 100);
         h.Commit("/imgs/3", new DeltaCounters());
         h.Begin("/other/1", "/other/2");                    // another chain
         Assert.False(h.TryGetDigest(1, 0x2000, out _));
     }
 
     [Fact]
-    public void ASmallCache_EvictsTheLeastRecentPages()
+    public void DeltasThatCostMoreTimeThanTheySave_PauseThenComeBack()
     {
-        // Room for 2 pages: of the pages sent first only the last two (the stack's) stay, so the
-        // six rewritten heap pages and the two [vdso] pages (taken whole by every dump) all miss.
+        var h = new SentPages(elide: true, cacheBytes: 1L << 20);
+        h.Begin(null, "/imgs/1");
+        Assert.True(h.DeltaActive);
+        h.Commit("/imgs/1", new DeltaCounters { DeltaCostNs = 2_000, DeltaGainNs = 1_000 });
+        for (int i = 2; i <= 1 + SentPages.DeltaPauseIterations; i++)
+        {
+            h.Begin($"/imgs/{i - 1}", $"/imgs/{i}");
+            Assert.False(h.DeltaActive);
+            h.Commit($"/imgs/{i}", new DeltaCounters());
+        }
+        h.Begin("/imgs/4", "/imgs/5");
+        Assert.True(h.DeltaActive);
+        // Paying iterations keep them on.
+        h.Commit("/imgs/5", new DeltaCounters { DeltaCostNs = 1_000, DeltaGainNs = 9_000 });
+        h.Begin("/imgs/5", "/imgs/6");
+        Assert.True(h.DeltaActive);
+        // Within an iteration: once the cost runs past the gain by more than the probe, the
+        // next window of pages goes whole, then two, four, …; a paying window resets that.
+        h.Account(SentPages.DeltaProbeNs, 0);
+        Assert.True(h.DeltaActive);
+        h.Account(1, 0);
+        Assert.False(h.DeltaActive);
+        h.WindowDone();
+        Assert.True(h.DeltaActive);
+        h.Account(SentPages.DeltaProbeNs + 1, 0);
+        h.WindowDone();
+        Assert.False(h.DeltaActive);
+        h.WindowDone();
+        Assert.True(h.DeltaActive);
+        h.Account(10, 20);                                   // pays: the back-off starts at one window again
+        h.Account(SentPages.DeltaProbeNs + 11, 0);
+        h.WindowDone();
+        Assert.True(h.DeltaActive);
+        h.Account(SentPages.DeltaProbeNs + 1, 0);
+        Assert.False(h.DeltaActive);
+        // The next iteration starts afresh.
+        h.Commit("/imgs/6", new DeltaCounters { DeltaCostNs = 1_000, DeltaGainNs = 9_000 });
+        h.Begin("/imgs/6", "/imgs/7");
+        Assert.True(h.DeltaActive);
+    }
+
+    [Fact]
+    public void PagesThatCompressBetterThanAnyDelta_AreNotEvenEncoded()
+    {
+        // Text-like pages compress about 100x in 64 KiB blocks: their shares are below the
+        // metadata a delta adds, so a re-dirtied page goes whole and deltas cost no time.
+        var k = RoundTrip.NewKernel("x86_64");
+        var host = new ClockOnlyHost(k);
+        var t = k.Spawn("text", Pid);
+        const int ps = 4096;
+        ulong heap = Procs.Map(t, 64);
+        var line = System.Text.Encoding.ASCII.GetBytes("the quick brown fox jumps over the lazy dog; ");
+        var page = new byte[ps];
+        for (int i = 0; i < ps; i++)
+            page[i] = line[i % line.Length];
+        for (int p = 0; p < 64; p++)
+            Assert.True(t.Write(heap + (ulong)(p * ps), page).Ok);
+        string root = RoundTrip.NewDir("text");
+        var history = new SentPages(elide: true, cacheBytes: 64L << 20);
+        DumpOptions At(int i) => new()
+        {
+            Pid = Pid, ImagesDir = Path.Combine(root, $"{i}"), PrevImagesDir = i > 1 ? $"../{i - 1}" : null,
+            PageStore = PageStoreOptions.Lz4(), History = history,
+        };
+        Criu.PreDump(host.AsKernelApi(), At(1));
+        for (int p = 0; p < 64; p++)
+            Procs.Touch(t, heap + (ulong)(p * ps) + 512, (ulong)p + 1);
+        var d = Criu.PreDump(host.AsKernelApi(), At(2)).Stats.Delta!;
+        Assert.Equal(64UL, d.CacheHits);
+        Assert.Equal(0UL, d.PagesDelta);
+        Assert.Equal(64UL, d.Overflows);
+        Assert.Equal(0UL, d.DeltaCostNs);
+        Directory.Delete(root, true);
+    }
+
+    [Fact]
+    public void ASmallCache_MissesThePagesItCouldNotKeep()
+    {
+        // Room for 2 pages of the ~70 the first pre-dump sends: the six rewritten heap pages and
+        // the two [vdso] pages (taken whole by every dump) all miss and go whole.
         var chain = Run("x86_64", new SentPages(elide: false, cacheBytes: 2 * 4096), preDumps: 2);
         var s = chain.Steps[1].Stats.Delta!;
         Assert.Equal(0UL, s.CacheHits);
         Assert.Equal(8UL, s.CacheMisses);
         Assert.Equal(0UL, s.PagesDelta);
         Directory.Delete(chain.Root, true);
+    }
+
+    [Fact]
+    public void AFullCache_IsNotFlushedByAScanLargerThanItself()
+    {
+        // A pre-dump walks memory in address order. With plain LRU, a dirty set larger than the
+        // cache evicts each page just before it is written again; with bimodal insertion the
+        // pages cached first stay, and one new page in four still enters as most recent.
+        var h = new SentPages(elide: false, cacheBytes: 4 * 4096);
+        var page = new byte[4096];
+        h.Begin(null, "/imgs/1");
+        for (ulong p = 0; p < 4 + SentPages.BimodalInsert - 1; p++)
+            h.Sent(1, p << 12, p + 1, page, 100);
+        Assert.True(h.Lookup(1, 0, out _).IsEmpty);                 // the least recent went first
+        for (ulong p = 1; p < 4; p++)
+            Assert.False(h.Lookup(1, p << 12, out _).IsEmpty);
+        ulong last = 4 + SentPages.BimodalInsert - 2;
+        Assert.False(h.Lookup(1, last << 12, out int share).IsEmpty); // the latest scanned page
+        Assert.Equal(100, share);
+        for (ulong p = 4; p < last; p++)
+            Assert.True(h.Lookup(1, p << 12, out _).IsEmpty);
     }
 
     [Fact]
