@@ -62,6 +62,11 @@ public static class CheckpointCommands
                 "zstd" => PageStoreOptions.Zstd(kib / 4),
                 _ => PageStoreOptions.Lz4(kib / 4),
             };
+            // On the real host the pages are read and compressed by every core (the store writes
+            // the same bytes for any thread count); a simulated kernel's pages are one thread's
+            // work, its costs being virtual time.
+            if (Machine.IsRealHost(p) && store.Compression != PageCompression.None)
+                store = store with { Parallelism = Environment.ProcessorCount };
             int timeout = p.GetValue(Timeout);
             if (timeout < 0)
                 throw new UserException(ExitCode.Usage, $"--timeout {timeout}: must be a number of seconds, 0 or more (0: no limit)");
