@@ -57,6 +57,8 @@ internal sealed partial class Checkpointer
         public List<(ulong Start, ulong End, ulong Hash)> Checksums = [];
         /// <summary>The content tracker's digests of every page this dump's pagemap holds.</summary>
         public PageDigestMap? Digests;
+        /// <summary>A dump with a history: elision and deltas of the written pages, chunk by chunk.</summary>
+        public PageSieve? Sieve;
     }
 
     /// <summary>
@@ -74,7 +76,7 @@ internal sealed partial class Checkpointer
         public required PageServer.PageServerClient? PageServer;
         /// <summary>A dump writes while frozen: pages stream to the images as they are collected.</summary>
         public required PageXferQueue? Stream;
-        /// <summary>Elision and deltas (pre-dumps only): the history describing this dump's parent.</summary>
+        /// <summary>Elision and deltas: the history describing this dump's parent (a dump's only with local images, see <see cref="SievesFinalDump"/>).</summary>
         public required SentPages? History;
         public readonly Stopwatch Wall = Stopwatch.StartNew();
         public FreezeLease? Frozen;
@@ -153,7 +155,7 @@ internal sealed partial class Checkpointer
             if (_o.PrevImagesDir is not null)
                 dir.LinkParent(_o.PrevImagesDir);
             pageServer = ConnectPageServer();
-            var history = _pre ? _o.History : null;
+            var history = _pre || SievesFinalDump ? _o.History : null;
             history?.Begin(parentSet?.Path, _o.ImagesDir);
             return new DumpRun
             {
@@ -221,7 +223,16 @@ internal sealed partial class Checkpointer
         foreach (var ts in run.Tasks)
         {
             var parentDigests = OpenTaskParent(run, ts, serverParents);
-            if (!_pre)
+            if (!_pre && run.History is not null)
+            {
+                // Elision and deltas need the pages' bytes and the pagemap writer in order: the
+                // pipe keeps copies (the collector digests them for the VMA checksums) and is
+                // written through the sieve chunk by chunk, still frozen.
+                ts.Xfer = new PageXfer(OpenSink(run.Dir, run.PageServer, ts.Task.Pid));
+                ts.Sieve = new PageSieve(run.History, ts.Task.Pid, ts.ParentPagemap, DeltaRates());
+                ts.Pipe = new PagePipe();
+            }
+            else if (!_pre)
             {
                 // The content tracker digests the spliced pages itself; the page store need not.
                 bool storeDigests = _o.RecordChecksums && !PageCollector.ChecksumsIncludeWrittenPages(tracker == TrackerKind.Content, streamed: true);
@@ -241,10 +252,10 @@ internal sealed partial class Checkpointer
             {
                 collector.CollectVma(v, spans);
                 if (!_pre && ts.Pipe.BufferedBytes >= ChunkBytes)
-                    ts.Pipe.Drain();
+                    DrainChunk(run, ts);
             }
             if (!_pre)
-                ts.Pipe.Drain();
+                DrainChunk(run, ts);
             ts.Scanned = collector.Scanned;
             ts.Checksums = collector.Checksums;
             ts.Digests = collector.Digests;
@@ -252,6 +263,24 @@ internal sealed partial class Checkpointer
         }
         run.MemdumpNs += _cost.ProcParseNsPerTask * (ulong)run.Tasks.Count;
         run.CollectWall = collectWatch.Elapsed;
+    }
+
+    /// <summary>
+    /// A final dump elides and sends deltas only into local images it writes itself: the page
+    /// server protocol has no delta messages, and a lazy dump's pages stay on the source.
+    /// </summary>
+    private bool SievesFinalDump => _o.History is not null && _o.PageServer is null && _o.LazyPages is null;
+
+    /// <summary>A dump's chunk: a streamed pipe hands its iovecs on; a kept one (with a sieve) is written through it now.</summary>
+    private static void DrainChunk(DumpRun run, TaskState ts)
+    {
+        if (ts.Sieve is null)
+        {
+            ts.Pipe.Drain();
+            return;
+        }
+        ts.Xfer!.Write(ts.Pipe, ts.Sieve);
+        ts.Pipe.Reset();
     }
 
     /// <summary>
@@ -338,6 +367,11 @@ internal sealed partial class Checkpointer
         run.Stream!.Flush();
         foreach (var ts in run.Tasks)
         {
+            if (ts.Sieve is not null)
+            {
+                run.DeltaCounters = run.DeltaCounters.Add(ts.Sieve.Counters);
+                run.EncodedBytes += ts.Sieve.EncodedBytes + ts.Sieve.SampledBytes;
+            }
             run.PageStats.Add(ts.Xfer!.Finish());
             if (ts.Digests is not null)
                 run.Dir.WritePageDigests(ts.Task.Pid, ts.Digests);
