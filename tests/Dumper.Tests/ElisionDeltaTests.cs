@@ -181,6 +181,22 @@ public class ElisionDeltaTests
     }
 
     [Fact]
+    public void FinalDump_ACorruptDeltasFile_FailsTheRestore()
+    {
+        // The manifest's checksums catch the changed file before any page is applied (a delta
+        // applied to a wrong base fails its page checksum, naming the range: ImageFormat's DeltaTests).
+        var chain = Run("x86_64", new SentPages(elide: true, cacheBytes: 64L << 20));
+        string deltas = Directory.GetFiles(chain.Dirs[^1], "deltas-*.img").Single();
+        var bytes = File.ReadAllBytes(deltas);
+        bytes[^1] ^= 0x5a;
+        File.WriteAllBytes(deltas, bytes);
+        var dest = RoundTrip.NewKernel("x86_64");
+        var e = Assert.Throws<DumperException>(() => Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = chain.Dirs[^1] }));
+        Assert.Contains(Path.GetFileName(deltas), e.Message);
+        Directory.Delete(chain.Root, true);
+    }
+
+    [Fact]
     public void Deltas_AreNotTaken_WhereTheBlockStoresThePagesForLess()
     {
         // Sixteen copies of one random page: alone each compresses to nothing (4 KiB), in one
