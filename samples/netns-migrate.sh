@@ -7,11 +7,19 @@
 #
 #   sudo bash samples/netns-migrate.sh [RATE [BURST]]    e.g. 100mbit 32kbit (no RATE: unshaped link)
 #
+# With TRANSPORT=migrate it runs one `migrate --transport tcp` instead: `migrate-service` in the
+# destination namespace, `migrate --address --port` in the source namespace (pages through the
+# destination's page servers; for hybrid/postcopy the destination fetches the lazy pages from the
+# source's page server), with the transfer measured on the veth link.
+#
 # Environment:
 #   CRIU_SHARP   the command to run (default: build src/Cli once, then `dotnet <its criu-sharp.dll>`)
 #   WORK         working directory for the machines and images (default: a new temporary directory)
 #   WORKLOAD     workload file (default: a 4 MiB hot/cold process written into WORK)
 #   TIMEOUT      seconds each network step may take (default 60)
+#   TRANSPORT    lazy (default: dump --lazy-pages, restore --lazy-pages, lazy-pages) or migrate
+#   MODE         migrate's --mode with TRANSPORT=migrate: precopy, postcopy or hybrid (default)
+#   POLICY       migrate's --policy with TRANSPORT=migrate (default fixed:2)
 set -euo pipefail
 
 rate=${1:-} burst=${2:-32kbit}
@@ -25,10 +33,11 @@ ns_src="cs-src-$suffix" ns_dst="cs-dst-$suffix" veth_src="vs$suffix" veth_dst="v
 # A /30 of 10.0.0.0/8 picked at random, so concurrent runs do not collide.
 net="10.$((RANDOM % 250 + 1)).$((RANDOM % 250 + 1))"
 addr_src="$net.1" addr_dst="$net.2"
-dump_pid=
+dump_pid= service_pid=
 
 cleanup() {
   [ -n "$dump_pid" ] && kill "$dump_pid" 2>/dev/null || true
+  [ -n "$service_pid" ] && kill "$service_pid" 2>/dev/null || true
   ip netns del "$ns_src" 2>/dev/null || true
   ip netns del "$ns_dst" 2>/dev/null || true
   echo "removed network namespaces $ns_src and $ns_dst (and the veth pair with them)"
@@ -71,6 +80,34 @@ if [ -z "$workload" ]; then
     "mappings": [ { "name": "heap", "size": "4MiB" } ],
     "behaviour": { "type": "hotcold", "mapping": "heap", "exponent": 1.1, "pages_per_second": 20000, "prefill": true } } ] }
 JSON
+fi
+
+# Waits for "listening on ADDR:PORT" in FILE from background process PID; prints PORT.
+wait_port() {
+  local file=$1 addr=$2 pid=$3 errfile=$4 port=
+  for _ in $(seq 1 $((timeout_s * 5))); do
+    port=$(grep -o "listening on $addr:[0-9]*" "$file" 2>/dev/null | cut -d: -f2 || true)
+    [ -n "$port" ] && { echo "$port"; return 0; }
+    kill -0 "$pid" 2>/dev/null || { cat "$errfile" >&2; return 1; }
+    sleep 0.2
+  done
+  echo "no 'listening on $addr' within ${timeout_s}s" >&2
+  return 1
+}
+
+if [ "${TRANSPORT:-lazy}" = migrate ]; then
+  in_ns "$ns_dst" migrate-service -D "$work/dst-images" --machine "$work/dst" --address "$addr_dst" --port 0 --ps-timeout "$timeout_s" \
+    >"$work/service.out" 2>"$work/service.err" &
+  service_pid=$!
+  port=$(wait_port "$work/service.out" "$addr_dst" "$service_pid" "$work/service.err")
+  echo "destination: migrate-service listening on $addr_dst:$port"
+  in_ns "$ns_src" migrate -w "$workload" --transport tcp --address "$addr_dst" --port "$port" \
+    --mode "${MODE:-hybrid}" --policy "${POLICY:-fixed:2}" --ps-timeout "$timeout_s"
+  wait "$service_pid"
+  service_pid=
+  echo "destination: migrate-service finished; the restored tree is in $work/dst"
+  c verify --machine "$work/dst"
+  exit 0
 fi
 
 pid=$(c spawn "$workload" --machine "$work/src" | awk '{print $1; exit}')

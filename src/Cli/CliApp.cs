@@ -54,6 +54,7 @@ public static class CliApp
         yield return Rpc.RpcCommands.Service();
         // Live migration between two simulated hosts.
         yield return MigrateCommand.Create();
+        yield return MigrateServiceCommand.Create();
         yield return CompareCommand.Create();
         yield return ReportCommand.Create();
         // Real workloads: record a process, inspect images and traces.
@@ -231,6 +232,7 @@ public static class CliApp
         Dumper.DumperException d => (ExitCode.BadInput, d.Message, null),
         CriuSharp.KernelApi.KernelNotSupportedException n => (ExitCode.Unsupported, n.Message, null),
         Dumper.PageServer.PageServerException ps => (ExitCode.Environment, ps.Message, "Check that the page server runs, listens on --address/--port, and speaks the same --ps-layout and TLS options."),
+        Migration.MigrationTransportException mt => (ExitCode.Environment, mt.Message, "migrate --transport tcp: the destination (migrate-service) must be reachable and run until the migration ends."),
         SimKernel.Machine.MachineBusyException b => (ExitCode.Busy, b.Message, "Retry later, or raise --wait."),
         SimKernel.Machine.MachineStateException s => (ExitCode.BadInput, s.Message, null),
         SimKernel.Workloads.WorkloadException w => (ExitCode.BadInput, w.Message, "The workload schema is in samples/README.md."),

@@ -59,6 +59,8 @@ internal sealed partial class Checkpointer
         public PageDigestMap? Digests;
         /// <summary>A dump with a history: elision and deltas of the written pages, chunk by chunk.</summary>
         public PageSieve? Sieve;
+        /// <summary><see cref="Digests"/> holds placeholders for pages the page store fetched and digested.</summary>
+        public bool DigestsPending;
     }
 
     /// <summary>
@@ -223,6 +225,8 @@ internal sealed partial class Checkpointer
         foreach (var ts in run.Tasks)
         {
             var parentDigests = OpenTaskParent(run, ts, serverParents);
+            // A kept pipe (a dump with a sieve) holds copies: the store fetches nothing.
+            bool fetch = !_pre && run.History is null && PageCollector.FetchesPages(_k.Capabilities, _o.PageStore, run.PageServer is not null);
             if (!_pre && run.History is not null)
             {
                 // Elision and deltas need the pages' bytes and the pagemap writer in order: the
@@ -235,8 +239,16 @@ internal sealed partial class Checkpointer
             else if (!_pre)
             {
                 // The content tracker digests the spliced pages itself; the page store need not.
-                bool storeDigests = _o.RecordChecksums && !PageCollector.ChecksumsIncludeWrittenPages(tracker == TrackerKind.Content, streamed: true);
-                ts.Xfer = new PageXfer(OpenSink(run.Dir, run.PageServer, ts.Task.Pid), digests: storeDigests);
+                // Pages the store fetches are digested by the store, for the checksums and for
+                // the content tracker's digests of them.
+                bool storeDigests = fetch
+                    ? _o.RecordChecksums || tracker == TrackerKind.Content
+                    : _o.RecordChecksums && !PageCollector.ChecksumsIncludeWrittenPages(tracker == TrackerKind.Content, streamed: true);
+                int pid = ts.Task.Pid;
+                ts.Xfer = new PageXfer(OpenSink(run.Dir, run.PageServer, pid), digests: storeDigests)
+                {
+                    Fetch = fetch ? (va, dst) => ReadFrozen(pid, va, dst) : null,
+                };
                 ts.Pipe = new PagePipe(run.Stream!, ts.Xfer, run.Frozen!);
             }
             else
@@ -245,6 +257,7 @@ internal sealed partial class Checkpointer
             {
                 ReadMode = _pre && _o.PreDumpMode == PreDumpMode.Read,
                 ParentSkippedUnreadable = parentRead,
+                FetchPages = fetch,
             };
             if (tracker == TrackerKind.Content)
                 collector.TrackContent(parentDigests);
@@ -259,6 +272,7 @@ internal sealed partial class Checkpointer
             ts.Scanned = collector.Scanned;
             ts.Checksums = collector.Checksums;
             ts.Digests = collector.Digests;
+            ts.DigestsPending = collector.FetchedDigestsPending;
             run.MemdumpNs += (ulong)(collector.Scanned * _cost.ScanNsPerPage) + CostModel.Ns(collector.CollectedBytes - collector.DeferredBytes, _cost.CopyBytesPerSecond);
         }
         run.MemdumpNs += _cost.ProcParseNsPerTask * (ulong)run.Tasks.Count;
@@ -373,6 +387,8 @@ internal sealed partial class Checkpointer
                 run.EncodedBytes += ts.Sieve.EncodedBytes + ts.Sieve.SampledBytes;
             }
             run.PageStats.Add(ts.Xfer!.Finish());
+            if (ts.Digests is not null && ts.DigestsPending)
+                PageCollector.FillFetchedDigests(ts.Digests, ts.Xfer.Digests);
             if (ts.Digests is not null)
                 run.Dir.WritePageDigests(ts.Task.Pid, ts.Digests);
             AddDigests(ts.Checksums, ts.Xfer.Digests);
@@ -588,6 +604,15 @@ internal sealed partial class Checkpointer
     /// Completes each VMA checksum (so far the digests of its PE_PARENT pages, taken by the
     /// collector) with the digests the page store took of the pages it wrote. Both lists ascend.
     /// </summary>
+    /// <summary>A read of a frozen task's memory for the page store's workers (any thread).</summary>
+    private void ReadFrozen(int pid, ulong va, Span<byte> dst)
+    {
+        var r = _k.ReadMemory(pid, va, dst);
+        if (!r.Ok)
+            throw new DumperException($"cannot read task memory ({r.Error})", pid, null, va, va + (ulong)dst.Length,
+                inner: new KernelException(r.Error, "process_vm_readv"));
+    }
+
     private static void AddDigests(List<(ulong Start, ulong End, ulong Hash)> checksums, IReadOnlyList<(ulong Va, ulong Digest)> digests)
     {
         int d = 0;

@@ -149,6 +149,14 @@ internal sealed class LazyPageSink(LocalPageSink inner, int pid, IReadOnlyList<V
         AddPresent(vaddr, buf);
     }
 
+    /// <summary>The pages are read here, while the freeze holds, for the same reason.</summary>
+    public void AddPresentByFetch(ulong vaddr, int nrPages, PageFetch fetch)
+    {
+        var buf = new byte[nrPages * PageGeometry.PageSize];
+        fetch(vaddr, buf);
+        AddPresent(vaddr, buf);
+    }
+
     private void Digest(ulong va, ReadOnlySpan<byte> pages)
     {
         if (OnPageDigest is not { } report)

@@ -36,10 +36,12 @@ internal sealed class PageCollector
     private int _parentCursor;
     private bool _content;
     private PageDigestMap? _parentDigests;
+    private bool _fetch;
     private byte[]? _scratch;
-    private byte[]? _scratch2;
     private nint[]? _frames;
     private nint[]? _spliced;
+    private ulong[]? _chunkDigests;
+    private List<Chunk>? _chunks;
 
     public PageCollector(IKernel k, FreezeLease? frozen, int pid, PageWalker walker, PagePipe pipe, PagemapImage? parent, bool preDump, bool hash, int imgPerPage)
     {
@@ -53,6 +55,44 @@ internal sealed class PageCollector
         _hash = hash;
         _imgPerPage = imgPerPage;
         _shift = k.Capabilities.PageShift;
+    }
+
+    /// <summary>
+    /// The page store fetches the written pages itself (<see cref="FetchesPages"/>): set when the
+    /// store has compression workers to read with, so reading, digesting and compressing run on
+    /// every worker. With a single writing thread the collector reads (splice) instead, so that
+    /// reading and compressing still overlap on two threads.
+    /// </summary>
+    public bool FetchPages
+    {
+        get => _fetch;
+        init => _fetch = value && FetchesPages(_k.Capabilities, _pipe.Streamed);
+    }
+
+    /// <summary>
+    /// A dump on a kernel whose splice copies and that may be read from several threads (the real
+    /// host) leaves the written pages in the frozen task: the page store's workers read each block
+    /// (<see cref="PagePipe.ReserveFetched"/>) where they compress it, with no staging copy, and
+    /// digest what they store, so the VMA checksums and the content tracker's digests of those
+    /// pages come from the store (<see cref="PageXfer.Digests"/>).
+    /// </summary>
+    public static bool FetchesPages(KernelCapabilities caps, bool streamed) => streamed && caps.SpliceCopies && caps.ConcurrentReads;
+
+    /// <summary>Whether a dump with these page-store options lets the store fetch its pages (see <see cref="FetchPages"/>).</summary>
+    public static bool FetchesPages(KernelCapabilities caps, PageStoreOptions store, bool pageServer) =>
+        FetchesPages(caps, streamed: true) && store.Compression != PageCompression.None && store.Parallelism > 1 && !pageServer;
+
+    /// <summary>
+    /// Some digests in <see cref="Digests"/> are placeholders for pages the page store fetched:
+    /// <see cref="FillFetchedDigests"/> puts in the store's digests once it has finished.
+    /// </summary>
+    public bool FetchedDigestsPending { get; private set; }
+
+    /// <summary>Replaces placeholders in <paramref name="map"/> with the store's digests (all-zero pages, which the store does not report, digest to 0 as the placeholders do).</summary>
+    public static void FillFetchedDigests(PageDigestMap map, IReadOnlyList<(ulong Va, ulong Digest)> stored)
+    {
+        foreach (var (va, d) in stored)
+            map.TrySet(va, d);
     }
 
     public ulong Scanned { get; private set; }
@@ -161,111 +201,222 @@ internal sealed class PageCollector
     /// pages by splice, and the digests are taken from the spliced pages themselves, so every
     /// page is read once and digested once: the collector's digests also make up the VMA
     /// checksums (<see cref="ChecksumsIncludeWrittenPages"/>), and the page store need not digest.
-    /// Where the kernel's splice copies (the real host) and a parent may hold most pages, the
-    /// pages are read into a scratch buffer instead and only the changed runs are staged, so the
-    /// freeze does not hold a copy of pages the parent already has.
+    /// Where the kernel's splice would copy (the real host), a dump's written pages are instead
+    /// fetched by the page store's workers (<see cref="FetchesPages"/>), which digest them as
+    /// they compress them: pages that have no parent to compare with are not read here at all
+    /// (their digests are filled in from the store's, <see cref="FetchedDigestsPending"/>), and
+    /// changed pages are read a second time rather than held in a copy while frozen.
     /// </summary>
-    private unsafe void CollectByContent(ulong va, ulong nr, bool allowParent, ref VmaHash h)
+    private void CollectByContent(ulong va, ulong nr, bool allowParent, ref VmaHash h)
     {
         int ps = 1 << _shift;
-        bool stage = _pipe.Streamed && _k.Capabilities.SpliceCopies && allowParent && _parentDigests is not null;
-        bool splice = _pipe.Streamed && !stage;
-        _scratch ??= GC.AllocateUninitializedArray<byte>(1 << 20);
-        int chunk = Math.Max(1, _scratch.Length / ps);
+        bool compare = allowParent && _parentDigests is not null;
+        if (_fetch && !compare)
+        {
+            // Every page is written: nothing to decide here. Placeholders keep the digest map in
+            // address order; the store's digests replace them.
+            ReserveFetched(va, nr);
+            ulong imgPages = nr * (ulong)_imgPerPage;
+            for (ulong i = 0; i < imgPages; i++)
+                Digests!.Add(va + (i << PageGeometry.PageShift), 0);
+            FetchedDigestsPending = true;
+            return;
+        }
+        bool stage = _pipe.Streamed && !_fetch && _k.Capabilities.SpliceCopies && compare;
+        bool splice = _pipe.Streamed && !_fetch && !stage;
+        int chunk = ChunkBytes / ps;
         int imgChunk = chunk * _imgPerPage;
         if (splice)
-            _spliced ??= new nint[imgChunk];
-        // Reading and digesting overlap: while this thread digests one chunk, the next is read
-        // (process_vm_readv on the real host) into the other buffer. Only the reader calls the
-        // kernel while a read is in flight.
-        bool prefetch = !splice && nr > (ulong)chunk;
-        if (prefetch)
-            _scratch2 ??= GC.AllocateUninitializedArray<byte>(_scratch.Length);
-        byte[] cur = _scratch, other = _scratch2 ?? _scratch;
-        Task? pending = null;
-        try
         {
+            _spliced ??= new nint[imgChunk];
+            _chunkDigests ??= new ulong[imgChunk];
             for (ulong done = 0; done < nr;)
             {
                 int n = (int)Math.Min(nr - done, (ulong)chunk);
                 ulong a = va + (done << _shift);
-                var bytes = cur.AsSpan(0, n * ps);
-                if (splice)
-                    Splice(a, _spliced.AsSpan(0, n * _imgPerPage), n);
-                else if (pending is not null)
-                    pending.GetAwaiter().GetResult();
-                else
-                    Read(a, bytes);
-                pending = null;
-                if (prefetch && done + (ulong)n < nr)
-                {
-                    int n2 = (int)Math.Min(nr - done - (ulong)n, (ulong)chunk);
-                    ulong a2 = a + ((ulong)n << _shift);
-                    var buf = other;
-                    pending = Task.Run(() => Read(a2, buf.AsSpan(0, n2 * ps)));
-                }
-                int runStart = 0;
-                bool runSame = false;
-                ulong runSum = 0, sum = 0;
-                for (int i = 0; i <= n; i++)
-                {
-                    bool same = false;
-                    if (i < n)
-                    {
-                        same = allowParent && _parentDigests is not null;
-                        sum = 0;
-                        for (int k = 0; k < _imgPerPage; k++)
-                        {
-                            int img = i * _imgPerPage + k;
-                            ulong pva = a + ((ulong)img << PageGeometry.PageShift);
-                            var page = splice
-                                ? new ReadOnlySpan<byte>((void*)_spliced![img], PageGeometry.PageSize)
-                                : bytes.Slice(img << PageGeometry.PageShift, PageGeometry.PageSize);
-                            ulong d = PageDigest.Of(pva, page);
-                            Digests!.Add(pva, d);
-                            sum += d;
-                            if (same && (!_parentDigests!.TryGet(pva, out ulong pd) || pd != d))
-                                same = false;
-                        }
-                    }
-                    if (i > runStart && (i == n || same != runSame))
-                    {
-                        ulong ra = a + ((ulong)runStart << _shift);
-                        int rn = i - runStart;
-                        if (runSame && ParentCovers(ra, (ulong)rn))
-                        {
-                            _pipe.AddHole(ra, (ulong)rn * (ulong)_imgPerPage);
-                            if (_hash)
-                                h.Value += runSum;
-                        }
-                        else if (splice)
-                        {
-                            MoveRefsIntoPipe(ra, _spliced.AsSpan(runStart * _imgPerPage, rn * _imgPerPage));
-                            h.Value += runSum;
-                        }
-                        else if (stage)
-                        {
-                            StageIntoPipe(ra, bytes.Slice(runStart * ps, rn * ps));
-                            h.Value += runSum;
-                        }
-                        else
-                            CopyIntoPipe(ra, bytes.Slice(runStart * ps, rn * ps), ref h);
-                        runStart = i;
-                        runSum = 0;
-                    }
-                    if (i == runStart)
-                        runSame = same;
-                    runSum += sum;
-                }
+                Splice(a, _spliced.AsSpan(0, n * _imgPerPage), n);
+                DigestSpliced(a, _spliced.AsSpan(0, n * _imgPerPage), _chunkDigests);
+                ConsumeChunk(a, n, default, _chunkDigests, compare, splice: true, stage: false, ref h);
                 done += (ulong)n;
-                (cur, other) = (other, cur);
+            }
+            return;
+        }
+        // Reading and digesting run on every core (process_vm_readv on the real host): this
+        // thread and one helper per other core each fill a chunk, then this thread takes the
+        // chunks in address order. A simulated kernel is read by this thread only.
+        int lanes = _k.Capabilities.ConcurrentReads && nr > (ulong)chunk ? Math.Max(1, Environment.ProcessorCount) : 1;
+        if (lanes > 1)
+        {
+            chunk = ParallelChunkBytes / ps;
+            imgChunk = chunk * _imgPerPage;
+        }
+        _chunks ??= [];
+        if (_chunks.Count > 0 && _chunks[0].Digests.Length < imgChunk)
+            _chunks.Clear();
+        while (_chunks.Count < lanes)
+            _chunks.Add(new Chunk(Math.Max(imgChunk << PageGeometry.PageShift, ChunkBytes), Math.Max(imgChunk, ChunkBytes >> PageGeometry.PageShift)));
+        try
+        {
+            for (ulong next = 0; next < nr;)
+            {
+                int m = 0;
+                for (; m < lanes && next < nr; m++)
+                {
+                    var c = _chunks[m];
+                    c.Pages = (int)Math.Min(nr - next, (ulong)chunk);
+                    c.Va = va + (next << _shift);
+                    next += (ulong)c.Pages;
+                    if (m > 0)
+                        c.Pending = Task.Run(() => FillChunk(c));
+                }
+                FillChunk(_chunks[0]);
+                for (int j = 1; j < m; j++)
+                    _chunks[j].Wait();
+                for (int j = 0; j < m; j++)
+                {
+                    var c = _chunks[j];
+                    ConsumeChunk(c.Va, c.Pages, c.Bytes.AsSpan(0, c.Pages * ps), c.Digests, compare, splice: false, stage, ref h);
+                }
             }
         }
         finally
         {
             // A failed chunk leaves no read running into a buffer the next span reuses.
-            try { pending?.Wait(); }
+            foreach (var c in _chunks)
+                c.WaitQuietly();
+        }
+    }
+
+    private const int ChunkBytes = 1 << 20;
+    /// <summary>Chunks read on several cores are larger, so the threads meet less often.</summary>
+    private const int ParallelChunkBytes = 4 << 20;
+    /// <summary>Reads and digests this much at a time, so the digest finds the pages still in cache.</summary>
+    private const int PieceBytes = 128 << 10;
+
+    /// <summary>A chunk of pages read and digested ahead of the thread that decides about them.</summary>
+    private sealed class Chunk(int bytes, int imgPages)
+    {
+        public readonly byte[] Bytes = GC.AllocateUninitializedArray<byte>(bytes);
+        public readonly ulong[] Digests = new ulong[imgPages];
+        public ulong Va;
+        public int Pages;
+        public Task? Pending;
+
+        public void Wait()
+        {
+            var t = Pending;
+            Pending = null;
+            t?.GetAwaiter().GetResult();
+        }
+
+        public void WaitQuietly()
+        {
+            try { Pending?.Wait(); }
             catch (AggregateException) { }
+            Pending = null;
+        }
+    }
+
+    /// <summary>Reads a chunk's pages and digests each 4 KiB image page (on any thread when the kernel allows concurrent reads).</summary>
+    private void FillChunk(Chunk c)
+    {
+        int ps = 1 << _shift;
+        int total = c.Pages * ps;
+        for (int off = 0; off < total; off += PieceBytes)
+        {
+            int len = Math.Min(PieceBytes, total - off);
+            var piece = c.Bytes.AsSpan(off, len);
+            ulong a = c.Va + (ulong)off;
+            Read(a, piece);
+            for (int p = 0; p < len; p += PageGeometry.PageSize)
+                c.Digests[(off + p) >> PageGeometry.PageShift] = PageDigest.Of(a + (ulong)p, piece.Slice(p, PageGeometry.PageSize));
+        }
+    }
+
+    private static unsafe void DigestSpliced(ulong va, ReadOnlySpan<nint> refs, ulong[] digests)
+    {
+        for (int i = 0; i < refs.Length; i++)
+            digests[i] = PageDigest.Of(va + ((ulong)i << PageGeometry.PageShift), new ReadOnlySpan<byte>((void*)refs[i], PageGeometry.PageSize));
+    }
+
+    /// <summary>
+    /// Decides about one chunk of <paramref name="n"/> kernel pages at <paramref name="a"/> whose
+    /// image pages' digests are <paramref name="digests"/>: records them, leaves runs that match
+    /// the parent as holes, and puts the others into the pipe.
+    /// </summary>
+    private void ConsumeChunk(ulong a, int n, ReadOnlySpan<byte> bytes, ulong[] digests, bool compare, bool splice, bool stage, ref VmaHash h)
+    {
+        int ps = 1 << _shift;
+        int runStart = 0;
+        bool runSame = false;
+        ulong runSum = 0, sum = 0;
+        for (int i = 0; i <= n; i++)
+        {
+            bool same = false;
+            if (i < n)
+            {
+                same = compare;
+                sum = 0;
+                for (int k = 0; k < _imgPerPage; k++)
+                {
+                    int img = i * _imgPerPage + k;
+                    ulong pva = a + ((ulong)img << PageGeometry.PageShift);
+                    ulong d = digests[img];
+                    Digests!.Add(pva, d);
+                    sum += d;
+                    if (same && (!_parentDigests!.TryGet(pva, out ulong pd) || pd != d))
+                        same = false;
+                }
+            }
+            if (i > runStart && (i == n || same != runSame))
+            {
+                ulong ra = a + ((ulong)runStart << _shift);
+                int rn = i - runStart;
+                if (runSame && ParentCovers(ra, (ulong)rn))
+                {
+                    _pipe.AddHole(ra, (ulong)rn * (ulong)_imgPerPage);
+                    h.Value += runSum;
+                }
+                else if (_fetch)
+                {
+                    // The store reads these pages again and digests them for the checksums.
+                    ReserveFetched(ra, (ulong)rn);
+                    FetchedDigestsPending = true;
+                }
+                else if (splice)
+                {
+                    MoveRefsIntoPipe(ra, _spliced.AsSpan(runStart * _imgPerPage, rn * _imgPerPage));
+                    h.Value += runSum;
+                }
+                else if (stage)
+                {
+                    StageIntoPipe(ra, bytes.Slice(runStart * ps, rn * ps));
+                    h.Value += runSum;
+                }
+                else
+                {
+                    CopyIntoPipe(ra, bytes.Slice(runStart * ps, rn * ps));
+                    h.Value += runSum;
+                }
+                runStart = i;
+                runSum = 0;
+            }
+            if (i == runStart)
+                runSame = same;
+            runSum += sum;
+        }
+    }
+
+    /// <summary>Puts <paramref name="nr"/> kernel pages at <paramref name="va"/> into a streamed pipe for the page store to fetch.</summary>
+    private void ReserveFetched(ulong va, ulong nr)
+    {
+        ulong bytes = nr << _shift;
+        for (ulong off = 0; off < bytes;)
+        {
+            int n = (int)Math.Min(bytes - off, (ulong)PagePipe.MaxReserve);
+            _pipe.ReserveFetched(va + off, n);
+            CollectedBytes += n;
+            off += (ulong)n;
         }
     }
 
@@ -304,14 +455,12 @@ internal sealed class PageCollector
         }
     }
 
-    private void CopyIntoPipe(ulong va, ReadOnlySpan<byte> src, ref VmaHash h)
+    private void CopyIntoPipe(ulong va, ReadOnlySpan<byte> src)
     {
         for (int off = 0; off < src.Length;)
         {
             int n = Math.Min(src.Length - off, PagePipe.MaxReserve);
             src.Slice(off, n).CopyTo(_pipe.Reserve(va + (ulong)off, n));
-            if (_hash)
-                h.AddPages(va + (ulong)off, src.Slice(off, n));
             CollectedBytes += n;
             off += n;
         }
@@ -367,7 +516,12 @@ internal sealed class PageCollector
         {
             int n = (int)Math.Min(nr - off, (ulong)maxPages);
             ulong a = va + (off << _shift);
-            if (_pipe.Streamed)
+            if (_fetch)
+            {
+                // The page store reads them from the frozen task and digests them for the checksum.
+                _pipe.ReserveFetched(a, n * ps);
+            }
+            else if (_pipe.Streamed)
             {
                 // vmsplice: the pipe takes references to the frozen task's frames. The page store
                 // digests the dumped pages for the VMA checksum as it compresses them.

@@ -37,6 +37,8 @@ internal sealed class PagePipe
         public bool Hole;
         /// <summary>For holes: the number of 4 KiB image pages.</summary>
         public ulong HolePages;
+        /// <summary>Streamed pipe: the pages are still in the frozen task; the page store reads them (<see cref="ReserveFetched"/>).</summary>
+        public bool Fetched;
     }
 
     /// <summary>Logical buffers (CRIU's page_pipe_bufs): their sizes decide where iovecs split.</summary>
@@ -120,12 +122,28 @@ internal sealed class PagePipe
         return span;
     }
 
-    private void Append(ulong va, int bytes)
+    /// <summary>
+    /// Streamed pipe: <paramref name="bytes"/> of pages at <paramref name="va"/> that the page
+    /// store reads from the frozen task itself when it compresses them (where a splice would copy
+    /// them anyway, <see cref="KernelCapabilities.SpliceCopies"/>): no copy is held in between.
+    /// The buffer space is taken as for <see cref="ReserveRefs"/>, so the iovecs split where they
+    /// would for spliced pages.
+    /// </summary>
+    public void ReserveFetched(ulong va, int bytes)
+    {
+        if (_stream is null)
+            throw new InvalidOperationException("a kept pipe holds page bytes");
+        if (_cur < 0 || _sizes[_cur] - _off < bytes)
+            NextBuffer(bytes);
+        Append(va, bytes, fetched: true);
+    }
+
+    private void Append(ulong va, int bytes, bool fetched = false)
     {
         if (_iovs.Count > _handed)
         {
             var last = _iovs[^1];
-            if (!last.Hole && last.Buf == _cur && last.Off + last.Bytes == _off && last.Va + (ulong)last.Bytes == va
+            if (!last.Hole && last.Fetched == fetched && last.Buf == _cur && last.Off + last.Bytes == _off && last.Va + (ulong)last.Bytes == va
                 && (long)last.Bytes + bytes <= int.MaxValue)
             {
                 last.Bytes += bytes;
@@ -135,7 +153,7 @@ internal sealed class PagePipe
                 return;
             }
         }
-        _iovs.Add(new Iov { Va = va, Bytes = bytes, Buf = _cur, Off = _off });
+        _iovs.Add(new Iov { Va = va, Bytes = bytes, Buf = _cur, Off = _off, Fetched = fetched });
         _off += bytes;
         BufferedBytes += bytes;
     }
@@ -181,6 +199,8 @@ internal sealed class PagePipe
             var iov = _iovs[i];
             if (iov.Hole)
                 _stream!.PostHole(_target!, iov.Va, iov.HolePages);
+            else if (iov.Fetched)
+                _stream!.PostFetched(_target!, iov.Va, iov.Bytes >> 12, _frozen!);
             else
                 _stream!.PostPresent(_target!, iov.Va, new PageLease(_frozen!, _refs[iov.Buf]!, iov.Off >> 12, iov.Bytes >> 12));
         }

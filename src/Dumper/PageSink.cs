@@ -20,6 +20,8 @@ internal interface IPageSink : IDisposable
 
     void AddPresent(ulong vaddr, ReadOnlySpan<byte> pages);
     void AddPresentByReference(ulong vaddr, ReadOnlySpan<nint> pageAddresses);
+    /// <summary>Pages read by <paramref name="fetch"/> where they are stored (see <see cref="PagemapWriter.AddPresentByFetch"/>); readable until <see cref="Finish"/>.</summary>
+    void AddPresentByFetch(ulong vaddr, int nrPages, PageFetch fetch);
     void AddParentHole(ulong vaddr, ulong nrPages);
     PageWriteStats Finish();
 }
@@ -38,6 +40,7 @@ internal sealed class LocalPageSink(PagemapWriter writer) : IPageSink
 
     public void AddPresent(ulong vaddr, ReadOnlySpan<byte> pages) => writer.AddPresent(vaddr, pages);
     public void AddPresentByReference(ulong vaddr, ReadOnlySpan<nint> pageAddresses) => writer.AddPresentByReference(vaddr, pageAddresses);
+    public void AddPresentByFetch(ulong vaddr, int nrPages, PageFetch fetch) => writer.AddPresentByFetch(vaddr, nrPages, fetch);
     public void AddParentHole(ulong vaddr, ulong nrPages) => writer.AddParentHole(vaddr, nrPages);
     public PageWriteStats Finish() => writer.Finish();
     public void Dispose() => writer.Dispose();
@@ -105,6 +108,14 @@ internal sealed class PageServerSink(PageServerClient client, PageServerImageTyp
             }
         }
         _stats.AddTransferred(nr, 0, (ulong)(client.PageBytesSent - before));
+    }
+
+    /// <summary>The pages go out on this thread as one ADD_F entry, read into a buffer first.</summary>
+    public void AddPresentByFetch(ulong vaddr, int nrPages, PageFetch fetch)
+    {
+        var buf = GC.AllocateUninitializedArray<byte>(nrPages << PageGeometry.PageShift);
+        fetch(vaddr, buf);
+        AddPresent(vaddr, buf);
     }
 
     private void SendPreamble(PageServerBlocks.Encoder enc)

@@ -136,7 +136,9 @@ internal sealed class PageWalker : IDisposable
             var arg = PmScanArg.Create(start, vma.End, ScanVec, 0, ret, anyof: PageCategory.Present | PageCategory.Swapped);
             var r = _k.PagemapScan(pid, ref arg, _vec.AsSpan(0, ScanVec));
             if (!r.Ok)
-                throw new DumperException($"PAGEMAP_SCAN failed ({r.Error})", pid, null, start, vma.End);
+                // The errno rides along: ESRCH (the task exited mid-dump) is told apart from other failures.
+                throw new DumperException($"PAGEMAP_SCAN failed ({r.Error})", pid, null, start, vma.End,
+                    inner: new KernelException(r.Error, "PAGEMAP_SCAN"));
             for (int i = 0; i < (int)r.Value; i++)
             {
                 var g = _vec[i];

@@ -72,6 +72,26 @@ internal sealed class PageXfer : IDisposable
         NoteWritten(va, va + ((ulong)pages.Length << 12));
     }
 
+    /// <summary>
+    /// Reads the pages of a frozen task (process_vm_readv) where they are compressed, for pipes
+    /// whose pages are fetched rather than spliced (<see cref="PagePipe.ReserveFetched"/>).
+    /// </summary>
+    public PageFetch? Fetch { get; init; }
+
+    /// <summary>One iovec of pages still in the frozen task (on the transfer thread).</summary>
+    internal void WritePresentFetched(ulong va, int pages, FreezeLease frozen)
+    {
+        var fetch = Fetch ?? throw new InvalidOperationException("this transfer reads no task memory");
+        // The workers read later: refuse once the tree runs again, as a spliced page lease does.
+        _writer.AddPresentByFetch(va, pages, (a, dst) =>
+        {
+            if (!frozen.Active)
+                throw new InvalidOperationException("task pages fetched after the tree was thawed");
+            fetch(a, dst);
+        });
+        NoteWritten(va, va + ((ulong)pages << 12));
+    }
+
     private void NoteWritten(ulong va, ulong end)
     {
         if (_written.Count > 0 && _written[^1].End == va)
@@ -120,7 +140,7 @@ internal sealed class PageXfer : IDisposable
 /// </summary>
 internal sealed class PageXferQueue : IDisposable
 {
-    private enum Kind : byte { Present, Hole, Release }
+    private enum Kind : byte { Present, Hole, Release, Fetched }
 
     private struct Item
     {
@@ -130,6 +150,7 @@ internal sealed class PageXferQueue : IDisposable
         public nint[]? Array;
         public PageLease Lease;
         public ulong HolePages;
+        public FreezeLease? Frozen;
     }
 
     private readonly object _lock = new();
@@ -147,6 +168,10 @@ internal sealed class PageXferQueue : IDisposable
 
     public void PostPresent(PageXfer target, ulong va, PageLease pages) =>
         Post(new Item { Kind = Kind.Present, Target = target, Va = va, Lease = pages });
+
+    /// <summary>Pages the page store reads from the frozen task itself (<paramref name="pages"/> 4 KiB pages at <paramref name="va"/>).</summary>
+    public void PostFetched(PageXfer target, ulong va, int pages, FreezeLease frozen) =>
+        Post(new Item { Kind = Kind.Fetched, Target = target, Va = va, HolePages = (ulong)pages, Frozen = frozen });
 
     public void PostHole(PageXfer target, ulong va, ulong imagePages) =>
         Post(new Item { Kind = Kind.Hole, Target = target, Va = va, HolePages = imagePages });
@@ -235,6 +260,9 @@ internal sealed class PageXferQueue : IDisposable
                         break;
                     case Kind.Hole:
                         item.Target!.WriteHole(item.Va, item.HolePages);
+                        break;
+                    case Kind.Fetched:
+                        item.Target!.WritePresentFetched(item.Va, (int)item.HolePages, item.Frozen!);
                         break;
                     case Kind.Release:
                         lock (_lock)

@@ -57,6 +57,8 @@ public sealed class LinuxHost : IKernel, IDisposable
             UffdWpAsync = false,
             CanSplice = true,
             SpliceCopies = true,
+            // process_vm_readv takes the target's mmap lock for reading only.
+            ConcurrentReads = true,
             CanReadRegisters = readRegisters,
             CanRestore = false,
         };

@@ -208,6 +208,11 @@ public sealed record KernelCapabilities
     /// <see cref="FreezeLease.StageCopy"/> instead of splicing them again.
     /// </summary>
     public bool SpliceCopies { get; init; }
+    /// <summary>
+    /// <see cref="IKernel.ReadMemory"/> may be called from several threads at once while a tree is
+    /// frozen (process_vm_readv on a real kernel), so a dump can read with every core.
+    /// </summary>
+    public bool ConcurrentReads { get; init; }
     /// <summary>Registers can be read (<see cref="IKernel.GetRegisters"/>).</summary>
     public bool CanReadRegisters { get; init; }
     /// <summary>Tasks can be created and shaped for a restore (spawn, fork, mmap, ...).</summary>

@@ -18,7 +18,7 @@ namespace CriuSharp.Migration;
 /// The image directories stand for the images as transferred: the destination reads the same
 /// files the source wrote, after the modelled transfer time has passed.
 /// </summary>
-public sealed class LiveMigration
+public sealed partial class LiveMigration
 {
     private readonly MigrationOptions _o;
     private readonly CostModel _dumperCost;
@@ -37,7 +37,7 @@ public sealed class LiveMigration
         string root = PrepareRoot(out bool temporary);
         try
         {
-            return RunIn(root, temporary);
+            return _o.Tcp is null ? RunIn(root, temporary) : RunTcp(root, temporary);
         }
         finally
         {

@@ -57,6 +57,11 @@ public sealed record MigrationOptions
     public long DeltaCacheBytes { get; init; }
     /// <summary>Called once per pre-dump and for the final dump when its record is final (its decision known).</summary>
     public Action<IterationRecord>? IterationDone { get; init; }
+    /// <summary>
+    /// <c>--transport tcp</c>: the destination is a separate <c>migrate-service</c> process and the
+    /// transfer is measured on its sockets; null (<c>--transport inproc</c>) = one process, modelled link.
+    /// </summary>
+    public TcpTransport? Tcp { get; init; }
 }
 
 /// <summary>A progress report: which step just finished and how many are planned at most.</summary>
@@ -79,8 +84,14 @@ public sealed record IterationRecord
     public ulong BytesSent { get; init; }
     /// <summary>stats-dump frozen_time, in ns.</summary>
     public ulong FrozenNs { get; init; }
-    /// <summary>Modelled time to send <see cref="BytesSent"/> at the link bandwidth.</summary>
+    /// <summary>
+    /// Time to send <see cref="BytesSent"/>: modelled at the link bandwidth (inproc), or measured
+    /// on the wall clock (tcp: the dump's page stream to the destination's page server plus the
+    /// copy of the other images).
+    /// </summary>
     public ulong TransferNs { get; init; }
+    /// <summary>tcp: page bytes the destination's page server received (raw pages or compressed blocks, as on the wire); null inproc.</summary>
+    public long? PageBytesOnWire { get; init; }
     /// <summary>Virtual time from the freeze to the end of the transfer.</summary>
     public ulong DurationNs { get; init; }
     /// <summary>Pages written ÷ virtual time since the previous dump's freeze; null for the first.</summary>
@@ -121,12 +132,18 @@ public sealed record PostCopyResult
     public required ulong LastPageNs { get; init; }
     /// <summary>Set when the source was lost before every page arrived (the tree was stopped).</summary>
     public string? Error { get; init; }
+    /// <summary>tcp: <see cref="LastPageNs"/> and the fault latencies are wall-clock measurements, not the link model.</summary>
+    public bool Measured { get; init; }
 }
 
 /// <summary>Everything a migration did and measured.</summary>
 public sealed record MigrationResult
 {
     public MigrationMode Mode { get; init; }
+    /// <summary>"inproc" (modelled link) or "tcp" (measured on the sockets of a separate destination process).</summary>
+    public string Transport { get; init; } = "inproc";
+    /// <summary>tcp: where the destination ran and what it kept.</summary>
+    public DestinationInfo? Destination { get; init; }
     /// <summary>The post-copy phase (null for pre-copy).</summary>
     public PostCopyResult? PostCopy { get; init; }
     public required string Workload { get; init; }

@@ -13,7 +13,7 @@ namespace CriuSharp.Cli.Tests;
 /// </summary>
 public class JsonDialectTests : IClassFixture<JsonDialectTests.Scene>
 {
-    private static readonly HashSet<string> Servers = ["page-server", "service", "swrk", "lazy-pages"];
+    private static readonly HashSet<string> Servers = ["page-server", "service", "swrk", "lazy-pages", "migrate-service"];
 
     private static readonly string[] CoreVerbs = ["spawn", "run", "ps", "verify", "pre-dump", "dump", "restore", "check", "pagemap", "x", "migrate", "compare", "selftest"];
 

@@ -4,7 +4,7 @@ using Xunit.Abstractions;
 
 namespace CriuSharp.Cli.Tests;
 
-/// <summary>samples/netns-migrate.sh: a lazy migration between two network namespaces over a tbf-shaped veth pair.</summary>
+/// <summary>samples/netns-migrate.sh: a lazy migration, or migrate --transport tcp, between two network namespaces over a tbf-shaped veth pair.</summary>
 public class NetnsMigrateTests(ITestOutputHelper log)
 {
     /// <summary>Whether this host lets us create a network namespace (root, ip netns); the probe is removed again.</summary>
@@ -39,6 +39,30 @@ public class NetnsMigrateTests(ITestOutputHelper log)
             log.WriteLine("skipped: this host cannot create network namespaces (needs root and ip netns)");
             return;
         }
+        string output = await RunScript();
+        Assert.Contains("the daemon closed the session", output);
+        Assert.Matches(@"(?m)^\d+ hotcold: ok", output);
+    }
+
+    [Fact]
+    public async Task ScriptMigratesOverTcpAcrossNamespaces_HybridVerifies()
+    {
+        if (!CanCreateNetns())
+        {
+            log.WriteLine("skipped: this host cannot create network namespaces (needs root and ip netns)");
+            return;
+        }
+        string output = await RunScript(("TRANSPORT", "migrate"), ("MODE", "hybrid"));
+        Assert.Matches(@"destination: migrate-service listening on 10\.\d+\.\d+\.2:\d+", output);
+        Assert.Matches(@"transport +tcp: destination at 10\.", output);
+        Assert.Matches(@"post-copy +\d+ lazy pages", output);
+        Assert.Matches(@"verification +ok", output);
+        Assert.Matches(@"(?m)^\d+ hotcold: ok", output);
+    }
+
+    /// <summary>Runs the script over a tbf-shaped link; checks it cleaned up; returns its output.</summary>
+    private static async Task<string> RunScript(params (string Name, string Value)[] env)
+    {
         var psi = new ProcessStartInfo("bash") { WorkingDirectory = CliRunner.RepoRoot(), RedirectStandardOutput = true, RedirectStandardError = true };
         psi.ArgumentList.Add("samples/netns-migrate.sh");
         psi.ArgumentList.Add("100mbit");
@@ -47,6 +71,8 @@ public class NetnsMigrateTests(ITestOutputHelper log)
         psi.Environment["TIMEOUT"] = "60";
         psi.Environment.Remove("CRIU_SHARP_MACHINE");
         psi.Environment.Remove("WORK");
+        foreach (var (name, value) in env)
+            psi.Environment[name] = value;
         using var p = Process.Start(psi)!;
         var err = p.StandardError.ReadToEndAsync();
         var outTask = p.StandardOutput.ReadToEndAsync();
@@ -59,8 +85,6 @@ public class NetnsMigrateTests(ITestOutputHelper log)
         Assert.True(p.ExitCode == 0, output + await err);
         var created = System.Text.RegularExpressions.Regex.Match(output, @"created network namespaces (cs-src-\w+) .* and (cs-dst-\w+) ");
         Assert.True(created.Success, output);
-        Assert.Contains("the daemon closed the session", output);
-        Assert.Matches(@"(?m)^\d+ hotcold: ok", output);
         Assert.Contains($"removed network namespaces {created.Groups[1].Value} and {created.Groups[2].Value}", output);
         // Nothing left behind.
         var ls = Process.Start(new ProcessStartInfo("ip", "netns list") { RedirectStandardOutput = true })!;
@@ -68,5 +92,6 @@ public class NetnsMigrateTests(ITestOutputHelper log)
         ls.WaitForExit();
         Assert.DoesNotContain(created.Groups[1].Value, left);
         Assert.DoesNotContain(created.Groups[2].Value, left);
+        return output;
     }
 }

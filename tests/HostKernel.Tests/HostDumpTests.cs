@@ -102,6 +102,32 @@ public sealed class HostDumpTests : IDisposable
     }
 
     [Fact]
+    public void DumpWithoutParent_RecordsEveryPagesDigest_SoTheNextPreDumpWritesOnlyChanges()
+    {
+        using var c = RealChild.Start(Programs.MemTouch, "256");
+        ulong a = Programs.ParseReady(c.ReadLine());
+        c.Ask("fill 0 0 256 3");
+        // With no parent, the page store's workers read, digest and compress the pages; the
+        // digests recorded must be those a pre-dump computes from its own reads.
+        Criu.Dump(_host, new DumpOptions { Pid = c.Pid, ImagesDir = Dir("1"), Tracker = TrackerKind.Content, LeaveRunning = true, TrackMem = true, PageStore = PageStoreOptions.Lz4() with { Parallelism = 2 } });
+        PreDump(c.Pid, "p");
+        var dumped = ImageSet.Open(Dir("1")).ReadPageDigests(c.Pid)!;
+        var read = ImageSet.Open(Dir("p")).ReadPageDigests(c.Pid)!;
+        for (int p = 0; p < 256; p++)
+        {
+            ulong va = a + (ulong)p * 4096;
+            Assert.True(read.TryGet(va, out ulong want) && want != 0, $"page 0x{va:x} has no digest in the pre-dump");
+            Assert.True(dumped.TryGet(va, out ulong got), $"page 0x{va:x} has no digest in the dump");
+            Assert.Equal(want, got);
+        }
+        c.Ask("fill 0 10 5 1");
+        PreDump(c.Pid, "2", "1");
+        var inRegion = Stored(Dir("2"), c.Pid).Where(v => v >= a && v < a + 256 * 4096UL).Order().ToList();
+        Assert.Equal(Enumerable.Range(10, 5).Select(p => a + (ulong)p * 4096), inRegion);
+        Assert.True(AssertChainEqualsMemory(Dir("2"), c, a, a + 256 * 4096UL) == 256);
+    }
+
+    [Fact]
     public void EveryStoredPage_DiffersFromTheParent()
     {
         using var c = RealChild.Start(Programs.MemTouch, "64");

@@ -67,6 +67,64 @@ public class ByReferenceTests
         }
     }
 
+    [Theory, MemberData(nameof(Stores))]
+    public void FetchedPages_WriteWhatTheSpanWrites(string kind, int workers)
+    {
+        // The workers read each block themselves (a frozen task read with process_vm_readv):
+        // same pages file, entries and digests as the bytes handed over as a span.
+        const int pages = 1100;
+        var data = TestImages.MixedPages(pages, 11);
+        var (byteFile, byteEntries, byteDigests) = Write(Store(kind, workers), w =>
+        {
+            w.AddPresent(Base, data.AsSpan(0, 600 * 4096));
+            w.AddPresent(Base + 600 * 4096, data.AsSpan(600 * 4096));
+        });
+        int fetches = 0;
+        void Fetch(ulong va, Span<byte> dst)
+        {
+            Interlocked.Increment(ref fetches);
+            data.AsSpan(checked((int)(va - Base)), dst.Length).CopyTo(dst);
+        }
+        var (fetchFile, fetchEntries, fetchDigests) = Write(Store(kind, workers), w =>
+        {
+            w.AddPresentByFetch(Base, 600, Fetch);
+            w.AddPresentByFetch(Base + 600 * 4096, pages - 600, Fetch);
+        });
+        Assert.Equal(byteFile, fetchFile);
+        Assert.Equal(byteEntries, fetchEntries);
+        Assert.Equal(byteDigests, fetchDigests);
+        Assert.True(fetches > 0);
+    }
+
+    [Fact]
+    public void FetchFailure_IsRethrownByTheWriter()
+    {
+        var w = new PagemapWriter(new MemoryStream(), 1, PageStoreOptions.Lz4() with { Parallelism = 2 });
+        w.AddPresentByFetch(Base, 64, (va, dst) => throw new InvalidOperationException($"cannot read 0x{va:x}"));
+        var e = Assert.Throws<InvalidOperationException>(() => w.Finish());
+        Assert.Contains("cannot read", e.Message);
+        w.Dispose();
+    }
+
+    [Fact]
+    public void DigestMap_TrySet_ReplacesOnlyPagesItHolds()
+    {
+        var map = new PageDigestMap();
+        for (int i = 0; i < 4; i++)
+            map.Add(Base + (ulong)i * 4096, 0);
+        map.Add(Base + 10 * 4096, 5);
+        Assert.True(map.TrySet(Base + 2 * 4096, 42));
+        Assert.False(map.TrySet(Base + 5 * 4096, 7));
+        Assert.True(map.TryGet(Base + 2 * 4096, out ulong d) && d == 42);
+        Assert.True(map.TryGet(Base + 1 * 4096, out d) && d == 0);
+        Assert.False(map.TryGet(Base + 5 * 4096, out _));
+        // Round trip through the image entries keeps runs and values.
+        var back = PageDigestMap.FromEntries(map.ToEntries().ToList(), "test");
+        Assert.Equal(5, back.Count);
+        Assert.True(back.TryGet(Base + 2 * 4096, out d) && d == 42);
+        Assert.True(back.TryGet(Base + 10 * 4096, out d) && d == 5);
+    }
+
     [Fact]
     public unsafe void DisposedUnfinished_StopsItsWorkers_AndRefusesMorePages()
     {

@@ -183,6 +183,16 @@ public static class MigrateCommand
         var delta = new Option<bool>("--delta") { Description = "Pre-dumps send re-dirtied pages as XBZRLE-style deltas when smaller (an image extension: criu-sharp restores such images, CRIU does not)." };
         var mode = new Option<string>("--mode") { Description = "precopy: pre-dumps, then a final dump with every dirty page (default); postcopy: a lazy final dump at once, pages fetched on fault and drained in the background (dump --lazy-pages); hybrid: pre-dumps under the policy, then a lazy final dump.", DefaultValueFactory = _ => "precopy" }
             .AcceptOnlyFromAmong("precopy", "postcopy", "hybrid");
+        var transport = new Option<string>("--transport")
+        {
+            Description = "inproc: source and destination in this process, the link a cost model (deterministic, default); " +
+                          "tcp: the destination is a separate criu-sharp process (migrate-service: page server, pre-loading, restore) and every transfer is measured on its sockets.",
+            DefaultValueFactory = _ => "inproc",
+        }.AcceptOnlyFromAmong("inproc", "tcp");
+        var address = new Option<string?>("--address") { Description = "--transport tcp: a running 'criu-sharp migrate-service' to migrate to (default: start one on loopback)." };
+        var port = new Option<int>("--port") { Description = "--transport tcp: the migrate-service's port (with --address)." };
+        var destDir = new Option<string?>("--dest-dir") { Description = "--transport tcp, destination started here: keep its received images (DIR/images) and its machine (DIR/machine); default: a temporary directory." };
+        var timeout = new Option<int>("--ps-timeout") { Description = "--transport tcp: seconds any wait for the other side may take before the migration fails.", DefaultValueFactory = _ => 60 };
         var json = CommonOptions.Json();
         var cmd = new Command("migrate", "Live-migrate a workload between two simulated hosts: pre-dumps under a convergence policy while it runs, final dump, transfer, restore, verification.");
         a.AddTo(cmd);
@@ -193,9 +203,12 @@ public static class MigrateCommand
         cmd.Options.Add(elide);
         cmd.Options.Add(delta);
         cmd.Options.Add(mode);
+        foreach (var o in new Option[] { transport, address, port, destDir, timeout })
+            cmd.Options.Add(o);
         cmd.Options.Add(json);
         cmd.SetAction(p =>
         {
+            var tcp = Tcp(p.GetValue(transport)!, p.GetValue(address), p.GetValue(port), p.GetResult(port) is { Implicit: false }, p.GetValue(destDir), p.GetValue(timeout));
             var pol = a.Policy(p, p.GetValue(policy)!);
             var m = MigrationArgs.ParseMode(p.GetValue(mode)!);
             var store = MigrationArgs.Store(p.GetValue(compress)!, p.GetValue(block));
@@ -207,7 +220,7 @@ public static class MigrateCommand
             MigrateOutput.RowStream? rows = asJson || MigrationArgs.Fancy(o) ? null
                 : new MigrateOutput.RowStream(o, MigrateOutput.Title(a.WorkloadPath(p), pol.Spec, p.GetValue(block), a.Kernel.Config(p), a.BandwidthBytes(p)));
             var result = MigrationArgs.WithProgress(asJson, "migrating", pol.MaxPreDumps + 3,
-                progress => LiveMigration.Run(a.Options(p, pol, store, keep, progress, p.GetValue(elide), p.GetValue(delta)) with { IterationDone = rows is null ? null : rows.Add, Mode = m }));
+                progress => LiveMigration.Run(a.Options(p, pol, store, keep, progress, p.GetValue(elide), p.GetValue(delta)) with { IterationDone = rows is null ? null : rows.Add, Mode = m, Tcp = tcp }));
             foreach (var w in result.Warnings)
                 p.InvocationConfiguration.Error.WriteLine($"criu-sharp: warning: {w}");
             if (keep is not null)
@@ -220,6 +233,39 @@ public static class MigrateCommand
         });
         return cmd;
     }
+
+    private static TcpTransport? Tcp(string transport, string? address, int port, bool portGiven, string? destDir, int timeout)
+    {
+        bool given = address is not null || portGiven || destDir is not null;
+        if (transport != "tcp")
+            return given ? throw new UserException(ExitCode.Usage, "--address, --port and --dest-dir need --transport tcp") : null;
+        if (timeout < 1 || timeout > 86400)
+            throw new UserException(ExitCode.Usage, $"--ps-timeout {timeout}: must be 1 to 86400 seconds");
+        if (address is not null && (port < 1 || port > 65535))
+            throw new UserException(ExitCode.Usage, $"--port {port}: must be 1 to 65535 (the migrate-service's port)");
+        if (address is not null && destDir is not null)
+            throw new UserException(ExitCode.Usage, "--dest-dir names the directory of a destination started here; a running migrate-service (--address) has its own -D and --machine");
+        if (address is null && port != 0)
+            throw new UserException(ExitCode.Usage, "--port without --address: a destination started here picks its own port");
+        return new TcpTransport
+        {
+            Address = address,
+            Port = port,
+            DestinationDir = destDir is null ? null : Path.GetFullPath(destDir),
+            DestinationCommand = SelfCommand(),
+            IoTimeout = TimeSpan.FromSeconds(timeout),
+        };
+    }
+
+    /// <summary>How to start this criu-sharp again: the apphost itself, or dotnet with criu-sharp.dll.</summary>
+    internal static IReadOnlyList<string> SelfCommand()
+    {
+        string? exe = Environment.ProcessPath;
+        string dll = Path.Combine(AppContext.BaseDirectory, "criu-sharp.dll");
+        if (exe is not null && Path.GetFileNameWithoutExtension(exe) == "criu-sharp")
+            return [exe];
+        return [exe is not null && Path.GetFileNameWithoutExtension(exe) == "dotnet" ? exe : "dotnet", dll];
+    }
 }
 
 /// <summary>How a migration result is printed: JSON for scripts, a table and a summary for people.</summary>
@@ -229,6 +275,15 @@ internal static class MigrateOutput
     {
         workload = r.Workload,
         mode = MigrationArgs.ModeName(r.Mode),
+        transport = r.Transport,
+        destination = r.Destination is not { } d ? null : new
+        {
+            address = d.Address,
+            port = d.Port,
+            images_dir = d.ImagesRoot,
+            machine = d.Machine,
+            pid = d.ProcessId,
+        },
         policy = r.Policy,
         compression = r.Compression,
         block_kib = r.BlockKiB,
@@ -250,6 +305,7 @@ internal static class MigrateOutput
             bytes_sent = i.BytesSent,
             frozen_ns = i.FrozenNs,
             transfer_ns = i.TransferNs,
+            page_bytes_on_wire = i.PageBytesOnWire,
             duration_ns = i.DurationNs,
             dirty_rate_pages_per_second = i.DirtyRatePagesPerSecond is double d ? Math.Round(d, 1) : (double?)null,
             decision = i.Decision,
@@ -280,6 +336,7 @@ internal static class MigrateOutput
             stall_ns = pc.Stats.StallNs,
             last_page_ns = pc.LastPageNs,
             pages_lost = pc.Stats.PagesLost,
+            measured = pc.Measured,
             error = pc.Error,
         },
         warnings = r.Warnings,
@@ -370,6 +427,9 @@ internal static class MigrateOutput
             if (pc.Error is not null)
                 lines.Insert(6, ("post-copy error", pc.Error));
         }
+        if (r.Transport == "tcp")
+            lines.Insert(0, ("transport", $"tcp: destination {(r.Destination?.ProcessId is int dp ? $"process {dp} " : "")}at {r.Destination?.Address}:{r.Destination?.Port}; "
+                + "transfer, downtime and post-copy times measured on the wall clock (pages over the page server, other images over the control connection)"));
         if (r.ElideUnchanged || r.DeltaCacheBytes > 0)
         {
             var t = r.DeltaTotals;
@@ -377,6 +437,8 @@ internal static class MigrateOutput
         }
         if (r.ImagesRoot is not null)
             lines.Add(("images", $"{r.ImagesRoot} (final dump in {r.Iterations[^1].ImagesDir})"));
+        if (r.Destination is { ImagesRoot: { } di, Machine: { } dm })
+            lines.Add(("destination", $"images {di}, machine {dm} (criu-sharp verify --machine {dm})"));
         int w = lines.Max(l => l.Item1.Length);
         foreach (var (k, val) in lines)
             o.WriteLine($"{k.PadRight(w)}  {val}");

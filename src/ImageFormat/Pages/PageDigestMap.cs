@@ -49,9 +49,27 @@ public sealed class PageDigestMap
     /// <summary>The digest recorded for the page at <paramref name="va"/>, if any.</summary>
     public bool TryGet(ulong va, out ulong digest)
     {
-        digest = 0;
+        int i = IndexOf(va);
+        digest = i < 0 ? 0 : _digests[i];
+        return i >= 0;
+    }
+
+    /// <summary>
+    /// Replaces the digest of a page the map holds (a page added with a placeholder and digested
+    /// later); returns false, changing nothing, for a page it does not hold.
+    /// </summary>
+    public bool TrySet(ulong va, ulong digest)
+    {
+        int i = IndexOf(va);
+        if (i >= 0)
+            _digests[i] = digest;
+        return i >= 0;
+    }
+
+    private int IndexOf(ulong va)
+    {
         if (_runs.Count == 0)
-            return false;
+            return -1;
         if (_cursor >= _runs.Count || _runs[_cursor].Va > va)
             _cursor = 0;
         // Forward from the cursor; a jump far ahead falls back to binary search.
@@ -65,12 +83,11 @@ public sealed class PageDigestMap
             _cursor++;
         }
         if (_cursor >= _runs.Count)
-            return false;
+            return -1;
         var r = _runs[_cursor];
         if (va < r.Va)
-            return false;
-        digest = _digests[r.First + (int)((va - r.Va) >> PageGeometry.PageShift)];
-        return true;
+            return -1;
+        return r.First + (int)((va - r.Va) >> PageGeometry.PageShift);
     }
 
     private static ulong End((ulong Va, int Count, int First) r) => r.Va + ((ulong)r.Count << PageGeometry.PageShift);
@@ -93,8 +110,33 @@ public sealed class PageDigestMap
             var bytes = new byte[count * 8];
             for (int i = 0; i < count; i++)
                 BinaryPrimitives.WriteUInt64LittleEndian(bytes.AsSpan(i * 8), _digests[first + i]);
-            yield return new page_digests_entry { Vaddr = va, NrPages = (uint)count, Digests = ByteString.CopyFrom(bytes) };
+            // The array is not touched again: the entry may own it without a copy.
+            yield return new page_digests_entry { Vaddr = va, NrPages = (uint)count, Digests = UnsafeByteOperations.UnsafeWrap(bytes) };
         }
+    }
+
+    /// <summary>Appends a run of digests at <paramref name="va"/> (little-endian, 8 bytes each); the run must lie above every page held.</summary>
+    private void AddRun(ulong va, ReadOnlySpan<byte> digests)
+    {
+        int count = digests.Length / 8;
+        if (count == 0)
+            return;
+        if (_runs.Count > 0)
+        {
+            var last = _runs[^1];
+            ulong next = last.Va + ((ulong)last.Count << PageGeometry.PageShift);
+            if (va < next)
+                throw new ArgumentException($"page digests must be added in ascending address order (0x{va:x} after 0x{next:x})", nameof(va));
+        }
+        if (_count + count > _digests.Length)
+            Array.Resize(ref _digests, Math.Max(_digests.Length * 2, _count + count));
+        for (int i = 0; i < count; i++)
+            _digests[_count + i] = BinaryPrimitives.ReadUInt64LittleEndian(digests[(i * 8)..]);
+        if (_runs.Count > 0 && End(_runs[^1]) == va)
+            _runs[^1] = (_runs[^1].Va, _runs[^1].Count + count, _runs[^1].First);
+        else
+            _runs.Add((va, count, _count));
+        _count += count;
     }
 
     /// <summary>Rebuilds the map from an image's entries; throws <see cref="ImageFormatException"/> on a malformed one.</summary>
@@ -107,17 +149,13 @@ public sealed class PageDigestMap
                 throw new ImageFormatException(path, ImageKind.PageDigests.Name, null, $"page digests at 0x{e.Vaddr:x}: {e.Digests.Length} bytes for {e.NrPages} pages");
             if ((e.Vaddr & (PageGeometry.PageSize - 1)) != 0)
                 throw new ImageFormatException(path, ImageKind.PageDigests.Name, null, $"page digests at 0x{e.Vaddr:x}: address not page-aligned");
-            var span = e.Digests.Span;
-            for (int i = 0; i < e.NrPages; i++)
+            try
             {
-                try
-                {
-                    map.Add(e.Vaddr + ((ulong)i << PageGeometry.PageShift), BinaryPrimitives.ReadUInt64LittleEndian(span[(i * 8)..]));
-                }
-                catch (ArgumentException x)
-                {
-                    throw new ImageFormatException(path, ImageKind.PageDigests.Name, null, $"page digests: {x.Message}");
-                }
+                map.AddRun(e.Vaddr, e.Digests.Span);
+            }
+            catch (ArgumentException x)
+            {
+                throw new ImageFormatException(path, ImageKind.PageDigests.Name, null, $"page digests: {x.Message}");
             }
         }
         return map;

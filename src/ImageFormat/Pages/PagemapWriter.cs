@@ -1,7 +1,12 @@
 using System.Numerics;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using CriuSharp.ImageFormat.Images;
 
 namespace CriuSharp.ImageFormat;
+
+/// <summary>Copies the 4 KiB pages at [va, va + destination.Length) into destination; throws when they cannot be read.</summary>
+public delegate void PageFetch(ulong va, Span<byte> destination);
 
 /// <summary>Counters of one pagemap + pages pair, named as in CRIU's dump stats where CRIU has a name.</summary>
 public sealed class PageWriteStats
@@ -66,6 +71,8 @@ public sealed class PageWriteStats
 public sealed class PagemapWriter : IDisposable
 {
     private const int OutFlushThreshold = 1 << 20;
+    /// <summary>Compressed output up to this size is gathered before it is written (larger output is written as it is).</summary>
+    private const int SmallJobOut = 64 << 10;
     private readonly Stream _pages;
     private readonly bool _leaveOpen;
     private readonly Action<PagemapWriter>? _onFinish;
@@ -199,6 +206,44 @@ public sealed class PagemapWriter : IDisposable
         }
         _entries.Add(entry);
     }
+
+    /// <summary>
+    /// Pages fetched where they are compressed: <paramref name="fetch"/> copies
+    /// <paramref name="nrPages"/> pages from <paramref name="vaddr"/> on, a block at a time, on
+    /// the compression workers, straight into a buffer each worker keeps in cache (a frozen task
+    /// read with process_vm_readv, with no staging copy). The pages must not change until
+    /// <see cref="Finish"/> returns; <paramref name="fetch"/> may be called from several threads
+    /// at once, and what it throws is rethrown by a later call on this writer.
+    /// </summary>
+    public unsafe void AddPresentByFetch(ulong vaddr, int nrPages, PageFetch fetch)
+    {
+        ArgumentNullException.ThrowIfNull(fetch);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(nrPages);
+        var entry = BeginPresent(vaddr, (ulong)nrPages, lazy: false);
+        if (_codec is null)
+        {
+            // Raw layout: the writing thread fetches, a bounded piece at a time.
+            const int Piece = 256;
+            var buf = _fetchBuf ??= GC.AllocateUninitializedArray<byte>(Piece << PageGeometry.PageShift, pinned: true);
+            for (int done = 0; done < nrPages; done += Piece)
+            {
+                int n = Math.Min(Piece, nrPages - done);
+                ulong va = vaddr + ((ulong)done << PageGeometry.PageShift);
+                var span = buf.AsSpan(0, n << PageGeometry.PageShift);
+                fetch(va, span);
+                AppendRaw(span);
+                fixed (byte* p = span)
+                    DigestPages(va, new PageSource(p, null, 0), n);
+            }
+        }
+        else
+        {
+            QueueBlocks(entry, vaddr, new PageSource(null, null, 0, fetch), nrPages);
+        }
+        _entries.Add(entry);
+    }
+
+    private byte[]? _fetchBuf;
 
     private pagemap_entry BeginPresent(ulong vaddr, ulong nr, bool lazy)
     {
@@ -355,13 +400,16 @@ public sealed class PagemapWriter : IDisposable
     }
 
     /// <summary>Where a job's pages are: one contiguous run, or one address per 4 KiB page.</summary>
-    private readonly unsafe struct PageSource(byte* run, nint[]? addrs, int first)
+    private readonly unsafe struct PageSource(byte* run, nint[]? addrs, int first, PageFetch? fetch = null)
     {
         private readonly byte* _run = run;
         private readonly nint[]? _addrs = addrs;
         private readonly int _first = first;
 
-        public PageSource From(int page) => new(_run == null ? null : _run + ((long)page << PageGeometry.PageShift), _addrs, _first + page);
+        /// <summary>Pages not in memory yet: a worker fetches each block (page i is at the job's Va + i pages).</summary>
+        public PageFetch? Fetch { get; } = fetch;
+
+        public PageSource From(int page) => new(_run == null ? null : _run + ((long)page << PageGeometry.PageShift), _addrs, _first + page, Fetch);
 
         public ReadOnlySpan<byte> Page(int i) => new(_run != null ? _run + ((long)i << PageGeometry.PageShift) : (byte*)_addrs![_first + i], PageGeometry.PageSize);
 
@@ -467,9 +515,10 @@ public sealed class PagemapWriter : IDisposable
             var work = _work;
             _threads[i] = new Thread(() =>
             {
+                byte[]? fetched = null;
                 using (codec)
                     foreach (var job in work.GetConsumingEnumerable())
-                        Run(job, codec, stage);
+                        Run(job, codec, stage, ref fetched);
             })
             { IsBackground = true, Name = "criu-sharp compress" };
             _threads[i].Start();
@@ -477,19 +526,31 @@ public sealed class PagemapWriter : IDisposable
         return _work;
     }
 
-    private void Run(Job job, BlockCodec codec, byte[] stage)
+    private unsafe void Run(Job job, BlockCodec codec, byte[] stage, ref byte[]? fetched)
     {
         try
         {
             job.OutLen = 0;
             if (_abandoned)
                 return; // disposed unfinished: nobody will commit it
+            var fetch = job.Src.Fetch;
+            if (fetch is not null)
+                fetched ??= GC.AllocateUninitializedArray<byte>(_blockPages << PageGeometry.PageShift, pinned: true);
             for (int k = 0; k < job.Blocks; k++)
             {
                 int first = k * _blockPages;
                 int count = Math.Min(_blockPages, job.Pages - first);
-                job.Results[k] = CompressBlock(codec, job.Src.From(first), count, stage, job.Out.AsSpan(job.OutLen, _slotSize),
-                    job.Digest ? job.Digests.AsSpan(first, count) : default, job.Va + ((ulong)first << PageGeometry.PageShift));
+                ulong va = job.Va + ((ulong)first << PageGeometry.PageShift);
+                var src = job.Src.From(first);
+                if (fetch is not null)
+                {
+                    // The block is read into this worker's buffer and compressed while it is in cache.
+                    var buf = fetched.AsSpan(0, count << PageGeometry.PageShift);
+                    fetch(va, buf);
+                    src = new PageSource((byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(fetched!)), null, 0);
+                }
+                job.Results[k] = CompressBlock(codec, src, count, stage, job.Out.AsSpan(job.OutLen, _slotSize),
+                    job.Digest ? job.Digests.AsSpan(first, count) : default, va);
                 job.OutLen += job.Results[k].Size;
             }
         }
@@ -516,7 +577,7 @@ public sealed class PagemapWriter : IDisposable
         if (Options.Parallelism > 1)
             job.Done.Wait();
         else
-            Run(job, _codec!, _stage);
+            Run(job, _codec!, _stage, ref _fetchBuf);
         if (job.Error is not null)
         {
             _spareJobs.Push(job);
@@ -525,7 +586,13 @@ public sealed class PagemapWriter : IDisposable
         var st = job.State;
         for (int k = 0; k < job.Blocks; k++)
             Record(st, job.FirstBlock + k, in job.Results[k]);
-        if (job.OutLen > 0)
+        if (job.OutLen > 0 && job.OutLen <= SmallJobOut && _outLen + job.OutLen <= _out.Length)
+        {
+            // Small jobs (short entries) gather in the output buffer: one write for many of them.
+            job.Out.AsSpan(0, job.OutLen).CopyTo(_out.AsSpan(_outLen));
+            _outLen += job.OutLen;
+        }
+        else if (job.OutLen > 0)
         {
             FlushOut();
             _pages.Write(job.Out, 0, job.OutLen);
