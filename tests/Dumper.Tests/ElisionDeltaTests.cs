@@ -181,6 +181,19 @@ public class ElisionDeltaTests
     }
 
     [Fact]
+    public void FinalDump_WithElisionOff_SendsEmptyDeltas_AndRestoresByteForByte()
+    {
+        // Pages rewritten with the chain's bytes become deltas of 0 bytes: no deltas file at all.
+        var c = FinalDumpChain(new SentPages(elide: false, cacheBytes: 64L << 20));
+        Assert.True(c.Final.Stats.Delta!.PagesDelta >= 8);
+        var dest = RoundTrip.NewKernel("x86_64");
+        var rr = Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = c.Top });
+        Assert.True(rr.Stats.VmasVerified > 0);
+        RoundTrip.AssertSame(c.Before, dest);
+        Directory.Delete(c.Root, true);
+    }
+
+    [Fact]
     public void FinalDump_ACorruptDeltasFile_FailsTheRestore()
     {
         // The manifest's checksums catch the changed file before any page is applied (a delta
