@@ -463,13 +463,20 @@ internal sealed class Restorer
         _bytesRead += reader.Stats.BytesRead;
         _zeroFilled += reader.Stats.ZeroPagesFilled;
         _fromParent += reader.Stats.PagesFromParent;
-        // Inherited anonymous VMAs: pages the parent has but this task never had must go.
+        // Inherited anonymous VMAs: pages the parent has but this task never had must go, and so
+        // must the parent's pages where this task's are lazy: the lazy-pages daemon places those
+        // with UFFDIO_COPY, which only fills missing pages (EEXIST over a COW-shared one). A
+        // hybrid dump makes this common — a page the parent left unchanged since the pre-dump
+        // (PE_PARENT, restored eagerly) that the child wrote (PE_LAZY). CRIU's restorer likewise
+        // discards the inherited pages it did not restore (restore_priv_vma_content, criu/mem.c).
         foreach (var v in vmas.Where(x => inherited.Contains(x.Start) && (x.Status & (uint)VmaStatus.AnonPrivate) != 0))
         {
             ulong a = v.Start;
             int i = reader.Pagemap.FirstEntryEndingAfter(a);
             while (a < v.End)
             {
+                while (i < entries.Count && entries[i].Vaddr < v.End && (PagemapImage.FlagsOf(entries[i]) & (PagemapFlags.Present | PagemapFlags.Parent | PagemapFlags.Delta)) == 0)
+                    i++;
                 ulong next = i < entries.Count ? Math.Min(v.End, Math.Max(a, entries[i].Vaddr)) : v.End;
                 if (next > a)
                     task.Madvise(a, next - a, Madvise.DontNeed);

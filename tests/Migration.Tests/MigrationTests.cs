@@ -119,6 +119,40 @@ public sealed class MigrationTests : IDisposable
         Assert.True(r.Iterations[^1].Stats.PagesLazy > 0);
     }
 
+    // A parent fills its heap, forks two children, and all three write their copy-on-write copies:
+    // after a pre-dump, a page the parent left alone (PE_PARENT, restored eagerly before the fork on
+    // the destination) can be one a child wrote (PE_LAZY in the child's pagemap).
+    private const string Fork = """
+        { "seed": 6, "processes": [ { "name": "forker",
+            "mappings": [ { "name": "data", "size": "8MiB" }, { "name": "shm", "size": "2MiB", "shared": true } ],
+            "behaviour": { "type": "fork", "mapping": "data", "shared_mapping": "shm", "children": 2, "shared_share": 0.25, "prefill": true, "pages_per_second": 50000 } } ] }
+        """;
+
+    [Theory]
+    [InlineData("fixed:1", 50)]
+    [InlineData("fixed:1", 20)]
+    [InlineData("fixed:2", 50)]
+    [InlineData("phaul", 30)]
+    public void Hybrid_ForkedChildren_LazyPagesReplaceTheInheritedOnes(string policy, int warmupMs)
+    {
+        string workload = Path.Combine(_dir, "fork.json");
+        File.WriteAllText(workload, Fork);
+        var r = LiveMigration.Run(new MigrationOptions
+        {
+            Mode = MigrationMode.Hybrid,
+            WorkloadPath = workload,
+            Policy = ConvergencePolicy.Parse(policy),
+            WarmupNs = (ulong)warmupMs * 1_000_000,
+            ContinueNs = 20_000_000,
+        });
+        Assert.True(r.Verification.Ok, r.Verification.Error ?? string.Join("; ", r.Verification.AfterRestore.Concat(r.Verification.AfterContinue).Select(v => v.Detail)));
+        var pc = Assert.IsType<PostCopyResult>(r.PostCopy);
+        Assert.Null(pc.Error);
+        Assert.True(pc.LazyPages > 0);
+        Assert.Equal(pc.LazyPages, pc.Stats.PagesByFault + pc.Stats.PagesByDrain);
+        Assert.True(r.PreDumps >= 1);
+    }
+
     [Fact]
     public void PostCopy_SourceLostMidDrain_FailsVerificationWithTheLostPages()
     {
