@@ -57,6 +57,8 @@ internal sealed partial class Checkpointer
         public List<(ulong Start, ulong End, ulong Hash)> Checksums = [];
         /// <summary>The content tracker's digests of every page this dump's pagemap holds.</summary>
         public PageDigestMap? Digests;
+        /// <summary>A dump with a history: elision and deltas of the written pages, chunk by chunk.</summary>
+        public PageSieve? Sieve;
         /// <summary><see cref="Digests"/> holds placeholders for pages the page store fetched and digested.</summary>
         public bool DigestsPending;
     }
@@ -76,7 +78,7 @@ internal sealed partial class Checkpointer
         public required PageServer.PageServerClient? PageServer;
         /// <summary>A dump writes while frozen: pages stream to the images as they are collected.</summary>
         public required PageXferQueue? Stream;
-        /// <summary>Elision and deltas (pre-dumps only): the history describing this dump's parent.</summary>
+        /// <summary>Elision and deltas: the history describing this dump's parent (a dump's only with local images, see <see cref="SievesFinalDump"/>).</summary>
         public required SentPages? History;
         public readonly Stopwatch Wall = Stopwatch.StartNew();
         public FreezeLease? Frozen;
@@ -155,7 +157,7 @@ internal sealed partial class Checkpointer
             if (_o.PrevImagesDir is not null)
                 dir.LinkParent(_o.PrevImagesDir);
             pageServer = ConnectPageServer();
-            var history = _pre ? _o.History : null;
+            var history = _pre || SievesFinalDump ? _o.History : null;
             history?.Begin(parentSet?.Path, _o.ImagesDir);
             return new DumpRun
             {
@@ -223,8 +225,18 @@ internal sealed partial class Checkpointer
         foreach (var ts in run.Tasks)
         {
             var parentDigests = OpenTaskParent(run, ts, serverParents);
-            bool fetch = !_pre && PageCollector.FetchesPages(_k.Capabilities, _o.PageStore, run.PageServer is not null);
-            if (!_pre)
+            // A kept pipe (a dump with a sieve) holds copies: the store fetches nothing.
+            bool fetch = !_pre && run.History is null && PageCollector.FetchesPages(_k.Capabilities, _o.PageStore, run.PageServer is not null);
+            if (!_pre && run.History is not null)
+            {
+                // Elision and deltas need the pages' bytes and the pagemap writer in order: the
+                // pipe keeps copies (the collector digests them for the VMA checksums) and is
+                // written through the sieve chunk by chunk, still frozen.
+                ts.Xfer = new PageXfer(OpenSink(run.Dir, run.PageServer, ts.Task.Pid));
+                ts.Sieve = new PageSieve(run.History, ts.Task.Pid, ts.ParentPagemap, DeltaRates());
+                ts.Pipe = new PagePipe();
+            }
+            else if (!_pre)
             {
                 // The content tracker digests the spliced pages itself; the page store need not.
                 // Pages the store fetches are digested by the store, for the checksums and for
@@ -253,10 +265,10 @@ internal sealed partial class Checkpointer
             {
                 collector.CollectVma(v, spans);
                 if (!_pre && ts.Pipe.BufferedBytes >= ChunkBytes)
-                    ts.Pipe.Drain();
+                    DrainChunk(run, ts);
             }
             if (!_pre)
-                ts.Pipe.Drain();
+                DrainChunk(run, ts);
             ts.Scanned = collector.Scanned;
             ts.Checksums = collector.Checksums;
             ts.Digests = collector.Digests;
@@ -265,6 +277,24 @@ internal sealed partial class Checkpointer
         }
         run.MemdumpNs += _cost.ProcParseNsPerTask * (ulong)run.Tasks.Count;
         run.CollectWall = collectWatch.Elapsed;
+    }
+
+    /// <summary>
+    /// A final dump elides and sends deltas only into local images it writes itself: the page
+    /// server protocol has no delta messages, and a lazy dump's pages stay on the source.
+    /// </summary>
+    private bool SievesFinalDump => _o.History is not null && _o.PageServer is null && _o.LazyPages is null;
+
+    /// <summary>A dump's chunk: a streamed pipe hands its iovecs on; a kept one (with a sieve) is written through it now.</summary>
+    private static void DrainChunk(DumpRun run, TaskState ts)
+    {
+        if (ts.Sieve is null)
+        {
+            ts.Pipe.Drain();
+            return;
+        }
+        ts.Xfer!.Write(ts.Pipe, ts.Sieve);
+        ts.Pipe.Reset();
     }
 
     /// <summary>
@@ -351,6 +381,11 @@ internal sealed partial class Checkpointer
         run.Stream!.Flush();
         foreach (var ts in run.Tasks)
         {
+            if (ts.Sieve is not null)
+            {
+                run.DeltaCounters = run.DeltaCounters.Add(ts.Sieve.Counters);
+                run.EncodedBytes += ts.Sieve.EncodedBytes + ts.Sieve.SampledBytes;
+            }
             run.PageStats.Add(ts.Xfer!.Finish());
             if (ts.Digests is not null && ts.DigestsPending)
                 PageCollector.FillFetchedDigests(ts.Digests, ts.Xfer.Digests);

@@ -107,9 +107,10 @@ public sealed record DumpOptions
     public bool RecordChecksums { get; init; } = true;
     public CostModel Cost { get; init; } = CostModel.Default;
     /// <summary>
-    /// What earlier pre-dumps of this chain sent (source side, kept between pre-dumps): with it a
-    /// pre-dump elides written-but-unchanged pages and sends re-dirtied ones as deltas, as its
-    /// settings say. Ignored by a final dump.
+    /// What earlier dumps of this chain sent (source side, kept between dumps): with it a pre-dump
+    /// or the final dump elides written-but-unchanged pages and sends re-dirtied ones as deltas,
+    /// as its settings say (a final dump only into local images: not with a page server or
+    /// lazy pages).
     /// </summary>
     public SentPages? History { get; init; }
     /// <summary>Send pagemaps and pages to this page server (<c>--page-server --address --port</c>) instead of the images directory.</summary>

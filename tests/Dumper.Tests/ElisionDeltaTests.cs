@@ -75,7 +75,13 @@ public class ElisionDeltaTests
         Assert.Equal(5UL, second.CacheHits);          // pages 10..13 and 20
         Assert.Equal(1UL, second.Overflows);          // page 20: a delta of a new page does not pay
         Assert.True(second.BytesSaved > 0);
-        Assert.Null(chain.Steps[^1].Stats.Delta);     // the final dump does not use them
+        // The final dump sieves the same way: page 3 and [vdso] in-parent, pages 10..13 as deltas.
+        var last = chain.Steps[^1].Stats.Delta!;
+        Assert.Equal(3UL, last.PagesElided);
+        Assert.Equal(4UL, last.PagesDelta);
+        var top = ImageSet.Open(chain.Dirs[^1]).ReadPagemap(Pid);
+        Assert.Equal(PagemapFlags.Parent, PagemapImage.FlagsOf(top.Entries[top.FindEntry(chain.Heap + 3UL * 4096)]));
+        Assert.Equal(PagemapFlags.Delta, PagemapImage.FlagsOf(top.Entries[top.FindEntry(chain.Heap + 10UL * 4096)]));
 
         var set = ImageSet.Open(chain.Dirs[1]);
         var pm = set.ReadPagemap(Pid);
@@ -90,6 +96,116 @@ public class ElisionDeltaTests
         var rr = Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = chain.Dirs[^1] });
         Assert.True(rr.Stats.VmasVerified > 0);
         RoundTrip.AssertSame(chain.Before, dest);
+        Directory.Delete(chain.Root, true);
+    }
+
+    /// <summary>
+    /// Two pre-dumps and a final dump of 16 pages. Before the final dump: pages 0..3 are written
+    /// with the bytes the chain holds (4..7 were last sent by the first pre-dump, 0..3 by the
+    /// second), pages 8..11 go back to their first pre-dump's bytes after the second pre-dump
+    /// sent other bytes (a stale digest would call them unchanged), pages 12..15 are untouched.
+    /// </summary>
+    private static (DumpResult Final, string Root, string Top, List<TaskSnapshot> Before, ulong Heap) FinalDumpChain(SentPages? history)
+    {
+        var k = RoundTrip.NewKernel("x86_64");
+        var host = new ClockOnlyHost(k);
+        var t = k.Spawn("final", Pid);
+        const int ps = 4096;
+        ulong heap = Procs.Map(t, 16);
+        var rnd = new Random(17);
+        byte[][] first = new byte[16][];
+        for (int p = 0; p < 16; p++)
+        {
+            first[p] = new byte[ps];
+            rnd.NextBytes(first[p]);
+            Assert.True(t.Write(heap + (ulong)(p * ps), first[p]).Ok);
+        }
+        string root = RoundTrip.NewDir("final");
+        DumpOptions At(int i) => new()
+        {
+            Pid = Pid, ImagesDir = Path.Combine(root, $"{i}"), PrevImagesDir = i > 1 ? $"../{i - 1}" : null,
+            PageStore = PageStoreOptions.Lz4(), History = history,
+        };
+        Criu.PreDump(host.AsKernelApi(), At(1));
+        var second = new byte[ps];
+        for (int p = 0; p < 4; p++)
+            Assert.True(t.Write(heap + (ulong)(p * ps), first[p]).Ok);
+        for (int p = 8; p < 12; p++)
+        {
+            rnd.NextBytes(second);
+            Assert.True(t.Write(heap + (ulong)(p * ps), second).Ok);
+        }
+        Criu.PreDump(host.AsKernelApi(), At(2));
+        for (int p = 0; p < 12; p++)
+            Assert.True(t.Write(heap + (ulong)(p * ps), first[p]).Ok);
+        var before = RoundTrip.Snapshot(k, Pid);
+        var final = Criu.Dump(host.AsKernelApi(), At(3));
+        return (final, root, Path.Combine(root, "3"), before, heap);
+    }
+
+    [Fact]
+    public void FinalDump_ElidesPagesRewrittenWithTheChainsBytes_AndRestoresByteForByte()
+    {
+        var plain = FinalDumpChain(null);
+        var elided = FinalDumpChain(new SentPages(elide: true, cacheBytes: 0));
+        // Pages 0..7 and the two [vdso] pages are in-parent; 8..11 differ from what the chain
+        // holds now (the second pre-dump's bytes) and are written.
+        Assert.Equal(10UL, elided.Final.Stats.Delta!.PagesElided);
+        Assert.Equal(plain.Final.Stats.PagesWritten - 10, elided.Final.Stats.PagesWritten);
+        var pm = ImageSet.Open(elided.Top).ReadPagemap(Pid);
+        for (int p = 0; p < 16; p++)
+            Assert.Equal(p is >= 8 and < 12 ? PagemapFlags.Present : PagemapFlags.Parent,
+                PagemapImage.FlagsOf(pm.Entries[pm.FindEntry(elided.Heap + (ulong)p * 4096)]));
+        foreach (var c in new[] { plain, elided })
+        {
+            var dest = RoundTrip.NewKernel("x86_64");
+            var rr = Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = c.Top });
+            Assert.True(rr.Stats.VmasVerified > 0);
+            RoundTrip.AssertSame(c.Before, dest);
+            Directory.Delete(c.Root, true);
+        }
+    }
+
+    [Fact]
+    public void FinalDump_WithADelta_RestoresByteForByte()
+    {
+        // Pages 8..11 were cached as the second pre-dump sent them; going back to the first
+        // pre-dump's random bytes, their deltas do not pay and they go whole: still exact.
+        var c = FinalDumpChain(new SentPages(elide: true, cacheBytes: 64L << 20));
+        Assert.Equal(10UL, c.Final.Stats.Delta!.PagesElided);
+        var dest = RoundTrip.NewKernel("x86_64");
+        var rr = Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = c.Top });
+        Assert.True(rr.Stats.VmasVerified > 0);
+        RoundTrip.AssertSame(c.Before, dest);
+        Directory.Delete(c.Root, true);
+    }
+
+    [Fact]
+    public void FinalDump_WithElisionOff_SendsEmptyDeltas_AndRestoresByteForByte()
+    {
+        // Pages rewritten with the chain's bytes become deltas of 0 bytes: no deltas file at all.
+        var c = FinalDumpChain(new SentPages(elide: false, cacheBytes: 64L << 20));
+        Assert.True(c.Final.Stats.Delta!.PagesDelta >= 8);
+        var dest = RoundTrip.NewKernel("x86_64");
+        var rr = Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = c.Top });
+        Assert.True(rr.Stats.VmasVerified > 0);
+        RoundTrip.AssertSame(c.Before, dest);
+        Directory.Delete(c.Root, true);
+    }
+
+    [Fact]
+    public void FinalDump_ACorruptDeltasFile_FailsTheRestore()
+    {
+        // The manifest's checksums catch the changed file before any page is applied (a delta
+        // applied to a wrong base fails its page checksum, naming the range: ImageFormat's DeltaTests).
+        var chain = Run("x86_64", new SentPages(elide: true, cacheBytes: 64L << 20));
+        string deltas = Directory.GetFiles(chain.Dirs[^1], "deltas-*.img").Single();
+        var bytes = File.ReadAllBytes(deltas);
+        bytes[^1] ^= 0x5a;
+        File.WriteAllBytes(deltas, bytes);
+        var dest = RoundTrip.NewKernel("x86_64");
+        var e = Assert.Throws<DumperException>(() => Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = chain.Dirs[^1] }));
+        Assert.Contains(Path.GetFileName(deltas), e.Message);
         Directory.Delete(chain.Root, true);
     }
 

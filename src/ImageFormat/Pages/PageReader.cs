@@ -259,16 +259,19 @@ public sealed class PageReader : IDisposable
         if (_deltaBuf is null || _deltaBuf.Length < size)
             _deltaBuf = new byte[Math.Max(size, 2 * PageGeometry.PageSize)];
         var delta = _deltaBuf.AsSpan(0, size);
-        _deltas!.ReadAt(off, delta);
+        // An empty delta (the page was written with the bytes its base holds, and elision was
+        // off) has nothing in the deltas file, which may then not exist at all.
+        if (size > 0)
+            _deltas!.ReadAt(off, delta);
         Stats.BytesRead += (ulong)size;
         var problem = PageDelta.TryApply(delta, destination);
         if (problem is not null)
-            throw new ImageFormatException(_deltas.Name, "deltas", off,
+            throw new ImageFormatException(_deltas?.Name ?? Pagemap.DeltasFileName, "deltas", off,
                 $"delta of page 0x{vaddr:x}-0x{vaddr + PageGeometry.PageSize:x} is malformed: {problem}");
         ulong expected = e.DeltaChecksums[page];
         ulong actual = PageDelta.Checksum(destination);
         if (actual != expected)
-            throw new ImageFormatException(_deltas.Name, "deltas", off,
+            throw new ImageFormatException(_deltas?.Name ?? Pagemap.DeltasFileName, "deltas", off,
                 $"checksum mismatch for the delta page 0x{vaddr:x}-0x{vaddr + PageGeometry.PageSize:x} (stored 0x{expected:x16}, computed 0x{actual:x16}): wrong base in the parent chain or a damaged delta");
         Stats.DeltasApplied++;
     }
