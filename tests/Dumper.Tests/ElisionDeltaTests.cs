@@ -105,6 +105,16 @@ public class ElisionDeltaTests
     /// second), pages 8..11 go back to their first pre-dump's bytes after the second pre-dump
     /// sent other bytes (a stale digest would call them unchanged), pages 12..15 are untouched.
     /// </summary>
+    /// <summary>Restores the chain ending in <paramref name="top"/> into a fresh kernel, checks it verified and equals <paramref name="before"/>.</summary>
+    private static void RestoresExactly_ThenDelete(string top, string root, List<TaskSnapshot> before)
+    {
+        var dest = RoundTrip.NewKernel("x86_64");
+        var rr = Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = top });
+        Assert.True(rr.Stats.VmasVerified > 0);
+        RoundTrip.AssertSame(before, dest);
+        Directory.Delete(root, true);
+    }
+
     private static (DumpResult Final, string Root, string Top, List<TaskSnapshot> Before, ulong Heap) FinalDumpChain(SentPages? history)
     {
         var k = RoundTrip.NewKernel("x86_64");
@@ -156,14 +166,8 @@ public class ElisionDeltaTests
         for (int p = 0; p < 16; p++)
             Assert.Equal(p is >= 8 and < 12 ? PagemapFlags.Present : PagemapFlags.Parent,
                 PagemapImage.FlagsOf(pm.Entries[pm.FindEntry(elided.Heap + (ulong)p * 4096)]));
-        foreach (var c in new[] { plain, elided })
-        {
-            var dest = RoundTrip.NewKernel("x86_64");
-            var rr = Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = c.Top });
-            Assert.True(rr.Stats.VmasVerified > 0);
-            RoundTrip.AssertSame(c.Before, dest);
-            Directory.Delete(c.Root, true);
-        }
+        RestoresExactly_ThenDelete(plain.Top, plain.Root, plain.Before);
+        RestoresExactly_ThenDelete(elided.Top, elided.Root, elided.Before);
     }
 
     [Fact]
@@ -173,11 +177,7 @@ public class ElisionDeltaTests
         // pre-dump's random bytes, their deltas do not pay and they go whole: still exact.
         var c = FinalDumpChain(new SentPages(elide: true, cacheBytes: 64L << 20));
         Assert.Equal(10UL, c.Final.Stats.Delta!.PagesElided);
-        var dest = RoundTrip.NewKernel("x86_64");
-        var rr = Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = c.Top });
-        Assert.True(rr.Stats.VmasVerified > 0);
-        RoundTrip.AssertSame(c.Before, dest);
-        Directory.Delete(c.Root, true);
+        RestoresExactly_ThenDelete(c.Top, c.Root, c.Before);
     }
 
     [Fact]
@@ -186,11 +186,7 @@ public class ElisionDeltaTests
         // Pages rewritten with the chain's bytes become deltas of 0 bytes: no deltas file at all.
         var c = FinalDumpChain(new SentPages(elide: false, cacheBytes: 64L << 20));
         Assert.True(c.Final.Stats.Delta!.PagesDelta >= 8);
-        var dest = RoundTrip.NewKernel("x86_64");
-        var rr = Criu.Restore(new ClockOnlyHost(dest).AsKernelApi(), new RestoreOptions { ImagesDir = c.Top });
-        Assert.True(rr.Stats.VmasVerified > 0);
-        RoundTrip.AssertSame(c.Before, dest);
-        Directory.Delete(c.Root, true);
+        RestoresExactly_ThenDelete(c.Top, c.Root, c.Before);
     }
 
     [Fact]
