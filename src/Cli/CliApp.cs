@@ -158,7 +158,14 @@ public static class CliApp
         var m = System.Text.RegularExpressions.Regex.Match(message,
             "^Cannot parse argument '(.*)' for (?:option|command|argument) '(.*)' as expected type '([^']*)'");
         if (!m.Success)
-            return FirstLine(message);
+        {
+            // "Argument 'x' not recognized. Must be one of:" is followed by one allowed value per
+            // line; the one line we print keeps them.
+            var lines = message.Split(['\r', '\n'], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            return lines.Length > 1 && lines[0].EndsWith("one of:", StringComparison.Ordinal)
+                ? $"{lines[0]} {string.Join(", ", lines[1..])}"
+                : FirstLine(message);
+        }
         string kind = m.Groups[3].Value switch
         {
             "System.Int32" or "System.Int64" or "System.UInt32" or "System.UInt64" => "a whole number",

@@ -102,6 +102,17 @@ public sealed class HardeningUsageTests : IDisposable
     }
 
     [Fact]
+    public void AValueOutsideAnOptionsChoices_NamesTheChoicesInItsOneLine()
+    {
+        var r = CliRunner.Run("migrate", "-w", "samples/hotcold.json", "--transport", "carrier-pigeon");
+        Assert.Equal((int)ExitCode.Usage, r.Code);
+        AssertOneLine(r, "migrate --transport");
+        Assert.Contains("carrier-pigeon", r.ErrLines[0]);
+        Assert.Contains("inproc", r.ErrLines[0]);
+        Assert.Contains("tcp", r.ErrLines[0]);
+    }
+
+    [Fact]
     public void UnknownPid_IsBadInput()
     {
         int n = 0;
