@@ -418,11 +418,13 @@ internal sealed partial class Checkpointer
     {
         var ps = run.PageStats;
         ulong stored = ps.BytesStored, raw = ps.BytesRaw;
-        // Pages considered for deltas were also encoded against their cached versions.
+        // Pages considered for deltas were also encoded against their cached versions, and the
+        // deltas compressed in blocks as the pages are.
         run.CompressNs = (_o.PageStore.Compression == PageCompression.None ? 0
-            : CostModel.Ns(raw, CompressBytesPerSecond()) / (ulong)Math.Max(1, _o.PageStore.Parallelism))
+            : CostModel.Ns(raw, CompressBytesPerSecond()) / (ulong)Math.Max(1, _o.PageStore.Parallelism)
+                + CostModel.Ns(ps.BytesDelta, CompressBytesPerSecond()))
             + CostModel.Ns(run.EncodedBytes, _cost.DeltaEncodeBytesPerSecond);
-        run.MemwriteNs = run.CompressNs + CostModel.Ns(stored + ps.BytesDelta, _cost.DiskBytesPerSecond);
+        run.MemwriteNs = run.CompressNs + CostModel.Ns(stored + ps.BytesDeltaStored, _cost.DiskBytesPerSecond);
 
         var stats = new DumpStats
         {

@@ -108,14 +108,16 @@ internal sealed class PageSieve
         {
             int w1 = Math.Min(n, w0 + window);
             long saved = 0;
-            int windowDeltas = 0, encoded = 0, sampled = 0;
+            int windowDeltas = 0, encoded = 0, sampled = 0, windowDeltaBytes = 0;
+            // One ratio per window: what deltas-N.img's blocks stored per encoded byte so far.
+            double ratio = _history.DeltaStoredRatio;
             for (int i = w0; i < w1; i++)
             {
                 ulong a = va + ((ulong)i << PageGeometry.PageShift);
                 _digests[i] = PageDigest.Of(a, bytes.Slice(i * ps, ps));
                 _before[i] = -1;
                 _encoded[i] = _sampled[i] = false;
-                _kinds[i] = Decide(a, bytes.Slice(i * ps, ps), i, _digests[i], _deltaBuf.AsSpan(_deltaAt[i]), out int deltaLen);
+                _kinds[i] = Decide(a, bytes.Slice(i * ps, ps), i, _digests[i], _deltaBuf.AsSpan(_deltaAt[i]), ratio, out int deltaLen);
                 _deltaAt[i + 1] = _deltaAt[i] + deltaLen;
                 if (_encoded[i])
                     encoded++;
@@ -141,8 +143,10 @@ internal sealed class PageSieve
                     writer.AddDelta(a, _deltaBuf.AsSpan(_deltaAt[i], len), PageDelta.Checksum(bytes.Slice(i * ps, ps)));
                     _deltas++;
                     _deltaBytes += (ulong)len;
-                    _saved += (ulong)(_before[i] - len);
-                    saved += _before[i] - len - DeltaEntryCost;
+                    windowDeltaBytes += len;
+                    int stored = StoredDeltaBytes(len, ratio);
+                    _saved += (ulong)Math.Max(0, _before[i] - stored);
+                    saved += _before[i] - stored - DeltaEntryCost;
                     // What the page would have cost stored: a later delta has to beat it again.
                     _sentShares[i] = _before[i];
                     runStart = i + 1;
@@ -166,10 +170,18 @@ internal sealed class PageSieve
                 _history.NoteCuts(growth, windowDeltas);
             }
             if (_history.Delta)
+            {
                 _history.WindowDone();
+                _history.NoteDeltaBlocks(writer.DeltaBlocksRawBytes - _blocksRawSeen, writer.DeltaBlocksStoredBytes - _blocksStoredSeen);
+                _blocksRawSeen = writer.DeltaBlocksRawBytes;
+                _blocksStoredSeen = writer.DeltaBlocksStoredBytes;
+            }
             if (sampled == 0 && windowDeltas == 0)
                 continue;
-            ulong cost = (ulong)((encoded * ps + sampled * SampleWords * 2 * 64) * _rates.EncodeNsPerByte + (saved < 0 ? -saved * _rates.LinkNsPerByte : 0));
+            // Compressing the deltas' blocks costs as compressing pages does, per byte.
+            ulong cost = (ulong)((encoded * ps + sampled * SampleWords * 2 * 64) * _rates.EncodeNsPerByte
+                + (ratio < 1 ? windowDeltaBytes * _rates.SizeNsPerByte : 0)
+                + (saved < 0 ? -saved * _rates.LinkNsPerByte : 0));
             ulong gain = saved <= 0 ? 0 : (ulong)(saved * _rates.LinkNsPerByte + (double)windowDeltas * ps * _rates.SizeNsPerByte);
             _costNs += cost;
             _gainNs += gain;
@@ -232,7 +244,12 @@ internal sealed class PageSieve
 
     private static bool IsZero(ReadOnlySpan<byte> bits, int page) => (page >> 3) < bits.Length && (bits[page >> 3] & (1 << (page & 7))) != 0;
 
-    private Kind Decide(ulong va, ReadOnlySpan<byte> page, int index, ulong digest, Span<byte> delta, out int deltaLen)
+    /// <summary>What a delta of <paramref name="len"/> encoded bytes is expected to store in deltas-N.img.</summary>
+    private static int StoredDeltaBytes(int len, double ratio) => (int)Math.Ceiling(len * ratio);
+
+    private long _blocksRawSeen, _blocksStoredSeen;
+
+    private Kind Decide(ulong va, ReadOnlySpan<byte> page, int index, ulong digest, Span<byte> delta, double ratio, out int deltaLen)
     {
         deltaLen = 0;
         if (!ParentCovers(va))
@@ -265,19 +282,22 @@ internal sealed class PageSieve
             _overflows++;
             return Kind.Present;
         }
+        // The limit in encoded bytes: deltas-N.img compresses the deltas in blocks, so a delta
+        // stores about its length times the ratio its blocks have been stored at.
+        int encodedLimit = (int)Math.Min(PageGeometry.PageSize, limit / ratio);
         // Cheaper still: a word in every 256 bytes of the two versions. Where most sampled words
         // changed, the delta would be about as large as the page: skip encoding it.
         SampledBytes += SampleWords * 2 * 64;
         _sampled[index] = true;
-        if (ChangedSampleWords(old, page) * (PageGeometry.PageSize / SampleWords) >= 2 * limit)
+        if (ChangedSampleWords(old, page) * (PageGeometry.PageSize / SampleWords) >= 2 * encodedLimit)
         {
             _overflows++;
             return Kind.Present;
         }
         EncodedBytes += PageGeometry.PageSize;
         _encoded[index] = true;
-        int len = PageDelta.Encode(old, page, delta[..Math.Min(limit, PageGeometry.PageSize)]);
-        if (len < 0 || len >= limit)
+        int len = PageDelta.Encode(old, page, delta[..encodedLimit]);
+        if (len < 0 || StoredDeltaBytes(len, ratio) >= limit)
         {
             _overflows++;
             return Kind.Present;

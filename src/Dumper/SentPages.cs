@@ -121,6 +121,31 @@ public sealed class SentPages
         // The penalty follows the workload: older iterations count half as much each time.
         _cutBytes /= 2;
         _cutPages /= 2;
+        _deltaRawBytes /= 2;
+        _deltaStoredBytes /= 2;
+    }
+
+    private long _deltaRawBytes, _deltaStoredBytes;
+
+    /// <summary>
+    /// What deltas-N.img stores per encoded delta byte: learnt from the blocks the writers
+    /// compressed (older iterations weighing less), 1 until a block has been stored. A delta
+    /// costs its encoded length times this, which is what it has to beat its page's share by.
+    /// </summary>
+    internal double DeltaStoredRatio => _deltaRawBytes < MinRatioBytes ? 1.0
+        : Math.Clamp((double)_deltaStoredBytes / _deltaRawBytes, MinDeltaStoredRatio, 1.0);
+
+    /// <summary>Encoded delta bytes a learnt ratio needs behind it (one 64 KiB block).</summary>
+    private const long MinRatioBytes = 64 << 10;
+
+    /// <summary>The lowest ratio trusted (an 8× compression), so a run of unusually repetitive deltas does not admit every delta after it.</summary>
+    internal const double MinDeltaStoredRatio = 0.125;
+
+    /// <summary>Delta blocks a writer stored: <paramref name="rawBytes"/> encoded bytes in <paramref name="storedBytes"/>.</summary>
+    internal void NoteDeltaBlocks(long rawBytes, long storedBytes)
+    {
+        _deltaRawBytes += rawBytes;
+        _deltaStoredBytes += storedBytes;
     }
 
     private long _cutBytes;
@@ -202,6 +227,7 @@ public sealed class SentPages
     {
         _deltaPause = 0;
         _cutBytes = _cutPages = 0;
+        _deltaRawBytes = _deltaStoredBytes = 0;
         _insertions = 0;
         ResetIteration();
         _digests.Clear();

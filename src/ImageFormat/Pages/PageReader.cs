@@ -60,9 +60,9 @@ public sealed class PageReader : IDisposable
         Pagemap = pagemap;
         _pages = pages;
         _deltas = deltas;
-        if (pagemap.DeltasLength > 0 && (deltas is null || deltas.Length < pagemap.DeltasLength))
+        if (pagemap.DeltasStoredLength > 0 && (deltas is null || deltas.Length < pagemap.DeltasStoredLength))
             throw new ImageFormatException(deltas?.Name ?? pagemap.DeltasFileName, "deltas", deltas?.Length ?? 0,
-                $"{pagemap.Path} places deltas up to offset {pagemap.DeltasLength} but the deltas file holds {deltas?.Length ?? 0} bytes");
+                $"{pagemap.Path} places deltas up to offset {pagemap.DeltasStoredLength} but the deltas file holds {deltas?.Length ?? 0} bytes");
         _openParent = openParent;
         if (pages is not null && pages.Length < pagemap.PagesLength)
             throw new ImageFormatException(pages.Name, "pages", pages.Length,
@@ -261,9 +261,13 @@ public sealed class PageReader : IDisposable
         var delta = _deltaBuf.AsSpan(0, size);
         // An empty delta (the page was written with the bytes its base holds, and elision was
         // off) has nothing in the deltas file, which may then not exist at all.
-        if (size > 0)
+        if (size > 0 && Pagemap.DeltasBlocked)
+            ReadBlockedDelta(off, delta);
+        else if (size > 0)
+        {
             _deltas!.ReadAt(off, delta);
-        Stats.BytesRead += (ulong)size;
+            Stats.BytesRead += (ulong)size;
+        }
         var problem = PageDelta.TryApply(delta, destination);
         if (problem is not null)
             throw new ImageFormatException(_deltas?.Name ?? Pagemap.DeltasFileName, "deltas", off,
@@ -274,6 +278,48 @@ public sealed class PageReader : IDisposable
             throw new ImageFormatException(_deltas?.Name ?? Pagemap.DeltasFileName, "deltas", off,
                 $"checksum mismatch for the delta page 0x{vaddr:x}-0x{vaddr + PageGeometry.PageSize:x} (stored 0x{expected:x16}, computed 0x{actual:x16}): wrong base in the parent chain or a damaged delta");
         Stats.DeltasApplied++;
+    }
+
+    private byte[]? _deltaStored;
+    private byte[]? _deltaPlain;
+    private int _deltaCachedBlock = -1;
+
+    /// <summary>
+    /// Bytes [<paramref name="off"/>, + destination.Length) of the delta stream of a deltas-N.img
+    /// compressed in blocks: the blocks they span are decompressed, the last one kept (restore
+    /// reads deltas in order, so each block is decompressed once).
+    /// </summary>
+    private void ReadBlockedDelta(long off, Span<byte> destination)
+    {
+        int blockBytes = Pagemap.DeltaBlockBytes;
+        while (!destination.IsEmpty)
+        {
+            int block = (int)(off / blockBytes), at = (int)(off % blockBytes);
+            var (offset, stored, plain) = Pagemap.DeltaBlock(block);
+            if (_deltaCachedBlock != block)
+            {
+                _deltaPlain ??= new byte[blockBytes];
+                _deltaStored ??= new byte[blockBytes];
+                _deltaCachedBlock = -1;
+                var dst = _deltaPlain.AsSpan(0, plain);
+                if (stored == plain)
+                    _deltas!.ReadAt(offset, dst);
+                else
+                {
+                    var src = _deltaStored.AsSpan(0, stored);
+                    _deltas!.ReadAt(offset, src);
+                    var problem = _codec!.TryDecompress(src, dst);
+                    if (problem is not null)
+                        throw new ImageFormatException(_deltas.Name, "deltas", offset, $"delta block {block}: {problem}");
+                }
+                Stats.BytesRead += (ulong)stored;
+                _deltaCachedBlock = block;
+            }
+            int take = Math.Min(destination.Length, plain - at);
+            _deltaPlain!.AsSpan(at, take).CopyTo(destination);
+            destination = destination[take..];
+            off += take;
+        }
     }
 
     private MissingPagesException Missing(ulong vaddr, string why) =>

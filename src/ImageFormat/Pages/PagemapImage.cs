@@ -95,7 +95,42 @@ public sealed class PagemapImage
         _blockOffset = blockOffsets.ToArray();
         PagesLength = offset;
         DeltasLength = deltaOffset;
+        DeltasStoredLength = deltaOffset;
+        _deltaBlockOffset = [];
+        if (head.DeltaBlockSizes.Count > 0)
+        {
+            if (Compression == PageCompression.None)
+                throw new ImageFormatException(path, "PAGEMAP", entryOffsets[0], "pagemap_head has delta_block_sizes but the image is not compressed");
+            int blockBytes = DeltaBlockBytes;
+            long blocks = (deltaOffset + blockBytes - 1) / blockBytes;
+            if (head.DeltaBlockSizes.Count != blocks)
+                throw new ImageFormatException(path, "PAGEMAP", entryOffsets[0],
+                    $"pagemap_head has {head.DeltaBlockSizes.Count} delta block sizes but its {deltaOffset} delta bytes make {blocks} blocks of {blockBytes}");
+            _deltaBlockOffset = new long[blocks + 1];
+            for (int b = 0; b < blocks; b++)
+            {
+                uint size = head.DeltaBlockSizes[b];
+                long plain = Math.Min(blockBytes, deltaOffset - (long)b * blockBytes);
+                if (size == 0 || size > plain)
+                    throw new ImageFormatException(path, "PAGEMAP", entryOffsets[0], $"delta block {b} stores {size} bytes (1..{plain} for its {plain} delta bytes)");
+                _deltaBlockOffset[b + 1] = _deltaBlockOffset[b] + size;
+            }
+            DeltasStoredLength = _deltaBlockOffset[blocks];
+        }
     }
+
+    private readonly long[] _deltaBlockOffset;
+
+    /// <summary>Encoded delta bytes per block of deltas-N.img (the pages' block size).</summary>
+    public int DeltaBlockBytes => BlockPages * PageGeometry.PageSize;
+
+    /// <summary>deltas-N.img is compressed in blocks (pagemap_head.delta_block_sizes).</summary>
+    public bool DeltasBlocked => _deltaBlockOffset.Length > 0;
+
+    /// <summary>Where block <paramref name="block"/> of a blocked deltas-N.img starts, and what it stores.</summary>
+    internal (long Offset, int Stored, int Plain) DeltaBlock(int block) =>
+        (_deltaBlockOffset[block], (int)(_deltaBlockOffset[block + 1] - _deltaBlockOffset[block]),
+            (int)Math.Min(DeltaBlockBytes, DeltasLength - (long)block * DeltaBlockBytes));
 
     public string Path { get; }
     public pagemap_head Head { get; }
@@ -109,8 +144,10 @@ public sealed class PagemapImage
     public long PagesLength { get; }
     public uint PagesId => Head.PagesId;
     public string PagesFileName => ImageNames.Pages(Head.PagesId);
-    /// <summary>Bytes deltas-N.img must hold (0: the pagemap has no PE_DELTA entries).</summary>
+    /// <summary>Encoded bytes of every PE_DELTA page's delta (0: the pagemap has no PE_DELTA entries).</summary>
     public long DeltasLength { get; }
+    /// <summary>Bytes deltas-N.img must hold: <see cref="DeltasLength"/>, or the sum of its compressed blocks.</summary>
+    public long DeltasStoredLength { get; }
     public string DeltasFileName => ImageNames.Deltas(Head.PagesId);
 
     /// <summary>Offset in deltas-N.img of page <paramref name="page"/> of PE_DELTA entry <paramref name="entry"/>.</summary>

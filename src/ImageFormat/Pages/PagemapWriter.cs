@@ -26,8 +26,10 @@ public sealed class PageWriteStats
     public ulong Blocks { get; internal set; }
     /// <summary>Pages recorded as deltas against the parent chain (PE_DELTA).</summary>
     public ulong PagesDelta { get; internal set; }
-    /// <summary>Bytes of those deltas in deltas-N.img.</summary>
+    /// <summary>Bytes of those deltas as encoded (XBZRLE), before deltas-N.img's block compression.</summary>
     public ulong BytesDelta { get; internal set; }
+    /// <summary>Bytes in deltas-N.img: <see cref="BytesDelta"/> compressed in blocks (or as encoded, in a raw image).</summary>
+    public ulong BytesDeltaStored { get; internal set; }
 
     /// <summary>Counts pages that went to another writer (a page server) rather than through a <see cref="PagemapWriter"/>.</summary>
     public void AddTransferred(ulong pagesWritten, ulong pagesSkippedParent, ulong bytesSent)
@@ -42,6 +44,7 @@ public sealed class PageWriteStats
     {
         PagesDelta += other.PagesDelta;
         BytesDelta += other.BytesDelta;
+        BytesDeltaStored += other.BytesDeltaStored;
         PagesWritten += other.PagesWritten;
         PagesSkippedParent += other.PagesSkippedParent;
         PagesLazy += other.PagesLazy;
@@ -303,15 +306,72 @@ public sealed class PagemapWriter : IDisposable
             _entries.Add(e);
         }
         Head.DeltaEncoding = (uint)DeltaEncoding.Xbzrle;
-        System.Buffers.BuffersExtensions.Write(_deltas, delta);
+        AppendDelta(delta);
         Stats.PagesDelta++;
         Stats.BytesDelta += (ulong)delta.Length;
     }
 
-    /// <summary>The bytes of deltas-N.img: every PE_DELTA page's delta in entry order (empty if none).</summary>
+    /// <summary>
+    /// The bytes of deltas-N.img: every PE_DELTA page's delta in entry order (empty if none) —
+    /// in a compressed image, that stream cut into blocks of the pages' block size, each
+    /// compressed with the pages' codec (or kept raw when that is not smaller), the stored sizes
+    /// in pagemap_head.delta_block_sizes. A delta's literal bytes are the page's own data, and
+    /// the deltas of neighbouring pages resemble each other as the pages do.
+    /// </summary>
     public ReadOnlyMemory<byte> DeltaBytes => _deltas.WrittenMemory;
 
+    /// <summary>Encoded delta bytes in the blocks compressed so far (see <see cref="DeltaBlocksStoredBytes"/>).</summary>
+    public long DeltaBlocksRawBytes { get; private set; }
+
+    /// <summary>What those blocks store: the ratio to <see cref="DeltaBlocksRawBytes"/> is what a delta costs per encoded byte.</summary>
+    public long DeltaBlocksStoredBytes { get; private set; }
+
     private readonly System.Buffers.ArrayBufferWriter<byte> _deltas = new();
+    private byte[] _deltaPending = [];
+    private int _deltaPendingLength;
+    private byte[] _deltaOut = [];
+    private BlockCodec? _deltaCodec;
+
+    private void AppendDelta(ReadOnlySpan<byte> delta)
+    {
+        if (Options.Compression == PageCompression.None)
+        {
+            System.Buffers.BuffersExtensions.Write(_deltas, delta);
+            Stats.BytesDeltaStored += (ulong)delta.Length;
+            return;
+        }
+        int blockBytes = _blockPages * PageGeometry.PageSize;
+        if (_deltaPending.Length == 0)
+            _deltaPending = new byte[blockBytes];
+        while (!delta.IsEmpty)
+        {
+            int take = Math.Min(blockBytes - _deltaPendingLength, delta.Length);
+            delta[..take].CopyTo(_deltaPending.AsSpan(_deltaPendingLength));
+            _deltaPendingLength += take;
+            delta = delta[take..];
+            if (_deltaPendingLength == blockBytes)
+                FlushDeltaBlock();
+        }
+    }
+
+    private void FlushDeltaBlock()
+    {
+        if (_deltaPendingLength == 0)
+            return;
+        var plain = _deltaPending.AsSpan(0, _deltaPendingLength);
+        _deltaCodec ??= new BlockCodec(Options.Compression, Options.EffectiveLevel);
+        if (_deltaOut.Length == 0)
+            _deltaOut = new byte[BlockCodec.MaxCompressedSize(Options.Compression, _deltaPending.Length)];
+        int n = _deltaCodec.Compress(plain, _deltaOut);
+        // Not smaller: stored as it is; a reader tells by the stored size equal to the block's.
+        var stored = n < plain.Length ? _deltaOut.AsSpan(0, n) : plain;
+        System.Buffers.BuffersExtensions.Write(_deltas, stored);
+        Head.DeltaBlockSizes.Add((uint)stored.Length);
+        DeltaBlocksRawBytes += plain.Length;
+        DeltaBlocksStoredBytes += stored.Length;
+        Stats.BytesDeltaStored += (ulong)stored.Length;
+        _deltaPendingLength = 0;
+    }
 
     /// <summary>A run left for lazy (post-copy) transfer: PE_LAZY without PE_PRESENT, no bytes here.</summary>
     public void AddLazy(ulong vaddr, ulong nrPages)
@@ -327,6 +387,7 @@ public sealed class PagemapWriter : IDisposable
             return Stats;
         CommitAll();
         FlushOut();
+        FlushDeltaBlock();
         _pages.Flush();
         _finished = true;
         _onFinish?.Invoke(this);
@@ -733,6 +794,7 @@ public sealed class PagemapWriter : IDisposable
         if (!_finished)
             _onAbort?.Invoke(this);
         _codec?.Dispose();
+        _deltaCodec?.Dispose();
         if (!_leaveOpen)
             _pages.Dispose();
     }
