@@ -232,6 +232,7 @@ public sealed class SentPages
         ResetIteration();
         _digests.Clear();
         _slotOf.Clear();
+        _free.Clear();
         _used = 0;
         _head = _tail = -1;
     }
@@ -267,11 +268,21 @@ public sealed class SentPages
         _digests[key] = digest;
         if (_capacity == 0)
             return;
+        if (share <= PageSieve.DeltaEntryCost)
+        {
+            // No delta can beat what this version cost (its entry alone costs more), so the next
+            // write of the page goes whole whether or not it is cached: keeping it would only
+            // evict a page whose delta could pay. An older version must not stay either.
+            Forget(key);
+            return;
+        }
         ref int slot = ref CollectionsMarshal.GetValueRefOrAddDefault(_slotOf, key, out bool exists);
         if (!exists)
         {
             bool front = true;
-            if (_used < _capacity)
+            if (_free.Count > 0)
+                slot = _free.Pop();
+            else if (_used < _capacity)
                 slot = _used++;
             else
             {
@@ -298,6 +309,16 @@ public sealed class SentPages
             Touch(slot);
         page.CopyTo(_slots.AsSpan(slot * PageGeometry.PageSize, PageGeometry.PageSize));
         _shares[slot] = (ushort)Math.Clamp(share, 0, ushort.MaxValue);
+    }
+
+    private readonly Stack<int> _free = new();
+
+    private void Forget((int Pid, ulong Va) key)
+    {
+        if (!_slotOf.Remove(key, out int s))
+            return;
+        Unlink(s);
+        _free.Push(s);
     }
 
     private void Touch(int s)

@@ -327,7 +327,9 @@ public class ElisionDeltaTests
     public void PagesThatCompressBetterThanAnyDelta_AreNotEvenEncoded()
     {
         // Text-like pages compress about 100x in 64 KiB blocks: their shares are below the
-        // metadata a delta adds, so a re-dirtied page goes whole and deltas cost no time.
+        // metadata a delta adds, so a re-dirtied page goes whole and deltas cost no time. Such
+        // pages are not even kept in the cache (they would only evict pages whose deltas pay):
+        // their re-writes are misses.
         var k = RoundTrip.NewKernel("x86_64");
         var host = new ClockOnlyHost(k);
         var t = k.Spawn("text", Pid);
@@ -350,9 +352,10 @@ public class ElisionDeltaTests
         for (int p = 0; p < 64; p++)
             Procs.Touch(t, heap + (ulong)(p * ps) + 512, (ulong)p + 1);
         var d = Criu.PreDump(host.AsKernelApi(), At(2)).Stats.Delta!;
-        Assert.Equal(64UL, d.CacheHits);
+        Assert.Equal(0UL, d.CacheHits);
+        Assert.Equal(64UL, d.CacheMisses);
         Assert.Equal(0UL, d.PagesDelta);
-        Assert.Equal(64UL, d.Overflows);
+        Assert.Equal(0UL, d.Overflows);
         Assert.Equal(0UL, d.DeltaCostNs);
         Directory.Delete(root, true);
     }
@@ -412,5 +415,24 @@ public class ElisionDeltaTests
                 Assert.True(p.ExitCode == 0, $"crit decode {f}: {err}");
             }
         Directory.Delete(chain.Root, true);
+    }
+
+    [Fact]
+    public void DeltaStoredRatio_IsLearntFromTheStoredBlocks_AndFadesWithIterations()
+    {
+        var h = new SentPages(elide: true, cacheBytes: 1 << 20);
+        Assert.Equal(1.0, h.DeltaStoredRatio);
+        // Less than one block behind it: not trusted yet.
+        h.NoteDeltaBlocks(32 << 10, 8 << 10);
+        Assert.Equal(1.0, h.DeltaStoredRatio);
+        h.NoteDeltaBlocks(96 << 10, 56 << 10);
+        Assert.Equal(0.5, h.DeltaStoredRatio);
+        // Deltas that barely compress pull the ratio up again.
+        h.NoteDeltaBlocks(128 << 10, 128 << 10);
+        Assert.Equal(0.75, h.DeltaStoredRatio);
+        // Never below the floor, however repetitive the deltas were.
+        var g = new SentPages(elide: true, cacheBytes: 1 << 20);
+        g.NoteDeltaBlocks(1 << 20, 1 << 10);
+        Assert.Equal(SentPages.MinDeltaStoredRatio, g.DeltaStoredRatio);
     }
 }

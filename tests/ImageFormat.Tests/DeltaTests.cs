@@ -208,6 +208,101 @@ public sealed class DeltaTests : IDisposable
         Assert.Throws<ImageFormatException>(() => ImageSet.Open(child).OpenPageReader(TestImages.Pid));
     }
 
+    /// <summary>
+    /// 96 pages rewritten with pointer-like words (a heap's kind of change): their deltas
+    /// together exceed one 64 KiB block, so deltas straddle block edges.
+    /// </summary>
+    private (string Child, byte[][] Expected, PageWriteStats Stats) BuildWideDeltaChain(PageStoreOptions options)
+    {
+        const int n = 96;
+        var r = new Random(5);
+        var v1 = Enumerable.Range(0, n).Select(_ => RealisticPage(r)).ToArray();
+        var v2 = v1.Select(p =>
+        {
+            var q = (byte[])p.Clone();
+            for (int i = 0; i < q.Length; i += 24)
+                BitConverter.TryWriteBytes(q.AsSpan(i), 0x0000_7f3a_1200_0000UL + (ulong)r.Next(0, 64) * 16);
+            return q;
+        }).ToArray();
+        var parent = _tmp.Sub("wp");
+        using (var d = ImageDirectory.Create(parent))
+        {
+            using var w = d.BeginPagemap(TestImages.Pid, options);
+            w.AddPresent(Base, v1.SelectMany(x => x).ToArray());
+            w.Finish();
+            d.Commit();
+        }
+        var child = _tmp.Sub("wc");
+        PageWriteStats st;
+        using (var d = ImageDirectory.Create(child))
+        {
+            d.LinkParent("../wp");
+            using var w = d.BeginPagemap(TestImages.Pid, options);
+            var delta = new byte[4096];
+            for (int i = 0; i < n; i++)
+            {
+                int len = PageDelta.Encode(v1[i], v2[i], delta);
+                Assert.True(len > 0);
+                w.AddDelta(Base + (ulong)i * 4096, delta.AsSpan(0, len), PageDelta.Checksum(v2[i]));
+            }
+            st = w.Finish();
+            d.Commit();
+        }
+        return (child, v2, st);
+    }
+
+    [Fact]
+    public void CompressedImage_StoresDeltasInCompressedBlocks_AndReadsEveryPageBack()
+    {
+        var (child, expected, st) = BuildWideDeltaChain(PageStoreOptions.Lz4());
+        Assert.True(st.BytesDelta > 64 << 10, $"{st.BytesDelta} encoded delta bytes: the test needs more than one block");
+        long file = new FileInfo(Path.Combine(child, "deltas-1.img")).Length;
+        Assert.Equal((long)st.BytesDeltaStored, file);
+        // The deltas' literal bytes are the pages' data, which compresses: the file is smaller.
+        Assert.True(file < (long)st.BytesDelta * 3 / 4, $"deltas-1.img holds {file} bytes for {st.BytesDelta} encoded");
+        using var reader = ImageSet.Open(child).OpenPageReader(TestImages.Pid);
+        Assert.Equal(2, reader.Pagemap.Head.DeltaBlockSizes.Count);
+        Assert.Equal(file, reader.Pagemap.Head.DeltaBlockSizes.Sum(x => (long)x));
+        var all = new byte[expected.Length * 4096];
+        reader.Read(Base, all);
+        Assert.Equal(expected.SelectMany(x => x).ToArray(), all);
+        // Page by page from the end (no block kept from a previous read helps).
+        for (int i = expected.Length - 1; i >= 0; i -= 7)
+        {
+            var one = new byte[4096];
+            reader.ReadPage(Base + (ulong)i * 4096, one);
+            Assert.Equal(expected[i], one);
+        }
+    }
+
+    [Fact]
+    public void RawImage_StoresDeltasAsEncoded()
+    {
+        var (child, _, st) = BuildWideDeltaChain(PageStoreOptions.Raw);
+        Assert.Equal(st.BytesDelta, st.BytesDeltaStored);
+        Assert.Equal((long)st.BytesDelta, new FileInfo(Path.Combine(child, "deltas-1.img")).Length);
+        using var reader = ImageSet.Open(child).OpenPageReader(TestImages.Pid);
+        Assert.Empty(reader.Pagemap.Head.DeltaBlockSizes);
+    }
+
+    [Fact]
+    public void DamagedDeltaBlock_IsAnErrorNamingTheDeltasFile()
+    {
+        var (child, _, _) = BuildWideDeltaChain(PageStoreOptions.Lz4());
+        var f = Path.Combine(child, "deltas-1.img");
+        var bytes = File.ReadAllBytes(f);
+        for (int i = 0; i < 64; i++)
+            bytes[i] ^= 0x5a;
+        File.WriteAllBytes(f, bytes);
+        var e = Assert.Throws<ImageFormatException>(() => ImageSet.Open(child));
+        Assert.Contains("deltas-1.img", e.Message);
+        // Without the manifest's check, reading the block finds the damage itself.
+        File.Delete(Path.Combine(child, Manifest.FileName));
+        using var reader = ImageSet.Open(child).OpenPageReader(TestImages.Pid);
+        e = Assert.Throws<ImageFormatException>(() => reader.Read(Base, new byte[4096]));
+        Assert.Contains("deltas-1.img", e.Message);
+    }
+
     [Fact]
     public void Crit_DecodesTheDeltaChainsPagemaps()
     {
