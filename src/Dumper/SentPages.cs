@@ -229,6 +229,8 @@ public sealed class SentPages
         _cutBytes = _cutPages = 0;
         _deltaRawBytes = _deltaStoredBytes = 0;
         _insertions = 0;
+        _meanShare = 0;
+        _meanCount = 0;
         ResetIteration();
         _digests.Clear();
         _slotOf.Clear();
@@ -292,12 +294,14 @@ public sealed class SentPages
                 // The dictionary may have moved the entry: look it up again.
                 slot = ref CollectionsMarshal.GetValueRefOrAddDefault(_slotOf, key, out _);
                 slot = victim;
-                // A full cache takes a new page in at the least recent end, and only one in
-                // BimodalInsert at the most recent: a pre-dump walks memory in address order, so
-                // with plain LRU a dirty set larger than the cache evicts every page just before
-                // it is re-dirtied and no page ever hits. This way pages that hit stay, and a
-                // changing working set still gets in (bimodal insertion, Qureshi et al., ISCA 2007).
-                front = ++_insertions % BimodalInsert == 0;
+                // A full cache takes a new page in at the least recent end: a pre-dump walks
+                // memory in address order, so with plain LRU a dirty set larger than the cache
+                // evicts every page just before it is re-dirtied and no page ever hits. A page
+                // enters at the most recent end when a hit on it is worth more than an average
+                // cached page's (its share, what its delta can save, is above their mean), and one
+                // in BimodalInsert whatever its worth, so a changing working set still gets in
+                // (bimodal insertion, Qureshi et al., ISCA 2007, weighted by the saving a hit brings).
+                front = share > _meanShare || ++_insertions % BimodalInsert == 0;
             }
             _keyOf[slot] = key;
             if (front)
@@ -307,6 +311,8 @@ public sealed class SentPages
         }
         else
             Touch(slot);
+        // The mean share of what the cache takes in, over about the last MeanWindow pages.
+        _meanShare += (share - _meanShare) / Math.Min(++_meanCount, MeanWindow);
         page.CopyTo(_slots.AsSpan(slot * PageGeometry.PageSize, PageGeometry.PageSize));
         _shares[slot] = (ushort)Math.Clamp(share, 0, ushort.MaxValue);
     }
@@ -336,8 +342,14 @@ public sealed class SentPages
         if (n >= 0) _prev[n] = p; else _tail = p;
     }
 
-    /// <summary>One new page in this many enters a full cache as most recent (see <see cref="Sent"/>).</summary>
-    internal const int BimodalInsert = 4;
+    /// <summary>One new page in this many enters a full cache as most recent whatever its share (see <see cref="Sent"/>).</summary>
+    internal const int BimodalInsert = 16;
+
+    /// <summary>Pages the mean share of cached pages is taken over (an exponential average once warm).</summary>
+    private const int MeanWindow = 1024;
+
+    private double _meanShare;
+    private long _meanCount;
 
     private ulong _insertions;
 

@@ -378,7 +378,7 @@ public class ElisionDeltaTests
     {
         // A pre-dump walks memory in address order. With plain LRU, a dirty set larger than the
         // cache evicts each page just before it is written again; with bimodal insertion the
-        // pages cached first stay, and one new page in four still enters as most recent.
+        // pages cached first stay, and one new page in BimodalInsert still enters as most recent.
         var h = new SentPages(elide: false, cacheBytes: 4 * 4096);
         var page = new byte[4096];
         h.Begin(null, "/imgs/1");
@@ -392,6 +392,31 @@ public class ElisionDeltaTests
         Assert.Equal(100, share);
         for (ulong p = 4; p < last; p++)
             Assert.True(h.Lookup(1, p << 12, out _).IsEmpty);
+    }
+
+    [Fact]
+    public void AFullCache_TakesInAPageWorthMoreThanItsMean_AsMostRecent()
+    {
+        // A hit saves up to the page's share: a full cache keeps a page worth more than the mean
+        // of what it holds, and lets cheaper newcomers evict one another at the least recent end.
+        var h = new SentPages(elide: false, cacheBytes: 4 * 4096);
+        var page = new byte[4096];
+        h.Begin(null, "/imgs/1");
+        for (ulong p = 0; p < 4; p++)
+            h.Sent(1, p << 12, p + 1, page, 100);
+        h.Sent(1, 4 << 12, 5, page, 1000);
+        for (ulong p = 5; p < 8; p++)
+            h.Sent(1, p << 12, p + 1, page, 60);
+        Assert.False(h.Lookup(1, 4 << 12, out int share).IsEmpty);
+        Assert.Equal(1000, share);
+        // Page 4 evicted page 0, the cheaper page 5 evicted page 1, then 6 evicted 5 and 7 evicted 6.
+        for (ulong p = 2; p < 4; p++)
+            Assert.False(h.Lookup(1, p << 12, out _).IsEmpty);
+        Assert.False(h.Lookup(1, 7 << 12, out _).IsEmpty);
+        Assert.True(h.Lookup(1, 0, out _).IsEmpty);
+        Assert.True(h.Lookup(1, 1 << 12, out _).IsEmpty);
+        Assert.True(h.Lookup(1, 5 << 12, out _).IsEmpty);
+        Assert.True(h.Lookup(1, 6 << 12, out _).IsEmpty);
     }
 
     [Fact]
