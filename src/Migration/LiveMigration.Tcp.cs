@@ -104,6 +104,7 @@ public sealed partial class LiveMigration
         Address = dest.Address,
         Port = port,
         IoTimeout = _o.Tcp!.IoTimeout,
+        Tls = _o.Tcp.Tls,
         // Compressed pages travel as compressed blocks (CRIU's page server sends what its page
         // pipe holds; ours sends the blocks the images would store).
         WireCompression = _o.PageStore.Compression == PageCompression.None ? null : _o.PageStore,
@@ -244,7 +245,7 @@ public sealed partial class LiveMigration
         Task<(bool, string?)>? serving = null;
         if (lazyStore is not null)
         {
-            lazyServer = LazyPageServer.Start(lazyStore, dest.LocalAddress.ToString(), 0);
+            lazyServer = LazyPageServer.Start(lazyStore, dest.LocalAddress.ToString(), 0, tls: _o.Tcp!.Tls);
             var s = lazyServer;
             serving = Task.Run(() =>
             {
@@ -311,7 +312,7 @@ public sealed partial class LiveMigration
         {
             Mode = _o.Mode,
             Transport = "tcp",
-            Destination = new DestinationInfo(dest.Address, dest.Port, dest.KeepsDestinationDir ? dest.ImagesRoot : null, dest.KeepsDestinationDir ? dest.Machine : null, dest.ProcessId),
+            Destination = new DestinationInfo(dest.Address, dest.Port, dest.KeepsDestinationDir ? dest.ImagesRoot : null, dest.KeepsDestinationDir ? dest.Machine : null, dest.ProcessId, _o.Tcp!.Tls is not null),
             PostCopy = postCopy,
             Workload = _o.WorkloadPath,
             Policy = _o.Policy.Spec,

@@ -21,6 +21,11 @@ public sealed record MigrationServiceOptions
     public int Port { get; init; }
     /// <summary>Any wait for the source (a request, a page-server session, a lazy page) longer than this fails the migration.</summary>
     public TimeSpan IoTimeout { get; init; } = TimeSpan.FromSeconds(60);
+    /// <summary>
+    /// CRIU's TLS options; null = plain TCP. When set, the control connection, the page servers it
+    /// starts and its lazy page session are TLS, and a source without a certificate the CA signed is refused.
+    /// </summary>
+    public PageServerTls? Tls { get; init; }
 }
 
 /// <summary>What the service did for its one source.</summary>
@@ -82,6 +87,8 @@ public sealed class MigrationService : IDisposable
         }
         if (SimMachine.Exists(machine))
             throw new DumperException($"a machine already exists in {machine}; the destination restores into a new one");
+        if (o.Tls is { } tls)
+            PageServerTlsSetup.Check(tls);
         if (!IPAddress.TryParse(o.Address, out var ip))
             throw new DumperException($"--address {o.Address}: not an IP address");
         var l = new TcpListener(ip, o.Port);
@@ -110,7 +117,20 @@ public sealed class MigrationService : IDisposable
         string peer = tcp.Client.RemoteEndPoint?.ToString() ?? "?";
         tcp.NoDelay = true;
         tcp.ReceiveTimeout = tcp.SendTimeout = (int)Math.Min(int.MaxValue, _o.IoTimeout.TotalMilliseconds);
-        var session = new Session(_o, new MigrationChannel(tcp.GetStream()), LocalAddress(tcp), log);
+        Stream stream = tcp.GetStream();
+        if (_o.Tls is { } tls)
+        {
+            try
+            {
+                stream = PageServerTlsSetup.AuthenticateServer(stream, tls, _o.IoTimeout);
+            }
+            catch (Exception e) when (e is System.Security.Authentication.AuthenticationException or IOException or OperationCanceledException)
+            {
+                // criu/tls.c refuses a peer whose certificate the CA did not sign; so does the service.
+                return new MigrationServiceResult(peer, false, $"TLS handshake with the source {peer} failed: {(e.InnerException ?? e).Message}", 0, false);
+            }
+        }
+        var session = new Session(_o, new MigrationChannel(stream), LocalAddress(tcp), log);
         try
         {
             session.Run();
@@ -254,6 +274,7 @@ public sealed class MigrationService : IDisposable
                 PageStore = _store,
                 IdleTimeout = o.IoTimeout,
                 Sessions = 1,
+                Tls = o.Tls,
             });
             _psIndex = r.Index;
             var ps = _ps;
@@ -413,7 +434,7 @@ public sealed class MigrationService : IDisposable
         /// </summary>
         private (MeasuredPostCopy, int) PostCopy(SimMachine m, IKernel api, IReadOnlyList<LazyTask> tasks, ControlRequest r)
         {
-            using var net = new PageServerLazySource(r.LazyAddress ?? "", r.LazyPort, o.IoTimeout);
+            using var net = new PageServerLazySource(r.LazyAddress ?? "", r.LazyPort, o.IoTimeout, tls: o.Tls);
             var timed = new TimedLazySource(net);
             // The link model only sizes the drain's chunks here; the times below are measured.
             var link = new LazyLinkModel(0, 0);
