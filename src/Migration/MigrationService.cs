@@ -250,12 +250,31 @@ public sealed class MigrationService : IDisposable
             _preload = r.Preload ? new PreloadedPages() : null;
             if (r.DecompressBytesPerSecond > 0 && r.CopyBytesPerSecond > 0)
                 _cost = CostModel.Default with { DecompressBytesPerSecond = r.DecompressBytesPerSecond, CopyBytesPerSecond = r.CopyBytesPerSecond };
+            ulong warmNs = 0;
+            if (r.WarmUp)
+            {
+                // Before the source freezes anything: the restore's code is compiled now, not in the downtime.
+                var mode = Enum.TryParse<MigrationMode>(r.Mode, ignoreCase: true, out var m) ? m : MigrationMode.Precopy;
+                var (took, why) = CodeWarmup.Run(new MigrationOptions
+                {
+                    WorkloadPath = "",
+                    Kernel = _kernel,
+                    Mode = mode,
+                    PageStore = _store,
+                    Preload = r.Preload,
+                    ElideUnchanged = r.ElideUnchanged,
+                    DeltaCacheBytes = r.DeltaCacheBytes,
+                });
+                warmNs = Ns(took);
+                log?.Invoke(why is null ? $"migrate-service: warmed up ({mode.ToString().ToLowerInvariant()}) in {took.TotalMilliseconds:0} ms"
+                    : $"migrate-service: warning: the warm-up failed ({why}); the downtime may include compilation");
+            }
             Directory.CreateDirectory(o.ImagesDir);
             // Removed only once the tree is restored and verified: a destination that dies or is
             // abandoned leaves the directory recognisably incomplete.
             File.WriteAllText(Marker, "criu-sharp: migrate-service has not finished restoring from these images\n");
             log?.Invoke($"migrate-service: source connected; images into {o.ImagesDir}, machine {o.MachineDir}");
-            return new ControlReply { ImagesRoot = o.ImagesDir, Machine = o.MachineDir };
+            return new ControlReply { ImagesRoot = o.ImagesDir, Machine = o.MachineDir, WarmUpNs = warmNs };
         }
 
         private ControlReply StartPageServer(ControlRequest r)
@@ -372,6 +391,7 @@ public sealed class MigrationService : IDisposable
                 m.Kernel.AdvanceClock(r.ArrivalNs - m.Kernel.UptimeNs);
             var api = m.AsKernelApi();
             var sw = Stopwatch.StartNew();
+            var jitBefore = System.Runtime.JitInfo.GetCompilationTime(currentThread: true);
             RestoreResult rr;
             try
             {
@@ -382,6 +402,7 @@ public sealed class MigrationService : IDisposable
                 return new ControlReply { Restore = new DestinationRestore { RestoreWallNs = Ns(sw.Elapsed), Error = e.Message } };
             }
             ulong restoreNs = Ns(sw.Elapsed);
+            ulong jitNs = Ns(System.Runtime.JitInfo.GetCompilationTime(currentThread: true) - jitBefore);
             MeasuredPostCopy? pc = null;
             string? error = null;
             int verified = rr.Stats.VmasVerified;
@@ -407,12 +428,13 @@ public sealed class MigrationService : IDisposable
                 File.Delete(Marker);
                 Restored = true;
             }
-            log?.Invoke($"migrate-service: restored {string.Join(' ', rr.Pids)} into {o.MachineDir} in {restoreNs / 1e6:0.00} ms{(ok ? "" : "; verification FAILED")}");
+            log?.Invoke($"migrate-service: restored {string.Join(' ', rr.Pids)} into {o.MachineDir} in {restoreNs / 1e6:0.00} ms (of which JIT compilation {jitNs / 1e6:0.00} ms){(ok ? "" : "; verification FAILED")}");
             return new ControlReply
             {
                 Restore = new DestinationRestore
                 {
                     RestoreWallNs = restoreNs,
+                    JitNs = jitNs,
                     Stats = rr.Stats with { WallClock = null },
                     Error = error,
                     VmasVerified = verified,

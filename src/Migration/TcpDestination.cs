@@ -32,6 +32,11 @@ public sealed record TcpTransport
     /// CA, and a destination started here is given the same options.
     /// </summary>
     public PageServerTls? Tls { get; init; }
+    /// <summary>
+    /// Both sides run a tiny migration in process before the first freeze (<see cref="CodeWarmup"/>),
+    /// so the downtime does not count .NET's first-call compilation. Off only to measure that cost.
+    /// </summary>
+    public bool WarmUp { get; init; } = true;
 }
 
 /// <summary>Where a tcp migration's destination was and what it kept.</summary>

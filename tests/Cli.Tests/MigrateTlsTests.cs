@@ -34,6 +34,10 @@ public class MigrateTlsTests : IClassFixture<MigrateScratch>
         var root = JsonDocument.Parse(r.Out).RootElement;
         Assert.True(root.GetProperty("verification").GetProperty("ok").GetBoolean());
         Assert.True(root.GetProperty("destination").GetProperty("tls").GetBoolean());
+        // The JIT compilation share of the downtime is reported (measured, so only its bounds are checked).
+        var summary = root.GetProperty("summary");
+        long jit = summary.GetProperty("downtime").GetProperty("jit_ns").GetInt64();
+        Assert.InRange(jit, 0, summary.GetProperty("downtime_ns").GetInt64());
         var its = root.GetProperty("iterations").EnumerateArray().ToList();
         Assert.Equal(2, its.Count);
         // The pre-dump's pages crossed the (TLS) page server.

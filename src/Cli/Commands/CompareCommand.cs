@@ -178,7 +178,7 @@ internal class MigrationSummaryJson(MigrationResult r)
     public ulong TotalBytesSent { get; } = r.TotalBytesSent;
     public ulong FinalDumpBytesSent { get; } = r.FinalBytesSent;
     public ulong DowntimeNs { get; } = r.Downtime.TotalNs;
-    public object Downtime { get; } = new { frozen_ns = r.Downtime.FrozenNs, transfer_ns = r.Downtime.TransferNs, restore_ns = r.Downtime.RestoreNs };
+    public object Downtime { get; } = new { frozen_ns = r.Downtime.FrozenNs, transfer_ns = r.Downtime.TransferNs, restore_ns = r.Downtime.RestoreNs, jit_ns = r.Downtime.JitNs };
     public ulong ExpectedDowntimeNs { get; } = r.ExpectedDowntimeNs;
     public ulong TotalTimeNs { get; } = r.TotalTimeNs;
     public bool Verified { get; } = r.Verification.Ok;
