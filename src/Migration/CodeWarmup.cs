@@ -11,15 +11,16 @@ namespace CriuSharp.Migration;
 /// does not have. Before anything is frozen, each side runs one tiny in-process migration of the
 /// same mode, kernel and page store: pre-dump, final dump, pre-loading, restore (lazily for
 /// post-copy and hybrid) and verification, so the code the downtime runs is already compiled.
-/// Nothing of it leaves this process; its images go to a temporary directory removed afterwards.
+/// Nothing of it leaves this process; its images (and the service's machine) go to a temporary
+/// directory removed afterwards.
 /// </summary>
 internal static class CodeWarmup
 {
-    // 512 KiB written at random (Zipf), enough for runs, holes, compression blocks and parent
-    // links; small enough to take milliseconds once compiled.
+    // 4 MiB written at random (Zipf): runs, holes, compression blocks, parent links and huge-page
+    // sized ranges, with loops long enough to be compiled as a large tree's are; still milliseconds once compiled.
     private const string Workload = """
         { "seed": 1, "processes": [ { "name": "warm-up",
-          "mappings": [ { "name": "heap", "size": "512KiB", "prot": "rw" } ],
+          "mappings": [ { "name": "heap", "size": "4MiB", "prot": "rw" } ],
           "behaviour": { "type": "hotcold", "mapping": "heap", "distribution": "zipf", "exponent": 1.1, "pages_per_second": 20000, "prefill": true } } ] }
         """;
 
@@ -28,7 +29,11 @@ internal static class CodeWarmup
     /// elision and deltas; returns its wall-clock time and, when it failed, why (the real migration
     /// goes on either way).
     /// </summary>
-    public static (TimeSpan Took, string? Error) Run(MigrationOptions like)
+    /// <param name="restoreAgain">
+    /// Called with the warm-up's final images directory, for a destination whose restore takes
+    /// another road than the in-process one (migrate-service restores into a saved machine).
+    /// </param>
+    public static (TimeSpan Took, string? Error) Run(MigrationOptions like, Action<string>? restoreAgain = null)
     {
         var sw = Stopwatch.StartNew();
         string dir = Path.Combine(Path.GetTempPath(), "criu-sharp-warmup-" + Guid.NewGuid().ToString("N"));
@@ -44,15 +49,24 @@ internal static class CodeWarmup
                 Policy = ConvergencePolicy.Parse("fixed:1"),
                 WarmupNs = 5_000_000,
                 ContinueNs = 5_000_000,
-                ImagesRoot = null,
+                ImagesRoot = Path.Combine(dir, "images"),
                 Tcp = null,
                 Progress = null,
                 IterationDone = null,
                 SourceLostAfterNs = null,
             })));
-            return (sw.Elapsed, r.Verification.Ok ? null : r.Verification.Error ?? "the warm-up migration did not verify");
+            if (!r.Verification.Ok)
+                return (sw.Elapsed, r.Verification.Error ?? "the warm-up migration did not verify");
+            if (restoreAgain is not null)
+                ImageFormat.CrashPoints.Without(() => SimKernel.Machine.CrashPoints.Without(() =>
+                {
+                    restoreAgain(r.Iterations[^1].ImagesDir);
+                    return 0;
+                }));
+            return (sw.Elapsed, null);
         }
-        catch (Exception e) when (e is DumperException or ImageFormatException or IOException or UnauthorizedAccessException or ArgumentException or InvalidOperationException)
+        catch (Exception e) when (e is DumperException or ImageFormatException or IOException or UnauthorizedAccessException or ArgumentException
+                                      or InvalidOperationException or SimKernel.Machine.MachineStateException)
         {
             return (sw.Elapsed, e.Message);
         }

@@ -264,7 +264,7 @@ public sealed class MigrationService : IDisposable
                     Preload = r.Preload,
                     ElideUnchanged = r.ElideUnchanged,
                     DeltaCacheBytes = r.DeltaCacheBytes,
-                });
+                }, finalDir => WarmRestore(finalDir, mode != MigrationMode.Precopy));
                 warmNs = Ns(took);
                 log?.Invoke(why is null ? $"migrate-service: warmed up ({mode.ToString().ToLowerInvariant()}) in {took.TotalMilliseconds:0} ms"
                     : $"migrate-service: warning: the warm-up failed ({why}); the downtime may include compilation");
@@ -275,6 +275,22 @@ public sealed class MigrationService : IDisposable
             File.WriteAllText(Marker, "criu-sharp: migrate-service has not finished restoring from these images\n");
             log?.Invoke($"migrate-service: source connected; images into {o.ImagesDir}, machine {o.MachineDir}");
             return new ControlReply { ImagesRoot = o.ImagesDir, Machine = o.MachineDir, WarmUpNs = warmNs };
+        }
+
+        /// <summary>The warm-up's images restored as <see cref="Restore"/> does: into a saved machine (a temporary one).</summary>
+        private void WarmRestore(string finalDir, bool lazy)
+        {
+            string dir = Path.Combine(Path.GetTempPath(), "criu-sharp-warmup-machine-" + Guid.NewGuid().ToString("N"));
+            try
+            {
+                using var m = SimMachine.Create(dir, _kernel!, TimeSpan.FromSeconds(30));
+                Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = finalDir, Verify = true, Cost = _cost, LazyPages = lazy });
+                m.Save();
+            }
+            finally
+            {
+                try { Directory.Delete(dir, true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            }
         }
 
         private ControlReply StartPageServer(ControlRequest r)
@@ -392,6 +408,7 @@ public sealed class MigrationService : IDisposable
             var api = m.AsKernelApi();
             var sw = Stopwatch.StartNew();
             var jitBefore = System.Runtime.JitInfo.GetCompilationTime(currentThread: true);
+            long methodsBefore = System.Runtime.JitInfo.GetCompiledMethodCount(currentThread: true);
             RestoreResult rr;
             try
             {
@@ -403,6 +420,7 @@ public sealed class MigrationService : IDisposable
             }
             ulong restoreNs = Ns(sw.Elapsed);
             ulong jitNs = Ns(System.Runtime.JitInfo.GetCompilationTime(currentThread: true) - jitBefore);
+            long methods = System.Runtime.JitInfo.GetCompiledMethodCount(currentThread: true) - methodsBefore;
             MeasuredPostCopy? pc = null;
             string? error = null;
             int verified = rr.Stats.VmasVerified;
@@ -428,7 +446,7 @@ public sealed class MigrationService : IDisposable
                 File.Delete(Marker);
                 Restored = true;
             }
-            log?.Invoke($"migrate-service: restored {string.Join(' ', rr.Pids)} into {o.MachineDir} in {restoreNs / 1e6:0.00} ms (of which JIT compilation {jitNs / 1e6:0.00} ms){(ok ? "" : "; verification FAILED")}");
+            log?.Invoke($"migrate-service: restored {string.Join(' ', rr.Pids)} into {o.MachineDir} in {restoreNs / 1e6:0.00} ms (of which JIT compilation {jitNs / 1e6:0.00} ms, {methods} methods){(ok ? "" : "; verification FAILED")}");
             return new ControlReply
             {
                 Restore = new DestinationRestore

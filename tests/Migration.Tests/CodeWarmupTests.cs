@@ -22,6 +22,7 @@ public sealed class CodeWarmupTests
             "zstd" => PageStoreOptions.Zstd(16),
             _ => PageStoreOptions.Lz4(),
         };
+        string? finalDir = null;
         var (took, error) = CodeWarmup.Run(new MigrationOptions
         {
             // Replaced by the warm-up's own workload and policy: a real migration's options are passed as they are.
@@ -32,8 +33,12 @@ public sealed class CodeWarmupTests
             Preload = preload,
             DeltaCacheBytes = deltaCache,
             ImagesRoot = "/nonexistent/images",
-        });
+        }, dir => finalDir = dir);
         Assert.Null(error);
         Assert.True(took > TimeSpan.Zero);
+        // The final dump's directory, handed over while it still exists, for the service's own restore.
+        Assert.NotNull(finalDir);
+        Assert.Equal(Path.GetFileName(finalDir), mode == MigrationMode.Postcopy ? "1" : "2");
+        Assert.False(Directory.Exists(finalDir), "the warm-up's images are removed afterwards");
     }
 }

@@ -195,8 +195,8 @@ public static class MigrateCommand
         var timeout = new Option<int>("--ps-timeout") { Description = "--transport tcp: seconds any wait for the other side may take before the migration fails.", DefaultValueFactory = _ => 60 };
         var precompile = new Option<bool>("--precompile")
         {
-            Description = "--transport tcp: before the first freeze both sides run a tiny migration of the same mode in process, so the downtime does not count .NET's first-call (JIT) compilation " +
-                          "(default on; --precompile false to measure a cold destination).",
+            Description = "--transport tcp: before the first freeze both sides run a tiny migration of the same mode in process, and a destination started here compiles methods with loops optimised at once (DOTNET_TC_QuickJitForLoops=0), " +
+                          "so the downtime does not count .NET's JIT compilation (default on; --precompile false to measure a cold destination).",
             DefaultValueFactory = _ => true,
         };
         var net = new PageServerCliOptions();
