@@ -53,6 +53,8 @@ public sealed record LazyPagesStats
     public long PagesRemapped { get; init; }
     /// <summary>Non-cooperative userfaultfd events read (UFFD_EVENT_REMAP, _REMOVE, _UNMAP).</summary>
     public long Events { get; init; }
+    /// <summary>Lazy VMAs not compared at the end because the task discarded some of their lazy pages (<see cref="LazyPagesDaemon.VmasChangedByTask"/>).</summary>
+    public int VmasChangedByTask { get; init; }
 }
 
 /// <summary>
@@ -509,6 +511,7 @@ public sealed class LazyPagesDaemon : IDisposable
                 PagesDropped = _dropped,
                 PagesRemapped = _remapped,
                 Events = _events,
+                VmasChangedByTask = VmasChangedByTask,
             };
         }
     }
