@@ -47,7 +47,11 @@ public sealed record LazyPagesStats
     public ulong StallNs { get; init; }
     /// <summary>Lazy pages that never arrived (the source was lost); non-zero means the tree was stopped.</summary>
     public long PagesLost { get; init; }
-    /// <summary>Lazy pages the task unmapped or discarded (MADV_DONTNEED) before they arrived: never fetched.</summary>
+    /// <summary>
+    /// Lazy pages the task unmapped or discarded (MADV_DONTNEED) before they arrived, as UNMAP and
+    /// REMOVE events told: never fetched. With the events, every lazy page is fetched by a fault,
+    /// by the drain, or dropped here.
+    /// </summary>
     public long PagesDropped { get; init; }
     /// <summary>Lazy pages still to fetch that the task moved with mremap (fetched by their dump address, placed at the new one).</summary>
     public long PagesRemapped { get; init; }
@@ -286,7 +290,7 @@ public sealed class LazyPagesDaemon : IDisposable
             if (c == Errno.None)
                 l.Placed(img, page);
             else if (c == Errno.ENOENT)
-                _dropped += (long)l.Drop(at, at + (ulong)_ps) * (_ps / PageGeometry.PageSize);
+                l.Drop(at, at + (ulong)_ps); // fetched, but the task had unmapped the range
             l.Remaining.Remove(at);
             l.Moved.Remove(at);
             _byFault += _ps / PageGeometry.PageSize;
@@ -410,7 +414,7 @@ public sealed class LazyPagesDaemon : IDisposable
                         if (e == Errno.None)
                             l.Placed(img + (ulong)(i * _ps), span.Slice(i * _ps, _ps));
                         else if (e == Errno.ENOENT)
-                            _dropped += (long)l.Drop(at, at + (ulong)_ps) * (_ps / PageGeometry.PageSize);
+                            l.Drop(at, at + (ulong)_ps); // fetched, but the task had unmapped the range
                     }
                 for (int i = 0; i < n; i++)
                 {
