@@ -190,6 +190,27 @@ public sealed class MigrationTests : IDisposable
     }
 
     [Fact]
+    public void HugetlbWorkload_GetsThePoolItNeeds_OnBothMachines()
+    {
+        // 8 MiB of MAP_HUGETLB memory: the machines migrate boots get a pool of 4 huge pages.
+        string workload = Path.Combine(_dir, "hugetlb.json");
+        File.WriteAllText(workload, """
+            { "seed": 21, "processes": [ { "name": "h",
+                "mappings": [ { "name": "data", "size": "8MiB", "prot": "rw", "huge": "hugetlb" } ],
+                "behaviour": { "type": "uniform", "mapping": "data", "prefill": true, "pages_per_second": 20000 } } ] }
+            """);
+        var r = LiveMigration.Run(new MigrationOptions
+        {
+            WorkloadPath = workload,
+            Policy = ConvergencePolicy.Parse("fixed:1"),
+            WarmupNs = 20_000_000,
+            ContinueNs = 10_000_000,
+        });
+        Assert.True(r.Verification.Ok, r.Verification.Error ?? string.Join("; ", r.Verification.AfterRestore.Concat(r.Verification.AfterContinue).Select(v => v.Detail)));
+        Assert.True(r.Verification.VmasVerified > 0);
+    }
+
+    [Fact]
     public void PostCopy_SourceLostMidDrain_FailsVerificationWithTheLostPages()
     {
         var r = Migrate("none", mode: MigrationMode.Postcopy, lostAfter: 2_000_000);
