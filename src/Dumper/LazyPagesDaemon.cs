@@ -47,6 +47,18 @@ public sealed record LazyPagesStats
     public ulong StallNs { get; init; }
     /// <summary>Lazy pages that never arrived (the source was lost); non-zero means the tree was stopped.</summary>
     public long PagesLost { get; init; }
+    /// <summary>
+    /// Lazy pages the task unmapped or discarded (MADV_DONTNEED) before they arrived, as UNMAP and
+    /// REMOVE events told: never fetched. With the events, every lazy page is fetched by a fault,
+    /// by the drain, or dropped here.
+    /// </summary>
+    public long PagesDropped { get; init; }
+    /// <summary>Lazy pages still to fetch that the task moved with mremap (fetched by their dump address, placed at the new one).</summary>
+    public long PagesRemapped { get; init; }
+    /// <summary>Non-cooperative userfaultfd events read (UFFD_EVENT_REMAP, _REMOVE, _UNMAP).</summary>
+    public long Events { get; init; }
+    /// <summary>Lazy VMAs not compared at the end because the task discarded some of their lazy pages (<see cref="LazyPagesDaemon.VmasChangedByTask"/>).</summary>
+    public int VmasChangedByTask { get; init; }
 }
 
 /// <summary>
@@ -61,6 +73,18 @@ public sealed record LazyPagesStats
 /// </code>
 /// When the source cannot answer, the daemon stops the restored tree (SIGKILL: it must never run
 /// on with pages missing) and reports the pages lost.
+/// <para>
+/// The restored task keeps running while pages arrive, and may munmap, mremap or MADV_DONTNEED
+/// lazy memory meanwhile. The restorer asks for the non-cooperative events (<see cref="WantedFeatures"/>)
+/// and the daemon follows them as criu/uffd.c does: UNMAP and REMOVE drop the pages of the range
+/// from what is still to fetch (after REMOVE it also unregisters the range, so the task's next touch
+/// is an ordinary fault that maps a zero page, as MADV_DONTNEED promises); REMAP re-keys the
+/// pages of the moved range to their new address, keeping the dump address to fetch them by
+/// (lazy_iov's start and img_start). Pages are checked by their dump address, so a moved page still
+/// counts to the VMA checksum it was dumped in; a VMA of which the task discarded lazy pages cannot
+/// be completed (their digests were never known here) and is counted as changed by the task, not
+/// as a mismatch.
+/// </para>
 /// </summary>
 public sealed class LazyPagesDaemon : IDisposable
 {
@@ -70,7 +94,7 @@ public sealed class LazyPagesDaemon : IDisposable
     private readonly int _ps;
     private readonly List<Lazy> _tasks = [];
     private readonly List<ulong> _latencies = [];
-    private long _faults, _byFault, _byDrain, _zero;
+    private long _faults, _byFault, _byDrain, _zero, _dropped, _remapped, _events;
     private ulong _stall;
     private ulong _faultBytesThisPeriod;
     private readonly Dictionary<int, ulong> _stallByPid = [];
@@ -85,26 +109,81 @@ public sealed class LazyPagesDaemon : IDisposable
     private sealed class Lazy(LazyTask t)
     {
         public LazyTask Task { get; } = t;
-        /// <summary>Kernel pages still to fetch, ascending.</summary>
+        /// <summary>Kernel pages still to fetch, by their address in the task now, ascending.</summary>
         public SortedSet<ulong> Remaining { get; } = [];
+        /// <summary>Pages of <see cref="Remaining"/> that mremap moved: address now → address in the dump.</summary>
+        public Dictionary<ulong, ulong> Moved { get; } = [];
         /// <summary>Per lazy VMA: the digest sum of the pages present at restore plus those placed since.</summary>
         public ulong[] Sums { get; } = t.Checks.Select(c => c.Present).ToArray();
+        /// <summary>Per lazy VMA: the task unmapped or discarded some of its lazy pages before they arrived.</summary>
+        public bool[] Changed { get; } = new bool[t.Checks.Count];
 
-        public void Placed(ulong va, ReadOnlySpan<byte> bytes)
+        /// <summary>Where the page now at <paramref name="va"/> was in the dump (what the source knows it by).</summary>
+        public ulong DumpAddress(ulong va) => Moved.TryGetValue(va, out ulong img) ? img : va;
+
+        /// <summary>Adds placed pages, known by their dump address, to their VMA's sum.</summary>
+        public void Placed(ulong dumpVa, ReadOnlySpan<byte> bytes)
         {
-            var checks = Task.Checks;
             for (int off = 0; off < bytes.Length; off += PageGeometry.PageSize)
             {
-                ulong at = va + (ulong)off;
-                for (int i = 0; i < checks.Count; i++)
-                    if (checks[i].Start <= at && at < checks[i].End)
-                    {
-                        Sums[i] += PageDigest.Of(at, bytes.Slice(off, PageGeometry.PageSize));
-                        break;
-                    }
+                ulong at = dumpVa + (ulong)off;
+                if (CheckOf(at) is int i)
+                    Sums[i] += PageDigest.Of(at, bytes.Slice(off, PageGeometry.PageSize));
             }
         }
+
+        public int? CheckOf(ulong dumpVa)
+        {
+            var checks = Task.Checks;
+            for (int i = 0; i < checks.Count; i++)
+                if (checks[i].Start <= dumpVa && dumpVa < checks[i].End)
+                    return i;
+            return null;
+        }
+
+        /// <summary>Drops the pages still to fetch in [start, end); returns how many (kernel pages).</summary>
+        public int Drop(ulong start, ulong end)
+        {
+            if (end <= start || Remaining.Count == 0)
+                return 0;
+            var gone = Remaining.GetViewBetween(start, end - 1).ToList();
+            foreach (ulong a in gone)
+            {
+                if (CheckOf(DumpAddress(a)) is int i)
+                    Changed[i] = true;
+                Remaining.Remove(a);
+                Moved.Remove(a);
+            }
+            return gone.Count;
+        }
+
+        /// <summary>Re-keys the pages still to fetch in [from, from + len) to [to, to + len); returns how many.</summary>
+        public int Remap(ulong from, ulong to, ulong len)
+        {
+            if (len == 0 || Remaining.Count == 0)
+                return 0;
+            var moving = Remaining.GetViewBetween(from, from + len - 1).Select(a => (a, DumpAddress(a))).ToList();
+            foreach (var (a, _) in moving)
+            {
+                Remaining.Remove(a);
+                Moved.Remove(a);
+            }
+            foreach (var (a, img) in moving)
+            {
+                ulong now = to + (a - from);
+                Remaining.Add(now);
+                if (now != img)
+                    Moved[now] = img;
+            }
+            return moving.Count;
+        }
     }
+
+    /// <summary>
+    /// The non-cooperative events a lazy restore asks for at UFFDIO_API (criu/uffd.c's
+    /// NEED_UFFD_API_FEATURES less UFFD_FEATURE_EVENT_FORK, which the simulated kernel lacks).
+    /// </summary>
+    public const ulong WantedFeatures = UffdConstants.FeatureEventRemap | UffdConstants.FeatureEventUnmap | UffdConstants.FeatureEventRemove;
 
     public LazyPagesDaemon(IKernel destination, ILazyPageSource source, IReadOnlyList<LazyTask> tasks, LazyLinkModel link)
     {
@@ -152,50 +231,84 @@ public sealed class LazyPagesDaemon : IDisposable
     /// <summary>Link bytes the faults of the current period used (the drain gets the rest).</summary>
     public ulong FaultBytesThisPeriod => _faultBytesThisPeriod;
 
-    private void OnFault(Lazy l, IUserfaultfd fd)
+    /// <summary>The monitor's poll wake-up: serves every message queued on the descriptor.</summary>
+    private void OnFault(Lazy l, IUserfaultfd fd) => Serve(l, fd);
+
+    /// <summary>
+    /// handle_uffd_event: reads one message at a time, in the kernel's order, until none is left —
+    /// faults are answered, events change what is still to fetch before any later page is placed.
+    /// </summary>
+    private void Serve(Lazy l, IUserfaultfd fd)
     {
-        var buf = new byte[UffdMsg.Size * 16];
+        var buf = new byte[UffdMsg.Size];
         var page = new byte[_ps];
         while (!Failed)
         {
             var r = fd.Read(buf);
             if (!r.Ok)
                 return;
-            for (int off = 0; off < r.Value && !Failed; off += UffdMsg.Size)
+            var msg = UffdMsg.Read(buf);
+            switch (msg.Event)
             {
-                var msg = UffdMsg.Read(buf.AsSpan(off));
-                if (!msg.IsMissing)
-                    continue;
-                ulong at = msg.Address & ~((ulong)_ps - 1);
-                _faults++;
-                if (l.Remaining.Contains(at))
-                {
-                    if (!_source.TryGet(l.Task.Pid, at, page))
-                    {
-                        SourceLost($"the source did not answer for page 0x{at:x} of process {l.Task.Pid}");
-                        return;
-                    }
-                    if (Place(fd, at, page))
-                        l.Placed(at, page);
-                    l.Remaining.Remove(at);
-                    _byFault += _ps / PageGeometry.PageSize;
-                    _faultBytesThisPeriod += (ulong)_ps;
-                    ulong wait = FaultWait(l.Task.Pid);
-                    _latencies.Add(wait);
-                    _stall += wait;
-                    _stallByPid[l.Task.Pid] = _stallByPid.GetValueOrDefault(l.Task.Pid) + wait;
-                }
-                else
-                {
-                    // Not a lazy page of the dump (never written on the source): zero it, as uffd.c
-                    // does for addresses no pagemap entry covers. EEXIST: it arrived meanwhile.
-                    var z = fd.ZeroPage(at, (ulong)_ps, 0, out _);
-                    if (z.Ok)
-                        _zero++;
-                    else
-                        fd.Wake(at, (ulong)_ps);
-                }
+                case UffdConstants.EventPagefault when msg.IsMissing:
+                    ServeFault(l, fd, msg, page);
+                    break;
+                case UffdConstants.EventUnmap:
+                case UffdConstants.EventRemove:
+                    _events++;
+                    // REMOVE leaves the VMA in place: unregister the range so the task's next
+                    // touch is an ordinary fault (a zero page), not one that asks us for a page.
+                    if (msg.Event == UffdConstants.EventRemove)
+                        fd.Unregister(msg.RemoveStart, msg.RemoveEnd - msg.RemoveStart);
+                    _dropped += (long)l.Drop(msg.RemoveStart, msg.RemoveEnd) * (_ps / PageGeometry.PageSize);
+                    break;
+                case UffdConstants.EventRemap:
+                    _events++;
+                    _remapped += (long)l.Remap(msg.RemapFrom, msg.RemapTo, msg.RemapLen) * (_ps / PageGeometry.PageSize);
+                    break;
             }
+        }
+    }
+
+    private void ServeFault(Lazy l, IUserfaultfd fd, UffdMsg msg, byte[] page)
+    {
+        ulong at = msg.Address & ~((ulong)_ps - 1);
+        _faults++;
+        if (l.Remaining.Contains(at))
+        {
+            ulong img = l.DumpAddress(at);
+            if (!_source.TryGet(l.Task.Pid, img, page))
+            {
+                SourceLost($"the source did not answer for page 0x{img:x} of process {l.Task.Pid}");
+                return;
+            }
+            var c = Place(fd, at, page);
+            // EAGAIN: an event is queued behind this fault. The copy woke the thread, which faults
+            // again once the event is read (it may move or drop this page), so nothing changes here.
+            if (c == Errno.EAGAIN)
+                return;
+            if (c == Errno.None)
+                l.Placed(img, page);
+            else if (c == Errno.ENOENT)
+                l.Drop(at, at + (ulong)_ps); // fetched, but the task had unmapped the range
+            l.Remaining.Remove(at);
+            l.Moved.Remove(at);
+            _byFault += _ps / PageGeometry.PageSize;
+            _faultBytesThisPeriod += (ulong)_ps;
+            ulong wait = FaultWait(l.Task.Pid);
+            _latencies.Add(wait);
+            _stall += wait;
+            _stallByPid[l.Task.Pid] = _stallByPid.GetValueOrDefault(l.Task.Pid) + wait;
+        }
+        else
+        {
+            // Not a lazy page of the dump (never written on the source): zero it, as uffd.c
+            // does for addresses no pagemap entry covers. EEXIST: it arrived meanwhile.
+            var z = fd.ZeroPage(at, (ulong)_ps, 0, out _);
+            if (z.Ok)
+                _zero++;
+            else
+                fd.Wake(at, (ulong)_ps);
         }
     }
 
@@ -219,13 +332,18 @@ public sealed class LazyPagesDaemon : IDisposable
         return wait;
     }
 
-    /// <summary>UFFDIO_COPY, treating EEXIST (the page is there already) as done, as uffd.c does; true when this copy placed it.</summary>
-    private static bool Place(IUserfaultfd fd, ulong at, ReadOnlySpan<byte> bytes)
+    /// <summary>
+    /// UFFDIO_COPY of one page, treating EEXIST (the page is there already) as done, as uffd.c does.
+    /// None when this copy placed it; ENOENT when the range is no longer registered (the task
+    /// unmapped or moved it without our hearing of it); EAGAIN cannot stay, as events pending
+    /// on the descriptor are read and the copy retried.
+    /// </summary>
+    private static Errno Place(IUserfaultfd fd, ulong at, ReadOnlySpan<byte> bytes)
     {
         var c = fd.Copy(at, bytes, 0, out _);
         if (!c.Ok)
             fd.Wake(at, (ulong)bytes.Length);
-        return c.Ok;
+        return c.Ok ? Errno.None : c.Error;
     }
 
     /// <summary>
@@ -263,25 +381,46 @@ public sealed class LazyPagesDaemon : IDisposable
                 ulong first = l.Remaining.Min;
                 int n = 1;
                 int max = (int)Math.Min((ulong)chunk.Length, budgetBytes - done) / _ps;
-                while (n < max && l.Remaining.Contains(first + (ulong)(n * _ps)))
+                ulong img = l.DumpAddress(first);
+                // A run is contiguous both where the pages are now and where they were dumped.
+                while (n < max && l.Remaining.Contains(first + (ulong)(n * _ps)) && l.DumpAddress(first + (ulong)(n * _ps)) == img + (ulong)(n * _ps))
                     n++;
                 var span = chunk.AsSpan(0, n * _ps);
-                if (!_source.TryGet(l.Task.Pid, first, span))
+                if (!_source.TryGet(l.Task.Pid, img, span))
                 {
-                    SourceLost($"the source did not answer for pages 0x{first:x}-0x{first + (ulong)span.Length:x} of process {l.Task.Pid}");
+                    SourceLost($"the source did not answer for pages 0x{img:x}-0x{img + (ulong)span.Length:x} of process {l.Task.Pid}");
                     return done;
                 }
                 // One copy per run; a page a fault brought in meanwhile stops the run at EEXIST,
                 // so the rest is copied page by page.
                 var c = l.Task.Uffd.Copy(first, span, 0, out long copied);
+                if (!c.Ok && c.Error == Errno.EAGAIN && copied == -(long)Errno.EAGAIN)
+                {
+                    // mmap_changing: the task changed its memory and the event is unread. Read it
+                    // (it may drop or move these very pages), then pick the run again. The pages
+                    // were fetched for nothing; the wire carried them all the same.
+                    _chunksWaiting.Enqueue(_link.TransferNs((ulong)span.Length));
+                    done += (ulong)span.Length;
+                    Serve(l, l.Task.Uffd);
+                    continue;
+                }
                 int placed = c.Ok ? n : (int)Math.Max(0, copied) / _ps;
-                l.Placed(first, span[..(placed * _ps)]);
+                l.Placed(img, span[..(placed * _ps)]);
                 if (!c.Ok)
                     for (int i = placed; i < n; i++)
-                        if (Place(l.Task.Uffd, first + (ulong)(i * _ps), span.Slice(i * _ps, _ps)))
-                            l.Placed(first + (ulong)(i * _ps), span.Slice(i * _ps, _ps));
+                    {
+                        ulong at = first + (ulong)(i * _ps);
+                        var e = Place(l.Task.Uffd, at, span.Slice(i * _ps, _ps));
+                        if (e == Errno.None)
+                            l.Placed(img + (ulong)(i * _ps), span.Slice(i * _ps, _ps));
+                        else if (e == Errno.ENOENT)
+                            l.Drop(at, at + (ulong)_ps); // fetched, but the task had unmapped the range
+                    }
                 for (int i = 0; i < n; i++)
+                {
                     l.Remaining.Remove(first + (ulong)(i * _ps));
+                    l.Moved.Remove(first + (ulong)(i * _ps));
+                }
                 _byDrain += n * (_ps / PageGeometry.PageSize);
                 done += (ulong)span.Length;
                 _chunksWaiting.Enqueue(_link.TransferNs((ulong)span.Length));
@@ -301,13 +440,22 @@ public sealed class LazyPagesDaemon : IDisposable
     /// <summary>Set when a completed VMA's checksum differs from the dump's (a page arrived wrong).</summary>
     public string? VerifyError { get; private set; }
 
+    /// <summary>
+    /// VMAs not compared after the lazy pages arrived because the task itself unmapped or discarded
+    /// some of their lazy pages first: what those pages held on the source is not known here, so
+    /// the dump's checksum cannot be completed (the pages that did arrive were no different).
+    /// </summary>
+    public int VmasChangedByTask { get; private set; }
+
     private void CheckVmas()
     {
         foreach (var l in _tasks)
             for (int i = 0; i < l.Task.Checks.Count; i++)
             {
                 var c = l.Task.Checks[i];
-                if (l.Sums[i] == c.Expected)
+                if (l.Changed[i])
+                    VmasChangedByTask++;
+                else if (l.Sums[i] == c.Expected)
                     VmasVerified++;
                 else
                     VerifyError ??= $"restored memory differs from the dump (VMA checksum mismatch) (pid {l.Task.Pid}, range 0x{c.Start:x}-0x{c.End:x}, after the lazy pages arrived)";
@@ -364,6 +512,10 @@ public sealed class LazyPagesDaemon : IDisposable
                 FaultLatencyMaxNs = sorted.Count == 0 ? 0 : sorted[^1],
                 StallNs = _stall,
                 PagesLost = LostRanges.Sum(r => (long)r.Pages),
+                PagesDropped = _dropped,
+                PagesRemapped = _remapped,
+                Events = _events,
+                VmasChangedByTask = VmasChangedByTask,
             };
         }
     }

@@ -207,10 +207,22 @@ internal sealed class Restorer
     /// </summary>
     private LazyTask RegisterLazy(RTask task, mm_entry mm, List<(ulong Va, ulong Pages)> lazy)
     {
+        // The non-cooperative events criu/uffd.c asks for (NEED_UFFD_API_FEATURES less EVENT_FORK,
+        // which the simulated kernel does not offer), as far as this kernel has them: without them
+        // the daemon could place pages where the task has since unmapped, moved or discarded memory.
+        // CRIU learns the kernel's features once (kerndat); a probe descriptor does the same here,
+        // since UFFDIO_API may be called only once per descriptor.
         var r = _k.OpenUserfaultfd(task.Pid, out var uffd);
         if (!r.Ok || uffd is null)
             throw new DumperException($"lazy restore needs userfaultfd ({r.Error})", task.Pid, _o.ImagesDir, kind: DumperErrorKind.Unsupported);
-        r = uffd.ApiHandshake(KernelApi.UffdConstants.Api, 0, out _);
+        r = uffd.ApiHandshake(KernelApi.UffdConstants.Api, 0, out ulong supported);
+        uffd.Close();
+        if (!r.Ok)
+            throw new DumperException($"lazy restore: UFFDIO_API failed ({r.Error})", task.Pid, _o.ImagesDir, kind: DumperErrorKind.Unsupported);
+        r = _k.OpenUserfaultfd(task.Pid, out uffd);
+        if (!r.Ok || uffd is null)
+            throw new DumperException($"lazy restore needs userfaultfd ({r.Error})", task.Pid, _o.ImagesDir, kind: DumperErrorKind.Unsupported);
+        r = uffd.ApiHandshake(KernelApi.UffdConstants.Api, LazyPagesDaemon.WantedFeatures & supported, out _);
         if (!r.Ok)
             throw new DumperException($"lazy restore: UFFDIO_API failed ({r.Error})", task.Pid, _o.ImagesDir, kind: DumperErrorKind.Unsupported);
         foreach (var v in mm.Vmas)

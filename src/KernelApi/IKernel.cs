@@ -304,16 +304,20 @@ public interface IUserfaultfd
 
     /// <summary>
     /// read(2): as many whole <see cref="UffdMsg"/> as fit in <paramref name="buffer"/>, oldest first;
-    /// a message is returned once (the thread keeps waiting until woken). EAGAIN when none is pending,
-    /// EINVAL for a buffer shorter than one message or before UFFDIO_API.
+    /// a message is returned once (the thread keeps waiting until woken). Page faults come before
+    /// the non-cooperative events (UFFD_EVENT_REMAP/REMOVE/UNMAP), as userfaultfd_ctx_read serves
+    /// its fault queue first. EAGAIN when none is pending, EINVAL for a buffer shorter than one
+    /// message or before UFFDIO_API.
     /// </summary>
     SysResult Read(Span<byte> buffer);
 
     /// <summary>
     /// UFFDIO_COPY of <c>src.Length</c> bytes to <paramref name="dst"/>. <paramref name="copy"/> is the
     /// uffdio_copy.copy field: bytes copied, or -errno when nothing was (0 when the kernel rejected
-    /// the arguments before writing it). Returns EAGAIN when only part was copied, EEXIST when the
-    /// first page is already present. Wakes the threads waiting in the copied range unless
+    /// the arguments before writing it). Returns EAGAIN when only part was copied, or when a
+    /// non-cooperative event is queued and not yet read (mmap_changing: the monitor must read it
+    /// first), EEXIST when the first page is already present, ENOENT when the range is not within
+    /// one VMA registered with this descriptor (unmapped, or replaced by a new mapping). Wakes the threads waiting in the copied range unless
     /// <see cref="UffdConstants.CopyModeDontWake"/>.
     /// </summary>
     SysResult Copy(ulong dst, ReadOnlySpan<byte> src, ulong mode, out long copy);

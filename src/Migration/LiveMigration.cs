@@ -25,8 +25,29 @@ public sealed partial class LiveMigration
 
     public LiveMigration(MigrationOptions options)
     {
-        _o = options;
+        _o = WithHugetlbPool(options);
         _dumperCost = options.Cost.ToDumperCost();
+    }
+
+    /// <summary>
+    /// migrate boots both machines itself, so it gives them the hugetlb pool the workload's
+    /// MAP_HUGETLB mappings take (as a host booted with hugepages=N would have), unless the
+    /// configuration already has more; the destination gets the same configuration. A workload
+    /// that does not parse is left to the spawn, which reports it.
+    /// </summary>
+    private static MigrationOptions WithHugetlbPool(MigrationOptions o)
+    {
+        var probe = new Kernel(o.Kernel);
+        long need;
+        try
+        {
+            need = WorkloadSpec.Load(probe, o.WorkloadPath).HugetlbPages(probe.Hugetlb.Default.Size);
+        }
+        catch (WorkloadException)
+        {
+            return o;
+        }
+        return need > o.Kernel.HugePages ? o with { Kernel = o.Kernel with { HugePages = need } } : o;
     }
 
     /// <summary>Runs the migration with <paramref name="options"/>.</summary>

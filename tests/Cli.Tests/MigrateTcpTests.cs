@@ -85,6 +85,20 @@ public class MigrateTcpTests : IClassFixture<MigrateScratch>
         }
     }
 
+    [Fact]
+    public void Churn_PostCopy_OverTcp_FollowsTheTasksMemoryChanges_AndVerifies()
+    {
+        // samples/churn.json unmaps, mremaps and discards lazy memory while it arrives over the page server.
+        string churn = Path.Combine(CliRunner.RepoRoot(), "samples", "churn.json");
+        var root = Migrate(["--workload", churn, "--warmup", "300ms", "--run-after", "20ms", "--transport", "tcp", "--mode", "postcopy"], out var r);
+        Assert.True(root.GetProperty("verification").GetProperty("ok").GetBoolean(), r.Out);
+        var pc = root.GetProperty("post_copy");
+        Assert.True(pc.GetProperty("uffd_events").GetInt64() > 0);
+        Assert.Equal(pc.GetProperty("lazy_pages").GetInt64(),
+            pc.GetProperty("pages_by_fault").GetInt64() + pc.GetProperty("pages_by_drain").GetInt64() + pc.GetProperty("pages_dropped").GetInt64());
+        Assert.Equal(0, pc.GetProperty("pages_lost").GetInt64());
+    }
+
     private static (Process Proc, int Port) StartService(string images, string machine, string? crashAt)
     {
         string dll = Path.Combine(AppContext.BaseDirectory, "criu-sharp.dll");

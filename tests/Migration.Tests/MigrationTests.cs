@@ -153,6 +153,63 @@ public sealed class MigrationTests : IDisposable
         Assert.True(r.PreDumps >= 1);
     }
 
+    /// <summary>samples/churn.json of the repository (found from the test's directory).</summary>
+    private static string Churn()
+    {
+        var d = new DirectoryInfo(AppContext.BaseDirectory);
+        while (d is not null && !File.Exists(Path.Combine(d.FullName, "criu-sharp.sln")))
+            d = d.Parent;
+        return Path.Combine(d?.FullName ?? throw new DirectoryNotFoundException("repository root not found"), "samples", "churn.json");
+    }
+
+    // churn unmaps and maps again, mremaps and MADV_DONTNEEDs its slots while the lazy pages arrive:
+    // the daemon must follow the userfaultfd events, or it places pages where the task changed its
+    // memory and the verification fails.
+    [Theory]
+    [InlineData(MigrationMode.Postcopy, "phaul")]
+    [InlineData(MigrationMode.Hybrid, "fixed:1")]
+    public void Churn_LazyModes_FollowTheTasksMemoryChanges_AndVerify(MigrationMode mode, string policy)
+    {
+        var r = LiveMigration.Run(new MigrationOptions
+        {
+            Mode = mode,
+            WorkloadPath = Churn(),
+            Policy = ConvergencePolicy.Parse(policy),
+            WarmupNs = 300_000_000,
+            ContinueNs = 20_000_000,
+        });
+        Assert.True(r.Verification.Ok, r.Verification.Error ?? string.Join("; ", r.Verification.AfterRestore.Concat(r.Verification.AfterContinue).Select(v => v.Detail)));
+        var pc = Assert.IsType<PostCopyResult>(r.PostCopy);
+        Assert.Null(pc.Error);
+        var st = pc.Stats;
+        Assert.True(st.Events > 0, "the workload changed lazy memory during post-copy");
+        Assert.True(st.PagesDropped + st.PagesRemapped > 0);
+        // Every lazy page arrived by a fault or the drain, or was dropped because the task discarded it.
+        Assert.Equal(pc.LazyPages, st.PagesByFault + st.PagesByDrain + st.PagesDropped);
+        Assert.True(r.Verification.VmasVerified > 0);
+    }
+
+    [Fact]
+    public void HugetlbWorkload_GetsThePoolItNeeds_OnBothMachines()
+    {
+        // 8 MiB of MAP_HUGETLB memory: the machines migrate boots get a pool of 4 huge pages.
+        string workload = Path.Combine(_dir, "hugetlb.json");
+        File.WriteAllText(workload, """
+            { "seed": 21, "processes": [ { "name": "h",
+                "mappings": [ { "name": "data", "size": "8MiB", "prot": "rw", "huge": "hugetlb" } ],
+                "behaviour": { "type": "uniform", "mapping": "data", "prefill": true, "pages_per_second": 20000 } } ] }
+            """);
+        var r = LiveMigration.Run(new MigrationOptions
+        {
+            WorkloadPath = workload,
+            Policy = ConvergencePolicy.Parse("fixed:1"),
+            WarmupNs = 20_000_000,
+            ContinueNs = 10_000_000,
+        });
+        Assert.True(r.Verification.Ok, r.Verification.Error ?? string.Join("; ", r.Verification.AfterRestore.Concat(r.Verification.AfterContinue).Select(v => v.Detail)));
+        Assert.True(r.Verification.VmasVerified > 0);
+    }
+
     [Fact]
     public void PostCopy_SourceLostMidDrain_FailsVerificationWithTheLostPages()
     {

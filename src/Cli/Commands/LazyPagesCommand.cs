@@ -184,10 +184,15 @@ public static class LazyPagesCommand
                     fault_latency_max_ns = st.FaultLatencyMaxNs,
                     last_page_ns = elapsed,
                     vmas_verified = daemon.VmasVerified,
+                    pages_dropped = st.PagesDropped,
+                    pages_remapped = st.PagesRemapped,
+                    uffd_events = st.Events,
+                    vmas_changed_by_task = st.VmasChangedByTask,
                     verify_error = daemon.VerifyError,
                 }, JsonOut.Options));
             else
-                o.WriteLine($"lazy pages: {st.PagesByFault} by {st.Faults} faults, {st.PagesByDrain} by the drain, {st.ZeroPages} zero-filled; fault wait median {st.FaultLatencyP50Ns / 1e6:0.###} ms, p99 {st.FaultLatencyP99Ns / 1e6:0.###} ms; last page {elapsed / 1e6:0.##} ms after start; {daemon.VmasVerified} VMA checksums {(daemon.VerifyError is null ? "ok" : "FAILED: " + daemon.VerifyError)}");
+                o.WriteLine($"lazy pages: {st.PagesByFault} by {st.Faults} faults, {st.PagesByDrain} by the drain, {st.ZeroPages} zero-filled; fault wait median {st.FaultLatencyP50Ns / 1e6:0.###} ms, p99 {st.FaultLatencyP99Ns / 1e6:0.###} ms; last page {elapsed / 1e6:0.##} ms after start; {daemon.VmasVerified} VMA checksums {(daemon.VerifyError is null ? "ok" : "FAILED: " + daemon.VerifyError)}"
+                    + (st.Events > 0 ? $"; {st.Events} uffd events: {st.PagesDropped} lazy pages unmapped or discarded by the task, {st.PagesRemapped} moved, {st.VmasChangedByTask} VMA checksums left uncompared" : ""));
             return daemon.VerifyError is null ? 0 : (int)ExitCode.CheckFailed;
         });
         return cmd;

@@ -347,6 +347,10 @@ internal static class MigrateOutput
             stall_ns = pc.Stats.StallNs,
             last_page_ns = pc.LastPageNs,
             pages_lost = pc.Stats.PagesLost,
+            pages_dropped = pc.Stats.PagesDropped,
+            pages_remapped = pc.Stats.PagesRemapped,
+            uffd_events = pc.Stats.Events,
+            vmas_changed_by_task = pc.Stats.VmasChangedByTask,
             measured = pc.Measured,
             error = pc.Error,
         },
@@ -435,8 +439,12 @@ internal static class MigrateOutput
             lines.Insert(0, ("mode", $"{MigrationArgs.ModeName(r.Mode)}: the final dump left private pages on the source (dump --lazy-pages)"));
             lines.Insert(4, ("post-copy", $"{pc.LazyPages} lazy pages: {st.PagesByFault} by {st.Faults} faults, {st.PagesByDrain} by the drain, {st.ZeroPages} zero-filled; last page {Ms(pc.LastPageNs)} after resume"));
             lines.Insert(5, ("fault latency", $"mean {Ms(st.FaultLatencyMeanNs)}, p50 {Ms(st.FaultLatencyP50Ns)}, p99 {Ms(st.FaultLatencyP99Ns)}, max {Ms(st.FaultLatencyMaxNs)}; threads stalled {Ms(st.StallNs)} in all"));
+            int at = 6;
+            // The task unmapped, moved or discarded lazy memory while it arrived (userfaultfd events).
+            if (st.Events > 0)
+                lines.Insert(at++, ("uffd events", $"{st.Events}: {st.PagesDropped} lazy pages unmapped or discarded by the task before they arrived (not fetched), {st.PagesRemapped} moved by mremap; {st.VmasChangedByTask} VMA checksums left uncompared"));
             if (pc.Error is not null)
-                lines.Insert(6, ("post-copy error", pc.Error));
+                lines.Insert(at, ("post-copy error", pc.Error));
         }
         if (r.Transport == "tcp")
             lines.Insert(0, ("transport", $"tcp: destination {(r.Destination?.ProcessId is int dp ? $"process {dp} " : "")}at {r.Destination?.Address}:{r.Destination?.Port}{(r.Destination?.Tls == true ? " over TLS" : "")}; "

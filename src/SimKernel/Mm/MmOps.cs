@@ -39,6 +39,14 @@ public sealed partial class MmStruct
     /// <summary>mmap(2). Returns the address of the new mapping.</summary>
     public SysResult Mmap(ulong addr, ulong len, Prot prot, MapFlags flags, SimFile? file = null, long offset = 0)
     {
+        // A MAP_FIXED mapping that replaced a registered range: vm_mmap_pgoff's userfaultfd_unmap_complete.
+        var r = MmapCore(addr, len, prot, flags, file, offset);
+        CompleteUnmapEvents();
+        return r;
+    }
+
+    private SysResult MmapCore(ulong addr, ulong len, Prot prot, MapFlags flags, SimFile? file, long offset)
+    {
         if (Dead)
             return Errno.ESRCH;
         if (len == 0 || (prot & ~(Prot.Read | Prot.Write | Prot.Exec)) != 0)
@@ -137,6 +145,7 @@ public sealed partial class MmStruct
         if (HugetlbSplitRefused(addr) || HugetlbSplitRefused(end))
             return Errno.EINVAL;
         DoMunmap(addr, end);
+        CompleteUnmapEvents();
         return SysResult.Success();
     }
 
@@ -144,6 +153,7 @@ public sealed partial class MmStruct
     {
         if (RangeFree(start, end))
             return;
+        PrepUnmapEvents(start, end);
         SplitAt(start);
         SplitAt(end);
         for (int i = FirstEndingAbove(start); i < _vmas.Count && _vmas[i].Start < end;)
@@ -244,6 +254,25 @@ public sealed partial class MmStruct
     /// <summary>mremap(2): shrink, grow in place, or move (marking moved entries soft-dirty, S8).</summary>
     public SysResult Mremap(ulong oldAddr, ulong oldLen, ulong newLen, MremapFlags flags, ulong newAddr = 0)
     {
+        _remapEvent = null;
+        var r = MremapCore(oldAddr, oldLen, newLen, flags, newAddr);
+        // notify_uffd: the destination's unmaps, then REMAP, then the old range's unmap.
+        CompleteUnmapEvents(_earlyUnmapEvents ?? []);
+        _earlyUnmapEvents = null;
+        if (_remapEvent is var (ctx, msg))
+            ctx.Event(msg, Current);
+        _remapEvent = null;
+        CompleteUnmapEvents();
+        return r;
+    }
+
+    /// <summary>mremap's pending REMAP (mremap_userfaultfd_prep armed it; sent at the end).</summary>
+    private (Uffd.Userfaultfd Ctx, UffdMsg Msg)? _remapEvent;
+    /// <summary>mremap's unmaps of the MREMAP_FIXED destination (uf_unmap_early).</summary>
+    private List<(Uffd.Userfaultfd Ctx, ulong Start, ulong End)>? _earlyUnmapEvents;
+
+    private SysResult MremapCore(ulong oldAddr, ulong oldLen, ulong newLen, MremapFlags flags, ulong newAddr)
+    {
         if ((flags & ~(MremapFlags.MayMove | MremapFlags.Fixed | MremapFlags.DontUnmap)) != 0 || !Aligned(oldAddr))
             return Errno.EINVAL;
         bool mayMove = (flags & MremapFlags.MayMove) != 0;
@@ -277,6 +306,7 @@ public sealed partial class MmStruct
                 DoMunmap(oldAddr + newLen, oldAddr + oldLen);
                 oldLen = newLen;
             }
+            _earlyUnmapEvents = TakeUnmapEvents();
             return MoveVma(oldAddr, oldLen, newAddr, newLen, dontUnmap);
         }
         if (newLen <= oldLen && !dontUnmap)
@@ -309,6 +339,8 @@ public sealed partial class MmStruct
         dst.Start = newAddr;
         dst.End = newAddr + newLen;
         Insert(dst);
+        var remapCtx = RemapPrep(dst);
+        bool dropWp = src.Uffd is not null && dst.Uffd is null;
         bool mark = SoftDirtyEnabled && _k.Version.MremapMarksSoftDirty;
         ulong ps = (ulong)_arch.PageSize, hsz = _arch.HugePageSize;
         for (ulong off = 0; off < oldLen;)
@@ -338,21 +370,42 @@ public sealed partial class MmStruct
                     if (_arch.IsPresent(e)) e |= _arch.SoftDirty;
                     else if (!_arch.IsMarker(e)) e |= _arch.SwpSoftDirty;
                 }
-                Pt.Set(to, e);
+                if (dropWp && _arch.UffdWp != 0)
+                {
+                    // move_ptes without EVENT_REMAP: the moved entries lose uffd-wp, a bare marker goes.
+                    if (_arch.IsPresent(e)) e &= ~_arch.UffdWp;
+                    else if (_arch.IsMarker(e)) e = (_arch.SwapOffset(e) & ~Arch.ArchProfile.MarkerUffdWp) == 0 ? 0 : e;
+                    else e &= ~_arch.SwpUffdWp;
+                }
+                if (e != 0)
+                    Pt.Set(to, e);
             }
             off += ps;
         }
         if (!dontUnmap)
         {
+            // The old range is unmapped with the old VMA's registration still on it (move_vma's
+            // do_vmi_munmap with uf_unmap), so an UNMAP follows the REMAP.
+            if (src.Uffd is { } oldCtx)
+                PrepUnmapEvent(oldCtx, oldAddr, oldAddr + oldLen);
             _vmas.Remove(src);
             FreePageTables(oldAddr, oldAddr + oldLen);
         }
+        if (remapCtx is not null)
+            _remapEvent = (remapCtx, UffdMsg.Remap(oldAddr, newAddr, oldLen));
         MergeAround(_vmas.IndexOf(dst));
         return SysResult.Success((long)newAddr);
     }
 
     /// <summary>brk(2): returns the new break, or the old one when it cannot move.</summary>
     public ulong SetBrk(ulong newBrk)
+    {
+        ulong r = SetBrkCore(newBrk);
+        CompleteUnmapEvents();
+        return r;
+    }
+
+    private ulong SetBrkCore(ulong newBrk)
     {
         if (newBrk < StartBrk)
             return Brk;
@@ -423,6 +476,8 @@ public sealed partial class MmStruct
                 return RangeFullyMapped(addr, end) ? SysResult.Success() : Errno.ENOMEM;
             case CriuSharp.KernelApi.Madvise.DontNeed:
             case CriuSharp.KernelApi.Madvise.Free:
+                RemoveEvents(addr, end, v => (v.Flags & (VmaFlags.Locked | VmaFlags.PfnMap | VmaFlags.HugeTlb)) != 0
+                                            || (advice == CriuSharp.KernelApi.Madvise.Free && v.File is not null));
                 return ForEachMapped(addr, end, (v, s, e) =>
                 {
                     if ((v.Flags & (VmaFlags.Locked | VmaFlags.PfnMap | VmaFlags.HugeTlb)) != 0)

@@ -5,12 +5,18 @@ namespace CriuSharp.SimKernel.Uffd;
 /// <summary>The userfaultfd features this simulated kernel offers.</summary>
 public static class UffdFeatures
 {
-    /// <summary>The features a 6.18 kernel reports (bits 0–16), less write-protect ones where the architecture lacks it.</summary>
+    /// <summary>
+    /// The features a 6.18 kernel reports (bits 0–16), less write-protect ones where the architecture
+    /// lacks it, and less UFFD_FEATURE_EVENT_FORK: this simulator does not hand the monitor a new
+    /// descriptor for a forked child (dup_userfaultfd), so it refuses the feature (EINVAL, as for any
+    /// unknown bit) rather than accept it and deliver nothing. A child of a registered task therefore
+    /// starts unregistered, which is what the kernel does without the feature.
+    /// </summary>
     public static ulong Supported(Kernel k)
     {
         if (!k.Version.HasUserfaultfd)
             return 0;
-        ulong all = (1UL << 17) - 1;
+        ulong all = ((1UL << 17) - 1) & ~UffdConstants.FeatureEventFork;
         if (!k.Version.HasUffdWpAsync)
             all &= ~(UffdConstants.FeatureWpAsync | UffdConstants.FeatureWpUnpopulated | UffdConstants.FeatureMove | UffdConstants.FeaturePoison);
         if (!k.Arch.HasUffdWp)
@@ -59,6 +65,14 @@ public sealed class UffdWaiter
 /// its access returns EAGAIN to the caller of the simulator and the task does not run again until
 /// it is woken.
 /// </para>
+/// <para>
+/// Non-cooperative events (UFFD_FEATURE_EVENT_REMAP, _REMOVE, _UNMAP, negotiated at UFFDIO_API):
+/// mremap, madvise(MADV_DONTNEED/MADV_FREE) and munmap of a registered range (munmap also when
+/// mmap(MAP_FIXED), mremap or brk removes it) queue a message and the thread waits until the monitor
+/// has read it (userfaultfd_event_wait_completion), so the monitor runs here as for a fault. While an
+/// event is queued and unread, UFFDIO_COPY and UFFDIO_ZEROPAGE fail with EAGAIN (ctx->mmap_changing),
+/// so a monitor cannot place a page at an address the task has just changed without learning of it.
+/// </para>
 /// <code>
 ///   fault on missing page ──► waiter{msg} ──► pending ──read(2)──► waiting ──COPY/ZEROPAGE/WAKE──► woken ─► retry
 ///                                     └──────────────── WAKE, UNREGISTER, close ──────────────────┘
@@ -70,6 +84,8 @@ public sealed partial class Userfaultfd : IUserfaultfd
     private readonly Queue<UffdMessage> _messages = new();
     /// <summary>Sleeping threads in the order they faulted (find_userfault reads FIFO).</summary>
     private readonly List<UffdWaiter> _waiters = [];
+    /// <summary>Non-cooperative events not yet read (event_wqh).</summary>
+    private readonly Queue<UffdMsg> _events = new();
     private Action<IUserfaultfd>? _monitor;
     private bool _inMonitor;
 
@@ -93,6 +109,8 @@ public sealed partial class Userfaultfd : IUserfaultfd
     /// <summary>close(2) ran: nothing is registered any more and no thread can wait here.</summary>
     public bool Released { get; private set; }
     public IReadOnlyCollection<UffdMessage> PendingMessages => _messages;
+    /// <summary>Non-cooperative events queued and not yet read; non-zero is the kernel's mmap_changing.</summary>
+    public IReadOnlyCollection<UffdMsg> PendingEvents => _events;
     /// <summary>Threads asleep on a missing page, read or not.</summary>
     public IReadOnlyList<UffdWaiter> Waiters => _waiters;
 
@@ -182,6 +200,12 @@ public sealed partial class Userfaultfd : IUserfaultfd
                 new UffdMsg(UffdConstants.EventPagefault, UffdConstants.PagefaultFlagWrite | UffdConstants.PagefaultFlagWp, wp.Address, 0)
                     .WriteTo(buffer[n..]);
             }
+            else if (_events.TryDequeue(out var ev))
+            {
+                // Faults first, then events (userfaultfd_ctx_read). Reading an event completes it:
+                // the thread that raised it goes on and mmap_changing drops.
+                ev.WriteTo(buffer[n..]);
+            }
             else
                 break;
             n += UffdMsg.Size;
@@ -203,6 +227,13 @@ public sealed partial class Userfaultfd : IUserfaultfd
         result = 0;
         if (!ApiDone)
             return Errno.EINVAL;
+        if (_events.Count > 0)
+        {
+            // userfaultfd_copy/zeropage: mmap_changing is set while an event waits to be read; the
+            // ioctl stores -EAGAIN in copy/zeropage and fails before looking at the range.
+            result = -(long)Errno.EAGAIN;
+            return Errno.EAGAIN;
+        }
         if (ValidateRange(dst, len) is { } bad)
             return bad;
         ulong allowed = zero ? UffdConstants.ZeropageModeDontWake : UffdConstants.CopyModeDontWake | UffdConstants.CopyModeWp;
@@ -238,6 +269,7 @@ public sealed partial class Userfaultfd : IUserfaultfd
         if (Released)
             return;
         Released = true;
+        _events.Clear();
         _mm.UffdRelease(this);
         WakeRange(0, 0);
         _monitor = null;
@@ -303,6 +335,35 @@ public sealed partial class Userfaultfd : IUserfaultfd
             }
         }
         return w;
+    }
+
+    /// <summary>
+    /// userfaultfd_event_wait_completion for REMAP, REMOVE and UNMAP: queues <paramref name="msg"/>
+    /// and lets the monitor run while the thread waits for it to be read. A released context takes
+    /// no events. With no monitor attached (nobody polls) the event stays queued and the thread goes
+    /// on: the simulator cannot park a thread in the middle of a system call, so it does not hold it.
+    /// </summary>
+    internal void Event(UffdMsg msg, SimTask? task)
+    {
+        if (Released)
+            return;
+        _events.Enqueue(msg);
+        if (_monitor is { } m && !_inMonitor)
+        {
+            _inMonitor = true;
+            if (task is not null)
+                task.Kernel.FaultingOperationNs = Workloads.WorkloadApi.OperationTimeNs(task);
+            try
+            {
+                m(this);
+            }
+            finally
+            {
+                _inMonitor = false;
+                if (task is not null)
+                    task.Kernel.FaultingOperationNs = 0;
+            }
+        }
     }
 
     /// <summary>A thread that died while asleep took its wait-queue entry with it.</summary>

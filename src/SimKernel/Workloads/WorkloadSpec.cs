@@ -31,6 +31,13 @@ public sealed class WorkloadSpec
 
     public static WorkloadSpec Parse(Kernel kernel, string file, byte[] utf8) =>
         new SpecReader(kernel, file).Read(JsonNode.Parse(file, utf8));
+
+    /// <summary>
+    /// Huge pages of <paramref name="hugePageSize"/> that the MAP_HUGETLB mappings (<c>"huge": "hugetlb"</c>)
+    /// of every process take from the pool, those a script maps later included.
+    /// </summary>
+    public long HugetlbPages(ulong hugePageSize) =>
+        Processes.Sum(p => p.Program.Regions.Where(r => r.Huge == 3).Sum(r => (long)((r.Size + hugePageSize - 1) / hugePageSize)));
 }
 
 /// <summary>One process of a workload file and the program it runs.</summary>
