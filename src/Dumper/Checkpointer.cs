@@ -81,6 +81,7 @@ internal sealed partial class Checkpointer
         /// <summary>Elision and deltas: the history describing this dump's parent (a dump's only with local images, see <see cref="SievesFinalDump"/>).</summary>
         public required SentPages? History;
         public readonly Stopwatch Wall = Stopwatch.StartNew();
+        public PhaseTrace Trace = null!;
         public FreezeLease? Frozen;
         public readonly List<TaskState> Tasks = [];
         public ulong UptimeUs;
@@ -124,18 +125,28 @@ internal sealed partial class Checkpointer
     /// </summary>
     public DumpResult Run()
     {
+        var trace = new PhaseTrace();
         using var run = Begin();
+        run.Trace = trace;
+        trace.Mark("begin");
         FreezeTree(run);
+        trace.Mark("freeze");
         CollectPagemaps(run);
+        trace.Mark("collect");
         ResetTracking(run);
+        trace.Mark("reset");
         var writeWatch = Stopwatch.StartNew();
         if (_pre)
             ThawAndWritePages(run);
         else
             WriteFrozenImages(run);
         run.WriteWall += writeWatch.Elapsed;
+        trace.Mark("write");
         var stats = CommitImages(run);
+        trace.Mark("commit");
         ReleaseTree(run);
+        trace.Mark("release");
+        trace.End(_pre ? "pre-dump" : "dump");
         return new DumpResult(stats with { WallClock = new WallClock(run.CollectWall, run.WriteWall, run.Wall.Elapsed) },
             run.Tasks.Select(x => x.Task.Pid).ToList(), run.Tracker, _warnings);
     }
@@ -225,6 +236,7 @@ internal sealed partial class Checkpointer
         foreach (var ts in run.Tasks)
         {
             var parentDigests = OpenTaskParent(run, ts, serverParents);
+            run.Trace.Mark("collect.parent");
             // A kept pipe (a dump with a sieve) holds copies: the store fetches nothing.
             bool fetch = !_pre && run.History is null && PageCollector.FetchesPages(_k.Capabilities, _o.PageStore, run.PageServer is not null);
             if (!_pre && run.History is not null)
@@ -351,6 +363,7 @@ internal sealed partial class Checkpointer
     {
         _k.LetTimePass(run.FreezeNs + run.MemdumpNs);
         run.Frozen!.Thaw();
+        run.Trace.Mark("write.thaw");
         foreach (var ts in run.Tasks)
         {
             if (_o.PreDumpMode == PreDumpMode.Read)
@@ -358,6 +371,7 @@ internal sealed partial class Checkpointer
             using var xfer = new PageXfer(OpenSink(run.Dir, run.PageServer, ts.Task.Pid));
             var sieve = run.History is null ? null : new PageSieve(run.History, ts.Task.Pid, ts.ParentPagemap, DeltaRates());
             xfer.Write(ts.Pipe, sieve);
+            run.Trace.Mark("write.pages");
             if (sieve is not null)
             {
                 run.DeltaCounters = run.DeltaCounters.Add(sieve.Counters);
@@ -365,7 +379,9 @@ internal sealed partial class Checkpointer
             }
             if (ts.Digests is not null)
                 run.Dir.WritePageDigests(ts.Task.Pid, ts.Digests);
+            run.Trace.Mark("write.digests");
             run.PageStats.Add(xfer.Finish());
+            run.Trace.Mark("write.finish");
             if (_o.AutoDedup) PageXfer.Dedup(run.ParentSet, ImageNames.Pagemap(ts.Task.Pid), xfer.WrittenRanges);
         }
         run.Dir.WriteInventory(new inventory_entry { ImgVersion = 0, DumpUptime = run.UptimeUs, PreDumpMode = (uint)_o.PreDumpMode });
@@ -379,6 +395,7 @@ internal sealed partial class Checkpointer
     private void WriteFrozenImages(DumpRun run)
     {
         run.Stream!.Flush();
+        run.Trace.Mark("write.flush");
         foreach (var ts in run.Tasks)
         {
             if (ts.Sieve is not null)

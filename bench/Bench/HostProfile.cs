@@ -1,0 +1,48 @@
+using System.Diagnostics;
+using System.Globalization;
+
+namespace CriuSharp.Bench;
+
+/// <summary>
+/// <c>criu-sharp-bench host-profile (loop|dump|pre|read) [n]</c>: runs one of the real-host
+/// benchmarks' operations n times against the same 1 GiB process outside BenchmarkDotNet and
+/// prints each run's wall time and the CPU time (user+sys) this process spent on it, so a profiler
+/// (perf record -p) or /usr/bin/time can be pointed at exactly one kind of operation.
+/// </summary>
+internal static class HostProfile
+{
+    public static int Run(string[] args)
+    {
+        string what = args.Length > 0 ? args[0] : "dump";
+        int n = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 5;
+        using var b = new HostBenchmarks();
+        b.Setup();
+        Action op = what switch
+        {
+            "loop" => () => b.ReadAndCompress(),
+            "dump" => () => b.RealDump(),
+            "pre" => () => b.ContentPreDump(),
+            "read" => () => b.ReadOnce(),
+            "freeze" => () => b.FreezeThaw(),
+            _ => throw new ArgumentException($"unknown operation {what}"),
+        };
+        var self = Process.GetCurrentProcess();
+        Console.WriteLine($"pid {Environment.ProcessId}: {what} x{n}");
+        for (int i = 0; i < n; i++)
+        {
+            if (what == "pre")
+                b.Change1Percent();
+            self.Refresh();
+            var cpu0 = self.TotalProcessorTime;
+            var sw = Stopwatch.StartNew();
+            op();
+            sw.Stop();
+            self.Refresh();
+            var cpu = self.TotalProcessorTime - cpu0;
+            if (what is "dump" or "pre")
+                b.DeleteLastImages();
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{what} {i}: wall {sw.Elapsed.TotalMilliseconds:F1} ms  cpu {cpu.TotalMilliseconds:F1} ms"));
+        }
+        return 0;
+    }
+}
