@@ -34,6 +34,8 @@ internal static class HostProfile
                 b.Change1Percent();
             self.Refresh();
             var cpu0 = self.TotalProcessorTime;
+            long jitMethods0 = System.Runtime.JitInfo.GetCompiledMethodCount();
+            var jit0 = System.Runtime.JitInfo.GetCompilationTime();
             var sw = Stopwatch.StartNew();
             op();
             sw.Stop();
@@ -41,7 +43,7 @@ internal static class HostProfile
             var cpu = self.TotalProcessorTime - cpu0;
             if (what is "dump" or "pre")
                 b.DeleteLastImages();
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{what} {i}: wall {sw.Elapsed.TotalMilliseconds:F1} ms  cpu {cpu.TotalMilliseconds:F1} ms"));
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{what} {i}: wall {sw.Elapsed.TotalMilliseconds:F1} ms  cpu {cpu.TotalMilliseconds:F1} ms  jit {System.Runtime.JitInfo.GetCompiledMethodCount() - jitMethods0} methods {(System.Runtime.JitInfo.GetCompilationTime() - jit0).TotalMilliseconds:F1} ms"));
         }
         return 0;
     }

@@ -82,6 +82,8 @@ internal sealed partial class Checkpointer
         public required SentPages? History;
         public readonly Stopwatch Wall = Stopwatch.StartNew();
         public PhaseTrace Trace = null!;
+        /// <summary>The root task's parent pagemap and digests, read while the tree is being frozen (see <see cref="PrefetchParent"/>).</summary>
+        public Task<(PagemapImage Pagemap, PageDigestMap? Digests)>? ParentPrefetch;
         public FreezeLease? Frozen;
         public readonly List<TaskState> Tasks = [];
         public ulong UptimeUs;
@@ -128,6 +130,7 @@ internal sealed partial class Checkpointer
         var trace = new PhaseTrace();
         using var run = Begin();
         run.Trace = trace;
+        PrefetchParent(run);
         trace.Mark("begin");
         FreezeTree(run);
         trace.Mark("freeze");
@@ -193,6 +196,7 @@ internal sealed partial class Checkpointer
         var freezeWatch = Stopwatch.StartNew();
         run.Frozen = _k.Freeze(_o.Pid);
         var freezeWall = freezeWatch.Elapsed;
+        run.Trace.Mark("freeze.tree");
         foreach (var t in _k.Tree(_o.Pid))
         {
             if (!t.Alive)
@@ -310,6 +314,21 @@ internal sealed partial class Checkpointer
     }
 
     /// <summary>
+    /// Reads the root task's parent pagemap (and digests, for the content tracker) on another
+    /// core while this one freezes the tree and reads its VMAs: the parent images do not change
+    /// with the tree, and <see cref="OpenTaskParent"/> still decides whether they are used (and
+    /// rethrows what reading them failed with only then).
+    /// </summary>
+    private void PrefetchParent(DumpRun run)
+    {
+        if (run.ParentSet is not { } set || run.Tracker == TrackerKind.None || run.PageServer is not null || !set.HasPagemap(_o.Pid))
+            return;
+        bool digests = run.Tracker == TrackerKind.Content;
+        int pid = _o.Pid;
+        run.ParentPrefetch = Task.Run(() => (set.ReadPagemap(pid), digests ? set.ReadPageDigests(pid) : null));
+    }
+
+    /// <summary>
     /// Decides whether the parent images can serve as this task's parent, sets its parent pagemap,
     /// and returns the parent's page digests when the content tracker needs them.
     /// </summary>
@@ -339,6 +358,12 @@ internal sealed partial class Checkpointer
             parentOk = false; // no write-protect history for this task: everything counts as written
         if (!parentOk)
             return null;
+        if (serverParents is null && t.Pid == _o.Pid && run.ParentPrefetch is { } prefetched)
+        {
+            var (pagemap, digests) = prefetched.GetAwaiter().GetResult();
+            ts.ParentPagemap = pagemap;
+            return tracker == TrackerKind.Content ? digests : null;
+        }
         ts.ParentPagemap = serverParents is null ? parentSet!.ReadPagemap(t.Pid) : PagemapImage.AllInParent("parent on the page server");
         return tracker == TrackerKind.Content ? parentSet!.ReadPageDigests(t.Pid) : null;
     }
