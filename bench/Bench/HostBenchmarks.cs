@@ -170,6 +170,27 @@ public unsafe class HostBenchmarks : IDisposable
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  freeze {frozen.TotalMilliseconds:F2} ms, thaw {(sw.Elapsed - frozen).TotalMilliseconds:F2} ms ({_host.LastFreezeMethod})"));
     }
 
+    /// <summary>Reads the 1 GiB in pieces of <paramref name="piece"/> bytes on <paramref name="threads"/> threads (each its own half), for profiling the read's CPU cost.</summary>
+    internal void ReadPieces(int piece, int threads)
+    {
+        long share = _sample.Length / threads;
+        var ts = new Thread[threads];
+        for (int t = 0; t < threads; t++)
+        {
+            long from = t * share;
+            ts[t] = new Thread(() =>
+            {
+                var buf = GC.AllocateUninitializedArray<byte>(piece, pinned: true);
+                for (long off = from; off < from + share; off += piece)
+                    if (!_host.ReadMemory(_pid, _base + (ulong)off, buf).Ok)
+                        throw new InvalidOperationException("process_vm_readv failed");
+            });
+            ts[t].Start();
+        }
+        foreach (var t in ts)
+            t.Join();
+    }
+
     /// <summary>The last dump's 500 MiB of images go before the next iteration, not inside a timed one.</summary>
     [IterationCleanup(Targets = [nameof(RealDump), nameof(ContentPreDump)])]
     public void DeleteLastImages()

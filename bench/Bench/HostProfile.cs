@@ -4,10 +4,13 @@ using System.Globalization;
 namespace CriuSharp.Bench;
 
 /// <summary>
-/// <c>criu-sharp-bench host-profile (loop|dump|pre|read) [n]</c>: runs one of the real-host
-/// benchmarks' operations n times against the same 1 GiB process outside BenchmarkDotNet and
-/// prints each run's wall time and the CPU time (user+sys) this process spent on it, so a profiler
-/// (perf record -p) or /usr/bin/time can be pointed at exactly one kind of operation.
+/// <c>criu-sharp-bench host-profile OP [n]</c>: runs one of the real-host benchmarks' operations
+/// (loop, dump, pre, read) or a probe (freeze: freeze and thaw; read128k, read1m-2threads,
+/// read128k-2threads: the 1 GiB read in other piece sizes and thread counts) n times against the
+/// same 1 GiB process outside BenchmarkDotNet, and prints each run's wall time, the CPU time
+/// (user+sys) this process spent on it and what the JIT compiled meanwhile, so a profiler
+/// (perf record -p) can be pointed at exactly one kind of operation and a loaded machine's runs
+/// still be compared by CPU time.
 /// </summary>
 internal static class HostProfile
 {
@@ -24,6 +27,9 @@ internal static class HostProfile
             "pre" => () => b.ContentPreDump(),
             "read" => () => b.ReadOnce(),
             "freeze" => () => b.FreezeThaw(),
+            "read128k" => () => b.ReadPieces(128 << 10, 1),
+            "read1m-2threads" => () => b.ReadPieces(1 << 20, 2),
+            "read128k-2threads" => () => b.ReadPieces(128 << 10, 2),
             _ => throw new ArgumentException($"unknown operation {what}"),
         };
         var self = Process.GetCurrentProcess();
