@@ -81,6 +81,9 @@ internal sealed partial class Checkpointer
         /// <summary>Elision and deltas: the history describing this dump's parent (a dump's only with local images, see <see cref="SievesFinalDump"/>).</summary>
         public required SentPages? History;
         public readonly Stopwatch Wall = Stopwatch.StartNew();
+        public PhaseTrace Trace = null!;
+        /// <summary>The root task's parent pagemap and digests, read while the tree is being frozen (see <see cref="PrefetchParent"/>).</summary>
+        public Task<(PagemapImage Pagemap, PageDigestMap? Digests)>? ParentPrefetch;
         public FreezeLease? Frozen;
         public readonly List<TaskState> Tasks = [];
         public ulong UptimeUs;
@@ -124,18 +127,29 @@ internal sealed partial class Checkpointer
     /// </summary>
     public DumpResult Run()
     {
+        var trace = new PhaseTrace();
         using var run = Begin();
+        run.Trace = trace;
+        PrefetchParent(run);
+        trace.Mark("begin");
         FreezeTree(run);
+        trace.Mark("freeze");
         CollectPagemaps(run);
+        trace.Mark("collect");
         ResetTracking(run);
+        trace.Mark("reset");
         var writeWatch = Stopwatch.StartNew();
         if (_pre)
             ThawAndWritePages(run);
         else
             WriteFrozenImages(run);
         run.WriteWall += writeWatch.Elapsed;
+        trace.Mark("write");
         var stats = CommitImages(run);
+        trace.Mark("commit");
         ReleaseTree(run);
+        trace.Mark("release");
+        trace.End(_pre ? "pre-dump" : "dump");
         return new DumpResult(stats with { WallClock = new WallClock(run.CollectWall, run.WriteWall, run.Wall.Elapsed) },
             run.Tasks.Select(x => x.Task.Pid).ToList(), run.Tracker, _warnings);
     }
@@ -182,6 +196,7 @@ internal sealed partial class Checkpointer
         var freezeWatch = Stopwatch.StartNew();
         run.Frozen = _k.Freeze(_o.Pid);
         var freezeWall = freezeWatch.Elapsed;
+        run.Trace.Mark("freeze.tree");
         foreach (var t in _k.Tree(_o.Pid))
         {
             if (!t.Alive)
@@ -225,6 +240,7 @@ internal sealed partial class Checkpointer
         foreach (var ts in run.Tasks)
         {
             var parentDigests = OpenTaskParent(run, ts, serverParents);
+            run.Trace.Mark("collect.parent");
             // A kept pipe (a dump with a sieve) holds copies: the store fetches nothing.
             bool fetch = !_pre && run.History is null && PageCollector.FetchesPages(_k.Capabilities, _o.PageStore, run.PageServer is not null);
             if (!_pre && run.History is not null)
@@ -298,6 +314,21 @@ internal sealed partial class Checkpointer
     }
 
     /// <summary>
+    /// Reads the root task's parent pagemap (and digests, for the content tracker) on another
+    /// core while this one freezes the tree and reads its VMAs: the parent images do not change
+    /// with the tree, and <see cref="OpenTaskParent"/> still decides whether they are used (and
+    /// rethrows what reading them failed with only then).
+    /// </summary>
+    private void PrefetchParent(DumpRun run)
+    {
+        if (run.ParentSet is not { } set || run.Tracker == TrackerKind.None || run.PageServer is not null || !set.HasPagemap(_o.Pid))
+            return;
+        bool digests = run.Tracker == TrackerKind.Content;
+        int pid = _o.Pid;
+        run.ParentPrefetch = Task.Run(() => (set.ReadPagemap(pid), digests ? set.ReadPageDigests(pid) : null));
+    }
+
+    /// <summary>
     /// Decides whether the parent images can serve as this task's parent, sets its parent pagemap,
     /// and returns the parent's page digests when the content tracker needs them.
     /// </summary>
@@ -327,6 +358,12 @@ internal sealed partial class Checkpointer
             parentOk = false; // no write-protect history for this task: everything counts as written
         if (!parentOk)
             return null;
+        if (serverParents is null && t.Pid == _o.Pid && run.ParentPrefetch is { } prefetched)
+        {
+            var (pagemap, digests) = prefetched.GetAwaiter().GetResult();
+            ts.ParentPagemap = pagemap;
+            return tracker == TrackerKind.Content ? digests : null;
+        }
         ts.ParentPagemap = serverParents is null ? parentSet!.ReadPagemap(t.Pid) : PagemapImage.AllInParent("parent on the page server");
         return tracker == TrackerKind.Content ? parentSet!.ReadPageDigests(t.Pid) : null;
     }
@@ -351,6 +388,7 @@ internal sealed partial class Checkpointer
     {
         _k.LetTimePass(run.FreezeNs + run.MemdumpNs);
         run.Frozen!.Thaw();
+        run.Trace.Mark("write.thaw");
         foreach (var ts in run.Tasks)
         {
             if (_o.PreDumpMode == PreDumpMode.Read)
@@ -358,6 +396,7 @@ internal sealed partial class Checkpointer
             using var xfer = new PageXfer(OpenSink(run.Dir, run.PageServer, ts.Task.Pid));
             var sieve = run.History is null ? null : new PageSieve(run.History, ts.Task.Pid, ts.ParentPagemap, DeltaRates());
             xfer.Write(ts.Pipe, sieve);
+            run.Trace.Mark("write.pages");
             if (sieve is not null)
             {
                 run.DeltaCounters = run.DeltaCounters.Add(sieve.Counters);
@@ -365,7 +404,9 @@ internal sealed partial class Checkpointer
             }
             if (ts.Digests is not null)
                 run.Dir.WritePageDigests(ts.Task.Pid, ts.Digests);
+            run.Trace.Mark("write.digests");
             run.PageStats.Add(xfer.Finish());
+            run.Trace.Mark("write.finish");
             if (_o.AutoDedup) PageXfer.Dedup(run.ParentSet, ImageNames.Pagemap(ts.Task.Pid), xfer.WrittenRanges);
         }
         run.Dir.WriteInventory(new inventory_entry { ImgVersion = 0, DumpUptime = run.UptimeUs, PreDumpMode = (uint)_o.PreDumpMode });
@@ -379,6 +420,7 @@ internal sealed partial class Checkpointer
     private void WriteFrozenImages(DumpRun run)
     {
         run.Stream!.Flush();
+        run.Trace.Mark("write.flush");
         foreach (var ts in run.Tasks)
         {
             if (ts.Sieve is not null)

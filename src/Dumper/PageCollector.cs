@@ -241,42 +241,49 @@ internal sealed class PageCollector
             }
             return;
         }
-        // Reading and digesting run on every core (process_vm_readv on the real host): this
-        // thread and one helper per other core each fill a chunk, then this thread takes the
-        // chunks in address order. A simulated kernel is read by this thread only.
+        // Reading and digesting run on every core (process_vm_readv on the real host): helpers
+        // keep two chunks per core in flight, and this thread takes the finished chunks in
+        // address order while the next ones are read, so no core waits for the others at a
+        // round's end. A simulated kernel is read by this thread only.
         int lanes = _k.Capabilities.ConcurrentReads && nr > (ulong)chunk ? Math.Max(1, Environment.ProcessorCount) : 1;
         if (lanes > 1)
         {
             chunk = ParallelChunkBytes / ps;
             imgChunk = chunk * _imgPerPage;
         }
+        int ring = lanes > 1 ? 2 * lanes : 1;
         _chunks ??= [];
         if (_chunks.Count > 0 && _chunks[0].Digests.Length < imgChunk)
             _chunks.Clear();
-        while (_chunks.Count < lanes)
-            _chunks.Add(new Chunk(Math.Max(imgChunk << PageGeometry.PageShift, ChunkBytes), Math.Max(imgChunk, ChunkBytes >> PageGeometry.PageShift)));
+        while (_chunks.Count < ring)
+            _chunks.Add(Chunk.Rent(Math.Max(imgChunk << PageGeometry.PageShift, ChunkBytes), Math.Max(imgChunk, ChunkBytes >> PageGeometry.PageShift)));
         try
         {
-            for (ulong next = 0; next < nr;)
+            ulong next = 0;
+            int started = 0;
+            Chunk Start(int i)
             {
-                int m = 0;
-                for (; m < lanes && next < nr; m++)
-                {
-                    var c = _chunks[m];
-                    c.Pages = (int)Math.Min(nr - next, (ulong)chunk);
-                    c.Va = va + (next << _shift);
-                    next += (ulong)c.Pages;
-                    if (m > 0)
-                        c.Pending = Task.Run(() => FillChunk(c));
-                }
-                FillChunk(_chunks[0]);
-                for (int j = 1; j < m; j++)
-                    _chunks[j].Wait();
-                for (int j = 0; j < m; j++)
-                {
-                    var c = _chunks[j];
-                    ConsumeChunk(c.Va, c.Pages, c.Bytes.AsSpan(0, c.Pages * ps), c.Digests, compare, splice: false, stage, ref h);
-                }
+                var c = _chunks[i % ring];
+                c.Pages = (int)Math.Min(nr - next, (ulong)chunk);
+                c.Va = va + (next << _shift);
+                next += (ulong)c.Pages;
+                if (lanes > 1)
+                    c.Pending = Task.Run(() => FillChunk(c));
+                return c;
+            }
+            while (started < ring && next < nr)
+                Start(started++);
+            for (int i = 0; i < started; i++)
+            {
+                var c = _chunks[i % ring];
+                if (lanes > 1)
+                    c.Wait();
+                else
+                    FillChunk(c);
+                ConsumeChunk(c.Va, c.Pages, c.Bytes.AsSpan(0, c.Pages * ps), c.Digests, compare, splice: false, stage, ref h);
+                // The chunk is consumed (copied into the pipe where needed): its slot reads on.
+                if (next < nr)
+                    Start(started++);
             }
         }
         finally
@@ -284,6 +291,8 @@ internal sealed class PageCollector
             // A failed chunk leaves no read running into a buffer the next span reuses.
             foreach (var c in _chunks)
                 c.WaitQuietly();
+            Chunk.Return(_chunks);
+            _chunks.Clear();
         }
     }
 
@@ -293,11 +302,36 @@ internal sealed class PageCollector
     /// <summary>Reads and digests this much at a time, so the digest finds the pages still in cache.</summary>
     private const int PieceBytes = 128 << 10;
 
-    /// <summary>A chunk of pages read and digested ahead of the thread that decides about them.</summary>
+    /// <summary>A chunk of pages read and digested ahead of the thread that decides about them (a slot of the ring of chunks in flight).</summary>
     private sealed class Chunk(int bytes, int imgPages)
     {
+        /// <summary>
+        /// Chunks of earlier dumps in this process: a fresh 4 MiB buffer costs a page fault and
+        /// a zeroed page for each 4 KiB the read fills, about as much as the read itself.
+        /// </summary>
+        private static readonly System.Collections.Concurrent.ConcurrentBag<Chunk> Spare = [];
+        private const int MaxSpare = 8;
+
         public readonly byte[] Bytes = GC.AllocateUninitializedArray<byte>(bytes);
         public readonly ulong[] Digests = new ulong[imgPages];
+
+        public static Chunk Rent(int bytes, int imgPages)
+        {
+            for (int tries = Spare.Count; tries > 0 && Spare.TryTake(out var c); tries--)
+            {
+                if (c.Bytes.Length >= bytes && c.Digests.Length >= imgPages)
+                    return c;
+                // Sized for another page size: let it go.
+            }
+            return new Chunk(bytes, imgPages);
+        }
+
+        public static void Return(List<Chunk> chunks)
+        {
+            foreach (var c in chunks)
+                if (c.Pending is null && Spare.Count < MaxSpare)
+                    Spare.Add(c);
+        }
         public ulong Va;
         public int Pages;
         public Task? Pending;
