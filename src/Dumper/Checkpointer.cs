@@ -59,6 +59,8 @@ internal sealed partial class Checkpointer
         public PageDigestMap? Digests;
         /// <summary>A dump with a history: elision and deltas of the written pages, chunk by chunk.</summary>
         public PageSieve? Sieve;
+        /// <summary>A history rebuilt from images: this task's parent chain (digests, delta bases).</summary>
+        public SentPages.ChainSource? Chain;
         /// <summary><see cref="Digests"/> holds placeholders for pages the page store fetched and digested.</summary>
         public bool DigestsPending;
     }
@@ -80,6 +82,8 @@ internal sealed partial class Checkpointer
         public required PageXferQueue? Stream;
         /// <summary>Elision and deltas: the history describing this dump's parent (a dump's only with local images, see <see cref="SievesFinalDump"/>).</summary>
         public required SentPages? History;
+        /// <summary>What deltas cost and save per byte (see <see cref="DeltaRates"/>).</summary>
+        public required DeltaCostRates Rates;
         public readonly Stopwatch Wall = Stopwatch.StartNew();
         public FreezeLease? Frozen;
         public readonly List<TaskState> Tasks = [];
@@ -97,6 +101,8 @@ internal sealed partial class Checkpointer
         public DeltaCounters DeltaCounters = new();
         /// <summary>Bytes of pages the sieve encoded as deltas (attempts included) or read to pre-check them.</summary>
         public ulong EncodedBytes;
+        /// <summary>A history rebuilt from images: bytes of delta bases read from the parent chain.</summary>
+        public ulong BaseBytes;
 
         public ulong FrozenNs(bool preDump) => FreezeNs + MemdumpNs - ReadNs + (preDump ? 0 : MemwriteNs);
 
@@ -109,7 +115,10 @@ internal sealed partial class Checkpointer
         {
             Stream?.Dispose();
             foreach (var ts in Tasks)
+            {
                 ts.Xfer?.Dispose();
+                ts.Chain?.Dispose();
+            }
             Frozen?.Thaw();
             PageServer?.Dispose();
             Dir.Dispose();
@@ -158,6 +167,10 @@ internal sealed partial class Checkpointer
                 dir.LinkParent(_o.PrevImagesDir);
             pageServer = ConnectPageServer();
             var history = _pre || SievesFinalDump ? _o.History : null;
+            // A final dump without a parent has nothing to elide or take deltas against; a
+            // history rebuilt from images would only cost it the streaming of spliced pages.
+            if (history is { FromChain: true } && !_pre && parentSet is null)
+                history = null;
             history?.Begin(parentSet?.Path, _o.ImagesDir);
             return new DumpRun
             {
@@ -166,6 +179,7 @@ internal sealed partial class Checkpointer
                 Dir = dir, PageServer = pageServer,
                 Stream = _pre ? null : new PageXferQueue(StreamBudgetBytes),
                 History = history,
+                Rates = DeltaRates(),
             };
         }
         catch
@@ -233,7 +247,7 @@ internal sealed partial class Checkpointer
                 // pipe keeps copies (the collector digests them for the VMA checksums) and is
                 // written through the sieve chunk by chunk, still frozen.
                 ts.Xfer = new PageXfer(OpenSink(run.Dir, run.PageServer, ts.Task.Pid));
-                ts.Sieve = new PageSieve(run.History, ts.Task.Pid, ts.ParentPagemap, DeltaRates());
+                ts.Sieve = NewSieve(run, ts, tracker == TrackerKind.Content);
                 ts.Pipe = new PagePipe();
             }
             else if (!_pre)
@@ -293,8 +307,39 @@ internal sealed partial class Checkpointer
             ts.Pipe.Drain();
             return;
         }
+        SeedFromChain(run, ts);
         ts.Xfer!.Write(ts.Pipe, ts.Sieve);
         ts.Pipe.Reset();
+    }
+
+    /// <summary>
+    /// The sieve of one task. A history rebuilt from images (<see cref="SentPages.FromImages"/>)
+    /// opens the task's parent chain (when it serves as the parent) and records the digests of
+    /// every page the new pagemap covers, unless the content tracker records them already.
+    /// </summary>
+    private static PageSieve NewSieve(DumpRun run, TaskState ts, bool contentTracker)
+    {
+        var h = run.History!;
+        if (!h.FromChain)
+            return new PageSieve(h, ts.Task.Pid, ts.ParentPagemap, run.Rates);
+        if (ts.ParentPagemap is not null && run.ParentSet is not null)
+            ts.Chain ??= h.OpenChain(run.ParentSet, ts.Task.Pid, readPages: run.PageServer is null);
+        return new PageSieve(h, ts.Task.Pid, ts.ParentPagemap, run.Rates)
+        {
+            Recorded = contentTracker ? null : new PageDigestMap(),
+            ParentDigests = ts.Chain?.Digests,
+        };
+    }
+
+    /// <summary>A history rebuilt from images: the digests and bases of the pages the pipe is about to write.</summary>
+    private static void SeedFromChain(DumpRun run, TaskState ts)
+    {
+        if (run.History is not { FromChain: true } h || ts.Chain is null || ts.ParentPagemap is null)
+            return;
+        var written = ts.Pipe.Iovs.Where(i => !i.Hole).Select(i => (i.Va, i.Bytes >> PageGeometry.PageShift));
+        var (noDigest, baseBytes) = h.Seed(ts.Chain, ts.Task.Pid, ts.ParentPagemap, written);
+        run.DeltaCounters = run.DeltaCounters.Add(new DeltaCounters { PagesNoDigest = noDigest });
+        run.BaseBytes += baseBytes;
     }
 
     /// <summary>
@@ -356,15 +401,17 @@ internal sealed partial class Checkpointer
             if (_o.PreDumpMode == PreDumpMode.Read)
                 run.ReadNs += ReadDeferred(ts.Task.Pid, ts.Pipe);
             using var xfer = new PageXfer(OpenSink(run.Dir, run.PageServer, ts.Task.Pid));
-            var sieve = run.History is null ? null : new PageSieve(run.History, ts.Task.Pid, ts.ParentPagemap, DeltaRates());
+            var sieve = run.History is null ? null : NewSieve(run, ts, run.Tracker == TrackerKind.Content);
+            if (sieve is not null)
+                SeedFromChain(run, ts);
             xfer.Write(ts.Pipe, sieve);
             if (sieve is not null)
             {
                 run.DeltaCounters = run.DeltaCounters.Add(sieve.Counters);
                 run.EncodedBytes += sieve.EncodedBytes + sieve.SampledBytes;
             }
-            if (ts.Digests is not null)
-                run.Dir.WritePageDigests(ts.Task.Pid, ts.Digests);
+            if ((ts.Digests ?? sieve?.Recorded) is { } digests)
+                run.Dir.WritePageDigests(ts.Task.Pid, digests);
             run.PageStats.Add(xfer.Finish());
             if (_o.AutoDedup) PageXfer.Dedup(run.ParentSet, ImageNames.Pagemap(ts.Task.Pid), xfer.WrittenRanges);
         }
@@ -389,8 +436,8 @@ internal sealed partial class Checkpointer
             run.PageStats.Add(ts.Xfer!.Finish());
             if (ts.Digests is not null && ts.DigestsPending)
                 PageCollector.FillFetchedDigests(ts.Digests, ts.Xfer.Digests);
-            if (ts.Digests is not null)
-                run.Dir.WritePageDigests(ts.Task.Pid, ts.Digests);
+            if ((ts.Digests ?? ts.Sieve?.Recorded) is { } digests)
+                run.Dir.WritePageDigests(ts.Task.Pid, digests);
             AddDigests(ts.Checksums, ts.Xfer.Digests);
             if (_o.AutoDedup) PageXfer.Dedup(run.ParentSet, ImageNames.Pagemap(ts.Task.Pid), ts.Xfer.WrittenRanges);
             ts.Xfer.Dispose();
@@ -422,7 +469,8 @@ internal sealed partial class Checkpointer
         run.CompressNs = (_o.PageStore.Compression == PageCompression.None ? 0
             : CostModel.Ns(raw, CompressBytesPerSecond()) / (ulong)Math.Max(1, _o.PageStore.Parallelism))
             + CostModel.Ns(run.EncodedBytes, _cost.DeltaEncodeBytesPerSecond);
-        run.MemwriteNs = run.CompressNs + CostModel.Ns(stored + ps.BytesDelta, _cost.DiskBytesPerSecond);
+        // A history rebuilt from images also reads the delta bases back from the parent chain.
+        run.MemwriteNs = run.CompressNs + CostModel.Ns(stored + ps.BytesDelta + run.BaseBytes, _cost.DiskBytesPerSecond);
 
         var stats = new DumpStats
         {

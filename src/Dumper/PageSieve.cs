@@ -177,8 +177,11 @@ internal sealed class PageSieve
         }
         Flush(writer, va, bytes, runStart, n, runKind, writePresent);
         for (int i = 0; i < n; i++)
+        {
             if (_kinds[i] != Kind.Hole)
                 _history.Sent(_pid, va + ((ulong)i << PageGeometry.PageShift), _digests[i], bytes.Slice(i * ps, ps), _sentShares[i]);
+            Recorded?.Add(va + ((ulong)i << PageGeometry.PageShift), _digests[i]);
+        }
     }
 
     /// <summary>Blocks per window of an iovec after which deltas are re-weighed (4 blocks: 256 KiB with 64 KiB blocks).</summary>
@@ -302,12 +305,40 @@ internal sealed class PageSieve
     }
 
     /// <summary>The parent pagemap holds this page (stored, in its own parent or as a delta): the other side has a version of it.</summary>
-    private bool ParentCovers(ulong va)
+    private bool ParentCovers(ulong va) => Covers(_parent, va);
+
+    internal static bool Covers(PagemapImage? parent, ulong va)
     {
-        if (_parent is null)
+        if (parent is null)
             return false;
-        int i = _parent.FindEntry(va);
-        return i >= 0 && (PagemapImage.FlagsOf(_parent.Entries[i]) & (PagemapFlags.Present | PagemapFlags.Parent | PagemapFlags.Delta)) != 0;
+        int i = parent.FindEntry(va);
+        return i >= 0 && (PagemapImage.FlagsOf(parent.Entries[i]) & (PagemapFlags.Present | PagemapFlags.Parent | PagemapFlags.Delta)) != 0;
+    }
+
+    /// <summary>
+    /// Digests of every page this pagemap covers, in address order, for page-digests-PID.img (a
+    /// history rebuilt from images: the next dump elides against them); null = not kept.
+    /// </summary>
+    public PageDigestMap? Recorded { get; init; }
+
+    /// <summary>The parent's digests, for the pages the collector left in the parent (<see cref="Hole"/>).</summary>
+    public PageDigestMap? ParentDigests { get; init; }
+
+    /// <summary>
+    /// A run the collector left in the parent (clean pages): <see cref="Recorded"/> takes the
+    /// parent's digests of it where the parent has them (a page without one stays unrecorded, so
+    /// the next dump sends it rather than trust a guess).
+    /// </summary>
+    public void Hole(ulong va, ulong pages)
+    {
+        if (Recorded is not { } rec || ParentDigests is not { } parent)
+            return;
+        for (ulong i = 0; i < pages; i++)
+        {
+            ulong a = va + (i << PageGeometry.PageShift);
+            if (parent.TryGet(a, out ulong d))
+                rec.Add(a, d);
+        }
     }
 }
 

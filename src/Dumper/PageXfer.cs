@@ -47,7 +47,10 @@ internal sealed class PageXfer : IDisposable
         foreach (var iov in pipe.Iovs)
         {
             if (iov.Hole)
+            {
                 WriteHole(iov.Va, iov.HolePages);
+                sieve?.Hole(iov.Va, iov.HolePages);
+            }
             else if (sieve is not null && _writer is LocalPageSink local)
                 // Local images only: the page server protocol has no delta messages yet.
                 sieve.Write(local.Writer, iov.Va, pipe.Buffer(iov.Buf, iov.Off, iov.Bytes), WritePresent);

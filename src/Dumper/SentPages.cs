@@ -20,6 +20,12 @@ public sealed record DeltaCounters
     public ulong DeltaBytes { get; init; }
     /// <summary>Σ (page's share of its compressed block − delta) over the delta pages, plus the shares of elided pages (as last sent).</summary>
     public ulong BytesSaved { get; init; }
+    /// <summary>
+    /// A history rebuilt from the parent chain (<see cref="SentPages.FromImages"/>): written pages
+    /// the parent chain holds but whose digest it did not record (it was dumped without
+    /// page-digests-PID.img) and whose base was not read, so elision could not be tried.
+    /// </summary>
+    public ulong PagesNoDigest { get; init; }
     /// <summary>Virtual time deltas cost: sizing pages up (compressing them once more) and encoding them.</summary>
     public ulong DeltaCostNs { get; init; }
     /// <summary>Virtual time deltas saved: link time of the bytes they did not send plus the compression of the pages they replaced.</summary>
@@ -36,6 +42,7 @@ public sealed record DeltaCounters
         BytesSaved = BytesSaved + o.BytesSaved,
         DeltaCostNs = DeltaCostNs + o.DeltaCostNs,
         DeltaGainNs = DeltaGainNs + o.DeltaGainNs,
+        PagesNoDigest = PagesNoDigest + o.PagesNoDigest,
     };
 }
 
@@ -52,7 +59,7 @@ public sealed record DeltaCounters
 /// up to date with. A pre-dump whose parent is another directory (or one that failed half-way)
 /// finds the history does not match and starts it afresh rather than trust it.
 /// </summary>
-public sealed class SentPages
+public sealed partial class SentPages
 {
     private readonly Dictionary<(int Pid, ulong Va), ulong> _digests = [];
     private readonly Dictionary<(int Pid, ulong Va), int> _slotOf = [];
@@ -239,7 +246,9 @@ public sealed class SentPages
     {
         var key = (pid, va);
         _digests[key] = digest;
-        if (_capacity == 0)
+        // Rebuilt from images, the history ends with this run: bases seeded for pages still to
+        // be written must not make room for versions nothing will read.
+        if (_capacity == 0 || FromChain)
             return;
         ref int slot = ref CollectionsMarshal.GetValueRefOrAddDefault(_slotOf, key, out bool exists);
         if (!exists)
