@@ -294,10 +294,10 @@ internal sealed partial class Checkpointer
     }
 
     /// <summary>
-    /// A final dump elides and sends deltas only into local images it writes itself: the page
-    /// server protocol has no delta messages, and a lazy dump's pages stay on the source.
+    /// A final dump elides and sends deltas into local images or to a page server (deltas only
+    /// where it announced them), not with lazy pages: a lazy dump's pages stay on the source.
     /// </summary>
-    private bool SievesFinalDump => _o.History is not null && _o.PageServer is null && _o.LazyPages is null;
+    private bool SievesFinalDump => _o.History is not null && _o.LazyPages is null;
 
     /// <summary>A dump's chunk: a streamed pipe hands its iovecs on; a kept one (with a sieve) is written through it now.</summary>
     private static void DrainChunk(DumpRun run, TaskState ts)
@@ -372,7 +372,10 @@ internal sealed partial class Checkpointer
             parentOk = false; // no write-protect history for this task: everything counts as written
         if (!parentOk)
             return null;
-        ts.ParentPagemap = serverParents is null ? parentSet!.ReadPagemap(t.Pid) : PagemapImage.AllInParent("parent on the page server");
+        // On a page server the parent is the server's: what this history sent it, when it holds
+        // that, else a stand-in covering everything (the server checks every hole).
+        ts.ParentPagemap = serverParents is null ? parentSet!.ReadPagemap(t.Pid)
+            : run.History?.CoverageOf(t.Pid) ?? PagemapImage.AllInParent("parent on the page server");
         return tracker == TrackerKind.Content ? parentSet!.ReadPageDigests(t.Pid) : null;
     }
 
@@ -413,6 +416,8 @@ internal sealed partial class Checkpointer
             if ((ts.Digests ?? sieve?.Recorded) is { } digests)
                 run.Dir.WritePageDigests(ts.Task.Pid, digests);
             run.PageStats.Add(xfer.Finish());
+            if (run.History is { FromChain: false } h && xfer.Sink is PageServerSink server)
+                h.NoteCoverage(ts.Task.Pid, server.Covered);
             if (_o.AutoDedup) PageXfer.Dedup(run.ParentSet, ImageNames.Pagemap(ts.Task.Pid), xfer.WrittenRanges);
         }
         run.Dir.WriteInventory(new inventory_entry { ImgVersion = 0, DumpUptime = run.UptimeUs, PreDumpMode = (uint)_o.PreDumpMode });

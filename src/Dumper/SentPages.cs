@@ -106,6 +106,7 @@ public sealed partial class SentPages
         if (parentDir is null || Head is null || !SamePath(parentDir, Head))
             Clear();
         Head = null;
+        _pendingCoverage.Clear();
         ResetIteration();
         _ = imagesDir;
     }
@@ -113,6 +114,8 @@ public sealed partial class SentPages
     internal void Commit(string imagesDir, DeltaCounters counters)
     {
         Head = Path.GetFullPath(imagesDir);
+        (_coverage, _pendingCoverage) = (_pendingCoverage, _coverage);
+        _pendingCoverage.Clear();
         Totals = Totals.Add(counters);
         // Deltas switch themselves off for a few iterations after one where they cost more time
         // than they saved: sizing pages up compresses them once more and encoding reads them, and
@@ -132,6 +135,19 @@ public sealed partial class SentPages
 
     private long _cutBytes;
     private long _cutPages;
+    private Dictionary<int, PagemapImage> _coverage = [], _pendingCoverage = [];
+
+    /// <summary>
+    /// What a pagemap sent to a page server covered (its entries, whatever their kind): the
+    /// server's copy is the next dump's parent, which the source cannot read. Without it a
+    /// written page whose address held another mapping's page earlier in the chain could be
+    /// elided against a digest the server's parent no longer covers.
+    /// </summary>
+    internal void NoteCoverage(int pid, IReadOnlyList<(ulong Va, ulong Pages)> ranges) =>
+        _pendingCoverage[pid] = PagemapImage.Coverage($"pagemap-{pid}.img as sent to the page server", ranges);
+
+    /// <summary>The coverage of the parent's pagemap of <paramref name="pid"/> as sent to a page server, if this history holds it.</summary>
+    internal PagemapImage? CoverageOf(int pid) => _coverage.GetValueOrDefault(pid);
 
     /// <summary>
     /// Bytes a delta page has cost, on average, in the present runs it cut (they compress worse in
@@ -212,6 +228,7 @@ public sealed partial class SentPages
         _insertions = 0;
         ResetIteration();
         _digests.Clear();
+        _coverage.Clear();
         _slotOf.Clear();
         _used = 0;
         _head = _tail = -1;
