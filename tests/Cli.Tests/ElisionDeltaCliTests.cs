@@ -105,7 +105,7 @@ public class ElisionDeltaCliTests : IClassFixture<MigrateScratch>
         for (int i = 1; i <= 3; i++)
         {
             Assert.Equal(0, CliRunner.Run("run", "--for", "30ms", "--machine", m.Dir).Code);
-            string[] prev = i == 1 ? [] : ["--prev-images-dir", $"../{i - 1}", "--delta"];
+            string[] prev = i == 1 ? ["--elide-unchanged"] : ["--prev-images-dir", $"../{i - 1}", "--delta", "--elide-unchanged"];
             var r = CliRunner.Run([i < 3 ? "pre-dump" : "dump", "-t", pid, "-D", Path.Combine(chain, $"{i}"), "--machine", m.Dir, "--json", .. prev]);
             Assert.True(r.Code == 0, r.Err);
             deltas.Add(JsonDocument.Parse(r.Out).RootElement.GetProperty("stats").GetProperty("delta").Clone());

@@ -45,8 +45,7 @@ public static class CheckpointCommands
 
         public readonly Option<bool> Elide = new("--elide-unchanged")
         {
-            Description = "Record pages the tracker reports written but whose contents equal the parent chain's as in-parent (PE_PARENT) instead of writing them, as migrate does (default on; '--elide-unchanged false' to write them). Compares with the parent's page-digests-PID.img, which every dump with this on writes; CRIU restores such images.",
-            DefaultValueFactory = _ => true,
+            Description = "Record pages the tracker reports written but whose contents equal the parent chain's as in-parent (PE_PARENT) instead of writing them, as migrate does. Compares with the parent's page-digests-PID.img, which every dump with this (or --delta) on writes at 8 bytes per page its pagemap covers — more than elision saved on samples/hotcold-trace.json (README), hence off by default here (migrate keeps its history in memory and has it on). CRIU restores such images.",
         };
         public readonly Option<bool> Delta = new("--delta") { Description = "Write re-dirtied pages as XBZRLE-style deltas against their version in the parent chain (read back from its pages) when smaller. An image extension: criu-sharp restores such images, CRIU cannot. Not with --page-server (the bases are on the server)." };
         public readonly Option<string> DeltaCache = new("--delta-cache") { Description = "With --delta: at most this many bytes of delta bases read from the parent chain (QEMU's default xbzrle-cache-size); written pages beyond it go whole.", DefaultValueFactory = _ => "64MiB" };
