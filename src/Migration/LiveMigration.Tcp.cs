@@ -29,17 +29,25 @@ namespace CriuSharp.Migration;
 /// </summary>
 public sealed partial class LiveMigration
 {
+    private string? _warmUpWarning;
+
     private MigrationResult RunTcp(string root, bool temporary)
     {
         var t = _o.Tcp!;
         var source = new LiveHost(new Kernel(_o.Kernel));
         int pid = SpawnTree(source);
         source.Advance(_o.WarmupNs);
+        // The source's warm-up runs while the destination starts and warms its own.
+        var warm = t.WarmUp ? Task.Run(() => CodeWarmup.Run(_o)) : null;
         using var dest = TcpDestination.Open(t);
         try
         {
             dest.Hello(new ControlRequest
             {
+                Mode = _o.Mode.ToString().ToLowerInvariant(),
+                WarmUp = t.WarmUp,
+                ElideUnchanged = _o.ElideUnchanged,
+                DeltaCacheBytes = _o.DeltaCacheBytes,
                 Cmd = "hello",
                 Version = MigrationChannel.ProtocolVersion,
                 Kernel = KernelSpec.Of(_o.Kernel),
@@ -49,6 +57,8 @@ public sealed partial class LiveMigration
                 DecompressBytesPerSecond = _o.Cost.DecompressBytesPerSecond,
                 CopyBytesPerSecond = _o.Cost.CopyBytesPerSecond,
             });
+            if (warm is not null && warm.Result.Error is { } why)
+                _warmUpWarning = $"the source's warm-up failed ({why}); the downtime may include compilation";
             var result = MigrateOver(dest, source, pid, root, temporary);
             dest.Close();
             return result;
@@ -104,6 +114,7 @@ public sealed partial class LiveMigration
         Address = dest.Address,
         Port = port,
         IoTimeout = _o.Tcp!.IoTimeout,
+        Tls = _o.Tcp.Tls,
         // Compressed pages travel as compressed blocks (CRIU's page server sends what its page
         // pipe holds; ours sends the blocks the images would store).
         WireCompression = _o.PageStore.Compression == PageCompression.None ? null : _o.PageStore,
@@ -159,6 +170,8 @@ public sealed partial class LiveMigration
     {
         _history = _o.ElideUnchanged || _o.DeltaCacheBytes > 0 ? new SentPages(_o.ElideUnchanged, _o.DeltaCacheBytes) : null;
         var warnings = new List<string>();
+        if (_warmUpWarning is not null)
+            warnings.Add(_warmUpWarning);
         var iterations = new List<IterationRecord>();
         var samples = new List<IterationSample>();
         int maxSteps = _o.Policy.MaxPreDumps + 3;
@@ -224,6 +237,7 @@ public sealed partial class LiveMigration
         // dump --lazy-pages serves them itself); a pre-copy dump streams its pages to a page server.
         PageServerEndpoint? ep = lazy ? null : Endpoint(dest, dest.Call(new ControlRequest { Cmd = "page_server", Index = finalIndex }).Port);
         var dumpWatch = Stopwatch.StartNew();
+        var jitBefore = System.Runtime.JitInfo.GetCompilationTime(currentThread: true);
         // Left stopped, not killed: the tree is killed once the destination has verified its restore.
         var dump = Criu.Dump(source.AsKernelApi(), DumpOptionsFor(pid, finalDir, finalIndex) with { TrackMem = true, LazyPages = lazyStore, LeaveStopped = true, PageServer = ep });
         ulong frozenNs = Ns(dumpWatch.Elapsed);
@@ -231,6 +245,7 @@ public sealed partial class LiveMigration
         var (finalAck, finalCopyNs, finalFileBytes) = SendImages(dest, finalIndex, finalDir, final: true);
         ulong fsNs = SendFs(dest, source.Kernel, Path.Combine(Path.GetTempPath(), "criu-sharp-fs-" + Guid.NewGuid().ToString("N")));
         ulong finalTransferNs = finalCopyNs + fsNs;
+        ulong sourceJitNs = Ns(System.Runtime.JitInfo.GetCompilationTime(currentThread: true) - jitBefore);
         ulong finalSent = (ulong)(finalAck.PageBytesReceived + finalFileBytes);
         iterations.Add(Record(finalIndex, "dump", finalDir, dump.Stats, finalSent, finalTransferNs, frozenNs + finalTransferNs, finalFreezeAt, prevFreezeAt)
             with
@@ -244,7 +259,7 @@ public sealed partial class LiveMigration
         Task<(bool, string?)>? serving = null;
         if (lazyStore is not null)
         {
-            lazyServer = LazyPageServer.Start(lazyStore, dest.LocalAddress.ToString(), 0);
+            lazyServer = LazyPageServer.Start(lazyStore, dest.LocalAddress.ToString(), 0, tls: _o.Tcp!.Tls);
             var s = lazyServer;
             serving = Task.Run(() =>
             {
@@ -306,12 +321,12 @@ public sealed partial class LiveMigration
         }
         Report("verify", iterations.Count + 2, maxSteps);
 
-        var downtime = new Downtime(frozenNs, finalTransferNs, dr.RestoreWallNs);
+        var downtime = new Downtime(frozenNs, finalTransferNs, dr.RestoreWallNs) { JitNs = sourceJitNs + dr.JitNs };
         return new MigrationResult
         {
             Mode = _o.Mode,
             Transport = "tcp",
-            Destination = new DestinationInfo(dest.Address, dest.Port, dest.KeepsDestinationDir ? dest.ImagesRoot : null, dest.KeepsDestinationDir ? dest.Machine : null, dest.ProcessId),
+            Destination = new DestinationInfo(dest.Address, dest.Port, dest.KeepsDestinationDir ? dest.ImagesRoot : null, dest.KeepsDestinationDir ? dest.Machine : null, dest.ProcessId, _o.Tcp!.Tls is not null),
             PostCopy = postCopy,
             Workload = _o.WorkloadPath,
             Policy = _o.Policy.Spec,

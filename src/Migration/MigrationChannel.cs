@@ -197,6 +197,13 @@ internal sealed record ControlRequest
     public string? Compression { get; init; }
     public int BlockPages { get; init; }
     public bool Preload { get; init; }
+    /// <summary>hello: the migration's mode (precopy, postcopy, hybrid), for the warm-up.</summary>
+    public string? Mode { get; init; }
+    /// <summary>hello: run a tiny migration of that mode before answering (<see cref="CodeWarmup"/>).</summary>
+    public bool WarmUp { get; init; }
+    /// <summary>hello: the source's elision and delta settings, for the warm-up.</summary>
+    public bool ElideUnchanged { get; init; }
+    public long DeltaCacheBytes { get; init; }
     public double DecompressBytesPerSecond { get; init; }
     public double CopyBytesPerSecond { get; init; }
     public IReadOnlyList<FileEntry>? Files { get; init; }
@@ -220,6 +227,8 @@ internal sealed record ControlReply
     public int Port { get; init; }
     public string? ImagesRoot { get; init; }
     public string? Machine { get; init; }
+    /// <summary>hello: wall-clock time of the destination's warm-up (0 when none ran).</summary>
+    public ulong WarmUpNs { get; init; }
     /// <summary>images: what the page server session received (page bytes as on the wire, block framing included).</summary>
     public long PageBytesReceived { get; init; }
     public ulong PagesWritten { get; init; }
@@ -238,6 +247,8 @@ internal sealed record DestinationRestore
 {
     /// <summary>Wall-clock time of the restore (reading the images, rebuilding the tree).</summary>
     public ulong RestoreWallNs { get; init; }
+    /// <summary>Of <see cref="RestoreWallNs"/>, the restoring thread's .NET JIT compilation time.</summary>
+    public ulong JitNs { get; init; }
     public RestoreStats? Stats { get; init; }
     public string? Error { get; init; }
     public int VmasVerified { get; init; }

@@ -109,6 +109,13 @@ public sealed record IterationRecord
 public sealed record Downtime(ulong FrozenNs, ulong TransferNs, ulong RestoreNs)
 {
     public ulong TotalNs => FrozenNs + TransferNs + RestoreNs;
+
+    /// <summary>
+    /// tcp: of <see cref="TotalNs"/>, the time the threads doing the final dump, its transfer and the
+    /// restore spent compiling .NET code (JitInfo.GetCompilationTime, both sides); null inproc,
+    /// where the times are modelled.
+    /// </summary>
+    public ulong? JitNs { get; init; }
 }
 
 /// <summary>The workload's self-check and the Dumper's VMA checksums, after restore and after running on.</summary>

@@ -21,6 +21,11 @@ public sealed record MigrationServiceOptions
     public int Port { get; init; }
     /// <summary>Any wait for the source (a request, a page-server session, a lazy page) longer than this fails the migration.</summary>
     public TimeSpan IoTimeout { get; init; } = TimeSpan.FromSeconds(60);
+    /// <summary>
+    /// CRIU's TLS options; null = plain TCP. When set, the control connection, the page servers it
+    /// starts and its lazy page session are TLS, and a source without a certificate the CA signed is refused.
+    /// </summary>
+    public PageServerTls? Tls { get; init; }
 }
 
 /// <summary>What the service did for its one source.</summary>
@@ -82,6 +87,8 @@ public sealed class MigrationService : IDisposable
         }
         if (SimMachine.Exists(machine))
             throw new DumperException($"a machine already exists in {machine}; the destination restores into a new one");
+        if (o.Tls is { } tls)
+            PageServerTlsSetup.Check(tls);
         if (!IPAddress.TryParse(o.Address, out var ip))
             throw new DumperException($"--address {o.Address}: not an IP address");
         var l = new TcpListener(ip, o.Port);
@@ -110,7 +117,20 @@ public sealed class MigrationService : IDisposable
         string peer = tcp.Client.RemoteEndPoint?.ToString() ?? "?";
         tcp.NoDelay = true;
         tcp.ReceiveTimeout = tcp.SendTimeout = (int)Math.Min(int.MaxValue, _o.IoTimeout.TotalMilliseconds);
-        var session = new Session(_o, new MigrationChannel(tcp.GetStream()), LocalAddress(tcp), log);
+        Stream stream = tcp.GetStream();
+        if (_o.Tls is { } tls)
+        {
+            try
+            {
+                stream = PageServerTlsSetup.AuthenticateServer(stream, tls, _o.IoTimeout);
+            }
+            catch (Exception e) when (e is System.Security.Authentication.AuthenticationException or IOException or OperationCanceledException)
+            {
+                // criu/tls.c refuses a peer whose certificate the CA did not sign; so does the service.
+                return new MigrationServiceResult(peer, false, $"TLS handshake with the source {peer} failed: {(e.InnerException ?? e).Message}", 0, false);
+            }
+        }
+        var session = new Session(_o, new MigrationChannel(stream), LocalAddress(tcp), log);
         try
         {
             session.Run();
@@ -230,12 +250,47 @@ public sealed class MigrationService : IDisposable
             _preload = r.Preload ? new PreloadedPages() : null;
             if (r.DecompressBytesPerSecond > 0 && r.CopyBytesPerSecond > 0)
                 _cost = CostModel.Default with { DecompressBytesPerSecond = r.DecompressBytesPerSecond, CopyBytesPerSecond = r.CopyBytesPerSecond };
+            ulong warmNs = 0;
+            if (r.WarmUp)
+            {
+                // Before the source freezes anything: the restore's code is compiled now, not in the downtime.
+                var mode = Enum.TryParse<MigrationMode>(r.Mode, ignoreCase: true, out var m) ? m : MigrationMode.Precopy;
+                var (took, why) = CodeWarmup.Run(new MigrationOptions
+                {
+                    WorkloadPath = "",
+                    Kernel = _kernel,
+                    Mode = mode,
+                    PageStore = _store,
+                    Preload = r.Preload,
+                    ElideUnchanged = r.ElideUnchanged,
+                    DeltaCacheBytes = r.DeltaCacheBytes,
+                }, finalDir => WarmRestore(finalDir, mode != MigrationMode.Precopy));
+                warmNs = Ns(took);
+                log?.Invoke(why is null ? $"migrate-service: warmed up ({mode.ToString().ToLowerInvariant()}) in {took.TotalMilliseconds:0} ms"
+                    : $"migrate-service: warning: the warm-up failed ({why}); the downtime may include compilation");
+            }
             Directory.CreateDirectory(o.ImagesDir);
             // Removed only once the tree is restored and verified: a destination that dies or is
             // abandoned leaves the directory recognisably incomplete.
             File.WriteAllText(Marker, "criu-sharp: migrate-service has not finished restoring from these images\n");
             log?.Invoke($"migrate-service: source connected; images into {o.ImagesDir}, machine {o.MachineDir}");
-            return new ControlReply { ImagesRoot = o.ImagesDir, Machine = o.MachineDir };
+            return new ControlReply { ImagesRoot = o.ImagesDir, Machine = o.MachineDir, WarmUpNs = warmNs };
+        }
+
+        /// <summary>The warm-up's images restored as <see cref="Restore"/> does: into a saved machine (a temporary one).</summary>
+        private void WarmRestore(string finalDir, bool lazy)
+        {
+            string dir = Path.Combine(Path.GetTempPath(), "criu-sharp-warmup-machine-" + Guid.NewGuid().ToString("N"));
+            try
+            {
+                using var m = SimMachine.Create(dir, _kernel!, TimeSpan.FromSeconds(30));
+                Criu.Restore(m.AsKernelApi(), new RestoreOptions { ImagesDir = finalDir, Verify = true, Cost = _cost, LazyPages = lazy });
+                m.Save();
+            }
+            finally
+            {
+                try { Directory.Delete(dir, true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            }
         }
 
         private ControlReply StartPageServer(ControlRequest r)
@@ -254,6 +309,7 @@ public sealed class MigrationService : IDisposable
                 PageStore = _store,
                 IdleTimeout = o.IoTimeout,
                 Sessions = 1,
+                Tls = o.Tls,
             });
             _psIndex = r.Index;
             var ps = _ps;
@@ -351,6 +407,8 @@ public sealed class MigrationService : IDisposable
                 m.Kernel.AdvanceClock(r.ArrivalNs - m.Kernel.UptimeNs);
             var api = m.AsKernelApi();
             var sw = Stopwatch.StartNew();
+            var jitBefore = System.Runtime.JitInfo.GetCompilationTime(currentThread: true);
+            long methodsBefore = System.Runtime.JitInfo.GetCompiledMethodCount(currentThread: true);
             RestoreResult rr;
             try
             {
@@ -361,6 +419,8 @@ public sealed class MigrationService : IDisposable
                 return new ControlReply { Restore = new DestinationRestore { RestoreWallNs = Ns(sw.Elapsed), Error = e.Message } };
             }
             ulong restoreNs = Ns(sw.Elapsed);
+            ulong jitNs = Ns(System.Runtime.JitInfo.GetCompilationTime(currentThread: true) - jitBefore);
+            long methods = System.Runtime.JitInfo.GetCompiledMethodCount(currentThread: true) - methodsBefore;
             MeasuredPostCopy? pc = null;
             string? error = null;
             int verified = rr.Stats.VmasVerified;
@@ -386,12 +446,13 @@ public sealed class MigrationService : IDisposable
                 File.Delete(Marker);
                 Restored = true;
             }
-            log?.Invoke($"migrate-service: restored {string.Join(' ', rr.Pids)} into {o.MachineDir} in {restoreNs / 1e6:0.00} ms{(ok ? "" : "; verification FAILED")}");
+            log?.Invoke($"migrate-service: restored {string.Join(' ', rr.Pids)} into {o.MachineDir} in {restoreNs / 1e6:0.00} ms (of which JIT compilation {jitNs / 1e6:0.00} ms, {methods} methods){(ok ? "" : "; verification FAILED")}");
             return new ControlReply
             {
                 Restore = new DestinationRestore
                 {
                     RestoreWallNs = restoreNs,
+                    JitNs = jitNs,
                     Stats = rr.Stats with { WallClock = null },
                     Error = error,
                     VmasVerified = verified,
@@ -413,7 +474,7 @@ public sealed class MigrationService : IDisposable
         /// </summary>
         private (MeasuredPostCopy, int) PostCopy(SimMachine m, IKernel api, IReadOnlyList<LazyTask> tasks, ControlRequest r)
         {
-            using var net = new PageServerLazySource(r.LazyAddress ?? "", r.LazyPort, o.IoTimeout);
+            using var net = new PageServerLazySource(r.LazyAddress ?? "", r.LazyPort, o.IoTimeout, tls: o.Tls);
             var timed = new TimedLazySource(net);
             // The link model only sizes the drain's chunks here; the times below are measured.
             var link = new LazyLinkModel(0, 0);

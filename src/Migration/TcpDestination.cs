@@ -26,13 +26,25 @@ public sealed record TcpTransport
     public string? DestinationDir { get; init; }
     /// <summary>Any wait for the other side longer than this fails the migration.</summary>
     public TimeSpan IoTimeout { get; init; } = TimeSpan.FromSeconds(60);
+    /// <summary>
+    /// CRIU's TLS options; null = plain TCP. When set, the control connection, every page-server
+    /// session and the lazy page session are TLS with both sides' certificates checked against the
+    /// CA, and a destination started here is given the same options.
+    /// </summary>
+    public PageServerTls? Tls { get; init; }
+    /// <summary>
+    /// Both sides run a tiny migration in process before the first freeze (<see cref="CodeWarmup"/>),
+    /// so the downtime does not count .NET's first-call compilation. Off only to measure that cost.
+    /// </summary>
+    public bool WarmUp { get; init; } = true;
 }
 
 /// <summary>Where a tcp migration's destination was and what it kept.</summary>
 /// <param name="ImagesRoot">The received images (null when the destination's directory was temporary).</param>
 /// <param name="Machine">The machine the tree was restored into (null when temporary).</param>
 /// <param name="ProcessId">The destination process this migration started (null: it was running already).</param>
-public sealed record DestinationInfo(string Address, int Port, string? ImagesRoot, string? Machine, int? ProcessId);
+/// <param name="Tls">Whether every connection to it was TLS (<see cref="TcpTransport.Tls"/>).</param>
+public sealed record DestinationInfo(string Address, int Port, string? ImagesRoot, string? Machine, int? ProcessId, bool Tls = false);
 
 /// <summary>
 /// The source's handle on the destination: the control connection to its <c>migrate-service</c>,
@@ -46,10 +58,10 @@ internal sealed class TcpDestination : IDisposable
     private readonly string? _tempDir;
     private readonly StderrTail? _stderr;
 
-    private TcpDestination(TcpClient tcp, Process? proc, string? tempDir, StderrTail? stderr, string address, int port)
+    private TcpDestination(TcpClient tcp, Stream stream, Process? proc, string? tempDir, StderrTail? stderr, string address, int port)
     {
         _tcp = tcp;
-        _ch = new MigrationChannel(tcp.GetStream());
+        _ch = new MigrationChannel(stream);
         _proc = proc;
         _tempDir = tempDir;
         _stderr = stderr;
@@ -67,8 +79,14 @@ internal sealed class TcpDestination : IDisposable
 
     public static TcpDestination Open(TcpTransport t)
     {
+        // Unreadable certificates are the user's to fix, before anything starts.
+        if (t.Tls is { } certs)
+            PageServerTlsSetup.Check(certs);
         if (t.Address is { } addr)
-            return new TcpDestination(Connect(addr, t.Port, t.IoTimeout), null, null, null, addr, t.Port);
+        {
+            var tcp = Connect(addr, t.Port, t.IoTimeout);
+            return new TcpDestination(tcp, Secure(tcp, addr, t.Port, t.Tls, null, null), null, null, null, addr, t.Port);
+        }
         if (t.DestinationCommand.Count == 0)
             throw new MigrationTransportException("no command to start the destination with");
         string? temp = null;
@@ -83,7 +101,20 @@ internal sealed class TcpDestination : IDisposable
                      "--address", "127.0.0.1", "--port", "0", "--ps-timeout", ((int)t.IoTimeout.TotalSeconds).ToString(CultureInfo.InvariantCulture),
                  })
             psi.ArgumentList.Add(a);
+        if (t.Tls is { } tls)
+        {
+            foreach (var a in new[] { "--tls", "--tls-cacert", Path.GetFullPath(tls.CaCert), "--tls-cert", Path.GetFullPath(tls.Cert), "--tls-key", Path.GetFullPath(tls.Key) })
+                psi.ArgumentList.Add(a);
+            if (tls.NoCnVerify)
+                psi.ArgumentList.Add("--tls-no-cn-verify");
+        }
         psi.Environment.Remove("CRIU_SHARP_MACHINE");
+        // Methods with loops compiled fully optimised at their first call (during the warm-up), not
+        // at tier 0 and then recompiled by on-stack replacement once the real restore's loops run
+        // long: that recompilation otherwise lands inside the downtime (hotcold: 16 methods,
+        // a few hundred ms on a loaded machine, against 9 methods and 16 ms with this setting).
+        if (t.WarmUp)
+            psi.Environment["DOTNET_TC_QuickJitForLoops"] = "0";
         Process proc;
         try
         {
@@ -105,7 +136,8 @@ internal sealed class TcpDestination : IDisposable
             int port = int.Parse(ep[(colon + 1)..], CultureInfo.InvariantCulture);
             // Drain its stdout so it never blocks on a full pipe.
             _ = proc.StandardOutput.ReadToEndAsync();
-            return new TcpDestination(Connect(a, port, t.IoTimeout), proc, temp, stderr, a, port);
+            var tcp = Connect(a, port, t.IoTimeout);
+            return new TcpDestination(tcp, Secure(tcp, a, port, t.Tls, proc, stderr), proc, temp, stderr, a, port);
         }
         catch
         {
@@ -152,6 +184,27 @@ internal sealed class TcpDestination : IDisposable
         {
             tcp.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>
+    /// The control connection's stream: with TLS, authenticated both ways (criu/tls.c's rules: the
+    /// destination's certificate must chain to the CA and, unless --tls-no-cn-verify, name the
+    /// address; ours must chain to the destination's CA). A refused handshake is a lost destination.
+    /// </summary>
+    private static Stream Secure(TcpClient tcp, string address, int port, PageServerTls? tls, Process? proc, StderrTail? stderr)
+    {
+        if (tls is null)
+            return tcp.GetStream();
+        try
+        {
+            return PageServerTlsSetup.AuthenticateClient(tcp.GetStream(), address, tls, "the destination");
+        }
+        catch (PageServerException e)
+        {
+            tcp.Dispose();
+            string fate = proc is null ? "" : stderr!.Why(proc);
+            throw new MigrationTransportException($"TLS handshake with the destination at {address}:{port} failed: {(e.InnerException ?? e).Message}{fate}", e);
         }
     }
 

@@ -14,6 +14,12 @@ internal sealed class MatrixArgs
     public readonly Option<string> BlockSizes = new("--block-size") { Description = "Comma-separated compression block sizes in KiB.", DefaultValueFactory = _ => "64" };
     public readonly Option<string> Elide = new("--elide") { Description = "Unchanged-page elision in pre-dumps: on (default), off, or off,on to compare.", DefaultValueFactory = _ => "on" };
     public readonly Option<string> Delta = new("--delta") { Description = "Delta encoding of re-dirtied pages in pre-dumps: off, on, or off,on to compare.", DefaultValueFactory = _ => "off" };
+    public readonly Option<string> Transport = new Option<string>("--transport")
+    {
+        Description = "inproc: each run in this process, the link a cost model (deterministic, default); tcp: each run as migrate --transport tcp, " +
+                      "with its own migrate-service process on loopback and every transfer measured.",
+        DefaultValueFactory = _ => "inproc",
+    }.AcceptOnlyFromAmong("inproc", "tcp");
     public readonly Option<string> Modes = new("--modes") { Description = "Comma-separated migration modes (precopy, postcopy, hybrid); postcopy runs once, with the first policy (it takes no pre-dumps).", DefaultValueFactory = _ => "precopy" };
 
     public MatrixArgs(string defaultPolicies, string defaultCompress)
@@ -31,6 +37,7 @@ internal sealed class MatrixArgs
         c.Options.Add(Elide);
         c.Options.Add(Delta);
         c.Options.Add(Modes);
+        c.Options.Add(Transport);
     }
 
     private static List<bool> OnOff(string text, string option)
@@ -81,6 +88,8 @@ internal sealed class MatrixArgs
                      from el in elides
                      from de in deltas
                      select (pol, store: MigrationArgs.Store(c, k), el, de, mode)).ToList();
+        // Each tcp run starts its own destination, as migrate --transport tcp does.
+        TcpTransport? tcp = p.GetValue(Transport) == "tcp" ? new TcpTransport { DestinationCommand = MigrateCommand.SelfCommand() } : null;
         int maxSteps = cells.Sum(x => x.pol.MaxPreDumps + 3);
         return MigrationArgs.WithProgress(json, "comparing", maxSteps, progress =>
         {
@@ -91,7 +100,7 @@ internal sealed class MatrixArgs
                 int offset = before;
                 var r = LiveMigration.Run(Common.Options(p, pol, store, progress: progress is null ? null
                     : pr => progress(pr with { Step = $"{pol.Spec}: {pr.Step}", Done = offset + pr.Done, MaxSteps = maxSteps }), elide: el, delta: de) with
-                { Mode = mode });
+                { Mode = mode, Tcp = tcp });
                 results.Add(r);
                 before += pol.MaxPreDumps + 3;
                 progress?.Invoke(new MigrationProgress($"{pol.Spec} done", before, maxSteps));
@@ -117,10 +126,10 @@ public static class CompareCommand
             var results = m.Run(p, asJson);
             var o = p.InvocationConfiguration.Output;
             if (asJson)
-                o.WriteLine(JsonSerializer.Serialize(new { workload = results[0].Workload, runs = results.Select(Summary) }, JsonOut.Options));
+                o.WriteLine(JsonSerializer.Serialize(new { workload = results[0].Workload, transport = results[0].Transport, runs = results.Select(Summary) }, JsonOut.Options));
             else
             {
-                o.WriteLine($"compare {results[0].Workload}: tracker {results[0].Tracker}, {results[0].Arch}/{results[0].Kernel}, link {results[0].BandwidthBytesPerSecond / 1048576.0:0.#} MiB/s{(results.All(r => r.ElideUnchanged) ? ", unchanged pages elided" : "")}");
+                o.WriteLine($"compare {results[0].Workload}: tracker {results[0].Tracker}, {results[0].Arch}/{results[0].Kernel}, {(results[0].Transport == "tcp" ? "transport tcp (measured)" : $"link {results[0].BandwidthBytesPerSecond / 1048576.0:0.#} MiB/s")}{(results.All(r => r.ElideUnchanged) ? ", unchanged pages elided" : "")}");
                 var (header, rows) = Table(results);
                 MigrateOutput.Table(o, header, rows, rightAligned: CompareCommand.NumericColumns(header));
             }
@@ -178,7 +187,7 @@ internal class MigrationSummaryJson(MigrationResult r)
     public ulong TotalBytesSent { get; } = r.TotalBytesSent;
     public ulong FinalDumpBytesSent { get; } = r.FinalBytesSent;
     public ulong DowntimeNs { get; } = r.Downtime.TotalNs;
-    public object Downtime { get; } = new { frozen_ns = r.Downtime.FrozenNs, transfer_ns = r.Downtime.TransferNs, restore_ns = r.Downtime.RestoreNs };
+    public object Downtime { get; } = new { frozen_ns = r.Downtime.FrozenNs, transfer_ns = r.Downtime.TransferNs, restore_ns = r.Downtime.RestoreNs, jit_ns = r.Downtime.JitNs };
     public ulong ExpectedDowntimeNs { get; } = r.ExpectedDowntimeNs;
     public ulong TotalTimeNs { get; } = r.TotalTimeNs;
     public bool Verified { get; } = r.Verification.Ok;
@@ -207,6 +216,7 @@ internal sealed class CompareRun(MigrationResult r) : MigrationSummaryJson(r)
     public string Policy { get; } = r.Policy;
     public string Compression { get; } = r.Compression;
     public int BlockKib { get; } = r.BlockKiB;
+    public string Transport { get; } = r.Transport;
     public IEnumerable<ulong> PagesWritten { get; } = r.Iterations.Select(i => i.PagesWritten);
     public IEnumerable<ulong> BytesSent { get; } = r.Iterations.Select(i => i.BytesSent);
 }

@@ -193,6 +193,13 @@ public static class MigrateCommand
         var port = new Option<int>("--port") { Description = "--transport tcp: the migrate-service's port (with --address)." };
         var destDir = new Option<string?>("--dest-dir") { Description = "--transport tcp, destination started here: keep its received images (DIR/images) and its machine (DIR/machine); default: a temporary directory." };
         var timeout = new Option<int>("--ps-timeout") { Description = "--transport tcp: seconds any wait for the other side may take before the migration fails.", DefaultValueFactory = _ => 60 };
+        var precompile = new Option<bool>("--precompile")
+        {
+            Description = "--transport tcp: before the first freeze both sides run a tiny migration of the same mode in process, and a destination started here compiles methods with loops optimised at once (DOTNET_TC_QuickJitForLoops=0), " +
+                          "so the downtime does not count .NET's JIT compilation (default on; --precompile false to measure a cold destination).",
+            DefaultValueFactory = _ => true,
+        };
+        var net = new PageServerCliOptions();
         var json = CommonOptions.Json();
         var cmd = new Command("migrate", "Live-migrate a workload between two simulated hosts: pre-dumps under a convergence policy while it runs, final dump, transfer, restore, verification.");
         a.AddTo(cmd);
@@ -203,12 +210,14 @@ public static class MigrateCommand
         cmd.Options.Add(elide);
         cmd.Options.Add(delta);
         cmd.Options.Add(mode);
-        foreach (var o in new Option[] { transport, address, port, destDir, timeout })
+        foreach (var o in new Option[] { transport, address, port, destDir, timeout, precompile })
             cmd.Options.Add(o);
+        net.AddTlsTo(cmd);
         cmd.Options.Add(json);
         cmd.SetAction(p =>
         {
-            var tcp = Tcp(p.GetValue(transport)!, p.GetValue(address), p.GetValue(port), p.GetResult(port) is { Implicit: false }, p.GetValue(destDir), p.GetValue(timeout));
+            var tcp = Tcp(p.GetValue(transport)!, p.GetValue(address), p.GetValue(port), p.GetResult(port) is { Implicit: false }, p.GetValue(destDir), p.GetValue(timeout), net.ParsedTls(p))
+                is { } t ? t with { WarmUp = p.GetValue(precompile) } : null;
             var pol = a.Policy(p, p.GetValue(policy)!);
             var m = MigrationArgs.ParseMode(p.GetValue(mode)!);
             var store = MigrationArgs.Store(p.GetValue(compress)!, p.GetValue(block));
@@ -234,11 +243,11 @@ public static class MigrateCommand
         return cmd;
     }
 
-    private static TcpTransport? Tcp(string transport, string? address, int port, bool portGiven, string? destDir, int timeout)
+    private static TcpTransport? Tcp(string transport, string? address, int port, bool portGiven, string? destDir, int timeout, Dumper.PageServer.PageServerTls? tls)
     {
-        bool given = address is not null || portGiven || destDir is not null;
+        bool given = address is not null || portGiven || destDir is not null || tls is not null;
         if (transport != "tcp")
-            return given ? throw new UserException(ExitCode.Usage, "--address, --port and --dest-dir need --transport tcp") : null;
+            return given ? throw new UserException(ExitCode.Usage, "--address, --port, --dest-dir and --tls need --transport tcp") : null;
         if (timeout < 1 || timeout > 86400)
             throw new UserException(ExitCode.Usage, $"--ps-timeout {timeout}: must be 1 to 86400 seconds");
         if (address is not null && (port < 1 || port > 65535))
@@ -254,6 +263,7 @@ public static class MigrateCommand
             DestinationDir = destDir is null ? null : Path.GetFullPath(destDir),
             DestinationCommand = SelfCommand(),
             IoTimeout = TimeSpan.FromSeconds(timeout),
+            Tls = tls,
         };
     }
 
@@ -283,6 +293,7 @@ internal static class MigrateOutput
             images_dir = d.ImagesRoot,
             machine = d.Machine,
             pid = d.ProcessId,
+            tls = d.Tls,
         },
         policy = r.Policy,
         compression = r.Compression,
@@ -411,7 +422,7 @@ internal static class MigrateOutput
         {
             ("pre-dumps", $"{r.PreDumps} (stop: {r.StopReason})"),
             ("total bytes sent", $"{Bytes(r.TotalBytesSent)} ({r.TotalBytesSent} B; final dump {Bytes(r.FinalBytesSent)})"),
-            ("downtime", $"{Ms(d.TotalNs)} = frozen {Ms(d.FrozenNs)} + transfer {Ms(d.TransferNs)} + restore {Ms(d.RestoreNs)}"),
+            ("downtime", $"{Ms(d.TotalNs)} = frozen {Ms(d.FrozenNs)} + transfer {Ms(d.TransferNs)} + restore {Ms(d.RestoreNs)}{(d.JitNs is ulong jit ? $" (of which .NET JIT compilation {Ms(jit)})" : "")}"),
             ("expected downtime", $"{Ms(r.ExpectedDowntimeNs)} (QEMU's estimate: {Bytes(r.RemainingBytesAtDecision)} remaining at the last decision / bandwidth; actual transfer {Ms(d.TransferNs)})"),
             ("total time", $"{Ms(r.TotalTimeNs)} from the first freeze to the restored tree running"),
             ("verification", v.Ok
@@ -428,7 +439,7 @@ internal static class MigrateOutput
                 lines.Insert(6, ("post-copy error", pc.Error));
         }
         if (r.Transport == "tcp")
-            lines.Insert(0, ("transport", $"tcp: destination {(r.Destination?.ProcessId is int dp ? $"process {dp} " : "")}at {r.Destination?.Address}:{r.Destination?.Port}; "
+            lines.Insert(0, ("transport", $"tcp: destination {(r.Destination?.ProcessId is int dp ? $"process {dp} " : "")}at {r.Destination?.Address}:{r.Destination?.Port}{(r.Destination?.Tls == true ? " over TLS" : "")}; "
                 + "transfer, downtime and post-copy times measured on the wall clock (pages over the page server, other images over the control connection)"));
         if (r.ElideUnchanged || r.DeltaCacheBytes > 0)
         {

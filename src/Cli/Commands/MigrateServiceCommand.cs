@@ -19,13 +19,16 @@ public static class MigrateServiceCommand
         var port = new Option<int>("--port") { Description = "TCP port of the control connection; 0 picks a free one.", DefaultValueFactory = _ => 0 };
         var timeout = new Option<int>("--ps-timeout") { Description = "Seconds any wait for the source may take (its connection, a request, a page-server session, a lazy page).", DefaultValueFactory = _ => 60 };
         var json = CommonOptions.Json();
+        var net = new PageServerCliOptions();
         var cmd = new Command("migrate-service",
             "The destination of 'migrate --transport tcp' (P.Haul's p.haul-service): serves one source, receiving each pre-dump and dump through a page server " +
             "(CRIU's page-xfer protocol) and the other images over its control connection, pre-loading them when asked, then restores the tree into --machine " +
             "(lazily, fetching pages from the source's page server, for post-copy and hybrid) and verifies it. Prints 'listening on ADDRESS:PORT' first. " +
-            "Until the restore is verified, -D carries an incomplete marker; a lost source ends it with one line and exit code 7.");
+            "Until the restore is verified, -D carries an incomplete marker; a lost source ends it with one line and exit code 7. " +
+            "With --tls (CRIU's options) the control connection, the page servers and the lazy page session are TLS, and a source without a certificate the CA signed is refused (exit 7).");
         foreach (var o in new Option[] { dir, machine, address, port, timeout, json })
             cmd.Options.Add(o);
+        net.AddTlsTo(cmd);
         cmd.SetAction(p =>
         {
             int n = p.GetValue(port);
@@ -43,6 +46,7 @@ public static class MigrateServiceCommand
                 Address = p.GetValue(address)!,
                 Port = n,
                 IoTimeout = TimeSpan.FromSeconds(s),
+                Tls = net.ParsedTls(p),
             });
             o.WriteLine($"listening on {service.Address}:{service.Port}");
             o.Flush();

@@ -39,7 +39,11 @@ internal static class ReportHtml
           .Append(".ok{color:#1a7f37}.bad{color:#c00;font-weight:600}\n</style></head><body>\n");
         sb.Append($"<h1>Live migration of {E(Path.GetFileName(first.Workload))}</h1>\n");
         sb.Append($"<p>{E(first.Workload)} on {E(first.Arch)}/{E(first.Kernel)}, tracker {E(first.Tracker)}, link {F(first.BandwidthBytesPerSecond / 1048576.0)} MiB/s. ")
-          .Append("Downtime = frozen time of the final dump + transfer of the final images + restore time (virtual time of the cost model).</p>\n");
+          .Append("Downtime = frozen time of the final dump + transfer of the final images + restore time (")
+          .Append(first.Transport == "tcp"
+              ? "measured on the wall clock: the destination was a separate migrate-service process reached over TCP"
+              : "virtual time of the cost model")
+          .Append(").</p>\n");
 
         // Summary table.
         sb.Append("<table id=\"summary\"><tr>");

@@ -32,6 +32,13 @@ public sealed class PageServerCliOptions
             c.Options.Add(o);
     }
 
+    /// <summary>The TLS options only, for verbs with their own address and port (migrate, migrate-service).</summary>
+    public void AddTlsTo(Command c)
+    {
+        foreach (var o in new Option[] { Tls, TlsCaCert, TlsCert, TlsKey, TlsNoCnVerify })
+            c.Options.Add(o);
+    }
+
     /// <summary>The client's extra option.</summary>
     public void AddClientTo(Command c)
     {

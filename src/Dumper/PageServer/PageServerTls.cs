@@ -23,7 +23,11 @@ public sealed record PageServerTls
     public bool NoCnVerify { get; init; }
 }
 
-internal static class PageServerTlsSetup
+/// <summary>
+/// The handshakes of <see cref="PageServerTls"/>, shared by the page server, the lazy page server and
+/// any other connection that takes CRIU's TLS options (migrate's control connection).
+/// </summary>
+public static class PageServerTlsSetup
 {
     private static (X509Certificate2 Own, X509Certificate2 Ca) Load(PageServerTls tls)
     {
@@ -54,7 +58,8 @@ internal static class PageServerTlsSetup
         return chain.Build(c2);
     }
 
-    public static Stream AuthenticateClient(Stream inner, string address, PageServerTls tls)
+    /// <summary>The client's handshake; <paramref name="peer"/> names the server in the error.</summary>
+    public static Stream AuthenticateClient(Stream inner, string address, PageServerTls tls, string peer = "the page server")
     {
         var (own, ca) = Load(tls);
         var ssl = new SslStream(inner, leaveInnerStreamOpen: false,
@@ -73,7 +78,7 @@ internal static class PageServerTlsSetup
         catch (Exception e) when (e is AuthenticationException or IOException)
         {
             ssl.Dispose();
-            throw new PageServerException($"TLS handshake with the page server at {address} failed: {e.Message}", inner: e);
+            throw new PageServerException($"TLS handshake with {peer} at {address} failed: {e.Message}", inner: e);
         }
     }
 
