@@ -54,6 +54,8 @@ public static class JsonOut
         tracker = s.Tracker,
         compression = s.Compression,
         compress_time_ns = s.CompressTime * NsPerUs,
+        // Elision and delta counters as migrate's summary names them; null when both were off.
+        delta = s.Delta,
         wall_clock = Wall(s.WallClock),
     };
 

@@ -15,7 +15,9 @@ internal sealed partial class Checkpointer
             return null;
         if (_o.AutoDedup)
             throw new DumperException("--auto-dedup cannot be used with --page-server: the parent images are on the page server's host");
-        return PageServerClient.Connect(ep);
+        // Delta pages need the server's word that it takes them (PS_IOV_FEATURES): asked only
+        // when this dump may send some, so a CRIU page server never sees the question otherwise.
+        return PageServerClient.Connect(ep with { Deltas = (_pre || SievesFinalDump) && _o.History is { Delta: true, FromChain: false } });
     }
 
     /// <summary>

@@ -59,6 +59,8 @@ internal sealed partial class Checkpointer
         public PageDigestMap? Digests;
         /// <summary>A dump with a history: elision and deltas of the written pages, chunk by chunk.</summary>
         public PageSieve? Sieve;
+        /// <summary>A history rebuilt from images: this task's parent chain (digests, delta bases).</summary>
+        public SentPages.ChainSource? Chain;
         /// <summary><see cref="Digests"/> holds placeholders for pages the page store fetched and digested.</summary>
         public bool DigestsPending;
     }
@@ -80,6 +82,8 @@ internal sealed partial class Checkpointer
         public required PageXferQueue? Stream;
         /// <summary>Elision and deltas: the history describing this dump's parent (a dump's only with local images, see <see cref="SievesFinalDump"/>).</summary>
         public required SentPages? History;
+        /// <summary>What deltas cost and save per byte (see <see cref="DeltaRates"/>).</summary>
+        public required DeltaCostRates Rates;
         public readonly Stopwatch Wall = Stopwatch.StartNew();
         public PhaseTrace Trace = null!;
         /// <summary>The root task's parent pagemap and digests, read while the tree is being frozen (see <see cref="PrefetchParent"/>).</summary>
@@ -100,6 +104,8 @@ internal sealed partial class Checkpointer
         public DeltaCounters DeltaCounters = new();
         /// <summary>Bytes of pages the sieve encoded as deltas (attempts included) or read to pre-check them.</summary>
         public ulong EncodedBytes;
+        /// <summary>A history rebuilt from images: bytes of delta bases read from the parent chain.</summary>
+        public ulong BaseBytes;
 
         public ulong FrozenNs(bool preDump) => FreezeNs + MemdumpNs - ReadNs + (preDump ? 0 : MemwriteNs);
 
@@ -112,7 +118,10 @@ internal sealed partial class Checkpointer
         {
             Stream?.Dispose();
             foreach (var ts in Tasks)
+            {
                 ts.Xfer?.Dispose();
+                ts.Chain?.Dispose();
+            }
             Frozen?.Thaw();
             PageServer?.Dispose();
             Dir.Dispose();
@@ -172,6 +181,10 @@ internal sealed partial class Checkpointer
                 dir.LinkParent(_o.PrevImagesDir);
             pageServer = ConnectPageServer();
             var history = _pre || SievesFinalDump ? _o.History : null;
+            // A final dump without a parent has nothing to elide or take deltas against; a
+            // history rebuilt from images would only cost it the streaming of spliced pages.
+            if (history is { FromChain: true } && !_pre && parentSet is null)
+                history = null;
             history?.Begin(parentSet?.Path, _o.ImagesDir);
             return new DumpRun
             {
@@ -180,6 +193,7 @@ internal sealed partial class Checkpointer
                 Dir = dir, PageServer = pageServer,
                 Stream = _pre ? null : new PageXferQueue(StreamBudgetBytes),
                 History = history,
+                Rates = DeltaRates(),
             };
         }
         catch
@@ -249,7 +263,7 @@ internal sealed partial class Checkpointer
                 // pipe keeps copies (the collector digests them for the VMA checksums) and is
                 // written through the sieve chunk by chunk, still frozen.
                 ts.Xfer = new PageXfer(OpenSink(run.Dir, run.PageServer, ts.Task.Pid));
-                ts.Sieve = new PageSieve(run.History, ts.Task.Pid, ts.ParentPagemap, DeltaRates());
+                ts.Sieve = NewSieve(run, ts, tracker == TrackerKind.Content);
                 ts.Pipe = new PagePipe();
             }
             else if (!_pre)
@@ -296,10 +310,10 @@ internal sealed partial class Checkpointer
     }
 
     /// <summary>
-    /// A final dump elides and sends deltas only into local images it writes itself: the page
-    /// server protocol has no delta messages, and a lazy dump's pages stay on the source.
+    /// A final dump elides and sends deltas into local images or to a page server (deltas only
+    /// where it announced them), not with lazy pages: a lazy dump's pages stay on the source.
     /// </summary>
-    private bool SievesFinalDump => _o.History is not null && _o.PageServer is null && _o.LazyPages is null;
+    private bool SievesFinalDump => _o.History is not null && _o.LazyPages is null;
 
     /// <summary>A dump's chunk: a streamed pipe hands its iovecs on; a kept one (with a sieve) is written through it now.</summary>
     private static void DrainChunk(DumpRun run, TaskState ts)
@@ -309,6 +323,7 @@ internal sealed partial class Checkpointer
             ts.Pipe.Drain();
             return;
         }
+        SeedFromChain(run, ts);
         ts.Xfer!.Write(ts.Pipe, ts.Sieve);
         ts.Pipe.Reset();
     }
@@ -326,6 +341,36 @@ internal sealed partial class Checkpointer
         bool digests = run.Tracker == TrackerKind.Content;
         int pid = _o.Pid;
         run.ParentPrefetch = Task.Run(() => (set.ReadPagemap(pid), digests ? set.ReadPageDigests(pid) : null));
+    }
+
+    /// <summary>
+    /// The sieve of one task. A history rebuilt from images (<see cref="SentPages.FromImages"/>)
+    /// opens the task's parent chain (when it serves as the parent) and records the digests of
+    /// every page the new pagemap covers, unless the content tracker records them already.
+    /// </summary>
+    private static PageSieve NewSieve(DumpRun run, TaskState ts, bool contentTracker)
+    {
+        var h = run.History!;
+        if (!h.FromChain)
+            return new PageSieve(h, ts.Task.Pid, ts.ParentPagemap, run.Rates);
+        if (ts.ParentPagemap is not null && run.ParentSet is not null)
+            ts.Chain ??= h.OpenChain(run.ParentSet, ts.Task.Pid, readPages: run.PageServer is null);
+        return new PageSieve(h, ts.Task.Pid, ts.ParentPagemap, run.Rates)
+        {
+            Recorded = contentTracker ? null : new PageDigestMap(),
+            ParentDigests = ts.Chain?.Digests,
+        };
+    }
+
+    /// <summary>A history rebuilt from images: the digests and bases of the pages the pipe is about to write.</summary>
+    private static void SeedFromChain(DumpRun run, TaskState ts)
+    {
+        if (run.History is not { FromChain: true } h || ts.Chain is null || ts.ParentPagemap is null)
+            return;
+        var written = ts.Pipe.Iovs.Where(i => !i.Hole).Select(i => (i.Va, i.Bytes >> PageGeometry.PageShift));
+        var (noDigest, baseBytes) = h.Seed(ts.Chain, ts.Task.Pid, ts.ParentPagemap, written);
+        run.DeltaCounters = run.DeltaCounters.Add(new DeltaCounters { PagesNoDigest = noDigest });
+        run.BaseBytes += baseBytes;
     }
 
     /// <summary>
@@ -364,7 +409,10 @@ internal sealed partial class Checkpointer
             ts.ParentPagemap = pagemap;
             return tracker == TrackerKind.Content ? digests : null;
         }
-        ts.ParentPagemap = serverParents is null ? parentSet!.ReadPagemap(t.Pid) : PagemapImage.AllInParent("parent on the page server");
+        // On a page server the parent is the server's: what this history sent it, when it holds
+        // that, else a stand-in covering everything (the server checks every hole).
+        ts.ParentPagemap = serverParents is null ? parentSet!.ReadPagemap(t.Pid)
+            : run.History?.CoverageOf(t.Pid) ?? PagemapImage.AllInParent("parent on the page server");
         return tracker == TrackerKind.Content ? parentSet!.ReadPageDigests(t.Pid) : null;
     }
 
@@ -394,7 +442,9 @@ internal sealed partial class Checkpointer
             if (_o.PreDumpMode == PreDumpMode.Read)
                 run.ReadNs += ReadDeferred(ts.Task.Pid, ts.Pipe);
             using var xfer = new PageXfer(OpenSink(run.Dir, run.PageServer, ts.Task.Pid));
-            var sieve = run.History is null ? null : new PageSieve(run.History, ts.Task.Pid, ts.ParentPagemap, DeltaRates());
+            var sieve = run.History is null ? null : NewSieve(run, ts, run.Tracker == TrackerKind.Content);
+            if (sieve is not null)
+                SeedFromChain(run, ts);
             xfer.Write(ts.Pipe, sieve);
             run.Trace.Mark("write.pages");
             if (sieve is not null)
@@ -402,11 +452,13 @@ internal sealed partial class Checkpointer
                 run.DeltaCounters = run.DeltaCounters.Add(sieve.Counters);
                 run.EncodedBytes += sieve.EncodedBytes + sieve.SampledBytes;
             }
-            if (ts.Digests is not null)
-                run.Dir.WritePageDigests(ts.Task.Pid, ts.Digests);
+            if ((ts.Digests ?? sieve?.Recorded) is { } digests)
+                run.Dir.WritePageDigests(ts.Task.Pid, digests);
             run.Trace.Mark("write.digests");
             run.PageStats.Add(xfer.Finish());
             run.Trace.Mark("write.finish");
+            if (run.History is { FromChain: false } h && xfer.Sink is PageServerSink server)
+                h.NoteCoverage(ts.Task.Pid, server.Covered);
             if (_o.AutoDedup) PageXfer.Dedup(run.ParentSet, ImageNames.Pagemap(ts.Task.Pid), xfer.WrittenRanges);
         }
         run.Dir.WriteInventory(new inventory_entry { ImgVersion = 0, DumpUptime = run.UptimeUs, PreDumpMode = (uint)_o.PreDumpMode });
@@ -431,8 +483,8 @@ internal sealed partial class Checkpointer
             run.PageStats.Add(ts.Xfer!.Finish());
             if (ts.Digests is not null && ts.DigestsPending)
                 PageCollector.FillFetchedDigests(ts.Digests, ts.Xfer.Digests);
-            if (ts.Digests is not null)
-                run.Dir.WritePageDigests(ts.Task.Pid, ts.Digests);
+            if ((ts.Digests ?? ts.Sieve?.Recorded) is { } digests)
+                run.Dir.WritePageDigests(ts.Task.Pid, digests);
             AddDigests(ts.Checksums, ts.Xfer.Digests);
             if (_o.AutoDedup) PageXfer.Dedup(run.ParentSet, ImageNames.Pagemap(ts.Task.Pid), ts.Xfer.WrittenRanges);
             ts.Xfer.Dispose();
@@ -466,7 +518,8 @@ internal sealed partial class Checkpointer
             : CostModel.Ns(raw, CompressBytesPerSecond()) / (ulong)Math.Max(1, _o.PageStore.Parallelism)
                 + CostModel.Ns(ps.BytesDelta, CompressBytesPerSecond()))
             + CostModel.Ns(run.EncodedBytes, _cost.DeltaEncodeBytesPerSecond);
-        run.MemwriteNs = run.CompressNs + CostModel.Ns(stored + ps.BytesDeltaStored, _cost.DiskBytesPerSecond);
+        // A history rebuilt from images also reads the delta bases back from the parent chain.
+        run.MemwriteNs = run.CompressNs + CostModel.Ns(stored + ps.BytesDeltaStored + run.BaseBytes, _cost.DiskBytesPerSecond);
 
         var stats = new DumpStats
         {

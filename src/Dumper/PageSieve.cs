@@ -13,7 +13,7 @@ namespace CriuSharp.Dumper;
 ///    share of its compressed block)               → PE_DELTA, delta in deltas-N.img
 ///  otherwise                                      → written as today (PE_PRESENT, compressed)
 /// </code>
-/// Runs of same-kind pages go to the <see cref="PagemapWriter"/> together.
+/// Runs of same-kind pages go to the <see cref="IPageSink"/> (local images or a page server) together.
 /// <para>
 /// Each technique pays for itself. Elision costs a digest compare the dump makes anyway and is
 /// never switched off. A delta is taken only if it beats the page's share of its compressed
@@ -53,6 +53,7 @@ internal sealed class PageSieve
     /// <summary>Per page of the iovec: its share as last sent (-1: not known), then what it costs as sent now.</summary>
     private int[] _before = [], _sentShares = [];
     private bool[] _encoded = [], _sampled = [];
+    private bool _sinkDeltas;
     private ulong _elided, _hits, _misses, _overflows, _deltas, _deltaBytes, _saved, _costNs, _gainNs;
 
     public PageSieve(SentPages history, int pid, PagemapImage? parent, DeltaCostRates rates)
@@ -78,8 +79,10 @@ internal sealed class PageSieve
     private enum Kind : byte { Present, Hole, Delta }
 
     /// <summary>Writes one iovec of copied pages; <paramref name="writePresent"/> takes runs that go out whole.</summary>
-    public void Write(PagemapWriter writer, ulong va, ReadOnlySpan<byte> bytes, Action<ulong, ReadOnlySpan<byte>> writePresent)
+    public void Write(IPageSink writer, ulong va, ReadOnlySpan<byte> bytes, Action<ulong, ReadOnlySpan<byte>> writePresent)
     {
+        // A page server that did not announce delta pages gets elision only.
+        _sinkDeltas = writer.TakesDeltas;
         const int ps = PageGeometry.PageSize;
         int n = bytes.Length / ps;
         if (_kinds.Length < n)
@@ -101,7 +104,7 @@ internal sealed class PageSieve
         // they cut are stored, decides how the next windows are treated (the cut penalty learnt,
         // the iteration's balance). A window holds whole blocks, so a run is cut at its edge only
         // after a window that had deltas.
-        int window = WindowBlocks * Math.Max(1, writer.Options.BlockPages);
+        int window = WindowBlocks * Math.Max(1, writer.BlockPages);
         int runStart = 0;
         Kind runKind = Kind.Present;
         for (int w0 = 0; w0 < n; w0 += window)
@@ -189,14 +192,17 @@ internal sealed class PageSieve
         }
         Flush(writer, va, bytes, runStart, n, runKind, writePresent);
         for (int i = 0; i < n; i++)
+        {
             if (_kinds[i] != Kind.Hole)
                 _history.Sent(_pid, va + ((ulong)i << PageGeometry.PageShift), _digests[i], bytes.Slice(i * ps, ps), _sentShares[i]);
+            Recorded?.Add(va + ((ulong)i << PageGeometry.PageShift), _digests[i]);
+        }
     }
 
     /// <summary>Blocks per window of an iovec after which deltas are re-weighed (4 blocks: 256 KiB with 64 KiB blocks).</summary>
     internal const int WindowBlocks = 4;
 
-    private void Flush(PagemapWriter writer, ulong va, ReadOnlySpan<byte> bytes, int from, int to, Kind kind,
+    private void Flush(IPageSink writer, ulong va, ReadOnlySpan<byte> bytes, int from, int to, Kind kind,
         Action<ulong, ReadOnlySpan<byte>> writePresent)
     {
         if (to <= from)
@@ -208,41 +214,9 @@ internal sealed class PageSieve
         {
             writePresent(a, bytes.Slice(from * PageGeometry.PageSize, (to - from) * PageGeometry.PageSize));
             if (_history.Delta)
-                StoredShares(writer, from, to);
+                writer.LastRunShares(_sentShares.AsSpan(from, to - from));
         }
     }
-
-    /// <summary>
-    /// Each page's share of its block as the writer just stored the run [from, to) (the entry it
-    /// added: block sizes and zero-page bits), as <see cref="PageSizeEstimator.BlockShares"/>
-    /// computes it (a block's bytes split evenly over its non-zero pages); nothing is compressed again.
-    /// </summary>
-    private void StoredShares(PagemapWriter writer, int from, int to)
-    {
-        var e = writer.Entries[^1];
-        int count = to - from;
-        if (e.BlockSizes.Count == 0)
-        {
-            // Stored raw: every page costs its size.
-            _sentShares.AsSpan(from, count).Fill(PageGeometry.PageSize);
-            return;
-        }
-        int bp = Math.Max(1, writer.Options.BlockPages);
-        var zero = e.ZeroPages.Span;
-        for (int b = 0, first = 0; first < count; b++, first += bp)
-        {
-            int pages = Math.Min(bp, count - first), nonZero = 0;
-            for (int p = first; p < first + pages; p++)
-                if (!IsZero(zero, p))
-                    nonZero++;
-            int size = b < e.BlockSizes.Count ? (int)e.BlockSizes[b] : 0;
-            int share = nonZero == 0 ? 0 : (size + nonZero - 1) / nonZero;
-            for (int p = first; p < first + pages; p++)
-                _sentShares[from + p] = IsZero(zero, p) ? 0 : share;
-        }
-    }
-
-    private static bool IsZero(ReadOnlySpan<byte> bits, int page) => (page >> 3) < bits.Length && (bits[page >> 3] & (1 << (page & 7))) != 0;
 
     /// <summary>What a delta of <paramref name="len"/> encoded bytes is expected to store in deltas-N.img.</summary>
     private static int StoredDeltaBytes(int len, double ratio) => (int)Math.Ceiling(len * ratio);
@@ -262,7 +236,7 @@ internal sealed class PageSieve
                 _saved += (ulong)Math.Max(0, _history.ShareOf(_pid, va));
             return Kind.Hole;
         }
-        if (!_history.Delta)
+        if (!_history.Delta || !_sinkDeltas)
             return Kind.Present;
         // Known for every cached page, whether or not deltas are tried: the present runs of an
         // iovec with deltas are charged what they store beyond it.
@@ -322,12 +296,40 @@ internal sealed class PageSieve
     }
 
     /// <summary>The parent pagemap holds this page (stored, in its own parent or as a delta): the other side has a version of it.</summary>
-    private bool ParentCovers(ulong va)
+    private bool ParentCovers(ulong va) => Covers(_parent, va);
+
+    internal static bool Covers(PagemapImage? parent, ulong va)
     {
-        if (_parent is null)
+        if (parent is null)
             return false;
-        int i = _parent.FindEntry(va);
-        return i >= 0 && (PagemapImage.FlagsOf(_parent.Entries[i]) & (PagemapFlags.Present | PagemapFlags.Parent | PagemapFlags.Delta)) != 0;
+        int i = parent.FindEntry(va);
+        return i >= 0 && (PagemapImage.FlagsOf(parent.Entries[i]) & (PagemapFlags.Present | PagemapFlags.Parent | PagemapFlags.Delta)) != 0;
+    }
+
+    /// <summary>
+    /// Digests of every page this pagemap covers, in address order, for page-digests-PID.img (a
+    /// history rebuilt from images: the next dump elides against them); null = not kept.
+    /// </summary>
+    public PageDigestMap? Recorded { get; init; }
+
+    /// <summary>The parent's digests, for the pages the collector left in the parent (<see cref="Hole"/>).</summary>
+    public PageDigestMap? ParentDigests { get; init; }
+
+    /// <summary>
+    /// A run the collector left in the parent (clean pages): <see cref="Recorded"/> takes the
+    /// parent's digests of it where the parent has them (a page without one stays unrecorded, so
+    /// the next dump sends it rather than trust a guess).
+    /// </summary>
+    public void Hole(ulong va, ulong pages)
+    {
+        if (Recorded is not { } rec || ParentDigests is not { } parent)
+            return;
+        for (ulong i = 0; i < pages; i++)
+        {
+            ulong a = va + (i << PageGeometry.PageShift);
+            if (parent.TryGet(a, out ulong d))
+                rec.Add(a, d);
+        }
     }
 }
 

@@ -24,6 +24,28 @@ internal interface IPageSink : IDisposable
     void AddPresentByFetch(ulong vaddr, int nrPages, PageFetch fetch);
     void AddParentHole(ulong vaddr, ulong nrPages);
     PageWriteStats Finish();
+
+    /// <summary>PE_DELTA pages can be stored (<see cref="AddDelta"/>): local images, or a page server that announced them.</summary>
+    bool TakesDeltas => false;
+
+    /// <summary>One page as a delta against the same page in the parent chain (see <see cref="PagemapWriter.AddDelta"/>).</summary>
+    void AddDelta(ulong vaddr, ReadOnlySpan<byte> delta, ulong newPageChecksum) =>
+        throw new NotSupportedException("this page sink stores no delta pages");
+
+    /// <summary>Pages per block of the stored (or sent) runs; 1 where pages go one by one.</summary>
+    int BlockPages => 1;
+
+    /// <summary>Encoded delta bytes stored (or sent) so far; with <see cref="DeltaBlocksStoredBytes"/> the ratio a delta costs per encoded byte.</summary>
+    long DeltaBlocksRawBytes => 0;
+
+    /// <summary>What those delta bytes took where they went (compressed blocks of deltas-N.img locally; as encoded on a page server's wire).</summary>
+    long DeltaBlocksStoredBytes => 0;
+
+    /// <summary>
+    /// What each page of the run just given to <see cref="AddPresent"/> cost stored (or sent): its
+    /// share of its block, a block's bytes split evenly over its non-zero pages.
+    /// </summary>
+    void LastRunShares(Span<int> shares) => shares.Fill(PageGeometry.PageSize);
 }
 
 /// <summary>The local back-end: an images-directory <see cref="PagemapWriter"/>.</summary>
@@ -44,6 +66,40 @@ internal sealed class LocalPageSink(PagemapWriter writer) : IPageSink
     public void AddParentHole(ulong vaddr, ulong nrPages) => writer.AddParentHole(vaddr, nrPages);
     public PageWriteStats Finish() => writer.Finish();
     public void Dispose() => writer.Dispose();
+
+    public bool TakesDeltas => true;
+    public void AddDelta(ulong vaddr, ReadOnlySpan<byte> delta, ulong newPageChecksum) => writer.AddDelta(vaddr, delta, newPageChecksum);
+    public int BlockPages => Math.Max(1, writer.Options.BlockPages);
+    public long DeltaBlocksRawBytes => writer.DeltaBlocksRawBytes;
+    public long DeltaBlocksStoredBytes => writer.DeltaBlocksStoredBytes;
+
+    /// <summary>From the entry the writer just added: its block sizes and zero-page bits; nothing is compressed again.</summary>
+    public void LastRunShares(Span<int> shares)
+    {
+        var e = writer.Entries[^1];
+        int count = shares.Length;
+        if (e.BlockSizes.Count == 0)
+        {
+            // Stored raw: every page costs its size.
+            shares.Fill(PageGeometry.PageSize);
+            return;
+        }
+        int bp = BlockPages;
+        var zero = e.ZeroPages.Span;
+        for (int b = 0, first = 0; first < count; b++, first += bp)
+        {
+            int pages = Math.Min(bp, count - first), nonZero = 0;
+            for (int p = first; p < first + pages; p++)
+                if (!IsZero(zero, p))
+                    nonZero++;
+            int size = b < e.BlockSizes.Count ? (int)e.BlockSizes[b] : 0;
+            int share = nonZero == 0 ? 0 : (size + nonZero - 1) / nonZero;
+            for (int p = first; p < first + pages; p++)
+                shares[p] = IsZero(zero, p) ? 0 : share;
+        }
+    }
+
+    private static bool IsZero(ReadOnlySpan<byte> bits, int page) => (page >> 3) < bits.Length && (bits[page >> 3] & (1 << (page & 7))) != 0;
 }
 
 /// <summary>
@@ -59,20 +115,114 @@ internal sealed class PageServerSink(PageServerClient client, PageServerImageTyp
     private readonly PageWriteStats _stats = new();
     private bool _opened;
     private bool _finished;
+    // Delta pages waiting to go out as one ADD_DELTA: consecutive pages, records and deltas.
+    private ulong _deltaVa;
+    private int _deltaPages;
+    private readonly System.Buffers.ArrayBufferWriter<byte> _deltaRecords = new();
+    private readonly System.Buffers.ArrayBufferWriter<byte> _deltaBytes = new();
+    // The wire size and non-zero pages of each block of the last run sent, and which of its
+    // pages were zero (for LastRunShares).
+    private readonly List<(int Size, int NonZero)> _lastBlocks = [];
+    private readonly List<bool> _lastZero = [];
 
     public Action<ulong, ulong>? OnPageDigest { get; set; }
+
+    public bool TakesDeltas => client.DeltaPages;
+    public int BlockPages => client.Encoder?.BlockPages ?? 1;
+    // ADD_DELTA carries the deltas as encoded (the server compresses them into its deltas-N.img):
+    // on the wire a delta costs its length.
+    public long DeltaBlocksRawBytes => _deltaBytesSent;
+    public long DeltaBlocksStoredBytes => _deltaBytesSent;
+    private long _deltaBytesSent;
+
+    /// <summary>The ranges this pagemap's entries covered on the server, ascending and merged.</summary>
+    public IReadOnlyList<(ulong Va, ulong Pages)> Covered => _covered;
+
+    private readonly List<(ulong Va, ulong Pages)> _covered = [];
+
+    private void Cover(ulong vaddr, ulong nr)
+    {
+        if (_covered.Count > 0 && _covered[^1].Va + (_covered[^1].Pages << PageGeometry.PageShift) == vaddr)
+            _covered[^1] = (_covered[^1].Va, _covered[^1].Pages + nr);
+        else
+            _covered.Add((vaddr, nr));
+    }
+
+    public void AddDelta(ulong vaddr, ReadOnlySpan<byte> delta, ulong newPageChecksum)
+    {
+        if (!client.DeltaPages)
+            throw new InvalidOperationException("the page server did not announce delta pages");
+        if (_deltaPages > 0 && (vaddr != _deltaVa + ((ulong)_deltaPages << PageGeometry.PageShift) || _deltaPages == PageServerDeltas.MaxPages))
+            FlushDeltas();
+        if (_deltaPages == 0)
+            _deltaVa = vaddr;
+        PageServerDeltas.WriteRecord(_deltaRecords.GetSpan(PageServerDeltas.RecordBytes), (uint)delta.Length, newPageChecksum);
+        _deltaRecords.Advance(PageServerDeltas.RecordBytes);
+        System.Buffers.BuffersExtensions.Write(_deltaBytes, delta);
+        _deltaPages++;
+    }
+
+    private void FlushDeltas()
+    {
+        if (_deltaPages == 0)
+            return;
+        EnsureOpen();
+        long before = client.PageBytesSent;
+        client.AddDeltas(_deltaVa, _deltaPages, _dst, _deltaRecords.WrittenSpan, _deltaBytes.WrittenSpan);
+        _deltaBytesSent += _deltaBytes.WrittenCount;
+        Cover(_deltaVa, (ulong)_deltaPages);
+        _stats.AddDeltasTransferred((ulong)_deltaPages, (ulong)(client.PageBytesSent - before));
+        _deltaPages = 0;
+        _deltaRecords.Clear();
+        _deltaBytes.Clear();
+    }
+
+    public void LastRunShares(Span<int> shares)
+    {
+        if (_lastBlocks.Count == 0)
+        {
+            shares.Fill(PageGeometry.PageSize);
+            return;
+        }
+        // As a local store counts them: a block's bytes split over its non-zero pages (zero
+        // pages compress to next to nothing, so they cost 0).
+        int bp = BlockPages;
+        for (int b = 0, first = 0; first < shares.Length; b++, first += bp)
+        {
+            int pages = Math.Min(bp, shares.Length - first);
+            var (size, nonZero) = b < _lastBlocks.Count ? _lastBlocks[b] : (0, 0);
+            int share = nonZero == 0 ? 0 : (size + nonZero - 1) / nonZero;
+            for (int p = first; p < first + pages; p++)
+                shares[p] = p < _lastZero.Count && _lastZero[p] ? 0 : share;
+        }
+    }
 
     public void AddPresent(ulong vaddr, ReadOnlySpan<byte> pages)
     {
         ulong nr = (ulong)pages.Length >> PageGeometry.PageShift;
         Begin(PagemapFlags.Present, vaddr, nr);
         long before = client.PageBytesSent;
+        _lastBlocks.Clear();
+        _lastZero.Clear();
         if (client.Encoder is { } enc)
         {
             SendPreamble(enc);
             int blockBytes = enc.BlockPages << PageGeometry.PageShift;
             for (int off = 0; off < pages.Length; off += blockBytes)
-                client.SendPages(enc.EncodeBlock(pages.Slice(off, Math.Min(blockBytes, pages.Length - off))));
+            {
+                var plain = pages.Slice(off, Math.Min(blockBytes, pages.Length - off));
+                var block = enc.EncodeBlock(plain);
+                int nonZero = 0;
+                for (int p = 0; p < plain.Length; p += PageGeometry.PageSize)
+                {
+                    bool zero = !plain.Slice(p, PageGeometry.PageSize).ContainsAnyExcept((byte)0);
+                    _lastZero.Add(zero);
+                    if (!zero)
+                        nonZero++;
+                }
+                _lastBlocks.Add((block.Length, nonZero));
+                client.SendPages(block);
+            }
         }
         else
         {
@@ -135,7 +285,9 @@ internal sealed class PageServerSink(PageServerClient client, PageServerImageTyp
     {
         if (_finished)
             throw new InvalidOperationException("the pagemap is already finished");
+        FlushDeltas();
         EnsureOpen();
+        Cover(vaddr, nr);
         if (client.Encoder is not null && flags == PagemapFlags.Present)
             flags |= (PagemapFlags)PageServerBlocks.Flag;
         client.AddF(flags, vaddr, nr, _dst);
@@ -165,6 +317,7 @@ internal sealed class PageServerSink(PageServerClient client, PageServerImageTyp
     {
         if (!_finished)
         {
+            FlushDeltas();
             EnsureOpen();
             _finished = true;
         }

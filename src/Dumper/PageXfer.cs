@@ -47,10 +47,13 @@ internal sealed class PageXfer : IDisposable
         foreach (var iov in pipe.Iovs)
         {
             if (iov.Hole)
+            {
                 WriteHole(iov.Va, iov.HolePages);
-            else if (sieve is not null && _writer is LocalPageSink local)
-                // Local images only: the page server protocol has no delta messages yet.
-                sieve.Write(local.Writer, iov.Va, pipe.Buffer(iov.Buf, iov.Off, iov.Bytes), WritePresent);
+                sieve?.Hole(iov.Va, iov.HolePages);
+            }
+            else if (sieve is not null)
+                // Local images or a page server (holes as ADD_F PE_PARENT; deltas only where it announced them).
+                sieve.Write(_writer, iov.Va, pipe.Buffer(iov.Buf, iov.Off, iov.Bytes), WritePresent);
             else
                 WritePresent(iov.Va, pipe.Buffer(iov.Buf, iov.Off, iov.Bytes));
         }
@@ -103,6 +106,9 @@ internal sealed class PageXfer : IDisposable
     internal void WriteHole(ulong va, ulong imagePages) => _writer.AddParentHole(va, imagePages);
 
     public PageWriteStats Finish() => _writer.Finish();
+
+    /// <summary>Where the pages went (local images or a page server).</summary>
+    public IPageSink Sink => _writer;
 
     public IReadOnlyList<(ulong Va, ulong End)> WrittenRanges => _written;
 

@@ -20,6 +20,12 @@ public sealed record DeltaCounters
     public ulong DeltaBytes { get; init; }
     /// <summary>Σ (page's share of its compressed block − delta) over the delta pages, plus the shares of elided pages (as last sent).</summary>
     public ulong BytesSaved { get; init; }
+    /// <summary>
+    /// A history rebuilt from the parent chain (<see cref="SentPages.FromImages"/>): written pages
+    /// the parent chain holds but whose digest it did not record (it was dumped without
+    /// page-digests-PID.img) and whose base was not read, so elision could not be tried.
+    /// </summary>
+    public ulong PagesNoDigest { get; init; }
     /// <summary>Virtual time deltas cost: sizing pages up (compressing them once more) and encoding them.</summary>
     public ulong DeltaCostNs { get; init; }
     /// <summary>Virtual time deltas saved: link time of the bytes they did not send plus the compression of the pages they replaced.</summary>
@@ -36,6 +42,7 @@ public sealed record DeltaCounters
         BytesSaved = BytesSaved + o.BytesSaved,
         DeltaCostNs = DeltaCostNs + o.DeltaCostNs,
         DeltaGainNs = DeltaGainNs + o.DeltaGainNs,
+        PagesNoDigest = PagesNoDigest + o.PagesNoDigest,
     };
 }
 
@@ -52,7 +59,7 @@ public sealed record DeltaCounters
 /// up to date with. A pre-dump whose parent is another directory (or one that failed half-way)
 /// finds the history does not match and starts it afresh rather than trust it.
 /// </summary>
-public sealed class SentPages
+public sealed partial class SentPages
 {
     private readonly Dictionary<(int Pid, ulong Va), ulong> _digests = [];
     private readonly Dictionary<(int Pid, ulong Va), int> _slotOf = [];
@@ -99,6 +106,7 @@ public sealed class SentPages
         if (parentDir is null || Head is null || !SamePath(parentDir, Head))
             Clear();
         Head = null;
+        _pendingCoverage.Clear();
         ResetIteration();
         _ = imagesDir;
     }
@@ -106,6 +114,8 @@ public sealed class SentPages
     internal void Commit(string imagesDir, DeltaCounters counters)
     {
         Head = Path.GetFullPath(imagesDir);
+        (_coverage, _pendingCoverage) = (_pendingCoverage, _coverage);
+        _pendingCoverage.Clear();
         Totals = Totals.Add(counters);
         // Deltas switch themselves off for a few iterations after one where they cost more time
         // than they saved: sizing pages up compresses them once more and encoding reads them, and
@@ -150,6 +160,19 @@ public sealed class SentPages
 
     private long _cutBytes;
     private long _cutPages;
+    private Dictionary<int, PagemapImage> _coverage = [], _pendingCoverage = [];
+
+    /// <summary>
+    /// What a pagemap sent to a page server covered (its entries, whatever their kind): the
+    /// server's copy is the next dump's parent, which the source cannot read. Without it a
+    /// written page whose address held another mapping's page earlier in the chain could be
+    /// elided against a digest the server's parent no longer covers.
+    /// </summary>
+    internal void NoteCoverage(int pid, IReadOnlyList<(ulong Va, ulong Pages)> ranges) =>
+        _pendingCoverage[pid] = PagemapImage.Coverage($"pagemap-{pid}.img as sent to the page server", ranges);
+
+    /// <summary>The coverage of the parent's pagemap of <paramref name="pid"/> as sent to a page server, if this history holds it.</summary>
+    internal PagemapImage? CoverageOf(int pid) => _coverage.GetValueOrDefault(pid);
 
     /// <summary>
     /// Bytes a delta page has cost, on average, in the present runs it cut (they compress worse in
@@ -233,6 +256,7 @@ public sealed class SentPages
         _meanCount = 0;
         ResetIteration();
         _digests.Clear();
+        _coverage.Clear();
         _slotOf.Clear();
         _free.Clear();
         _used = 0;
@@ -268,7 +292,9 @@ public sealed class SentPages
     {
         var key = (pid, va);
         _digests[key] = digest;
-        if (_capacity == 0)
+        // Rebuilt from images, the history ends with this run: bases seeded for pages still to
+        // be written must not make room for versions nothing will read.
+        if (_capacity == 0 || FromChain)
             return;
         if (share <= PageSieve.DeltaEntryCost)
         {

@@ -42,8 +42,9 @@ public sealed record DumpStats
         // stats-dump travels with the images, and an iteration that sent the same pages as
         // without elision and deltas should not cost bytes for saying so (the counters are in
         // the dump's result either way).
-        if (Delta is { } d && (d.PagesElided != 0 || d.PagesDelta != 0))
+        if (Delta is { } d && (d.PagesElided != 0 || d.PagesDelta != 0 || d.PagesNoDigest != 0))
         {
+            if (d.PagesNoDigest != 0) p.PagesNoDigest = d.PagesNoDigest;
             if (d.PagesElided != 0) p.PagesElided = d.PagesElided;
             if (d.PagesDelta != 0) p.PagesDelta = d.PagesDelta;
             if (d.DeltaBytes != 0) p.DeltaBytes = d.DeltaBytes;

@@ -43,9 +43,16 @@ public static class CheckpointCommands
             DefaultValueFactory = _ => "1MiB",
         };
 
+        public readonly Option<bool> Elide = new("--elide-unchanged")
+        {
+            Description = "Record pages the tracker reports written but whose contents equal the parent chain's as in-parent (PE_PARENT) instead of writing them, as migrate does. Compares with the parent's page-digests-PID.img, which every dump with this (or --delta) on writes at 8 bytes per page its pagemap covers — more than elision saved on samples/hotcold-trace.json (README), hence off by default here (migrate keeps its history in memory and has it on). CRIU restores such images.",
+        };
+        public readonly Option<bool> Delta = new("--delta") { Description = "Write re-dirtied pages as XBZRLE-style deltas against their version in the parent chain (read back from its pages) when smaller. An image extension: criu-sharp restores such images, CRIU cannot. Not with --page-server (the bases are on the server)." };
+        public readonly Option<string> DeltaCache = new("--delta-cache") { Description = "With --delta: at most this many bytes of delta bases read from the parent chain (QEMU's default xbzrle-cache-size); written pages beyond it go whole.", DefaultValueFactory = _ => "64MiB" };
+
         public void AddTo(Command c)
         {
-            foreach (var o in new Option[] { Pid, Dir, Prev, TrackMem, AutoDedup, Tracker, Compress, BlockKiB, DisplayStats, Json, PageServer, Timeout, FreezeCost, GhostLimit })
+            foreach (var o in new Option[] { Pid, Dir, Prev, TrackMem, AutoDedup, Tracker, Compress, BlockKiB, DisplayStats, Json, PageServer, Timeout, FreezeCost, GhostLimit, Elide, Delta, DeltaCache })
                 c.Options.Add(o);
             Net.AddClientTo(c);
             Machine.AddTo(c);
@@ -67,6 +74,19 @@ public static class CheckpointCommands
             // work, its costs being virtual time.
             if (Machine.IsRealHost(p) && store.Compression != PageCompression.None)
                 store = store with { Parallelism = Environment.ProcessorCount };
+            bool elide = p.GetValue(Elide), delta = p.GetValue(Delta);
+            if (delta && p.GetValue(PageServer))
+                throw new UserException(ExitCode.Usage, "--delta with --page-server: the delta bases are the parent chain's pages, which are on the page server, not here",
+                    "Use --delta with local images (--prev-images-dir), or migrate --transport tcp --delta, whose source keeps the bases.");
+            long cacheBytes = 0;
+            if (delta)
+            {
+                string text = p.GetValue(DeltaCache)!;
+                ulong size = CommonOptions.ParseSize(text);
+                if (size < PageGeometry.PageSize || size > (1UL << 40))
+                    throw new UserException(ExitCode.Usage, $"--delta-cache '{text}': must be from 4KiB to 1TiB");
+                cacheBytes = (long)size;
+            }
             int timeout = p.GetValue(Timeout);
             if (timeout < 0)
                 throw new UserException(ExitCode.Usage, $"--timeout {timeout}: must be a number of seconds, 0 or more (0: no limit)");
@@ -82,6 +102,8 @@ public static class CheckpointCommands
                 Cost = CostModel.Default with { FreezeNsPerTask = CommonOptions.ParseDurationNs(p.GetValue(FreezeCost)!) },
                 Tracker = TrackerNames.Parse(p.GetValue(Tracker)!),
                 PageStore = store,
+                // Each invocation is a process of its own: the history is rebuilt from the parent chain.
+                History = elide || delta ? SentPages.FromImages(elide, cacheBytes) : null,
                 PageServer = p.GetValue(PageServer)
                     ? Net.Endpoint(p) with { WireCompression = p.GetValue(Net.Compress) && store.Compression != PageCompression.None ? store : null }
                     : null,
@@ -266,6 +288,11 @@ public static class CheckpointCommands
         o.WriteLine($"Bytes raw / stored: {s.BytesRaw} / {s.BytesCompressed} ({s.Compression})");
         o.WriteLine($"Pages stored raw: {s.PagesStoredRaw}");
         o.WriteLine($"Tracker: {s.Tracker}");
+        if (s.Delta is { } d)
+        {
+            o.WriteLine($"Pages elided: {d.PagesElided} (no parent digest: {d.PagesNoDigest})");
+            o.WriteLine($"Pages as deltas: {d.PagesDelta} ({d.DeltaBytes} bytes; cache {d.CacheHits} hits, {d.CacheMisses} misses, {d.Overflows} overflows; {d.BytesSaved} bytes saved)");
+        }
     }
 
     public static Command Restore()

@@ -16,13 +16,14 @@ public static class PageServerCommand
         compress.AcceptOnlyFromAmong("lz4", "zstd", "none");
         var blockKiB = new Option<int>("--block-size") { Description = "Compression block size in KiB, 4 to 256.", DefaultValueFactory = _ => 64 };
         var sessions = new Option<int>("--sessions") { Description = "Exit after this many sessions ended with CLOSE (CRIU's page server serves one); 0 = never.", DefaultValueFactory = _ => 1 };
+        var noExt = new Option<bool>("--no-extensions") { Description = "Refuse criu-sharp's protocol extensions (PS_IOV_FEATURES, delta pages), as CRIU's page server does: a client asking for them is disconnected." };
         var json = CommonOptions.Json();
         var net = new PageServerCliOptions();
         var cmd = new Command("page-server",
             "Receive pages over TCP with CRIU's page-xfer protocol and write pagemap-*.img and pages-*.img into -D (criu page-server). " +
             "Speaks the current 32-byte header by default; --ps-layout pre-4.2 speaks the 24-byte one of CRIU 4.1 and earlier. " +
             "Prints 'listening on ADDRESS:PORT' first; a connection that breaks the protocol is closed with one line on stderr and the next is served.");
-        foreach (var o in new Option[] { dir, prev, compress, blockKiB, sessions, json })
+        foreach (var o in new Option[] { dir, prev, compress, blockKiB, sessions, noExt, json })
             cmd.Options.Add(o);
         net.AddTo(cmd);
         cmd.SetAction(p =>
@@ -43,6 +44,7 @@ public static class PageServerCommand
                 Tls = net.ParsedTls(p),
                 IdleTimeout = net.ParsedTimeout(p),
                 Sessions = n,
+                Extensions = !p.GetValue(noExt),
                 PageStore = p.GetValue(compress) switch
                 {
                     "none" => PageStoreOptions.Raw,

@@ -18,6 +18,11 @@ public sealed record PageServerEndpoint
     /// criu-sharp extension only our page server understands); null = raw pages, as CRIU.
     /// </summary>
     public PageStoreOptions? WireCompression { get; init; }
+    /// <summary>
+    /// Ask the server for its extensions (PS_IOV_FEATURES, a criu-sharp extension) right after
+    /// connecting, so delta pages can be sent; a server without them refuses the connection.
+    /// </summary>
+    public bool Deltas { get; init; }
 }
 
 /// <summary>
@@ -75,7 +80,10 @@ public sealed class PageServerClient : IDisposable
             Stream s = tcp.GetStream();
             if (ep.Tls is not null)
                 s = PageServerTlsSetup.AuthenticateClient(s, ep.Address, ep.Tls);
-            return new PageServerClient(tcp, s, ep.Layout, ep.WireCompression);
+            var client = new PageServerClient(tcp, s, ep.Layout, ep.WireCompression);
+            if (ep.Deltas)
+                client.NegotiateDeltas(ep);
+            return client;
         }
         catch (AggregateException e) when (e.InnerException is SocketException se)
         {
@@ -87,6 +95,48 @@ public sealed class PageServerClient : IDisposable
             tcp.Dispose();
             throw;
         }
+    }
+
+    /// <summary>The server announced ADD_DELTA in its FEATURES answer: delta pages may be sent.</summary>
+    public bool DeltaPages { get; private set; }
+
+    /// <summary>
+    /// PS_IOV_FEATURES (criu-sharp extension): a server with it answers its feature bits; a CRIU
+    /// page server (or an older criu-sharp) does not know the command and closes the connection,
+    /// so it never receives a delta.
+    /// </summary>
+    private void NegotiateDeltas(PageServerEndpoint ep)
+    {
+        SendHeader(new PageServerIov(PageServerIov.EncodeCmd(PageServerCommand.Features), 0, 0, 0));
+        Flush();
+        Span<byte> answer = stackalloc byte[8];
+        try
+        {
+            _stream.ReadExactly(answer);
+        }
+        catch (Exception e) when (e is EndOfStreamException or IOException)
+        {
+            throw new PageServerException($"the page server at {ep.Address}:{ep.Port} does not take delta pages (it closed the connection on PS_IOV_FEATURES, a criu-sharp extension that CRIU's page server lacks): run without --delta", inner: e);
+        }
+        if ((BitConverter.ToUInt64(answer) & PageServerDeltas.FeatureDelta) == 0)
+            throw new PageServerException($"the page server at {ep.Address}:{ep.Port} does not take delta pages (its PS_IOV_FEATURES answer lacks them): run without --delta");
+        DeltaPages = true;
+    }
+
+    /// <summary>
+    /// PS_IOV_ADD_DELTA (criu-sharp extension): <paramref name="records"/> holds one
+    /// <see cref="PageServerDeltas.RecordBytes"/> record per page, <paramref name="deltas"/> their deltas.
+    /// </summary>
+    internal void AddDeltas(ulong vaddr, int nrPages, ulong dstId, ReadOnlySpan<byte> records, ReadOnlySpan<byte> deltas)
+    {
+        if (!DeltaPages)
+            throw new InvalidOperationException("the page server did not announce delta pages");
+        SendHeader(new PageServerIov(PageServerIov.EncodeCmd(PageServerCommand.AddDelta), (ulong)nrPages, vaddr, dstId));
+        Span<byte> encoding = stackalloc byte[4];
+        System.Runtime.InteropServices.MemoryMarshal.Write(encoding, (uint)DeltaEncoding.Xbzrle);
+        SendPages(encoding);
+        SendPages(records);
+        SendPages(deltas);
     }
 
     /// <summary>PS_IOV_PARENT: does the server's parent image set hold this pagemap?</summary>

@@ -23,6 +23,11 @@ public sealed record PageServerOptions
     public TimeSpan IdleTimeout { get; init; } = TimeSpan.FromSeconds(60);
     /// <summary>Stop after this many sessions ended with CLOSE (CRIU's page server serves one); 0 = until cancelled.</summary>
     public int Sessions { get; init; } = 1;
+    /// <summary>
+    /// Answer PS_IOV_FEATURES and take PS_IOV_ADD_DELTA (criu-sharp extensions); false behaves as
+    /// CRIU's page server, which knows neither command (<c>page-server --no-extensions</c>).
+    /// </summary>
+    public bool Extensions { get; init; } = true;
 }
 
 /// <summary>What one connection did.</summary>

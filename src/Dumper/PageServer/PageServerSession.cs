@@ -144,6 +144,14 @@ internal sealed class PageServerSession(PageServerOptions o, Stream s)
                     return true;
                 case PageServerCommand.Get:
                     throw new PageServerProtocolException("GET asks a dump-side page server for lazy pages; this one receives pages");
+                case PageServerCommand.Features when o.Extensions:
+                    RequireNoFlags(iov);
+                    Reply(BitConverter.GetBytes(PageServerDeltas.FeatureDelta));
+                    break;
+                case PageServerCommand.AddDelta when o.Extensions:
+                    RequireNoFlags(iov);
+                    AddDeltas(iov);
+                    break;
                 default:
                     throw new PageServerProtocolException($"unknown command 0x{iov.Cmd:x}");
             }
@@ -313,15 +321,66 @@ internal sealed class PageServerSession(PageServerOptions o, Stream s)
         }
     }
 
+    /// <summary>
+    /// PS_IOV_ADD_DELTA (criu-sharp extension, <see cref="PageServerDeltas"/>): nr_pages PE_DELTA
+    /// pages, written as a local dump writes them (deltas-N.img, delta_sizes, delta_checksums).
+    /// Their bases must be in the parent, as a hole's; the checksums are checked on restore.
+    /// </summary>
+    private void AddDeltas(in PageServerIov iov)
+    {
+        if (iov.DstId != _cur)
+            Open(iov.DstId);
+        ulong va = iov.Vaddr, nr = iov.NrPages;
+        if (nr == 0 || nr > PageServerDeltas.MaxPages)
+            throw new PageServerProtocolException($"delta entry at 0x{va:x} with {nr} pages: one ADD_DELTA holds 1..{PageServerDeltas.MaxPages} pages");
+        if ((va & (PageGeometry.PageSize - 1)) != 0)
+            throw new PageServerProtocolException($"vaddr 0x{va:x} is not page aligned");
+        if (nr > (ulong.MaxValue - va) >> PageGeometry.PageShift)
+            throw new PageServerProtocolException($"delta entry at 0x{va:x} with {nr} pages runs past the address space");
+        if (va < _nextFree)
+            throw new PageServerProtocolException($"delta entry at 0x{va:x} is out of order: entries must ascend, the previous one ended at 0x{_nextFree:x}");
+        ulong end = va + (nr << PageGeometry.PageShift);
+        Span<byte> word = stackalloc byte[4];
+        s.ReadExactly(word);
+        uint encoding = BitConverter.ToUInt32(word);
+        if (encoding != (uint)DeltaEncoding.Xbzrle)
+            throw new PageServerProtocolException($"delta entry at 0x{va:x}: unknown delta encoding {encoding}");
+        int n = (int)nr;
+        var records = new byte[n * PageServerDeltas.RecordBytes];
+        s.ReadExactly(records);
+        long total = 0;
+        for (int i = 0; i < n; i++)
+        {
+            var (size, _) = PageServerDeltas.ReadRecord(records.AsSpan(i * PageServerDeltas.RecordBytes));
+            if (size > PageGeometry.PageSize)
+                throw new PageServerProtocolException($"delta of page 0x{va + ((ulong)i << PageGeometry.PageShift):x} claims {size} bytes, more than a page");
+            total += size;
+        }
+        CheckHoleInParent(va, end, "delta pages");
+        if (_buf.Length < total)
+            Array.Resize(ref _buf, (int)Math.Max(total, _buf.Length * 2L));
+        s.ReadExactly(_buf, 0, (int)total);
+        int off = 0;
+        for (int i = 0; i < n; i++)
+        {
+            var (size, checksum) = PageServerDeltas.ReadRecord(records.AsSpan(i * PageServerDeltas.RecordBytes));
+            _w!.AddDelta(va + ((ulong)i << PageGeometry.PageShift), _buf.AsSpan(off, (int)size), checksum);
+            off += (int)size;
+        }
+        _bytes += 4 + records.Length + total;
+        _pagesWritten += nr;
+        _nextFree = end;
+    }
+
     /// <summary>criu/page-xfer.c check_pagehole_in_parent: a hole must be covered by the parent's entries.</summary>
-    private void CheckHoleInParent(ulong va, ulong end)
+    private void CheckHoleInParent(ulong va, ulong end, string what = "hole")
     {
         if (_parentPm is null)
         {
             string? dir = ParentDir();
             string name = PagemapName(_curType, _curId);
             if (dir is null || !File.Exists(Path.Combine(dir, name)))
-                throw new PageServerProtocolException($"hole 0x{va:x}-0x{end:x} in {name}, but there is no parent {name}");
+                throw new PageServerProtocolException($"{what} 0x{va:x}-0x{end:x} in {name}, but there is no parent {name}");
             _parentPm = PagemapImage.Load(Path.Combine(dir, name));
         }
         var entries = _parentPm.Entries;
@@ -329,9 +388,10 @@ internal sealed class PageServerSession(PageServerOptions o, Stream s)
         int i = _parentPm.FirstEntryEndingAfter(at);
         while (at < end)
         {
+            // A PE_DELTA page of the parent's is a version of the page too (its own base is further down).
             if (i < 0 || i >= entries.Count || entries[i].Vaddr > at
-                || (PagemapImage.FlagsOf(entries[i]) & (PagemapFlags.Present | PagemapFlags.Parent)) == 0)
-                throw new PageServerProtocolException($"hole 0x{va:x}-0x{end:x}: 0x{at:x} is not in the parent image");
+                || (PagemapImage.FlagsOf(entries[i]) & (PagemapFlags.Present | PagemapFlags.Parent | PagemapFlags.Delta)) == 0)
+                throw new PageServerProtocolException($"{what} 0x{va:x}-0x{end:x}: 0x{at:x} is not in the parent image");
             at = entries[i].Vaddr + (PagemapImage.NrPages(entries[i]) << PageGeometry.PageShift);
             i++;
         }

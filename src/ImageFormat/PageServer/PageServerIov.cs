@@ -44,6 +44,10 @@ public enum PageServerCommand : uint
     Close = 0x1023,
     /// <summary>As CLOSE, sent when the socket may outlive the client (--ps-socket).</summary>
     ForceClose = 0x1024,
+    /// <summary>criu-sharp extension: which extensions does the server take? It answers u64 bits (<see cref="PageServerDeltas"/>).</summary>
+    Features = 0x5301,
+    /// <summary>criu-sharp extension: nr_pages PE_DELTA pages follow (<see cref="PageServerDeltas"/>); sent only to a server whose FEATURES said so.</summary>
+    AddDelta = 0x5302,
 }
 
 /// <summary>The kind of pagemap a dst_id names (PS_TYPE_*).</summary>

@@ -322,6 +322,38 @@ public sealed class PageReader : IDisposable
         }
     }
 
+    /// <summary>
+    /// What the chain's version of the page cost where it is stored: its share of its compressed
+    /// block (the block's stored bytes split evenly over the block's non-zero pages), 0 for a zero
+    /// page, 4096 in a raw pages file; a PE_PARENT or PE_DELTA page is costed where its base is
+    /// stored (what a delta replaced is not recorded). -1 where no image of the chain holds it.
+    /// Reads only pagemaps, never pages.
+    /// </summary>
+    public int StoredShare(ulong vaddr)
+    {
+        vaddr &= ~(ulong)(PageGeometry.PageSize - 1);
+        int i = Pagemap.FindEntry(vaddr);
+        if (i < 0)
+            return -1;
+        var e = Pagemap.Entries[i];
+        var flags = PagemapImage.FlagsOf(e);
+        if ((flags & PagemapFlags.Present) == 0)
+            return (flags & (PagemapFlags.Parent | PagemapFlags.Delta)) != 0 && Parent is { } parent ? parent.StoredShare(vaddr) : -1;
+        int page = (int)((vaddr - e.Vaddr) >> PageGeometry.PageShift);
+        if (_codec is null)
+            return PageGeometry.PageSize;
+        if (PagemapImage.IsZeroPage(e, page))
+            return 0;
+        int bp = Pagemap.BlockPages;
+        int block = page / bp, first = block * bp;
+        int count = (int)Math.Min((ulong)bp, PagemapImage.NrPages(e) - (ulong)first), nonZero = 0;
+        for (int p = first; p < first + count; p++)
+            if (!PagemapImage.IsZeroPage(e, p))
+                nonZero++;
+        int size = block < e.BlockSizes.Count ? (int)e.BlockSizes[block] : 0;
+        return nonZero == 0 ? 0 : (size + nonZero - 1) / nonZero;
+    }
+
     private MissingPagesException Missing(ulong vaddr, string why) =>
         new(Pagemap.Path, vaddr, vaddr + PageGeometry.PageSize, why);
 

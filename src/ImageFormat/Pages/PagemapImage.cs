@@ -186,6 +186,18 @@ public sealed class PagemapImage
         return new PagemapImage(description, new pagemap_head { PagesId = 0 }, [entry], [0, 0]);
     }
 
+    /// <summary>
+    /// A pagemap of coverage only, each range (ascending, non-overlapping, 4 KiB pages) as a
+    /// PE_PARENT entry: what a page server holds for a pagemap, as the dump that sent it saw it.
+    /// </summary>
+    public static PagemapImage Coverage(string description, IReadOnlyList<(ulong Va, ulong Pages)> ranges)
+    {
+        var entries = new pagemap_entry[ranges.Count];
+        for (int i = 0; i < entries.Length; i++)
+            entries[i] = new pagemap_entry { Vaddr = ranges[i].Va, NrPages64 = ranges[i].Pages, Flags = (uint)PagemapFlags.Parent };
+        return new PagemapImage(description, new pagemap_head { PagesId = 0 }, entries, new long[entries.Length + 1]);
+    }
+
     /// <summary>CRIU's reader shim: in_parent means PE_PARENT; an absent flags field means PE_PRESENT.</summary>
     public static PagemapFlags FlagsOf(pagemap_entry e) =>
         e.InParent ? PagemapFlags.Parent : e.HasFlags ? (PagemapFlags)e.Flags : PagemapFlags.Present;

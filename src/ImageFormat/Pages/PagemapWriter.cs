@@ -40,6 +40,13 @@ public sealed class PageWriteStats
         BytesStored += bytesSent;
     }
 
+    /// <summary>Counts delta pages sent to a page server (<paramref name="bytesSent"/>: their deltas).</summary>
+    public void AddDeltasTransferred(ulong pages, ulong bytesSent)
+    {
+        PagesDelta += pages;
+        BytesDelta += bytesSent;
+    }
+
     public void Add(PageWriteStats other)
     {
         PagesDelta += other.PagesDelta;
