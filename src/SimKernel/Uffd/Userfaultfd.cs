@@ -318,23 +318,31 @@ public sealed partial class Userfaultfd : IUserfaultfd
         _waiters.Add(w);
         if (task is not null)
             task.UserfaultWait = w;
-        if (_monitor is { } m && !_inMonitor)
-        {
-            _inMonitor = true;
-            if (task is not null)
-                task.Kernel.FaultingOperationNs = Workloads.WorkloadApi.OperationTimeNs(task);
-            try
-            {
-                m(this);
-            }
-            finally
-            {
-                _inMonitor = false;
-                if (task is not null)
-                    task.Kernel.FaultingOperationNs = 0;
-            }
-        }
+        RunMonitor(task);
         return w;
+    }
+
+    /// <summary>
+    /// Lets the attached monitor (the lazy-pages daemon polling the descriptor) handle what was just
+    /// queued while <paramref name="task"/> waits, unless it is the monitor's own call that queued it.
+    /// </summary>
+    private void RunMonitor(SimTask? task)
+    {
+        if (_monitor is not { } m || _inMonitor)
+            return;
+        _inMonitor = true;
+        if (task is not null)
+            task.Kernel.FaultingOperationNs = Workloads.WorkloadApi.OperationTimeNs(task);
+        try
+        {
+            m(this);
+        }
+        finally
+        {
+            _inMonitor = false;
+            if (task is not null)
+                task.Kernel.FaultingOperationNs = 0;
+        }
     }
 
     /// <summary>
@@ -348,22 +356,7 @@ public sealed partial class Userfaultfd : IUserfaultfd
         if (Released)
             return;
         _events.Enqueue(msg);
-        if (_monitor is { } m && !_inMonitor)
-        {
-            _inMonitor = true;
-            if (task is not null)
-                task.Kernel.FaultingOperationNs = Workloads.WorkloadApi.OperationTimeNs(task);
-            try
-            {
-                m(this);
-            }
-            finally
-            {
-                _inMonitor = false;
-                if (task is not null)
-                    task.Kernel.FaultingOperationNs = 0;
-            }
-        }
+        RunMonitor(task);
     }
 
     /// <summary>A thread that died while asleep took its wait-queue entry with it.</summary>
