@@ -513,10 +513,11 @@ internal sealed partial class Checkpointer
         var ps = run.PageStats;
         ulong stored = ps.BytesStored, raw = ps.BytesRaw;
         // Pages considered for deltas were also encoded against their cached versions, and the
-        // deltas compressed in blocks as the pages are.
+        // deltas compressed in blocks as the pages are (locally; a page server gets them as
+        // encoded and compresses them itself).
         run.CompressNs = (_o.PageStore.Compression == PageCompression.None ? 0
             : CostModel.Ns(raw, CompressBytesPerSecond()) / (ulong)Math.Max(1, _o.PageStore.Parallelism)
-                + CostModel.Ns(ps.BytesDelta, CompressBytesPerSecond()))
+                + (run.PageServer is null ? CostModel.Ns(ps.BytesDelta, CompressBytesPerSecond()) : 0))
             + CostModel.Ns(run.EncodedBytes, _cost.DeltaEncodeBytesPerSecond);
         // A history rebuilt from images also reads the delta bases back from the parent chain.
         run.MemwriteNs = run.CompressNs + CostModel.Ns(stored + ps.BytesDeltaStored + run.BaseBytes, _cost.DiskBytesPerSecond);

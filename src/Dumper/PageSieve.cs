@@ -81,7 +81,8 @@ internal sealed class PageSieve
     /// <summary>Writes one iovec of copied pages; <paramref name="writePresent"/> takes runs that go out whole.</summary>
     public void Write(IPageSink writer, ulong va, ReadOnlySpan<byte> bytes, Action<ulong, ReadOnlySpan<byte>> writePresent)
     {
-        // A page server that did not announce delta pages gets elision only.
+        // Local images take delta pages; a page server only once it announced them (a client
+        // without deltas never asks, and sends it elision only).
         _sinkDeltas = writer.TakesDeltas;
         const int ps = PageGeometry.PageSize;
         int n = bytes.Length / ps;

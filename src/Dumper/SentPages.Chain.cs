@@ -50,7 +50,9 @@ public sealed partial class SentPages
     /// </summary>
     internal (ulong NoDigest, ulong BaseBytes) Seed(ChainSource src, int pid, PagemapImage parentPagemap, IEnumerable<(ulong Va, int Pages)> written)
     {
-        Clear();
+        // Once per batch of the pipe: the pages change, what the dump has learnt about deltas
+        // so far (stored ratio, cut penalty, back-off) carries on to the next batch.
+        ClearPages();
         ulong noDigest = 0, baseBytes = 0;
         const int ps = PageGeometry.PageSize;
         foreach (var (va0, pages) in written)

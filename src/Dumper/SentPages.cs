@@ -255,8 +255,14 @@ public sealed partial class SentPages
         _meanShare = 0;
         _meanCount = 0;
         ResetIteration();
-        _digests.Clear();
         _coverage.Clear();
+        ClearPages();
+    }
+
+    /// <summary>Forgets the digests and cached pages only; what was learnt about deltas (ratio, cut penalty, back-off) stays.</summary>
+    private void ClearPages()
+    {
+        _digests.Clear();
         _slotOf.Clear();
         _free.Clear();
         _used = 0;

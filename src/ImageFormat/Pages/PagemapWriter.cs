@@ -40,11 +40,12 @@ public sealed class PageWriteStats
         BytesStored += bytesSent;
     }
 
-    /// <summary>Counts delta pages sent to a page server (<paramref name="bytesSent"/>: their deltas).</summary>
+    /// <summary>Counts delta pages sent to a page server (<paramref name="bytesSent"/>: their deltas, which travel as encoded).</summary>
     public void AddDeltasTransferred(ulong pages, ulong bytesSent)
     {
         PagesDelta += pages;
         BytesDelta += bytesSent;
+        BytesDeltaStored += bytesSent;
     }
 
     public void Add(PageWriteStats other)
