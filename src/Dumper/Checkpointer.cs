@@ -124,6 +124,15 @@ internal sealed partial class Checkpointer
             }
             Frozen?.Thaw();
             PageServer?.Dispose();
+            // A prefetch of the parent images not used (the freeze failed, the parent was
+            // rejected) still finishes before the run is gone; what it failed with was never asked for.
+            try
+            {
+                ParentPrefetch?.Wait();
+            }
+            catch (AggregateException)
+            {
+            }
             Dir.Dispose();
         }
     }

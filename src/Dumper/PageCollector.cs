@@ -251,7 +251,8 @@ internal sealed class PageCollector
             chunk = ParallelChunkBytes / ps;
             imgChunk = chunk * _imgPerPage;
         }
-        int ring = lanes > 1 ? 2 * lanes : 1;
+        // No more slots than the span has chunks: a small VMA takes one or two.
+        int ring = lanes > 1 ? (int)Math.Min((ulong)(2 * lanes), (nr + (ulong)chunk - 1) / (ulong)chunk) : 1;
         _chunks ??= [];
         if (_chunks.Count > 0 && _chunks[0].Digests.Length < imgChunk)
             _chunks.Clear();
@@ -310,7 +311,8 @@ internal sealed class PageCollector
         /// a zeroed page for each 4 KiB the read fills, about as much as the read itself.
         /// </summary>
         private static readonly System.Collections.Concurrent.ConcurrentBag<Chunk> Spare = [];
-        private const int MaxSpare = 8;
+        /// <summary>As many as a ring of two chunks per core holds.</summary>
+        private static readonly int MaxSpare = 2 * Math.Max(1, Environment.ProcessorCount);
 
         public readonly byte[] Bytes = GC.AllocateUninitializedArray<byte>(bytes);
         public readonly ulong[] Digests = new ulong[imgPages];
