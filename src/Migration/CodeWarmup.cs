@@ -65,9 +65,9 @@ internal static class CodeWarmup
                 }));
             return (sw.Elapsed, null);
         }
-        catch (Exception e) when (e is DumperException or ImageFormatException or IOException or UnauthorizedAccessException or ArgumentException
-                                      or InvalidOperationException or SimKernel.Machine.MachineStateException)
+        catch (Exception e) when (e is not OutOfMemoryException)
         {
+            // Best effort: whatever the warm-up ran into becomes a warning, never the migration's failure.
             return (sw.Elapsed, e.Message);
         }
         finally

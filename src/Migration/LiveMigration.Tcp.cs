@@ -39,35 +39,44 @@ public sealed partial class LiveMigration
         source.Advance(_o.WarmupNs);
         // The source's warm-up runs while the destination starts and warms its own.
         var warm = t.WarmUp ? Task.Run(() => CodeWarmup.Run(_o)) : null;
-        using var dest = TcpDestination.Open(t);
         try
         {
-            dest.Hello(new ControlRequest
+            using var dest = TcpDestination.Open(t);
+            try
             {
-                Mode = _o.Mode.ToString().ToLowerInvariant(),
-                WarmUp = t.WarmUp,
-                ElideUnchanged = _o.ElideUnchanged,
-                DeltaCacheBytes = _o.DeltaCacheBytes,
-                Cmd = "hello",
-                Version = MigrationChannel.ProtocolVersion,
-                Kernel = KernelSpec.Of(_o.Kernel),
-                Compression = CompressionName(_o.PageStore),
-                BlockPages = _o.PageStore.BlockPages,
-                Preload = _o.Preload,
-                DecompressBytesPerSecond = _o.Cost.DecompressBytesPerSecond,
-                CopyBytesPerSecond = _o.Cost.CopyBytesPerSecond,
-            });
-            if (warm is not null && warm.Result.Error is { } why)
-                _warmUpWarning = $"the source's warm-up failed ({why}); the downtime may include compilation";
-            var result = MigrateOver(dest, source, pid, root, temporary);
-            dest.Close();
-            return result;
+                dest.Hello(new ControlRequest
+                {
+                    Mode = _o.Mode.ToString().ToLowerInvariant(),
+                    WarmUp = t.WarmUp,
+                    ElideUnchanged = _o.ElideUnchanged,
+                    DeltaCacheBytes = _o.DeltaCacheBytes,
+                    Cmd = "hello",
+                    Version = MigrationChannel.ProtocolVersion,
+                    Kernel = KernelSpec.Of(_o.Kernel),
+                    Compression = CompressionName(_o.PageStore),
+                    BlockPages = _o.PageStore.BlockPages,
+                    Preload = _o.Preload,
+                    DecompressBytesPerSecond = _o.Cost.DecompressBytesPerSecond,
+                    CopyBytesPerSecond = _o.Cost.CopyBytesPerSecond,
+                });
+                if (warm is not null && warm.Result.Error is { } why)
+                    _warmUpWarning = $"the source's warm-up failed ({why}); the downtime may include compilation";
+                var result = MigrateOver(dest, source, pid, root, temporary);
+                dest.Close();
+                return result;
+            }
+            catch (Exception e) when (e is MigrationTransportException or PageServerException or IOException or SocketException
+                                          or DumperException { InnerException: PageServerException or IOException })
+            {
+                var lost = e is MigrationTransportException m ? m : dest.Lost(e);
+                throw new MigrationTransportException(lost.Message + "; " + ResumeSource(source, pid), lost.InnerException);
+            }
         }
-        catch (Exception e) when (e is MigrationTransportException or PageServerException or IOException or SocketException
-                                      or DumperException { InnerException: PageServerException or IOException })
+        finally
         {
-            var lost = e is MigrationTransportException m ? m : dest.Lost(e);
-            throw new MigrationTransportException(lost.Message + "; " + ResumeSource(source, pid), lost.InnerException);
+            // A destination that could not be reached leaves the warm-up running: it ends before the
+            // migration returns (it only ever reports what failed, it never throws).
+            warm?.Wait();
         }
     }
 

@@ -301,12 +301,14 @@ public sealed partial class MmStruct
             if (newAddr < oldAddr + oldLen && oldAddr < newAddr + newLen)
                 return Errno.EINVAL;
             DoMunmap(newAddr, newAddr + newLen);
+            // mremap_to: the destination's unmap goes out before REMAP; the shrink of the old
+            // range (uf_unmap) after it, with the old range's own unmap.
+            _earlyUnmapEvents = TakeUnmapEvents();
             if (newLen < oldLen)
             {
                 DoMunmap(oldAddr + newLen, oldAddr + oldLen);
                 oldLen = newLen;
             }
-            _earlyUnmapEvents = TakeUnmapEvents();
             return MoveVma(oldAddr, oldLen, newAddr, newLen, dontUnmap);
         }
         if (newLen <= oldLen && !dontUnmap)
