@@ -193,4 +193,19 @@ public class ChainHistoryTests
         RestoresExactly(Path.Combine(root, "2"), before);
         Directory.Delete(root, true);
     }
+
+    /// <summary>
+    /// A dump run alone seeds its bases once per batch of the pipe: the pages change, but what it
+    /// learnt about deltas so far (here the stored ratio) must carry on to the next batch.
+    /// </summary>
+    [Fact]
+    public void SeedingTheNextBatch_KeepsWhatWasLearntAboutDeltas()
+    {
+        var h = SentPages.FromImages(elide: true, cacheBytes: 1 << 20);
+        h.NoteDeltaBlocks(128 << 10, 64 << 10);
+        Assert.Equal(0.5, h.DeltaStoredRatio);
+        using var src = new SentPages.ChainSource(null, null);
+        h.Seed(src, Pid, PagemapImage.AllInParent("parent"), [(0x10000UL, 4)]);
+        Assert.Equal(0.5, h.DeltaStoredRatio);
+    }
 }
