@@ -29,11 +29,7 @@ public class RpcServiceTests
         using var work = new TempMachine();
         Directory.CreateDirectory(work.Dir);
         string machine = Path.Combine(work.Dir, "m");
-        string wl = Path.Combine(work.Dir, "w.json");
-        File.WriteAllText(wl, Workload);
-        Assert.Equal(0, CliRunner.RunProcess(work.Dir, "spawn", wl, "--machine", machine).Code);
-        string address = Path.Combine(work.Dir, "criu_service.socket");
-        using var service = Service.Start(address, machine);
+        using var service = Service.ForSpawned(work, machine, "criu_service.socket");
 
         // Garbage: not a protobuf message.
         using (var c = service.Connect())
@@ -158,7 +154,7 @@ public class RpcServiceTests
         Assert.False(File.Exists(Path.Combine(img2, "pagemap-1000.img")));
 
         Assert.Equal(0, service.Stop());
-        Assert.False(File.Exists(address));
+        Assert.False(File.Exists(service.Address));
     }
 
     [Fact]
@@ -167,11 +163,7 @@ public class RpcServiceTests
         using var work = new TempMachine();
         Directory.CreateDirectory(work.Dir);
         string source = Path.Combine(work.Dir, "source"), dest = Path.Combine(work.Dir, "dest");
-        string wl = Path.Combine(work.Dir, "w.json");
-        File.WriteAllText(wl, Workload);
-        Assert.Equal(0, CliRunner.RunProcess(work.Dir, "spawn", wl, "--machine", source).Code);
-        string address = Path.Combine(work.Dir, "s.socket");
-        using var service = Service.Start(address, source);
+        using var service = Service.ForSpawned(work, source);
         using var c = service.Connect();
         criu_resp Ask(criu_req req, params bool[] answers)
         {
@@ -240,17 +232,8 @@ public class RpcServiceTests
         using var work = new TempMachine();
         Directory.CreateDirectory(work.Dir);
         string source = Path.Combine(work.Dir, "source"), dest = Path.Combine(work.Dir, "dest");
-        string wl = Path.Combine(work.Dir, "w.json");
-        File.WriteAllText(wl, Workload);
-        Assert.Equal(0, CliRunner.RunProcess(work.Dir, "spawn", wl, "--machine", source).Code);
-        string address = Path.Combine(work.Dir, "s.socket");
-        using var service = Service.Start(address, source);
-        criu_resp Ask(criu_req req)
-        {
-            using var c = service.Connect();
-            c.Send(req);
-            return c.Receive()!;
-        }
+        using var service = Service.ForSpawned(work, source);
+        criu_resp Ask(criu_req req) => service.Ask(req);
         string State(string machine) => CliRunner.Run("ps", "--machine", machine).Out.Split('\n')[1].Split(' ', StringSplitOptions.RemoveEmptyEntries)[2];
 
         var pre = Ask(new criu_req { Type = criu_req_type.PreDump, Opts = new criu_opts { ImagesDir = Dir(work.Dir, "1"), Pid = 1000, PreDumpMode = criu_pre_dump_mode.VmRead } });
@@ -273,17 +256,8 @@ public class RpcServiceTests
         using var work = new TempMachine();
         Directory.CreateDirectory(work.Dir);
         string source = Path.Combine(work.Dir, "source"), dest = Path.Combine(work.Dir, "dest"), img = Path.Combine(work.Dir, "img");
-        string wl = Path.Combine(work.Dir, "w.json");
-        File.WriteAllText(wl, Workload);
-        Assert.Equal(0, CliRunner.RunProcess(work.Dir, "spawn", wl, "--machine", source).Code);
-        string address = Path.Combine(work.Dir, "s.socket");
-        using var service = Service.Start(address, source);
-        criu_resp Ask(criu_req req)
-        {
-            using var c = service.Connect();
-            c.Send(req);
-            return c.Receive()!;
-        }
+        using var service = Service.ForSpawned(work, source);
+        criu_resp Ask(criu_req req) => service.Ask(req);
         // criu_opts.lazy_pages on DUMP: refused (the lazy dump serves its pages from the CLI).
         var lazyDump = Ask(new criu_req { Type = criu_req_type.Dump, Opts = new criu_opts { ImagesDir = Dir(work.Dir, "refused"), Pid = 1000, LazyPages = true } });
         Assert.False(lazyDump.Success);
@@ -358,7 +332,26 @@ public class RpcServiceTests
             return new Service(p, address);
         }
 
+        public string Address => _address;
+
         public Client Connect() => new(_address);
+
+        /// <summary>One request on its own connection, as pycriu's default (not keep_open) client sends it.</summary>
+        public criu_resp Ask(criu_req req)
+        {
+            using var c = Connect();
+            c.Send(req);
+            return c.Receive()!;
+        }
+
+        /// <summary>Spawns the test workload into <paramref name="machine"/> under <paramref name="work"/> and serves that machine.</summary>
+        public static Service ForSpawned(TempMachine work, string machine, string socketName = "s.socket")
+        {
+            string wl = Path.Combine(work.Dir, "w.json");
+            File.WriteAllText(wl, Workload);
+            Assert.Equal(0, CliRunner.RunProcess(work.Dir, "spawn", wl, "--machine", machine).Code);
+            return Start(Path.Combine(work.Dir, socketName), machine);
+        }
 
         /// <summary>SIGTERM, as a service manager stops it; returns the exit status.</summary>
         public int Stop()
