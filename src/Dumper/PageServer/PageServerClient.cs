@@ -109,7 +109,7 @@ public sealed class PageServerClient : IDisposable
     {
         SendHeader(new PageServerIov(PageServerIov.EncodeCmd(PageServerCommand.Features), 0, 0, 0));
         Flush();
-        Span<byte> answer = stackalloc byte[8];
+        Span<byte> answer = stackalloc byte[sizeof(ulong)];
         try
         {
             _stream.ReadExactly(answer);
@@ -118,7 +118,7 @@ public sealed class PageServerClient : IDisposable
         {
             throw new PageServerException($"the page server at {ep.Address}:{ep.Port} does not take delta pages (it closed the connection on PS_IOV_FEATURES, a criu-sharp extension that CRIU's page server lacks): run without --delta", inner: e);
         }
-        if ((BitConverter.ToUInt64(answer) & PageServerDeltas.FeatureDelta) == 0)
+        if ((PageServerDeltas.ReadFeatures(answer) & PageServerDeltas.FeatureDelta) == 0)
             throw new PageServerException($"the page server at {ep.Address}:{ep.Port} does not take delta pages (its PS_IOV_FEATURES answer lacks them): run without --delta");
         DeltaPages = true;
     }
@@ -132,8 +132,8 @@ public sealed class PageServerClient : IDisposable
         if (!DeltaPages)
             throw new InvalidOperationException("the page server did not announce delta pages");
         SendHeader(new PageServerIov(PageServerIov.EncodeCmd(PageServerCommand.AddDelta), (ulong)nrPages, vaddr, dstId));
-        Span<byte> encoding = stackalloc byte[4];
-        System.Runtime.InteropServices.MemoryMarshal.Write(encoding, (uint)DeltaEncoding.Xbzrle);
+        Span<byte> encoding = stackalloc byte[PageServerDeltas.EncodingBytes];
+        PageServerDeltas.WriteEncoding(encoding, DeltaEncoding.Xbzrle);
         SendPages(encoding);
         SendPages(records);
         SendPages(deltas);

@@ -146,7 +146,7 @@ internal sealed class PageServerSession(PageServerOptions o, Stream s)
                     throw new PageServerProtocolException("GET asks a dump-side page server for lazy pages; this one receives pages");
                 case PageServerCommand.Features when o.Extensions:
                     RequireNoFlags(iov);
-                    Reply(BitConverter.GetBytes(PageServerDeltas.FeatureDelta));
+                    Reply(PageServerDeltas.FeaturesAnswer(PageServerDeltas.FeatureDelta));
                     break;
                 case PageServerCommand.AddDelta when o.Extensions:
                     RequireNoFlags(iov);
@@ -340,9 +340,9 @@ internal sealed class PageServerSession(PageServerOptions o, Stream s)
         if (va < _nextFree)
             throw new PageServerProtocolException($"delta entry at 0x{va:x} is out of order: entries must ascend, the previous one ended at 0x{_nextFree:x}");
         ulong end = va + (nr << PageGeometry.PageShift);
-        Span<byte> word = stackalloc byte[4];
+        Span<byte> word = stackalloc byte[PageServerDeltas.EncodingBytes];
         s.ReadExactly(word);
-        uint encoding = BitConverter.ToUInt32(word);
+        uint encoding = PageServerDeltas.ReadEncoding(word);
         if (encoding != (uint)DeltaEncoding.Xbzrle)
             throw new PageServerProtocolException($"delta entry at 0x{va:x}: unknown delta encoding {encoding}");
         int n = (int)nr;

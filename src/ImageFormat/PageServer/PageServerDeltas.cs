@@ -38,4 +38,16 @@ public static class PageServerDeltas
 
     public static (uint Size, ulong Checksum) ReadRecord(ReadOnlySpan<byte> src) =>
         (MemoryMarshal.Read<uint>(src), MemoryMarshal.Read<ulong>(src[4..]));
+
+    /// <summary>Bytes of the encoding word that follows an ADD_DELTA header.</summary>
+    public const int EncodingBytes = 4;
+
+    public static void WriteEncoding(Span<byte> dst, DeltaEncoding encoding) => MemoryMarshal.Write(dst, (uint)encoding);
+
+    public static uint ReadEncoding(ReadOnlySpan<byte> src) => MemoryMarshal.Read<uint>(src);
+
+    /// <summary>The u64 feature bits that answer FEATURES.</summary>
+    public static byte[] FeaturesAnswer(ulong features) => BitConverter.GetBytes(features);
+
+    public static ulong ReadFeatures(ReadOnlySpan<byte> answer) => MemoryMarshal.Read<ulong>(answer);
 }
