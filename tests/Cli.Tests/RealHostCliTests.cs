@@ -78,20 +78,51 @@ public sealed class RealHostCliTests : IDisposable
         // criu-sharp run as nobody against a root-owned process: ptrace access is refused.
         if (Environment.UserName != "root" || !File.Exists("/usr/bin/setpriv"))
             return;
-        string dll = Path.Combine(AppContext.BaseDirectory, "criu-sharp.dll");
-        var psi = new ProcessStartInfo("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "dotnet", dll,
-            "dump", "-t", _child.Pid.ToString(CultureInfo.InvariantCulture), "--machine", "/proc", "-D", Path.Combine(Path.GetTempPath(), $"criu-sharp-nobody-{Guid.NewGuid():N}")])
-        { RedirectStandardError = true, RedirectStandardOutput = true };
-        psi.Environment["HOME"] = "/tmp";
-        psi.Environment["DOTNET_CLI_HOME"] = "/tmp";
-        using var p = Process.Start(psi)!;
-        string err = p.StandardError.ReadToEnd();
-        p.StandardOutput.ReadToEnd();
-        Assert.True(p.WaitForExit(60_000));
-        Assert.True(p.ExitCode == 10, $"exit {p.ExitCode}: {err}");
-        Assert.Single(err.Split('\n', StringSplitOptions.RemoveEmptyEntries), l => l.StartsWith("criu-sharp: ", StringComparison.Ordinal) && !l.Contains("hint", StringComparison.OrdinalIgnoreCase));
-        Assert.Matches("not permitted|ermission denied", err);
-        Assert.Contains(RealState(), "SR");
+        // nobody must reach the program: a checkout under a private directory (mktemp -d is 0700)
+        // is not searchable by other users, so it runs from a world-readable link copy in /tmp.
+        string app = Path.Combine("/tmp", $"criu-sharp-nobody-app-{Guid.NewGuid():N}");
+        try
+        {
+            LinkCopy(AppContext.BaseDirectory, app);
+            var psi = new ProcessStartInfo("/usr/bin/setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "dotnet", Path.Combine(app, "criu-sharp.dll"),
+                "dump", "-t", _child.Pid.ToString(CultureInfo.InvariantCulture), "--machine", "/proc", "-D", Path.Combine(Path.GetTempPath(), $"criu-sharp-nobody-{Guid.NewGuid():N}")])
+            { RedirectStandardError = true, RedirectStandardOutput = true };
+            psi.Environment["HOME"] = "/tmp";
+            psi.Environment["DOTNET_CLI_HOME"] = "/tmp";
+            using var p = Process.Start(psi)!;
+            string err = p.StandardError.ReadToEnd();
+            p.StandardOutput.ReadToEnd();
+            Assert.True(p.WaitForExit(60_000));
+            Assert.True(p.ExitCode == 10, $"exit {p.ExitCode}: {err}");
+            Assert.Single(err.Split('\n', StringSplitOptions.RemoveEmptyEntries), l => l.StartsWith("criu-sharp: ", StringComparison.Ordinal) && !l.Contains("hint", StringComparison.OrdinalIgnoreCase));
+            Assert.Matches("not permitted|ermission denied", err);
+            Assert.Contains(RealState(), "SR");
+        }
+        finally
+        {
+            if (Directory.Exists(app))
+                Directory.Delete(app, true);
+        }
+    }
+
+    /// <summary>cp -al (hard links; a full copy where the two directories are on different file systems), the new directory 0755.</summary>
+    private static void LinkCopy(string from, string to)
+    {
+        foreach (var args in new[] { new[] { "-al", from, to }, ["-a", from, to] })
+        {
+            using var cp = Process.Start(new ProcessStartInfo("cp", args) { RedirectStandardError = true })!;
+            cp.StandardError.ReadToEnd();
+            Assert.True(cp.WaitForExit(60_000));
+            if (cp.ExitCode == 0)
+            {
+                using var chmod = Process.Start("chmod", ["755", to])!;
+                Assert.True(chmod.WaitForExit(60_000) && chmod.ExitCode == 0, $"chmod 755 {to} failed");
+                return;
+            }
+            if (Directory.Exists(to))
+                Directory.Delete(to, true);
+        }
+        Assert.Fail($"could not copy {from} to {to}");
     }
 
     private char RealState()
