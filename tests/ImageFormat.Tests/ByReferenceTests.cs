@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using CriuSharp.ImageFormat;
 
@@ -79,10 +80,13 @@ public class ByReferenceTests
             w.AddPresent(Base, data.AsSpan(0, 600 * 4096));
             w.AddPresent(Base + 600 * 4096, data.AsSpan(600 * 4096));
         });
-        int fetches = 0;
-        void Fetch(ulong va, Span<byte> dst)
+        int fetches = 0, unaligned = 0;
+        unsafe void Fetch(ulong va, Span<byte> dst)
         {
             Interlocked.Increment(ref fetches);
+            // process_vm_readv copies into an unaligned buffer far more slowly (PageAlignedBuffer).
+            if (((nint)Unsafe.AsPointer(ref MemoryMarshal.GetReference(dst)) & 4095) != 0)
+                Interlocked.Increment(ref unaligned);
             data.AsSpan(checked((int)(va - Base)), dst.Length).CopyTo(dst);
         }
         var (fetchFile, fetchEntries, fetchDigests) = Write(Store(kind, workers), w =>
@@ -94,6 +98,9 @@ public class ByReferenceTests
         Assert.Equal(byteEntries, fetchEntries);
         Assert.Equal(byteDigests, fetchDigests);
         Assert.True(fetches > 0);
+        Assert.Equal(0, unaligned);
+        // Up to 1 MiB (or the raw layout's 256 pages) per read, not one read per 64 KiB block.
+        Assert.True(fetches <= 6, $"{fetches} reads for {pages} pages");
     }
 
     [Fact]
