@@ -12,6 +12,8 @@ public enum FreezeMethod { CgroupFreezer, SigStop }
 ///  cgroup v1 freezer mounted and writable:
 ///    mkdir FREEZER/criu-sharp-PID-RAND ─▶ each task's cgroup.procs moved in (old cgroup kept)
 ///    ─▶ freezer.state = FROZEN (poll until FROZEN) ······ thaw: THAWED ─▶ tasks moved back ─▶ rmdir
+///    (with ptrace, LinuxHost seizes every thread while frozen and the thaw's three steps come
+///    right after, the tasks held in a ptrace-stop: see LeaveCgroupKeepingStops)
 ///  otherwise:
 ///    SIGSTOP every thread group (those already stopped are remembered) ─▶ wait for state T
 ///    ······ thaw: SIGCONT only to the ones we stopped
@@ -218,6 +220,27 @@ public sealed class Freezer : IDisposable
             File.WriteAllText(Path.Combine(_cgroup!, "freezer.state"), "THAWED");
     }
 
+    /// <summary>
+    /// Once every task of the tree is held in a ptrace-stop (seized and interrupted, see
+    /// <see cref="Ptrace"/>), the freezer cgroup has done its work: the tree was stopped without
+    /// racing its forks while the tracer took hold of it, and no stopped task can fork. The tasks
+    /// go back to their own cgroups right away, still ptrace-stopped, and ours is removed, so the
+    /// thaw is only the tracer's detach. Done now, the move back also finds the cgroup core's
+    /// threadgroup lock just taken by the move in (kernel/cgroup/cgroup.c takes it with
+    /// percpu_down_write, which waits for an RCU grace period only when it was not taken
+    /// moments before), so it costs microseconds instead of a grace period.
+    /// </summary>
+    internal void LeaveCgroupKeepingStops()
+    {
+        if (Method == FreezeMethod.CgroupFreezer && !_left)
+        {
+            _left = true;
+            LeaveCgroup();
+        }
+    }
+
+    private bool _left;
+
     /// <summary>Lets the tree run again and removes every trace of the freeze.</summary>
     public void Thaw()
     {
@@ -225,30 +248,38 @@ public sealed class Freezer : IDisposable
         _thawed = true;
         if (Method == FreezeMethod.CgroupFreezer)
         {
-            try { File.WriteAllText(Path.Combine(_cgroup!, "freezer.state"), "THAWED"); } catch (IOException) { }
-            foreach (var (pid, origin) in _origin)
-            {
-                try { File.WriteAllText(Path.Combine(origin, "cgroup.procs"), pid.ToString(CultureInfo.InvariantCulture)); }
-                catch (IOException) { } // exited
-            }
-            // Tasks forked into our cgroup while it was being set up go back to the root's origin.
-            string procs = Path.Combine(_cgroup!, "cgroup.procs");
-            string fallback = _origin.Values.FirstOrDefault() ?? Path.GetDirectoryName(_cgroup)!;
-            for (int i = 0; i < 100 && Directory.Exists(_cgroup); i++)
-            {
-                try
-                {
-                    foreach (var w in File.ReadAllText(procs).Split('\n', StringSplitOptions.RemoveEmptyEntries))
-                        try { File.WriteAllText(Path.Combine(fallback, "cgroup.procs"), w); } catch (IOException) { }
-                    Directory.Delete(_cgroup!);
-                }
-                catch (IOException) { Thread.Sleep(1); }
-            }
+            if (!_left)
+                LeaveCgroup();
+            _left = true;
         }
         else
         {
             foreach (int pid in _stopped)
                 Interop.Libc.Kill(pid, Interop.Libc.SIGCONT);
+        }
+    }
+
+    /// <summary>THAWED, every task back where it was, the cgroup removed.</summary>
+    private void LeaveCgroup()
+    {
+        try { File.WriteAllText(Path.Combine(_cgroup!, "freezer.state"), "THAWED"); } catch (IOException) { }
+        foreach (var (pid, origin) in _origin)
+        {
+            try { File.WriteAllText(Path.Combine(origin, "cgroup.procs"), pid.ToString(CultureInfo.InvariantCulture)); }
+            catch (IOException) { } // exited
+        }
+        // Tasks forked into our cgroup while it was being set up go back to the root's origin.
+        string procs = Path.Combine(_cgroup!, "cgroup.procs");
+        string fallback = _origin.Values.FirstOrDefault() ?? Path.GetDirectoryName(_cgroup)!;
+        for (int i = 0; i < 100 && Directory.Exists(_cgroup); i++)
+        {
+            try
+            {
+                foreach (var w in File.ReadAllText(procs).Split('\n', StringSplitOptions.RemoveEmptyEntries))
+                    try { File.WriteAllText(Path.Combine(fallback, "cgroup.procs"), w); } catch (IOException) { }
+                Directory.Delete(_cgroup!);
+            }
+            catch (IOException) { Thread.Sleep(1); }
         }
     }
 

@@ -274,6 +274,7 @@ public sealed class LinuxHost : IKernel, IDisposable
                 if (fz.Method == FreezeMethod.CgroupFreezer)
                     fz.ThawCgroupKeepingTasks();
                 pt.WaitStopped();
+                fz.LeaveCgroupKeepingStops();
             }
             else
             {

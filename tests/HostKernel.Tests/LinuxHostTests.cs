@@ -33,6 +33,8 @@ public class LinuxHostTests
                 Assert.Null(host.RegistersUnavailable); // root may ptrace any process
             if (host.RegistersUnavailable is null)
             {
+                // Held by ptrace, the task is back in its own cgroup already; ours is gone.
+                Assert.Equal(cgroupBefore, File.ReadAllText($"/proc/{c.Pid}/cgroup"));
                 var regs = host.GetRegisters(c.Pid);
                 Assert.True(regs.General.Length >= 17);
                 if (host.Capabilities.Arch == ArchFamily.X86_64)
