@@ -5,10 +5,11 @@ namespace CriuSharp.Bench;
 
 /// <summary>
 /// <c>criu-sharp-bench host-profile OP [n]</c>: runs one of the real-host benchmarks' operations
-/// (loop, dump, pre, read) or a probe (freeze: freeze and thaw; read128k, read1m-2threads,
-/// read128k-2threads: the 1 GiB read in other piece sizes and thread counts) n times against the
+/// (loop, dump, pre, read) or a probe (freeze: freeze and thaw; readSIZE[-Nthreads]: the 1 GiB
+/// read in pieces of SIZE (64k, 128k, 1m, ...) on N threads; rdSIZE[-Nthreads]: the same, each
+/// piece digested as the content tracker does) n times against the
 /// same 1 GiB process outside BenchmarkDotNet, and prints each run's wall time, the CPU time
-/// (user+sys) this process spent on it and what the JIT compiled meanwhile, so a profiler
+/// (user+sys) this process spent on it, what the JIT compiled and the GCs meanwhile, so a profiler
 /// (perf record -p) can be pointed at exactly one kind of operation and a loaded machine's runs
 /// still be compared by CPU time.
 /// </summary>
@@ -27,9 +28,7 @@ internal static class HostProfile
             "pre" => () => b.ContentPreDump(),
             "read" => () => b.ReadOnce(),
             "freeze" => () => b.FreezeThaw(),
-            "read128k" => () => b.ReadPieces(128 << 10, 1),
-            "read1m-2threads" => () => b.ReadPieces(1 << 20, 2),
-            "read128k-2threads" => () => b.ReadPieces(128 << 10, 2),
+            _ when Probe(what) is { } probe => () => probe(b),
             _ => throw new ArgumentException($"unknown operation {what}"),
         };
         var self = Process.GetCurrentProcess();
@@ -42,6 +41,8 @@ internal static class HostProfile
             var cpu0 = self.TotalProcessorTime;
             long jitMethods0 = System.Runtime.JitInfo.GetCompiledMethodCount();
             var jit0 = System.Runtime.JitInfo.GetCompilationTime();
+            int g0 = GC.CollectionCount(0), g2 = GC.CollectionCount(2);
+            var pause0 = GC.GetTotalPauseDuration();
             var sw = Stopwatch.StartNew();
             op();
             sw.Stop();
@@ -49,8 +50,21 @@ internal static class HostProfile
             var cpu = self.TotalProcessorTime - cpu0;
             if (what is "dump" or "pre")
                 b.DeleteLastImages();
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{what} {i}: wall {sw.Elapsed.TotalMilliseconds:F1} ms  cpu {cpu.TotalMilliseconds:F1} ms  jit {System.Runtime.JitInfo.GetCompiledMethodCount() - jitMethods0} methods {(System.Runtime.JitInfo.GetCompilationTime() - jit0).TotalMilliseconds:F1} ms"));
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{what} {i}: wall {sw.Elapsed.TotalMilliseconds:F1} ms  cpu {cpu.TotalMilliseconds:F1} ms  jit {System.Runtime.JitInfo.GetCompiledMethodCount() - jitMethods0} methods {(System.Runtime.JitInfo.GetCompilationTime() - jit0).TotalMilliseconds:F1} ms  gc {GC.CollectionCount(0) - g0}/{GC.CollectionCount(2) - g2} pause {(GC.GetTotalPauseDuration() - pause0).TotalMilliseconds:F1} ms"));
         }
         return 0;
+    }
+
+    /// <summary>readSIZE[-Nthreads] and rdSIZE[-Nthreads] (SIZE: a number with k or m), or null.</summary>
+    private static Action<HostBenchmarks>? Probe(string what)
+    {
+        var m = System.Text.RegularExpressions.Regex.Match(what, "^(read|rd)([0-9]+)([km])(?:-([0-9]+)threads)?$");
+        if (!m.Success)
+            return null;
+        int piece = int.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture) << (m.Groups[3].Value == "k" ? 10 : 20);
+        int threads = m.Groups[4].Success ? int.Parse(m.Groups[4].Value, CultureInfo.InvariantCulture) : 1;
+        if (m.Groups[1].Value == "read")
+            return b => b.ReadPieces(piece, threads);
+        return b => b.ReadDigestPieces(piece, threads);
     }
 }
