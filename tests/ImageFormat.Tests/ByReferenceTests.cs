@@ -133,6 +133,38 @@ public class ByReferenceTests
     }
 
     [Fact]
+    public void OneBlockEntries_AreCompressedByTheWriter_NotHandedToWorkers()
+    {
+        // A pre-dump with scattered changed pages: one-page entries, a few short runs, then a
+        // long run that the workers do take. Same bytes as one thread writes.
+        var data = TestImages.MixedPages(700, 5);
+        void Entries(PagemapWriter w)
+        {
+            for (int i = 0; i < 300; i += 3)
+                w.AddPresent(Base + (ulong)i * 4096, data.AsSpan(i * 4096, 4096));
+            w.AddPresent(Base + 400UL * 4096, data.AsSpan(400 * 4096, 16 * 4096));
+        }
+        int handed = -1;
+        var (two, twoEntries, twoDigests) = Write(Store("lz4", 2), w =>
+        {
+            Entries(w);
+            handed = w.JobsForWorkers;
+            w.AddPresent(Base + 500UL * 4096, data.AsSpan(500 * 4096, 200 * 4096));
+            Assert.True(w.JobsForWorkers > handed);
+        });
+        Assert.Equal(0, handed);
+        var (one, oneEntries, oneDigests) = Write(Store("lz4", 1), w =>
+        {
+            Entries(w);
+            w.AddPresent(Base + 500UL * 4096, data.AsSpan(500 * 4096, 200 * 4096));
+        });
+        Assert.Equal(102, twoEntries.Count);
+        Assert.Equal(one, two);
+        Assert.Equal(oneEntries, twoEntries);
+        Assert.Equal(oneDigests, twoDigests);
+    }
+
+    [Fact]
     public unsafe void DisposedUnfinished_StopsItsWorkers_AndRefusesMorePages()
     {
         var data = GC.AllocateArray<byte>(8 << 20, pinned: true);
