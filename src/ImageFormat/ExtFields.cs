@@ -28,7 +28,15 @@ public static class ExtFields
         var ext = new List<ext_fields_entry>();
         foreach (var e in entries)
         {
-            if (ExtOnly(e) is { } only)
+            if (e is pagemap_entry pe)
+            {
+                // Most of a dump's entries: split by the generated accessors (see SplitPagemapEntry).
+                var (c, x) = SplitPagemapEntry(pe);
+                if (x is not null)
+                    ext.Add(new ext_fields_entry { Index = (uint)criu.Count, Fields = x.ToByteString() });
+                criu.Add(c);
+            }
+            else if (ExtOnly(e) is { } only)
             {
                 ext.Add(new ext_fields_entry { Index = (uint)criu.Count, Fields = only.ToByteString() });
                 criu.Add(CriuOnly(e));
@@ -38,6 +46,48 @@ public static class ExtFields
         }
         return (criu, ext);
     }
+
+    /// <summary>
+    /// What <see cref="ExtOnly"/> and <see cref="CriuOnly"/> give for a pagemap entry, without
+    /// reflection: a pre-dump with scattered changed pages writes thousands of entries (5,257 took
+    /// 6-25 ms through the reflective path). The fields of ours are named here, so
+    /// <see cref="PagemapEntryExtNumbers"/> lists them for a test that fails when pagemap.proto
+    /// gains one this does not know.
+    /// </summary>
+    internal static (pagemap_entry Criu, pagemap_entry? Ext) SplitPagemapEntry(pagemap_entry e)
+    {
+        if (!e.HasZeroPages && e.BlockSizes.Count == 0 && !e.HasRawBlocks && e.BlockChecksums.Count == 0
+            && e.DeltaSizes.Count == 0 && e.DeltaChecksums.Count == 0)
+            return (e, null);
+        var ext = new pagemap_entry();
+        var criu = e.Clone(); // keeps CRIU's fields and any unknown ones
+        if (e.HasZeroPages)
+        {
+            ext.ZeroPages = e.ZeroPages;
+            criu.ClearZeroPages();
+        }
+        if (e.HasRawBlocks)
+        {
+            ext.RawBlocks = e.RawBlocks;
+            criu.ClearRawBlocks();
+        }
+        ext.BlockSizes.Add(e.BlockSizes);
+        ext.BlockChecksums.Add(e.BlockChecksums);
+        ext.DeltaSizes.Add(e.DeltaSizes);
+        ext.DeltaChecksums.Add(e.DeltaChecksums);
+        criu.BlockSizes.Clear();
+        criu.BlockChecksums.Clear();
+        criu.DeltaSizes.Clear();
+        criu.DeltaChecksums.Clear();
+        return (criu, ext);
+    }
+
+    /// <summary>The field numbers of ours that <see cref="SplitPagemapEntry"/> moves.</summary>
+    internal static readonly int[] PagemapEntryExtNumbers =
+    [
+        pagemap_entry.ZeroPagesFieldNumber, pagemap_entry.BlockSizesFieldNumber, pagemap_entry.RawBlocksFieldNumber,
+        pagemap_entry.BlockChecksumsFieldNumber, pagemap_entry.DeltaSizesFieldNumber, pagemap_entry.DeltaChecksumsFieldNumber,
+    ];
 
     /// <summary>A copy of <paramref name="m"/> holding only our fields (nested messages keep their path), or null when it has none.</summary>
     internal static IMessage? ExtOnly(IMessage m)
