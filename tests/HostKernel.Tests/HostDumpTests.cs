@@ -128,6 +128,26 @@ public sealed class HostDumpTests : IDisposable
     }
 
     [Fact]
+    public void DumpOfAVmaLargerThanAWalkWindow_HoldsEveryPageAndDigest()
+    {
+        // 20,000 pages (78 MiB): walked in 64 MiB windows while the store's workers fetch.
+        using var c = RealChild.Start(Programs.MemTouch, "8");
+        Programs.ParseReady(c.ReadLine());
+        var ok = c.Ask("map 1 20000").Split(' ');
+        ulong a = Convert.ToUInt64(ok[3], 16);
+        const ulong Bytes = 20000UL * 4096;
+        Criu.Dump(_host, new DumpOptions { Pid = c.Pid, ImagesDir = Dir("1"), Tracker = TrackerKind.Content, LeaveRunning = true, PageStore = PageStoreOptions.Lz4() with { Parallelism = 2 } });
+        Assert.Equal(20000, AssertChainEqualsMemory(Dir("1"), c, a, a + Bytes));
+        var digests = ImageSet.Open(Dir("1")).ReadPageDigests(c.Pid)!;
+        foreach (ulong off in new ulong[] { 0, (64UL << 20) - 4096, 64UL << 20, Bytes - 4096 })
+        {
+            Assert.True(digests.TryGet(a + off, out ulong d));
+            Assert.Equal(PageDigest.Of(a + off, c.ReadMem(a + off, 4096)), d);
+        }
+        Assert.Equal("ok sum", c.Ask("sum")[..6]);
+    }
+
+    [Fact]
     public void EveryStoredPage_DiffersFromTheParent()
     {
         using var c = RealChild.Start(Programs.MemTouch, "64");
