@@ -33,11 +33,14 @@ public unsafe class HostBenchmarks : IDisposable
     public sealed class Cfg : ManualConfig
     {
         public Cfg() => AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance)
-            // Six warm-up runs: the tiered JIT still recompiles hundreds of methods (with PGO) in
-            // each of a dump's first runs in a process (measured with JitInfo: 1,178, 534, 435,
-            // then 150-240, then under 100 per dump from the seventh), and that compilation runs on
-            // the same two cores; the measured runs are the steady state.
-            .WithStrategy(RunStrategy.Monitoring).WithLaunchCount(1).WithWarmupCount(6).WithIterationCount(3)
+            // Twenty warm-up runs: the tiered JIT goes on recompiling (with PGO) as methods called
+            // a few times per run reach the call count that promotes them, on the same two cores
+            // (host-profile, JitInfo per run: a dump 1,077, 431, 345, then 90-240 methods, 20-85 ms,
+            // up to the eleventh; a content pre-dump 150-250 methods, 55-100 ms, in runs 3-11 and
+            // under 35 from the sixteenth, its wall time falling from 240 to 170 ms meanwhile).
+            // The measured runs are the steady state of a process that dumps again and again
+            // (migrate, migrate-service); a single CLI invocation pays its compilation on top.
+            .WithStrategy(RunStrategy.Monitoring).WithLaunchCount(1).WithWarmupCount(20).WithIterationCount(5)
             // One invocation per iteration for every benchmark (as the pre-dump's IterationSetup
             // needs), so all share one job and BenchmarkDotNet prints each category's ratio.
             .WithInvocationCount(1).WithUnrollFactor(1));
