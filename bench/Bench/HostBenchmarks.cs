@@ -32,18 +32,45 @@ public unsafe class HostBenchmarks : IDisposable
 {
     public sealed class Cfg : ManualConfig
     {
-        public Cfg() => AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance)
-            // Twenty warm-up runs: the tiered JIT goes on recompiling (with PGO) as methods called
-            // a few times per run reach the call count that promotes them, on the same two cores
-            // (host-profile, JitInfo per run: a dump 1,077, 431, 345, then 90-240 methods, 20-85 ms,
-            // up to the eleventh; a content pre-dump 150-250 methods, 55-100 ms, in runs 3-11 and
-            // under 35 from the sixteenth, its wall time falling from 240 to 170 ms meanwhile).
-            // The measured runs are the steady state of a process that dumps again and again
-            // (migrate, migrate-service); a single CLI invocation pays its compilation on top.
-            .WithStrategy(RunStrategy.Monitoring).WithLaunchCount(1).WithWarmupCount(20).WithIterationCount(5)
-            // One invocation per iteration for every benchmark (as the pre-dump's IterationSetup
-            // needs), so all share one job and BenchmarkDotNet prints each category's ratio.
-            .WithInvocationCount(1).WithUnrollFactor(1));
+        public Cfg()
+        {
+            AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance)
+                // Twenty warm-up runs: the tiered JIT goes on recompiling (with PGO) as methods called
+                // a few times per run reach the call count that promotes them, on the same two cores
+                // (host-profile, JitInfo per run: a dump 1,077, 431, 345, then 90-240 methods, 20-85 ms,
+                // up to the eleventh; a content pre-dump 150-250 methods, 55-100 ms, in runs 3-11 and
+                // under 35 from the sixteenth, its wall time falling from 240 to 170 ms meanwhile).
+                // The measured runs are the steady state of a process that dumps again and again
+                // (migrate, migrate-service); a single CLI invocation pays its compilation on top.
+                .WithStrategy(RunStrategy.Monitoring).WithLaunchCount(1).WithWarmupCount(20).WithIterationCount(5)
+                // One invocation per iteration for every benchmark (as the pre-dump's IterationSetup
+                // needs), so all share one job and BenchmarkDotNet prints each category's ratio.
+                .WithInvocationCount(1).WithUnrollFactor(1));
+            AddColumn(new MemoryRate());
+        }
+    }
+
+    /// <summary>Every benchmark here goes through the 1 GiB once: its rate in GB/s (10⁹ B/s), the digest target's unit.</summary>
+    private sealed class MemoryRate : BenchmarkDotNet.Columns.IColumn
+    {
+        public string Id => nameof(MemoryRate);
+        public string ColumnName => "GB/s";
+        public bool AlwaysShow => true;
+        public BenchmarkDotNet.Columns.ColumnCategory Category => BenchmarkDotNet.Columns.ColumnCategory.Custom;
+        public int PriorityInCategory => 0;
+        public bool IsNumeric => true;
+        public BenchmarkDotNet.Columns.UnitType UnitType => BenchmarkDotNet.Columns.UnitType.Dimensionless;
+        public string Legend => "The 1 GiB of memory each benchmark reads, digests or dumps, per second of its mean (10^9 bytes/s)";
+        public bool IsAvailable(BenchmarkDotNet.Reports.Summary summary) => true;
+        public bool IsDefault(BenchmarkDotNet.Reports.Summary summary, BenchmarkDotNet.Running.BenchmarkCase benchmarkCase) => false;
+
+        public string GetValue(BenchmarkDotNet.Reports.Summary summary, BenchmarkDotNet.Running.BenchmarkCase benchmarkCase) =>
+            summary[benchmarkCase]?.ResultStatistics is { Mean: > 0 } st
+                ? ((double)OneGiBPages * PageGeometry.PageSize / st.Mean).ToString("F2", CultureInfo.InvariantCulture) // bytes per ns = GB/s
+                : "NA";
+
+        public string GetValue(BenchmarkDotNet.Reports.Summary summary, BenchmarkDotNet.Running.BenchmarkCase benchmarkCase, BenchmarkDotNet.Reports.SummaryStyle style) =>
+            GetValue(summary, benchmarkCase);
     }
 
     private const int OneGiBPages = 262144;

@@ -148,6 +148,21 @@ public sealed class HostDumpTests : IDisposable
     }
 
     [Fact]
+    public void PreDumpOfAVmaWalkedInParts_HoldsEveryPageOnce()
+    {
+        // 76,800 pages (300 MiB): PAGEMAP_SCAN walks it in one part per core, joined in order.
+        using var c = RealChild.Start(Programs.MemTouch, "8");
+        Programs.ParseReady(c.ReadLine());
+        ulong a = Convert.ToUInt64(c.Ask("map 1 76800").Split(' ')[3], 16);
+        const ulong Bytes = 76800UL * 4096;
+        PreDump(c.Pid, "1");
+        Assert.Equal(76800, AssertChainEqualsMemory(Dir("1"), c, a, a + Bytes));
+        var inRegion = ImageSet.Open(Dir("1")).ReadPagemap(c.Pid).Entries.Where(e => e.Vaddr >= a && e.Vaddr < a + Bytes).ToList();
+        Assert.Equal(a, inRegion[0].Vaddr);
+        Assert.Equal(76800UL, (ulong)inRegion.Sum(e => (long)PagemapImage.NrPages(e)));
+    }
+
+    [Fact]
     public void EveryStoredPage_DiffersFromTheParent()
     {
         using var c = RealChild.Start(Programs.MemTouch, "64");
