@@ -114,6 +114,32 @@ public class ByReferenceTests
     }
 
     [Fact]
+    public void DigestMap_AddRange_IsAddPerPage_AndRunFindsWholeRunsOnly()
+    {
+        var byPage = new PageDigestMap();
+        var byRange = new PageDigestMap();
+        ulong[] first = [1, 2, 3, 4], second = [5, 6], third = [7, 8, 9];
+        void AddEach(ulong va, ulong[] ds)
+        {
+            for (int i = 0; i < ds.Length; i++)
+                byPage.Add(va + (ulong)i * 4096, ds[i]);
+        }
+        AddEach(Base, first);
+        AddEach(Base + 4 * 4096, second); // adjacent: the same run
+        AddEach(Base + 10 * 4096, third);
+        byRange.AddRange(Base, first);
+        byRange.AddRange(Base + 4 * 4096, second);
+        byRange.AddRange(Base + 10 * 4096, third);
+        Assert.Equal(byPage.ToEntries(), byRange.ToEntries());
+        Assert.Throws<ArgumentException>(() => byRange.AddRange(Base + 11 * 4096, second));
+        Assert.Equal([2UL, 3, 4, 5, 6], byRange.Run(Base + 4096, 5).ToArray());
+        Assert.Equal([8UL, 9], byRange.Run(Base + 11 * 4096, 2).ToArray());
+        Assert.True(byRange.Run(Base + 4 * 4096, 3).IsEmpty); // runs past the end of its run
+        Assert.True(byRange.Run(Base + 8 * 4096, 1).IsEmpty); // not held
+        Assert.True(byRange.Run(Base - 4096, 2).IsEmpty);
+    }
+
+    [Fact]
     public void DigestMap_TrySet_ReplacesOnlyPagesItHolds()
     {
         var map = new PageDigestMap();

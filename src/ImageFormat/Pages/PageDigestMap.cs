@@ -46,6 +46,46 @@ public sealed class PageDigestMap
         _digests[_count++] = digest;
     }
 
+    /// <summary>
+    /// Appends the digests of <paramref name="digests"/>.Length consecutive pages from
+    /// <paramref name="va"/>, as that many <see cref="Add"/> calls would (ascending order).
+    /// </summary>
+    public void AddRange(ulong va, ReadOnlySpan<ulong> digests)
+    {
+        int count = digests.Length;
+        if (count == 0)
+            return;
+        if (_runs.Count > 0)
+        {
+            var last = _runs[^1];
+            ulong next = End(last);
+            if (va < next)
+                throw new ArgumentException($"page digests must be added in ascending address order (0x{va:x} after 0x{next:x})", nameof(va));
+        }
+        if (_count + count > _digests.Length)
+            Array.Resize(ref _digests, Math.Max(_digests.Length * 2, _count + count));
+        digests.CopyTo(_digests.AsSpan(_count));
+        if (_runs.Count > 0 && End(_runs[^1]) == va)
+            _runs[^1] = (_runs[^1].Va, _runs[^1].Count + count, _runs[^1].First);
+        else
+            _runs.Add((va, count, _count));
+        _count += count;
+    }
+
+    /// <summary>
+    /// The digests of the <paramref name="count"/> pages from <paramref name="va"/> when the map
+    /// holds all of them in one run (the usual case for a parent of the same VMA), else empty:
+    /// one lookup instead of one per page.
+    /// </summary>
+    public ReadOnlySpan<ulong> Run(ulong va, int count)
+    {
+        int i = IndexOf(va);
+        if (i < 0)
+            return default;
+        var r = _runs[_cursor];
+        return End(r) - va >= (ulong)count << PageGeometry.PageShift ? _digests.AsSpan(i, count) : default;
+    }
+
     /// <summary>The digest recorded for the page at <paramref name="va"/>, if any.</summary>
     public bool TryGet(ulong va, out ulong digest)
     {
