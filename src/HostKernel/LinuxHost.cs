@@ -269,12 +269,22 @@ public sealed class LinuxHost : IKernel, IDisposable
             pt = new Ptrace();
             if (pt.SeizeAll(fz.Pids))
             {
-                // A task in a frozen cgroup traps only once it runs again: thaw the cgroup and let
-                // the pending PTRACE_INTERRUPT stop each thread before it returns to user space.
-                if (fz.Method == FreezeMethod.CgroupFreezer)
-                    fz.ThawCgroupKeepingTasks();
-                pt.WaitStopped();
-                fz.LeaveCgroupKeepingStops();
+                try
+                {
+                    // A task in a frozen cgroup traps only once it runs again: thaw the cgroup and
+                    // let the pending PTRACE_INTERRUPT stop each thread before it returns to user space.
+                    if (fz.Method == FreezeMethod.CgroupFreezer)
+                        fz.ThawCgroupKeepingTasks();
+                    pt.WaitStopped();
+                    fz.LeaveCgroupKeepingStops();
+                }
+                catch
+                {
+                    // No lease exists yet to thaw the tree: let it go here, never leave it stopped.
+                    pt.Dispose();
+                    fz.Thaw();
+                    throw;
+                }
             }
             else
             {

@@ -31,10 +31,16 @@ public class LinuxHostTests
             Assert.Single(c.Output.Split('\n', StringSplitOptions.RemoveEmptyEntries));
             if (Environment.UserName == "root")
                 Assert.Null(host.RegistersUnavailable); // root may ptrace any process
+            if (host.RegistersUnavailable is null && host.LastFreezeMethod == FreezeMethod.CgroupFreezer)
+            {
+                // Held by ptrace, the task is back in its own cgroup already, and no freezer
+                // cgroup of ours holds it.
+                Assert.Equal(cgroupBefore, File.ReadAllText($"/proc/{c.Pid}/cgroup"));
+                Assert.DoesNotContain(Directory.EnumerateDirectories(Freezer.FreezerRoot()!), d => Path.GetFileName(d).StartsWith("criu-sharp-", StringComparison.Ordinal)
+                    && File.Exists(Path.Combine(d, "cgroup.procs")) && File.ReadAllLines(Path.Combine(d, "cgroup.procs")).Contains(c.Pid.ToString()));
+            }
             if (host.RegistersUnavailable is null)
             {
-                // Held by ptrace, the task is back in its own cgroup already; ours is gone.
-                Assert.Equal(cgroupBefore, File.ReadAllText($"/proc/{c.Pid}/cgroup"));
                 var regs = host.GetRegisters(c.Pid);
                 Assert.True(regs.General.Length >= 17);
                 if (host.Capabilities.Arch == ArchFamily.X86_64)
