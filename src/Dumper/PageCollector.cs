@@ -234,8 +234,12 @@ internal sealed class PageCollector
             // address order; the store's digests replace them.
             ReserveFetched(va, nr);
             ulong imgPages = nr * (ulong)_imgPerPage;
-            for (ulong i = 0; i < imgPages; i++)
-                Digests!.Add(va + (i << PageGeometry.PageShift), 0);
+            for (ulong i = 0; i < imgPages;)
+            {
+                int n = (int)Math.Min(imgPages - i, (ulong)NoDigests.Length);
+                Digests!.AddRange(va + (i << PageGeometry.PageShift), NoDigests.AsSpan(0, n));
+                i += (ulong)n;
+            }
             FetchedDigestsPending = true;
             return;
         }
@@ -314,14 +318,18 @@ internal sealed class PageCollector
         }
     }
 
+    /// <summary>Placeholder digests (0) for pages the page store fetches and digests itself.</summary>
+    private static readonly ulong[] NoDigests = new ulong[4096];
+
     private const int ChunkBytes = 1 << 20;
     /// <summary>Chunks read on several cores are larger, so the threads meet less often.</summary>
     private const int ParallelChunkBytes = 4 << 20;
     /// <summary>
-    /// Reads and digests this much at a time: the digest finds the piece still in cache, and one
-    /// process_vm_readv per 1 MiB costs less than per 128 KiB (per call the kernel looks up the
-    /// task and its mm and checks ptrace access: 1 GiB on two threads took 130-135 ms in 128 KiB
-    /// pieces, 97-115 ms in 1 MiB ones, bench host-profile rd128k-2threads / rd1m-2threads).
+    /// Reads and digests this much at a time: one process_vm_readv per 1 MiB costs less than per
+    /// 128 KiB (per call the kernel looks up the task and its mm and checks ptrace access), and
+    /// the digest still finds the piece in the last-level cache. Read and digested on two
+    /// threads, 1 GiB took 130-135 ms in 128 KiB pieces and 97-115 ms in 1 MiB ones
+    /// (bench host-profile rd128k-2threads, rd1m-2threads).
     /// </summary>
     private const int PieceBytes = 1 << 20;
 

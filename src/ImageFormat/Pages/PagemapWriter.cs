@@ -222,9 +222,10 @@ public sealed class PagemapWriter : IDisposable
 
     /// <summary>
     /// Pages fetched where they are compressed: <paramref name="fetch"/> copies
-    /// <paramref name="nrPages"/> pages from <paramref name="vaddr"/> on, a block at a time, on
-    /// the compression workers, straight into a buffer each worker keeps in cache (a frozen task
-    /// read with process_vm_readv, with no staging copy). The pages must not change until
+    /// <paramref name="nrPages"/> pages from <paramref name="vaddr"/> on, up to 1 MiB at a time, on
+    /// the compression workers (on the calling thread for an entry of one block), straight into a
+    /// page-aligned buffer each worker keeps (a frozen task read with process_vm_readv, with no
+    /// staging copy). The pages must not change until
     /// <see cref="Finish"/> returns; <paramref name="fetch"/> may be called from several threads
     /// at once, and what it throws is rethrown by a later call on this writer.
     /// </summary>
@@ -620,10 +621,10 @@ public sealed class PagemapWriter : IDisposable
             if (_abandoned)
                 return; // disposed unfinished: nobody will commit it
             var fetch = job.Src.Fetch;
-            // Fetched pages are read FetchBlocks blocks at a time into this worker's buffer and
-            // compressed from there while they are still in cache: one process_vm_readv per
-            // 1 MiB costs less CPU than one per 64 KiB block (per-call set-up: the remote mm, its
-            // lock, pinning).
+            // Fetched pages are read up to FetchBytes at a time into this worker's buffer and
+            // compressed from there: one process_vm_readv per 1 MiB costs less CPU than one per
+            // 64 KiB block (per call the kernel looks up the task and its mm and checks ptrace
+            // access).
             int fetchBlocks = Math.Max(1, FetchBytes / (_blockPages << PageGeometry.PageShift));
             if (fetch is not null && fetched.Array is null)
                 fetched = PageAlignedBuffer.Allocate(fetchBlocks * _blockPages << PageGeometry.PageShift);
