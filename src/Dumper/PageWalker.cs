@@ -94,7 +94,8 @@ internal sealed class PageWalker : IDisposable
     /// in address order, runs that meet at a part's edge merged, so the spans are those one walk
     /// gives.
     /// </summary>
-    private void WalkInParts(int pid, VmaInfo vma, List<PageSpan> spans, int parts)
+    /// <param name="concurrently">False (tests on a simulated kernel, which is read by one thread): the parts are walked one after the other here.</param>
+    internal void WalkInParts(int pid, VmaInfo vma, List<PageSpan> spans, int parts, bool concurrently = true)
     {
         ulong pages = vma.Length >> _shift;
         var found = new List<PageSpan>[parts];
@@ -106,11 +107,18 @@ internal sealed class PageWalker : IDisposable
         {
             int part = i;
             found[part] = [];
-            helpers[part - 1] = Task.Run(() =>
+            void WalkPart()
             {
                 using var w = new PageWalker(_k, _useScan, _dirty);
                 w.WalkOne(pid, vma with { Start = cuts[part], End = cuts[part + 1] }, found[part]);
-            });
+            }
+            if (concurrently)
+                helpers[part - 1] = Task.Run(WalkPart);
+            else
+            {
+                WalkPart();
+                helpers[part - 1] = Task.CompletedTask;
+            }
         }
         found[0] = [];
         try
