@@ -200,48 +200,34 @@ public unsafe class HostBenchmarks : IDisposable
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"  freeze {frozen.TotalMilliseconds:F2} ms, thaw {(sw.Elapsed - frozen).TotalMilliseconds:F2} ms ({_host.LastFreezeMethod})"));
     }
 
-    /// <summary>Reads the 1 GiB in pieces of <paramref name="piece"/> bytes on <paramref name="threads"/> threads (each its own half), for profiling the read's CPU cost.</summary>
-    internal void ReadPieces(int piece, int threads)
+    /// <summary>
+    /// Reads the 1 GiB in pieces of <paramref name="piece"/> bytes on <paramref name="threads"/>
+    /// threads (each its own share), into a buffer <paramref name="offset"/> bytes past a page
+    /// boundary, for profiling the read's CPU cost (and what an unaligned destination costs);
+    /// with <paramref name="digest"/> each piece is digested right after it is read, as the
+    /// content tracker does.
+    /// </summary>
+    internal void ReadPieces(int piece, int threads, int offset = 0, bool digest = false)
     {
         long share = _sample.Length / threads;
+        if (piece < PageGeometry.PageSize || piece % PageGeometry.PageSize != 0 || share % piece != 0 || offset < 0 || offset >= PageGeometry.PageSize)
+            throw new ArgumentException($"a piece of {piece} bytes at offset {offset}: a multiple of 4096 that divides each thread's {share} bytes, at an offset below 4096");
         var ts = new Thread[threads];
         for (int t = 0; t < threads; t++)
         {
             long from = t * share;
             ts[t] = new Thread(() =>
             {
-                var buf = PageAlignedBuffer.Allocate(piece);
-                for (long off = from; off < from + share; off += piece)
-                    if (!_host.ReadMemory(_pid, _base + (ulong)off, buf).Ok)
-                        throw new InvalidOperationException("process_vm_readv failed");
-            });
-            ts[t].Start();
-        }
-        foreach (var t in ts)
-            t.Join();
-    }
-
-    /// <summary>As <see cref="ReadPieces"/>, each piece digested (4 KiB XXH3 pages) right after it is read, as the content tracker does.</summary>
-    internal void ReadDigestPieces(int piece, int threads)
-    {
-        long share = _sample.Length / threads;
-        var ts = new Thread[threads];
-        for (int t = 0; t < threads; t++)
-        {
-            long from = t * share;
-            ts[t] = new Thread(() =>
-            {
-                var buf = PageAlignedBuffer.Allocate(4 << 20);
+                var buf = PageAlignedBuffer.Allocate(piece + offset).AsSpan(offset, piece);
                 ulong sum = 0;
-                int off4 = 0;
                 for (long off = from; off < from + share; off += piece)
                 {
-                    var dst = buf.AsSpan(off4, piece);
-                    if (!_host.ReadMemory(_pid, _base + (ulong)off, dst).Ok)
+                    ulong va = _base + (ulong)off;
+                    if (!_host.ReadMemory(_pid, va, buf).Ok)
                         throw new InvalidOperationException("process_vm_readv failed");
-                    for (int p = 0; p < piece; p += PageGeometry.PageSize)
-                        sum += PageDigest.Of((ulong)(off + p), dst.Slice(p, PageGeometry.PageSize));
-                    off4 = (off4 + piece) % buf.Count;
+                    if (digest)
+                        for (int p = 0; p < piece; p += PageGeometry.PageSize)
+                            sum += PageDigest.Of(va + (ulong)p, buf.Slice(p, PageGeometry.PageSize));
                 }
                 GC.KeepAlive(sum);
             });

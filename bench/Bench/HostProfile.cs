@@ -5,9 +5,10 @@ namespace CriuSharp.Bench;
 
 /// <summary>
 /// <c>criu-sharp-bench host-profile OP [n]</c>: runs one of the real-host benchmarks' operations
-/// (loop, dump, pre, read) or a probe (freeze: freeze and thaw; readSIZE[-Nthreads]: the 1 GiB
-/// read in pieces of SIZE (64k, 128k, 1m, ...) on N threads; rdSIZE[-Nthreads]: the same, each
-/// piece digested as the content tracker does) n times against the
+/// (loop, dump, pre, read) or a probe (freeze: freeze and thaw; readSIZE[-Nthreads][@OFFSET]: the
+/// 1 GiB read in pieces of SIZE (64k, 128k, 1m, ...) on N threads into a buffer OFFSET bytes past
+/// a page boundary; rdSIZE...: the same, each piece digested as the content tracker does) n
+/// times against the
 /// same 1 GiB process outside BenchmarkDotNet, and prints each run's wall time, the CPU time
 /// (user+sys) this process spent on it, what the JIT compiled and the GCs meanwhile, so a profiler
 /// (perf record -p) can be pointed at exactly one kind of operation and a loaded machine's runs
@@ -55,16 +56,16 @@ internal static class HostProfile
         return 0;
     }
 
-    /// <summary>readSIZE[-Nthreads] and rdSIZE[-Nthreads] (SIZE: a number with k or m), or null.</summary>
+    /// <summary>readSIZE[-Nthreads][@OFFSET] and rdSIZE[-Nthreads][@OFFSET] (SIZE: a number with k or m), or null.</summary>
     private static Action<HostBenchmarks>? Probe(string what)
     {
-        var m = System.Text.RegularExpressions.Regex.Match(what, "^(read|rd)([0-9]+)([km])(?:-([0-9]+)threads)?$");
+        var m = System.Text.RegularExpressions.Regex.Match(what, "^(read|rd)([0-9]+)([km])(?:-([0-9]+)threads)?(?:@([0-9]+))?$");
         if (!m.Success)
             return null;
         int piece = int.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture) << (m.Groups[3].Value == "k" ? 10 : 20);
         int threads = m.Groups[4].Success ? int.Parse(m.Groups[4].Value, CultureInfo.InvariantCulture) : 1;
-        if (m.Groups[1].Value == "read")
-            return b => b.ReadPieces(piece, threads);
-        return b => b.ReadDigestPieces(piece, threads);
+        int offset = m.Groups[5].Success ? int.Parse(m.Groups[5].Value, CultureInfo.InvariantCulture) : 0;
+        bool digest = m.Groups[1].Value == "rd";
+        return b => b.ReadPieces(piece, threads, offset, digest);
     }
 }
