@@ -37,9 +37,10 @@ public unsafe class HostBenchmarks : IDisposable
             AddJob(Job.Default.WithToolchain(InProcessEmitToolchain.Instance)
                 // Twenty warm-up runs: the tiered JIT goes on recompiling (with PGO) as methods called
                 // a few times per run reach the call count that promotes them, on the same two cores
-                // (host-profile, JitInfo per run: a dump 1,077, 431, 345, then 90-240 methods, 20-85 ms,
-                // up to the eleventh; a content pre-dump 150-250 methods, 55-100 ms, in runs 3-11 and
-                // under 35 from the sixteenth, its wall time falling from 240 to 170 ms meanwhile).
+                // (host-profile, JitInfo per run: a dump 1,077, 431, 345, then 47-240 methods, 20-86 ms,
+                // up to the eleventh and bursts of 90-180 later; a content pre-dump 150-250 methods,
+                // 55-100 ms, in seven of runs 3-11 and under 35 from the sixteenth, its wall time
+                // falling from 240 to 170 ms meanwhile).
                 // The measured runs are the steady state of a process that dumps again and again
                 // (migrate, migrate-service); a single CLI invocation pays its compilation on top.
                 .WithStrategy(RunStrategy.Monitoring).WithLaunchCount(1).WithWarmupCount(20).WithIterationCount(5)
